@@ -1,0 +1,241 @@
+"""Pure loss functions: plain denoising ("DDPM"/EDM) and ambient score matching.
+
+All losses take a denoiser `denoise(x, sigma) -> x0_hat` (VE / EDM convention, x [B,H,W,C],
+sigma [B]) and return a per-example loss of shape [B]: summed over pixels, to be averaged
+over the batch by the caller (the paper's code: sum over pixels, mean over the batch).
+
+Plain denoising (Karras et al. 2022, eq. 2 with the EDM weight):
+    L(x0, sigma) = lambda(sigma) || D(x0 + sigma n, sigma) - x0 ||^2,
+    lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2.
+
+Ambient score matching in VE form (the lecture's eq. (5); Shah et al. 2025, the paper's code),
+trained only on one fixed noisy copy x_tn = x0 + sigma_tn eps_i of each image, sigma >= sigma_tn:
+    x_s    = x_tn + sqrt(sigma^2 - sigma_tn^2) n
+    x_tn^  = ((sigma^2 - sigma_tn^2) / sigma^2) D(x_s, sigma) + (sigma_tn^2 / sigma^2) x_s
+    L      = lambda(sigma) || x_tn^ - x_tn ||^2.
+Its minimiser is D = E[x0 | x_s] although x0 is never seen (the lecture's Exercise 1).
+Weighting "rescaled" multiplies the ambient branch by sigma^4 / (sigma^2 - sigma_tn^2)^2
+(a later paper of the same group); "none" drops lambda.
+
+The two-regime objective (the method) is offered with two branch rules:
+  * "paper" (the paper's code): ln sigma ~ N(P_mean, P_std^2) over the whole range; the draw
+    picks the branch, sigma < sigma_tn -> denoising on x0, else ambient on x_tn.
+  * "lecture" (Algorithm 1 of the lecture, literally, VP form): each batch element is drawn
+    from S u S_tn; a clean element gets t ~ U(t_min, t_n) and the plain VP denoising loss,
+    a noisy one t ~ U(t_n, T) and eq. (5) in VP form, unweighted.
+With sigma_tn = 0 both reduce exactly to the plain denoising objective of their rule.
+
+The fixed noise of S_tn is a pure function of (noise key, image index): the same image gets the
+same noisy copy in every epoch, after every restart and on any device count.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ambient_jax import schedules
+from ambient_jax.precond import SIGMA_DATA
+from ambient_jax.schedules import _expand
+
+WEIGHTINGS = ("edm", "rescaled", "none")
+BRANCH_RULES = ("paper", "lecture")
+OBJECTIVES = ("ddpm", "ambient")
+
+
+def edm_weight(sigma, sigma_data=SIGMA_DATA):
+    """lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 (EDM's loss weight)."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def _sum_sq(x):
+    return jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)))
+
+
+def _two_regime_ve(denoise, target, sigma, sigma_tn, noise, sigma_data, weighting):
+    """One network call for a batch whose rows may sit on either branch.
+
+    Row b trains on `target[b]` observed at noise level sigma_tn[b] (0 for a clean row) and is
+    perturbed up to sigma[b]. With sigma_tn[b] = 0 the row is the plain denoising loss exactly.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"loss weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    sigma = jnp.asarray(sigma, target.dtype)
+    sigma_tn = jnp.broadcast_to(jnp.asarray(sigma_tn, target.dtype), sigma.shape)
+    noisy = sigma_tn > 0
+    gap = jnp.maximum(sigma**2 - sigma_tn**2, 0.0)  # variance still to add on top of x_tn
+    extra = jnp.where(noisy, jnp.sqrt(gap), sigma)
+    keep_d = jnp.where(noisy, gap / sigma**2, 1.0)
+    keep_x = jnp.where(noisy, sigma_tn**2 / sigma**2, 0.0)
+
+    x = target + _expand(extra, target) * noise
+    d = denoise(x, sigma)
+    prediction = _expand(keep_d, x) * d + _expand(keep_x, x) * x
+    loss = _sum_sq(prediction - target)
+    if weighting != "none":
+        loss = edm_weight(sigma, sigma_data) * loss
+    if weighting == "rescaled":
+        loss = loss * jnp.where(noisy, sigma**4 / jnp.maximum(gap, 1e-20) ** 2, 1.0)
+    return loss
+
+
+def denoising_loss(denoise, x0, sigma, noise, sigma_data=SIGMA_DATA):
+    """Per-example EDM denoising loss lambda(sigma) ||D(x0 + sigma n, sigma) - x0||^2, shape [B]."""
+    zeros = jnp.zeros(jnp.shape(sigma), x0.dtype)
+    return _two_regime_ve(denoise, x0, sigma, zeros, noise, sigma_data, "edm")
+
+
+def ambient_loss(denoise, x_tn, sigma, sigma_tn, noise, sigma_data=SIGMA_DATA, weighting="edm"):
+    """Per-example ambient score-matching loss (VE form) for sigma >= sigma_tn, shape [B].
+
+    x_tn is the fixed noisy copy x0 + sigma_tn eps; noise is fresh N(0, I) of x_tn's shape.
+    """
+    return _two_regime_ve(denoise, x_tn, sigma, sigma_tn, noise, sigma_data, weighting)
+
+
+# ----------------------------------------------------------------------------- VP form
+
+
+def vp_denoiser(denoise):
+    """The lecture's h(x_t, s_t) -> x0 estimate from a VE denoiser D: h(x, s) = D(x / sqrt(1-s^2), sigma(s))."""
+
+    def h(x_vp, s):
+        return denoise(schedules.vp_to_ve_x(x_vp, s), schedules.vp_to_ve_sigma(s))
+
+    return h
+
+
+def ambient_loss_vp(h, x_tn, s, s_tn, noise):
+    """The lecture's eq. (5) literally (VP form, unweighted), per example, for s >= s_tn.
+
+    x_t = sqrt((1-s^2)/(1-s_tn^2)) x_tn + sqrt((s^2-s_tn^2)/(1-s_tn^2)) n
+    L   = || (s^2-s_tn^2)/(s^2 sqrt(1-s_tn^2)) h(x_t) + s_tn^2/s^2 sqrt((1-s^2)/(1-s_tn^2)) x_t - x_tn ||^2
+    With s_tn = 0 this is the plain VP denoising loss ||h(sqrt(1-s^2) x0 + s n) - x0||^2 exactly.
+    """
+    s = jnp.asarray(s, x_tn.dtype)
+    s_tn = jnp.broadcast_to(jnp.asarray(s_tn, x_tn.dtype), s.shape)
+    noisy = s_tn > 0
+    keep = 1.0 - s_tn**2
+    gap = jnp.maximum(s**2 - s_tn**2, 0.0)
+    scale_x = jnp.where(noisy, jnp.sqrt((1.0 - s**2) / keep), jnp.sqrt(1.0 - s**2))
+    scale_n = jnp.where(noisy, jnp.sqrt(gap / keep), s)
+    x_t = _expand(scale_x, x_tn) * x_tn + _expand(scale_n, x_tn) * noise
+    coef_h = jnp.where(noisy, gap / (s**2 * jnp.sqrt(keep)), 1.0)
+    coef_x = jnp.where(noisy, s_tn**2 / s**2 * jnp.sqrt((1.0 - s**2) / keep), 0.0)
+    prediction = _expand(coef_h, x_t) * h(x_t, s) + _expand(coef_x, x_t) * x_t
+    return _sum_sq(prediction - x_tn)
+
+
+def denoising_loss_vp(h, x0, s, noise):
+    """The lecture's plain VP denoising loss ||h(sqrt(1-s^2) x0 + s n, s) - x0||^2, per example."""
+    return ambient_loss_vp(h, x0, s, jnp.zeros(jnp.shape(s), x0.dtype), noise)
+
+
+# ----------------------------------------------------------------------------- fixed noise of S_tn
+
+
+def fixed_noise(noise_key, image_index, image_shape, dtype=jnp.float32):
+    """eps_i for each image index: N(0, I) drawn from fold_in(noise_key, i); shape [B, *image_shape]."""
+    image_index = jnp.asarray(image_index, jnp.uint32)
+    draw = lambda i: jax.random.normal(jax.random.fold_in(noise_key, i), image_shape, dtype)
+    return jax.vmap(draw)(image_index)
+
+
+def noisy_copy(x0, image_index, sigma_tn, noise_key):
+    """The element of S_tn for each image: x_tn = x0 + sigma_tn eps_i (VE form)."""
+    return x0 + sigma_tn * fixed_noise(noise_key, image_index, x0.shape[1:], x0.dtype)
+
+
+# ----------------------------------------------------------------------------- batch objective
+
+
+def make_objective(
+    objective="ambient",
+    sigma_tn=0.5,
+    branch_rule="paper",
+    weighting="edm",
+    noise_key=None,
+    p_mean=-1.2,
+    p_std=1.2,
+    sigma_data=SIGMA_DATA,
+):
+    """Build the training objective as a pure function.
+
+    Returns objective_fn(denoise, x0 [B,H,W,C], image_index [B], example_keys [B]) ->
+    (loss [B], aux) where aux has "is_ambient" [B] (bool) and "sigma" [B] (VE noise level).
+    Every random draw of row b comes from example_keys[b], so a row's loss does not depend on
+    how the batch is split over devices. `objective="ddpm"` is the plain denoising objective.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got {objective!r}")
+    if branch_rule not in BRANCH_RULES:
+        raise ValueError(f"loss.branch_rule must be one of {BRANCH_RULES}, got {branch_rule!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"loss.weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    sigma_tn = float(sigma_tn) if objective == "ambient" else 0.0
+    if sigma_tn < 0:
+        raise ValueError(f"loss.sigma_tn must be >= 0, got {sigma_tn}")
+    if sigma_tn > 0 and noise_key is None:
+        raise ValueError("the ambient objective needs noise_key, the key of the fixed noise of S_tn")
+    rule = _paper_rule if branch_rule == "paper" else _lecture_rule
+    return functools.partial(
+        rule,
+        sigma_tn=sigma_tn,
+        weighting=weighting,
+        noise_key=noise_key,
+        p_mean=p_mean,
+        p_std=p_std,
+        sigma_data=sigma_data,
+    )
+
+
+def _row_draws(example_keys, image_shape, dtype):
+    """Per-row standard normal scalar, uniform scalar, coin and image-shaped noise."""
+
+    def draw(key):
+        k_level, k_uniform, k_coin, k_noise = jax.random.split(key, 4)
+        return (
+            jax.random.normal(k_level, (), dtype),
+            jax.random.uniform(k_uniform, (), dtype),
+            jax.random.bernoulli(k_coin),
+            jax.random.normal(k_noise, image_shape, dtype),
+        )
+
+    return jax.vmap(draw)(example_keys)
+
+
+def _paper_rule(denoise, x0, image_index, example_keys, *, sigma_tn, weighting, noise_key, p_mean, p_std, sigma_data):
+    normal, _, _, noise = _row_draws(example_keys, x0.shape[1:], x0.dtype)
+    sigma = jnp.exp(p_mean + p_std * normal)
+    if sigma_tn == 0.0:
+        is_ambient = jnp.zeros(sigma.shape, bool)
+        loss = _two_regime_ve(denoise, x0, sigma, 0.0, noise, sigma_data, weighting)
+        return loss, {"is_ambient": is_ambient, "sigma": sigma}
+    is_ambient = sigma >= sigma_tn
+    x_tn = noisy_copy(x0, image_index, sigma_tn, noise_key)
+    target = jnp.where(_expand(is_ambient, x0), x_tn, x0)
+    level = jnp.where(is_ambient, sigma_tn, 0.0)
+    loss = _two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting)
+    return loss, {"is_ambient": is_ambient, "sigma": sigma}
+
+
+def _lecture_rule(denoise, x0, image_index, example_keys, *, sigma_tn, weighting, noise_key, p_mean, p_std, sigma_data):
+    del weighting, p_mean, p_std, sigma_data  # Algorithm 1 is unweighted and draws t uniformly
+    _, uniform, coin, noise = _row_draws(example_keys, x0.shape[1:], x0.dtype)
+    t_min, t_max = schedules.VP_T_MIN, schedules.VP_T_MAX
+    s_tn = float(schedules.ve_sigma_to_vp(sigma_tn))
+    t_n = float(schedules.vp_t_of_s(s_tn))
+    # From S_tn when the coin says so; with t_n <= t_min there is no clean range left and
+    # S_tn = S, so every row is the (then plain) noisy-branch loss over the whole time range.
+    is_ambient = coin | (t_n <= t_min)
+    t_n = max(t_n, t_min)
+    t = jnp.where(is_ambient, t_n + uniform * (t_max - t_n), t_min + uniform * (t_n - t_min))
+    s = schedules.vp_s_of_t(t)
+    if sigma_tn > 0:
+        x_tn_vp = schedules.ve_to_vp_x(noisy_copy(x0, image_index, sigma_tn, noise_key), sigma_tn)
+        target = jnp.where(_expand(is_ambient, x0), x_tn_vp, x0)
+    else:
+        target = x0
+    level = jnp.where(is_ambient, s_tn, 0.0)
+    loss = ambient_loss_vp(vp_denoiser(denoise), target, s, level, noise)
+    return loss, {"is_ambient": is_ambient & (sigma_tn > 0), "sigma": schedules.vp_to_ve_sigma(s)}

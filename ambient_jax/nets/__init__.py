@@ -1,0 +1,46 @@
+"""Score networks chosen by name.
+
+Every network is a Flax linen module F(x_in [B,H,W,C], c_noise [B], train) -> [B,H,W,C]; the
+EDM preconditioning (ambient_jax.precond) turns it into a denoiser. Presets:
+
+  tiny            small DDPM++ U-Net for tests and CPU runs (16x16 or 32x32)
+  ddpmpp_cifar10  EDM's DDPM++ for CIFAR-10 32x32 (about 55.7M parameters)
+  ncsnpp_cifar10  EDM's NCSN++ for CIFAR-10 32x32 (about 56.4M parameters)
+  ncsnpp_ffhq64   the paper's FFHQ-64 NCSN++ (channel_mult [1,2,2,2], dropout 0.05, about 62.8M)
+  mlp_small       residual MLP denoiser for low-resolution CPU experiments (REFERENCE.md s. 8)
+"""
+
+from ambient_jax.nets.mlp import ResidualMLP
+from ambient_jax.nets.unet import SongUNet
+
+_DDPMPP = dict(
+    model_channels=128, channel_mult=(2, 2, 2), num_blocks=4, attn_resolutions=(16,),
+    embedding_type="positional", channel_mult_noise=1, encoder_type="standard", resample_filter=(1, 1),
+)
+_NCSNPP = dict(_DDPMPP, embedding_type="fourier", channel_mult_noise=2, encoder_type="residual", resample_filter=(1, 3, 3, 1))
+
+PRESETS = {
+    "tiny": (SongUNet, dict(_DDPMPP, model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0)),
+    "ddpmpp_cifar10": (SongUNet, dict(_DDPMPP, dropout=0.13)),
+    "ncsnpp_cifar10": (SongUNet, dict(_NCSNPP, dropout=0.13)),
+    "ncsnpp_ffhq64": (SongUNet, dict(_NCSNPP, channel_mult=(1, 2, 2, 2), dropout=0.05)),
+    "mlp_small": (ResidualMLP, dict(width=1024, num_blocks=2, emb_channels=256, dropout=0.0)),
+}
+
+
+def build_model(preset, out_channels, **overrides):
+    """The linen module for `preset` with `overrides` applied to its fields (e.g. dropout=0.1)."""
+    if preset not in PRESETS:
+        raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    cls, fields = PRESETS[preset]
+    unknown = set(overrides) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(
+            f"model overrides {sorted(unknown)} are not fields of {cls.__name__} (preset {preset!r}); "
+            f"valid: {sorted(f for f in cls.__dataclass_fields__ if f not in ('parent', 'name'))}"
+        )
+    kwargs = dict(fields, **overrides)
+    for key, value in kwargs.items():
+        if isinstance(value, list):
+            kwargs[key] = tuple(value)
+    return cls(out_channels=out_channels, **kwargs)

@@ -1,0 +1,226 @@
+"""The DDPM++ / NCSN++ U-Net family of EDM ("SongUNet", Karras et al. 2022, networks.py), in Flax linen.
+
+Layout follows EDM's SongUNet, NHWC:
+  noise embedding (positional for DDPM++, Fourier for NCSN++) -> 2-layer MLP (emb = 4 x channels);
+  encoder: 3x3 conv, then per level [down block] + num_blocks residual blocks
+           (attention at `attn_resolutions`); NCSN++ adds a residual path from the input
+           ("encoder_type='residual'");
+  decoder: two bottleneck blocks (the first with attention), then per level [up block] +
+           num_blocks + 1 blocks on concatenated skips; GroupNorm -> SiLU -> 3x3 conv out.
+  Residual block: GN -> SiLU -> conv3 (resample) -> + emb affine -> GN -> SiLU -> dropout ->
+           conv3 (init ~ 0) -> + skip, times sqrt(1/2); optional single-head self-attention.
+Up/down sampling uses the fixed FIR filter `resample_filter` ([1,1] box for DDPM++,
+[1,3,3,1] for NCSN++), as EDM does; filters are constants, not parameters.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _xavier(scale=1.0):
+    """EDM's xavier_uniform init times `scale` (1e-5 for the "zero" init, sqrt(0.2) for attention)."""
+    base = nn.initializers.xavier_uniform()
+    return lambda key, shape, dtype=jnp.float32: base(key, shape, dtype) * scale
+
+
+def group_norm(channels):
+    """EDM's GroupNorm: min(32, C // 4) groups, eps 1e-6."""
+    return nn.GroupNorm(num_groups=min(32, channels // 4), epsilon=1e-6)
+
+
+def _fir(resample_filter):
+    f = np.asarray(resample_filter, np.float32)
+    f = np.outer(f, f)
+    return f / f.sum()
+
+
+def fir_downsample(x, resample_filter, padding):
+    """Depthwise FIR filter with stride 2 (EDM Conv2d(down=True) without weights)."""
+    f = _fir(resample_filter)
+    channels = x.shape[-1]
+    kernel = jnp.tile(jnp.asarray(f)[:, :, None, None], (1, 1, 1, channels)).astype(x.dtype)
+    return jax.lax.conv_general_dilated(
+        x, kernel, (2, 2), [(padding, padding)] * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
+    )
+
+
+def fir_upsample(x, resample_filter, padding):
+    """Depthwise transposed FIR filter with stride 2 (EDM Conv2d(up=True) without weights)."""
+    f = _fir(resample_filter) * 4.0
+    channels = x.shape[-1]
+    kernel = jnp.tile(jnp.asarray(f)[:, :, None, None], (1, 1, 1, channels)).astype(x.dtype)
+    k = f.shape[0]
+    # conv_transpose2d(stride 2, padding p) == dilated-input conv with padding k - 1 - p
+    # (the filter is symmetric, so no flip is needed).
+    pad = k - 1 - padding
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), [(pad, pad)] * 2, lhs_dilation=(2, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
+    )
+
+
+class Conv(nn.Module):
+    """EDM's Conv2d: optional FIR up/down resampling followed by a kernel x kernel conv."""
+
+    features: int
+    kernel: int = 3
+    up: bool = False
+    down: bool = False
+    fused_resample: bool = False
+    resample_filter: Sequence[int] = (1, 1)
+    init_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x):
+        f_pad = (len(self.resample_filter) - 1) // 2
+        w_pad = self.kernel // 2
+        conv = lambda pad: nn.Conv(
+            self.features, (self.kernel, self.kernel), padding=[(pad, pad)] * 2,
+            kernel_init=_xavier(self.init_scale), bias_init=nn.initializers.zeros,
+        )
+        if self.fused_resample and self.down and self.kernel:
+            x = conv(w_pad + f_pad)(x)
+            return fir_downsample(x, self.resample_filter, 0)
+        if self.up:
+            x = fir_upsample(x, self.resample_filter, f_pad)
+        if self.down:
+            x = fir_downsample(x, self.resample_filter, f_pad)
+        if self.kernel:
+            x = conv(w_pad)(x)
+        return x
+
+
+class UNetBlock(nn.Module):
+    """EDM's UNetBlock with adaptive_scale=False, skip_scale=sqrt(1/2), resample_proj=True."""
+
+    features: int
+    up: bool = False
+    down: bool = False
+    attention: bool = False
+    dropout: float = 0.0
+    resample_filter: Sequence[int] = (1, 1)
+
+    @nn.compact
+    def __call__(self, x, emb, train):
+        skip_scale = np.sqrt(0.5).astype(np.float32)
+        orig = x
+        res = dict(up=self.up, down=self.down, resample_filter=self.resample_filter)
+        h = Conv(self.features, 3, **res)(nn.silu(group_norm(x.shape[-1])(x)))
+        shift = nn.Dense(self.features, kernel_init=_xavier(), bias_init=nn.initializers.zeros)(emb)
+        h = nn.silu(group_norm(self.features)(h + shift[:, None, None, :].astype(h.dtype)))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = Conv(self.features, 3, init_scale=1e-5)(h)
+        if self.features != x.shape[-1] or self.up or self.down:
+            orig = Conv(self.features, 1, **res)(orig)
+        x = (h + orig) * skip_scale
+        if self.attention:
+            x = (SelfAttention(self.features)(x) + x) * skip_scale
+        return x
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over all positions (EDM UNetBlock, num_heads=1)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        b, height, width, c = x.shape
+        qkv = nn.Dense(3 * c, kernel_init=_xavier(np.sqrt(0.2)), bias_init=nn.initializers.zeros)(group_norm(c)(x))
+        q, k, v = jnp.split(qkv.reshape(b, height * width, 3 * c), 3, axis=-1)
+        weights = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) / np.sqrt(c), axis=-1)
+        a = jnp.einsum("bqk,bkc->bqc", weights.astype(v.dtype), v).reshape(b, height, width, c)
+        return nn.Dense(c, kernel_init=_xavier(1e-5), bias_init=nn.initializers.zeros)(a)
+
+
+def positional_embedding(noise_labels, channels, max_positions=10000):
+    """EDM's PositionalEmbedding(endpoint=True), with the sin/cos halves swapped as SongUNet does."""
+    half = channels // 2
+    freqs = (1.0 / max_positions) ** (jnp.arange(half, dtype=jnp.float32) / (half - 1))
+    angles = noise_labels.astype(jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def fourier_embedding(noise_labels, channels, scale=16.0, seed=0):
+    """EDM's FourierEmbedding: random frequencies fixed at construction (a constant, not a parameter)."""
+    freqs = np.random.RandomState(seed).randn(channels // 2).astype(np.float32) * scale
+    angles = noise_labels.astype(jnp.float32)[:, None] * (2 * np.pi * freqs)[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class SongUNet(nn.Module):
+    """F(x_in [B,H,W,C], c_noise [B]) -> [B,H,W,out_channels]; see the module docstring."""
+
+    out_channels: int
+    model_channels: int = 128
+    channel_mult: Sequence[int] = (1, 2, 2, 2)
+    channel_mult_emb: int = 4
+    num_blocks: int = 4
+    attn_resolutions: Sequence[int] = (16,)
+    dropout: float = 0.10
+    embedding_type: str = "positional"  # "positional" (DDPM++) | "fourier" (NCSN++)
+    channel_mult_noise: int = 1
+    encoder_type: str = "standard"  # "standard" (DDPM++) | "residual" (NCSN++)
+    resample_filter: Sequence[int] = (1, 1)
+    compute_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x, noise_labels, train=False):
+        dtype = jnp.dtype(self.compute_dtype)
+        resolution = x.shape[1]
+        if x.shape[1] != x.shape[2] or resolution % (2 ** (len(self.channel_mult) - 1)):
+            raise ValueError(
+                f"SongUNet needs square images whose side divides by 2^(levels-1); got {x.shape[1:3]} "
+                f"with channel_mult {tuple(self.channel_mult)}"
+            )
+        noise_channels = self.model_channels * self.channel_mult_noise
+        emb_channels = self.model_channels * self.channel_mult_emb
+        if self.embedding_type == "positional":
+            emb = positional_embedding(noise_labels, noise_channels)
+        elif self.embedding_type == "fourier":
+            emb = fourier_embedding(noise_labels, noise_channels)
+        else:
+            raise ValueError(f"embedding_type must be 'positional' or 'fourier', got {self.embedding_type!r}")
+        dense = lambda n: nn.Dense(n, kernel_init=_xavier(), bias_init=nn.initializers.zeros)
+        emb = nn.silu(dense(emb_channels)(emb))
+        emb = nn.silu(dense(emb_channels)(emb)).astype(dtype)
+
+        block = lambda features, **kw: UNetBlock(
+            features, dropout=self.dropout, resample_filter=tuple(self.resample_filter), **kw
+        )
+        x = x.astype(dtype)
+        aux = x
+        skips = []
+        for level, mult in enumerate(self.channel_mult):
+            res = resolution >> level
+            if level == 0:
+                x = Conv(self.model_channels, 3)(x)
+            else:
+                x = block(x.shape[-1], down=True)(x, emb, train)
+                if self.encoder_type == "residual":
+                    aux_conv = Conv(x.shape[-1], 3, down=True, fused_resample=True, resample_filter=tuple(self.resample_filter))
+                    x = aux = (x + aux_conv(aux)) / np.sqrt(2).astype(np.float32)
+            skips.append(x)
+            for _ in range(self.num_blocks):
+                x = block(self.model_channels * mult, attention=res in self.attn_resolutions)(x, emb, train)
+                skips.append(x)
+
+        for level in reversed(range(len(self.channel_mult))):
+            mult = self.channel_mult[level]
+            res = resolution >> level
+            if level == len(self.channel_mult) - 1:
+                x = block(x.shape[-1], attention=True)(x, emb, train)
+                x = block(x.shape[-1])(x, emb, train)
+            else:
+                x = block(x.shape[-1], up=True)(x, emb, train)
+            for idx in range(self.num_blocks + 1):
+                x = jnp.concatenate([x, skips.pop()], axis=-1)
+                attn = idx == self.num_blocks and res in self.attn_resolutions
+                x = block(self.model_channels * mult, attention=attn)(x, emb, train)
+        x = nn.silu(group_norm(x.shape[-1])(x))
+        return Conv(self.out_channels, 3, init_scale=1e-5)(x).astype(jnp.float32)

@@ -1,0 +1,46 @@
+"""EDM preconditioning (Karras et al. 2022, section 5 and Table 1, "EDM" column).
+
+A raw network F is wrapped into a denoiser that estimates x0 from x = x0 + sigma n:
+
+    D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma))
+    c_skip  = sd^2 / (sigma^2 + sd^2)
+    c_out   = sigma sd / sqrt(sigma^2 + sd^2)
+    c_in    = 1 / sqrt(sigma^2 + sd^2)
+    c_noise = ln(sigma) / 4
+
+with sd = sigma_data = 0.5 for data scaled to [-1, 1]. The scalings keep F's input and
+training target at unit variance for every sigma.
+"""
+
+import jax.numpy as jnp
+
+from ambient_jax.schedules import _expand
+
+SIGMA_DATA = 0.5
+
+
+def edm_coefficients(sigma, sigma_data=SIGMA_DATA):
+    """(c_skip, c_out, c_in, c_noise) for noise levels sigma (any shape)."""
+    sigma = jnp.asarray(sigma)
+    total = sigma**2 + sigma_data**2
+    c_skip = sigma_data**2 / total
+    c_out = sigma * sigma_data / jnp.sqrt(total)
+    c_in = 1.0 / jnp.sqrt(total)
+    c_noise = jnp.log(sigma) / 4.0
+    return c_skip, c_out, c_in, c_noise
+
+
+def edm_denoiser(raw_net, sigma_data=SIGMA_DATA):
+    """Turn raw_net(x_in [B,H,W,C], c_noise [B]) -> F into denoise(x, sigma [B]) -> x0_hat.
+
+    raw_net is usually `functools.partial(model.apply, params, ...)`; the returned callable
+    is what the losses and samplers take.
+    """
+
+    def denoise(x, sigma):
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (x.shape[0],))
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, sigma_data)
+        f = raw_net(_expand(c_in, x) * x, c_noise)
+        return _expand(c_skip, x) * x + _expand(c_out, x) * f.astype(x.dtype)
+
+    return denoise

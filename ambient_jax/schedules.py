@@ -1,0 +1,91 @@
+"""Noise processes shared by the losses and the samplers.
+
+Two parameterisations of the same Gaussian corruption are used in this project:
+
+* VE / EDM (Karras et al. 2022, eq. 1; the form the paper's code trains with):
+      x_sigma = x0 + sigma * n,                 sigma in [0, inf)
+* VP (the lecture's notation, section 5):
+      x_t = sqrt(1 - s_t^2) * x0 + s_t * z,     s_t in [0, 1)
+
+They are one process up to a per-level scale (REFERENCE.md section 1):
+      s = sigma / sqrt(1 + sigma^2),   x_vp = x_ve / sqrt(1 + sigma^2) = sqrt(1 - s^2) x_ve.
+
+The VP time axis t in [eps_t, 1] uses the variance-preserving SDE of Song et al. 2021
+(beta_min = 0.1, beta_d = 19.9): s_t^2 = 1 - exp(-(beta_d t^2 / 2 + beta_min t)), the same
+schedule EDM's VP preconditioning uses.
+
+The EDM sampler grid (Karras et al. 2022, eq. 5):
+      sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho,  sigma_N = 0.
+"""
+
+import jax
+import jax.numpy as jnp
+
+VP_BETA_MIN = 0.1
+VP_BETA_D = 19.9
+VP_T_MIN = 1e-5  # smallest diffusion time, as in EDM's VP set-up
+VP_T_MAX = 1.0
+
+
+def ve_perturb(x0, sigma, noise):
+    """x_sigma = x0 + sigma * noise; sigma broadcast over [B] -> [B, 1, 1, 1]."""
+    return x0 + _expand(sigma, x0) * noise
+
+
+def vp_perturb(x0, s, noise):
+    """x_t = sqrt(1 - s^2) x0 + s noise (the lecture's forward process)."""
+    s = _expand(s, x0)
+    return jnp.sqrt(1.0 - s**2) * x0 + s * noise
+
+
+def ve_sigma_to_vp(sigma):
+    """VE noise level sigma -> VP noise level s = sigma / sqrt(1 + sigma^2)."""
+    return sigma / jnp.sqrt(1.0 + sigma**2)
+
+
+def vp_to_ve_sigma(s):
+    """VP noise level s -> VE noise level sigma = s / sqrt(1 - s^2)."""
+    return s / jnp.sqrt(1.0 - s**2)
+
+
+def ve_to_vp_x(x_ve, sigma):
+    """Rescale a VE state at level sigma into the VP state at the same level."""
+    return x_ve / jnp.sqrt(1.0 + _expand(sigma, x_ve) ** 2)
+
+
+def vp_to_ve_x(x_vp, s):
+    """Rescale a VP state at level s into the VE state at the same level."""
+    return x_vp / jnp.sqrt(1.0 - _expand(s, x_vp) ** 2)
+
+
+def vp_s_of_t(t, beta_min=VP_BETA_MIN, beta_d=VP_BETA_D):
+    """s_t of the VP SDE at time t: s_t^2 = 1 - exp(-(beta_d t^2 / 2 + beta_min t))."""
+    return jnp.sqrt(-jnp.expm1(-(0.5 * beta_d * t**2 + beta_min * t)))
+
+
+def vp_t_of_s(s, beta_min=VP_BETA_MIN, beta_d=VP_BETA_D):
+    """Inverse of vp_s_of_t: the time at which the VP noise level equals s."""
+    log_term = -jnp.log1p(-(s**2))  # beta_d t^2 / 2 + beta_min t
+    return (jnp.sqrt(beta_min**2 + 2.0 * beta_d * log_term) - beta_min) / beta_d
+
+
+def edm_sigma_grid(num_steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+    """The EDM sampler's noise levels, num_steps of them, plus a final 0 (length num_steps+1)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    i = jnp.arange(num_steps, dtype=jnp.float32)
+    denom = max(num_steps - 1, 1)
+    inv_rho = 1.0 / rho
+    sigmas = (sigma_max**inv_rho + i / denom * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
+    return jnp.concatenate([sigmas, jnp.zeros((1,), jnp.float32)])
+
+
+def sample_log_normal_sigma(key, shape, p_mean=-1.2, p_std=1.2):
+    """EDM's training noise levels: ln sigma ~ N(p_mean, p_std^2)."""
+    return jnp.exp(p_mean + p_std * jax.random.normal(key, shape))
+
+
+def _expand(v, x):
+    """Broadcast a per-example [B] (or scalar) level against an x of shape [B, ...]."""
+    v = jnp.asarray(v, dtype=x.dtype)
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))

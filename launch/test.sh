@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up a virtual environment (once) and run the test suite.
+#   launch/test.sh                 # the whole suite
+#   launch/test.sh -k losses -x    # extra arguments go to pytest
+# AMBIENT_VENV chooses the environment's folder (default: .venv in the repository).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${AMBIENT_VENV:-.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+# torch is a test-only dependency (reference networks, weight files); the CPU build is pinned.
+"$venv/bin/python" -m pip install --quiet -e ".[test]"
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+exec "$venv/bin/python" -m pytest tests "$@"

@@ -1,0 +1,50 @@
+"""Test set-up: 8 fake CPU devices (set before jax is imported) and small shared helpers."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+
+def gaussian_denoiser(mu, std):
+    """E[x0 | x0 + sigma n] for x0 ~ N(mu, std^2 I): mu + std^2 / (std^2 + sigma^2) (x - mu)."""
+
+    def denoise(x, sigma):
+        shrink = (std**2 / (std**2 + sigma**2)).reshape(-1, *([1] * (x.ndim - 1)))
+        return mu + shrink * (x - mu)
+
+    return denoise
+
+
+def empirical_denoiser(points):
+    """The exact denoiser of the empirical distribution of `points` [N, ...]: softmax-weighted mean."""
+    flat = points.reshape(points.shape[0], -1)
+
+    def denoise(x, sigma):
+        xf = x.reshape(x.shape[0], -1)
+        d2 = jnp.sum((xf[:, None, :] - flat[None, :, :]) ** 2, axis=-1)
+        w = jax.nn.softmax(-d2 / (2 * sigma[:, None] ** 2), axis=-1)
+        return (w @ flat).reshape(x.shape)
+
+    return denoise
+
+
+def nonlinear_denoiser(key, shape):
+    """A fixed random nonlinear map, to check algebraic identities on something non-trivial."""
+    d = int(jnp.prod(jnp.array(shape)))
+    w = jax.random.normal(key, (d, d)) / jnp.sqrt(d)
+
+    def denoise(x, sigma):
+        xf = x.reshape(x.shape[0], -1)
+        return jnp.tanh(xf @ w + jnp.log(sigma)[:, None]).reshape(x.shape)
+
+    return denoise
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)

@@ -1,0 +1,209 @@
+"""The objectives: closed-form optima, exact reductions and the VE/VP change of variables."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import empirical_denoiser, gaussian_denoiser, nonlinear_denoiser
+
+from ambient_jax import losses, schedules
+
+IMAGE = (4, 4, 1)
+
+
+def test_ambient_loss_learns_clean_denoiser_from_noisy_data_only():
+    """The lecture's Exercise 1: minimising ambient_loss over S_tn alone gives E[x0 | x_sigma]."""
+    mu, std, sigma_tn, n = 0.3, 0.8, 0.5, 4096
+    x0 = mu + std * jax.random.normal(jax.random.key(1), (n, *IMAGE))
+    noise_key = jax.random.key(2)
+    x_tn = losses.noisy_copy(x0, jnp.arange(n), sigma_tn, noise_key)  # the only data used below
+    sigmas = jnp.array([0.7, 1.2, 2.0])  # one affine denoiser per sigma bucket, all > sigma_tn
+
+    def bucket_loss(params, sigma, key):
+        denoise = lambda x, s: params["a"] * x + params["b"]
+        s = jnp.full((n,), sigma)
+        return jnp.mean(losses.ambient_loss(denoise, x_tn, s, sigma_tn, jax.random.normal(key, x_tn.shape)))
+
+    def total_loss(params, key):
+        keys = jax.random.split(key, len(sigmas))
+        return jnp.sum(jax.vmap(bucket_loss)(params, sigmas, keys))
+
+    params = {"a": jnp.zeros(len(sigmas)), "b": jnp.zeros(len(sigmas))}
+    opt = optax.adam(0.02)
+
+    @jax.jit
+    def step(params, opt_state, key):
+        grads = jax.grad(total_loss)(params, key)
+        updates, opt_state = opt.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state
+
+    opt_state = opt.init(params)
+    for i in range(800):
+        params, opt_state = step(params, opt_state, jax.random.key(100 + i))
+
+    true_a = std**2 / (std**2 + sigmas**2)
+    true_b = mu * (1 - true_a)
+    naive_a = (std**2 + sigma_tn**2) / (std**2 + sigmas**2)  # E[x_tn | x_sigma] slope
+    np.testing.assert_allclose(params["a"], true_a, atol=0.015)
+    np.testing.assert_allclose(params["b"], true_b, atol=0.015)
+    assert np.all(np.abs(params["a"] - naive_a) > 0.045), "fit the noisy target, not the clean denoiser"
+
+
+def test_empirical_optimum_has_lower_loss_than_perturbations(key):
+    """For a finite training set the softmax-weighted mean is the exact minimiser of denoising_loss."""
+    points = jax.random.normal(key, (8, *IMAGE))
+    best = empirical_denoiser(points)
+    b = 32768
+    k_idx, k_sigma, k_noise, k_dir = jax.random.split(jax.random.key(3), 4)
+    x0 = points[jax.random.randint(k_idx, (b,), 0, len(points))]
+    sigma = schedules.sample_log_normal_sigma(k_sigma, (b,))
+    noise = jax.random.normal(k_noise, x0.shape)
+    loss = lambda d: float(jnp.mean(losses.denoising_loss(d, x0, sigma, noise)))
+    best_loss = loss(best)
+    for i, direction in enumerate(jax.random.normal(k_dir, (4, *IMAGE))):
+        shifted = lambda x, s, v=direction: best(x, s) + 0.1 * v
+        assert best_loss < loss(shifted), f"perturbation {i} beat the optimum"
+    blended = lambda x, s: 0.9 * best(x, s) + 0.1 * gaussian_denoiser(0.0, 1.0)(x, s)
+    assert best_loss < loss(blended)
+
+
+def test_sampling_the_empirical_optimum_replays_training_points(key):
+    """The analytical reason the project exists: the optimal denoiser only copies its data."""
+    from ambient_jax.sampling import edm_sampler
+
+    points = jax.random.normal(key, (8, *IMAGE))
+    samples = jax.jit(lambda z: edm_sampler(empirical_denoiser(points), z))(jax.random.normal(jax.random.key(4), (64, *IMAGE)))
+    dist = jnp.sqrt(jnp.sum((samples.reshape(64, 1, -1) - points.reshape(1, 8, -1)) ** 2, -1))
+    assert float(jnp.max(jnp.min(dist, axis=1))) < 1e-4
+    assert len(set(np.asarray(jnp.argmin(dist, axis=1)).tolist())) >= 4, "samples should hit several points"
+
+
+def test_ve_and_vp_ambient_losses_agree_after_change_of_variables(key):
+    """Eq. (5) in VP form equals the unweighted VE ambient loss divided by (1 + sigma_tn^2)."""
+    b = 16
+    k_x, k_eps, k_n, k_net = jax.random.split(key, 4)
+    x0 = jax.random.normal(k_x, (b, *IMAGE))
+    eps = jax.random.normal(k_eps, x0.shape)
+    noise = jax.random.normal(k_n, x0.shape)
+    denoise = nonlinear_denoiser(k_net, IMAGE)
+    sigma_tn = 0.7
+    sigma = jnp.linspace(0.8, 20.0, b)
+    x_tn_ve = x0 + sigma_tn * eps
+    ve = losses.ambient_loss(denoise, x_tn_ve, sigma, sigma_tn, noise, weighting="none")
+
+    s, s_tn = schedules.ve_sigma_to_vp(sigma), schedules.ve_sigma_to_vp(sigma_tn)
+    x_tn_vp = schedules.vp_perturb(x0, jnp.full((b,), s_tn), eps)
+    vp = losses.ambient_loss_vp(losses.vp_denoiser(denoise), x_tn_vp, s, s_tn, noise)
+    np.testing.assert_allclose(vp * (1 + sigma_tn**2), ve, rtol=2e-5)
+
+    # The clean branch: the VP and VE denoising losses are the same number.
+    ve_clean = losses.ambient_loss(denoise, x0, sigma, 0.0, noise, weighting="none")
+    vp_clean = losses.denoising_loss_vp(losses.vp_denoiser(denoise), x0, s, noise)
+    np.testing.assert_allclose(vp_clean, ve_clean, rtol=2e-5)
+
+
+def test_sigma_tn_zero_is_exactly_the_denoising_objective(key):
+    b = 32
+    x0 = jax.random.normal(key, (b, *IMAGE))
+    index = jnp.arange(b)
+    keys = jax.random.split(jax.random.key(5), b)
+    denoise = nonlinear_denoiser(jax.random.key(6), IMAGE)
+    sigma = jnp.exp(jnp.linspace(-3, 3, b))
+    noise = jax.random.normal(jax.random.key(7), x0.shape)
+    np.testing.assert_array_equal(
+        losses.ambient_loss(denoise, x0, sigma, 0.0, noise), losses.denoising_loss(denoise, x0, sigma, noise)
+    )
+    for rule in losses.BRANCH_RULES:
+        ddpm = losses.make_objective("ddpm", branch_rule=rule)
+        ambient0 = losses.make_objective("ambient", sigma_tn=0.0, branch_rule=rule, noise_key=jax.random.key(8))
+        loss_ddpm, aux_ddpm = ddpm(denoise, x0, index, keys)
+        loss_amb, aux_amb = ambient0(denoise, x0, index, keys)
+        np.testing.assert_array_equal(loss_ddpm, loss_amb)
+        assert not bool(jnp.any(aux_amb["is_ambient"]))
+
+
+def test_paper_rule_routes_rows_by_sigma_and_uses_the_fixed_copy(key):
+    b, sigma_tn = 256, 0.5
+    x0 = jax.random.normal(key, (b, *IMAGE))
+    index = jnp.arange(b) * 3 + 1
+    keys = jax.random.split(jax.random.key(9), b)
+    noise_key = jax.random.key(10)
+    denoise = nonlinear_denoiser(jax.random.key(11), IMAGE)
+    objective = losses.make_objective("ambient", sigma_tn=sigma_tn, noise_key=noise_key)
+    loss, aux = objective(denoise, x0, index, keys)
+    sigma = aux["sigma"]
+    np.testing.assert_array_equal(aux["is_ambient"], sigma >= sigma_tn)
+    frac = float(jnp.mean(aux["is_ambient"]))
+    assert 0.25 < frac < 0.43, frac  # P(ln sigma >= ln 0.5) under N(-1.2, 1.2^2) is 0.337
+
+    # Row by row it is the ambient loss on x_tn or the denoising loss on x0, with the same draws.
+    _, _, _, noise = losses._row_draws(keys, IMAGE, x0.dtype)
+    x_tn = losses.noisy_copy(x0, index, sigma_tn, noise_key)
+    expected = jnp.where(
+        aux["is_ambient"],
+        losses.ambient_loss(denoise, x_tn, jnp.maximum(sigma, sigma_tn), sigma_tn, noise),
+        losses.denoising_loss(denoise, x0, sigma, noise),
+    )
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_lecture_rule_splits_time_at_t_n(key):
+    b, sigma_tn = 512, 1.0
+    x0 = jax.random.normal(key, (b, *IMAGE))
+    keys = jax.random.split(jax.random.key(12), b)
+    objective = losses.make_objective("ambient", sigma_tn=sigma_tn, branch_rule="lecture", noise_key=jax.random.key(13))
+    loss, aux = objective(nonlinear_denoiser(jax.random.key(14), IMAGE), x0, jnp.arange(b), keys)
+    amb = np.asarray(aux["is_ambient"])
+    sigma = np.asarray(aux["sigma"])
+    assert 0.4 < amb.mean() < 0.6  # drawn uniformly from S u S_tn
+    assert np.all(sigma[amb] >= sigma_tn * (1 - 1e-5)) and np.all(sigma[~amb] <= sigma_tn * (1 + 1e-5))
+    assert np.all(np.isfinite(loss))
+
+
+def test_rescaled_weighting_multiplies_the_ambient_branch(key):
+    b, sigma_tn = 8, 0.5
+    x = jax.random.normal(key, (b, *IMAGE))
+    noise = jax.random.normal(jax.random.key(15), x.shape)
+    sigma = jnp.linspace(0.6, 5.0, b)
+    denoise = nonlinear_denoiser(jax.random.key(16), IMAGE)
+    plain = losses.ambient_loss(denoise, x, sigma, sigma_tn, noise)
+    rescaled = losses.ambient_loss(denoise, x, sigma, sigma_tn, noise, weighting="rescaled")
+    np.testing.assert_allclose(rescaled, plain * sigma**4 / (sigma**2 - sigma_tn**2) ** 2, rtol=1e-5)
+
+
+def test_fixed_noise_is_a_pure_function_of_image_index():
+    noise_key = jax.random.key(17)
+    index = jnp.arange(16)
+    first = losses.fixed_noise(noise_key, index, IMAGE)
+    again = losses.fixed_noise(noise_key, index[::-1], IMAGE)[::-1]  # another "epoch" in another order
+    np.testing.assert_array_equal(first, again)
+    one_by_one = jnp.concatenate([losses.fixed_noise(noise_key, index[i : i + 1], IMAGE) for i in range(16)])
+    np.testing.assert_array_equal(first, one_by_one)
+    flat = np.asarray(first).reshape(16, -1)
+    assert np.max(np.abs(np.corrcoef(flat))[~np.eye(16, dtype=bool)]) < 0.9, "images must get different noise"
+    assert len({row.tobytes() for row in flat}) == 16
+
+    # The same numbers on 8 devices (pmap over 2 images each) and under a sharded jit.
+    per_device = jax.pmap(lambda i: losses.fixed_noise(noise_key, i, IMAGE))(index.reshape(8, 2))
+    np.testing.assert_array_equal(first, np.asarray(per_device).reshape(first.shape))
+    mesh = jax.make_mesh((8,), ("data",))
+    sharded = jax.device_put(index, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    np.testing.assert_array_equal(first, jax.jit(lambda i: losses.fixed_noise(noise_key, i, IMAGE))(sharded))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(objective="gan"), "loss.objective"),
+        (dict(branch_rule="coin"), "loss.branch_rule"),
+        (dict(weighting="sqrt"), "loss.weighting"),
+        (dict(sigma_tn=-1.0, noise_key=jax.random.key(0)), "loss.sigma_tn"),
+        (dict(sigma_tn=0.5), "noise_key"),
+    ],
+)
+def test_bad_objective_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        losses.make_objective(**kwargs)
