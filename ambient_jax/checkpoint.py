@@ -1,0 +1,46 @@
+"""Checkpoints of the train state with orbax's CheckpointManager.
+
+Saves are asynchronous and committed atomically by orbax (a step folder becomes visible to
+`latest_step` only once its commit finished), so an interrupted save is never restored.
+Keep policy: the latest checkpoint always, plus every step divisible by `keep_every` when set.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be restored into the expected state."""
+
+
+def make_manager(workdir, keep_every=0):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1,
+        keep_period=keep_every or None,
+        enable_async_checkpointing=True,
+        create=True,
+    )
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def save(manager, step, state):
+    manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+
+
+def restore_latest(manager, target):
+    """The latest checkpoint restored into `target`'s structure, shapes and shardings; None if there is none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    except Exception as err:  # orbax raises many types for a corrupt or foreign checkpoint
+        raise CheckpointError(
+            f"cannot restore checkpoint step {step} in {manager.directory}: {err}. "
+            "If the run's network or optimizer changed, use a new --workdir; if the checkpoint is corrupt, "
+            f"delete {os.path.join(str(manager.directory), str(step))} to fall back to an earlier one."
+        ) from err
+    return restored.state

@@ -1,0 +1,147 @@
+"""The common base of every experiment config, and config checks / persistence.
+
+Experiment files under configs/ start from `base_config()` and change what they need; every
+run writes its full config to `<workdir>/config.json`, and the programs read it back from
+there (sampling and evaluation need no --config).
+"""
+
+import json
+import os
+
+import ml_collections
+
+CONFIG_NAME = "config.json"
+
+# Fields that may change when a run is resumed: they steer the loop, not what is learned.
+RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.sample_every", "train.checkpoint_every",
+                     "train.keep_every", "sample", "eval")
+
+
+def base_config():
+    c = ml_collections.ConfigDict()
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "mnist"  # mnist (embedded) | folder
+    c.data.path = ""  # folder source: a folder of PNG/JPEG images
+    c.data.resolution = 16
+    c.data.channels = 1
+    c.data.n_train = 100
+    c.data.subset_seed = 0
+    c.data.augment_flip = False  # horizontal flips (off for digits)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "mlp_small"  # see ambient_jax.nets.PRESETS
+    c.model.overrides = ml_collections.ConfigDict()  # e.g. --config.model.overrides.dropout=0.1
+    c.model.compute_dtype = "float32"
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.objective = "ambient"  # ddpm | ambient
+    c.loss.sigma_tn = 0.5  # noise level of the fixed noisy copies (VE sigma units)
+    c.loss.branch_rule = "paper"  # paper | lecture
+    c.loss.weighting = "edm"  # edm | rescaled | none
+    c.loss.p_mean = -1.2
+    c.loss.p_std = 1.2
+    c.loss.sigma_data = 0.5
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-3
+    c.optim.warmup_kimg = 10.0  # linear warm-up over this many thousand images
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0  # EDM uses none (the paper's code defaults to 0.01)
+    c.optim.grad_clip = 0.0  # global-norm clipping; 0 = off
+
+    c.ema = ml_collections.ConfigDict()
+    c.ema.halflife_kimg = 500.0
+    c.ema.rampup_ratio = 0.05  # half-life <= rampup_ratio * images seen (EDM)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 128
+    c.train.num_steps = 2000
+    c.train.seed = 0
+    c.train.log_every = 100
+    c.train.sample_every = 1000
+    c.train.checkpoint_every = 1000
+    c.train.keep_every = 0  # also keep every checkpoint whose step divides by this; 0 = latest only
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.sampler = "edm_heun"  # edm_heun | edm_euler | ddim_vp
+    c.sample.num_steps = 18
+    c.sample.num_samples = 1000
+    c.sample.batch_size = 500
+    c.sample.seed = 1
+    c.sample.grid_size = 8  # an 8x8 grid PNG
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.thresholds = (0.9, 0.95, 0.98)  # "S > tau" shares of the similarity score
+    c.eval.carlini_k = 50
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.mode = "jit"  # jit | pmap
+    return c
+
+
+def check_config(config):
+    """Raise ValueError naming the field for values the programs cannot run with."""
+    from ambient_jax import losses, nets, sampling
+
+    def need(ok, field, message):
+        if not ok:
+            raise ValueError(f"config field {field}: {message}")
+
+    need(config.loss.objective in losses.OBJECTIVES, "loss.objective", f"must be one of {losses.OBJECTIVES}")
+    need(config.loss.branch_rule in losses.BRANCH_RULES, "loss.branch_rule", f"must be one of {losses.BRANCH_RULES}")
+    need(config.loss.weighting in losses.WEIGHTINGS, "loss.weighting", f"must be one of {losses.WEIGHTINGS}")
+    need(config.loss.sigma_tn >= 0, "loss.sigma_tn", "must be >= 0")
+    need(config.model.preset in nets.PRESETS, "model.preset", f"must be one of {sorted(nets.PRESETS)}")
+    need(config.sample.sampler in sampling.SAMPLERS, "sample.sampler", f"must be one of {sorted(sampling.SAMPLERS)}")
+    need(config.parallel.mode in ("jit", "pmap"), "parallel.mode", "must be 'jit' or 'pmap'")
+    for field in ("train.batch_size", "train.num_steps", "train.log_every", "sample.num_steps", "sample.batch_size"):
+        section, name = field.split(".")
+        need(int(config[section][name]) >= 1, field, "must be >= 1")
+    need(config.optim.lr > 0, "optim.lr", "must be > 0")
+
+
+def save_config(workdir, config):
+    path = os.path.join(workdir, CONFIG_NAME)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def load_config(workdir):
+    path = os.path.join(workdir, CONFIG_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: {workdir!r} is not a training work dir (run ambient-train first)")
+    with open(path) as f:
+        return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def config_differences(old, new):
+    """Dotted names of the fields where two configs differ, ignoring RESUMABLE_CHANGES."""
+    old_flat, new_flat = _flatten(json.loads(old.to_json_best_effort())), _flatten(json.loads(new.to_json_best_effort()))
+    names = sorted(set(old_flat) | set(new_flat))
+    changed = [n for n in names if old_flat.get(n) != new_flat.get(n)]
+    return [n for n in changed if not any(n == r or n.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+
+
+def _flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _tuples(tree):
+    """JSON lists back to tuples, as the config files write them."""
+    if isinstance(tree, dict):
+        return {k: _tuples(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return tuple(_tuples(v) for v in tree)
+    return tree

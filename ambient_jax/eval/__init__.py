@@ -1,0 +1,1 @@
+"""The evaluation: nearest-training-neighbour memorization scores and Fréchet distances."""

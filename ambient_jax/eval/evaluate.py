@@ -1,0 +1,161 @@
+"""Evaluate one run's samples: memorization against its training subset and quality against
+the held-out images, written to <workdir>/eval/ as metrics.json, report.md and figures.
+
+Pixel space (always available):
+  * similarity: max cosine similarity of centred pixels to any training image, S > tau shares;
+  * extraction: the Carlini et al. criterion (memorization.extraction_report);
+  * quality: the Fréchet distance of pixel vectors to the held-out images ("FD-pixel", a crude
+    stand-in for FID: equal sample counts only) and the median L2 distance of each sample to its
+    nearest held-out image.
+As a reference point the same similarity shares are computed for held-out real images (how
+close a new real digit is to the training set without any copying).
+"""
+
+import json
+import os
+
+import numpy as np
+
+from ambient_jax import config as config_lib
+from ambient_jax.data import load_split, read_subset_record
+from ambient_jax.data.sources import to_unit_range
+from ambient_jax.data.subset import write_json_atomic
+from ambient_jax.eval import fid, memorization
+
+EVAL_DIR = "eval"
+
+
+def load_samples(path, image_shape):
+    """uint8 [N, H, W, C] from an .npz under key "samples"; one clear error for anything else."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"samples file {path} does not exist: run ambient-sample first")
+    try:
+        with np.load(path) as data:
+            if "samples" not in data:
+                raise ValueError(f"samples file {path} has no array 'samples' (it has {sorted(data.keys())})")
+            samples = data["samples"]
+    except (OSError, EOFError) as err:
+        raise ValueError(f"samples file {path} is not a readable .npz ({err})") from err
+    if samples.ndim != 4 or tuple(samples.shape[1:]) != tuple(image_shape) or samples.dtype != np.uint8:
+        raise ValueError(
+            f"samples file {path} holds {samples.dtype} {tuple(samples.shape)}; expected uint8 [N, "
+            f"{', '.join(map(str, image_shape))}] (NHWC) for this run"
+        )
+    if len(samples) < 2:
+        raise ValueError(f"samples file {path} holds {len(samples)} image(s); need at least 2")
+    return samples
+
+
+def evaluate_run(workdir, samples_path=None, log=print):
+    config = config_lib.load_config(workdir)
+    record = read_subset_record(workdir)
+    split = load_split(config.data)
+    if [int(i) for i in split.train_indices] != record["train_indices"]:
+        raise ValueError(f"the data source no longer gives the training subset recorded in {workdir}/subset.json")
+    shape = (config.data.resolution, config.data.resolution, config.data.channels)
+    samples_path = samples_path or os.path.join(workdir, "samples.npz")
+    samples_u8 = load_samples(samples_path, shape)
+    samples = to_unit_range(samples_u8)
+    thresholds = tuple(config.eval.thresholds)
+
+    train_emb = memorization.pixel_embedding(split.train)
+    sims, nearest, similarity = memorization.similarity_report(memorization.pixel_embedding(samples), train_emb, thresholds)
+    heldout = split.heldout[np.random.RandomState(0).permutation(len(split.heldout))[: len(samples)]]
+    _, _, heldout_similarity = memorization.similarity_report(memorization.pixel_embedding(heldout), train_emb, thresholds)
+    flat = lambda x: x.reshape(len(x), -1)
+    extracted, l2_train, _ = memorization.extraction_report(flat(samples), flat(split.train), config.eval.carlini_k)
+    l2_heldout, _ = memorization.blocked_topk(flat(samples), flat(split.heldout), k=1, metric="l2")
+
+    metrics = {
+        "workdir": os.path.abspath(workdir),
+        "samples": os.path.abspath(samples_path),
+        "num_samples": int(len(samples)),
+        "num_train": int(len(split.train)),
+        "num_heldout_for_fd": int(len(heldout)),
+        "objective": config.loss.objective,
+        "sigma_tn": float(config.loss.sigma_tn) if config.loss.objective == "ambient" else 0.0,
+        "pixel_similarity": similarity,
+        "heldout_pixel_similarity": heldout_similarity,
+        "extraction_rate": float(100 * extracted.mean()),
+        "median_l2_to_train": float(np.median(l2_train)),
+        "median_l2_to_heldout": float(np.median(l2_heldout[:, 0])),
+        "fd_pixel": fid.frechet_distance_of(flat(samples), flat(heldout)),
+        "fd_pixel_train_vs_heldout": fid.frechet_distance_of(flat(split.train), flat(heldout)),
+    }
+    out = os.path.join(workdir, EVAL_DIR)
+    os.makedirs(out, exist_ok=True)
+    write_json_atomic(os.path.join(out, "metrics.json"), metrics)
+    write_text_atomic(os.path.join(out, "report.md"), markdown_table([metrics]))
+    save_nearest_figure(samples_u8, sims, nearest, split.train, os.path.join(out, "nearest.png"))
+    save_histogram(sims, os.path.join(out, "similarity_histogram.png"), thresholds)
+    log(markdown_table([metrics]))
+    return metrics
+
+
+ROWS = (
+    ("FD-pixel (vs held-out, lower is better)", lambda m: m["fd_pixel"]),
+    ("median L2 to nearest held-out", lambda m: m["median_l2_to_heldout"]),
+    ("extraction rate % (Carlini)", lambda m: m["extraction_rate"]),
+    ("median L2 to nearest training image", lambda m: m["median_l2_to_train"]),
+)
+
+
+def markdown_table(runs):
+    """The paper's Table 1 layout: rows are metrics, columns are runs."""
+    names = [f"{m['objective']}" + (f" s_tn={m['sigma_tn']:g}" if m["objective"] == "ambient" else "") for m in runs]
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(runs)]
+    for label, get in ROWS:
+        lines.append(f"| {label} | " + " | ".join(f"{get(m):.2f}" for m in runs) + " |")
+    for key in runs[0]["pixel_similarity"]:
+        if key.startswith("S>"):
+            lines.append(f"| pixel {key} % (held-out reals: {runs[0]['heldout_pixel_similarity'][key]:.1f}) | "
+                         + " | ".join(f"{m['pixel_similarity'][key]:.1f}" for m in runs) + " |")
+    lines.append("| samples / training images | " + " | ".join(f"{m['num_samples']} / {m['num_train']}" for m in runs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_runs(workdirs):
+    runs = []
+    for w in workdirs:
+        path = os.path.join(w, EVAL_DIR, "metrics.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} is missing: run ambient-eval --workdir={w} first")
+        with open(path) as f:
+            runs.append(json.load(f))
+    return markdown_table(runs)
+
+
+def write_text_atomic(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_nearest_figure(samples_u8, sims, nearest, train, path, count=16):
+    """The most similar samples (top row of each pair) above their nearest training images."""
+    from ambient_jax.data import to_uint8
+    from ambient_jax.generate import save_grid
+
+    order = np.argsort(-sims)[:count]
+    pairs = np.concatenate([samples_u8[order], to_uint8(train[nearest[order]])])
+    save_grid(pairs, path, cols=len(order))
+
+
+def save_histogram(sims, path, thresholds):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(sims, bins=50, range=(min(0.0, float(sims.min())), 1.0))
+    for t in thresholds:
+        ax.axvline(t, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("max cosine similarity to a training image (pixels)")
+    ax.set_ylabel("samples")
+    fig.tight_layout()
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

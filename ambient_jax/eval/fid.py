@@ -1,0 +1,39 @@
+"""Fréchet distance between Gaussian fits of two feature sets (Heusel et al. 2017):
+
+    FD = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)),
+
+statistics in float64, covariance with N - 1. Tr((S1 S2)^(1/2)) is computed without a Schur
+square root: with R = S1^(1/2) (eigh), (S1 S2)^(1/2) is similar to (R S2 R)^(1/2), a symmetric
+PSD matrix, so the trace is the sum of square roots of the eigenvalues of R S2 R.
+"""
+
+import numpy as np
+
+
+def feature_statistics(features):
+    x = np.asarray(features, np.float64).reshape(len(features), -1)
+    if len(x) < 2:
+        raise ValueError(f"need at least 2 feature vectors for statistics, got {len(x)}")
+    return x.mean(axis=0), np.cov(x, rowvar=False, ddof=1)
+
+
+def sqrt_psd(matrix):
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def trace_sqrt_product(sigma1, sigma2):
+    """Tr((S1 S2)^(1/2)) for symmetric PSD S1, S2."""
+    root = sqrt_psd(sigma1)
+    values = np.linalg.eigvalsh(root @ sigma2 @ root)
+    return float(np.sum(np.sqrt(np.clip(values, 0, None))))
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
+    return float(max(value, 0.0))
+
+
+def frechet_distance_of(features1, features2):
+    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))

@@ -1,0 +1,1 @@
+"""Command-line programs: ambient-train, ambient-sample, ambient-eval."""

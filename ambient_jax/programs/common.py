@@ -1,0 +1,67 @@
+"""What the programs share: the default config path and one clear error line instead of a traceback."""
+
+import functools
+import os
+import sys
+
+from absl import logging
+
+import ambient_jax
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ambient_jax.__file__))), "configs", "mnist.py")
+
+
+def user_errors():
+    from ambient_jax.checkpoint import CheckpointError
+    from ambient_jax.data import DataError
+    from ambient_jax.train import TrainingError
+
+    return (DataError, TrainingError, CheckpointError, ValueError, OSError, KeyError)
+
+
+def clean_errors(main):
+    """Run main; a user error ends the program with one line on stderr and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapped(argv):
+        logging.set_verbosity(logging.WARNING)
+        try:
+            return main(argv)
+        except user_errors() as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapped
+
+
+def say(message):
+    print(message, flush=True)
+
+
+def _unknown_field(err):
+    detail = " ".join(str(err.args[0] if err.args else err).strip("'\"").replace("\\n", " ").replace("\\'", "'").split())
+    print(f"error: a --config override names a field that does not exist: {detail}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with an unknown --config.FIELD reported in one line."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as err:
+        _unknown_field(err)
+
+
+def run_program(main, define_flags=None):
+    """Define the program's flags (config overrides are applied here), then run main."""
+    from absl import app
+
+    if define_flags is not None:
+        try:
+            define_flags()
+        except (AttributeError, KeyError) as err:
+            _unknown_field(err)
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,47 @@
+"""ambient-sample: draw images from a run's EMA parameters.
+
+    ambient-sample --workdir=runs/mnist_ambient [--num_samples=1000] [--seed=1]
+
+Writes <workdir>/samples.npz (uint8 NHWC under key "samples") and <workdir>/samples.png.
+"""
+
+import os
+import time
+
+import numpy as np
+from absl import flags
+
+from ambient_jax.programs.common import clean_errors, say, run_program
+
+flags.DEFINE_string("workdir", None, "a training work dir", required=True)
+flags.DEFINE_integer("num_samples", None, "how many images (default: the run's sample.num_samples)")
+flags.DEFINE_integer("seed", None, "sampling seed (default: the run's sample.seed)")
+flags.DEFINE_string("out", None, "output .npz (default: <workdir>/samples.npz)")
+FLAGS = flags.FLAGS
+
+
+@clean_errors
+def main(argv):
+    del argv
+    from ambient_jax import generate, train
+
+    config, model, params = train.load_ema_params(FLAGS.workdir)
+    num = FLAGS.num_samples or config.sample.num_samples
+    seed = config.sample.seed if FLAGS.seed is None else FLAGS.seed
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "samples.npz")
+    start = time.perf_counter()
+    progress = lambda done, total: say(f"sampled {done}/{total} ({done / (time.perf_counter() - start):.0f} img/s)")
+    images = generate.generate(config, model, params, num, seed, progress=progress)
+    tmp = out + ".tmp.npz"
+    np.savez_compressed(tmp, samples=images, seed=seed)
+    os.replace(tmp, out)
+    generate.save_grid(images[: config.sample.grid_size**2], os.path.splitext(out)[0] + ".png", config.sample.grid_size)
+    say(f"wrote {out} ({images.shape[0]} images, {config.sample.sampler}, {config.sample.num_steps} steps)")
+
+
+def run():
+    run_program(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,241 @@
+"""Training: the train state, the compiled train step and the training loop.
+
+One step (EDM's training loop, Karras et al. 2022, with the objective of ambient_jax.losses):
+  indices b -> image i_b drawn uniformly from the training subset held on device,
+  per-row keys fold_in(step key, b) -> noise level, fresh noise, branch (losses.make_objective),
+  loss = mean_b loss_b -> grads -> Adam with linear warm-up -> EMA of the parameters:
+      beta = 0.5 ** (batch / halflife_img),  halflife_img = min(halflife_kimg * 1000,
+                                                               rampup_ratio * images seen).
+Every key is fold_in(key(train.seed), purpose, step, row): nothing random is stored, so a
+resumed run repeats an uninterrupted one bit for bit.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ambient_jax import checkpoint, config as config_lib, generate, losses
+from ambient_jax.data import load_split, read_subset_record, record_subset
+from ambient_jax.precond import edm_denoiser
+
+# fold_in purposes of the root key
+KEY_INIT, KEY_STEP, KEY_NOISE_TN, KEY_GRID = 0, 1, 2, 3
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a diverged loss, a work dir of another run); the message says what to do."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+def root_key(config):
+    return jax.random.key(config.train.seed)
+
+
+def learning_rate_schedule(optim_config, batch_size):
+    """lr * min(images seen / warm-up images, 1), counted after the step (EDM's ramp-up)."""
+    warmup_img = optim_config.warmup_kimg * 1000.0
+
+    def schedule(step):
+        seen = (step + 1) * batch_size
+        ramp = jnp.minimum(seen / warmup_img, 1.0) if warmup_img > 0 else 1.0
+        return optim_config.lr * ramp
+
+    return schedule
+
+
+def make_optimizer(optim_config, batch_size):
+    schedule = learning_rate_schedule(optim_config, batch_size)
+    adam = dict(b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps)
+    if optim_config.weight_decay:
+        opt = optax.adamw(schedule, weight_decay=optim_config.weight_decay, **adam)
+    else:
+        opt = optax.adam(schedule, **adam)
+    if optim_config.grad_clip:
+        opt = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), opt)
+    return opt, schedule
+
+
+def ema_beta(step, batch_size, ema_config):
+    """EDM's EMA decay for the update made at `step` (0-based)."""
+    halflife = ema_config.halflife_kimg * 1000.0
+    if ema_config.rampup_ratio:
+        halflife = jnp.minimum(halflife, (step + 1) * batch_size * ema_config.rampup_ratio)
+    return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))
+
+
+def init_state(config, model, optimizer):
+    shape = (1, *generate.image_shape(config))
+    key = jax.random.fold_in(root_key(config), KEY_INIT)
+    params = jax.jit(model.init)(key, jnp.zeros(shape), jnp.zeros((1,)))
+    ema_params = jax.tree_util.tree_map(jnp.copy, params)  # its own buffers: the step donates both
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params, opt_state=optimizer.init(params))
+
+
+def make_train_step(config, model, optimizer, schedule):
+    """(state, images [n,H,W,C] on device) -> (state, metrics): one compiled step, state donated."""
+    batch_size = config.train.batch_size
+    key = root_key(config)
+    objective = losses.make_objective(
+        config.loss.objective,
+        sigma_tn=config.loss.sigma_tn,
+        branch_rule=config.loss.branch_rule,
+        weighting=config.loss.weighting,
+        noise_key=jax.random.fold_in(key, KEY_NOISE_TN),
+        p_mean=config.loss.p_mean,
+        p_std=config.loss.p_std,
+        sigma_data=config.loss.sigma_data,
+    )
+    step_root = jax.random.fold_in(key, KEY_STEP)
+
+    def train_step(state, images):
+        step_key = jax.random.fold_in(step_root, state.step)
+        k_index, k_rows, k_dropout, k_flip = (jax.random.fold_in(step_key, p) for p in range(4))
+        index = jax.random.randint(k_index, (batch_size,), 0, images.shape[0])
+        x0 = images[index]
+        if config.data.augment_flip:
+            flip = jax.random.bernoulli(k_flip, 0.5, (batch_size,))
+            x0 = jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
+        row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(jnp.arange(batch_size))
+
+        def loss_fn(params):
+            raw = lambda x, c: model.apply(params, x, c, train=True, rngs={"dropout": k_dropout})
+            per_row, aux = objective(edm_denoiser(raw, config.loss.sigma_data), x0, index, row_keys)
+            return jnp.mean(per_row), (per_row, aux)
+
+        (loss, (per_row, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        beta = ema_beta(state.step, batch_size, config.ema)
+        ema = jax.tree_util.tree_map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, params)
+        amb = aux["is_ambient"].astype(jnp.float32)
+        metrics = {
+            "loss": loss,
+            "loss_clean": jnp.sum(per_row * (1 - amb)) / jnp.maximum(jnp.sum(1 - amb), 1.0),
+            "loss_ambient": jnp.sum(per_row * amb) / jnp.maximum(jnp.sum(amb), 1.0),
+            "frac_ambient": jnp.mean(amb),
+            "grad_norm": optax.global_norm(grads),
+            "lr": schedule(state.step),
+        }
+        new_state = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def all_finite(tree):
+    return bool(jax.device_get(jax.tree_util.tree_reduce(
+        lambda a, b: a & b, jax.tree_util.tree_map(lambda x: jnp.all(jnp.isfinite(x)), tree))))
+
+
+def prepare_workdir(config, workdir, allow_config_change=False):
+    """Create or reopen a work dir; refuse to resume a run of another config unless told."""
+    config_lib.check_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, config_lib.CONFIG_NAME)
+    if os.path.exists(path):
+        old = config_lib.load_config(workdir)
+        changed = config_lib.config_differences(old, config)
+        if changed and not allow_config_change:
+            raise TrainingError(
+                f"work dir {workdir!r} holds a run with another config (fields differ: {', '.join(changed)}). "
+                "Use a new --workdir, or pass --allow_config_change to resume it with the new values."
+            )
+    config_lib.save_config(workdir, config)
+
+
+def train(config, workdir, allow_config_change=False, log=print):
+    """Train (or resume) the run in `workdir`; returns the final TrainState."""
+    prepare_workdir(config, workdir, allow_config_change)
+    split = load_split(config.data)
+    if os.path.exists(os.path.join(workdir, "subset.json")):
+        if read_subset_record(workdir)["train_indices"] != [int(i) for i in split.train_indices]:
+            raise TrainingError(f"{workdir}/subset.json records another training subset; use a new --workdir")
+    record_subset(workdir, config.data, split)
+    images = jax.device_put(jnp.asarray(split.train))
+
+    model = generate.build_network(config, config.data.channels)
+    optimizer, schedule = make_optimizer(config.optim, config.train.batch_size)
+    state = init_state(config, model, optimizer)
+    manager = checkpoint.make_manager(workdir, config.train.keep_every)
+    restored = checkpoint.restore_latest(manager, state)
+    if restored is not None:
+        state = restored
+        log(f"resumed from step {int(state.step)} in {workdir}")
+    train_step = make_train_step(config, model, optimizer, schedule)
+    sample_fn = generate.make_sample_fn(config, model)
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+
+    start = int(state.step)
+    total = config.train.num_steps
+    last_saved = manager.latest_step()
+    window_sum, window_steps = None, 0
+    t_window = time.perf_counter()
+    t_start = t_window
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    for step in range(start, total):
+        state, metrics = train_step(state, images)
+        window_sum = metrics if window_sum is None else jax.tree_util.tree_map(jnp.add, window_sum, metrics)
+        window_steps += 1
+        done = step + 1
+        if done % config.train.log_every == 0 or done == total:
+            means = {k: float(v) / window_steps for k, v in jax.device_get(window_sum).items()}
+            now = time.perf_counter()
+            rate = window_steps * config.train.batch_size / (now - t_window)
+            if not np.isfinite(means["loss"]):
+                manager.wait_until_finished()
+                raise TrainingError(
+                    f"the loss became {means['loss']} between steps {done - window_steps} and {done}. The last good "
+                    f"checkpoint (step {last_saved}) is kept. Lower optim.lr, set optim.grad_clip (e.g. 1.0) "
+                    "or use loss.weighting=edm, then re-run to resume from it."
+                )
+            eta = (total - done) * config.train.batch_size / rate
+            record = {"step": done, **means, "images_per_s": rate, "seconds": now - t_start}
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            log(f"step {done}/{total}  loss {means['loss']:.4f} (clean {means['loss_clean']:.4f}, ambient "
+                f"{means['loss_ambient']:.4f})  {rate:.0f} img/s  ETA {eta:.0f}s")
+            window_sum, window_steps, t_window = None, 0, time.perf_counter()
+        if done % config.train.sample_every == 0 or done == total:
+            grid = config.sample.grid_size**2
+            picture = generate.generate(config, model, state.ema_params, grid, seed=config.sample.seed,
+                                        batch_size=grid, sample_fn=sample_fn)
+            generate.save_grid(picture, os.path.join(workdir, "samples", f"grid_{done:07d}.png"), config.sample.grid_size)
+        if done % config.train.checkpoint_every == 0 or done == total:
+            if not all_finite(state.params):
+                manager.wait_until_finished()
+                raise TrainingError(
+                    f"the parameters are not finite at step {done}; the last good checkpoint (step {last_saved}) "
+                    "is kept. Lower optim.lr or set optim.grad_clip, then re-run to resume from it."
+                )
+            checkpoint.save(manager, done, state)
+            last_saved = done
+    manager.wait_until_finished()
+    return state
+
+
+def load_ema_params(workdir, config=None):
+    """(config, model, EMA params) of the latest checkpoint in a work dir."""
+    config = config or config_lib.load_config(workdir)
+    model = generate.build_network(config, config.data.channels)
+    optimizer, _ = make_optimizer(config.optim, config.train.batch_size)
+    target = jax.eval_shape(functools.partial(init_state, config, model, optimizer))
+    manager = checkpoint.make_manager(workdir)
+    state = checkpoint.restore_latest(manager, target)
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (ambient-train --workdir {workdir})")
+    return config, model, state.ema_params
