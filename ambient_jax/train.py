@@ -59,15 +59,16 @@ def learning_rate_schedule(optim_config, batch_size):
 
 
 def make_optimizer(optim_config, batch_size):
+    """Adam(W) with linear warm-up and optional global-norm clipping.
+
+    The chain has the same structure for every setting (clipping off = identity, no decay =
+    AdamW with decay 0), so a run resumed with other optimizer values restores its state.
+    """
     schedule = learning_rate_schedule(optim_config, batch_size)
-    adam = dict(b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps)
-    if optim_config.weight_decay:
-        opt = optax.adamw(schedule, weight_decay=optim_config.weight_decay, **adam)
-    else:
-        opt = optax.adam(schedule, **adam)
-    if optim_config.grad_clip:
-        opt = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), opt)
-    return opt, schedule
+    clip = optax.clip_by_global_norm(optim_config.grad_clip) if optim_config.grad_clip else optax.identity()
+    adam = optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps,
+                       weight_decay=optim_config.weight_decay)
+    return optax.chain(clip, adam), schedule
 
 
 def ema_beta(step, batch_size, ema_config):
@@ -128,7 +129,7 @@ def make_train_step(config, model, optimizer, schedule):
             "loss_clean": jnp.sum(per_row * (1 - amb)) / jnp.maximum(jnp.sum(1 - amb), 1.0),
             "loss_ambient": jnp.sum(per_row * amb) / jnp.maximum(jnp.sum(amb), 1.0),
             "frac_ambient": jnp.mean(amb),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step),
         }
         new_state = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
@@ -142,29 +143,27 @@ def all_finite(tree):
         lambda a, b: a & b, jax.tree_util.tree_map(lambda x: jnp.all(jnp.isfinite(x)), tree))))
 
 
-def prepare_workdir(config, workdir, allow_config_change=False):
-    """Create or reopen a work dir; refuse to resume a run of another config unless told."""
+def check_workdir(config, workdir, allow_config_change=False):
+    """Refuse to resume a run of another config unless told; writes nothing."""
     config_lib.check_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, config_lib.CONFIG_NAME)
-    if os.path.exists(path):
-        old = config_lib.load_config(workdir)
-        changed = config_lib.config_differences(old, config)
+    if os.path.exists(os.path.join(workdir, config_lib.CONFIG_NAME)):
+        changed = config_lib.config_differences(config_lib.load_config(workdir), config)
         if changed and not allow_config_change:
             raise TrainingError(
                 f"work dir {workdir!r} holds a run with another config (fields differ: {', '.join(changed)}). "
                 "Use a new --workdir, or pass --allow_config_change to resume it with the new values."
             )
-    config_lib.save_config(workdir, config)
 
 
 def train(config, workdir, allow_config_change=False, log=print):
     """Train (or resume) the run in `workdir`; returns the final TrainState."""
-    prepare_workdir(config, workdir, allow_config_change)
-    split = load_split(config.data)
+    check_workdir(config, workdir, allow_config_change)
+    split = load_split(config.data)  # bad data fails here, before anything is written
     if os.path.exists(os.path.join(workdir, "subset.json")):
         if read_subset_record(workdir)["train_indices"] != [int(i) for i in split.train_indices]:
             raise TrainingError(f"{workdir}/subset.json records another training subset; use a new --workdir")
+    os.makedirs(workdir, exist_ok=True)
+    config_lib.save_config(workdir, config)
     record_subset(workdir, config.data, split)
     images = jax.device_put(jnp.asarray(split.train))
 
@@ -229,13 +228,11 @@ def train(config, workdir, allow_config_change=False, log=print):
 
 
 def load_ema_params(workdir, config=None):
-    """(config, model, EMA params) of the latest checkpoint in a work dir."""
+    """(config, model, EMA params) of the latest checkpoint in a work dir (nothing else is read)."""
     config = config or config_lib.load_config(workdir)
     model = generate.build_network(config, config.data.channels)
-    optimizer, _ = make_optimizer(config.optim, config.train.batch_size)
-    target = jax.eval_shape(functools.partial(init_state, config, model, optimizer))
-    manager = checkpoint.make_manager(workdir)
-    state = checkpoint.restore_latest(manager, target)
-    if state is None:
+    target = jax.eval_shape(functools.partial(init_state, config, model, optax.identity()))
+    restored = checkpoint.restore_latest(checkpoint.make_manager(workdir), {"ema_params": target.ema_params}, partial=True)
+    if restored is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (ambient-train --workdir {workdir})")
-    return config, model, state.ema_params
+    return config, model, restored["ema_params"]

@@ -25,6 +25,10 @@ def get_config(arg="ambient"):
     c.data.subset_seed = 0
 
     c.model.preset = "mlp_small"
+    c.model.overrides.width = 1024
+    c.model.overrides.num_blocks = 2
+    c.model.overrides.emb_channels = 256
+    c.model.overrides.dropout = 0.0
 
     c.loss.objective = arg or "ambient"
     c.loss.sigma_tn = 1.0

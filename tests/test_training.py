@@ -1,0 +1,161 @@
+"""The training program end to end: files written, exact resume, sampling and evaluation, clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ambient_jax import train
+from ambient_jax.data import DataError, load_split
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs.mnist import get_config  # noqa: E402
+
+# A network and run small enough for seconds on 2 CPU cores.
+TINY = [
+    "--config.model.overrides.width=64", "--config.model.overrides.num_blocks=1",
+    "--config.model.overrides.emb_channels=32", "--config.data.n_train=16", "--config.train.batch_size=8",
+    "--config.train.log_every=2", "--config.train.sample_every=4", "--config.train.checkpoint_every=2",
+    "--config.sample.num_steps=2", "--config.sample.grid_size=2", "--config.sample.num_samples=12",
+    "--config.sample.batch_size=8", "--config.loss.sigma_tn=0.5", "--config.eval.carlini_k=5",
+]
+
+
+def tiny_config(**changes):
+    c = get_config("ambient")
+    for flag in TINY:
+        field, value = flag[len("--config."):].split("=")
+        *path, name = field.split(".")
+        section = c
+        for p in path:
+            section = section[p]
+        section[name] = type(section[name])(value) if name in section else int(value)
+    for field, value in changes.items():
+        section, name = field.split(".")
+        c[section][name] = value
+    return c
+
+
+def cli(program, *args):
+    """Run a console program in a fresh process (fake devices off: the programs use what is there)."""
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    code = f"import sys; from ambient_jax.programs.{program}_main import run; sys.argv[0] = 'ambient-{program}'; run()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def test_train_resume_sample_eval_through_the_programs(tmp_path):
+    workdir = str(tmp_path / "run")
+    first = cli("train", f"--workdir={workdir}", "--config.train.num_steps=4", *TINY)
+    assert first.returncode == 0, first.stderr
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "4"))
+    lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [m["step"] for m in lines] == [2, 4]
+    assert all(np.isfinite(m["loss"]) and m["images_per_s"] > 0 for m in lines)
+    assert {"loss_clean", "loss_ambient", "frac_ambient", "grad_norm", "lr"} <= set(lines[0])
+    assert os.path.getsize(os.path.join(workdir, "samples", "grid_0000004.png")) > 0
+    record = json.load(open(os.path.join(workdir, "subset.json")))
+    assert len(record["train_indices"]) == 16 and record["subset_seed"] == 0
+
+    second = cli("train", f"--workdir={workdir}", "--config.train.num_steps=6", *TINY)
+    assert second.returncode == 0, second.stderr
+    assert "resumed from step 4" in second.stdout
+    assert [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))] == [2, 4, 6]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["6"]  # latest only by default
+
+    sampled = cli("sample", f"--workdir={workdir}", "--num_samples=12")
+    assert sampled.returncode == 0, sampled.stderr
+    samples = np.load(os.path.join(workdir, "samples.npz"))["samples"]
+    assert samples.shape == (12, 16, 16, 1) and samples.dtype == np.uint8 and samples.std() > 0
+
+    evaluated = cli("eval", f"--workdir={workdir}")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
+    assert metrics["num_samples"] == 12 and metrics["num_train"] == 16
+    assert 0 <= metrics["extraction_rate"] <= 100 and metrics["fd_pixel"] > 0
+    sims = metrics["pixel_similarity"]
+    assert -1 <= sims["mean"] <= sims["max"] <= 1 and 0 <= sims["S>0.9"] <= 100
+    for name in ("report.md", "nearest.png", "similarity_histogram.png"):
+        assert os.path.getsize(os.path.join(workdir, "eval", name)) > 0
+    compared = cli("eval", f"--compare={workdir},{workdir}")
+    assert compared.returncode == 0 and "| FD-pixel" in compared.stdout
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight = train.train(tiny_config(**{"train.num_steps": 4}), str(tmp_path / "a"), log=lambda _: None)
+    train.train(tiny_config(**{"train.num_steps": 2}), str(tmp_path / "b"), log=lambda _: None)
+    resumed = train.train(tiny_config(**{"train.num_steps": 4}), str(tmp_path / "b"), log=lambda _: None)
+    assert int(resumed.step) == 4
+    same = jax.tree_util.tree_map(lambda a, b: np.array_equal(a, b), (straight.params, straight.ema_params),
+                                  (resumed.params, resumed.ema_params))
+    assert all(jax.tree_util.tree_leaves(same))
+
+
+def test_a_diverged_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
+    workdir = str(tmp_path / "run")
+    good = train.train(tiny_config(**{"train.num_steps": 2}), workdir, log=lambda _: None)
+    blown = tiny_config(**{"train.num_steps": 6})
+    blown.optim.lr = 1e30
+    blown.optim.grad_clip = 0.0
+    with pytest.raises(train.TrainingError, match="last good checkpoint \\(step 2\\)"):
+        train.train(blown, workdir, allow_config_change=True, log=lambda _: None)
+    _, _, ema = train.load_ema_params(workdir)
+    same = jax.tree_util.tree_map(lambda a, b: np.array_equal(a, b), ema, good.ema_params)
+    assert all(jax.tree_util.tree_leaves(same))
+
+
+def write_pngs(folder, count, sizes=((20, 30), (33, 17))):
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.RandomState(0)
+    for i in range(count):
+        w, h = sizes[i % len(sizes)]
+        Image.fromarray(rng.randint(0, 255, (h, w, 3), np.uint8)).save(os.path.join(folder, f"img{i}.png"))
+
+
+def test_folder_source_resizes_and_crops_any_size(tmp_path):
+    write_pngs(str(tmp_path / "imgs"), 10)
+    c = tiny_config()
+    c.data.source, c.data.path, c.data.n_train, c.data.channels = "folder", str(tmp_path / "imgs"), 6, 3
+    split = load_split(c.data)
+    assert split.train.shape == (6, 16, 16, 3) and split.heldout.shape == (4, 16, 16, 3)
+    assert split.train.min() >= -1 and split.train.max() <= 1
+
+
+def error_line(result):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_bad_input_gets_one_clear_error(tmp_path):
+    wd = str(tmp_path / "run")
+    assert "sigma_tnn" in error_line(cli("train", f"--workdir={wd}", "--config.loss.sigma_tnn=1"))
+    assert not os.path.exists(wd)
+
+    folder = ["--config.data.source=folder", "--config.data.channels=3"]
+    assert "not a folder" in error_line(cli("train", f"--workdir={wd}", *folder, f"--config.data.path={tmp_path}/none"))
+    assert not os.path.exists(wd), "a failed start must not leave a half-made work dir"
+    write_pngs(str(tmp_path / "few"), 3)
+    line = error_line(cli("train", f"--workdir={wd}", *folder, f"--config.data.path={tmp_path}/few", "--config.data.n_train=5"))
+    assert "n_train = 5" in line and "only 3" in line
+    (tmp_path / "few" / "broken.png").write_bytes(b"not a png")
+    line = error_line(cli("train", f"--workdir={wd}", *folder, f"--config.data.path={tmp_path}/few", "--config.data.n_train=2"))
+    assert "broken.png" in line
+
+
+def test_work_dir_of_another_config_is_refused_and_bad_samples_are_named(tmp_path):
+    wd = str(tmp_path / "run")
+    train.train(tiny_config(**{"train.num_steps": 2}), wd, log=lambda _: None)
+    line = error_line(cli("train", f"--workdir={wd}", *TINY, "--config.loss.sigma_tn=2.0", "--config.train.num_steps=2"))
+    assert "loss.sigma_tn" in line and "--allow_config_change" in line
+    np.savez(str(tmp_path / "bad.npz"), samples=np.zeros((4, 8, 8, 1), np.uint8))
+    line = error_line(cli("eval", f"--workdir={wd}", f"--samples={tmp_path}/bad.npz"))
+    assert "(4, 8, 8, 1)" in line and "16, 16, 1" in line
