@@ -14,7 +14,7 @@ CONFIG_NAME = "config.json"
 
 # Fields that may change when a run is resumed: they steer the loop, not what is learned.
 RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.sample_every", "train.checkpoint_every",
-                     "train.keep_every", "sample", "eval")
+                     "train.keep_every", "sample", "eval", "parallel")
 
 
 def base_config():
@@ -78,7 +78,13 @@ def base_config():
     c.eval.carlini_k = 50
 
     c.parallel = ml_collections.ConfigDict()
-    c.parallel.mode = "jit"  # jit | pmap
+    c.parallel.mode = "jit"  # jit (over a mesh, the default and the way across hosts) | pmap
+    c.parallel.num_devices = 0  # 0 = all visible devices
+    # Multi-process jobs: TPU pods, Slurm and Open MPI are detected; elsewhere give these.
+    c.parallel.coordinator_address = ""  # e.g. "10.0.0.1:1234"
+    c.parallel.num_processes = 1
+    c.parallel.process_id = 0
+    c.parallel.cpu_collectives = ""  # "gloo" for multi-process runs on CPUs
     return c
 
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambient_jax import nets, sampling
+from ambient_jax import nets, parallel, sampling
 from ambient_jax.data import to_uint8
 from ambient_jax.precond import edm_denoiser
 
@@ -26,17 +26,23 @@ def image_shape(config):
     return (config.data.resolution, config.data.resolution, config.data.channels)
 
 
-def make_sample_fn(config, model):
-    """A jitted fn(params, latents) -> images in [-1, 1], with the configured sampler."""
+def make_sample_fn(config, model, mesh=None):
+    """A jitted fn(params, latents) -> images in [-1, 1], with the configured sampler.
+
+    With a mesh the latents (and images) are sharded over its "data" axis and the parameters
+    replicated: every device draws its share of the batch.
+    """
     sampler = sampling.SAMPLERS[config.sample.sampler]
 
-    @jax.jit
     def sample(params, latents):
         raw = functools.partial(model.apply, params, train=False)
         denoise = edm_denoiser(raw, config.loss.sigma_data)
         return sampler(denoise, latents, num_steps=config.sample.num_steps)
 
-    return sample
+    if mesh is None:
+        return jax.jit(sample)
+    repl, rows = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    return jax.jit(sample, in_shardings=(repl, rows), out_shardings=rows)
 
 
 def latents_for(seed, first, count, shape):
@@ -45,19 +51,30 @@ def latents_for(seed, first, count, shape):
     return jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
 
 
-def generate(config, model, params, num_samples, seed, batch_size=None, sample_fn=None, progress=None):
-    """num_samples images as uint8 [N, H, W, C]."""
-    sample_fn = sample_fn or make_sample_fn(config, model)
+def generate(config, model, params, num_samples, seed, batch_size=None, sample_fn=None, progress=None, mesh=None):
+    """num_samples images as uint8 [N, H, W, C], in order, split over the mesh's devices (and hosts)."""
+    mesh = mesh or parallel.make_mesh(config.parallel)
+    sample_fn = sample_fn or make_sample_fn(config, model, mesh)
     batch_size = batch_size or config.sample.batch_size
+    batch_size = -(-batch_size // mesh.size) * mesh.size  # a multiple of the device count
+    if jax.process_count() == 1:
+        params = jax.device_put(params, parallel.replicated(mesh))
     shape = image_shape(config)
     out = []
     for first in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - first)
-        latents = latents_for(seed, first, batch_size, shape)  # fixed batch shape: one compile
-        out.append(to_uint8(np.asarray(sample_fn(params, latents))[:count]))
+        latents = np.asarray(latents_for(seed, first, batch_size, shape))  # fixed batch shape: one compile
+        rows = parallel.global_batch(latents[_process_rows(batch_size)], mesh)
+        out.append(to_uint8(parallel.to_host(sample_fn(params, rows))[:count]))
         if progress:
             progress(first + count, num_samples)
     return np.concatenate(out)
+
+
+def _process_rows(batch_size):
+    """The rows of a global batch that this process feeds (all of them on one host)."""
+    per_process = batch_size // jax.process_count()
+    return slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
 
 
 def save_grid(images_uint8, path, cols=None):
@@ -71,7 +88,7 @@ def save_grid(images_uint8, path, cols=None):
     for i, img in enumerate(images_uint8):
         r, col = divmod(i, cols)
         grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + col * (w + 2) : 2 + col * (w + 2) + w] = img
-    scale = max(1, 256 // max(grid.shape[:2]))  # small digits are unreadable at 1:1
+    scale = max(1, 64 // h)  # small digits are unreadable at 1:1
     picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
     if scale > 1:
         picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)

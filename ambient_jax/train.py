@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ambient_jax import checkpoint, config as config_lib, generate, losses
+from ambient_jax import checkpoint, config as config_lib, generate, losses, parallel
 from ambient_jax.data import load_split, read_subset_record, record_subset
 from ambient_jax.precond import edm_denoiser
 
@@ -87,9 +87,16 @@ def init_state(config, model, optimizer):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params, opt_state=optimizer.init(params))
 
 
-def make_train_step(config, model, optimizer, schedule):
-    """(state, images [n,H,W,C] on device) -> (state, metrics): one compiled step, state donated."""
+def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shards=1):
+    """The one train-step body: (state, images [n,H,W,C], shard) -> (state, metrics).
+
+    The global batch's draws (image indices, flips, per-row keys) depend only on (seed, step,
+    row), never on how rows are split over devices. Under jit the body sees the whole global
+    batch (XLA shards it over the mesh); under pmap (axis_name set) each device takes its
+    `shard` of rows and the gradients and metrics are averaged with explicit pmean/psum.
+    """
     batch_size = config.train.batch_size
+    rows = batch_size // num_shards
     key = root_key(config)
     objective = losses.make_objective(
         config.loss.objective,
@@ -103,15 +110,21 @@ def make_train_step(config, model, optimizer, schedule):
     )
     step_root = jax.random.fold_in(key, KEY_STEP)
 
-    def train_step(state, images):
+    def body(state, images, shard=0, batch_sharding=None):
         step_key = jax.random.fold_in(step_root, state.step)
         k_index, k_rows, k_dropout, k_flip = (jax.random.fold_in(step_key, p) for p in range(4))
         index = jax.random.randint(k_index, (batch_size,), 0, images.shape[0])
+        flip = jax.random.bernoulli(k_flip, 0.5, (batch_size,))
+        row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(jnp.arange(batch_size))
+        if num_shards > 1:  # this device's rows of the global batch
+            take = lambda a: jax.lax.dynamic_slice_in_dim(a, shard * rows, rows)
+            index, flip, row_keys = take(index), take(flip), take(row_keys)
+            k_dropout = jax.random.fold_in(k_dropout, shard)
         x0 = images[index]
         if config.data.augment_flip:
-            flip = jax.random.bernoulli(k_flip, 0.5, (batch_size,))
             x0 = jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
-        row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(jnp.arange(batch_size))
+        if batch_sharding is not None:
+            x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
 
         def loss_fn(params):
             raw = lambda x, c: model.apply(params, x, c, train=True, rngs={"dropout": k_dropout})
@@ -119,23 +132,74 @@ def make_train_step(config, model, optimizer, schedule):
             return jnp.mean(per_row), (per_row, aux)
 
         (loss, (per_row, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        amb = aux["is_ambient"].astype(jnp.float32)
+        sums = {"ambient": jnp.sum(per_row * amb), "clean": jnp.sum(per_row * (1 - amb)), "n_ambient": jnp.sum(amb)}
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+            loss = jax.lax.pmean(loss, axis_name)
+            sums = jax.lax.psum(sums, axis_name)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         beta = ema_beta(state.step, batch_size, config.ema)
         ema = jax.tree_util.tree_map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, params)
-        amb = aux["is_ambient"].astype(jnp.float32)
         metrics = {
             "loss": loss,
-            "loss_clean": jnp.sum(per_row * (1 - amb)) / jnp.maximum(jnp.sum(1 - amb), 1.0),
-            "loss_ambient": jnp.sum(per_row * amb) / jnp.maximum(jnp.sum(amb), 1.0),
-            "frac_ambient": jnp.mean(amb),
+            "loss_clean": sums["clean"] / jnp.maximum(batch_size - sums["n_ambient"], 1.0),
+            "loss_ambient": sums["ambient"] / jnp.maximum(sums["n_ambient"], 1.0),
+            "frac_ambient": sums["n_ambient"] / batch_size,
             "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step),
         }
-        new_state = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
-        return new_state, metrics
+        return TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    return body
+
+
+class Trainer:
+    """The compiled step for parallel.mode, and the conversions its state needs.
+
+    jit:  state and images replicated over the mesh, the batch sharded on "data"; the state is
+          donated and comes back replicated.
+    pmap: state and images copied to every local device (leading device axis); checkpoints
+          hold the single copy (`to_saved` / `from_saved`).
+    """
+
+    def __init__(self, config, model, optimizer, schedule, mesh):
+        parallel.check_batch(config.train.batch_size, mesh)
+        self.mode, self.mesh = config.parallel.mode, mesh
+        if self.mode == "jit":
+            body = make_step_body(config, model, optimizer, schedule)
+            repl = parallel.replicated(mesh)
+            step = functools.partial(body, batch_sharding=parallel.batch_sharded(mesh))
+            self.step = jax.jit(step, in_shardings=(repl, repl), out_shardings=(repl, repl), donate_argnums=0)
+        elif self.mode == "pmap":
+            if jax.process_count() > 1:
+                raise ValueError("parallel.mode=pmap runs on one host here; use parallel.mode=jit across hosts")
+            self.devices = list(mesh.devices.flat)
+            body = make_step_body(config, model, optimizer, schedule, axis_name=parallel.DATA_AXIS, num_shards=mesh.size)
+            pmapped = jax.pmap(
+                lambda state, images: body(state, images, jax.lax.axis_index(parallel.DATA_AXIS)),
+                axis_name=parallel.DATA_AXIS, devices=self.devices, donate_argnums=0,
+            )
+            self.step = pmapped
+        else:
+            raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {self.mode!r}")
+
+    def place(self, tree):
+        """Host or single-device arrays -> what the step takes."""
+        if self.mode == "jit":
+            return jax.tree_util.tree_map(lambda a: parallel.global_replicated(np.asarray(a), self.mesh), tree)
+        # One copy per device along a leading axis, as pmap takes its arguments.
+        copies = parallel.batch_sharded(self.mesh)
+        n = self.mesh.size
+        return jax.tree_util.tree_map(lambda a: jax.device_put(np.broadcast_to(np.asarray(a), (n, *np.shape(a))), copies), tree)
+
+    def to_saved(self, state):
+        """The state as checkpoints hold it (one copy, replicated over the mesh)."""
+        return state if self.mode == "jit" else jax.tree_util.tree_map(lambda a: a[0], state)
+
+    def metrics(self, metrics):
+        return metrics if self.mode == "jit" else jax.tree_util.tree_map(lambda m: m[0], metrics)
 
 
 def all_finite(tree):
@@ -156,75 +220,107 @@ def check_workdir(config, workdir, allow_config_change=False):
 
 
 def train(config, workdir, allow_config_change=False, log=print):
-    """Train (or resume) the run in `workdir`; returns the final TrainState."""
+    """Train (or resume) the run in `workdir`; returns the final TrainState (as checkpoints hold it).
+
+    SIGTERM (how TPU and Slurm pre-emption announce themselves) saves a checkpoint at the
+    current step and returns cleanly; re-running the command resumes from it.
+    """
+    parallel.initialize(config.parallel)
+    lead = jax.process_index() == 0  # only one process writes the run's files
     check_workdir(config, workdir, allow_config_change)
     split = load_split(config.data)  # bad data fails here, before anything is written
     if os.path.exists(os.path.join(workdir, "subset.json")):
         if read_subset_record(workdir)["train_indices"] != [int(i) for i in split.train_indices]:
             raise TrainingError(f"{workdir}/subset.json records another training subset; use a new --workdir")
-    os.makedirs(workdir, exist_ok=True)
-    config_lib.save_config(workdir, config)
-    record_subset(workdir, config.data, split)
-    images = jax.device_put(jnp.asarray(split.train))
-
+    mesh = parallel.make_mesh(config.parallel)
     model = generate.build_network(config, config.data.channels)
     optimizer, schedule = make_optimizer(config.optim, config.train.batch_size)
-    state = init_state(config, model, optimizer)
-    manager = checkpoint.make_manager(workdir, config.train.keep_every)
-    restored = checkpoint.restore_latest(manager, state)
-    if restored is not None:
-        state = restored
-        log(f"resumed from step {int(state.step)} in {workdir}")
-    train_step = make_train_step(config, model, optimizer, schedule)
-    sample_fn = generate.make_sample_fn(config, model)
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    trainer = Trainer(config, model, optimizer, schedule, mesh)
+    if lead:
+        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        config_lib.save_config(workdir, config)
+        record_subset(workdir, config.data, split)
+    images = trainer.place(split.train)
 
-    start = int(state.step)
+    fresh = init_state(config, model, optimizer)
+    target = jax.device_put(fresh, parallel.replicated(mesh)) if jax.process_count() == 1 else trainer.place(fresh)
+    manager = checkpoint.make_manager(workdir, config.train.keep_every)
+    restored = checkpoint.restore_latest(manager, target)
+    if restored is not None:
+        log(f"resumed from step {int(restored.step)} in {workdir}")
+    saved_form = restored if restored is not None else target
+    state = saved_form if config.parallel.mode == "jit" else trainer.place(saved_form)
+    del fresh, target, restored, saved_form
+    sample_fn = generate.make_sample_fn(config, model, mesh)
+
+    start = int(jax.device_get(trainer.to_saved(state).step))
     total = config.train.num_steps
     last_saved = manager.latest_step()
     window_sum, window_steps = None, 0
     t_window = time.perf_counter()
     t_start = t_window
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    for step in range(start, total):
-        state, metrics = train_step(state, images)
-        window_sum = metrics if window_sum is None else jax.tree_util.tree_map(jnp.add, window_sum, metrics)
-        window_steps += 1
-        done = step + 1
-        if done % config.train.log_every == 0 or done == total:
-            means = {k: float(v) / window_steps for k, v in jax.device_get(window_sum).items()}
-            now = time.perf_counter()
-            rate = window_steps * config.train.batch_size / (now - t_window)
-            if not np.isfinite(means["loss"]):
-                manager.wait_until_finished()
-                raise TrainingError(
-                    f"the loss became {means['loss']} between steps {done - window_steps} and {done}. The last good "
-                    f"checkpoint (step {last_saved}) is kept. Lower optim.lr, set optim.grad_clip (e.g. 1.0) "
-                    "or use loss.weighting=edm, then re-run to resume from it."
-                )
-            eta = (total - done) * config.train.batch_size / rate
-            record = {"step": done, **means, "images_per_s": rate, "seconds": now - t_start}
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            log(f"step {done}/{total}  loss {means['loss']:.4f} (clean {means['loss_clean']:.4f}, ambient "
-                f"{means['loss_ambient']:.4f})  {rate:.0f} img/s  ETA {eta:.0f}s")
-            window_sum, window_steps, t_window = None, 0, time.perf_counter()
-        if done % config.train.sample_every == 0 or done == total:
-            grid = config.sample.grid_size**2
-            picture = generate.generate(config, model, state.ema_params, grid, seed=config.sample.seed,
-                                        batch_size=grid, sample_fn=sample_fn)
-            generate.save_grid(picture, os.path.join(workdir, "samples", f"grid_{done:07d}.png"), config.sample.grid_size)
-        if done % config.train.checkpoint_every == 0 or done == total:
-            if not all_finite(state.params):
-                manager.wait_until_finished()
-                raise TrainingError(
-                    f"the parameters are not finite at step {done}; the last good checkpoint (step {last_saved}) "
-                    "is kept. Lower optim.lr or set optim.grad_clip, then re-run to resume from it."
-                )
-            checkpoint.save(manager, done, state)
-            last_saved = done
-    manager.wait_until_finished()
-    return state
+    terminated = []
+    previous_handler = _on_sigterm(lambda *_: terminated.append(True))
+    try:
+        for step in range(start, total):
+            state, metrics = trainer.step(state, images)
+            metrics = trainer.metrics(metrics)
+            window_sum = metrics if window_sum is None else jax.tree_util.tree_map(jnp.add, window_sum, metrics)
+            window_steps += 1
+            done = step + 1
+            if done % config.train.log_every == 0 or done == total:
+                means = {k: float(v) / window_steps for k, v in jax.device_get(window_sum).items()}
+                now = time.perf_counter()
+                rate = window_steps * config.train.batch_size / (now - t_window)
+                if not np.isfinite(means["loss"]):
+                    manager.wait_until_finished()
+                    raise TrainingError(
+                        f"the loss became {means['loss']} between steps {done - window_steps} and {done}. The last "
+                        f"good checkpoint (step {last_saved}) is kept. Lower optim.lr, set optim.grad_clip (e.g. 1.0) "
+                        "or use loss.weighting=edm, then re-run to resume from it."
+                    )
+                eta = (total - done) * config.train.batch_size / rate
+                if lead:
+                    record = {"step": done, **means, "images_per_s": rate, "seconds": now - t_start}
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                log(f"step {done}/{total}  loss {means['loss']:.4f} (clean {means['loss_clean']:.4f}, ambient "
+                    f"{means['loss_ambient']:.4f})  {rate:.0f} img/s  ETA {eta:.0f}s")
+                window_sum, window_steps, t_window = None, 0, time.perf_counter()
+            if done % config.train.sample_every == 0 or done == total:
+                grid = config.sample.grid_size**2
+                picture = generate.generate(config, model, trainer.to_saved(state).ema_params, grid,
+                                            seed=config.sample.seed, batch_size=grid, sample_fn=sample_fn, mesh=mesh)
+                if lead:
+                    generate.save_grid(picture, os.path.join(workdir, "samples", f"grid_{done:07d}.png"),
+                                       config.sample.grid_size)
+            if done % config.train.checkpoint_every == 0 or done == total or terminated:
+                if not all_finite(state.params):
+                    manager.wait_until_finished()
+                    raise TrainingError(
+                        f"the parameters are not finite at step {done}; the last good checkpoint (step {last_saved}) "
+                        "is kept. Lower optim.lr or set optim.grad_clip, then re-run to resume from it."
+                    )
+                checkpoint.save(manager, done, trainer.to_saved(state))
+                last_saved = done
+            if terminated:
+                log(f"SIGTERM: saved a checkpoint at step {done}; re-run the same command to resume")
+                break
+        manager.wait_until_finished()
+    finally:
+        _on_sigterm(previous_handler)
+    return trainer.to_saved(state)
+
+
+def _on_sigterm(handler):
+    """Install a SIGTERM handler (main thread only); returns the previous one."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or handler is None:
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def load_ema_params(workdir, config=None):

@@ -1,0 +1,137 @@
+"""Scale-out invariants on 8 fake CPU devices: device counts, jit vs pmap, hosts, pre-emption."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from test_training import tiny_config
+
+from ambient_jax import generate, parallel, train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DRIVER = os.path.join(HERE, "train_driver.py")
+STEPS = 3
+
+
+def run_steps(mode, num_devices, steps=STEPS):
+    config = tiny_config()
+    config.parallel.mode = mode
+    mesh = parallel.make_mesh(devices=jax.devices()[:num_devices])
+    model = generate.build_network(config, 1)
+    optimizer, schedule = train.make_optimizer(config.optim, config.train.batch_size)
+    trainer = train.Trainer(config, model, optimizer, schedule, mesh)
+    images = trainer.place(np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32))
+    state = trainer.place(train.init_state(config, model, optimizer))
+    losses = []
+    for _ in range(steps):
+        state, metrics = trainer.step(state, images)
+        losses.append(float(trainer.metrics(metrics)["loss"]))
+    return np.array(losses), jax.device_get(trainer.to_saved(state).params)
+
+
+@pytest.fixture(scope="module")
+def one_device_run():
+    return run_steps("jit", 1)
+
+
+@pytest.mark.parametrize("mode, num_devices", [("jit", 2), ("jit", 8), ("pmap", 8)])
+def test_same_numbers_on_any_device_count_and_mode(one_device_run, mode, num_devices):
+    losses, params = run_steps(mode, num_devices)
+    ref_losses, ref_params = one_device_run
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params)
+
+
+def test_batch_must_divide_over_devices():
+    config = tiny_config(**{"train.batch_size": 6})
+    model = generate.build_network(config, 1)
+    optimizer, schedule = train.make_optimizer(config.optim, 6)
+    with pytest.raises(ValueError, match="train.batch_size = 6 does not divide over 8 devices"):
+        train.Trainer(config, model, optimizer, schedule, parallel.make_mesh())
+
+
+def test_restore_a_checkpoint_written_on_8_devices_onto_2(tmp_path):
+    quiet = lambda _: None
+    straight = train.train(tiny_config(**{"train.num_steps": 4}), str(tmp_path / "a"), log=quiet)
+    train.train(tiny_config(**{"train.num_steps": 2}), str(tmp_path / "b"), log=quiet)
+    two = tiny_config(**{"train.num_steps": 4})
+    two.parallel.num_devices = 2
+    resumed = train.train(two, str(tmp_path / "b"), log=quiet)
+    assert int(resumed.step) == 4 and len(resumed.params["params"]["Dense_0"]["kernel"].sharding.device_set) == 2
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                           jax.device_get(resumed.params), jax.device_get(straight.params))
+
+
+def driver(workdir, changes, *extra, devices=8):
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    return [sys.executable, DRIVER, str(workdir), changes, f"--devices={devices}", *extra], env
+
+
+def load_dump(path):
+    with np.load(path) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+def test_kill_9_during_a_save_then_resume_is_bit_identical(tmp_path):
+    changes = '{"train.num_steps": 6, "train.checkpoint_every": 2}'
+    cmd, env = driver(tmp_path / "straight", changes, f"--dump={tmp_path}/straight.npz")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+
+    cmd, env = driver(tmp_path / "killed", changes, "--kill-after-save-at=4")
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    cmd, env = driver(tmp_path / "killed", changes, f"--dump={tmp_path}/resumed.npz")
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    # Step 4's save was cut short, so it is either absent or complete; never half-read.
+    assert "resumed from step 2" in resumed.stdout or "resumed from step 4" in resumed.stdout
+    for a, b in zip(load_dump(f"{tmp_path}/straight.npz"), load_dump(f"{tmp_path}/resumed.npz")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
+    cmd, env = driver(tmp_path / "run", '{"train.num_steps": 100000, "train.checkpoint_every": 100000, "train.log_every": 1}')
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("step 3/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "SIGTERM: saved a checkpoint at step" in out
+    saved = int(out.split("SIGTERM: saved a checkpoint at step ")[1].split(";")[0])
+    assert saved >= 3 and os.listdir(tmp_path / "run" / "checkpoints") == [str(saved)]
+    assert f"finished {saved}" in out
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+    """jax.distributed on one machine: 2 processes x 4 fake CPU devices = the 8-device run."""
+    changes = '{"train.num_steps": 3}'
+    cmd, env = driver(tmp_path / "one", changes, f"--dump={tmp_path}/one.npz")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+
+    port = free_port()
+    procs = []
+    for i in range(2):
+        cmd, env = driver(tmp_path / "two", changes, f"--process={i}", "--processes=2", f"--port={port}",
+                          f"--dump={tmp_path}/two.npz", devices=4)
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+        assert "finished 3" in out
+    for a, b in zip(load_dump(f"{tmp_path}/one.npz"), load_dump(f"{tmp_path}/two.npz")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert os.listdir(tmp_path / "two" / "checkpoints") == ["3"]
