@@ -28,6 +28,12 @@ def base_config():
     c.data.n_train = 100
     c.data.subset_seed = 0
     c.data.augment_flip = False  # horizontal flips (off for digits)
+    # tfds source (data.source = "tfds"): ArrayRecord data read without TensorFlow.
+    c.data.tfds_name = ""  # "ambient_image_folder" (ambient-prepare) or a catalog name (cifar10)
+    c.data.tfds_data_dir = ""  # default: ~/tensorflow_datasets
+    c.data.tfds_split = "train"
+    c.data.tfds_image_key = "image"
+    c.data.streaming = False  # read each batch from the source (grain) instead of holding the subset on device
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "mlp_small"  # see ambient_jax.nets.PRESETS

@@ -87,6 +87,15 @@ def init_state(config, model, optimizer):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params, opt_state=optimizer.init(params))
 
 
+def step_root_key(config):
+    return jax.random.fold_in(root_key(config), KEY_STEP)
+
+
+def batch_indices(step_root, step, batch_size, num_images):
+    """Which training images (positions in the subset) make up the global batch of `step`."""
+    return jax.random.randint(jax.random.fold_in(jax.random.fold_in(step_root, step), 0), (batch_size,), 0, num_images)
+
+
 def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shards=1):
     """The one train-step body: (state, images [n,H,W,C], shard) -> (state, metrics).
 
@@ -108,19 +117,24 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
         p_std=config.loss.p_std,
         sigma_data=config.loss.sigma_data,
     )
-    step_root = jax.random.fold_in(key, KEY_STEP)
+    step_root = step_root_key(config)
 
-    def body(state, images, shard=0, batch_sharding=None):
+    def body(state, data, shard=0, batch_sharding=None):
+        """data: the training images [n,H,W,C] held on device, or a streamed (x0, index) global batch."""
         step_key = jax.random.fold_in(step_root, state.step)
-        k_index, k_rows, k_dropout, k_flip = (jax.random.fold_in(step_key, p) for p in range(4))
-        index = jax.random.randint(k_index, (batch_size,), 0, images.shape[0])
+        _, k_rows, k_dropout, k_flip = (jax.random.fold_in(step_key, p) for p in range(4))
+        if isinstance(data, tuple):
+            x0, index = data
+        else:
+            index = batch_indices(step_root, state.step, batch_size, data.shape[0])
         flip = jax.random.bernoulli(k_flip, 0.5, (batch_size,))
         row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(jnp.arange(batch_size))
         if num_shards > 1:  # this device's rows of the global batch
             take = lambda a: jax.lax.dynamic_slice_in_dim(a, shard * rows, rows)
             index, flip, row_keys = take(index), take(flip), take(row_keys)
             k_dropout = jax.random.fold_in(k_dropout, shard)
-        x0 = images[index]
+        if not isinstance(data, tuple):
+            x0 = data[index]
         if config.data.augment_flip:
             x0 = jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
         if batch_sharding is not None:
@@ -167,11 +181,14 @@ class Trainer:
     def __init__(self, config, model, optimizer, schedule, mesh):
         parallel.check_batch(config.train.batch_size, mesh)
         self.mode, self.mesh = config.parallel.mode, mesh
+        if config.data.streaming and self.mode != "jit":
+            raise ValueError("data.streaming needs parallel.mode=jit")
         if self.mode == "jit":
             body = make_step_body(config, model, optimizer, schedule)
-            repl = parallel.replicated(mesh)
-            step = functools.partial(body, batch_sharding=parallel.batch_sharded(mesh))
-            self.step = jax.jit(step, in_shardings=(repl, repl), out_shardings=(repl, repl), donate_argnums=0)
+            repl, rows = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+            step = functools.partial(body, batch_sharding=rows)
+            data = (rows, rows) if config.data.streaming else repl
+            self.step = jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
         elif self.mode == "pmap":
             if jax.process_count() > 1:
                 raise ValueError("parallel.mode=pmap runs on one host here; use parallel.mode=jit across hosts")
@@ -219,6 +236,44 @@ def check_workdir(config, workdir, allow_config_change=False):
             )
 
 
+class TrainingData:
+    """The training subset, held on device (default) or streamed batch by batch (data.streaming)."""
+
+    def __init__(self, config):
+        self.config = config
+        if not config.data.streaming:
+            split = load_split(config.data)
+            self.images, self.train_indices = split.train, split.train_indices
+            self.num_source_images = len(split.train) + len(split.heldout)
+            return
+        if config.data.source != "tfds":
+            raise ValueError("data.streaming reads a tfds source: set data.source=tfds (mnist and folders fit on device)")
+        from ambient_jax.data.subset import choose_subset
+        from ambient_jax.data.tfds_source import open_source
+
+        self.num_source_images = len(open_source(config.data))
+        self.train_indices = choose_subset(self.num_source_images, config.data.n_train, config.data.subset_seed)
+        self.images = None
+
+    def place(self, trainer):
+        if self.images is not None:
+            self.on_device = trainer.place(self.images)
+            return
+        from ambient_jax.data.tfds_source import StreamingBatches
+
+        root, batch, n = step_root_key(self.config), self.config.train.batch_size, len(self.train_indices)
+        host_indices = jax.jit(lambda step: batch_indices(root, step, batch, n))
+        self.mesh = trainer.mesh
+        self.stream = StreamingBatches(self.config.data, self.train_indices, lambda s: np.asarray(host_indices(s)),
+                                       batch, jax.process_index(), jax.process_count())
+
+    def for_step(self, step):
+        if self.images is not None:
+            return self.on_device
+        x0, index = self.stream.rows_for(step)
+        return parallel.global_batch(x0, self.mesh), parallel.global_batch(index.astype(np.int32), self.mesh)
+
+
 def train(config, workdir, allow_config_change=False, log=print):
     """Train (or resume) the run in `workdir`; returns the final TrainState (as checkpoints hold it).
 
@@ -228,9 +283,9 @@ def train(config, workdir, allow_config_change=False, log=print):
     parallel.initialize(config.parallel)
     lead = jax.process_index() == 0  # only one process writes the run's files
     check_workdir(config, workdir, allow_config_change)
-    split = load_split(config.data)  # bad data fails here, before anything is written
+    data = TrainingData(config)  # bad data fails here, before anything is written
     if os.path.exists(os.path.join(workdir, "subset.json")):
-        if read_subset_record(workdir)["train_indices"] != [int(i) for i in split.train_indices]:
+        if read_subset_record(workdir)["train_indices"] != [int(i) for i in data.train_indices]:
             raise TrainingError(f"{workdir}/subset.json records another training subset; use a new --workdir")
     mesh = parallel.make_mesh(config.parallel)
     model = generate.build_network(config, config.data.channels)
@@ -239,8 +294,8 @@ def train(config, workdir, allow_config_change=False, log=print):
     if lead:
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
         config_lib.save_config(workdir, config)
-        record_subset(workdir, config.data, split)
-    images = trainer.place(split.train)
+        record_subset(workdir, config.data, data.train_indices, data.num_source_images)
+    data.place(trainer)
 
     fresh = init_state(config, model, optimizer)
     target = jax.device_put(fresh, parallel.replicated(mesh)) if jax.process_count() == 1 else trainer.place(fresh)
@@ -264,7 +319,7 @@ def train(config, workdir, allow_config_change=False, log=print):
     previous_handler = _on_sigterm(lambda *_: terminated.append(True))
     try:
         for step in range(start, total):
-            state, metrics = trainer.step(state, images)
+            state, metrics = trainer.step(state, data.for_step(step))
             metrics = trainer.metrics(metrics)
             window_sum = metrics if window_sum is None else jax.tree_util.tree_map(jnp.add, window_sum, metrics)
             window_steps += 1

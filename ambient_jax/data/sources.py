@@ -6,6 +6,8 @@
   average-pooled to 14 and padded to 16 (for quick CPU runs).
 * "folder": every PNG/JPEG under `data.path`, resized (shorter side) and centre-cropped to
   `data.resolution`, converted to `data.channels` (1 grey, 3 RGB).
+* "tfds": a tensorflow-datasets ArrayRecord source (data/tfds_source.py), e.g. an image
+  folder prepared once with ambient-prepare, or cifar10.
 """
 
 import gzip
@@ -96,6 +98,10 @@ def load_source(data_config):
         images, _ = load_mnist(data_config.resolution)
     elif source == "folder":
         images = load_folder(data_config.path, data_config.resolution, data_config.channels)
+    elif source == "tfds":
+        from ambient_jax.data.tfds_source import load_tfds_images
+
+        images = load_tfds_images(data_config)
     else:
-        raise DataError(f"data.source must be 'mnist' or 'folder', got {source!r}")
+        raise DataError(f"data.source must be 'mnist', 'folder' or 'tfds', got {source!r}")
     return to_unit_range(images)

@@ -40,7 +40,7 @@ def load_split(data_config):
     return SplitData(train=images[mask], heldout=images[~mask], train_indices=indices)
 
 
-def record_subset(workdir, data_config, split):
+def record_subset(workdir, data_config, train_indices, num_source_images):
     """Write subset.json atomically."""
     record = {
         "source": data_config.source,
@@ -48,8 +48,8 @@ def record_subset(workdir, data_config, split):
         "resolution": data_config.resolution,
         "n_train": int(data_config.n_train),
         "subset_seed": int(data_config.subset_seed),
-        "num_source_images": int(len(split.train) + len(split.heldout)),
-        "train_indices": [int(i) for i in split.train_indices],
+        "num_source_images": int(num_source_images),
+        "train_indices": [int(i) for i in train_indices],
     }
     write_json_atomic(os.path.join(workdir, RECORD_NAME), record)
     return record
