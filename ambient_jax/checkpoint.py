@@ -10,6 +10,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from ambient_jax import files
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be restored into the expected state."""
@@ -22,7 +24,7 @@ def make_manager(workdir, keep_every=0):
         enable_async_checkpointing=True,
         create=True,
     )
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+    return ocp.CheckpointManager(os.path.join(files.absolute(workdir), "checkpoints"), options=options)
 
 
 def save(manager, step, state):

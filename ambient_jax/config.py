@@ -10,6 +10,8 @@ import os
 
 import ml_collections
 
+from ambient_jax import files
+
 CONFIG_NAME = "config.json"
 
 # Fields that may change when a run is resumed: they steer the loop, not what is learned.
@@ -116,19 +118,14 @@ def check_config(config):
 
 
 def save_config(workdir, config):
-    path = os.path.join(workdir, CONFIG_NAME)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    files.write_text_atomic(os.path.join(workdir, CONFIG_NAME), config.to_json_best_effort(indent=1, sort_keys=True))
 
 
 def load_config(workdir):
     path = os.path.join(workdir, CONFIG_NAME)
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise FileNotFoundError(f"{path} is missing: {workdir!r} is not a training work dir (run ambient-train first)")
-    with open(path) as f:
-        return ml_collections.ConfigDict(_tuples(json.load(f)))
+    return ml_collections.ConfigDict(_tuples(json.loads(files.read_text(path))))
 
 
 def config_differences(old, new):

@@ -5,13 +5,12 @@ the batch size.
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambient_jax import nets, parallel, sampling
+from ambient_jax import files, nets, parallel, sampling
 from ambient_jax.data import to_uint8
 from ambient_jax.precond import edm_denoiser
 
@@ -92,6 +91,4 @@ def save_grid(images_uint8, path, cols=None):
     picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
     if scale > 1:
         picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    picture.save(tmp)
-    os.replace(tmp, path)
+    files.save_png(picture, path)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ambient_jax import checkpoint, config as config_lib, generate, losses, parallel
+from ambient_jax import checkpoint, config as config_lib, files, generate, losses, parallel
 from ambient_jax.data import load_split, read_subset_record, record_subset
 from ambient_jax.precond import edm_denoiser
 
@@ -227,7 +227,7 @@ def all_finite(tree):
 def check_workdir(config, workdir, allow_config_change=False):
     """Refuse to resume a run of another config unless told; writes nothing."""
     config_lib.check_config(config)
-    if os.path.exists(os.path.join(workdir, config_lib.CONFIG_NAME)):
+    if files.exists(os.path.join(workdir, config_lib.CONFIG_NAME)):
         changed = config_lib.config_differences(config_lib.load_config(workdir), config)
         if changed and not allow_config_change:
             raise TrainingError(
@@ -284,7 +284,7 @@ def train(config, workdir, allow_config_change=False, log=print):
     lead = jax.process_index() == 0  # only one process writes the run's files
     check_workdir(config, workdir, allow_config_change)
     data = TrainingData(config)  # bad data fails here, before anything is written
-    if os.path.exists(os.path.join(workdir, "subset.json")):
+    if files.exists(os.path.join(workdir, "subset.json")):
         if read_subset_record(workdir)["train_indices"] != [int(i) for i in data.train_indices]:
             raise TrainingError(f"{workdir}/subset.json records another training subset; use a new --workdir")
     mesh = parallel.make_mesh(config.parallel)
@@ -292,7 +292,7 @@ def train(config, workdir, allow_config_change=False, log=print):
     optimizer, schedule = make_optimizer(config.optim, config.train.batch_size)
     trainer = Trainer(config, model, optimizer, schedule, mesh)
     if lead:
-        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        files.makedirs(os.path.join(workdir, "samples"))
         config_lib.save_config(workdir, config)
         record_subset(workdir, config.data, data.train_indices, data.num_source_images)
     data.place(trainer)
@@ -338,8 +338,7 @@ def train(config, workdir, allow_config_change=False, log=print):
                 eta = (total - done) * config.train.batch_size / rate
                 if lead:
                     record = {"step": done, **means, "images_per_s": rate, "seconds": now - t_start}
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    files.append_line(metrics_path, json.dumps(record))
                 log(f"step {done}/{total}  loss {means['loss']:.4f} (clean {means['loss_clean']:.4f}, ambient "
                     f"{means['loss_ambient']:.4f})  {rate:.0f} img/s  ETA {eta:.0f}s")
                 window_sum, window_steps, t_window = None, 0, time.perf_counter()

@@ -1,6 +1,5 @@
 """The objectives: closed-form optima, exact reductions and the VE/VP change of variables."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

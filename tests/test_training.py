@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ambient_jax import train
-from ambient_jax.data import DataError, load_split
+from ambient_jax.data import load_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)

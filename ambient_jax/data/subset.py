@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from ambient_jax import files
+
 from ambient_jax.data.sources import DataError, load_source
 
 RECORD_NAME = "subset.json"
@@ -57,14 +59,10 @@ def record_subset(workdir, data_config, train_indices, num_source_images):
 
 def read_subset_record(workdir):
     path = os.path.join(workdir, RECORD_NAME)
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise DataError(f"{path} is missing: is {workdir!r} a training work dir (run ambient-train first)?")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(files.read_text(path))
 
 
 def write_json_atomic(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    files.write_text_atomic(path, json.dumps(obj, indent=1))

@@ -11,12 +11,13 @@ As a reference point the same similarity shares are computed for held-out real i
 close a new real digit is to the training set without any copying).
 """
 
+import io
 import json
 import os
 
 import numpy as np
 
-from ambient_jax import config as config_lib
+from ambient_jax import config as config_lib, files
 from ambient_jax.data import load_split, read_subset_record
 from ambient_jax.data.sources import to_unit_range
 from ambient_jax.data.subset import write_json_atomic
@@ -27,10 +28,10 @@ EVAL_DIR = "eval"
 
 def load_samples(path, image_shape):
     """uint8 [N, H, W, C] from an .npz under key "samples"; one clear error for anything else."""
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise FileNotFoundError(f"samples file {path} does not exist: run ambient-sample first")
     try:
-        with np.load(path) as data:
+        with np.load(io.BytesIO(files.read_bytes(path))) as data:
             if "samples" not in data:
                 raise ValueError(f"samples file {path} has no array 'samples' (it has {sorted(data.keys())})")
             samples = data["samples"]
@@ -67,8 +68,8 @@ def evaluate_run(workdir, samples_path=None, log=print):
     l2_heldout, _ = memorization.blocked_topk(flat(samples), flat(split.heldout), k=1, metric="l2")
 
     metrics = {
-        "workdir": os.path.abspath(workdir),
-        "samples": os.path.abspath(samples_path),
+        "workdir": files.absolute(workdir),
+        "samples": files.absolute(samples_path),
         "num_samples": int(len(samples)),
         "num_train": int(len(split.train)),
         "num_heldout_for_fd": int(len(heldout)),
@@ -83,9 +84,9 @@ def evaluate_run(workdir, samples_path=None, log=print):
         "fd_pixel_train_vs_heldout": fid.frechet_distance_of(flat(split.train), flat(heldout)),
     }
     out = os.path.join(workdir, EVAL_DIR)
-    os.makedirs(out, exist_ok=True)
+    files.makedirs(out)
     write_json_atomic(os.path.join(out, "metrics.json"), metrics)
-    write_text_atomic(os.path.join(out, "report.md"), markdown_table([metrics]))
+    files.write_text_atomic(os.path.join(out, "report.md"), markdown_table([metrics]))
     save_nearest_figure(samples_u8, sims, nearest, split.train, os.path.join(out, "nearest.png"))
     save_histogram(sims, os.path.join(out, "similarity_histogram.png"), thresholds)
     log(markdown_table([metrics]))
@@ -118,18 +119,10 @@ def compare_runs(workdirs):
     runs = []
     for w in workdirs:
         path = os.path.join(w, EVAL_DIR, "metrics.json")
-        if not os.path.exists(path):
+        if not files.exists(path):
             raise FileNotFoundError(f"{path} is missing: run ambient-eval --workdir={w} first")
-        with open(path) as f:
-            runs.append(json.load(f))
+        runs.append(json.loads(files.read_text(path)))
     return markdown_table(runs)
-
-
-def write_text_atomic(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def save_nearest_figure(samples_u8, sims, nearest, train, path, count=16):
@@ -155,7 +148,7 @@ def save_histogram(sims, path, thresholds):
     ax.set_xlabel("max cosine similarity to a training image (pixels)")
     ax.set_ylabel("samples")
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    files.write_bytes_atomic(path, buffer.getvalue())

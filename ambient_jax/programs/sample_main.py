@@ -5,6 +5,7 @@
 Writes <workdir>/samples.npz (uint8 NHWC under key "samples") and <workdir>/samples.png.
 """
 
+import io
 import os
 import time
 
@@ -23,7 +24,7 @@ FLAGS = flags.FLAGS
 @clean_errors
 def main(argv):
     del argv
-    from ambient_jax import generate, train
+    from ambient_jax import files, generate, train
 
     config, model, params = train.load_ema_params(FLAGS.workdir)
     num = FLAGS.num_samples or config.sample.num_samples
@@ -32,9 +33,9 @@ def main(argv):
     start = time.perf_counter()
     progress = lambda done, total: say(f"sampled {done}/{total} ({done / (time.perf_counter() - start):.0f} img/s)")
     images = generate.generate(config, model, params, num, seed, progress=progress)
-    tmp = out + ".tmp.npz"
-    np.savez_compressed(tmp, samples=images, seed=seed)
-    os.replace(tmp, out)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, samples=images, seed=seed)
+    files.write_bytes_atomic(out, buffer.getvalue())
     generate.save_grid(images[: config.sample.grid_size**2], os.path.splitext(out)[0] + ".png", config.sample.grid_size)
     say(f"wrote {out} ({images.shape[0]} images, {config.sample.sampler}, {config.sample.num_steps} steps)")
 

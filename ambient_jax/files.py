@@ -1,0 +1,62 @@
+"""File access for work dirs that may live on a local disk or a bucket (gs://..., via etils.epath).
+
+Writes are atomic: the bytes go to a temporary name beside the target, then a rename, so a
+reader never sees half a file and an interrupted write leaves the old file in place.
+"""
+
+import io
+import os
+
+from etils import epath
+
+
+def is_remote(path):
+    return "://" in str(path)
+
+
+def absolute(path):
+    return str(path) if is_remote(path) else os.path.abspath(path)
+
+
+def exists(path):
+    return epath.Path(path).exists()
+
+
+def makedirs(path):
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def read_text(path):
+    return epath.Path(path).read_text()
+
+
+def read_bytes(path):
+    return epath.Path(path).read_bytes()
+
+
+def write_bytes_atomic(path, data):
+    target = epath.Path(path)
+    tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
+    tmp.write_bytes(data)
+    tmp.replace(target)  # overwrites, as os.replace does
+
+
+def write_text_atomic(path, text):
+    write_bytes_atomic(path, text.encode())
+
+
+def append_line(path, line):
+    """Append one line (buckets have no append: read, add, write back atomically)."""
+    if not is_remote(path):
+        with open(path, "a") as f:
+            f.write(line + "\n")
+        return
+    old = read_text(path) if exists(path) else ""
+    write_text_atomic(path, old + line + "\n")
+
+
+def save_png(image, path):
+    """A PIL image -> PNG file, atomically."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
