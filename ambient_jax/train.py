@@ -315,12 +315,17 @@ def train(config, workdir, allow_config_change=False, log=print):
     t_window = time.perf_counter()
     t_start = t_window
     metrics_path = os.path.join(workdir, "metrics.jsonl")
+    # XLA's CPU collectives can deadlock when several multi-device steps are in flight on few
+    # cores (seen with 8 fake devices on 2 cores), so CPU meshes wait for each step.
+    sync_each_step = mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
     terminated = []
     previous_handler = _on_sigterm(lambda *_: terminated.append(True))
     try:
         for step in range(start, total):
             state, metrics = trainer.step(state, data.for_step(step))
             metrics = trainer.metrics(metrics)
+            if sync_each_step:
+                jax.block_until_ready(metrics)
             window_sum = metrics if window_sum is None else jax.tree_util.tree_map(jnp.add, window_sum, metrics)
             window_steps += 1
             done = step + 1

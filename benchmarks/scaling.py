@@ -1,0 +1,106 @@
+"""Train-step throughput against the device count (fake CPU devices here, real GPUs elsewhere).
+
+    python benchmarks/scaling.py                     # 1, 2, 4, 8 fake CPU devices, jit and pmap
+    python benchmarks/scaling.py --platform=gpu      # every visible GPU count 1..N (powers of 2)
+
+Each device count runs in a process of its own (the device count is fixed at start-up). On
+fake CPU devices all of them share the same cores, so the ideal is a flat images/s: any drop is
+overhead that sharding adds. Prints a table and writes benchmarks/results/scaling.json.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def worker(devices, mode, steps, batch, preset, sync_every_step=False):
+    import jax
+    import numpy as np
+
+    sys.path.insert(0, os.path.dirname(HERE))
+    from ambient_jax import generate, parallel, train
+    from configs.mnist import get_config
+
+    config = get_config("ambient")
+    config.parallel.mode = mode
+    config.train.batch_size = batch
+    config.model.preset = preset
+    if preset != "mlp_small":
+        config.model.overrides = type(config.model.overrides)()
+    mesh = parallel.make_mesh(devices=jax.devices()[:devices])
+    model = generate.build_network(config, 1)
+    optimizer, schedule = train.make_optimizer(config.optim, batch)
+    trainer = train.Trainer(config, model, optimizer, schedule, mesh)
+    images = trainer.place(np.random.RandomState(0).uniform(-1, 1, (100, 16, 16, 1)).astype(np.float32))
+    state = trainer.place(train.init_state(config, model, optimizer))
+    start = time.perf_counter()
+    state, metrics = trainer.step(state, images)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    for _ in range(3):
+        state, metrics = trainer.step(state, images)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = trainer.step(state, images)
+        if sync_every_step:
+            jax.block_until_ready(metrics)
+    jax.block_until_ready(metrics)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"devices": devices, "mode": mode, "platform": jax.devices()[0].platform,
+                      "device_kind": jax.devices()[0].device_kind, "batch": batch, "preset": preset,
+                      "images_per_s": steps * batch / seconds, "first_step_s": compile_s}))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--platform", default="cpu")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--preset", default="mlp_small")
+    parser.add_argument("--worker", nargs=2)
+    args = parser.parse_args()
+    if args.worker:
+        # Multi-device CPU steps wait for each other (as ambient-train does): XLA's CPU collectives
+        # can deadlock with several steps in flight on few cores.
+        worker(int(args.worker[0]), args.worker[1], args.steps, args.batch, args.preset,
+               sync_every_step=args.platform == "cpu" and int(args.worker[0]) > 1)
+        return
+    if args.platform == "cpu":
+        runs = [(n, "jit") for n in (1, 2, 4, 8)] + [(8, "pmap")]
+    else:
+        import jax
+
+        count = len(jax.devices(args.platform))
+        runs = [(n, "jit") for n in (1, 2, 4, 8, 16) if n <= count] + [(count, "pmap")]
+    results = []
+    for devices, mode in runs:
+        env = dict(os.environ, JAX_PLATFORMS=args.platform)
+        if args.platform == "cpu":
+            env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        cmd = [sys.executable, __file__, "--worker", str(devices), mode, f"--steps={args.steps}",
+               f"--batch={args.batch}", f"--preset={args.preset}"]
+        for attempt in range(2):  # one retry: a worker that crashes is reported, not hidden
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
+            print(f"worker {devices} {mode} exited {proc.returncode} (attempt {attempt + 1}): {proc.stderr[-500:]}")
+        proc.check_returncode()
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    base = results[0]["images_per_s"]
+    print(f"{'devices':>8} {'mode':>5} {'images/s':>10} {'vs 1 device':>12} {'first step s':>13}   ({results[0]['device_kind']}, "
+          f"{args.preset}, global batch {args.batch})")
+    for r in results:
+        print(f"{r['devices']:>8} {r['mode']:>5} {r['images_per_s']:>10.0f} {r['images_per_s'] / base:>12.2f} {r['first_step_s']:>13.1f}")
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", f"scaling_{args.platform}_{args.preset}.json"), "w") as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
