@@ -159,3 +159,9 @@ def test_work_dir_of_another_config_is_refused_and_bad_samples_are_named(tmp_pat
     np.savez(str(tmp_path / "bad.npz"), samples=np.zeros((4, 8, 8, 1), np.uint8))
     line = error_line(cli("eval", f"--workdir={wd}", f"--samples={tmp_path}/bad.npz"))
     assert "(4, 8, 8, 1)" in line and "16, 16, 1" in line
+
+
+def test_keep_policy_keeps_the_latest_and_every_kth(tmp_path):
+    c = tiny_config(**{"train.num_steps": 5, "train.checkpoint_every": 1, "train.keep_every": 2, "train.sample_every": 100})
+    train.train(c, str(tmp_path / "run"), log=lambda _: None)
+    assert sorted(int(s) for s in os.listdir(tmp_path / "run" / "checkpoints")) == [2, 4, 5]
