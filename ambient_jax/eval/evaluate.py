@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from ambient_jax import config as config_lib, files
+from ambient_jax import config as config_lib, files, plots
 from ambient_jax.data import load_split, read_subset_record
 from ambient_jax.data.sources import to_unit_range
 from ambient_jax.data.subset import write_json_atomic
@@ -136,19 +136,5 @@ def save_nearest_figure(samples_u8, sims, nearest, train, path, count=16):
 
 
 def save_histogram(sims, path, thresholds):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.hist(sims, bins=50, range=(min(0.0, float(sims.min())), 1.0))
-    for t in thresholds:
-        ax.axvline(t, color="k", lw=0.8, ls="--")
-    ax.set_xlabel("max cosine similarity to a training image (pixels)")
-    ax.set_ylabel("samples")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    files.write_bytes_atomic(path, buffer.getvalue())
+    plots.save_histogram(sims, path, "max cosine similarity to a training image (pixels)", "samples",
+                         value_range=(min(0.0, float(sims.min())), 1.0), marks=thresholds)

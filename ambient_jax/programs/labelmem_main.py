@@ -32,7 +32,7 @@ def main(argv):
     del argv
     import jax
 
-    from ambient_jax import files, parallel
+    from ambient_jax import files, parallel, plots
     from ambient_jax.data.sources import load_mnist
     from ambient_jax.generate import save_grid
     from ambient_jax.theory import label_memorization
@@ -66,28 +66,10 @@ def main(argv):
     files.write_text_atomic(os.path.join(FLAGS.workdir, "summary.json"), json.dumps(summary, indent=1))
     picture = np.concatenate([images[train_idx[ranked[:16]]], images[train_idx[ranked[-16:]]]])
     save_grid(picture, os.path.join(FLAGS.workdir, "most_least_memorized.png"), cols=16)
-    _histogram(mem, os.path.join(FLAGS.workdir, "memorization_histogram.png"))
+    plots.save_histogram(mem, os.path.join(FLAGS.workdir, "memorization_histogram.png"),
+                         "estimated label memorization mem(A, S, i)", "training examples", bins=40)
     say(json.dumps({k: v for k, v in summary.items() if k != "most_memorized"}))
     say(f"most memorized (index, label, mem): {[(d['index'], d['label'], round(d['mem'], 2)) for d in summary['most_memorized']]}")
-
-
-def _histogram(mem, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ambient_jax import files
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.hist(mem, bins=40)
-    ax.set_xlabel("estimated label memorization mem(A, S, i)")
-    ax.set_ylabel("training examples")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    files.write_bytes_atomic(path, buffer.getvalue())
 
 
 def run():
