@@ -14,9 +14,10 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(am
 def user_errors():
     from ambient_jax.checkpoint import CheckpointError
     from ambient_jax.data import DataError
+    from ambient_jax.eval.convert import ConversionError
     from ambient_jax.train import TrainingError
 
-    return (DataError, TrainingError, CheckpointError, ValueError, OSError, KeyError)
+    return (DataError, TrainingError, CheckpointError, ConversionError, ValueError, OSError, KeyError)
 
 
 def clean_errors(main):

@@ -1,0 +1,51 @@
+"""Batched, jit-compiled feature extraction sharded over all devices (and hosts).
+
+Images go through in fixed-size batches (the last one padded, so one compile), each batch split
+over the mesh's "data" axis; features come back in input order.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ambient_jax import parallel
+from ambient_jax.eval import inception
+
+
+def to_rgb(images):
+    """Grey [N, H, W, 1] -> [N, H, W, 3] by repetition; RGB unchanged."""
+    images = np.asarray(images)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def extract(apply_fn, params, images, batch_size=64, mesh=None, progress=None):
+    """apply_fn(params, batch) -> [b, D] over `images` [N, ...]; returns float32 [N, D]."""
+    mesh = mesh or parallel.make_mesh()
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+    repl, rows = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    run = jax.jit(apply_fn, in_shardings=(repl, rows), out_shardings=rows)
+    params = jax.device_put(params, repl) if jax.process_count() == 1 else params
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size])
+        count = len(batch)
+        if count < batch_size:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - count, 0)])
+        per_host = batch_size // jax.process_count()
+        local = batch[jax.process_index() * per_host : (jax.process_index() + 1) * per_host]
+        out.append(parallel.to_host(run(params, parallel.global_batch(local, mesh)))[:count])
+        if progress:
+            progress(start + count, len(images))
+    return np.concatenate(out).astype(np.float32)
+
+
+def inception_features(params, images_uint8, protocol="edm", **kwargs):
+    """2048-d Inception pool features of uint8 images [N, H, W, 1 or 3] under a named protocol."""
+    if protocol not in inception.PROTOCOLS:
+        raise ValueError(f"Inception protocol must be one of {inception.PROTOCOLS}, got {protocol!r}")
+    scale = 1.0 if protocol == "edm" else 1.0 / 255.0
+
+    def apply(p, batch):
+        return inception.InceptionV3().apply(p, inception.preprocess(batch.astype(jnp.float32) * scale, protocol))
+
+    return extract(apply, params, to_rgb(images_uint8), **kwargs)

@@ -1,0 +1,105 @@
+"""The evaluation: Inception port parity with the real weights, FID, nearest-neighbour search."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from ambient_jax.data.sources import load_mnist
+from ambient_jax.eval import convert, features, fid, inception, memorization
+
+
+@pytest.fixture(scope="module")
+def inception_params(tmp_path_factory):
+    path = convert.convert_inception(out=str(tmp_path_factory.mktemp("weights") / "inception.msgpack"))
+    return convert.load_inception_params(path)
+
+
+@pytest.fixture(scope="module")
+def torch_inception():
+    return torch.jit.load(convert.default_inception_source(), map_location="cpu").eval()
+
+
+def test_inception_port_matches_the_torchscript_network(inception_params, torch_inception):
+    x = np.random.RandomState(0).uniform(-1, 1, (2, 3, 299, 299)).astype(np.float32)
+    with torch.no_grad():
+        ref = torch_inception(torch.from_numpy(x)).numpy()
+    out = np.asarray(jax.jit(inception.InceptionV3().apply)(inception_params, jnp.asarray(x.transpose(0, 2, 3, 1))))
+    assert out.shape == (2, 2048)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def legacy_resize(images, size=299):
+    """TF1 bilinear (src = j * in / out, border clamp), written independently in numpy."""
+    def axis(x, ax):
+        n = x.shape[ax]
+        src = np.arange(size) * n / size
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n - 1)
+        w = (src - lo).reshape([-1 if a == ax else 1 for a in range(x.ndim)])
+        return np.take(x, lo, ax) * (1 - w) + np.take(x, hi, ax) * w
+    return axis(axis(images.astype(np.float64), 1), 2)
+
+
+def test_fid_of_mnist_subsets_matches_torchscript_features_and_scipy(inception_params, torch_inception):
+    images, _ = load_mnist(32)
+    a, b = images[:40], images[2500:2540]
+    ours = fid.frechet_distance_of(features.inception_features(inception_params, a, "edm", batch_size=16),
+                                   features.inception_features(inception_params, b, "edm", batch_size=16))
+
+    def torch_features(x):
+        x = legacy_resize(np.repeat(x, 3, -1))
+        x = ((x - 128.0) / 128.0).astype(np.float32).transpose(0, 3, 1, 2)
+        with torch.no_grad():
+            return np.concatenate([torch_inception(torch.from_numpy(x[i : i + 10])).numpy() for i in range(0, len(x), 10)])
+
+    fa, fb = torch_features(a).astype(np.float64), torch_features(b).astype(np.float64)
+    mu_a, mu_b = fa.mean(0), fb.mean(0)
+    s_a, s_b = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
+    root = linalg.sqrtm(s_a @ s_b)
+    reference = float(np.sum((mu_a - mu_b) ** 2) + np.trace(s_a + s_b - 2 * root.real))
+    assert reference > 1.0
+    np.testing.assert_allclose(ours, reference, rtol=1e-3)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_the_square_root_methods_agree():
+    rng = np.random.RandomState(0)
+    x = rng.randn(500, 16)
+    assert fid.frechet_distance_of(x, x) < 1e-8
+    for trial in range(5):
+        a, b = rng.randn(40, 12), rng.randn(40, 12)
+        s1, s2 = a.T @ a / 40 + 1e-3 * np.eye(12), b.T @ b / 40 + 1e-3 * np.eye(12)
+        values = [fid.SQRT_METHODS[m](s1, s2) for m in ("eigh", "eigvals", "scipy")]
+        np.testing.assert_allclose(values, values[2], rtol=1e-8)
+
+
+@pytest.mark.parametrize("query_block, ref_block", [(7, 5), (3, 64), (100, 13)])
+def test_blocked_nearest_neighbours_equal_brute_force(query_block, ref_block):
+    rng = np.random.RandomState(1)
+    q, r = rng.randn(23, 10).astype(np.float32), rng.randn(37, 10).astype(np.float32)
+    qn, rn = q / np.linalg.norm(q, axis=1, keepdims=True), r / np.linalg.norm(r, axis=1, keepdims=True)
+    sims, idx = memorization.blocked_topk(qn, rn, k=3, metric="cosine", query_block=query_block, ref_block=ref_block)
+    brute = qn @ rn.T
+    np.testing.assert_array_equal(idx, np.argsort(-brute, axis=1)[:, :3])
+    np.testing.assert_allclose(sims, np.sort(brute, axis=1)[:, ::-1][:, :3], rtol=1e-5)
+    dist, idx = memorization.blocked_topk(q, r, k=4, metric="l2", query_block=query_block, ref_block=ref_block)
+    brute = np.linalg.norm(q[:, None] - r[None], axis=-1)
+    np.testing.assert_array_equal(idx, np.argsort(brute, axis=1)[:, :4])
+    np.testing.assert_allclose(dist, np.sort(brute, axis=1)[:, :4], rtol=1e-4, atol=1e-4)
+
+
+def test_bad_weight_files_are_named(tmp_path):
+    truncated = tmp_path / "default_1.pt"
+    truncated.write_bytes(open(convert.default_inception_source(), "rb").read()[:10000])
+    with pytest.raises(convert.ConversionError, match="not a readable TorchScript"):
+        convert.convert_inception(str(truncated), str(tmp_path / "out.msgpack"))
+    with pytest.raises(convert.ConversionError, match="ambient-convert inception"):
+        convert.load_inception_params(str(tmp_path / "missing.msgpack"))
+    (tmp_path / "junk.msgpack").write_bytes(b"\x00junk")
+    with pytest.raises(convert.ConversionError):
+        convert.load_inception_params(str(tmp_path / "junk.msgpack"))
+    assert not os.path.exists(tmp_path / "out.msgpack")
