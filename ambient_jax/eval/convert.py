@@ -7,6 +7,7 @@ torch is needed only here (`pip install 'ambient-jax[convert]'`); the saved tree
   kernels [kh, kw, I, O]; batch-norm beta/mean/var keep their names.
 """
 
+import math
 import os
 
 import numpy as np
@@ -109,3 +110,104 @@ def load_inception_params(path=None):
         raise ConversionError(f"{path} is not a converted weight file ({err}); run `ambient-convert inception` again") from err
     check_inception_params(params)
     return params
+
+
+# ----------------------------------------------------------------------------- DINOv2
+
+
+def dinov2_params_from_state_dict(state, heads):
+    """(ViTConfig, Flax params) from a DINOv2 state dict: the original .pth layout
+    ('blocks.0.attn.qkv.weight', 'pos_embed', ...) or Hugging Face's ('encoder.layer.0.attention.q_proj.weight', ...).
+
+    The number of heads is not recorded in the weights: ViT-S/B/L/g use 6/12/16/24.
+    """
+    from ambient_jax.eval.dinov2 import ViTConfig
+
+    state = {k: np.asarray(v, np.float32) for k, v in state.items()}
+    dense = lambda w, b: {"kernel": w.T, "bias": b}
+    norm = lambda w, b: {"scale": w, "bias": b}
+    if "pos_embed" in state:  # original layout
+        get = lambda k: state[k]
+        block_key = "blocks.{}."
+        pos, cls, patch_w, patch_b = get("pos_embed"), get("cls_token"), get("patch_embed.proj.weight"), get("patch_embed.proj.bias")
+        registers = state.get("register_tokens")
+        final = norm(get("norm.weight"), get("norm.bias"))
+    elif "embeddings.position_embeddings" in state:  # Hugging Face layout
+        get = lambda k: state[k]
+        block_key = "encoder.layer.{}."
+        pos, cls = get("embeddings.position_embeddings"), get("embeddings.cls_token")
+        patch_w, patch_b = get("embeddings.patch_embeddings.projection.weight"), get("embeddings.patch_embeddings.projection.bias")
+        registers = state.get("embeddings.register_tokens")
+        final = norm(get("layernorm.weight"), get("layernorm.bias"))
+    else:
+        raise ConversionError("not a DINOv2 state dict: neither 'pos_embed' nor 'embeddings.position_embeddings' found")
+    depth = len({k.split(".")[2 if block_key.startswith("encoder") else 1] for k in state if k.startswith(block_key.split("{")[0])})
+    width = cls.shape[-1]
+    grid = int(round(math.sqrt(pos.shape[1] - 1)))
+    if grid * grid + 1 != pos.shape[1] or width % heads:
+        raise ConversionError(f"position embedding {pos.shape} / width {width} do not fit a square grid and {heads} heads")
+    params = {"patch_embed": {"kernel": patch_w.transpose(2, 3, 1, 0), "bias": patch_b}, "cls_token": cls,
+              "pos_embed": pos, "norm": final}
+    if registers is not None:
+        params["register_tokens"] = registers
+    swiglu, mlp_hidden = False, None
+    for i in range(depth):
+        p = block_key.format(i)
+        if "pos_embed" in state:
+            block = {"norm1": norm(get(p + "norm1.weight"), get(p + "norm1.bias")),
+                     "qkv": dense(get(p + "attn.qkv.weight"), get(p + "attn.qkv.bias")),
+                     "proj": dense(get(p + "attn.proj.weight"), get(p + "attn.proj.bias")),
+                     "ls1": get(p + "ls1.gamma"), "ls2": get(p + "ls2.gamma"),
+                     "norm2": norm(get(p + "norm2.weight"), get(p + "norm2.bias"))}
+            if p + "mlp.w12.weight" in state:
+                swiglu = True
+                block["w12"] = dense(get(p + "mlp.w12.weight"), get(p + "mlp.w12.bias"))
+                block["w3"] = dense(get(p + "mlp.w3.weight"), get(p + "mlp.w3.bias"))
+                mlp_hidden = get(p + "mlp.w3.weight").shape[1]
+            else:
+                block["fc1"] = dense(get(p + "mlp.fc1.weight"), get(p + "mlp.fc1.bias"))
+                block["fc2"] = dense(get(p + "mlp.fc2.weight"), get(p + "mlp.fc2.bias"))
+                mlp_hidden = get(p + "mlp.fc1.weight").shape[0]
+        else:
+            a = p + "attention."
+            qkv_w = np.concatenate([get(a + f"{n}_proj.weight") for n in "qkv"])
+            qkv_b = np.concatenate([get(a + f"{n}_proj.bias") for n in "qkv"])
+            block = {"norm1": norm(get(p + "norm1.weight"), get(p + "norm1.bias")), "qkv": dense(qkv_w, qkv_b),
+                     "proj": dense(get(a + "o_proj.weight"), get(a + "o_proj.bias")),
+                     "ls1": get(p + "layer_scale1.lambda1"), "ls2": get(p + "layer_scale2.lambda1"),
+                     "norm2": norm(get(p + "norm2.weight"), get(p + "norm2.bias"))}
+            if p + "mlp.gate_proj.weight" in state:
+                swiglu = True
+                w12 = np.concatenate([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
+                b12 = np.concatenate([get(p + "mlp.gate_proj.bias"), get(p + "mlp.up_proj.bias")])
+                block["w12"] = dense(w12, b12)
+                block["w3"] = dense(get(p + "mlp.down_proj.weight"), get(p + "mlp.down_proj.bias"))
+                mlp_hidden = get(p + "mlp.down_proj.weight").shape[1]
+            else:
+                block["fc1"] = dense(get(p + "mlp.fc1.weight"), get(p + "mlp.fc1.bias"))
+                block["fc2"] = dense(get(p + "mlp.fc2.weight"), get(p + "mlp.fc2.bias"))
+                mlp_hidden = get(p + "mlp.fc1.weight").shape[0]
+        params[f"blocks_{i}"] = block
+    config = ViTConfig(width, depth, heads, mlp_hidden, swiglu=swiglu,
+                       registers=0 if registers is None else registers.shape[1], grid=grid)
+    return config, {"params": params}
+
+
+def load_dinov2_file(path, heads):
+    """(ViTConfig, params) from an original .pth checkpoint or a Hugging Face .safetensors file."""
+    if not os.path.exists(path):
+        raise ConversionError(f"DINOv2 weight file {path} does not exist")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+
+            state = load_file(path)
+        else:
+            import torch
+
+            state = {k: v.numpy() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+    except ConversionError:
+        raise
+    except Exception as err:
+        raise ConversionError(f"{path} is not a readable DINOv2 weight file ({str(err).splitlines()[0]})") from err
+    return dinov2_params_from_state_dict(state, heads)
