@@ -103,3 +103,38 @@ def test_bad_weight_files_are_named(tmp_path):
     with pytest.raises(convert.ConversionError):
         convert.load_inception_params(str(tmp_path / "junk.msgpack"))
     assert not os.path.exists(tmp_path / "out.msgpack")
+
+
+def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cached_features(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+    from test_training import tiny_config
+    from transformers import Dinov2Config, Dinov2Model
+
+    from ambient_jax import generate, train
+    from ambient_jax.eval import evaluate
+
+    monkeypatch.setattr(convert, "CACHE_DIR", str(tmp_path / "cache"))
+    convert.convert_inception()
+    workdir = str(tmp_path / "run")
+    config = tiny_config(**{"train.num_steps": 2})
+    train.train(config, workdir, log=lambda _: None)
+    _, model, params = train.load_ema_params(workdir)
+    samples = generate.generate(config, model, params, 8, seed=0, batch_size=8)
+    np.savez(str(tmp_path / "samples.npz"), samples=samples)
+    torch.manual_seed(0)
+    dino = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=518, patch_size=14))
+    save_file({k: v.contiguous() for k, v in dino.state_dict().items()}, str(tmp_path / "dino.safetensors"))
+
+    logs = []
+    kwargs = dict(inception_fid=True, dinov2_weights=str(tmp_path / "dino.safetensors"), dinov2_heads=4, log=logs.append)
+    metrics = evaluate.evaluate_run(workdir, str(tmp_path / "samples.npz"), **kwargs)
+    assert metrics["fid_inception_edm"] > 0 and metrics["fd_dinov2"] >= 0
+    for space in ("inception", "dinov2"):
+        sims = metrics[f"{space}_similarity"]
+        assert -1 <= sims["mean"] <= sims["max"] <= 1 + 1e-6
+    assert sum("extracting" in line for line in logs) == 6
+    logs.clear()
+    again = evaluate.evaluate_run(workdir, str(tmp_path / "samples.npz"), **kwargs)
+    assert not any("extracting" in line for line in logs), "features must come from the cache"
+    assert again["fid_inception_edm"] == metrics["fid_inception_edm"]
+    assert "fid_inception_edm" in open(f"{workdir}/eval/report.md").read()

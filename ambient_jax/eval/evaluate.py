@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from ambient_jax import config as config_lib, files, plots
-from ambient_jax.data import load_split, read_subset_record
+from ambient_jax.data import load_split, read_subset_record, to_uint8
 from ambient_jax.data.sources import to_unit_range
 from ambient_jax.data.subset import write_json_atomic
 from ambient_jax.eval import fid, memorization
@@ -47,7 +47,61 @@ def load_samples(path, image_shape):
     return samples
 
 
-def evaluate_run(workdir, samples_path=None, log=print):
+def cached_features(out_dir, name, images_u8, compute, log=print):
+    """Features of `images_u8` from <out_dir>/features_<name>.npz when that file holds the same
+    images (by content hash), else computed and saved: an interrupted evaluation resumes."""
+    import hashlib
+
+    path = os.path.join(out_dir, f"features_{name}.npz")
+    digest = hashlib.sha256(np.ascontiguousarray(images_u8).tobytes()).hexdigest()
+    if files.exists(path):
+        with np.load(io.BytesIO(files.read_bytes(path))) as data:
+            if str(data["digest"]) == digest:
+                return data["features"]
+    log(f"extracting {name} features of {len(images_u8)} images ...")
+    feats = compute(images_u8)
+    buffer = io.BytesIO()
+    np.savez(buffer, features=feats, digest=digest)
+    files.write_bytes_atomic(path, buffer.getvalue())
+    return feats
+
+
+def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, inception_fid=False,
+                      inception_protocol="edm", dinov2_weights=None, dinov2_heads=6, dinov2_recipe="paper", log=print):
+    """FID (Inception, vs held-out images) and memorization in Inception / DINOv2 space, when asked."""
+    from ambient_jax.eval import convert, features
+
+    out = {}
+    if inception_fid:
+        params = convert.load_inception_params()
+        extract = lambda x: features.inception_features(params, x, inception_protocol)
+        f_samples = cached_features(out_dir, f"inception_{inception_protocol}_samples", samples_u8, extract, log)
+        f_heldout = cached_features(out_dir, f"inception_{inception_protocol}_heldout", heldout_u8, extract, log)
+        f_train = cached_features(out_dir, f"inception_{inception_protocol}_train", train_u8, extract, log)
+        out[f"fid_inception_{inception_protocol}"] = fid.frechet_distance_of(f_samples, f_heldout)
+        unit = lambda f: f / np.linalg.norm(f, axis=1, keepdims=True)
+        out["inception_similarity"] = memorization.similarity_report(unit(f_samples), unit(f_train), thresholds)[2]
+        out["heldout_inception_similarity"] = memorization.similarity_report(unit(f_heldout), unit(f_train), thresholds)[2]
+    if dinov2_weights:
+        from ambient_jax.eval import dinov2
+
+        config, params = convert.load_dinov2_file(dinov2_weights, dinov2_heads)
+
+        def extract(x):
+            apply = lambda p, batch: dinov2.DinoV2(config).apply(p, dinov2.preprocess(batch, dinov2_recipe))
+            return features.extract(apply, params, features.to_rgb(x), batch_size=32)
+
+        d_samples = cached_features(out_dir, f"dinov2_{dinov2_recipe}_samples", samples_u8, extract, log)
+        d_heldout = cached_features(out_dir, f"dinov2_{dinov2_recipe}_heldout", heldout_u8, extract, log)
+        d_train = cached_features(out_dir, f"dinov2_{dinov2_recipe}_train", train_u8, extract, log)
+        out["dinov2_similarity"] = memorization.similarity_report(d_samples, d_train, thresholds)[2]
+        out["heldout_dinov2_similarity"] = memorization.similarity_report(d_heldout, d_train, thresholds)[2]
+        out["fd_dinov2"] = fid.frechet_distance_of(d_samples, d_heldout)
+    return out
+
+
+def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inception_protocol="edm",
+                 dinov2_weights=None, dinov2_heads=6, dinov2_recipe="paper"):
     config = config_lib.load_config(workdir)
     record = read_subset_record(workdir)
     split = load_split(config.data)
@@ -85,6 +139,9 @@ def evaluate_run(workdir, samples_path=None, log=print):
     }
     out = os.path.join(workdir, EVAL_DIR)
     files.makedirs(out)
+    metrics.update(embedding_metrics(
+        out, samples_u8, to_uint8(split.train), to_uint8(heldout), thresholds, inception_fid, inception_protocol,
+        dinov2_weights, dinov2_heads, dinov2_recipe, log))
     write_json_atomic(os.path.join(out, "metrics.json"), metrics)
     files.write_text_atomic(os.path.join(out, "report.md"), markdown_table([metrics]))
     save_nearest_figure(samples_u8, sims, nearest, split.train, os.path.join(out, "nearest.png"))
@@ -111,6 +168,16 @@ def markdown_table(runs):
         if key.startswith("S>"):
             lines.append(f"| pixel {key} % (held-out reals: {runs[0]['heldout_pixel_similarity'][key]:.1f}) | "
                          + " | ".join(f"{m['pixel_similarity'][key]:.1f}" for m in runs) + " |")
+    for name in ("fid_inception_edm", "fid_inception_pytorch_fid", "fd_dinov2"):
+        if all(name in m for m in runs):
+            lines.append(f"| {name} (vs held-out) | " + " | ".join(f"{m[name]:.2f}" for m in runs) + " |")
+    for space in ("inception", "dinov2"):
+        if all(f"{space}_similarity" in m for m in runs):
+            for key in runs[0][f"{space}_similarity"]:
+                if key.startswith("S>"):
+                    ref = runs[0][f"heldout_{space}_similarity"][key]
+                    lines.append(f"| {space} {key} % (held-out reals: {ref:.1f}) | "
+                                 + " | ".join(f"{m[f'{space}_similarity'][key]:.1f}" for m in runs) + " |")
     lines.append("| samples / training images | " + " | ".join(f"{m['num_samples']} / {m['num_train']}" for m in runs) + " |")
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,8 @@
 """ambient-eval: memorization and sample quality of a run, or a table comparing runs.
 
     ambient-eval --workdir=runs/mnist_ambient [--samples=runs/mnist_ambient/samples.npz]
+    ambient-eval --workdir=runs/mnist_ambient --fid [--protocol=edm]      # + Inception FID / memorization
+    ambient-eval --workdir=runs/mnist_ambient --dinov2_weights=dinov2_vits14.pth --dinov2_heads=6
     ambient-eval --compare runs/mnist_ddpm,runs/mnist_ambient
 
 Writes <workdir>/eval/metrics.json, report.md, nearest.png and similarity_histogram.png.
@@ -13,6 +15,12 @@ from ambient_jax.programs.common import clean_errors, run_program, say
 flags.DEFINE_string("workdir", None, "a training work dir with samples")
 flags.DEFINE_string("samples", None, "samples .npz (default: <workdir>/samples.npz)")
 flags.DEFINE_list("compare", None, "work dirs already evaluated: print one table with a column per run")
+flags.DEFINE_bool("fid", False, "also FID against held-out images and memorization in Inception space "
+                  "(needs `ambient-convert inception` once)")
+flags.DEFINE_enum("protocol", "edm", ["edm", "pytorch_fid"], "Inception input protocol")
+flags.DEFINE_string("dinov2_weights", None, "DINOv2 weights (.pth or .safetensors): memorization in DINOv2 space, as the paper")
+flags.DEFINE_integer("dinov2_heads", 6, "attention heads of that model: ViT-S/B/L/g = 6/12/16/24")
+flags.DEFINE_enum("dinov2_recipe", "paper", ["paper", "standard"], "DINOv2 preprocessing recipe")
 FLAGS = flags.FLAGS
 
 
@@ -26,7 +34,9 @@ def main(argv):
         return
     if not FLAGS.workdir:
         raise ValueError("give --workdir=RUN (or --compare RUN1,RUN2,...)")
-    evaluate.evaluate_run(FLAGS.workdir, FLAGS.samples, log=say)
+    evaluate.evaluate_run(FLAGS.workdir, FLAGS.samples, log=say, inception_fid=FLAGS.fid,
+                          inception_protocol=FLAGS.protocol, dinov2_weights=FLAGS.dinov2_weights,
+                          dinov2_heads=FLAGS.dinov2_heads, dinov2_recipe=FLAGS.dinov2_recipe)
 
 
 def run():
