@@ -137,4 +137,17 @@ def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cache
     again = evaluate.evaluate_run(workdir, str(tmp_path / "samples.npz"), **kwargs)
     assert not any("extracting" in line for line in logs), "features must come from the cache"
     assert again["fid_inception_edm"] == metrics["fid_inception_edm"]
+
+    # FID against the whole data source: statistics computed once, then read from the cache.
+    folder = tmp_path / "imgs"
+    from test_training import write_pngs
+
+    write_pngs(str(folder), 20)
+    data = tiny_config().data
+    data.source, data.path, data.channels = "folder", str(folder), 3
+    extract = lambda x: features.inception_features(convert.load_inception_params(), x, "edm", batch_size=16)
+    mu, sigma, count = evaluate.dataset_reference_statistics(data, "edm", extract, log=logs.append)
+    assert count == 20 and mu.shape == (2048,) and sigma.shape == (2048, 2048)
+    cached = evaluate.dataset_reference_statistics(data, "edm", lambda x: 1 / 0, log=logs.append)
+    np.testing.assert_array_equal(cached[1], sigma)
     assert "fid_inception_edm" in open(f"{workdir}/eval/report.md").read()

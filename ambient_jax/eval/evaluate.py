@@ -66,9 +66,35 @@ def cached_features(out_dir, name, images_u8, compute, log=print):
     return feats
 
 
+def dataset_reference_statistics(data_config, protocol, extract, log=print):
+    """Inception (mu, sigma) of the whole data source (the paper's FID reference), cached in the
+    user's cache dir, keyed by the source and the protocol."""
+    import hashlib
+
+    from ambient_jax.data import load_source
+    from ambient_jax.eval import convert
+
+    key = json.dumps([data_config.source, data_config.get("path", ""), data_config.get("tfds_name", ""),
+                      data_config.resolution, data_config.channels, protocol])
+    path = os.path.join(convert.CACHE_DIR, "reference_stats", hashlib.sha256(key.encode()).hexdigest()[:16] + ".npz")
+    if files.exists(path):
+        with np.load(io.BytesIO(files.read_bytes(path))) as data:
+            return data["mu"], data["sigma"], int(data["count"])
+    images = to_uint8(load_source(data_config))
+    log(f"reference statistics: Inception features of all {len(images)} source images (cached in {path}) ...")
+    mu, sigma = fid.feature_statistics(extract(images))
+    files.makedirs(os.path.dirname(path))
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=mu, sigma=sigma, count=len(images), key=key)
+    files.write_bytes_atomic(path, buffer.getvalue())
+    return mu, sigma, len(images)
+
+
 def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, inception_fid=False,
-                      inception_protocol="edm", dinov2_weights=None, dinov2_heads=6, dinov2_recipe="paper", log=print):
-    """FID (Inception, vs held-out images) and memorization in Inception / DINOv2 space, when asked."""
+                      inception_protocol="edm", dinov2_weights=None, dinov2_heads=6, dinov2_recipe="paper", log=print,
+                      data_config=None, fid_reference="heldout"):
+    """FID (Inception, vs held-out images or the whole data set) and memorization in Inception /
+    DINOv2 space, when asked."""
     from ambient_jax.eval import convert, features
 
     out = {}
@@ -79,6 +105,10 @@ def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, inc
         f_heldout = cached_features(out_dir, f"inception_{inception_protocol}_heldout", heldout_u8, extract, log)
         f_train = cached_features(out_dir, f"inception_{inception_protocol}_train", train_u8, extract, log)
         out[f"fid_inception_{inception_protocol}"] = fid.frechet_distance_of(f_samples, f_heldout)
+        if fid_reference == "dataset":
+            mu, sigma, count = dataset_reference_statistics(data_config, inception_protocol, extract, log)
+            out[f"fid_inception_{inception_protocol}_dataset"] = fid.frechet_distance(*fid.feature_statistics(f_samples), mu, sigma)
+            out["num_reference_images"] = count
         unit = lambda f: f / np.linalg.norm(f, axis=1, keepdims=True)
         out["inception_similarity"] = memorization.similarity_report(unit(f_samples), unit(f_train), thresholds)[2]
         out["heldout_inception_similarity"] = memorization.similarity_report(unit(f_heldout), unit(f_train), thresholds)[2]
@@ -101,7 +131,7 @@ def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, inc
 
 
 def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inception_protocol="edm",
-                 dinov2_weights=None, dinov2_heads=6, dinov2_recipe="paper"):
+                 dinov2_weights=None, dinov2_heads=6, dinov2_recipe="paper", fid_reference="heldout"):
     config = config_lib.load_config(workdir)
     record = read_subset_record(workdir)
     split = load_split(config.data)
@@ -141,7 +171,7 @@ def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inc
     files.makedirs(out)
     metrics.update(embedding_metrics(
         out, samples_u8, to_uint8(split.train), to_uint8(heldout), thresholds, inception_fid, inception_protocol,
-        dinov2_weights, dinov2_heads, dinov2_recipe, log))
+        dinov2_weights, dinov2_heads, dinov2_recipe, log, config.data, fid_reference))
     write_json_atomic(os.path.join(out, "metrics.json"), metrics)
     files.write_text_atomic(os.path.join(out, "report.md"), markdown_table([metrics]))
     save_nearest_figure(samples_u8, sims, nearest, split.train, os.path.join(out, "nearest.png"))
@@ -168,7 +198,8 @@ def markdown_table(runs):
         if key.startswith("S>"):
             lines.append(f"| pixel {key} % (held-out reals: {runs[0]['heldout_pixel_similarity'][key]:.1f}) | "
                          + " | ".join(f"{m['pixel_similarity'][key]:.1f}" for m in runs) + " |")
-    for name in ("fid_inception_edm", "fid_inception_pytorch_fid", "fd_dinov2"):
+    for name in ("fid_inception_edm", "fid_inception_pytorch_fid", "fid_inception_edm_dataset",
+                 "fid_inception_pytorch_fid_dataset", "fd_dinov2"):
         if all(name in m for m in runs):
             lines.append(f"| {name} (vs held-out) | " + " | ".join(f"{m[name]:.2f}" for m in runs) + " |")
     for space in ("inception", "dinov2"):

@@ -18,6 +18,8 @@ flags.DEFINE_list("compare", None, "work dirs already evaluated: print one table
 flags.DEFINE_bool("fid", False, "also FID against held-out images and memorization in Inception space "
                   "(needs `ambient-convert inception` once)")
 flags.DEFINE_enum("protocol", "edm", ["edm", "pytorch_fid"], "Inception input protocol")
+flags.DEFINE_enum("fid_reference", "heldout", ["heldout", "dataset"],
+                  "FID against as many held-out images as samples, or also against the whole data set (cached statistics)")
 flags.DEFINE_string("dinov2_weights", None, "DINOv2 weights (.pth or .safetensors): memorization in DINOv2 space, as the paper")
 flags.DEFINE_integer("dinov2_heads", 6, "attention heads of that model: ViT-S/B/L/g = 6/12/16/24")
 flags.DEFINE_enum("dinov2_recipe", "paper", ["paper", "standard"], "DINOv2 preprocessing recipe")
@@ -36,7 +38,8 @@ def main(argv):
         raise ValueError("give --workdir=RUN (or --compare RUN1,RUN2,...)")
     evaluate.evaluate_run(FLAGS.workdir, FLAGS.samples, log=say, inception_fid=FLAGS.fid,
                           inception_protocol=FLAGS.protocol, dinov2_weights=FLAGS.dinov2_weights,
-                          dinov2_heads=FLAGS.dinov2_heads, dinov2_recipe=FLAGS.dinov2_recipe)
+                          dinov2_heads=FLAGS.dinov2_heads, dinov2_recipe=FLAGS.dinov2_recipe,
+                          fid_reference=FLAGS.fid_reference)
 
 
 def run():
