@@ -67,6 +67,24 @@ def test_paper_recipe_reflect_pads_to_multiples_of_14():
         dinov2.preprocess(images, "resize")
 
 
+def test_converted_dinov2_round_trips_through_a_saved_file(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = random_layerscale(Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                                       image_size=70, patch_size=14, use_swiglu_ffn=True)), 2)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    path = convert.convert_dinov2(str(tmp_path / "w.safetensors"), heads=4, out=str(tmp_path / "w.msgpack"))
+    config, params = convert.load_dinov2(path)
+    direct_config, direct = convert.load_dinov2(str(tmp_path / "w.safetensors"), heads=4)
+    assert config == direct_config
+    x = jnp.asarray(np.random.RandomState(1).rand(1, 70, 70, 3).astype(np.float32))
+    np.testing.assert_array_equal(dinov2.DinoV2(config).apply(params, x), dinov2.DinoV2(config).apply(direct, x))
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(convert.ConversionError, match="not a readable DINOv2"):
+        convert.load_dinov2(str(tmp_path / "bad.safetensors"), heads=4)
+
+
 def test_a_foreign_state_dict_is_refused():
     with pytest.raises(convert.ConversionError, match="not a DINOv2"):
         convert.dinov2_params_from_state_dict({"fc.weight": np.zeros((2, 2))}, heads=1)

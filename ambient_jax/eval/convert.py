@@ -211,3 +211,36 @@ def load_dinov2_file(path, heads):
     except Exception as err:
         raise ConversionError(f"{path} is not a readable DINOv2 weight file ({str(err).splitlines()[0]})") from err
     return dinov2_params_from_state_dict(state, heads)
+
+
+def convert_dinov2(source, heads, out=None):
+    """Convert a DINOv2 .pth / .safetensors file into a saved tree (config and params); returns the path."""
+    import dataclasses
+
+    from flax import serialization
+
+    config, params = load_dinov2_file(source, heads)
+    out = out or os.path.join(CACHE_DIR, os.path.splitext(os.path.basename(source))[0] + ".msgpack")
+    files.makedirs(os.path.dirname(out))
+    files.write_bytes_atomic(out, serialization.msgpack_serialize({"config": dataclasses.asdict(config), **params}))
+    return out
+
+
+def load_dinov2(path, heads=None):
+    """(ViTConfig, params) from a converted .msgpack (heads recorded) or an original weight file."""
+    from flax import serialization
+
+    from ambient_jax.eval.dinov2 import ViTConfig
+
+    if not path.endswith(".msgpack"):
+        if heads is None:
+            raise ConversionError("an original DINOv2 file needs the number of heads (ViT-S/B/L/g: 6/12/16/24)")
+        return load_dinov2_file(path, heads)
+    if not files.exists(path):
+        raise ConversionError(f"converted DINOv2 file {path} does not exist: run ambient-convert dinov2 --source=FILE --heads=N")
+    try:
+        tree = serialization.msgpack_restore(files.read_bytes(path))
+        config = ViTConfig(**{k: (bool(v) if k == "swiglu" else int(v)) for k, v in tree.pop("config").items()})
+    except Exception as err:
+        raise ConversionError(f"{path} is not a converted DINOv2 file ({err})") from err
+    return config, tree

