@@ -133,6 +133,7 @@ def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cache
         sims = metrics[f"{space}_similarity"]
         assert -1 <= sims["mean"] <= sims["max"] <= 1 + 1e-6
     assert sum("extracting" in line for line in logs) == 6
+    assert any("images/s" in line for line in logs)  # progress while extracting
     logs.clear()
     again = evaluate.evaluate_run(workdir, str(tmp_path / "samples.npz"), **kwargs)
     assert not any("extracting" in line for line in logs), "features must come from the cache"
@@ -145,9 +146,9 @@ def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cache
     write_pngs(str(folder), 20)
     data = tiny_config().data
     data.source, data.path, data.channels = "folder", str(folder), 3
-    extract = lambda x: features.inception_features(convert.load_inception_params(), x, "edm", batch_size=16)
+    extract = lambda x, progress=None: features.inception_features(convert.load_inception_params(), x, "edm", batch_size=16)
     mu, sigma, count = evaluate.dataset_reference_statistics(data, "edm", extract, log=logs.append)
     assert count == 20 and mu.shape == (2048,) and sigma.shape == (2048, 2048)
-    cached = evaluate.dataset_reference_statistics(data, "edm", lambda x: 1 / 0, log=logs.append)
+    cached = evaluate.dataset_reference_statistics(data, "edm", lambda x, progress=None: 1 / 0, log=logs.append)
     np.testing.assert_array_equal(cached[1], sigma)
     assert "fid_inception_edm" in open(f"{workdir}/eval/report.md").read()

@@ -72,7 +72,7 @@ def test_train_resume_sample_eval_through_the_programs(tmp_path):
     samples = np.load(os.path.join(workdir, "samples.npz"))["samples"]
     assert samples.shape == (12, 16, 16, 1) and samples.dtype == np.uint8 and samples.std() > 0
 
-    evaluated = cli("eval", f"--workdir={workdir}")
+    evaluated = cli("eval", f"--workdir={workdir}", "--nofid")
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
     assert metrics["num_samples"] == 12 and metrics["num_train"] == 16

@@ -14,6 +14,7 @@ close a new real digit is to the training set without any copying).
 import io
 import json
 import os
+import time
 
 import numpy as np
 
@@ -59,7 +60,12 @@ def cached_features(out_dir, name, images_u8, compute, log=print):
             if str(data["digest"]) == digest:
                 return data["features"]
     log(f"extracting {name} features of {len(images_u8)} images ...")
-    feats = compute(images_u8)
+    start = time.perf_counter()
+
+    def progress(done, total):
+        log(f"  {name}: {done}/{total} images ({done / (time.perf_counter() - start):.1f} images/s)")
+
+    feats = compute(images_u8, progress)
     buffer = io.BytesIO()
     np.savez(buffer, features=feats, digest=digest)
     files.write_bytes_atomic(path, buffer.getvalue())
@@ -82,7 +88,9 @@ def dataset_reference_statistics(data_config, protocol, extract, log=print):
             return data["mu"], data["sigma"], int(data["count"])
     images = to_uint8(load_source(data_config))
     log(f"reference statistics: Inception features of all {len(images)} source images (cached in {path}) ...")
-    mu, sigma = fid.feature_statistics(extract(images))
+    start = time.perf_counter()
+    progress = lambda done, total: log(f"  reference: {done}/{total} images ({done / (time.perf_counter() - start):.1f} images/s)")
+    mu, sigma = fid.feature_statistics(extract(images, progress))
     files.makedirs(os.path.dirname(path))
     buffer = io.BytesIO()
     np.savez(buffer, mu=mu, sigma=sigma, count=len(images), key=key)
@@ -100,7 +108,7 @@ def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, inc
     out = {}
     if inception_fid:
         params = convert.load_inception_params()
-        extract = lambda x: features.inception_features(params, x, inception_protocol)
+        extract = lambda x, progress=None: features.inception_features(params, x, inception_protocol, progress=progress)
         f_samples = cached_features(out_dir, f"inception_{inception_protocol}_samples", samples_u8, extract, log)
         f_heldout = cached_features(out_dir, f"inception_{inception_protocol}_heldout", heldout_u8, extract, log)
         f_train = cached_features(out_dir, f"inception_{inception_protocol}_train", train_u8, extract, log)
@@ -117,9 +125,9 @@ def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, inc
 
         config, params = convert.load_dinov2(dinov2_weights, dinov2_heads)
 
-        def extract(x):
+        def extract(x, progress=None):
             apply = lambda p, batch: dinov2.DinoV2(config).apply(p, dinov2.preprocess(batch, dinov2_recipe))
-            return features.extract(apply, params, features.to_rgb(x), batch_size=32)
+            return features.extract(apply, params, features.to_rgb(x), batch_size=32, progress=progress)
 
         d_samples = cached_features(out_dir, f"dinov2_{dinov2_recipe}_samples", samples_u8, extract, log)
         d_heldout = cached_features(out_dir, f"dinov2_{dinov2_recipe}_heldout", heldout_u8, extract, log)
@@ -128,6 +136,12 @@ def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, inc
         out["heldout_dinov2_similarity"] = memorization.similarity_report(d_heldout, d_train, thresholds)[2]
         out["fd_dinov2"] = fid.frechet_distance_of(d_samples, d_heldout)
     return out
+
+
+def inception_available():
+    from ambient_jax.eval import convert
+
+    return files.exists(os.path.join(convert.CACHE_DIR, convert.INCEPTION_FILE))
 
 
 def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inception_protocol="edm",

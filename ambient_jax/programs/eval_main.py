@@ -15,8 +15,8 @@ from ambient_jax.programs.common import clean_errors, run_program, say
 flags.DEFINE_string("workdir", None, "a training work dir with samples")
 flags.DEFINE_string("samples", None, "samples .npz (default: <workdir>/samples.npz)")
 flags.DEFINE_list("compare", None, "work dirs already evaluated: print one table with a column per run")
-flags.DEFINE_bool("fid", False, "also FID against held-out images and memorization in Inception space "
-                  "(needs `ambient-convert inception` once)")
+flags.DEFINE_bool("fid", None, "also FID against held-out images and memorization in Inception space "
+                  "(needs `ambient-convert inception` once); default: on when the converted weights exist")
 flags.DEFINE_enum("protocol", "edm", ["edm", "pytorch_fid"], "Inception input protocol")
 flags.DEFINE_enum("fid_reference", "heldout", ["heldout", "dataset"],
                   "FID against as many held-out images as samples, or also against the whole data set (cached statistics)")
@@ -36,7 +36,8 @@ def main(argv):
         return
     if not FLAGS.workdir:
         raise ValueError("give --workdir=RUN (or --compare RUN1,RUN2,...)")
-    evaluate.evaluate_run(FLAGS.workdir, FLAGS.samples, log=say, inception_fid=FLAGS.fid,
+    use_fid = evaluate.inception_available() if FLAGS.fid is None else FLAGS.fid
+    evaluate.evaluate_run(FLAGS.workdir, FLAGS.samples, log=say, inception_fid=use_fid,
                           inception_protocol=FLAGS.protocol, dinov2_weights=FLAGS.dinov2_weights,
                           dinov2_heads=FLAGS.dinov2_heads, dinov2_recipe=FLAGS.dinov2_recipe,
                           fid_reference=FLAGS.fid_reference)
