@@ -160,14 +160,8 @@ def dinov2_params_from_state_dict(state, heads):
                      "ls1": get(p + "ls1.gamma"), "ls2": get(p + "ls2.gamma"),
                      "norm2": norm(get(p + "norm2.weight"), get(p + "norm2.bias"))}
             if p + "mlp.w12.weight" in state:
-                swiglu = True
                 block["w12"] = dense(get(p + "mlp.w12.weight"), get(p + "mlp.w12.bias"))
                 block["w3"] = dense(get(p + "mlp.w3.weight"), get(p + "mlp.w3.bias"))
-                mlp_hidden = get(p + "mlp.w3.weight").shape[1]
-            else:
-                block["fc1"] = dense(get(p + "mlp.fc1.weight"), get(p + "mlp.fc1.bias"))
-                block["fc2"] = dense(get(p + "mlp.fc2.weight"), get(p + "mlp.fc2.bias"))
-                mlp_hidden = get(p + "mlp.fc1.weight").shape[0]
         else:
             a = p + "attention."
             qkv_w = np.concatenate([get(a + f"{n}_proj.weight") for n in "qkv"])
@@ -176,17 +170,18 @@ def dinov2_params_from_state_dict(state, heads):
                      "proj": dense(get(a + "o_proj.weight"), get(a + "o_proj.bias")),
                      "ls1": get(p + "layer_scale1.lambda1"), "ls2": get(p + "layer_scale2.lambda1"),
                      "norm2": norm(get(p + "norm2.weight"), get(p + "norm2.bias"))}
-            if p + "mlp.gate_proj.weight" in state:
-                swiglu = True
+            if p + "mlp.gate_proj.weight" in state:  # SwiGLU: silu(gate) * up = silu(x1) * x2 of w12
                 w12 = np.concatenate([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
                 b12 = np.concatenate([get(p + "mlp.gate_proj.bias"), get(p + "mlp.up_proj.bias")])
                 block["w12"] = dense(w12, b12)
                 block["w3"] = dense(get(p + "mlp.down_proj.weight"), get(p + "mlp.down_proj.bias"))
-                mlp_hidden = get(p + "mlp.down_proj.weight").shape[1]
-            else:
-                block["fc1"] = dense(get(p + "mlp.fc1.weight"), get(p + "mlp.fc1.bias"))
-                block["fc2"] = dense(get(p + "mlp.fc2.weight"), get(p + "mlp.fc2.bias"))
-                mlp_hidden = get(p + "mlp.fc1.weight").shape[0]
+        swiglu = "w3" in block
+        if swiglu:
+            mlp_hidden = block["w3"]["kernel"].shape[0]
+        else:  # the plain MLP has the same names in both layouts
+            block["fc1"] = dense(get(p + "mlp.fc1.weight"), get(p + "mlp.fc1.bias"))
+            block["fc2"] = dense(get(p + "mlp.fc2.weight"), get(p + "mlp.fc2.bias"))
+            mlp_hidden = get(p + "mlp.fc1.weight").shape[0]
         params[f"blocks_{i}"] = block
     config = ViTConfig(width, depth, heads, mlp_hidden, swiglu=swiglu,
                        registers=0 if registers is None else registers.shape[1], grid=grid)
