@@ -165,3 +165,18 @@ def test_keep_policy_keeps_the_latest_and_every_kth(tmp_path):
     c = tiny_config(**{"train.num_steps": 5, "train.checkpoint_every": 1, "train.keep_every": 2, "train.sample_every": 100})
     train.train(c, str(tmp_path / "run"), log=lambda _: None)
     assert sorted(int(s) for s in os.listdir(tmp_path / "run" / "checkpoints")) == [2, 4, 5]
+
+
+def test_sweep_runs_the_grid_and_writes_table_and_pareto_plot(tmp_path):
+    root = str(tmp_path / "sweep")
+    sets = [f"--set={flag}" for flag in TINY + ["--config.train.num_steps=2", "--config.train.sample_every=2"]]
+    result = cli("sweep", "run", f"--root={root}", "--sigma_tn=0,1.5", "--n_train=16", "--seeds=0", *sets)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(os.listdir(root)) == ["n16_s0_seed0", "n16_s1.5_seed0", "pareto.png", "table.md"]
+    assert json.load(open(os.path.join(root, "n16_s0_seed0", "config.json")))["loss"]["objective"] == "ddpm"
+    assert json.load(open(os.path.join(root, "n16_s1.5_seed0", "config.json")))["loss"]["sigma_tn"] == 1.5
+    table = open(os.path.join(root, "table.md")).read()
+    assert "n=16 ddpm" in table and "n=16 s_tn=1.5" in table and "extraction rate %" in table
+    assert os.path.getsize(os.path.join(root, "pareto.png")) > 0
+    again = cli("sweep", "run", f"--root={root}", "--sigma_tn=0,1.5", "--n_train=16", "--seeds=0", *sets)
+    assert again.returncode == 0 and again.stdout.count("skip ") == 2  # evaluated runs are not redone

@@ -1,0 +1,52 @@
+"""ambient-sweep: train, sample and evaluate a grid of runs, then the Table-1 / Pareto report.
+
+    ambient-sweep run --config=configs/mnist.py --root=runs/sweep --sigma_tn=0,0.5,1,1.5,2 \
+        --n_train=100,300 --seeds=0,1,2 [--set=--config.train.num_steps=2000 ...]
+    ambient-sweep commands ...   # the same grid as one shell line per run, for separate jobs
+    ambient-sweep report --root=runs/sweep   # <root>/table.md and <root>/pareto.png
+
+sigma_tn = 0 means the ddpm objective. Runs already evaluated are skipped.
+"""
+
+from absl import flags
+
+from ambient_jax.programs.common import DEFAULT_CONFIG, clean_errors, run_program, say
+
+flags.DEFINE_string("root", None, "folder that holds one work dir per run", required=True)
+flags.DEFINE_string("config", DEFAULT_CONFIG, "config file (FILE.py or FILE.py:ARG) of every run")
+flags.DEFINE_list("sigma_tn", ["0", "0.5", "1", "1.5", "2"], "noise levels; 0 = ddpm")
+flags.DEFINE_list("n_train", ["100"], "training-set sizes")
+flags.DEFINE_list("seeds", ["0"], "train.seed values")
+flags.DEFINE_multi_string("set", [], "extra --config.a.b=v overrides for every run")
+flags.DEFINE_bool("fid", False, "evaluate with --fid (Inception) as well")
+flags.DEFINE_string("quality", None, "report: the y metric (default: the first quality row)")
+flags.DEFINE_string("memorization", None, "report: the x metric (default: extraction_rate)")
+FLAGS = flags.FLAGS
+
+
+@clean_errors
+def main(argv):
+    from ambient_jax import sweep
+
+    if len(argv) != 2 or argv[1] not in ("run", "commands", "report"):
+        raise ValueError("say what to do: ambient-sweep run | commands | report --root=DIR ...")
+    if argv[1] == "report":
+        say(sweep.report(FLAGS.root, FLAGS.quality, FLAGS.memorization))
+        say(f"wrote {FLAGS.root}/table.md and {FLAGS.root}/pareto.png")
+        return
+    runs = sweep.commands(FLAGS.config, FLAGS.root, [float(s) for s in FLAGS.sigma_tn], [int(n) for n in FLAGS.n_train],
+                          [int(s) for s in FLAGS.seeds], FLAGS.set, () if FLAGS.fid else ("--nofid",))
+    if argv[1] == "commands":
+        for _, steps in runs:
+            say(" && ".join(" ".join(step) for step in steps))
+        return
+    sweep.run_all(runs, log=say)
+    say(sweep.report(FLAGS.root))
+
+
+def run():
+    run_program(main)
+
+
+if __name__ == "__main__":
+    run()

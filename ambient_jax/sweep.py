@@ -1,0 +1,135 @@
+"""Sweeps over sigma_tn (sigma_tn = 0 is the ddpm objective), training-set sizes and seeds, and the
+report that turns their evaluations into the paper's Table 1 and Figure 1 (FID vs memorization).
+
+Each run has its own work dir `<root>/n<N>_s<SIGMA>_seed<SEED>`; a run whose evaluation exists is
+skipped, so an interrupted sweep resumes. `commands` lists one shell line per run, for launching
+them as separate jobs.
+"""
+
+import collections
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+
+from ambient_jax import files, plots
+
+MEMORIZATION_KEYS = ("extraction_rate",)
+
+
+def run_name(n_train, sigma_tn, seed):
+    return f"n{n_train}_s{sigma_tn:g}_seed{seed}"
+
+
+def run_overrides(n_train, sigma_tn, seed):
+    objective = "ddpm" if sigma_tn == 0 else "ambient"
+    overrides = [f"--config.data.n_train={n_train}", f"--config.loss.objective={objective}", f"--config.train.seed={seed}"]
+    if sigma_tn:
+        overrides.append(f"--config.loss.sigma_tn={sigma_tn}")
+    return overrides
+
+
+def commands(config, root, sigmas, sizes, seeds, extra=(), eval_flags=("--nofid",)):
+    """[(workdir, [argv, ...])]: train, sample and evaluate each run of the grid."""
+    runs = []
+    for n_train in sizes:
+        for sigma_tn in sigmas:
+            for seed in seeds:
+                workdir = os.path.join(root, run_name(n_train, sigma_tn, seed))
+                # The grid's own values come last, so that they win over the shared overrides.
+                train = ["ambient-train", f"--config={config}", f"--workdir={workdir}",
+                         *extra, *run_overrides(n_train, sigma_tn, seed)]
+                runs.append((workdir, [train, ["ambient-sample", f"--workdir={workdir}"],
+                                       ["ambient-eval", f"--workdir={workdir}", *eval_flags]]))
+    return runs
+
+
+def run_all(runs, log=print):
+    """Run the grid one run after another, skipping evaluated runs; stops at the first failure."""
+    bin_dir = os.path.dirname(sys.executable)
+    for workdir, steps in runs:
+        if files.exists(os.path.join(workdir, "eval", "metrics.json")):
+            log(f"skip {workdir} (evaluated)")
+            continue
+        for argv in steps:
+            log("$ " + " ".join(shlex.quote(a) for a in argv))
+            program = os.path.join(bin_dir, argv[0])
+            result = subprocess.run([program if os.path.exists(program) else argv[0], *argv[1:]])
+            if result.returncode:
+                raise RuntimeError(f"{argv[0]} failed for {workdir} (exit {result.returncode}); fix it and re-run the sweep")
+
+
+def collect(root):
+    """Evaluated runs under root: {(n_train, sigma_tn): [metrics, ...]} (one entry per seed)."""
+    groups = collections.defaultdict(list)
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name, "eval", "metrics.json")
+        if not files.exists(path):
+            continue
+        metrics = json.loads(files.read_text(path))
+        metrics["n_train"] = metrics["num_train"]
+        groups[(metrics["num_train"], metrics["sigma_tn"])].append(metrics)
+    if not groups:
+        raise FileNotFoundError(f"no evaluated runs (…/eval/metrics.json) under {root}")
+    return dict(groups)
+
+
+def _values(runs, key):
+    out = []
+    for m in runs:
+        value = m
+        for part in key.split("/"):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            out.append(float(value))
+    return out
+
+
+def _mean_std(runs, key):
+    values = _values(runs, key)
+    if not values:
+        return None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def table_rows(groups):
+    """Rows (label, metric key) present in every run: quality first, then memorization."""
+    first = next(iter(groups.values()))[0]
+    rows = [(k, k) for k in ("fid_inception_edm", "fid_inception_edm_dataset", "fd_dinov2", "fd_pixel") if k in first]
+    rows.append(("extraction rate %", "extraction_rate"))
+    for space in ("dinov2", "inception", "pixel"):
+        for key in first.get(f"{space}_similarity", {}):
+            if key.startswith("S>"):
+                rows.append((f"{space} {key} %", f"{space}_similarity/{key}"))
+    return rows
+
+
+def report(root, quality=None, memorization=None):
+    """Write <root>/table.md and <root>/pareto.png; returns the table text."""
+    groups = collect(root)
+    rows = table_rows(groups)
+    keys = sorted(groups)
+    names = [f"n={n} " + ("ddpm" if s == 0 else f"s_tn={s:g}") for n, s in keys]
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(keys)]
+    for label, key in rows:
+        cells = []
+        for k in keys:
+            stat = _mean_std(groups[k], key)
+            cells.append("-" if stat is None else f"{stat[0]:.2f} ± {stat[1]:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| seeds | " + " | ".join(str(len(groups[k])) for k in keys) + " |")
+    text = "\n".join(lines) + "\n\nmean ± standard deviation over seeds; ddpm = sigma_tn 0.\n"
+    files.write_text_atomic(os.path.join(root, "table.md"), text)
+
+    quality = quality or rows[0][1]
+    memorization = memorization or "extraction_rate"
+    points = {}
+    for (n, s), runs in groups.items():
+        q, m = _mean_std(runs, quality), _mean_std(runs, memorization)
+        if q and m:
+            points.setdefault(n, []).append((s, m, q))
+    plots.save_pareto(points, os.path.join(root, "pareto.png"), memorization, quality)
+    return text
