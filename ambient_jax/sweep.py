@@ -17,9 +17,6 @@ import numpy as np
 
 from ambient_jax import files, plots
 
-MEMORIZATION_KEYS = ("extraction_rate",)
-
-
 def run_name(n_train, sigma_tn, seed):
     return f"n{n_train}_s{sigma_tn:g}_seed{seed}"
 
@@ -70,7 +67,6 @@ def collect(root):
         if not files.exists(path):
             continue
         metrics = json.loads(files.read_text(path))
-        metrics["n_train"] = metrics["num_train"]
         groups[(metrics["num_train"], metrics["sigma_tn"])].append(metrics)
     if not groups:
         raise FileNotFoundError(f"no evaluated runs (…/eval/metrics.json) under {root}")

@@ -27,7 +27,7 @@ from ambient_jax.data import load_split, read_subset_record, record_subset
 from ambient_jax.precond import edm_denoiser
 
 # fold_in purposes of the root key
-KEY_INIT, KEY_STEP, KEY_NOISE_TN, KEY_GRID = 0, 1, 2, 3
+KEY_INIT, KEY_STEP, KEY_NOISE_TN = 0, 1, 2
 
 
 class TrainingError(RuntimeError):
