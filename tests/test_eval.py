@@ -1,6 +1,7 @@
 """The evaluation: Inception port parity with the real weights, FID, nearest-neighbour search."""
 
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -138,6 +139,12 @@ def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cache
     again = evaluate.evaluate_run(workdir, str(tmp_path / "samples.npz"), **kwargs)
     assert not any("extracting" in line for line in logs), "features must come from the cache"
     assert again["fid_inception_edm"] == metrics["fid_inception_edm"]
+    # Another run on the same training subset (a sweep's next sigma_tn): only its samples are new.
+    shutil.copytree(workdir, str(tmp_path / "run2"), ignore=shutil.ignore_patterns("eval"))
+    logs.clear()
+    other = evaluate.evaluate_run(str(tmp_path / "run2"), str(tmp_path / "samples.npz"), **kwargs)
+    assert [line.split()[1] for line in logs if line.startswith("extracting")] == ["inception_edm_samples", "dinov2_paper_samples"]
+    assert other["fid_inception_edm"] == metrics["fid_inception_edm"]
 
     # FID against the whole data source: statistics computed once, then read from the cache.
     folder = tmp_path / "imgs"

@@ -48,13 +48,20 @@ def load_samples(path, image_shape):
     return samples
 
 
-def cached_features(out_dir, name, images_u8, compute, log=print):
-    """Features of `images_u8` from <out_dir>/features_<name>.npz when that file holds the same
-    images (by content hash), else computed and saved: an interrupted evaluation resumes."""
+def cached_features(out_dir, name, images_u8, compute, log=print, shared=False):
+    """Features of `images_u8` from a .npz that holds the same images (by content hash), else
+    computed and saved, so an interrupted evaluation resumes. Samples go to
+    <out_dir>/features_<name>.npz; real images (`shared`: training and held-out sets, the same for
+    every run of a sweep) go to the user's cache dir under their hash, computed once for all runs."""
     import hashlib
 
-    path = os.path.join(out_dir, f"features_{name}.npz")
+    from ambient_jax.eval import convert
+
     digest = hashlib.sha256(np.ascontiguousarray(images_u8).tobytes()).hexdigest()
+    if shared:
+        path = os.path.join(convert.CACHE_DIR, "features", f"{name}_{digest[:16]}.npz")
+    else:
+        path = os.path.join(out_dir, f"features_{name}.npz")
     if files.exists(path):
         with np.load(io.BytesIO(files.read_bytes(path))) as data:
             if str(data["digest"]) == digest:
@@ -68,6 +75,7 @@ def cached_features(out_dir, name, images_u8, compute, log=print):
     feats = compute(images_u8, progress)
     buffer = io.BytesIO()
     np.savez(buffer, features=feats, digest=digest)
+    files.makedirs(os.path.dirname(path))
     files.write_bytes_atomic(path, buffer.getvalue())
     return feats
 
@@ -110,8 +118,8 @@ def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, inc
         params = convert.load_inception_params()
         extract = lambda x, progress=None: features.inception_features(params, x, inception_protocol, progress=progress)
         f_samples = cached_features(out_dir, f"inception_{inception_protocol}_samples", samples_u8, extract, log)
-        f_heldout = cached_features(out_dir, f"inception_{inception_protocol}_heldout", heldout_u8, extract, log)
-        f_train = cached_features(out_dir, f"inception_{inception_protocol}_train", train_u8, extract, log)
+        f_heldout = cached_features(out_dir, f"inception_{inception_protocol}_heldout", heldout_u8, extract, log, shared=True)
+        f_train = cached_features(out_dir, f"inception_{inception_protocol}_train", train_u8, extract, log, shared=True)
         out[f"fid_inception_{inception_protocol}"] = fid.frechet_distance_of(f_samples, f_heldout)
         if fid_reference == "dataset":
             mu, sigma, count = dataset_reference_statistics(data_config, inception_protocol, extract, log)
@@ -130,8 +138,10 @@ def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, inc
             return features.extract(apply, params, features.to_rgb(x), batch_size=32, progress=progress)
 
         d_samples = cached_features(out_dir, f"dinov2_{dinov2_recipe}_samples", samples_u8, extract, log)
-        d_heldout = cached_features(out_dir, f"dinov2_{dinov2_recipe}_heldout", heldout_u8, extract, log)
-        d_train = cached_features(out_dir, f"dinov2_{dinov2_recipe}_train", train_u8, extract, log)
+        # The weight file's name keys the shared cache of real-image features: one per model.
+        model_key = f"dinov2_{dinov2_recipe}_{os.path.splitext(os.path.basename(dinov2_weights))[0]}"
+        d_heldout = cached_features(out_dir, f"{model_key}_heldout", heldout_u8, extract, log, shared=True)
+        d_train = cached_features(out_dir, f"{model_key}_train", train_u8, extract, log, shared=True)
         out["dinov2_similarity"] = memorization.similarity_report(d_samples, d_train, thresholds)[2]
         out["heldout_dinov2_similarity"] = memorization.similarity_report(d_heldout, d_train, thresholds)[2]
         out["fd_dinov2"] = fid.frechet_distance_of(d_samples, d_heldout)
