@@ -96,6 +96,18 @@ def base_config():
     return c
 
 
+PAPER_SIZES = {"300": 300, "1k": 1000, "3k": 3000}
+
+
+def paper_arg(arg, default="ambient,1k"):
+    """("ddpm" | "ambient", n_train) from a paper config's ARG "OBJECTIVE,SIZE" (SIZE 300, 1k or 3k)."""
+    parts = (arg or default).split(",")
+    if len(parts) != 2 or parts[0] not in ("ddpm", "ambient") or parts[1] not in PAPER_SIZES:
+        raise ValueError(f"config argument {arg!r}: give OBJECTIVE,SIZE with OBJECTIVE ddpm or ambient and SIZE "
+                         f"one of {', '.join(PAPER_SIZES)} (for example configs/cifar10.py:ambient,1k)")
+    return parts[0], PAPER_SIZES[parts[1]]
+
+
 def check_config(config):
     """Raise ValueError naming the field for values the programs cannot run with."""
     from ambient_jax import losses, nets, sampling

@@ -1,0 +1,51 @@
+"""The shipped experiment configs load, pass the checks and carry the paper's settings."""
+
+import importlib.util
+import os
+
+import pytest
+
+from ambient_jax.config import check_config
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def load(name, arg=None):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIG_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
+
+
+# name: (preset, batch, lr, Mimg, sampler steps, thresholds)
+PAPER = {
+    "cifar10": ("ddpmpp_cifar10", 512, 1e-3, 200, 18, (0.9, 0.925, 0.95)),
+    "ffhq64": ("ncsnpp_ffhq64", 256, 1e-4, 30, 40, (0.85, 0.875, 0.9)),
+    "imagenet64": ("ncsnpp_ffhq64", 256, 1e-4, 30, 40, (0.9, 0.925, 0.95)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+@pytest.mark.parametrize("objective", ["ddpm", "ambient"])
+@pytest.mark.parametrize("size,n_train", [("300", 300), ("1k", 1000), ("3k", 3000)])
+def test_paper_configs_carry_the_paper_settings(name, objective, size, n_train):
+    c = load(name, f"{objective},{size}")
+    check_config(c)
+    preset, batch, lr, mimg, steps, thresholds = PAPER[name]
+    assert (c.loss.objective, c.data.n_train, c.model.preset) == (objective, n_train, preset)
+    assert (c.train.batch_size, c.optim.lr, c.sample.num_steps, tuple(c.eval.thresholds)) == (batch, lr, steps, thresholds)
+    assert abs(c.train.num_steps * c.train.batch_size / 1e6 - mimg) < 0.01
+    assert (c.optim.warmup_kimg, c.ema.halflife_kimg, c.ema.rampup_ratio) == (10_000, 500, 0.05)
+    assert (c.loss.sigma_tn, c.loss.weighting, c.optim.weight_decay) == (0.5, "edm", 0.0)
+    assert c.data.source == "tfds" and c.data.resolution == (32 if name == "cifar10" else 64)
+
+
+@pytest.mark.parametrize("name", ["mnist", *sorted(PAPER)])
+def test_default_argument_loads(name):
+    check_config(load(name))
+
+
+@pytest.mark.parametrize("arg", ["ambient", "ambient,500", "edm,1k", "ambient,1k,0.5"])
+def test_bad_paper_argument_is_one_clear_error(arg):
+    with pytest.raises(ValueError, match="OBJECTIVE,SIZE"):
+        load("cifar10", arg)
