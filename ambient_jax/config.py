@@ -15,7 +15,7 @@ from ambient_jax import files
 CONFIG_NAME = "config.json"
 
 # Fields that may change when a run is resumed: they steer the loop, not what is learned.
-RESUMABLE_CHANGES = ("train.num_steps", "train.log_every", "train.sample_every", "train.checkpoint_every",
+RESUMABLE_CHANGES = ("train.num_steps", "train.steps_per_dispatch", "train.log_every", "train.sample_every", "train.checkpoint_every",
                      "train.keep_every", "sample", "eval", "parallel")
 
 
@@ -40,7 +40,10 @@ def base_config():
     c.model = ml_collections.ConfigDict()
     c.model.preset = "mlp_small"  # see ambient_jax.nets.PRESETS
     c.model.overrides = ml_collections.ConfigDict()  # e.g. --config.model.overrides.dropout=0.1
-    c.model.compute_dtype = "float32"
+    # auto: bfloat16 matmuls/convolutions on GPU and TPU (float32 parameters, optimizer and loss),
+    # float32 on CPU; or say float32 / bfloat16.
+    c.model.compute_dtype = "auto"
+    c.model.remat = False  # U-Net presets: recompute block activations in the backward pass (large batches)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.objective = "ambient"  # ddpm | ambient
@@ -71,6 +74,7 @@ def base_config():
     c.train.log_every = 100
     c.train.sample_every = 1000
     c.train.checkpoint_every = 1000
+    c.train.steps_per_dispatch = 1  # >1: that many steps fused in one lax.scan call (fewer dispatches for small nets)
     c.train.keep_every = 0  # also keep every checkpoint whose step divides by this; 0 = latest only
 
     c.sample = ml_collections.ConfigDict()
@@ -123,6 +127,9 @@ def check_config(config):
     need(config.model.preset in nets.PRESETS, "model.preset", f"must be one of {sorted(nets.PRESETS)}")
     need(config.sample.sampler in sampling.SAMPLERS, "sample.sampler", f"must be one of {sorted(sampling.SAMPLERS)}")
     need(config.parallel.mode in ("jit", "pmap"), "parallel.mode", "must be 'jit' or 'pmap'")
+    need(config.model.get("compute_dtype", "auto") in ("auto", "float32", "bfloat16"), "model.compute_dtype",
+         "must be 'auto', 'float32' or 'bfloat16'")
+    need(int(config.train.get("steps_per_dispatch", 1)) >= 1, "train.steps_per_dispatch", "must be >= 1")
     for field in ("train.batch_size", "train.num_steps", "train.log_every", "sample.num_steps", "sample.batch_size"):
         section, name = field.split(".")
         need(int(config[section][name]) >= 1, field, "must be >= 1")

@@ -17,8 +17,17 @@ from ambient_jax.precond import edm_denoiser
 
 def build_network(config, channels):
     overrides = dict(config.model.overrides.to_dict()) if hasattr(config.model.overrides, "to_dict") else dict(config.model.overrides)
-    overrides.setdefault("compute_dtype", config.model.get("compute_dtype", "float32"))
+    overrides.setdefault("compute_dtype", compute_dtype(config.model.get("compute_dtype", "auto")))
+    if config.model.get("remat", False):
+        overrides.setdefault("remat", True)
     return nets.build_model(config.model.preset, channels, **overrides)
+
+
+def compute_dtype(name):
+    """"auto" -> bfloat16 on GPU/TPU (their matmul units run bf16 several times faster), else float32."""
+    if name == "auto":
+        return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+    return name
 
 
 def image_shape(config):

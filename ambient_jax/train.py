@@ -183,22 +183,29 @@ class Trainer:
         self.mode, self.mesh = config.parallel.mode, mesh
         if config.data.streaming and self.mode != "jit":
             raise ValueError("data.streaming needs parallel.mode=jit")
+        self.steps_per_dispatch = int(config.train.get("steps_per_dispatch", 1))
+        if config.data.streaming and self.steps_per_dispatch > 1:
+            raise ValueError("train.steps_per_dispatch > 1 needs the training images on device (data.streaming=False)")
+        self.multi_step = None
         if self.mode == "jit":
             body = make_step_body(config, model, optimizer, schedule)
             repl, rows = parallel.replicated(mesh), parallel.batch_sharded(mesh)
             step = functools.partial(body, batch_sharding=rows)
             data = (rows, rows) if config.data.streaming else repl
             self.step = jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+            if self.steps_per_dispatch > 1:
+                self.multi_step = jax.jit(scan_steps(step, self.steps_per_dispatch), in_shardings=(repl, data),
+                                          out_shardings=(repl, repl), donate_argnums=0)
         elif self.mode == "pmap":
             if jax.process_count() > 1:
                 raise ValueError("parallel.mode=pmap runs on one host here; use parallel.mode=jit across hosts")
             self.devices = list(mesh.devices.flat)
             body = make_step_body(config, model, optimizer, schedule, axis_name=parallel.DATA_AXIS, num_shards=mesh.size)
-            pmapped = jax.pmap(
-                lambda state, images: body(state, images, jax.lax.axis_index(parallel.DATA_AXIS)),
-                axis_name=parallel.DATA_AXIS, devices=self.devices, donate_argnums=0,
-            )
-            self.step = pmapped
+            per_device = lambda state, images: body(state, images, jax.lax.axis_index(parallel.DATA_AXIS))
+            pmap = functools.partial(jax.pmap, axis_name=parallel.DATA_AXIS, devices=self.devices, donate_argnums=0)
+            self.step = pmap(per_device)
+            if self.steps_per_dispatch > 1:
+                self.multi_step = pmap(scan_steps(per_device, self.steps_per_dispatch))
         else:
             raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {self.mode!r}")
 
@@ -217,6 +224,23 @@ class Trainer:
 
     def metrics(self, metrics):
         return metrics if self.mode == "jit" else jax.tree_util.tree_map(lambda m: m[0], metrics)
+
+
+def scan_steps(step, count):
+    """`count` steps in one dispatch (lax.scan): metrics come back summed over the steps. Each
+    step's draws depend on state.step only, so this trains the same model as `count` calls."""
+
+    def steps(state, data):
+        state, metrics = jax.lax.scan(lambda st, _: step(st, data), state, None, length=count)
+        return state, jax.tree_util.tree_map(lambda m: jnp.sum(m, axis=0), metrics)
+
+    return steps
+
+
+def next_event(step, config):
+    """The first step after `step` at which the loop logs, samples, saves or stops."""
+    t = config.train
+    return min([(step // every + 1) * every for every in (t.log_every, t.sample_every, t.checkpoint_every)] + [t.num_steps])
 
 
 def all_finite(tree):
@@ -321,14 +345,17 @@ def train(config, workdir, allow_config_change=False, log=print):
     terminated = []
     previous_handler = _on_sigterm(lambda *_: terminated.append(True))
     try:
-        for step in range(start, total):
-            state, metrics = trainer.step(state, data.for_step(step))
+        step = start
+        while step < total:
+            # Several steps per dispatch where no log, sample or checkpoint falls inside them.
+            count = trainer.steps_per_dispatch if trainer.multi_step and step + trainer.steps_per_dispatch <= next_event(step, config) else 1
+            state, metrics = (trainer.multi_step if count > 1 else trainer.step)(state, data.for_step(step))
             metrics = trainer.metrics(metrics)
             if sync_each_step:
                 jax.block_until_ready(metrics)
             window_sum = metrics if window_sum is None else jax.tree_util.tree_map(jnp.add, window_sum, metrics)
-            window_steps += 1
-            done = step + 1
+            window_steps += count
+            done = step = step + count
             if done % config.train.log_every == 0 or done == total:
                 means = {k: float(v) / window_steps for k, v in jax.device_get(window_sum).items()}
                 now = time.perf_counter()

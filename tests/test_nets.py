@@ -50,3 +50,34 @@ def test_unknown_preset_or_field_is_named():
         build_model("resnet9000", 3)
     with pytest.raises(ValueError, match="widht"):
         build_model("mlp_small", 1, widht=3)
+
+
+def perturbed_tiny_unet(x_shape=(2, 16, 16, 3), **fields):
+    model = build_model("tiny", 3, **fields)
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    c_noise = jnp.array([-1.0, 0.5])[: x_shape[0]]
+    perturb = lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape)  # the near-zero output layers too
+    params = jax.jit(lambda: jax.tree_util.tree_map(perturb, model.init(jax.random.key(1), x, c_noise)))()
+    return model, params, x, c_noise
+
+
+def test_remat_keeps_parameters_outputs_and_gradients():
+    model, params, x, c_noise = perturbed_tiny_unet(model_channels=8, x_shape=(1, 8, 8, 3))
+    remat = build_model("tiny", 3, remat=True, model_channels=8)
+    shapes = jax.eval_shape(lambda: remat.init(jax.random.key(1), x, c_noise))
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(params)
+    grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply(p, x, c_noise, train=True, rngs={"dropout": jax.random.key(3)}) ** 2)))(params)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grad(model), grad(remat))
+
+
+def test_bfloat16_compute_runs_the_convolutions_in_bf16_with_float32_parameters():
+    model, params, x, c_noise = perturbed_tiny_unet()
+    fast = build_model("tiny", 3, compute_dtype="bfloat16")
+    hlo = jax.jit(fast.apply).lower(params, x, c_noise).as_text()
+    convs = [line for line in hlo.splitlines() if "stablehlo.convolution" in line]
+    assert convs and all("bf16" in line for line in convs), "every convolution computes in bfloat16"
+    out, ref = fast.apply(params, x, c_noise), model.apply(params, x, c_noise)
+    assert out.dtype == jnp.float32 and all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
+    # bf16 keeps 8 bits of mantissa: the outputs agree to a few per cent of their scale, not exactly.
+    error = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
+    assert 1e-5 < error < 0.05, error

@@ -180,3 +180,18 @@ def test_sweep_runs_the_grid_and_writes_table_and_pareto_plot(tmp_path):
     assert os.path.getsize(os.path.join(root, "pareto.png")) > 0
     again = cli("sweep", "run", f"--root={root}", "--sigma_tn=0,1.5", "--n_train=16", "--seeds=0", *sets)
     assert again.returncode == 0 and again.stdout.count("skip ") == 2  # evaluated runs are not redone
+
+
+def test_several_steps_per_dispatch_train_the_same_model(tmp_path):
+    # log and checkpoint every 4, sample every 8: 3-step scans fill 0-3 and 4-7, single steps the rest.
+    every = {"train.num_steps": 8, "train.log_every": 4, "train.checkpoint_every": 4, "train.sample_every": 8}
+    single = train.train(tiny_config(**every), str(tmp_path / "a"), log=lambda _: None)
+    fused = train.train(tiny_config(**every, **{"train.steps_per_dispatch": 3}), str(tmp_path / "b"), log=lambda _: None)
+    assert int(fused.step) == 8
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                           (single.params, single.ema_params), (fused.params, fused.ema_params))
+    logged = [[json.loads(line) for line in open(tmp_path / run / "metrics.jsonl")] for run in "ab"]
+    assert [m["step"] for m in logged[1]] == [4, 8]
+    for a, b in zip(*logged):
+        np.testing.assert_allclose([a["loss"], a["grad_norm"]], [b["loss"], b["grad_norm"]], rtol=1e-5)
+    assert train.next_event(0, tiny_config(**every)) == 4 and train.next_event(7, tiny_config(**every)) == 8

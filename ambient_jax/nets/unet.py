@@ -13,7 +13,7 @@ Up/down sampling uses the fixed FIR filter `resample_filter` ([1,1] box for DDPM
 [1,3,3,1] for NCSN++), as EDM does; filters are constants, not parameters.
 """
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,9 +27,9 @@ def _xavier(scale=1.0):
     return lambda key, shape, dtype=jnp.float32: base(key, shape, dtype) * scale
 
 
-def group_norm(channels):
-    """EDM's GroupNorm: min(32, C // 4) groups, eps 1e-6."""
-    return nn.GroupNorm(num_groups=min(32, channels // 4), epsilon=1e-6)
+def group_norm(channels, dtype=None):
+    """EDM's GroupNorm: min(32, C // 4) groups, eps 1e-6 (statistics in float32 for any dtype)."""
+    return nn.GroupNorm(num_groups=min(32, channels // 4), epsilon=1e-6, dtype=dtype)
 
 
 def _fir(resample_filter):
@@ -74,6 +74,7 @@ class Conv(nn.Module):
     fused_resample: bool = False
     resample_filter: Sequence[int] = (1, 1)
     init_scale: float = 1.0
+    dtype: Any = None  # compute dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x):
@@ -81,7 +82,7 @@ class Conv(nn.Module):
         w_pad = self.kernel // 2
         conv = lambda pad: nn.Conv(
             self.features, (self.kernel, self.kernel), padding=[(pad, pad)] * 2,
-            kernel_init=_xavier(self.init_scale), bias_init=nn.initializers.zeros,
+            kernel_init=_xavier(self.init_scale), bias_init=nn.initializers.zeros, dtype=self.dtype,
         )
         if self.fused_resample and self.down and self.kernel:
             x = conv(w_pad + f_pad)(x)
@@ -104,22 +105,23 @@ class UNetBlock(nn.Module):
     attention: bool = False
     dropout: float = 0.0
     resample_filter: Sequence[int] = (1, 1)
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, emb, train):
-        skip_scale = np.sqrt(0.5).astype(np.float32)
+        skip_scale = float(np.sqrt(0.5))  # a Python float keeps bf16 activations bf16
         orig = x
-        res = dict(up=self.up, down=self.down, resample_filter=self.resample_filter)
-        h = Conv(self.features, 3, **res)(nn.silu(group_norm(x.shape[-1])(x)))
-        shift = nn.Dense(self.features, kernel_init=_xavier(), bias_init=nn.initializers.zeros)(emb)
-        h = nn.silu(group_norm(self.features)(h + shift[:, None, None, :].astype(h.dtype)))
+        res = dict(up=self.up, down=self.down, resample_filter=self.resample_filter, dtype=self.dtype)
+        h = Conv(self.features, 3, **res)(nn.silu(group_norm(x.shape[-1], self.dtype)(x)))
+        shift = nn.Dense(self.features, kernel_init=_xavier(), bias_init=nn.initializers.zeros, dtype=self.dtype)(emb)
+        h = nn.silu(group_norm(self.features, self.dtype)(h + shift[:, None, None, :].astype(h.dtype)))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = Conv(self.features, 3, init_scale=1e-5)(h)
+        h = Conv(self.features, 3, init_scale=1e-5, dtype=self.dtype)(h)
         if self.features != x.shape[-1] or self.up or self.down:
             orig = Conv(self.features, 1, **res)(orig)
         x = (h + orig) * skip_scale
         if self.attention:
-            x = (SelfAttention(self.features)(x) + x) * skip_scale
+            x = (SelfAttention(self.features, self.dtype)(x) + x) * skip_scale
         return x
 
 
@@ -127,15 +129,17 @@ class SelfAttention(nn.Module):
     """Single-head self-attention over all positions (EDM UNetBlock, num_heads=1)."""
 
     features: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
         b, height, width, c = x.shape
-        qkv = nn.Dense(3 * c, kernel_init=_xavier(np.sqrt(0.2)), bias_init=nn.initializers.zeros)(group_norm(c)(x))
+        dense = lambda n, scale: nn.Dense(n, kernel_init=_xavier(scale), bias_init=nn.initializers.zeros, dtype=self.dtype)
+        qkv = dense(3 * c, np.sqrt(0.2))(group_norm(c, self.dtype)(x))
         q, k, v = jnp.split(qkv.reshape(b, height * width, 3 * c), 3, axis=-1)
         weights = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) / np.sqrt(c), axis=-1)
         a = jnp.einsum("bqk,bkc->bqc", weights.astype(v.dtype), v).reshape(b, height, width, c)
-        return nn.Dense(c, kernel_init=_xavier(1e-5), bias_init=nn.initializers.zeros)(a)
+        return dense(c, 1e-5)(a)
 
 
 def positional_embedding(noise_labels, channels, max_positions=10000):
@@ -167,7 +171,8 @@ class SongUNet(nn.Module):
     channel_mult_noise: int = 1
     encoder_type: str = "standard"  # "standard" (DDPM++) | "residual" (NCSN++)
     resample_filter: Sequence[int] = (1, 1)
-    compute_dtype: str = "float32"
+    compute_dtype: str = "float32"  # bfloat16: convolutions and matmuls in bf16, parameters and norms' statistics f32
+    remat: bool = False  # recompute each block's activations in the backward pass (less memory, more FLOPs)
 
     @nn.compact
     def __call__(self, x, noise_labels, train=False):
@@ -190,8 +195,12 @@ class SongUNet(nn.Module):
         emb = nn.silu(dense(emb_channels)(emb))
         emb = nn.silu(dense(emb_channels)(emb)).astype(dtype)
 
-        block = lambda features, **kw: UNetBlock(
-            features, dropout=self.dropout, resample_filter=tuple(self.resample_filter), **kw
+        # Explicit names keep the parameter tree the same with and without remat.
+        block_cls = nn.remat(UNetBlock, static_argnums=(3,)) if self.remat else UNetBlock
+        count = iter(range(1000))
+        block = lambda features, **kw: block_cls(
+            features, dropout=self.dropout, resample_filter=tuple(self.resample_filter), dtype=dtype,
+            name=f"UNetBlock_{next(count)}", **kw
         )
         x = x.astype(dtype)
         aux = x
@@ -199,12 +208,13 @@ class SongUNet(nn.Module):
         for level, mult in enumerate(self.channel_mult):
             res = resolution >> level
             if level == 0:
-                x = Conv(self.model_channels, 3)(x)
+                x = Conv(self.model_channels, 3, dtype=dtype)(x)
             else:
                 x = block(x.shape[-1], down=True)(x, emb, train)
                 if self.encoder_type == "residual":
-                    aux_conv = Conv(x.shape[-1], 3, down=True, fused_resample=True, resample_filter=tuple(self.resample_filter))
-                    x = aux = (x + aux_conv(aux)) / np.sqrt(2).astype(np.float32)
+                    aux_conv = Conv(x.shape[-1], 3, down=True, fused_resample=True, resample_filter=tuple(self.resample_filter),
+                                    dtype=dtype)
+                    x = aux = (x + aux_conv(aux)) / float(np.sqrt(2))
             skips.append(x)
             for _ in range(self.num_blocks):
                 x = block(self.model_channels * mult, attention=res in self.attn_resolutions)(x, emb, train)
@@ -222,5 +232,5 @@ class SongUNet(nn.Module):
                 x = jnp.concatenate([x, skips.pop()], axis=-1)
                 attn = idx == self.num_blocks and res in self.attn_resolutions
                 x = block(self.model_channels * mult, attention=attn)(x, emb, train)
-        x = nn.silu(group_norm(x.shape[-1])(x))
-        return Conv(self.out_channels, 3, init_scale=1e-5)(x).astype(jnp.float32)
+        x = nn.silu(group_norm(x.shape[-1], dtype)(x))
+        return Conv(self.out_channels, 3, init_scale=1e-5, dtype=dtype)(x).astype(jnp.float32)
