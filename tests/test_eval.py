@@ -87,6 +87,9 @@ def test_blocked_nearest_neighbours_equal_brute_force(query_block, ref_block):
     brute = qn @ rn.T
     np.testing.assert_array_equal(idx, np.argsort(-brute, axis=1)[:, :3])
     np.testing.assert_allclose(sims, np.sort(brute, axis=1)[:, ::-1][:, :3], rtol=1e-5)
+    best, nearest = memorization.blocked_topk(qn, rn, k=1, query_block=query_block, ref_block=ref_block)  # the argmax path
+    np.testing.assert_array_equal(nearest[:, 0], np.argmax(brute, axis=1))
+    np.testing.assert_allclose(best[:, 0], np.max(brute, axis=1), rtol=1e-5)
     dist, idx = memorization.blocked_topk(q, r, k=4, metric="l2", query_block=query_block, ref_block=ref_block)
     brute = np.linalg.norm(q[:, None] - r[None], axis=-1)
     np.testing.assert_array_equal(idx, np.argsort(brute, axis=1)[:, :4])

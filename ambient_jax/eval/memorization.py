@@ -26,15 +26,39 @@ def pixel_embedding(images):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "largest"))
-def _block_topk(queries, refs, offset, k, largest):
-    """Top-k of one (query block, ref block) pair: scores [q, k] and global ref indices."""
+def _scores(queries, refs, largest):
     if largest:
-        scores = queries @ refs.T
-    else:  # squared L2 distances, negated so that top_k finds the smallest
-        scores = -(jnp.sum(queries**2, 1)[:, None] - 2 * queries @ refs.T + jnp.sum(refs**2, 1)[None, :])
-    values, index = jax.lax.top_k(scores, k)
-    return values, index + offset
+        return queries @ refs.T
+    # squared L2 distances, negated so that the largest score is the nearest
+    return -(jnp.sum(queries**2, 1)[:, None] - 2 * queries @ refs.T + jnp.sum(refs**2, 1)[None, :])
+
+
+def _best_k(scores, k):
+    if k == 1:  # a max/argmax reduction instead of a sort
+        index = jnp.argmax(scores, axis=1)[:, None]
+        return jnp.take_along_axis(scores, index, 1), index
+    return jax.lax.top_k(scores, k)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "largest"))
+def _query_block_topk(queries, ref_blocks, num_refs, k, largest):
+    """Top-k of one query block over all ref blocks [nb, rb, D] in one call: a scan over the
+    blocks keeps a running top-k, so the refs move to the device once and no [q, N] matrix exists."""
+    block = ref_blocks.shape[1]
+
+    def step(best, xs):
+        refs, offset = xs
+        scores = _scores(queries, refs, largest)
+        valid = offset + jnp.arange(block) < num_refs  # the last block is padded
+        values, index = _best_k(jnp.where(valid[None, :], scores, -jnp.inf), k)
+        values, index = jnp.concatenate([best[0], values], 1), jnp.concatenate([best[1], index + offset], 1)
+        merged, pos = _best_k(values, k)
+        return (merged, jnp.take_along_axis(index, pos, 1)), None
+
+    start = (jnp.full((queries.shape[0], k), -jnp.inf, queries.dtype), jnp.zeros((queries.shape[0], k), jnp.int32))
+    offsets = jnp.arange(ref_blocks.shape[0], dtype=jnp.int32) * block
+    (values, index), _ = jax.lax.scan(step, start, (ref_blocks, offsets))
+    return values, index
 
 
 def blocked_topk(queries, refs, k=1, metric="cosine", query_block=4096, ref_block=65536):
@@ -46,20 +70,16 @@ def blocked_topk(queries, refs, k=1, metric="cosine", query_block=4096, ref_bloc
     queries, refs = np.asarray(queries, np.float32), np.asarray(refs, np.float32)
     k = min(k, len(refs))
     largest = metric == "cosine"
+    ref_block = min(ref_block, len(refs))
+    blocks = -(-len(refs) // ref_block)
+    padded = np.zeros((blocks * ref_block, refs.shape[1]), np.float32)
+    padded[: len(refs)] = refs
+    ref_blocks = jnp.asarray(padded.reshape(blocks, ref_block, refs.shape[1]))
     out_values, out_index = [], []
     for q0 in range(0, len(queries), query_block):
-        q = jnp.asarray(queries[q0 : q0 + query_block])
-        best_v, best_i = None, None
-        for r0 in range(0, len(refs), ref_block):
-            r = jnp.asarray(refs[r0 : r0 + ref_block])
-            v, i = _block_topk(q, r, r0, min(k, len(r)), largest)
-            if best_v is not None:  # merge with the running top-k
-                v, i = jnp.concatenate([best_v, v], 1), jnp.concatenate([best_i, i], 1)
-                v, pos = jax.lax.top_k(v, k)
-                i = jnp.take_along_axis(i, pos, 1)
-            best_v, best_i = v, i
-        out_values.append(np.asarray(best_v))
-        out_index.append(np.asarray(best_i))
+        v, i = _query_block_topk(jnp.asarray(queries[q0 : q0 + query_block]), ref_blocks, len(refs), k, largest)
+        out_values.append(np.asarray(v))
+        out_index.append(np.asarray(i))
     values, index = np.concatenate(out_values), np.concatenate(out_index)
     if not largest:
         values = np.sqrt(np.maximum(-values, 0.0))
