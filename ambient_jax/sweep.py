@@ -67,6 +67,9 @@ def collect(root):
         if not files.exists(path):
             continue
         metrics = json.loads(files.read_text(path))
+        log = os.path.join(root, name, "metrics.jsonl")
+        if files.exists(log):  # the training log's last line has the run's training time
+            metrics["train_minutes"] = json.loads(files.read_text(log).strip().splitlines()[-1])["seconds"] / 60
         groups[(metrics["num_train"], metrics["sigma_tn"])].append(metrics)
     if not groups:
         raise FileNotFoundError(f"no evaluated runs (…/eval/metrics.json) under {root}")
@@ -95,11 +98,16 @@ def table_rows(groups):
     """Rows (label, metric key) present in every run: quality first, then memorization."""
     first = next(iter(groups.values()))[0]
     rows = [(k, k) for k in ("fid_inception_edm", "fid_inception_edm_dataset", "fd_dinov2", "fd_pixel") if k in first]
+    if "fd_pixel_train_vs_heldout" in first:  # what a model that only replays its training set scores
+        rows.append(("  training images themselves: fd_pixel", "fd_pixel_train_vs_heldout"))
     rows.append(("extraction rate %", "extraction_rate"))
     for space in ("dinov2", "inception", "pixel"):
         for key in first.get(f"{space}_similarity", {}):
             if key.startswith("S>"):
                 rows.append((f"{space} {key} %", f"{space}_similarity/{key}"))
+                # The same share for held-out real images: how close a new image naturally is.
+                rows.append((f"  held-out reals: {space} {key} %", f"heldout_{space}_similarity/{key}"))
+    rows.append(("training minutes", "train_minutes"))
     return rows
 
 

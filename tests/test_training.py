@@ -177,6 +177,7 @@ def test_sweep_runs_the_grid_and_writes_table_and_pareto_plot(tmp_path):
     assert json.load(open(os.path.join(root, "n16_s1.5_seed0", "config.json")))["loss"]["sigma_tn"] == 1.5
     table = open(os.path.join(root, "table.md")).read()
     assert "n=16 ddpm" in table and "n=16 s_tn=1.5" in table and "extraction rate %" in table
+    assert "held-out reals: pixel S>0.9 %" in table and "training minutes" in table
     assert os.path.getsize(os.path.join(root, "pareto.png")) > 0
     again = cli("sweep", "run", f"--root={root}", "--sigma_tn=0,1.5", "--n_train=16", "--seeds=0", *sets)
     assert again.returncode == 0 and again.stdout.count("skip ") == 2  # evaluated runs are not redone
