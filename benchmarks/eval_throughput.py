@@ -1,84 +1,76 @@
-"""Evaluation throughput: Inception / DINOv2 features per second and nearest-neighbour search
-against the machine's dense matmul rate, all measured in this one run.
+"""Evaluation throughput: Inception and DINOv2 features per second at the paper's input sizes,
+and nearest-neighbour search against the machine's dense matmul rate, all measured in this run.
 
-    python benchmarks/eval_throughput.py [--resolution=32] [--images=64]
+    python benchmarks/eval_throughput.py                                   # CPU-sized defaults
+    python benchmarks/eval_throughput.py --resolutions=32,64 --dinov2=vits14,vitg14 --images=512
 
-Inception needs converted weights (`ambient-convert inception`); DINOv2 runs with random weights
-of the ViT-S/14 shape (speed does not depend on the values). Prints a table and writes
-benchmarks/results/eval_throughput_<platform>.json.
+Inception uses the converted FID weights when they are there (`ambient-convert inception`), else
+random weights of the same shape; DINOv2 runs with random weights of each variant's shape (speed
+does not depend on the values), with the paper's preprocessing (reflect-pad 32 -> 42, 64 -> 70).
+Prints a table and writes benchmarks/results/eval_throughput_<platform>.json.
 """
 
 import argparse
-import json
-import os
-import time
 
+import common  # noqa: F401  (puts the repository root on sys.path)
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambient_jax.eval import convert, dinov2, features, memorization
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from ambient_jax.eval import convert, dinov2, features, inception, memorization
 
 
-def timed(fn, repeat=3):
-    fn()  # compile / warm up
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def inception_params():
+    try:
+        return convert.load_inception_params(), "converted"
+    except convert.ConversionError:
+        x = jnp.zeros((1, 299, 299, 3), jnp.float32)
+        return jax.jit(inception.InceptionV3().init)(jax.random.key(0), x), "random"
 
 
-def matmul_peak(n=2048):
-    a = jnp.asarray(np.random.RandomState(0).randn(n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    return 2 * n**3 / timed(lambda: jax.block_until_ready(f(a)))
+def nn_search(d=2048, m=4096, n=16384):
+    rng = np.random.RandomState(0)
+    q, r = rng.randn(m, d).astype(np.float32), rng.randn(n, d).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    seconds = common.timed(lambda: memorization.blocked_topk(q, r, k=1, metric="cosine", query_block=4096, ref_block=8192), repeat=2)
+    return m * n / seconds, 2 * d * m * n / seconds
 
 
 def main():
+    gpu = jax.devices()[0].platform != "cpu"
     parser = argparse.ArgumentParser()
-    parser.add_argument("--resolution", type=int, default=32)
-    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--resolutions", default="32,64")
+    parser.add_argument("--dinov2", default="vits14,vitg14" if gpu else "vits14")
+    parser.add_argument("--images", type=int, default=512 if gpu else 64)
+    parser.add_argument("--batch", type=int, default=256 if gpu else 32)
     args = parser.parse_args()
     rng = np.random.RandomState(0)
-    images = rng.randint(0, 256, (args.images, args.resolution, args.resolution, 3)).astype(np.uint8)
-    results = {"platform": jax.devices()[0].platform, "device": jax.devices()[0].device_kind,
-               "devices": len(jax.devices()), "resolution": args.resolution}
-    results["matmul_flops_per_s"] = matmul_peak()
-
-    params = convert.load_inception_params()
-    seconds = timed(lambda: features.inception_features(params, images, "edm", batch_size=32), repeat=1)
-    results["inception_images_per_s"] = args.images / seconds
-
-    config = dinov2.VARIANTS["vits14"]
-    model = dinov2.DinoV2(config)
-    x = dinov2.preprocess(images[:1], "paper")
-    dparams = jax.jit(model.init)(jax.random.key(0), x)
-    apply = lambda p, batch: model.apply(p, dinov2.preprocess(batch, "paper"))
-    seconds = timed(lambda: features.extract(apply, dparams, images, batch_size=32), repeat=1)
-    results["dinov2_vits14_images_per_s"] = args.images / seconds
-
-    d, m, n = 2048, 4096, 16384
-    q = rng.randn(m, d).astype(np.float32)
-    r = rng.randn(n, d).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    r /= np.linalg.norm(r, axis=1, keepdims=True)
-    seconds = timed(lambda: memorization.blocked_topk(q, r, k=1, metric="cosine", query_block=4096, ref_block=8192), repeat=2)
-    results["nn_pairs_per_s"] = m * n / seconds
-    results["nn_flops_ratio_to_matmul"] = 2 * d * m * n / seconds / results["matmul_flops_per_s"]
-
-    print(f"{results['device']} x{results['devices']}, {args.resolution}x{args.resolution} inputs")
-    print(f"  dense matmul (f32, 2048^3)        {results['matmul_flops_per_s'] / 1e9:10.1f} GFLOP/s")
-    print(f"  Inception-v3 features (edm)       {results['inception_images_per_s']:10.1f} images/s")
-    print(f"  DINOv2 ViT-S/14 features (paper)  {results['dinov2_vits14_images_per_s']:10.1f} images/s")
-    print(f"  nearest-neighbour search (2048-d) {results['nn_pairs_per_s'] / 1e6:10.1f} M pairs/s = "
-          f"{results['nn_flops_ratio_to_matmul']:.2f} of matmul rate")
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", f"eval_throughput_{results['platform']}.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    peak = common.matmul_peak("float32")
+    results = {"device": common.device_description(), "matmul_flops_per_s": peak, "features": []}
+    params, weights = inception_params()
+    print(results["device"])
+    print(f"  dense matmul (f32)                     {peak / 1e9:10.1f} GFLOP/s")
+    for res in map(int, args.resolutions.split(",")):
+        images = rng.randint(0, 256, (args.images, res, res, 3)).astype(np.uint8)
+        seconds = common.timed(lambda: features.inception_features(params, images, "edm", batch_size=args.batch), repeat=1)
+        results["features"].append({"model": "inception", "weights": weights, "resolution": res, "images_per_s": args.images / seconds})
+        print(f"  Inception-v3 ({res}x{res} -> 299)           {args.images / seconds:10.1f} images/s")
+        for variant in args.dinov2.split(","):
+            model = dinov2.DinoV2(dinov2.VARIANTS[variant])
+            dparams = jax.jit(model.init)(jax.random.key(0), dinov2.preprocess(images[:1], "paper"))
+            apply = lambda p, batch: model.apply(p, dinov2.preprocess(batch, "paper"))
+            seconds = common.timed(lambda: features.extract(apply, dparams, images, batch_size=args.batch), repeat=1)
+            side = dinov2.preprocess(images[:1], "paper").shape[1]
+            results["features"].append({"model": f"dinov2_{variant}", "resolution": res, "input": side,
+                                        "images_per_s": args.images / seconds})
+            print(f"  DINOv2 {variant} ({res}x{res} -> {side}, paper)   {args.images / seconds:10.1f} images/s")
+            del dparams
+    pairs, flops = nn_search()
+    peak = results["matmul_flops_per_s"] = max(peak, common.matmul_peak("float32"))  # the best of start and end
+    results["nn_pairs_per_s"], results["nn_flops_ratio_to_matmul"] = pairs, flops / peak
+    print(f"  nearest-neighbour search (2048-d)      {pairs / 1e6:10.1f} M pairs/s = {flops / peak:.2f} of matmul rate")
+    common.write_results("eval_throughput", results)
 
 
 if __name__ == "__main__":

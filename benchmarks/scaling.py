@@ -74,14 +74,17 @@ def main():
     if args.platform == "cpu":
         runs = [(n, "jit") for n in (1, 2, 4, 8)] + [(8, "pmap")]
     else:
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # only counting here: leave the memory to the workers
         import jax
 
-        count = len(jax.devices(args.platform))
+        count = len(jax.devices())
         runs = [(n, "jit") for n in (1, 2, 4, 8, 16) if n <= count] + [(count, "pmap")]
     results = []
     for devices, mode in runs:
-        env = dict(os.environ, JAX_PLATFORMS=args.platform)
+        env = dict(os.environ)
+        env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
         if args.platform == "cpu":
+            env["JAX_PLATFORMS"] = "cpu"
             env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
         cmd = [sys.executable, __file__, "--worker", str(devices), mode, f"--steps={args.steps}",
                f"--batch={args.batch}", f"--preset={args.preset}"]

@@ -1,0 +1,123 @@
+"""Train-step throughput and utilisation: images/s and achieved FLOP/s of the compiled step for
+the network presets at a few batch sizes, against the dense matmul rate measured in this run.
+
+    python benchmarks/train_step.py                                  # CPU-sized defaults
+    python benchmarks/train_step.py --presets=ddpmpp_cifar10 --batches=128,512 --dtypes=bfloat16,float32
+
+FLOPs come from XLA's own cost analysis of the compiled step (forward, backward, Adam and EMA);
+utilisation = achieved FLOP/s / matmul FLOP/s in the same compute dtype. Also reported: compile
+time of the step, peak memory (XLA's memory analysis; on GPUs also the allocator's peak) and
+steps per dispatch (train.steps_per_dispatch: several steps fused with lax.scan). Prints a table
+and writes benchmarks/results/train_step_<platform>.json.
+"""
+
+import argparse
+import time
+
+import common  # noqa: F401  (puts the repository root on sys.path)
+import jax
+import numpy as np
+
+from ambient_jax import config as config_lib, generate, parallel, train
+
+RESOLUTION = {"tiny": 32, "ddpmpp_cifar10": 32, "ncsnpp_cifar10": 32, "ncsnpp_ffhq64": 64, "mlp_small": 16}
+CPU_DEFAULTS = dict(presets="tiny,ddpmpp_cifar10", batches="tiny:32,tiny:128,ddpmpp_cifar10:8", dtypes="float32")
+GPU_DEFAULTS = dict(presets="tiny,ddpmpp_cifar10,ncsnpp_ffhq64", batches="128,512,ncsnpp_ffhq64:64,ncsnpp_ffhq64:256",
+                    dtypes="bfloat16,float32")
+
+
+def bench_config(preset, batch, dtype, steps_per_dispatch=1, remat=False):
+    c = config_lib.base_config()
+    c.data.resolution, c.data.channels, c.data.n_train = RESOLUTION[preset], 3, 256
+    c.data.augment_flip = True
+    c.model.preset, c.model.compute_dtype, c.model.remat = preset, dtype, remat
+    c.train.batch_size, c.train.steps_per_dispatch = batch, steps_per_dispatch
+    c.loss.objective, c.loss.sigma_tn = "ambient", 0.5
+    return c
+
+
+def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False):
+    config = bench_config(preset, batch, dtype, steps_per_dispatch, remat)
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    model = generate.build_network(config, 3)
+    optimizer, schedule = train.make_optimizer(config.optim, batch)
+    trainer = train.Trainer(config, model, optimizer, schedule, mesh)
+    res = config.data.resolution
+    images = trainer.place(np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32))
+    state = trainer.place(train.init_state(config, model, optimizer))
+    start = time.perf_counter()
+    compiled = trainer.step.lower(state, images).compile()
+    compile_s = time.perf_counter() - start
+    flops, peak = common.compiled_figures(compiled)
+    state, metrics = compiled(state, images)  # warm-up
+    jax.block_until_ready(metrics)
+    calls = max(1, steps // steps_per_dispatch)
+    start = time.perf_counter()
+    for _ in range(calls):
+        state, metrics = compiled(state, images)
+    jax.block_until_ready(metrics)
+    seconds = time.perf_counter() - start
+    done = calls * steps_per_dispatch
+    return {"preset": preset, "batch": batch, "dtype": dtype, "steps_per_dispatch": steps_per_dispatch, "remat": remat,
+            "resolution": res, "images_per_s": done * batch / seconds, "step_s": seconds / done,
+            "flops_per_step": flops / steps_per_dispatch, "flops_per_s": flops * calls / seconds,
+            "compile_s": compile_s, "peak_bytes": peak, "device_peak_bytes": common.device_peak_bytes()}
+
+
+def parse_batches(spec, presets):
+    """"128,ffhq:64" -> {preset: [batches]}: a bare number applies to every preset without its own."""
+    plain, own = [], {}
+    for item in spec.split(","):
+        if ":" in item:
+            name, b = item.split(":")
+            own.setdefault(name, []).append(int(b))
+        else:
+            plain.append(int(item))
+    return {p: own.get(p, plain) for p in presets}
+
+
+def main():
+    gpu = jax.devices()[0].platform != "cpu"
+    defaults = GPU_DEFAULTS if gpu else CPU_DEFAULTS
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--presets", default=defaults["presets"])
+    parser.add_argument("--batches", default=defaults["batches"], help="BATCH or PRESET:BATCH, comma separated")
+    parser.add_argument("--dtypes", default=defaults["dtypes"])
+    parser.add_argument("--steps", type=int, default=20 if gpu else 4, help="timed steps per configuration")
+    parser.add_argument("--steps_per_dispatch", type=int, default=1)
+    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--out", default="train_step")
+    args = parser.parse_args()
+
+    presets = args.presets.split(",")
+    results = {"device": common.device_description(), "runs": [], "matmul_flops_per_s": {}}
+    for dtype in args.dtypes.split(","):
+        results["matmul_flops_per_s"][dtype] = common.matmul_peak(dtype)
+    print(results["device"])
+    for dtype, peak in results["matmul_flops_per_s"].items():
+        print(f"  dense matmul ({dtype}): {peak / 1e9:.1f} GFLOP/s")
+    header = (f"{'preset':16} {'batch':>5} {'dtype':9} {'k':>2} {'img/s':>9} {'GFLOP/step':>10} {'GFLOP/s':>9} "
+              f"{'compile s':>9} {'peak MiB':>9}")
+    print(header)
+    for preset in presets:
+        for batch in parse_batches(args.batches, presets)[preset]:
+            for dtype in args.dtypes.split(","):
+                r = measure(preset, batch, dtype, args.steps, args.steps_per_dispatch, args.remat)
+                results["runs"].append(r)
+                peak = r["device_peak_bytes"] or r["peak_bytes"] or 0
+                print(f"{preset:16} {batch:5d} {dtype:9} {r['steps_per_dispatch']:2d} {r['images_per_s']:9.1f} "
+                      f"{r['flops_per_step'] / 1e9:10.1f} {r['flops_per_s'] / 1e9:9.1f} "
+                      f"{r['compile_s']:9.1f} {peak / 2**20:9.0f}", flush=True)
+    for dtype in results["matmul_flops_per_s"]:  # again at the end: the best rate is the denominator
+        common.best_peak(results["matmul_flops_per_s"], dtype)
+    print("utilisation = achieved FLOP/s / best dense matmul FLOP/s of this run, same dtype:")
+    for r in results["runs"]:
+        r["utilisation"] = r["flops_per_s"] / results["matmul_flops_per_s"][r["dtype"]]
+        print(f"  {r['preset']:16} batch {r['batch']:4d} {r['dtype']:9} k={r['steps_per_dispatch']}: {r['utilisation']:.2f}")
+    for dtype, peak in results["matmul_flops_per_s"].items():
+        print(f"  dense matmul ({dtype}), best of start and end: {peak / 1e9:.1f} GFLOP/s")
+    common.write_results(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
