@@ -41,7 +41,7 @@ def main():
     gpu = jax.devices()[0].platform != "cpu"
     parser = argparse.ArgumentParser()
     parser.add_argument("--resolutions", default="32,64")
-    parser.add_argument("--dinov2", default="vits14,vitg14" if gpu else "vits14")
+    parser.add_argument("--dinov2", default="vits14,vitg14")
     parser.add_argument("--images", type=int, default=512 if gpu else 64)
     parser.add_argument("--batch", type=int, default=256 if gpu else 32)
     args = parser.parse_args()

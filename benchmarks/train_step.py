@@ -21,7 +21,8 @@ import numpy as np
 from ambient_jax import config as config_lib, generate, parallel, train
 
 RESOLUTION = {"tiny": 32, "ddpmpp_cifar10": 32, "ncsnpp_cifar10": 32, "ncsnpp_ffhq64": 64, "mlp_small": 16}
-CPU_DEFAULTS = dict(presets="tiny,ddpmpp_cifar10", batches="tiny:32,tiny:128,ddpmpp_cifar10:8", dtypes="float32")
+CPU_DEFAULTS = dict(presets="tiny,ddpmpp_cifar10,ncsnpp_ffhq64", batches="tiny:32,tiny:128,ddpmpp_cifar10:8,ncsnpp_ffhq64:4",
+                    dtypes="float32")
 GPU_DEFAULTS = dict(presets="tiny,ddpmpp_cifar10,ncsnpp_ffhq64", batches="128,512,ncsnpp_ffhq64:64,ncsnpp_ffhq64:256",
                     dtypes="bfloat16,float32")
 
@@ -46,9 +47,11 @@ def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False):
     images = trainer.place(np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32))
     state = trainer.place(train.init_state(config, model, optimizer))
     start = time.perf_counter()
-    compiled = trainer.step.lower(state, images).compile()
+    compiled = (trainer.multi_step or trainer.step).lower(state, images).compile()
     compile_s = time.perf_counter() - start
     flops, peak = common.compiled_figures(compiled)
+    if steps_per_dispatch > 1:  # XLA's cost analysis counts a scan's body once: count one step, times k
+        flops = common.compiled_figures(trainer.step.lower(state, images).compile())[0] * steps_per_dispatch
     state, metrics = compiled(state, images)  # warm-up
     jax.block_until_ready(metrics)
     calls = max(1, steps // steps_per_dispatch)
