@@ -30,40 +30,8 @@ lost the column headers, the values in the order printed):
 in the lecture: 26.68 / 15.56 / 5.54 against 54.72 / 41.66 / 25.86.)
 """
 
-from ambient_jax.config import base_config, paper_arg
+from ambient_jax.config import paper_64x64_config
 
 
 def get_config(arg="ambient,1k"):
-    objective, n_train = paper_arg(arg)
-    c = base_config()
-    c.data.source = "tfds"
-    c.data.tfds_name = "ambient_image_folder"
-    c.data.tfds_data_dir = "~/tensorflow_datasets/tiny_imagenet64"
-    c.data.resolution = 64
-    c.data.channels = 3
-    c.data.n_train = n_train
-    c.data.augment_flip = True
-
-    c.model.preset = "ncsnpp_ffhq64"
-
-    c.loss.objective = objective
-    c.loss.sigma_tn = 0.5
-    c.loss.weighting = "edm"
-
-    c.optim.lr = 1e-4
-    c.optim.warmup_kimg = 10_000.0
-    c.ema.halflife_kimg = 500.0
-    c.ema.rampup_ratio = 0.05
-
-    c.train.batch_size = 256
-    c.train.num_steps = 30_000_000 // 256  # 30 Mimg
-    c.train.log_every = 500
-    c.train.sample_every = 10_000
-    c.train.checkpoint_every = 5_000
-    c.train.keep_every = 50_000
-
-    c.sample.num_steps = 40
-    c.sample.num_samples = 50_000
-    c.sample.batch_size = 500
-    c.eval.thresholds = (0.9, 0.925, 0.95)
-    return c
+    return paper_64x64_config(arg, "~/tensorflow_datasets/tiny_imagenet64", (0.9, 0.925, 0.95))
