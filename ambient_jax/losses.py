@@ -17,6 +17,22 @@ Its minimiser is D = E[x0 | x_s] although x0 is never seen (the lecture's Exerci
 Weighting "rescaled" multiplies the ambient branch by sigma^4 / (sigma^2 - sigma_tn^2)^2
 (a later paper of the same group); "none" drops lambda.
 
+Why the ambient branch is noisy just above sigma_tn, and the two bounded variants. Writing
+a = (sigma^2 - sigma_tn^2) / sigma^2, the ambient loss is lambda a^2 ||D - y||^2 with the target
+    y = (sigma^2 x_tn - sigma_tn^2 x_s) / (sigma^2 - sigma_tn^2) = x0 + sigma_tn eps - (sigma_tn^2 / g) n,
+g = sqrt(sigma^2 - sigma_tn^2). Per pixel, y - x0 has variance
+    v(sigma) = sigma_tn^2 + sigma_tn^4 / (sigma^2 - sigma_tn^2),
+unbounded as sigma -> sigma_tn. "rescaled" weighs ||D - y||^2 by lambda alone, so its expected
+loss and gradient noise diverge there (logarithmically under the log-normal sigma draw); "edm"
+weighs it by lambda a^2, which vanishes there, so that region is barely trained.
+  * rescale_cap = C > 0 caps the rescale factor at C: the weight on ||D - y||^2 becomes
+    lambda min(1, C a^2). Since g^2 = a sigma^2 >= a sigma_tn^2, min(1, C a^2) sigma_tn^4 / g^2
+    <= min(1/a, C a) sigma_tn^2 <= C^(1/2) sigma_tn^2, so the weighted target variance is at most
+    lambda (1 + C^(1/2)) sigma_tn^2: bounded, with the region right above sigma_tn damped as "edm" does.
+  * sigma_switch = S > sigma_tn moves the branch boundary up: rows with sigma < S use the clean
+    loss, rows with sigma >= S the ambient loss on x_tn. Then v(sigma) <= sigma_tn^2 +
+    sigma_tn^4 / (S^2 - sigma_tn^2) on every ambient row, and no clean image is seen above S.
+
 The two-regime objective (the method) is offered with two branch rules:
   * "paper" (the paper's code): ln sigma ~ N(P_mean, P_std^2) over the whole range; the draw
     picks the branch, sigma < sigma_tn -> denoising on x0, else ambient on x_tn.
@@ -52,7 +68,7 @@ def _sum_sq(x):
     return jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)))
 
 
-def _two_regime_ve(denoise, target, sigma, sigma_tn, noise, sigma_data, weighting):
+def _two_regime_ve(denoise, target, sigma, sigma_tn, noise, sigma_data, weighting, rescale_cap=0.0):
     """One network call for a batch whose rows may sit on either branch.
 
     Row b trains on `target[b]` observed at noise level sigma_tn[b] (0 for a clean row) and is
@@ -75,7 +91,10 @@ def _two_regime_ve(denoise, target, sigma, sigma_tn, noise, sigma_data, weightin
     if weighting != "none":
         loss = edm_weight(sigma, sigma_data) * loss
     if weighting == "rescaled":
-        loss = loss * jnp.where(noisy, sigma**4 / jnp.maximum(gap, 1e-20) ** 2, 1.0)
+        factor = sigma**4 / jnp.maximum(gap, 1e-20) ** 2
+        if rescale_cap:
+            factor = jnp.minimum(factor, rescale_cap)
+        loss = loss * jnp.where(noisy, factor, 1.0)
     return loss
 
 
@@ -85,12 +104,13 @@ def denoising_loss(denoise, x0, sigma, noise, sigma_data=SIGMA_DATA):
     return _two_regime_ve(denoise, x0, sigma, zeros, noise, sigma_data, "edm")
 
 
-def ambient_loss(denoise, x_tn, sigma, sigma_tn, noise, sigma_data=SIGMA_DATA, weighting="edm"):
+def ambient_loss(denoise, x_tn, sigma, sigma_tn, noise, sigma_data=SIGMA_DATA, weighting="edm", rescale_cap=0.0):
     """Per-example ambient score-matching loss (VE form) for sigma >= sigma_tn, shape [B].
 
     x_tn is the fixed noisy copy x0 + sigma_tn eps; noise is fresh N(0, I) of x_tn's shape.
+    rescale_cap > 0 caps the "rescaled" factor sigma^4 / (sigma^2 - sigma_tn^2)^2 at that value.
     """
-    return _two_regime_ve(denoise, x_tn, sigma, sigma_tn, noise, sigma_data, weighting)
+    return _two_regime_ve(denoise, x_tn, sigma, sigma_tn, noise, sigma_data, weighting, rescale_cap)
 
 
 # ----------------------------------------------------------------------------- VP form
@@ -158,6 +178,8 @@ def make_objective(
     p_mean=-1.2,
     p_std=1.2,
     sigma_data=SIGMA_DATA,
+    sigma_switch=0.0,
+    rescale_cap=0.0,
 ):
     """Build the training objective as a pure function.
 
@@ -165,6 +187,8 @@ def make_objective(
     (loss [B], aux) where aux has "is_ambient" [B] (bool) and "sigma" [B] (VE noise level).
     Every random draw of row b comes from example_keys[b], so a row's loss does not depend on
     how the batch is split over devices. `objective="ddpm"` is the plain denoising objective.
+    sigma_switch (paper rule; 0 = sigma_tn) is where the ambient branch begins and rescale_cap
+    (0 = none) caps the rescaled weight: the bounded-variance variants of the module docstring.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -177,9 +201,19 @@ def make_objective(
         raise ValueError(f"loss.sigma_tn must be >= 0, got {sigma_tn}")
     if sigma_tn > 0 and noise_key is None:
         raise ValueError("the ambient objective needs noise_key, the key of the fixed noise of S_tn")
-    rule = _paper_rule if branch_rule == "paper" else _lecture_rule
+    if sigma_switch and sigma_switch < sigma_tn:
+        raise ValueError(f"loss.sigma_switch must be 0 (= sigma_tn) or >= loss.sigma_tn = {sigma_tn}, got {sigma_switch}")
+    if rescale_cap < 0:
+        raise ValueError(f"loss.rescale_cap must be >= 0 (0 = no cap), got {rescale_cap}")
+    if branch_rule == "lecture":
+        if sigma_switch or rescale_cap:
+            raise ValueError("loss.sigma_switch and loss.rescale_cap belong to branch_rule=paper")
+        return functools.partial(_lecture_rule, sigma_tn=sigma_tn, weighting=weighting, noise_key=noise_key,
+                                 p_mean=p_mean, p_std=p_std, sigma_data=sigma_data)
     return functools.partial(
-        rule,
+        _paper_rule,
+        sigma_switch=max(float(sigma_switch), sigma_tn),
+        rescale_cap=float(rescale_cap),
         sigma_tn=sigma_tn,
         weighting=weighting,
         noise_key=noise_key,
@@ -204,18 +238,19 @@ def _row_draws(example_keys, image_shape, dtype):
     return jax.vmap(draw)(example_keys)
 
 
-def _paper_rule(denoise, x0, image_index, example_keys, *, sigma_tn, weighting, noise_key, p_mean, p_std, sigma_data):
+def _paper_rule(denoise, x0, image_index, example_keys, *, sigma_tn, weighting, noise_key, p_mean, p_std, sigma_data,
+                sigma_switch, rescale_cap):
     normal, _, _, noise = _row_draws(example_keys, x0.shape[1:], x0.dtype)
     sigma = jnp.exp(p_mean + p_std * normal)
     if sigma_tn == 0.0:
         is_ambient = jnp.zeros(sigma.shape, bool)
         loss = _two_regime_ve(denoise, x0, sigma, 0.0, noise, sigma_data, weighting)
         return loss, {"is_ambient": is_ambient, "sigma": sigma}
-    is_ambient = sigma >= sigma_tn
+    is_ambient = sigma >= sigma_switch
     x_tn = noisy_copy(x0, image_index, sigma_tn, noise_key)
     target = jnp.where(_expand(is_ambient, x0), x_tn, x0)
     level = jnp.where(is_ambient, sigma_tn, 0.0)
-    loss = _two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting)
+    loss = _two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting, rescale_cap)
     return loss, {"is_ambient": is_ambient, "sigma": sigma}
 
 

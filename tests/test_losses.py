@@ -192,6 +192,46 @@ def test_fixed_noise_is_a_pure_function_of_image_index():
     sharded = jax.device_put(index, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
     np.testing.assert_array_equal(first, jax.jit(lambda i: losses.fixed_noise(noise_key, i, IMAGE))(sharded))
 
+def test_capped_rescale_is_the_edm_loss_times_the_capped_factor(key):
+    b, sigma_tn, cap = 16, 0.5, 4.0
+    x = jax.random.normal(key, (b, *IMAGE))
+    noise = jax.random.normal(jax.random.key(15), x.shape)
+    sigma = jnp.linspace(0.51, 5.0, b)
+    denoise = nonlinear_denoiser(jax.random.key(16), IMAGE)
+    # by hand: lambda(sigma) ||a D(x_tn + g n) + (sigma_tn^2 / sigma^2) x_s - x_tn||^2 times min(sigma^4 / g^4, cap)
+    xs, s, g2 = np.asarray(x, np.float64), np.asarray(sigma, np.float64), np.asarray(sigma**2 - sigma_tn**2, np.float64)
+    x_s = xs + np.sqrt(g2)[:, None, None, None] * np.asarray(noise, np.float64)
+    d = np.asarray(denoise(jnp.asarray(x_s, jnp.float32), sigma), np.float64)
+    pred = (g2 / s**2)[:, None, None, None] * d + (sigma_tn**2 / s**2)[:, None, None, None] * x_s
+    lam = (s**2 + 0.25) / (s * 0.5) ** 2
+    expected = lam * ((pred - xs) ** 2).sum(axis=(1, 2, 3)) * np.minimum(s**4 / g2**2, cap)
+    capped = losses.ambient_loss(denoise, x, sigma, sigma_tn, noise, weighting="rescaled", rescale_cap=cap)
+    np.testing.assert_allclose(capped, expected, rtol=2e-4)
+    assert np.any(s**4 / g2**2 > cap) and np.any(s**4 / g2**2 < cap)  # both sides of the cap are exercised
+
+
+def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(key):
+    b, sigma_tn, switch = 512, 0.5, 1.0
+    x0 = jax.random.normal(key, (b, *IMAGE))
+    index = jnp.arange(b)
+    keys = jax.random.split(jax.random.key(9), b)
+    noise_key = jax.random.key(10)
+    denoise = nonlinear_denoiser(jax.random.key(11), IMAGE)
+    objective = losses.make_objective("ambient", sigma_tn=sigma_tn, noise_key=noise_key, sigma_switch=switch,
+                                      weighting="rescaled")
+    loss, aux = objective(denoise, x0, index, keys)
+    sigma = aux["sigma"]
+    np.testing.assert_array_equal(aux["is_ambient"], sigma >= switch)
+    assert np.any((sigma >= sigma_tn) & (sigma < switch))  # rows in the clean buffer exist
+    _, _, _, noise = losses._row_draws(keys, IMAGE, x0.dtype)
+    x_tn = losses.noisy_copy(x0, index, sigma_tn, noise_key)
+    expected = jnp.where(
+        sigma >= switch,
+        losses.ambient_loss(denoise, x_tn, jnp.maximum(sigma, sigma_tn), sigma_tn, noise, weighting="rescaled"),
+        losses.denoising_loss(denoise, x0, sigma, noise),
+    )
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
 
 @pytest.mark.parametrize(
     "kwargs, message",
@@ -201,6 +241,9 @@ def test_fixed_noise_is_a_pure_function_of_image_index():
         (dict(weighting="sqrt"), "loss.weighting"),
         (dict(sigma_tn=-1.0, noise_key=jax.random.key(0)), "loss.sigma_tn"),
         (dict(sigma_tn=0.5), "noise_key"),
+        (dict(sigma_tn=0.5, noise_key=jax.random.key(0), sigma_switch=0.4), "loss.sigma_switch"),
+        (dict(sigma_tn=0.5, noise_key=jax.random.key(0), rescale_cap=-1.0), "loss.rescale_cap"),
+        (dict(sigma_tn=0.5, noise_key=jax.random.key(0), branch_rule="lecture", rescale_cap=4.0), "branch_rule=paper"),
     ],
 )
 def test_bad_objective_settings_are_named(kwargs, message):
