@@ -16,7 +16,8 @@ CONFIG_NAME = "config.json"
 
 # Fields that may change when a run is resumed: they steer the loop, not what is learned.
 RESUMABLE_CHANGES = ("train.num_steps", "train.steps_per_dispatch", "train.log_every", "train.sample_every", "train.checkpoint_every",
-                     "train.keep_every", "sample", "eval", "parallel")
+                     "train.keep_every", "train.track_every", "train.track_sigmas", "train.track_samples", "sample", "eval",
+                     "parallel")
 
 
 def base_config():
@@ -50,6 +51,10 @@ def base_config():
     c.loss.sigma_tn = 0.5  # noise level of the fixed noisy copies (VE sigma units)
     c.loss.branch_rule = "paper"  # paper | lecture
     c.loss.weighting = "edm"  # edm | rescaled | none
+    # Bounded-variance variants of the ambient branch (ambient_jax.losses): where the ambient
+    # branch begins (0 = at sigma_tn, the paper) and a cap on the rescaled factor (0 = none).
+    c.loss.sigma_switch = 0.0
+    c.loss.rescale_cap = 0.0
     c.loss.p_mean = -1.2
     c.loss.p_std = 1.2
     c.loss.sigma_data = 0.5
@@ -76,6 +81,11 @@ def base_config():
     c.train.checkpoint_every = 1000
     c.train.steps_per_dispatch = 1  # >1: that many steps fused in one lax.scan call (fewer dispatches for small nets)
     c.train.keep_every = 0  # also keep every checkpoint whose step divides by this; 0 = latest only
+    # Memorization tracked during training (ambient_jax.tracking): every track_every steps (0 = off),
+    # the train/held-out denoising gap at track_sigmas and the extraction share of track_samples samples.
+    c.train.track_every = 0
+    c.train.track_sigmas = (0.2, 1.0, 3.0)
+    c.train.track_samples = 64
 
     c.sample = ml_collections.ConfigDict()
     c.sample.sampler = "edm_heun"  # edm_heun | edm_euler | ddim_vp
@@ -174,6 +184,18 @@ def check_config(config):
         section, name = field.split(".")
         need(int(config[section][name]) >= 1, field, "must be >= 1")
     need(config.optim.lr > 0, "optim.lr", "must be > 0")
+    need(int(config.train.get("track_every", 0)) >= 0, "train.track_every", "must be >= 0 (0 = off)")
+    need(int(config.train.get("track_samples", 0)) >= 0, "train.track_samples", "must be >= 0")
+    need(len(config.train.get("track_sigmas", ())) >= 1 and all(s > 0 for s in config.train.get("track_sigmas", ())),
+         "train.track_sigmas", "must be one or more noise levels > 0")
+    if int(config.train.get("track_every", 0)) and config.data.streaming:
+        raise ValueError("config field train.track_every: tracking needs the training images on device "
+                         "(data.streaming=False); set train.track_every=0 for streamed runs")
+
+
+def effective_sigma_tn(config):
+    """The run's sigma_tn, 0 for the ddpm objective: the one place that says "ddpm is sigma_tn = 0"."""
+    return float(config.loss.sigma_tn) if config.loss.objective == "ambient" else 0.0
 
 
 def save_config(workdir, config):
@@ -184,7 +206,20 @@ def load_config(workdir):
     path = os.path.join(workdir, CONFIG_NAME)
     if not files.exists(path):
         raise FileNotFoundError(f"{path} is missing: {workdir!r} is not a training work dir (run ambient-train first)")
-    return ml_collections.ConfigDict(_tuples(json.loads(files.read_text(path))))
+    saved = _tuples(json.loads(files.read_text(path)))
+    # Fields added to the base after the run was made read as their defaults, which reproduce
+    # the behaviour the run was trained with.
+    return ml_collections.ConfigDict(_with_defaults(saved, base_config().to_dict()))
+
+
+def _with_defaults(saved, defaults):
+    out = dict(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
 
 
 def config_differences(old, new):

@@ -5,6 +5,78 @@ import io
 from ambient_jax import files
 
 
+def _figure_bytes(fig):
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def save_diagnosis(results, path):
+    """The per-noise-level diagnosis (ambient_jax.eval.diagnose): a curve per run in three panels,
+    each run's sigma_tn marked by a dotted line of its colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = (("gap", "generalization gap: err held-out - err train"),
+              ("dist_memorizing", "distance to D*_S (copies the training set)"),
+              ("dist_noisy_copies", "distance to D*_tn (memorizes the noisy copies)"))
+    for ax, (key, title) in zip(axes, panels):
+        if not any(key in r for r in results):
+            ax.text(0.5, 0.5, "no ambient run", transform=ax.transAxes, ha="center")
+            ax.set_title(title, fontsize=10)
+            continue
+        for r in results:
+            if key not in r:
+                continue
+            values = [float("nan") if v is None else v for v in r[key]]
+            line = ax.plot(r["sigma"], values, marker=".", label=r["label"])[0]
+            if r["sigma_tn"] > 0:
+                ax.axvline(r["sigma_tn"], color=line.get_color(), lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_yscale("symlog" if key == "gap" else "log", **({"linthresh": 1e-3} if key == "gap" else {}))
+        ax.set_xlabel("sigma")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("per-pixel mean squared value")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    files.write_bytes_atomic(path, _figure_bytes(fig))
+
+
+def save_tracking(history, path):
+    """Memorization during training (ambient_jax.tracking): the train/held-out gap per noise level,
+    and the extraction share of a fixed batch of samples, against the training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key in sorted(k for k in history[-1] if k.startswith("track_gap_sigma")):
+        left.plot(steps, [r.get(key, float("nan")) for r in history], marker=".", label=f"sigma = {key[len('track_gap_sigma'):]}")
+    left.set_title("generalization gap: err held-out - err train", fontsize=10)
+    left.set_ylabel("per-pixel mean squared value")
+    left.legend(fontsize=8)
+    for key, label in (("track_extraction", "pixels"), ("track_robust_extraction", "noise-robust view")):
+        if key in history[-1]:
+            right.plot(steps, [r.get(key, float("nan")) for r in history], marker=".", label=label)
+    right.set_title("samples within the extraction criterion (%)", fontsize=10)
+    right.set_ylim(-2, 102)
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    files.write_bytes_atomic(path, _figure_bytes(fig))
+
+
 def save_histogram(values, path, xlabel, ylabel, bins=50, value_range=None, marks=()):
     """A histogram of `values` with dashed vertical lines at `marks`."""
     import matplotlib

@@ -39,7 +39,9 @@ def commands(config, root, sigmas, sizes, seeds, extra=(), eval_flags=("--nofid"
                 # The grid's own values come last, so that they win over the shared overrides.
                 train = ["ambient-train", f"--config={config}", f"--workdir={workdir}",
                          *extra, *run_overrides(n_train, sigma_tn, seed)]
+                # The evaluation comes last: its metrics.json marks the run as done.
                 runs.append((workdir, [train, ["ambient-sample", f"--workdir={workdir}"],
+                                       ["ambient-diagnose", f"--workdir={workdir}"],
                                        ["ambient-eval", f"--workdir={workdir}", *eval_flags]]))
     return runs
 
@@ -101,7 +103,10 @@ def table_rows(groups):
     if "fd_pixel_train_vs_heldout" in first:  # what a model that only replays its training set scores
         rows.append(("  training images themselves: fd_pixel", "fd_pixel_train_vs_heldout"))
     rows.append(("extraction rate %", "extraction_rate"))
-    for space in ("dinov2", "inception", "pixel"):
+    if "robust_extraction_rate" in first:
+        rows.append(("robust extraction rate % (noise-robust view)", "robust_extraction_rate"))
+        rows.append(("  held-out reals: robust extraction rate %", "heldout_robust_extraction_rate"))
+    for space in ("dinov2", "inception", "pixel", "robust_pixel"):
         for key in first.get(f"{space}_similarity", {}):
             if key.startswith("S>"):
                 rows.append((f"{space} {key} %", f"{space}_similarity/{key}"))
@@ -136,4 +141,24 @@ def report(root, quality=None, memorization=None):
         if q and m:
             points.setdefault(n, []).append((s, m, q))
     plots.save_pareto(points, os.path.join(root, "pareto.png"), memorization, quality)
+    diagnoses = _first_seed_diagnoses(root, groups)
+    if diagnoses:
+        plots.save_diagnosis(diagnoses, os.path.join(root, "diagnose.png"))
+        text += ("\nPer-noise-level diagnosis (first seed of each point; ambient_jax.eval.diagnose): diagnose.png, "
+                 "and each run's eval/diagnose.md.\n")
+        files.write_text_atomic(os.path.join(root, "table.md"), text)
     return text
+
+
+def _first_seed_diagnoses(root, groups):
+    """eval/diagnose.json of the first run (by name) of each (n_train, sigma_tn), where written."""
+    out = []
+    for (n, s), runs in sorted(groups.items()):
+        for m in sorted(runs, key=lambda m: m["workdir"]):
+            path = os.path.join(root, os.path.basename(m["workdir"]), "eval", "diagnose.json")
+            if files.exists(path):
+                result = json.loads(files.read_text(path))
+                result["label"] = f"n={n} " + ("ddpm" if s == 0 else f"s_tn={s:g}")
+                out.append(result)
+                break
+    return out

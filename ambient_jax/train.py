@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ambient_jax import checkpoint, config as config_lib, files, generate, losses, parallel
+from ambient_jax import checkpoint, config as config_lib, files, generate, losses, parallel, tracking
 from ambient_jax.data import load_split, read_subset_record, record_subset
 from ambient_jax.precond import edm_denoiser
 
@@ -96,6 +96,18 @@ def batch_indices(step_root, step, batch_size, num_images):
     return jax.random.randint(jax.random.fold_in(jax.random.fold_in(step_root, step), 0), (batch_size,), 0, num_images)
 
 
+def noise_tn_key(config):
+    """The key of the fixed noise of S_tn (losses.fixed_noise)."""
+    return jax.random.fold_in(root_key(config), KEY_NOISE_TN)
+
+
+def noisy_training_copies(config, images):
+    """S_tn as the run trains on it: x_tn for every training image (position i in the subset)."""
+    images = jnp.asarray(images, jnp.float32)
+    index = jnp.arange(images.shape[0])
+    return losses.noisy_copy(images, index, config_lib.effective_sigma_tn(config), noise_tn_key(config))
+
+
 def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shards=1):
     """The one train-step body: (state, images [n,H,W,C], shard) -> (state, metrics).
 
@@ -106,16 +118,17 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
     """
     batch_size = config.train.batch_size
     rows = batch_size // num_shards
-    key = root_key(config)
     objective = losses.make_objective(
         config.loss.objective,
         sigma_tn=config.loss.sigma_tn,
         branch_rule=config.loss.branch_rule,
         weighting=config.loss.weighting,
-        noise_key=jax.random.fold_in(key, KEY_NOISE_TN),
+        noise_key=noise_tn_key(config),
         p_mean=config.loss.p_mean,
         p_std=config.loss.p_std,
         sigma_data=config.loss.sigma_data,
+        sigma_switch=config.loss.get("sigma_switch", 0.0),
+        rescale_cap=config.loss.get("rescale_cap", 0.0),
     )
     step_root = step_root_key(config)
 
@@ -238,9 +251,10 @@ def scan_steps(step, count):
 
 
 def next_event(step, config):
-    """The first step after `step` at which the loop logs, samples, saves or stops."""
+    """The first step after `step` at which the loop logs, samples, tracks, saves or stops."""
     t = config.train
-    return min([(step // every + 1) * every for every in (t.log_every, t.sample_every, t.checkpoint_every)] + [t.num_steps])
+    intervals = [e for e in (t.log_every, t.sample_every, t.checkpoint_every, t.get("track_every", 0)) if e]
+    return min([(step // every + 1) * every for every in intervals] + [t.num_steps])
 
 
 def all_finite(tree):
@@ -265,9 +279,10 @@ class TrainingData:
 
     def __init__(self, config):
         self.config = config
+        self.heldout = None
         if not config.data.streaming:
             split = load_split(config.data)
-            self.images, self.train_indices = split.train, split.train_indices
+            self.images, self.train_indices, self.heldout = split.train, split.train_indices, split.heldout
             self.num_source_images = len(split.train) + len(split.heldout)
             return
         if config.data.source != "tfds":
@@ -331,6 +346,8 @@ def train(config, workdir, allow_config_change=False, log=print):
     state = saved_form if config.parallel.mode == "jit" else trainer.place(saved_form)
     del fresh, target, restored, saved_form
     sample_fn = generate.make_sample_fn(config, model, mesh)
+    track_every = int(config.train.get("track_every", 0))
+    tracker = tracking.Tracker(config, model, data.images, data.heldout, sample_fn, mesh) if track_every else None
 
     start = int(jax.device_get(trainer.to_saved(state).step))
     total = config.train.num_steps
@@ -381,6 +398,11 @@ def train(config, workdir, allow_config_change=False, log=print):
                 if lead:
                     generate.save_grid(picture, os.path.join(workdir, "samples", f"grid_{done:07d}.png"),
                                        config.sample.grid_size)
+            if tracker and done % track_every == 0:
+                record = tracker(trainer.to_saved(state).ema_params, done)
+                if lead:
+                    files.append_line(metrics_path, json.dumps({"step": done, **record, "seconds": time.perf_counter() - t_start}))
+                log(f"step {done}/{total}  tracking: " + "  ".join(f"{k[6:]} {v:.4g}" for k, v in record.items()))
             if done % config.train.checkpoint_every == 0 or done == total or terminated:
                 if not all_finite(state.params):
                     manager.wait_until_finished()
@@ -390,6 +412,8 @@ def train(config, workdir, allow_config_change=False, log=print):
                     )
                 checkpoint.save(manager, done, trainer.to_saved(state))
                 last_saved = done
+                if tracker and lead:
+                    tracking.Tracker.save_plot(workdir)
             if terminated:
                 log(f"SIGTERM: saved a checkpoint at step {done}; re-run the same command to resume")
                 break

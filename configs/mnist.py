@@ -50,6 +50,7 @@ def get_config(arg="ambient"):
     c.train.log_every = 100
     c.train.sample_every = 1000
     c.train.checkpoint_every = 1000
+    c.train.track_every = 250  # memorization during training: metrics.jsonl and tracking.png
 
     c.sample.num_samples = 1000
     c.sample.num_steps = 18

@@ -172,12 +172,15 @@ def test_sweep_runs_the_grid_and_writes_table_and_pareto_plot(tmp_path):
     sets = [f"--set={flag}" for flag in TINY + ["--config.train.num_steps=2", "--config.train.sample_every=2"]]
     result = cli("sweep", "run", f"--root={root}", "--sigma_tn=0,1.5", "--n_train=16", "--seeds=0", *sets)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(os.listdir(root)) == ["n16_s0_seed0", "n16_s1.5_seed0", "pareto.png", "table.md"]
+    assert sorted(os.listdir(root)) == ["diagnose.png", "n16_s0_seed0", "n16_s1.5_seed0", "pareto.png", "table.md"]
     assert json.load(open(os.path.join(root, "n16_s0_seed0", "config.json")))["loss"]["objective"] == "ddpm"
     assert json.load(open(os.path.join(root, "n16_s1.5_seed0", "config.json")))["loss"]["sigma_tn"] == 1.5
     table = open(os.path.join(root, "table.md")).read()
     assert "n=16 ddpm" in table and "n=16 s_tn=1.5" in table and "extraction rate %" in table
     assert "held-out reals: pixel S>0.9 %" in table and "training minutes" in table
+    assert "robust extraction rate %" in table and "diagnose.png" in table
+    diagnosis = json.load(open(os.path.join(root, "n16_s1.5_seed0", "eval", "diagnose.json")))
+    assert len(diagnosis["sigma"]) == 24 and diagnosis["sigma_tn"] == 1.5 and "dist_noisy_copies" in diagnosis
     assert os.path.getsize(os.path.join(root, "pareto.png")) > 0
     again = cli("sweep", "run", f"--root={root}", "--sigma_tn=0,1.5", "--n_train=16", "--seeds=0", *sets)
     assert again.returncode == 0 and again.stdout.count("skip ") == 2  # evaluated runs are not redone

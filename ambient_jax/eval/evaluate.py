@@ -155,7 +155,10 @@ def inception_available():
 
 
 def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inception_protocol="edm",
-                 dinov2_weights=None, dinov2_heads=6, dinov2_recipe="paper", fid_reference="heldout"):
+                 dinov2_weights=None, dinov2_heads=6, dinov2_recipe="paper", fid_reference="heldout", fid_samples=0):
+    """Evaluate a run's samples (see the module docstring); fid_samples > 0 computes the embedding
+    metrics (FID, Inception / DINOv2 similarity) on the first fid_samples samples and as many
+    held-out images, for equal-count comparisons at a lower cost."""
     config = config_lib.load_config(workdir)
     record = read_subset_record(workdir)
     split = load_split(config.data)
@@ -173,7 +176,18 @@ def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inc
     _, _, heldout_similarity = memorization.similarity_report(memorization.pixel_embedding(heldout), train_emb, thresholds)
     flat = lambda x: x.reshape(len(x), -1)
     extracted, l2_train, _ = memorization.extraction_report(flat(samples), flat(split.train), config.eval.carlini_k)
+    heldout_extracted = memorization.extraction_report(flat(heldout), flat(split.train), config.eval.carlini_k)[0]
     l2_heldout, _ = memorization.blocked_topk(flat(samples), flat(split.heldout), k=1, metric="l2")
+    # The noise-robust view: speckle in the samples does not hide a copy there.
+    robust = lambda x: memorization.robust_view(x, memorization.robust_sigma(config.data.resolution))
+    robust_train = robust(split.train)
+    robust_stats = {}
+    for name, images in (("", samples), ("heldout_", heldout)):
+        view = robust(images)
+        robust_stats[f"{name}robust_pixel_similarity"] = memorization.similarity_report(
+            memorization.pixel_embedding(view), memorization.pixel_embedding(robust_train), thresholds)[2]
+        robust_stats[f"{name}robust_extraction_rate"] = float(100 * memorization.extraction_report(
+            flat(view), flat(robust_train), config.eval.carlini_k)[0].mean())
 
     metrics = {
         "workdir": files.absolute(workdir),
@@ -182,10 +196,12 @@ def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inc
         "num_train": int(len(split.train)),
         "num_heldout_for_fd": int(len(heldout)),
         "objective": config.loss.objective,
-        "sigma_tn": float(config.loss.sigma_tn) if config.loss.objective == "ambient" else 0.0,
+        "sigma_tn": config_lib.effective_sigma_tn(config),
         "pixel_similarity": similarity,
         "heldout_pixel_similarity": heldout_similarity,
         "extraction_rate": float(100 * extracted.mean()),
+        "heldout_extraction_rate": float(100 * heldout_extracted.mean()),
+        **robust_stats,
         "median_l2_to_train": float(np.median(l2_train)),
         "median_l2_to_heldout": float(np.median(l2_heldout[:, 0])),
         "fd_pixel": fid.frechet_distance_of(flat(samples), flat(heldout)),
@@ -193,11 +209,16 @@ def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inc
     }
     out = os.path.join(workdir, EVAL_DIR)
     files.makedirs(out)
+    if fid_samples < 0:
+        raise ValueError(f"--fid_samples must be >= 0 (0 = all samples), got {fid_samples}")
+    count = min(fid_samples or len(samples_u8), len(samples_u8))
+    if inception_fid or dinov2_weights:
+        metrics["num_fid_samples"] = int(count)
     metrics.update(embedding_metrics(
-        out, samples_u8, to_uint8(split.train), to_uint8(heldout), thresholds, inception_fid, inception_protocol,
-        dinov2_weights, dinov2_heads, dinov2_recipe, log, config.data, fid_reference))
+        out, samples_u8[:count], to_uint8(split.train), to_uint8(heldout[:count]), thresholds, inception_fid,
+        inception_protocol, dinov2_weights, dinov2_heads, dinov2_recipe, log, config.data, fid_reference))
     write_json_atomic(os.path.join(out, "metrics.json"), metrics)
-    files.write_text_atomic(os.path.join(out, "report.md"), markdown_table([metrics]))
+    files.write_text_atomic(os.path.join(out, "report.md"), markdown_table([metrics]) + diagnosis_link(workdir))
     save_nearest_figure(samples_u8, sims, nearest, split.train, os.path.join(out, "nearest.png"))
     save_histogram(sims, os.path.join(out, "similarity_histogram.png"), thresholds)
     log(markdown_table([metrics]))
@@ -208,20 +229,35 @@ ROWS = (
     ("FD-pixel (vs held-out, lower is better)", lambda m: m["fd_pixel"]),
     ("median L2 to nearest held-out", lambda m: m["median_l2_to_heldout"]),
     ("extraction rate % (Carlini)", lambda m: m["extraction_rate"]),
+    ("robust extraction rate % (noise-robust view)", lambda m: m.get("robust_extraction_rate", float("nan"))),
     ("median L2 to nearest training image", lambda m: m["median_l2_to_train"]),
 )
 
 
+def run_label(metrics):
+    """A column name: the run dir's name, and its objective where the name does not say it."""
+    kind = "ddpm" if metrics["sigma_tn"] == 0 else f"ambient s_tn={metrics['sigma_tn']:g}"
+    name = os.path.basename(os.path.normpath(metrics.get("workdir", ""))) or kind
+    return kind if name in ("ddpm", "ambient") else f"{name} ({kind})"
+
+
 def markdown_table(runs):
     """The paper's Table 1 layout: rows are metrics, columns are runs."""
-    names = [f"{m['objective']}" + (f" s_tn={m['sigma_tn']:g}" if m["objective"] == "ambient" else "") for m in runs]
+    names = [run_label(m) for m in runs]
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(runs)]
     for label, get in ROWS:
         lines.append(f"| {label} | " + " | ".join(f"{get(m):.2f}" for m in runs) + " |")
-    for key in runs[0]["pixel_similarity"]:
-        if key.startswith("S>"):
-            lines.append(f"| pixel {key} % (held-out reals: {runs[0]['heldout_pixel_similarity'][key]:.1f}) | "
-                         + " | ".join(f"{m['pixel_similarity'][key]:.1f}" for m in runs) + " |")
+    for space in ("pixel", "robust_pixel"):
+        if not all(f"{space}_similarity" in m for m in runs):
+            continue
+        for key in runs[0][f"{space}_similarity"]:
+            if key.startswith("S>"):
+                label = "pixel" if space == "pixel" else "robust"
+                lines.append(f"| {label} {key} % (held-out reals: {runs[0][f'heldout_{space}_similarity'][key]:.1f}) | "
+                             + " | ".join(f"{m[f'{space}_similarity'][key]:.1f}" for m in runs) + " |")
+    if all("heldout_robust_extraction_rate" in m for m in runs):
+        lines.append(f"| held-out reals: extraction % / robust extraction % | {runs[0]['heldout_extraction_rate']:.1f} / "
+                     f"{runs[0]['heldout_robust_extraction_rate']:.1f} |" + " |" * (len(runs) - 1))
     for name in ("fid_inception_edm", "fid_inception_pytorch_fid", "fid_inception_edm_dataset",
                  "fid_inception_pytorch_fid_dataset", "fd_dinov2"):
         if all(name in m for m in runs):
@@ -233,8 +269,17 @@ def markdown_table(runs):
                     ref = runs[0][f"heldout_{space}_similarity"][key]
                     lines.append(f"| {space} {key} % (held-out reals: {ref:.1f}) | "
                                  + " | ".join(f"{m[f'{space}_similarity'][key]:.1f}" for m in runs) + " |")
+    if all("num_fid_samples" in m for m in runs):
+        lines.append("| samples / held-out images in FID | " + " | ".join(f"{m['num_fid_samples']} / {m['num_fid_samples']}" for m in runs) + " |")
     lines.append("| samples / training images | " + " | ".join(f"{m['num_samples']} / {m['num_train']}" for m in runs) + " |")
     return "\n".join(lines) + "\n"
+
+
+def diagnosis_link(workdir):
+    """The report's pointer to the per-noise-level diagnosis (ambient_jax.eval.diagnose)."""
+    if files.exists(os.path.join(workdir, EVAL_DIR, "diagnose.md")):
+        return "\nPer-noise-level diagnosis: [diagnose.md](diagnose.md), ![curves](diagnose.png)\n"
+    return f"\nPer-noise-level diagnosis: run `ambient-diagnose --workdir={workdir}` (writes eval/diagnose.md and .png).\n"
 
 
 def compare_runs(workdirs):

@@ -9,6 +9,17 @@
   when its L2 distance to the nearest training image is below 1/3 of the mean L2 distance to
   its k nearest training images (k = 50, or all but one when there are fewer).
 
+* Noise-robust view: both criteria on robust_view(x) = tanh(3 blur(x)), a Gaussian blur of
+  0.5 pixel per 16 pixels of image size followed by a soft threshold at mid-grey. A noisy copy
+  of a training image is still a copy, but per-pixel noise raises every L2 distance and lowers
+  every cosine, so the raw criteria call it new (training digits plus N(0, 0.3^2) noise, clipped
+  to [-1, 1] as samples are: 0% extracted in pixels, 95% in this view). The blur averages the
+  speckle down, the threshold restores the nearly binary strokes and flattens what is left of it
+  on the background. Held-out real digits keep their raw reference level in this view (1.5%
+  extracted, S > 0.95 1.1% against 2.5% and 1.5% in pixels, 100 training digits), so the
+  view does not make distinct digits look alike. It is meant for digit-like images; for
+  natural images use the DINOv2 embedding.
+
 Nearest-neighbour search is blocked over both sets, so no M x N matrix is ever held at once.
 """
 
@@ -17,6 +28,23 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+ROBUST_GAIN = 3.0
+
+
+def robust_sigma(resolution):
+    """The robust view's blur in pixels: 0.5 pixel per 16 pixels of image size."""
+    return 0.5 * resolution / 16.0
+
+
+def robust_view(images, blur_px):
+    """[N, H, W, C] in [-1, 1] -> tanh(ROBUST_GAIN * Gaussian blur of blur_px pixels over H and W)
+    (borders: nearest pixel), float32."""
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter(np.asarray(images, np.float32), sigma=(0, blur_px, blur_px, 0), mode="nearest")
+    return np.tanh(ROBUST_GAIN * blurred)
 
 
 def pixel_embedding(images):

@@ -1,1 +1,5 @@
-"""Command-line programs: ambient-train, ambient-sample, ambient-eval."""
+"""Command-line programs (console scripts in setup.cfg), one thin module each:
+
+ambient-train, ambient-sample, ambient-eval, ambient-diagnose (per-noise-level diagnosis),
+ambient-sweep, ambient-convert, ambient-prepare, ambient-labelmem.
+"""

@@ -20,6 +20,8 @@ flags.DEFINE_bool("fid", None, "also FID against held-out images and memorizatio
 flags.DEFINE_enum("protocol", "edm", ["edm", "pytorch_fid"], "Inception input protocol")
 flags.DEFINE_enum("fid_reference", "heldout", ["heldout", "dataset"],
                   "FID against as many held-out images as samples, or also against the whole data set (cached statistics)")
+flags.DEFINE_integer("fid_samples", 0, "FID and embedding similarity on the first N samples against N held-out images "
+                     "(0 = all samples); FIDs compare only at equal counts")
 flags.DEFINE_string("dinov2_weights", None, "DINOv2 weights (.pth or .safetensors): memorization in DINOv2 space, as the paper")
 flags.DEFINE_integer("dinov2_heads", 6, "attention heads of that model: ViT-S/B/L/g = 6/12/16/24")
 flags.DEFINE_enum("dinov2_recipe", "paper", ["paper", "standard"], "DINOv2 preprocessing recipe")
@@ -40,7 +42,7 @@ def main(argv):
     evaluate.evaluate_run(FLAGS.workdir, FLAGS.samples, log=say, inception_fid=use_fid,
                           inception_protocol=FLAGS.protocol, dinov2_weights=FLAGS.dinov2_weights,
                           dinov2_heads=FLAGS.dinov2_heads, dinov2_recipe=FLAGS.dinov2_recipe,
-                          fid_reference=FLAGS.fid_reference)
+                          fid_reference=FLAGS.fid_reference, fid_samples=FLAGS.fid_samples)
 
 
 def run():

@@ -1,0 +1,242 @@
+"""Per-noise-level diagnosis: where in sigma a trained denoiser generalizes and where it copies.
+
+For a log-spaced grid of noise levels sigma and the run's EMA denoiser D, with x = x0 + sigma n:
+
+  * denoising error on training and on held-out images, per pixel,
+        err_S(sigma) = E_{x0 in S} ||D(x, sigma) - x0||^2 / d,   err_H likewise on held-out x0;
+    the gap err_H - err_S is the generalization gap at that noise level;
+  * distance to the memorizing optimum, per pixel, on held-out inputs,
+        mem_S(sigma) = E ||D(x, sigma) - D*_S(x, sigma)||^2 / d,
+    where D*_S is the exact minimiser of the denoising loss over the finite training set S, the
+    posterior mean under the empirical distribution (Karras et al. 2022, appendix B.3; the
+    lecture's section 3):
+        D*_S(x, sigma) = sum_i softmax_i(-||x - x_i||^2 / (2 sigma^2)) x_i;
+    a denoiser that copies follows D*_S, which snaps every input to a training image;
+  * for ambient runs, above sigma_tn, the distance to the exact minimiser of the ambient loss over
+    the noisy copies S_tn = {x_tn_i} (one per image, as trained):
+        D*_tn(x, sigma) = (sigma^2 E_tn[x_tn | x] - sigma_tn^2 x) / (sigma^2 - sigma_tn^2),
+        E_tn[x_tn | x]  = sum_i softmax_i(-||x - x_tn_i||^2 / (2 (sigma^2 - sigma_tn^2))) x_tn_i,
+    the denoiser that memorizes the noisy copies (x_tn_hat = E_tn[x_tn | x] minimises
+    ||x_tn_hat - x_tn||^2, and D is that x_tn_hat solved for).
+
+The softmax is computed in blocks of reference images with a running log-sum-exp, so no
+[queries x references] matrix larger than one block is held.
+"""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ambient_jax import files
+
+DEFAULT_NUM_LEVELS = 24
+
+
+def sigma_grid(num_levels=DEFAULT_NUM_LEVELS, sigma_min=0.002, sigma_max=80.0):
+    """num_levels noise levels, log-spaced from sigma_min to sigma_max (the sampler's range)."""
+    return np.geomspace(sigma_min, sigma_max, num_levels)
+
+
+def posterior_mean(x, refs, variance, ref_block=None):
+    """sum_i softmax_i(-||x - r_i||^2 / (2 variance)) r_i for each row of x.
+
+    x [B, ...], refs [N, ...] (same trailing shape), variance [B] > 0. With ref_block set, the
+    references are visited in blocks of that many with a running log-sum-exp (the result is the
+    same as the one-block computation up to float rounding).
+    """
+    xf = x.reshape(x.shape[0], -1)
+    rf = refs.reshape(refs.shape[0], -1)
+    scale = 1.0 / (2.0 * variance)[:, None]
+
+    def logits(block):
+        d2 = jnp.sum(xf**2, 1)[:, None] - 2 * xf @ block.T + jnp.sum(block**2, 1)[None, :]
+        return -d2 * scale
+
+    if ref_block is None or ref_block >= rf.shape[0]:
+        w = jax.nn.softmax(logits(rf), axis=-1)
+        return (w @ rf).reshape(x.shape)
+    blocks = -(-rf.shape[0] // ref_block)
+    padded = jnp.zeros((blocks * ref_block, rf.shape[1]), rf.dtype).at[: rf.shape[0]].set(rf)
+    valid = (jnp.arange(blocks * ref_block) < rf.shape[0]).reshape(blocks, ref_block)
+
+    def visit(carry, xs):
+        top, total, acc = carry
+        block, ok = xs
+        lg = jnp.where(ok[None, :], logits(block), -jnp.inf)
+        new_top = jnp.maximum(top, jnp.max(lg, axis=1))
+        rescale = jnp.exp(top - new_top)
+        w = jnp.exp(lg - new_top[:, None])
+        return (new_top, total * rescale + jnp.sum(w, 1), acc * rescale[:, None] + w @ block), None
+
+    start = (jnp.full((xf.shape[0],), -jnp.inf, xf.dtype), jnp.zeros((xf.shape[0],), xf.dtype), jnp.zeros_like(xf))
+    (_, total, acc), _ = jax.lax.scan(visit, start, (padded.reshape(blocks, ref_block, -1), valid))
+    return (acc / total[:, None]).reshape(x.shape)
+
+
+def memorizing_denoiser(train, ref_block=None):
+    """D*_S(x, sigma): the exact minimiser of the denoising loss over the training images."""
+    return lambda x, sigma: posterior_mean(x, train, sigma**2, ref_block)
+
+
+def noisy_copy_denoiser(noisy_copies, sigma_tn, ref_block=None):
+    """D*_tn(x, sigma), sigma > sigma_tn: the exact minimiser of the ambient loss over S_tn."""
+
+    def denoise(x, sigma):
+        gap = sigma**2 - sigma_tn**2
+        expected = posterior_mean(x, noisy_copies, gap, ref_block)
+        expand = lambda a: a.reshape(-1, *([1] * (x.ndim - 1)))
+        return (expand(sigma**2) * expected - sigma_tn**2 * x) / expand(gap)
+
+    return denoise
+
+
+def _per_pixel_sq(a, b):
+    return jnp.mean(jnp.square(a - b).reshape(a.shape[0], -1), axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("denoise", "references"))
+def _level_errors(denoise, references, x0, noise, sigma):
+    """Per-row error to x0 and distance to each reference denoiser at one noise level."""
+    s = jnp.full((x0.shape[0],), sigma, x0.dtype)
+    x = x0 + sigma * noise
+    d = denoise(x, s)
+    return _per_pixel_sq(d, x0), tuple(_per_pixel_sq(d, ref(x, s)) for ref in references)
+
+
+def denoising_errors(denoise, images, sigmas, key, batch_size=256, references=()):
+    """Per level: mean per-pixel ||D(x0 + sigma n) - x0||^2 over `images`, and the mean per-pixel
+    distance of D to each reference denoiser on the same inputs. Returns (err [L], dists [R, L]).
+
+    The noise for image j at level l is drawn from fold_in(fold_in(key, l), j), so two denoisers
+    evaluated with the same key see exactly the same noisy inputs.
+    """
+    images = jnp.asarray(images, jnp.float32)
+    err = np.zeros(len(sigmas))
+    dist = np.zeros((len(references), len(sigmas)))
+    n = images.shape[0]
+    for level, sigma in enumerate(sigmas):
+        level_key = jax.random.fold_in(key, level)
+        for first in range(0, n, batch_size):
+            x0 = images[first : first + batch_size]
+            idx = jnp.arange(first, first + x0.shape[0], dtype=jnp.uint32)
+            noise = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(level_key, j), x0.shape[1:]))(idx)
+            e, ds = _level_errors(denoise, tuple(references), x0, noise, float(sigma))
+            err[level] += float(jnp.sum(e))
+            for r, d in enumerate(ds):
+                dist[r, level] += float(jnp.sum(d))
+    return err / n, dist / n
+
+
+def diagnose(denoise, train, heldout, sigmas, key, noisy_copies=None, sigma_tn=0.0, batch_size=256, ref_block=1024,
+             reference_train=None):
+    """The per-level curves of one denoiser (see the module docstring), as a dict of lists.
+
+    train [N, H, W, C] are the training images whose denoising error is measured, heldout
+    [M, H, W, C] images never trained on, noisy_copies the ambient run's S_tn (None for ddpm), and
+    reference_train the whole training set that defines D*_S (default: train).
+    """
+    reference_train = train if reference_train is None else reference_train
+    memorizing = memorizing_denoiser(jnp.asarray(reference_train), ref_block)
+    err_train, _ = denoising_errors(denoise, train, sigmas, jax.random.fold_in(key, 0), batch_size)
+    refs = (memorizing,)
+    if noisy_copies is not None and sigma_tn > 0:
+        refs = refs + (noisy_copy_denoiser(jnp.asarray(noisy_copies), sigma_tn, ref_block),)
+    err_heldout, dists = denoising_errors(denoise, heldout, sigmas, jax.random.fold_in(key, 1), batch_size, refs)
+    out = {
+        "sigma": [float(s) for s in sigmas],
+        "err_train": err_train.tolist(),
+        "err_heldout": err_heldout.tolist(),
+        "gap": (err_heldout - err_train).tolist(),
+        "dist_memorizing": dists[0].tolist(),
+        "sigma_tn": float(sigma_tn),
+        "num_train": int(len(train)),
+        "num_heldout": int(len(heldout)),
+    }
+    if len(refs) > 1:  # D*_tn is defined above sigma_tn only
+        out["dist_noisy_copies"] = [float(d) if s > sigma_tn else None for d, s in zip(dists[1], sigmas)]
+    return out
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def diagnose_run(workdir, num_levels=DEFAULT_NUM_LEVELS, max_images=500, seed=0, log=print):
+    """Diagnose the run in `workdir` with its EMA parameters; returns the curves (not written)."""
+    from ambient_jax import config as config_lib, train as train_lib
+    from ambient_jax.data import load_split
+    from ambient_jax.precond import edm_denoiser
+
+    config, model, params = train_lib.load_ema_params(workdir)
+    split = load_split(config.data)
+    heldout = split.heldout[np.random.RandomState(seed).permutation(len(split.heldout))[:max_images]]
+    train_images = split.train
+    sigma_tn = config_lib.effective_sigma_tn(config)
+    copies = train_lib.noisy_training_copies(config, train_images) if sigma_tn > 0 else None
+    if len(train_images) > max_images:  # the reference sets stay whole; only the queries are subsampled
+        queries = train_images[np.random.RandomState(seed).permutation(len(train_images))[:max_images]]
+    else:
+        queries = train_images
+    raw = functools.partial(model.apply, params, train=False)
+    denoise = edm_denoiser(raw, config.loss.sigma_data)
+    sigmas = sigma_grid(num_levels, config.sample.get("sigma_min", 0.002), config.sample.get("sigma_max", 80.0))
+    key = jax.random.key(seed)
+    log(f"diagnosing {workdir}: {num_levels} noise levels, {len(queries)} training / {len(heldout)} held-out images")
+    result = diagnose(denoise, queries, heldout, sigmas, key, copies, sigma_tn, reference_train=train_images)
+    result["workdir"] = files.absolute(workdir)
+    result["label"] = run_label(config, workdir)
+    return result
+
+
+def run_label(config, workdir):
+    from ambient_jax import config as config_lib
+
+    sigma_tn = config_lib.effective_sigma_tn(config)
+    name = os.path.basename(os.path.normpath(workdir))
+    return f"{name} (ddpm)" if sigma_tn == 0 else f"{name} (s_tn={sigma_tn:g})"
+
+
+def markdown_table(result):
+    """One row per noise level."""
+    has_tn = "dist_noisy_copies" in result
+    head = "| sigma | err train | err held-out | gap | dist to D*_S |" + (" dist to D*_tn |" if has_tn else "")
+    lines = [head, "|---" * (6 if has_tn else 5) + "|"]
+    for i, s in enumerate(result["sigma"]):
+        row = (f"| {s:.4g} | {result['err_train'][i]:.4g} | {result['err_heldout'][i]:.4g} | {result['gap'][i]:.3g} | "
+               f"{result['dist_memorizing'][i]:.4g} |")
+        if has_tn:
+            d = result["dist_noisy_copies"][i]
+            row += " - |" if d is None else f" {d:.4g} |"
+        lines.append(row)
+    note = ("\nPer-pixel mean squared values; data in [-1, 1]. err: ||D(x0 + sigma n) - x0||^2 on training / held-out "
+            "images; gap = held-out - train; D*_S: the exact denoiser of the training set (copies); D*_tn: the exact "
+            "minimiser of the ambient loss over the noisy copies (memorizes them).\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def summary_table(results):
+    """Several runs side by side: per level, each run's generalization gap and distance to D*_S."""
+    head = "| sigma | " + " | ".join(f"{r['label']}: gap / dist D*_S" for r in results) + " |"
+    lines = [head, "|---|" + "---|" * len(results)]
+    for i, s in enumerate(results[0]["sigma"]):
+        cells = [f"{r['gap'][i]:.3g} / {r['dist_memorizing'][i]:.3g}" for r in results]
+        lines.append(f"| {s:.4g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_diagnosis(workdir, results, log=print):
+    """Write eval/diagnose.json, diagnose.md and diagnose.png (all `results` as curves) into workdir."""
+    from ambient_jax import plots
+    from ambient_jax.eval.evaluate import EVAL_DIR
+
+    out = os.path.join(workdir, EVAL_DIR)
+    files.makedirs(out)
+    own = next(r for r in results if r["workdir"] == files.absolute(workdir))
+    files.write_text_atomic(os.path.join(out, "diagnose.json"), json.dumps(own, indent=1))
+    files.write_text_atomic(os.path.join(out, "diagnose.md"), f"# Per-noise-level diagnosis: {own['label']}\n\n"
+                            + markdown_table(own))
+    plots.save_diagnosis(results, os.path.join(out, "diagnose.png"))
+    log(f"wrote {out}/diagnose.md and diagnose.png")

@@ -1,0 +1,88 @@
+"""Memorization tracked during training (train.track_every > 0): a few cheap numbers, logged to
+metrics.jsonl and drawn in tracking.png, that show when a run starts copying.
+
+At each tracking step, with the EMA parameters:
+  * the generalization gap at the levels train.track_sigmas: the per-pixel denoising error
+    ||D(x0 + sigma n, sigma) - x0||^2 / d on held-out images minus the same on training images
+    (fixed images and fixed noise for the whole run, so the curve moves only with the model);
+  * the extraction share: train.track_samples samples (fixed latents, the sampler of the run)
+    checked with the Carlini et al. criterion against the training set, in pixels and in the
+    noise-robust view of ambient_jax.eval.memorization.
+"""
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ambient_jax import files, generate, plots
+from ambient_jax.eval import memorization
+from ambient_jax.precond import edm_denoiser
+
+TRACK_IMAGES = 128  # training and held-out images in the gap estimate
+TRACK_FILE = "tracking.png"
+
+
+def _gap_fn(model, sigma_data):
+    @jax.jit
+    def errors(params, x0, noise, sigmas):
+        denoise = edm_denoiser(functools.partial(model.apply, params, train=False), sigma_data)
+
+        def at(sigma):
+            s = jnp.full((x0.shape[0],), sigma)
+            d = denoise(x0 + sigma * noise, s)
+            return jnp.mean(jnp.square(d - x0).reshape(x0.shape[0], -1), axis=1)
+
+        return jax.vmap(at)(sigmas)  # [levels, images]
+
+    return errors
+
+
+class Tracker:
+    """Called with (ema_params, step): returns the tracking record and keeps the history."""
+
+    def __init__(self, config, model, train_images, heldout_images, sample_fn, mesh):
+        self.config, self.model, self.sample_fn, self.mesh = config, model, sample_fn, mesh
+        rng = np.random.RandomState(0)
+        pick = lambda a: a[rng.permutation(len(a))[:TRACK_IMAGES]]
+        self.train_all = np.asarray(train_images, np.float32)
+        self.images = {"train": jnp.asarray(pick(self.train_all)), "heldout": jnp.asarray(pick(np.asarray(heldout_images)))}
+        key = jax.random.key(config.train.seed)
+        self.noise = {k: jax.random.normal(jax.random.fold_in(key, i), v.shape) for i, (k, v) in enumerate(self.images.items())}
+        self.sigmas = jnp.asarray(config.train.track_sigmas, jnp.float32)
+        self.errors = _gap_fn(model, config.loss.sigma_data)
+        self.robust_px = memorization.robust_sigma(config.data.resolution)
+
+    def __call__(self, ema_params, step):
+        del step  # the record is the same function of the parameters at any step
+        start = time.perf_counter()
+        err = {k: np.asarray(self.errors(ema_params, x, self.noise[k], self.sigmas)).mean(axis=1)
+               for k, x in self.images.items()}
+        record = {f"track_gap_sigma{s:g}": float(h - t) for s, h, t in zip(self.config.train.track_sigmas, err["heldout"], err["train"])}
+        count = int(self.config.train.track_samples)
+        if count:
+            samples = generate.generate(self.config, self.model, ema_params, count, seed=self.config.sample.seed,
+                                        batch_size=count, sample_fn=self.sample_fn, mesh=self.mesh)
+            samples = samples.astype(np.float32) / 127.5 - 1.0
+            k = self.config.eval.carlini_k
+            flat = lambda a: a.reshape(len(a), -1)
+            record["track_extraction"] = float(100 * memorization.extraction_report(flat(samples), flat(self.train_all), k)[0].mean())
+            robust = lambda a: memorization.robust_view(a, self.robust_px)
+            record["track_robust_extraction"] = float(
+                100 * memorization.extraction_report(flat(robust(samples)), flat(robust(self.train_all)), k)[0].mean())
+        record["track_seconds"] = time.perf_counter() - start
+        return record
+
+    @staticmethod
+    def save_plot(workdir):
+        """tracking.png from every tracking record in the run's metrics.jsonl (resumed runs too)."""
+        path = os.path.join(workdir, "metrics.jsonl")
+        if not files.exists(path):
+            return
+        history = [r for r in map(json.loads, files.read_text(path).splitlines()) if any(k.startswith("track_gap") for k in r)]
+        if history:
+            plots.save_tracking(history, os.path.join(workdir, TRACK_FILE))

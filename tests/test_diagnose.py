@@ -1,0 +1,116 @@
+"""The per-noise-level diagnosis: its closed forms checked from their definitions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from conftest import empirical_denoiser, gaussian_denoiser
+
+from ambient_jax import losses
+from ambient_jax.eval import diagnose
+
+SHAPE = (4, 4, 1)
+
+
+def test_sigma_grid_is_log_spaced_over_the_sampler_range():
+    s = diagnose.sigma_grid(24, 0.002, 80.0)
+    assert len(s) == 24 and np.isclose(s[0], 0.002) and np.isclose(s[-1], 80.0)
+    np.testing.assert_allclose(np.diff(np.log(s)), np.log(80 / 0.002) / 23, rtol=1e-6)
+
+
+def test_blocked_posterior_mean_equals_unblocked_and_the_definition(key):
+    refs = jax.random.normal(key, (37, *SHAPE))  # 37: the last block of 8 is padded
+    x = 2.0 * jax.random.normal(jax.random.key(1), (5, *SHAPE))
+    var = jnp.array([0.01, 0.3, 1.0, 4.0, 100.0])
+    whole = diagnose.posterior_mean(x, refs, var)
+    blocked = diagnose.posterior_mean(x, refs, var, ref_block=8)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-6)
+    # from the definition, in float64 numpy
+    xf, rf = np.asarray(x, np.float64).reshape(5, -1), np.asarray(refs, np.float64).reshape(37, -1)
+    logits = -((xf[:, None] - rf[None]) ** 2).sum(-1) / (2 * np.asarray(var, np.float64)[:, None])
+    w = np.exp(logits - logits.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(blocked).reshape(5, -1), w @ rf, rtol=1e-4, atol=1e-5)
+
+
+def test_memorizing_denoiser_is_the_empirical_optimum_and_its_distance_is_zero(key):
+    train = jax.random.normal(key, (12, *SHAPE))
+    heldout = jax.random.normal(jax.random.key(5), (9, *SHAPE))
+    sigmas = diagnose.sigma_grid(6, 0.01, 10.0)
+    reference = empirical_denoiser(train)
+    x, s = heldout + 0.7, jnp.full((9,), 0.7)
+    np.testing.assert_allclose(diagnose.memorizing_denoiser(train)(x, s), reference(x, s), rtol=1e-5, atol=1e-6)
+    out = diagnose.diagnose(diagnose.memorizing_denoiser(train, ref_block=5), train, heldout, sigmas, key)
+    np.testing.assert_allclose(out["dist_memorizing"], 0.0, atol=1e-10)
+    # D*_S copies: at low noise it returns training images exactly (error 0 on S) but not held-out ones
+    assert out["err_train"][0] < 1e-6 and out["gap"][0] > 0.1
+
+
+def test_error_on_gaussian_data_matches_the_closed_form(key):
+    """x0 ~ N(mu, c^2 I), D = the Gaussian posterior mean: per-pixel error c^2 sigma^2 / (c^2 + sigma^2)."""
+    mu, c = 0.2, 0.6
+    images = mu + c * jax.random.normal(key, (4000, *SHAPE))
+    sigmas = np.array([0.05, 0.3, 0.6, 2.0, 20.0])
+    err, _ = diagnose.denoising_errors(gaussian_denoiser(mu, c), images, sigmas, jax.random.key(9), batch_size=1000)
+    closed = c**2 * sigmas**2 / (c**2 + sigmas**2)
+    np.testing.assert_allclose(err, closed, rtol=0.03)
+    # and the identity map's error is sigma^2, so a wrong formula (or wrong noise scale) shows
+    ident, _ = diagnose.denoising_errors(lambda x, s: x, images, sigmas, jax.random.key(9), batch_size=1000)
+    np.testing.assert_allclose(ident, sigmas**2, rtol=0.03)
+
+
+def test_noisy_copy_optimum_minimises_the_ambient_loss_over_the_copies(key):
+    """D*_tn is the exact minimiser of ambient_loss over S_tn: its loss beats any perturbation."""
+    sigma_tn = 0.5
+    x0 = jax.random.normal(key, (6, *SHAPE))
+    copies = losses.noisy_copy(x0, jnp.arange(6), sigma_tn, jax.random.key(2))
+    best = diagnose.noisy_copy_denoiser(copies, sigma_tn, ref_block=4)
+    b = 20000
+    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+    target = copies[jax.random.randint(k1, (b,), 0, 6)]
+    sigma = jnp.exp(jax.random.uniform(k2, (b,), minval=jnp.log(0.6), maxval=jnp.log(5.0)))
+    noise = jax.random.normal(k3, target.shape)
+    loss = lambda d: float(jnp.mean(losses.ambient_loss(d, target, sigma, sigma_tn, noise)))
+    best_loss = loss(best)
+    for i, v in enumerate(jax.random.normal(jax.random.key(4), (3, *SHAPE))):
+        assert best_loss < loss(lambda x, s, v=v: best(x, s) + 0.05 * v), f"perturbation {i} beat D*_tn"
+    # its distance to itself is zero, and it is defined above sigma_tn only
+    out = diagnose.diagnose(best, x0, x0 + 0.1, np.array([0.3, 0.8, 2.0]), key, noisy_copies=copies, sigma_tn=sigma_tn)
+    assert out["dist_noisy_copies"][0] is None
+    np.testing.assert_allclose(out["dist_noisy_copies"][1:], 0.0, atol=1e-10)
+
+
+def test_tracker_gap_is_heldout_minus_train_error_and_extraction_is_counted(tmp_path):
+    """The tracking record from its definition: per-pixel denoising errors at each tracked level
+    on the tracker's fixed images and noise, held-out minus train; extraction of its samples."""
+    import functools
+    import sys
+
+    from ambient_jax import generate, parallel, train as train_lib, tracking
+    from ambient_jax.data import load_split
+    from ambient_jax.precond import edm_denoiser
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1]))
+    from configs.mnist import get_config
+
+    c = get_config("ambient")
+    c.model.overrides.width, c.model.overrides.num_blocks, c.model.overrides.emb_channels = 32, 1, 16
+    c.data.n_train, c.sample.num_steps, c.train.track_samples, c.eval.carlini_k = 16, 2, 8, 5
+    c.train.track_sigmas = (0.3, 2.0)
+    split = load_split(c.data)
+    model = generate.build_network(c, 1)
+    params = train_lib.init_state(c, model, __import__("optax").identity()).ema_params
+    mesh = parallel.make_mesh(c.parallel)
+    tracker = tracking.Tracker(c, model, split.train, split.heldout, generate.make_sample_fn(c, model, mesh), mesh)
+    record = tracker(params, 0)
+    denoise = edm_denoiser(functools.partial(model.apply, params, train=False), c.loss.sigma_data)
+    for sigma in (0.3, 2.0):
+        err = {}
+        for name, x0 in tracker.images.items():
+            d = denoise(x0 + sigma * tracker.noise[name], jnp.full((x0.shape[0],), sigma))
+            err[name] = float(jnp.mean((d - x0) ** 2))
+        np.testing.assert_allclose(record[f"track_gap_sigma{sigma:g}"], err["heldout"] - err["train"], rtol=1e-4, atol=1e-7)
+    assert len(tracker.images["heldout"]) == min(tracking.TRACK_IMAGES, len(split.heldout))
+    assert 0.0 <= record["track_extraction"] <= 100.0 and 0.0 <= record["track_robust_extraction"] <= 100.0
+    # the same parameters give the same record (fixed images, noise and latents)
+    again = tracker(params, 10)
+    assert {k: v for k, v in again.items() if k != "track_seconds"} == {k: v for k, v in record.items() if k != "track_seconds"}
