@@ -29,6 +29,14 @@ weighs it by lambda a^2, which vanishes there, so that region is barely trained.
     lambda min(1, C a^2). Since g^2 = a sigma^2 >= a sigma_tn^2, min(1, C a^2) sigma_tn^4 / g^2
     <= min(1/a, C a) sigma_tn^2 <= C^(1/2) sigma_tn^2, so the weighted target variance is at most
     lambda (1 + C^(1/2)) sigma_tn^2: bounded, with the region right above sigma_tn damped as "edm" does.
+  * weighting "normalized" (inverse-variance): the ambient row's weight on ||D - y||^2 is
+    lambda sd^2 / (sd^2 + v(sigma)). A clean row's target x0 deviates from E[x0 | x] by at most
+    the data variance sd^2 per pixel, an ambient row's y by that plus v(sigma) >= sigma_tn^2, so
+    with "rescaled" the ambient rows' loss (and its gradient noise) is (sd^2 + v) / sd^2 times a
+    clean row's: 10x at sigma_tn = 1.5 far from sigma_tn, unbounded near it, and under Adam's
+    normalised step they drown the clean rows. Weighting each row by the inverse of its target
+    variance (as weighted least squares does) keeps every sigma's minimiser D = E[x0 | x_s] and
+    bounds the weighted target variance by lambda sd^2, the clean rows' own level.
   * sigma_switch = S > sigma_tn moves the branch boundary up: rows with sigma < S use the clean
     loss, rows with sigma >= S the ambient loss on x_tn. Then v(sigma) <= sigma_tn^2 +
     sigma_tn^4 / (S^2 - sigma_tn^2) on every ambient row, and no clean image is seen above S.
@@ -54,7 +62,7 @@ from ambient_jax import schedules
 from ambient_jax.precond import SIGMA_DATA
 from ambient_jax.schedules import _expand
 
-WEIGHTINGS = ("edm", "rescaled", "none")
+WEIGHTINGS = ("edm", "rescaled", "normalized", "none")
 BRANCH_RULES = ("paper", "lecture")
 OBJECTIVES = ("ddpm", "ambient")
 
@@ -90,10 +98,13 @@ def _two_regime_ve(denoise, target, sigma, sigma_tn, noise, sigma_data, weightin
     loss = _sum_sq(prediction - target)
     if weighting != "none":
         loss = edm_weight(sigma, sigma_data) * loss
-    if weighting == "rescaled":
+    if weighting in ("rescaled", "normalized"):
         factor = sigma**4 / jnp.maximum(gap, 1e-20) ** 2
         if rescale_cap:
             factor = jnp.minimum(factor, rescale_cap)
+        if weighting == "normalized":  # times sd^2 / (sd^2 + v), v = sigma_tn^2 + sigma_tn^4 / gap
+            variance = sigma_tn**2 + sigma_tn**4 / jnp.maximum(gap, 1e-20)
+            factor = factor * sigma_data**2 / (sigma_data**2 + variance)
         loss = loss * jnp.where(noisy, factor, 1.0)
     return loss
 

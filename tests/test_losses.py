@@ -210,6 +210,22 @@ def test_capped_rescale_is_the_edm_loss_times_the_capped_factor(key):
     assert np.any(s**4 / g2**2 > cap) and np.any(s**4 / g2**2 < cap)  # both sides of the cap are exercised
 
 
+def test_normalized_weighting_is_the_inverse_target_variance_times_the_rescaled_loss(key):
+    b, sigma_tn, sd = 16, 1.5, 0.5
+    x = jax.random.normal(key, (b, *IMAGE))
+    noise = jax.random.normal(jax.random.key(15), x.shape)
+    sigma = jnp.geomspace(1.51, 80.0, b)
+    denoise = nonlinear_denoiser(jax.random.key(16), IMAGE)
+    rescaled = losses.ambient_loss(denoise, x, sigma, sigma_tn, noise, weighting="rescaled")
+    normalized = losses.ambient_loss(denoise, x, sigma, sigma_tn, noise, weighting="normalized")
+    s = np.asarray(sigma, np.float64)
+    v = sigma_tn**2 + sigma_tn**4 / (s**2 - sigma_tn**2)  # per-pixel variance of the target around x0
+    np.testing.assert_allclose(normalized, np.asarray(rescaled, np.float64) * sd**2 / (sd**2 + v), rtol=1e-4)
+    # clean rows (sigma_tn = 0) are untouched
+    clean = losses.ambient_loss(denoise, x, sigma, 0.0, noise, weighting="normalized")
+    np.testing.assert_allclose(clean, losses.denoising_loss(denoise, x, sigma, noise), rtol=1e-6)
+
+
 def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(key):
     b, sigma_tn, switch = 512, 0.5, 1.0
     x0 = jax.random.normal(key, (b, *IMAGE))
