@@ -108,6 +108,11 @@ def noisy_training_copies(config, images):
     return losses.noisy_copy(images, index, config_lib.effective_sigma_tn(config), noise_tn_key(config))
 
 
+def flip_rows(x0, flip):
+    """Mirror the rows b with flip[b] left to right (NHWC: the W axis)."""
+    return jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
+
+
 def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shards=1):
     """The one train-step body: (state, images [n,H,W,C], shard) -> (state, metrics).
 
@@ -149,7 +154,7 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
         if not isinstance(data, tuple):
             x0 = data[index]
         if config.data.augment_flip:
-            x0 = jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
+            x0 = flip_rows(x0, flip)
         if batch_sharding is not None:
             x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
 
