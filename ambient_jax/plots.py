@@ -15,33 +15,39 @@ def _figure_bytes(fig):
 
 
 def save_diagnosis(results, path):
-    """The per-noise-level diagnosis (ambient_jax.eval.diagnose): a curve per run in three panels,
-    each run's sigma_tn marked by a dotted line of its colour."""
+    """The per-noise-level diagnosis (ambient_jax.eval.diagnose): a curve per run (one colour per
+    run in every panel) in four panels, each run's sigma_tn marked by a dotted line of its colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = (("gap", "generalization gap: err held-out - err train"),
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    panels = (("err_heldout", "denoising error (held-out solid, train dashed)"),
+              ("gap", "generalization gap: err held-out - err train"),
               ("dist_memorizing", "distance to D*_S (copies the training set)"),
               ("dist_noisy_copies", "distance to D*_tn (memorizes the noisy copies)"))
+    colours = {r["label"]: f"C{i}" for i, r in enumerate(results)}
     for ax, (key, title) in zip(axes, panels):
+        ax.set_title(title, fontsize=10)
         if not any(key in r for r in results):
             ax.text(0.5, 0.5, "no ambient run", transform=ax.transAxes, ha="center")
-            ax.set_title(title, fontsize=10)
             continue
         for r in results:
             if key not in r:
                 continue
+            colour = colours[r["label"]]
             values = [float("nan") if v is None else v for v in r[key]]
-            line = ax.plot(r["sigma"], values, marker=".", label=r["label"])[0]
+            ax.plot(r["sigma"], values, marker=".", color=colour, label=r["label"])
+            if key == "err_heldout":
+                ax.plot(r["sigma"], r["err_train"], ls="--", color=colour)
             if r["sigma_tn"] > 0:
-                ax.axvline(r["sigma_tn"], color=line.get_color(), lw=0.8, ls=":")
+                ax.axvline(r["sigma_tn"], color=colour, lw=0.8, ls=":")
         ax.set_xscale("log")
         ax.set_yscale("symlog" if key == "gap" else "log", **({"linthresh": 1e-3} if key == "gap" else {}))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("sigma")
-        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("per-pixel mean squared value")
     axes[0].legend(fontsize=7)
