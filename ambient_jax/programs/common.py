@@ -54,6 +54,23 @@ def _parse_flags(argv):
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as err:
         _unknown_field(err)
+    except flags.Error as err:  # a missing, misspelt or ill-typed flag
+        print(f"error: {' '.join(str(err).split())} (--help lists this program's flags)", file=sys.stderr)
+        sys.exit(2)
+
+
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
+
+
+def print_help(module_name):
+    """The program's docstring and its own flags with their meaning and default, then exit 0.
+    (absl's --help lists the flags of __main__ only: a console script's wrapper, which has none.)"""
+    from absl import flags
+
+    doc = (sys.modules[module_name].__doc__ or "").strip()
+    print(f"{doc}\n\nflags:\n{flags.FLAGS.module_help(module_name)}\n\n"
+          "(--helpfull lists the flags of every library too)")
+    sys.exit(0)
 
 
 def run_program(main, define_flags=None):
@@ -65,4 +82,6 @@ def run_program(main, define_flags=None):
             define_flags()
         except (AttributeError, KeyError) as err:
             _unknown_field(err)
+    if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+        print_help(main.__module__)
     app.run(main, flags_parser=_parse_flags)

@@ -3,6 +3,12 @@
     ambient-train --config=configs/mnist.py --workdir=runs/mnist_ambient [--config.loss.sigma_tn=2.0]
 
 Re-running the same command resumes from the latest checkpoint in the work dir.
+
+--config=FILE.py[:ARG] is an ml_collections config file; ARG is passed to its get_config
+(configs/mnist.py:ddpm, configs/cifar10.py:ambient,1k). Any field can be overridden with
+--config.SECTION.FIELD=VALUE (--config.train.num_steps=500, --config.loss.weighting=edm).
+--print_config prints every field of the resulting config with its value, and exits.
+The README's "Configs" table says what each field means.
 """
 
 from absl import flags
@@ -16,14 +22,20 @@ FLAGS = flags.FLAGS
 def define_flags():
     # The config file is loaded (and --config.a.b overrides applied) when its flag is defined.
     config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file (FILE.py or FILE.py:ARG)", lock_config=True)
-    flags.DEFINE_string("workdir", None, "folder of the run: config, subset record, checkpoints, metrics, samples", required=True)
+    flags.DEFINE_string("workdir", None, "folder of the run: config, subset record, checkpoints, metrics, samples")
     flags.DEFINE_bool("allow_config_change", False, "resume a work dir although its config differs from --config")
+    flags.DEFINE_bool("print_config", False, "print the full config (every field and its value) and exit")
 
 
 @clean_errors
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+    if FLAGS.print_config:
+        say(FLAGS.config)
+        return
+    if not FLAGS.workdir:
+        raise ValueError("give --workdir=DIR, the folder of the run (it is created, or resumed when it exists)")
     from ambient_jax import train
 
     train.train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change, log=say)

@@ -1,0 +1,57 @@
+"""Every console program explains itself (--help) and answers a bad command line in one line."""
+
+import configparser
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def console_scripts():
+    parser = configparser.ConfigParser()
+    parser.read(os.path.join(ROOT, "setup.cfg"))
+    lines = parser["options.entry_points"]["console_scripts"].strip().splitlines()
+    return [tuple(part.strip() for part in line.split("=")) for line in lines]
+
+
+def run(target, *args):
+    module, function = target.split(":")
+    code = f"import sys; sys.argv[0] = 'prog'; from {module} import {function}; {function}()"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("name, target", console_scripts())
+def test_help_says_what_the_program_does_and_lists_its_flags(name, target):
+    result = run(target, "--help")
+    assert result.returncode == 0, result.stderr[-500:]
+    assert result.stdout.startswith(name + ":"), result.stdout[:200]  # the docstring first
+    assert "flags:" in result.stdout and "(default:" in result.stdout
+    assert "Try --helpfull" not in result.stdout
+
+
+def test_train_help_explains_config_files_and_overrides():
+    out = run("ambient_jax.programs.train_main:run", "--help").stdout
+    assert "--config=FILE.py[:ARG]" in out and "--config.SECTION.FIELD=VALUE" in out and "--print_config" in out
+    listed = run("ambient_jax.programs.train_main:run", "--print_config")
+    assert listed.returncode == 0 and "sigma_tn: 1.5" in listed.stdout and "track_every: 250" in listed.stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--num_samples=abc", "--workdir=x"], "--num_samples=abc"),  # a value of the wrong type
+    (["--bogus=1", "--workdir=x"], "Unknown command line flag 'bogus'"),  # a misspelt flag
+    ([], "--workdir"),  # a required flag left off
+])
+def test_a_bad_command_line_is_one_error_line_with_exit_2(args, says):
+    result = run("ambient_jax.programs.sample_main:run", *args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr
+
+
+def test_a_config_override_of_the_wrong_type_is_one_error_line():
+    result = run("ambient_jax.programs.train_main:run", "--config.train.batch_size=abc", "--workdir=/nonexistent/x")
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
