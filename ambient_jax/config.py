@@ -55,6 +55,7 @@ def base_config():
     # branch begins (0 = at sigma_tn, the paper) and a cap on the rescaled factor (0 = none).
     c.loss.sigma_switch = 0.0
     c.loss.rescale_cap = 0.0
+    c.loss.ambient_fraction = 0.0  # > 0: this share of rows on the ambient branch (0 = the log-normal decides)
     c.loss.p_mean = -1.2
     c.loss.p_std = 1.2
     c.loss.sigma_data = 0.5

@@ -41,6 +41,12 @@ weighs it by lambda a^2, which vanishes there, so that region is barely trained.
     loss, rows with sigma >= S the ambient loss on x_tn. Then v(sigma) <= sigma_tn^2 +
     sigma_tn^4 / (S^2 - sigma_tn^2) on every ambient row, and no clean image is seen above S.
 
+Rebalancing the branches (ambient_fraction = f > 0, paper rule): each row is ambient with
+probability f and draws its sigma from the same log-normal truncated to its branch (sigma >= S for
+ambient rows, sigma < S for clean ones, by the inverse normal CDF). With f = P(sigma >= S) under
+the log-normal this is the paper's draw exactly; a larger f gives the ambient region, whose
+targets are the noisiest, more rows per step without changing which noise levels each branch sees.
+
 The two-regime objective (the method) is offered with two branch rules:
   * "paper" (the paper's code): ln sigma ~ N(P_mean, P_std^2) over the whole range; the draw
     picks the branch, sigma < sigma_tn -> denoising on x0, else ambient on x_tn.
@@ -191,6 +197,7 @@ def make_objective(
     sigma_data=SIGMA_DATA,
     sigma_switch=0.0,
     rescale_cap=0.0,
+    ambient_fraction=0.0,
 ):
     """Build the training objective as a pure function.
 
@@ -216,15 +223,18 @@ def make_objective(
         raise ValueError(f"loss.sigma_switch must be 0 (= sigma_tn) or >= loss.sigma_tn = {sigma_tn}, got {sigma_switch}")
     if rescale_cap < 0:
         raise ValueError(f"loss.rescale_cap must be >= 0 (0 = no cap), got {rescale_cap}")
+    if not 0.0 <= ambient_fraction < 1.0:
+        raise ValueError(f"loss.ambient_fraction must be in [0, 1) (0 = the log-normal decides), got {ambient_fraction}")
     if branch_rule == "lecture":
-        if sigma_switch or rescale_cap:
-            raise ValueError("loss.sigma_switch and loss.rescale_cap belong to branch_rule=paper")
+        if sigma_switch or rescale_cap or ambient_fraction:
+            raise ValueError("loss.sigma_switch, loss.rescale_cap and loss.ambient_fraction belong to branch_rule=paper")
         return functools.partial(_lecture_rule, sigma_tn=sigma_tn, weighting=weighting, noise_key=noise_key,
                                  p_mean=p_mean, p_std=p_std, sigma_data=sigma_data)
     return functools.partial(
         _paper_rule,
         sigma_switch=max(float(sigma_switch), sigma_tn),
         rescale_cap=float(rescale_cap),
+        ambient_fraction=float(ambient_fraction),
         sigma_tn=sigma_tn,
         weighting=weighting,
         noise_key=noise_key,
@@ -250,19 +260,35 @@ def _row_draws(example_keys, image_shape, dtype):
 
 
 def _paper_rule(denoise, x0, image_index, example_keys, *, sigma_tn, weighting, noise_key, p_mean, p_std, sigma_data,
-                sigma_switch, rescale_cap):
-    normal, _, _, noise = _row_draws(example_keys, x0.shape[1:], x0.dtype)
+                sigma_switch, rescale_cap, ambient_fraction):
+    normal, uniform, coin, noise = _row_draws(example_keys, x0.shape[1:], x0.dtype)
     sigma = jnp.exp(p_mean + p_std * normal)
     if sigma_tn == 0.0:
         is_ambient = jnp.zeros(sigma.shape, bool)
         loss = _two_regime_ve(denoise, x0, sigma, 0.0, noise, sigma_data, weighting)
         return loss, {"is_ambient": is_ambient, "sigma": sigma}
-    is_ambient = sigma >= sigma_switch
+    if ambient_fraction:
+        is_ambient = uniform < ambient_fraction
+        sigma = _truncated_log_normal(normal, is_ambient, sigma_switch, p_mean, p_std)
+    else:
+        is_ambient = sigma >= sigma_switch
     x_tn = noisy_copy(x0, image_index, sigma_tn, noise_key)
     target = jnp.where(_expand(is_ambient, x0), x_tn, x0)
     level = jnp.where(is_ambient, sigma_tn, 0.0)
     loss = _two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting, rescale_cap)
     return loss, {"is_ambient": is_ambient, "sigma": sigma}
+
+
+def _truncated_log_normal(normal, above, boundary, p_mean, p_std):
+    """ln sigma ~ N(p_mean, p_std^2) conditioned on sigma >= boundary where `above`, else on
+    sigma < boundary, by the inverse CDF: Phi(normal) is the uniform quantile within the branch."""
+    from jax.scipy.special import ndtr, ndtri
+
+    q = jnp.clip(ndtr(normal), 1e-7, 1 - 1e-7)
+    cut = ndtr((jnp.log(boundary) - p_mean) / p_std)
+    z = ndtri(jnp.where(above, cut + q * (1 - cut), q * cut))
+    sigma = jnp.exp(p_mean + p_std * z)
+    return jnp.where(above, jnp.maximum(sigma, boundary), jnp.minimum(sigma, boundary * (1 - 1e-6)))
 
 
 def _lecture_rule(denoise, x0, image_index, example_keys, *, sigma_tn, weighting, noise_key, p_mean, p_std, sigma_data):

@@ -134,6 +134,7 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
         sigma_data=config.loss.sigma_data,
         sigma_switch=config.loss.get("sigma_switch", 0.0),
         rescale_cap=config.loss.get("rescale_cap", 0.0),
+        ambient_fraction=config.loss.get("ambient_fraction", 0.0),
     )
     step_root = step_root_key(config)
 

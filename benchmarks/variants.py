@@ -38,6 +38,9 @@ VARIANTS = {
                        "inverse-variance weight of the ambient rows, sigma_tn 1.5"),
     "normalized_1.5_ema": ("ambient", ["--config.loss.weighting=normalized", "--config.ema.rampup_ratio=0.3"],
                            "inverse-variance weight, EMA half-life 50 kimg from the start"),
+    "normalized_frac0.5": ("ambient", ["--config.loss.weighting=normalized", "--config.loss.ambient_fraction=0.5"],
+                           "inverse-variance weight, half the rows on the ambient branch"),
+    "rescaled_frac0.5": ("ambient", ["--config.loss.ambient_fraction=0.5"], "rescaled weight, half the rows ambient"),
     "steps6k": ("ambient", ["--config.train.num_steps=6000"], "rescaled 1.5, twice the steps (twice the budget)"),
 }
 

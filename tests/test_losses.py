@@ -226,6 +226,22 @@ def test_normalized_weighting_is_the_inverse_target_variance_times_the_rescaled_
     np.testing.assert_allclose(clean, losses.denoising_loss(denoise, x, sigma, noise), rtol=1e-6)
 
 
+def test_ambient_fraction_rebalances_branches_and_keeps_the_truncated_log_normal(key):
+    from scipy import stats
+
+    b, sigma_tn, f = 20000, 1.5, 0.5
+    objective = losses.make_objective("ambient", sigma_tn=sigma_tn, noise_key=jax.random.key(1), ambient_fraction=f)
+    x0 = jnp.zeros((b, *IMAGE))
+    _, aux = objective(lambda x, s: x, x0, jnp.arange(b), jax.random.split(jax.random.key(2), b))
+    amb, log_sigma = np.asarray(aux["is_ambient"]), np.log(np.asarray(aux["sigma"]))
+    assert abs(amb.mean() - f) < 0.015
+    assert np.all(log_sigma[amb] >= np.log(sigma_tn)) and np.all(log_sigma[~amb] < np.log(sigma_tn))
+    # each branch follows N(-1.2, 1.2^2) truncated at ln sigma_tn (Kolmogorov-Smirnov against the definition)
+    a = (np.log(sigma_tn) + 1.2) / 1.2
+    assert stats.kstest((log_sigma[amb] + 1.2) / 1.2, stats.truncnorm(a, np.inf).cdf).pvalue > 0.01
+    assert stats.kstest((log_sigma[~amb] + 1.2) / 1.2, stats.truncnorm(-np.inf, a).cdf).pvalue > 0.01
+
+
 def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(key):
     b, sigma_tn, switch = 512, 0.5, 1.0
     x0 = jax.random.normal(key, (b, *IMAGE))
@@ -259,6 +275,7 @@ def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(
         (dict(sigma_tn=0.5), "noise_key"),
         (dict(sigma_tn=0.5, noise_key=jax.random.key(0), sigma_switch=0.4), "loss.sigma_switch"),
         (dict(sigma_tn=0.5, noise_key=jax.random.key(0), rescale_cap=-1.0), "loss.rescale_cap"),
+        (dict(sigma_tn=0.5, noise_key=jax.random.key(0), ambient_fraction=1.0), "loss.ambient_fraction"),
         (dict(sigma_tn=0.5, noise_key=jax.random.key(0), branch_rule="lecture", rescale_cap=4.0), "branch_rule=paper"),
     ],
 )
