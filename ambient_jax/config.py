@@ -44,6 +44,9 @@ def base_config():
     # auto: bfloat16 matmuls/convolutions on GPU and TPU (float32 parameters, optimizer and loss),
     # float32 on CPU; or say float32 / bfloat16.
     c.model.compute_dtype = "auto"
+    # Two networks split at a noise level (ambient_jax.nets.SplitBySigma): -1 = at the ambient
+    # branch's start, so the high-noise network is trained on the noisy copies alone; 0 = one network.
+    c.model.split_sigma = 0.0
     c.model.remat = False  # U-Net presets: recompute block activations in the backward pass (large batches)
 
     c.loss = ml_collections.ConfigDict()

@@ -20,7 +20,18 @@ def build_network(config, channels):
     overrides.setdefault("compute_dtype", compute_dtype(config.model.get("compute_dtype", "auto")))
     if config.model.get("remat", False):
         overrides.setdefault("remat", True)
-    return nets.build_model(config.model.preset, channels, **overrides)
+    return nets.build_model(config.model.preset, channels, split_sigma=split_sigma(config), **overrides)
+
+
+def split_sigma(config):
+    """model.split_sigma: -1 splits at the ambient branch's start (max(sigma_switch, sigma_tn)),
+    a positive value at that sigma, 0 = one network."""
+    value = float(config.model.get("split_sigma", 0.0))
+    if value < 0:
+        from ambient_jax.config import effective_sigma_tn
+
+        return max(float(config.loss.get("sigma_switch", 0.0)), effective_sigma_tn(config))
+    return value
 
 
 def compute_dtype(name):

@@ -81,3 +81,25 @@ def test_bfloat16_compute_runs_the_convolutions_in_bf16_with_float32_parameters(
     # bf16 keeps 8 bits of mantissa: the outputs agree to a few per cent of their scale, not exactly.
     error = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
     assert 1e-5 < error < 0.05, error
+
+
+def test_split_by_sigma_routes_each_row_to_one_network_and_trains_only_that_one():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    model = build_model("mlp_small", 1, split_sigma=1.5, width=32, num_blocks=1, emb_channels=16)
+    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 1))
+    c_noise = jnp.log(jnp.array([0.1, 1.49, 1.5, 20.0])) / 4
+    params = model.init(jax.random.key(1), x, c_noise)
+    assert set(params["params"]) == {"low", "high"}
+    single = build_model("mlp_small", 1, width=32, num_blocks=1, emb_channels=16)
+    out = model.apply(params, x, c_noise)
+    low = single.apply({"params": params["params"]["low"]}, x, c_noise)
+    high = single.apply({"params": params["params"]["high"]}, x, c_noise)
+    np.testing.assert_allclose(out[:2], low[:2], rtol=1e-6)
+    np.testing.assert_allclose(out[2:], high[2:], rtol=1e-6)
+    # a loss on the high-noise rows only gives the low network zero gradient
+    grads = jax.grad(lambda p: jnp.sum(model.apply(p, x[2:], c_noise[2:]) ** 2))(params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(grads["params"]["low"]))
+    assert any(float(jnp.abs(g).max()) > 0.0 for g in jax.tree_util.tree_leaves(grads["params"]["high"]))

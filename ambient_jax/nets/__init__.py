@@ -10,6 +10,9 @@ EDM preconditioning (ambient_jax.precond) turns it into a denoiser. Presets:
   mlp_small       residual MLP denoiser for low-resolution CPU experiments (REFERENCE.md s. 8)
 """
 
+import flax.linen as nn
+import jax.numpy as jnp
+
 from ambient_jax.nets.mlp import ResidualMLP
 from ambient_jax.nets.unet import SongUNet
 
@@ -28,7 +31,33 @@ PRESETS = {
 }
 
 
-def build_model(preset, out_channels, **overrides):
+class SplitBySigma(nn.Module):
+    """Two networks of one kind: `low` for noise levels below `boundary`, `high` at or above it
+    (model.split_sigma). Each row's output comes from one of them, so each is trained only on its
+    own rows: with boundary = the ambient branch's start, `high` never sees a clean image and
+    shares no parameter with the network that does. Both run on every row (twice the FLOPs)."""
+
+    low: nn.Module
+    high: nn.Module
+    boundary: float
+
+    @nn.compact
+    def __call__(self, x, noise_labels, train=False):
+        above = noise_labels >= jnp.log(self.boundary) / 4.0  # EDM's c_noise = ln(sigma) / 4
+        low, high = self.low(x, noise_labels, train), self.high(x, noise_labels, train)
+        return jnp.where(above.reshape(-1, *([1] * (x.ndim - 1))), high, low)
+
+
+def build_model(preset, out_channels, split_sigma=0.0, **overrides):
+    """The linen module for `preset` with `overrides` applied to its fields (e.g. dropout=0.1);
+    split_sigma > 0: two such networks split at that noise level (SplitBySigma)."""
+    if split_sigma:
+        make = lambda name: build_model(preset, out_channels, **overrides).clone(name=name)
+        return SplitBySigma(low=make("low"), high=make("high"), boundary=float(split_sigma))
+    return _build_one(preset, out_channels, **overrides)
+
+
+def _build_one(preset, out_channels, **overrides):
     """The linen module for `preset` with `overrides` applied to its fields (e.g. dropout=0.1)."""
     if preset not in PRESETS:
         raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {preset!r}")
