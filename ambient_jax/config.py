@@ -184,10 +184,14 @@ def check_config(config):
     need(config.model.get("compute_dtype", "auto") in ("auto", "float32", "bfloat16"), "model.compute_dtype",
          "must be 'auto', 'float32' or 'bfloat16'")
     need(int(config.train.get("steps_per_dispatch", 1)) >= 1, "train.steps_per_dispatch", "must be >= 1")
-    for field in ("train.batch_size", "train.num_steps", "train.log_every", "sample.num_steps", "sample.batch_size"):
+    for field in ("train.batch_size", "train.num_steps", "train.log_every", "train.sample_every", "train.checkpoint_every",
+                  "sample.num_steps", "sample.batch_size", "sample.num_samples", "sample.grid_size", "eval.carlini_k",
+                  "data.n_train", "data.resolution"):
         section, name = field.split(".")
         need(int(config[section][name]) >= 1, field, "must be >= 1")
     need(config.optim.lr > 0, "optim.lr", "must be > 0")
+    need(config.data.channels in (1, 3), "data.channels", "must be 1 or 3")
+    need(all(0 < t < 1 for t in config.eval.thresholds), "eval.thresholds", "must lie between 0 and 1")
     need(int(config.train.get("track_every", 0)) >= 0, "train.track_every", "must be >= 0 (0 = off)")
     need(int(config.train.get("track_samples", 0)) >= 0, "train.track_samples", "must be >= 0")
     need(len(config.train.get("track_sigmas", ())) >= 1 and all(s > 0 for s in config.train.get("track_sigmas", ())),

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from ambient_jax import checkpoint, config as config_lib, files, generate, losses, parallel, tracking
-from ambient_jax.data import load_split, read_subset_record, record_subset
+from ambient_jax.data import DataError, load_split, read_subset_record, record_subset
 from ambient_jax.precond import edm_denoiser
 
 # fold_in purposes of the root key
@@ -268,10 +268,15 @@ def all_finite(tree):
         lambda a, b: a & b, jax.tree_util.tree_map(lambda x: jnp.all(jnp.isfinite(x)), tree))))
 
 
+def has_checkpoint(workdir):
+    return checkpoint.make_manager(workdir).latest_step() is not None if files.exists(workdir) else False
+
+
 def check_workdir(config, workdir, allow_config_change=False):
-    """Refuse to resume a run of another config unless told; writes nothing."""
+    """Refuse to resume a run of another config unless told; writes nothing. A saved config binds
+    only once a checkpoint exists: a run that failed before its first one did not train under it."""
     config_lib.check_config(config)
-    if files.exists(os.path.join(workdir, config_lib.CONFIG_NAME)):
+    if files.exists(os.path.join(workdir, config_lib.CONFIG_NAME)) and has_checkpoint(workdir):
         changed = config_lib.config_differences(config_lib.load_config(workdir), config)
         if changed and not allow_config_change:
             raise TrainingError(
@@ -289,6 +294,12 @@ class TrainingData:
         if not config.data.streaming:
             split = load_split(config.data)
             self.images, self.train_indices, self.heldout = split.train, split.train_indices, split.heldout
+            want = generate.image_shape(config)
+            if tuple(self.images.shape[1:]) != want:
+                raise DataError(
+                    f"the {config.data.source} source gives images of shape {tuple(self.images.shape[1:])} but the config "
+                    f"asks for {want} (data.resolution, data.resolution, data.channels): set data.channels="
+                    f"{self.images.shape[-1]} or use a source with {want[-1]}-channel images")
             self.num_source_images = len(split.train) + len(split.heldout)
             return
         if config.data.source != "tfds":
@@ -329,7 +340,9 @@ def train(config, workdir, allow_config_change=False, log=print):
     lead = jax.process_index() == 0  # only one process writes the run's files
     check_workdir(config, workdir, allow_config_change)
     data = TrainingData(config)  # bad data fails here, before anything is written
-    if files.exists(os.path.join(workdir, "subset.json")):
+    resumed_with_changes = has_checkpoint(workdir) and bool(
+        config_lib.config_differences(config_lib.load_config(workdir), config))
+    if files.exists(os.path.join(workdir, "subset.json")) and has_checkpoint(workdir):
         if read_subset_record(workdir)["train_indices"] != [int(i) for i in data.train_indices]:
             raise TrainingError(f"{workdir}/subset.json records another training subset; use a new --workdir")
     mesh = parallel.make_mesh(config.parallel)
@@ -338,7 +351,10 @@ def train(config, workdir, allow_config_change=False, log=print):
     trainer = Trainer(config, model, optimizer, schedule, mesh)
     if lead:
         files.makedirs(os.path.join(workdir, "samples"))
-        config_lib.save_config(workdir, config)
+        # A changed config (--allow_config_change) is recorded once a checkpoint exists under it, so a
+        # failed attempt leaves the work dir with the settings that worked.
+        if not resumed_with_changes:
+            config_lib.save_config(workdir, config)
         record_subset(workdir, config.data, data.train_indices, data.num_source_images)
     data.place(trainer)
 
@@ -418,6 +434,10 @@ def train(config, workdir, allow_config_change=False, log=print):
                     )
                 checkpoint.save(manager, done, trainer.to_saved(state))
                 last_saved = done
+                if resumed_with_changes and lead:
+                    manager.wait_until_finished()
+                    config_lib.save_config(workdir, config)
+                    resumed_with_changes = False
                 if tracker and lead:
                     tracking.Tracker.save_plot(workdir)
             if terminated:

@@ -151,6 +151,43 @@ def test_bad_input_gets_one_clear_error(tmp_path):
     assert "broken.png" in line
 
 
+@pytest.mark.parametrize("flag, says", [
+    ("--config.train.checkpoint_every=0", "train.checkpoint_every"),
+    ("--config.eval.carlini_k=-1", "eval.carlini_k"),
+    ("--config.sample.num_samples=0", "sample.num_samples"),
+    ("--config.data.channels=3", "data.channels=1"),  # the digits have one channel: refused before writing
+])
+def test_settings_that_cannot_work_are_refused_before_anything_is_written(tmp_path, flag, says):
+    wd = str(tmp_path / "run")
+    assert says in error_line(cli("train", f"--workdir={wd}", *TINY, flag))
+    assert not os.path.exists(wd)
+
+
+def test_config_file_errors_name_the_file_or_the_argument(tmp_path):
+    line = error_line(cli("train", f"--workdir={tmp_path}/a", "--config=configs/nonexistent.py"))
+    assert "configs/nonexistent.py does not exist" in line
+    line = error_line(cli("train", f"--workdir={tmp_path}/a", "--config=configs/cifar10.py:ambient"))
+    assert "OBJECTIVE,SIZE" in line and "configs/cifar10.py:ambient,1k" in line
+
+
+def test_a_failed_run_does_not_block_the_corrected_command(tmp_path):
+    # 1. a run that diverges before its first checkpoint: the corrected command starts afresh
+    wd = str(tmp_path / "early")
+    blown = ["--config.optim.lr=1e30", "--config.optim.grad_clip=0", "--config.train.num_steps=2"]
+    assert "loss became" in error_line(cli("train", f"--workdir={wd}", *TINY, *blown, "--config.train.checkpoint_every=100",
+                                           "--config.train.sample_every=100"))
+    fixed = cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2")
+    assert fixed.returncode == 0, fixed.stderr
+    # 2. a changed config that diverges after a checkpoint: the work dir keeps the settings that worked
+    wd = str(tmp_path / "late")
+    assert cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2").returncode == 0
+    error_line(cli("train", f"--workdir={wd}", *TINY, "--config.optim.lr=1e30", "--config.optim.grad_clip=0",
+                   "--config.train.num_steps=4", "--allow_config_change"))
+    assert json.load(open(os.path.join(wd, "config.json")))["optim"]["lr"] == 2e-3
+    again = cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=4")
+    assert again.returncode == 0 and "resumed from step 2" in again.stdout, again.stderr
+
+
 def test_work_dir_of_another_config_is_refused_and_bad_samples_are_named(tmp_path):
     wd = str(tmp_path / "run")
     train.train(tiny_config(**{"train.num_steps": 2}), wd, log=lambda _: None)

@@ -54,8 +54,11 @@ def _parse_flags(argv):
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as err:
         _unknown_field(err)
-    except flags.Error as err:  # a missing, misspelt or ill-typed flag
-        print(f"error: {' '.join(str(err).split())} (--help lists this program's flags)", file=sys.stderr)
+    except flags.Error as err:  # a missing, misspelt or ill-typed flag, or a config file that fails
+        text = str(err)
+        if "Traceback (most recent call last)" in text:  # a config file raised: its own message is the last line
+            text = f"{text.split(':', 1)[0]}: {text.strip().splitlines()[-1]}"
+        print(f"error: {' '.join(text.split())} (--help lists this program's flags)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -73,10 +76,22 @@ def print_help(module_name):
     sys.exit(0)
 
 
+def check_config_file_argument(argv):
+    """--config=FILE.py[:ARG]: a FILE that does not exist is named before anything else happens."""
+    for arg in argv[1:]:
+        if arg.startswith("--config="):
+            path = arg[len("--config="):].split(":", 1)[0]
+            if not os.path.isfile(path):
+                print(f"error: config file {path} does not exist (give --config=FILE.py[:ARG], e.g. configs/mnist.py)",
+                      file=sys.stderr)
+                sys.exit(2)
+
+
 def run_program(main, define_flags=None):
     """Define the program's flags (config overrides are applied here), then run main."""
     from absl import app
 
+    check_config_file_argument(sys.argv)
     if define_flags is not None:
         try:
             define_flags()
