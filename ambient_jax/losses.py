@@ -105,11 +105,14 @@ def _two_regime_ve(denoise, target, sigma, sigma_tn, noise, sigma_data, weightin
     if weighting != "none":
         loss = edm_weight(sigma, sigma_data) * loss
     if weighting in ("rescaled", "normalized"):
-        factor = sigma**4 / jnp.maximum(gap, 1e-20) ** 2
+        # The gap is floored relative to sigma^2 (a row within 1e-6 of sigma_tn): an absolute floor
+        # squared underflows in float32, and inf times the row's zero loss would be NaN.
+        safe_gap = jnp.maximum(gap, 1e-6 * sigma**2)
+        factor = sigma**4 / safe_gap**2
         if rescale_cap:
             factor = jnp.minimum(factor, rescale_cap)
         if weighting == "normalized":  # times sd^2 / (sd^2 + v), v = sigma_tn^2 + sigma_tn^4 / gap
-            variance = sigma_tn**2 + sigma_tn**4 / jnp.maximum(gap, 1e-20)
+            variance = sigma_tn**2 + sigma_tn**4 / safe_gap
             factor = factor * sigma_data**2 / (sigma_data**2 + variance)
         loss = loss * jnp.where(noisy, factor, 1.0)
     return loss
@@ -288,7 +291,7 @@ def _truncated_log_normal(normal, above, boundary, p_mean, p_std):
     cut = ndtr((jnp.log(boundary) - p_mean) / p_std)
     z = ndtri(jnp.where(above, cut + q * (1 - cut), q * cut))
     sigma = jnp.exp(p_mean + p_std * z)
-    return jnp.where(above, jnp.maximum(sigma, boundary), jnp.minimum(sigma, boundary * (1 - 1e-6)))
+    return jnp.where(above, jnp.maximum(sigma, boundary * (1 + 1e-5)), jnp.minimum(sigma, boundary * (1 - 1e-5)))
 
 
 def _lecture_rule(denoise, x0, image_index, example_keys, *, sigma_tn, weighting, noise_key, p_mean, p_std, sigma_data):

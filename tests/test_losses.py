@@ -221,6 +221,13 @@ def test_normalized_weighting_is_the_inverse_target_variance_times_the_rescaled_
     s = np.asarray(sigma, np.float64)
     v = sigma_tn**2 + sigma_tn**4 / (s**2 - sigma_tn**2)  # per-pixel variance of the target around x0
     np.testing.assert_allclose(normalized, np.asarray(rescaled, np.float64) * sd**2 / (sd**2 + v), rtol=1e-4)
+    # a row exactly at sigma_tn, or within float rounding of it, gives a finite loss and gradient
+    for at in (sigma_tn, sigma_tn * (1 + 1e-7), sigma_tn * (1 + 1e-4)):
+        s_at = jnp.full((b,), at, jnp.float32)
+        for weighting in ("rescaled", "normalized"):
+            value, grad = jax.value_and_grad(lambda z: jnp.sum(losses.ambient_loss(
+                lambda x, s: denoise(x, s) * z, x, s_at, sigma_tn, noise, weighting=weighting)))(1.0)
+            assert np.isfinite(value) and np.isfinite(grad), (at, weighting)
     # clean rows (sigma_tn = 0) are untouched
     clean = losses.ambient_loss(denoise, x, sigma, 0.0, noise, weighting="normalized")
     np.testing.assert_allclose(clean, losses.denoising_loss(denoise, x, sigma, noise), rtol=1e-6)
