@@ -284,13 +284,15 @@ def _paper_rule(denoise, x0, image_index, example_keys, *, sigma_tn, weighting, 
 
 def _truncated_log_normal(normal, above, boundary, p_mean, p_std):
     """ln sigma ~ N(p_mean, p_std^2) conditioned on sigma >= boundary where `above`, else on
-    sigma < boundary, by the inverse CDF: Phi(normal) is the uniform quantile within the branch."""
+    sigma < boundary, by the inverse CDF within the branch. Each branch works on its own tail
+    probability (Phi(normal) below, Phi(-normal) = 1 - Phi(normal) above), which float32 keeps
+    accurate: cut + q (1 - cut) rounds to 1 for q near 1, and ndtri(1) is inf."""
     from jax.scipy.special import ndtr, ndtri
 
-    q = jnp.clip(ndtr(normal), 1e-7, 1 - 1e-7)
-    cut = ndtr((jnp.log(boundary) - p_mean) / p_std)
-    z = ndtri(jnp.where(above, cut + q * (1 - cut), q * cut))
-    sigma = jnp.exp(p_mean + p_std * z)
+    z_cut = (jnp.log(boundary) - p_mean) / p_std
+    lower = ndtri(jnp.maximum(ndtr(normal) * ndtr(z_cut), 1e-30))
+    upper = -ndtri(jnp.maximum(ndtr(-normal) * ndtr(-z_cut), 1e-30))
+    sigma = jnp.exp(p_mean + p_std * jnp.where(above, upper, lower))
     return jnp.where(above, jnp.maximum(sigma, boundary * (1 + 1e-5)), jnp.minimum(sigma, boundary * (1 - 1e-5)))
 
 

@@ -247,6 +247,11 @@ def test_ambient_fraction_rebalances_branches_and_keeps_the_truncated_log_normal
     a = (np.log(sigma_tn) + 1.2) / 1.2
     assert stats.kstest((log_sigma[amb] + 1.2) / 1.2, stats.truncnorm(a, np.inf).cdf).pvalue > 0.01
     assert stats.kstest((log_sigma[~amb] + 1.2) / 1.2, stats.truncnorm(-np.inf, a).cdf).pvalue > 0.01
+    # extreme draws stay finite and on their side of the boundary (1 - q rounds to 0 in float32)
+    normal = jnp.array([-40.0, -8.0, -5.5, 0.0, 5.5, 8.0, 40.0])
+    for above in (True, False):
+        s = losses._truncated_log_normal(normal, jnp.full(normal.shape, above), sigma_tn, -1.2, 1.2)
+        assert np.all(np.isfinite(s)) and (np.all(s > sigma_tn) if above else np.all(s < sigma_tn)), (above, s)
 
 
 def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(key):
