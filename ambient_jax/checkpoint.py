@@ -2,7 +2,8 @@
 
 Saves are asynchronous and committed atomically by orbax (a step folder becomes visible to
 `latest_step` only once its commit finished), so an interrupted save is never restored.
-Keep policy: the latest checkpoint always, plus every step divisible by `keep_every` when set.
+Keep policy: the two latest checkpoints always (so an unreadable latest one has a complete
+predecessor to fall back to), plus every step divisible by `keep_every` when set.
 """
 
 import os
@@ -19,7 +20,7 @@ class CheckpointError(RuntimeError):
 
 def make_manager(workdir, keep_every=0):
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=1,
+        max_to_keep=2,
         keep_period=keep_every or None,
         enable_async_checkpointing=True,
         create=True,
@@ -31,29 +32,37 @@ def save(manager, step, state):
     manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
 
 
-def restore_latest(manager, target, partial=False):
-    """The latest checkpoint restored into `target`'s structure, shapes and shardings; None if there is none.
+def restore_latest(manager, target, partial=False, log=print):
+    """The latest restorable checkpoint in `target`'s structure, shapes and shardings; None if there
+    is none. An unreadable latest checkpoint (truncated, corrupt) is skipped with a warning naming
+    it and the step restored instead; CheckpointError when none can be restored.
 
     partial=True restores only the entries `target` names (e.g. a dict holding just
     "ema_params" for sampling), whatever else the checkpoint holds.
     """
-    step = manager.latest_step()
-    if step is None:
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
         return None
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-    if partial:
-        restore = ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
-                                         restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
-    else:
-        restore = ocp.args.StandardRestore(abstract)
-    try:
-        restored = manager.restore(step, args=ocp.args.Composite(state=restore))
-    except Exception as err:  # orbax raises many types for a corrupt or foreign checkpoint
-        detail = " ".join(str(err).split())
-        detail = detail if len(detail) < 400 else detail[:400] + " ..."
-        raise CheckpointError(
-            f"cannot restore checkpoint step {step} in {manager.directory} ({detail}). "
-            "If the run's network or optimizer changed, use a new --workdir; if the checkpoint is corrupt, "
-            f"delete {os.path.join(str(manager.directory), str(step))} to fall back to an earlier one."
-        ) from err
-    return restored.state
+    failures = []
+    for step in steps:
+        if partial:
+            restore = ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
+                                             restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+        else:
+            restore = ocp.args.StandardRestore(abstract)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(state=restore))
+        except Exception as err:  # orbax raises many types for a corrupt or foreign checkpoint
+            detail = " ".join(str(err).split())
+            failures.append((step, detail if len(detail) < 300 else detail[:300] + " ..."))
+            continue
+        if failures:
+            log(f"warning: checkpoint step {failures[0][0]} in {manager.directory} cannot be restored "
+                f"({failures[0][1]}); resuming from step {step} instead")
+        return restored.state
+    raise CheckpointError(
+        f"no checkpoint in {manager.directory} can be restored (steps {', '.join(str(s) for s, _ in failures)}; latest: "
+        f"{failures[0][1]}). If the run's network or optimizer changed, use a new --workdir; to start this one over, "
+        "re-run with --restart."
+    )

@@ -13,6 +13,8 @@ resumed run repeats an uninterrupted one bit for bit.
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ambient_jax import checkpoint, config as config_lib, files, generate, losses, parallel, tracking
+from ambient_jax import checkpoint, config as config_lib, files, generate, losses, parallel, tracking, workdir_lock
 from ambient_jax.data import DataError, load_split, read_subset_record, record_subset
 from ambient_jax.precond import edm_denoiser
 
@@ -330,133 +332,188 @@ class TrainingData:
         return parallel.global_batch(x0, self.mesh), parallel.global_batch(index.astype(np.int32), self.mesh)
 
 
-def train(config, workdir, allow_config_change=False, log=print):
+def logged_steps(metrics_path):
+    """The training steps logged in metrics.jsonl (empty when there is none)."""
+    if not files.exists(metrics_path):
+        return []
+    return [json.loads(line)["step"] for line in files.read_text(metrics_path).splitlines() if line.strip()]
+
+
+def drop_rows_after(metrics_path, step):
+    """Remove metrics.jsonl rows past `step` (logged after the checkpoint a run resumes from)."""
+    lines = [line for line in files.read_text(metrics_path).splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        files.write_text_atomic(metrics_path, "".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)
+
+
+def start_over(workdir, log):
+    """--restart: delete the checkpoints and set the old metrics.jsonl aside (metrics.<time>.jsonl)."""
+    import shutil
+
+    from etils import epath
+
+    folder = epath.Path(files.absolute(workdir)) / "checkpoints"
+    if folder.exists():
+        shutil.rmtree(folder) if not files.is_remote(workdir) else folder.rmtree()
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    if files.exists(metrics):
+        aside = os.path.join(workdir, f"metrics.{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+        epath.Path(metrics).rename(aside)
+        log(f"--restart: deleted the checkpoints; the old metrics are kept as {aside}")
+
+
+def train(config, workdir, allow_config_change=False, log=print, restart=False):
     """Train (or resume) the run in `workdir`; returns the final TrainState (as checkpoints hold it).
 
-    SIGTERM (how TPU and Slurm pre-emption announce themselves) saves a checkpoint at the
-    current step and returns cleanly; re-running the command resumes from it.
+    A work dir whose metrics.jsonl logged steps but which holds no checkpoint (they were deleted)
+    is not silently trained from step 0 again: that takes restart=True (--restart), which also
+    starts over a run whose checkpoints cannot be restored.
+
+    SIGTERM (how TPU and Slurm pre-emption announce themselves) and SIGINT (Ctrl-C) save a
+    checkpoint at the current step and return cleanly; re-running the command resumes from it.
     """
     parallel.initialize(config.parallel)
     lead = jax.process_index() == 0  # only one process writes the run's files
-    check_workdir(config, workdir, allow_config_change)
+    check_workdir(config, workdir, allow_config_change or restart)
     data = TrainingData(config)  # bad data fails here, before anything is written
-    resumed_with_changes = has_checkpoint(workdir) and bool(
+    resumed_with_changes = not restart and has_checkpoint(workdir) and bool(
         config_lib.config_differences(config_lib.load_config(workdir), config))
-    if files.exists(os.path.join(workdir, "subset.json")) and has_checkpoint(workdir):
+    if files.exists(os.path.join(workdir, "subset.json")) and has_checkpoint(workdir) and not restart:
         if read_subset_record(workdir)["train_indices"] != [int(i) for i in data.train_indices]:
             raise TrainingError(f"{workdir}/subset.json records another training subset; use a new --workdir")
-    mesh = parallel.make_mesh(config.parallel)
-    model = generate.build_network(config, config.data.channels)
-    optimizer, schedule = make_optimizer(config.optim, config.train.batch_size)
-    trainer = Trainer(config, model, optimizer, schedule, mesh)
-    if lead:
-        files.makedirs(os.path.join(workdir, "samples"))
-        # A changed config (--allow_config_change) is recorded once a checkpoint exists under it, so a
-        # failed attempt leaves the work dir with the settings that worked.
-        if not resumed_with_changes:
-            config_lib.save_config(workdir, config)
-        record_subset(workdir, config.data, data.train_indices, data.num_source_images)
-    data.place(trainer)
-
-    fresh = init_state(config, model, optimizer)
-    target = jax.device_put(fresh, parallel.replicated(mesh)) if jax.process_count() == 1 else trainer.place(fresh)
-    manager = checkpoint.make_manager(workdir, config.train.keep_every)
-    restored = checkpoint.restore_latest(manager, target)
-    if restored is not None:
-        log(f"resumed from step {int(restored.step)} in {workdir}")
-    saved_form = restored if restored is not None else target
-    state = saved_form if config.parallel.mode == "jit" else trainer.place(saved_form)
-    del fresh, target, restored, saved_form
-    sample_fn = generate.make_sample_fn(config, model, mesh)
-    track_every = int(config.train.get("track_every", 0))
-    tracker = tracking.Tracker(config, model, data.images, data.heldout, sample_fn, mesh) if track_every else None
-
-    start = int(jax.device_get(trainer.to_saved(state).step))
-    total = config.train.num_steps
-    last_saved = manager.latest_step()
-    window_sum, window_steps = None, 0
-    t_window = time.perf_counter()
-    t_start = t_window
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    # XLA's CPU collectives can deadlock when several multi-device steps are in flight on few
-    # cores (seen with 8 fake devices on 2 cores), so CPU meshes wait for each step.
-    sync_each_step = mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
-    terminated = []
-    previous_handler = _on_sigterm(lambda *_: terminated.append(True))
+    if not restart and not has_checkpoint(workdir) and logged_steps(metrics_path):
+        raise TrainingError(
+            f"work dir {workdir} logged training up to step {max(logged_steps(metrics_path))} but holds no checkpoint "
+            "(were they deleted?). Re-run with --restart to train it from step 0 (the old metrics.jsonl is set aside), "
+            "or use a new --workdir.")
+    # One writer per work dir, held until the run ends (workdir_lock: stale locks are taken over).
+    lock = workdir_lock.acquire(workdir, log) if lead else None
     try:
-        step = start
-        while step < total:
-            # Several steps per dispatch where no log, sample or checkpoint falls inside them.
-            count = trainer.steps_per_dispatch if trainer.multi_step and step + trainer.steps_per_dispatch <= next_event(step, config) else 1
-            state, metrics = (trainer.multi_step if count > 1 else trainer.step)(state, data.for_step(step))
-            metrics = trainer.metrics(metrics)
-            if sync_each_step:
-                jax.block_until_ready(metrics)
-            window_sum = metrics if window_sum is None else jax.tree_util.tree_map(jnp.add, window_sum, metrics)
-            window_steps += count
-            done = step = step + count
-            if done % config.train.log_every == 0 or done == total:
-                means = {k: float(v) / window_steps for k, v in jax.device_get(window_sum).items()}
-                now = time.perf_counter()
-                rate = window_steps * config.train.batch_size / (now - t_window)
-                if not np.isfinite(means["loss"]):
-                    manager.wait_until_finished()
-                    raise TrainingError(
-                        f"the loss became {means['loss']} between steps {done - window_steps} and {done}. The last "
-                        f"good checkpoint (step {last_saved}) is kept. Lower optim.lr, set optim.grad_clip (e.g. 1.0) "
-                        "or use loss.weighting=edm, then re-run to resume from it."
-                    )
-                eta = (total - done) * config.train.batch_size / rate
-                if lead:
-                    record = {"step": done, **means, "images_per_s": rate, "seconds": now - t_start}
-                    files.append_line(metrics_path, json.dumps(record))
-                log(f"step {done}/{total}  loss {means['loss']:.4f} (clean {means['loss_clean']:.4f}, ambient "
-                    f"{means['loss_ambient']:.4f})  {rate:.0f} img/s  ETA {eta:.0f}s")
-                window_sum, window_steps, t_window = None, 0, time.perf_counter()
-            if done % config.train.sample_every == 0 or done == total:
-                grid = config.sample.grid_size**2
-                picture = generate.generate(config, model, trainer.to_saved(state).ema_params, grid,
-                                            seed=config.sample.seed, batch_size=grid, sample_fn=sample_fn, mesh=mesh)
-                if lead:
-                    generate.save_grid(picture, os.path.join(workdir, "samples", f"grid_{done:07d}.png"),
-                                       config.sample.grid_size)
-            if tracker and done % track_every == 0:
-                record = tracker(trainer.to_saved(state).ema_params, done)
-                if lead:
-                    files.append_line(metrics_path, json.dumps({"step": done, **record, "seconds": time.perf_counter() - t_start}))
-                log(f"step {done}/{total}  tracking: " + "  ".join(f"{k[6:]} {v:.4g}" for k, v in record.items()))
-            if done % config.train.checkpoint_every == 0 or done == total or terminated:
-                if not all_finite(state.params):
-                    manager.wait_until_finished()
-                    raise TrainingError(
-                        f"the parameters are not finite at step {done}; the last good checkpoint (step {last_saved}) "
-                        "is kept. Lower optim.lr or set optim.grad_clip, then re-run to resume from it."
-                    )
-                checkpoint.save(manager, done, trainer.to_saved(state))
-                last_saved = done
-                if resumed_with_changes and lead:
-                    manager.wait_until_finished()
-                    config_lib.save_config(workdir, config)
-                    resumed_with_changes = False
-                if tracker and lead:
-                    tracking.Tracker.save_plot(workdir)
-            if terminated:
-                log(f"SIGTERM: saved a checkpoint at step {done}; re-run the same command to resume")
-                break
-        manager.wait_until_finished()
+        if restart and lead:
+            start_over(workdir, log)
+            resumed_with_changes = False
+        mesh = parallel.make_mesh(config.parallel)
+        model = generate.build_network(config, config.data.channels)
+        optimizer, schedule = make_optimizer(config.optim, config.train.batch_size)
+        trainer = Trainer(config, model, optimizer, schedule, mesh)
+        if lead:
+            files.makedirs(os.path.join(workdir, "samples"))
+            # A changed config (--allow_config_change) is recorded once a checkpoint exists under it, so a
+            # failed attempt leaves the work dir with the settings that worked.
+            if not resumed_with_changes:
+                config_lib.save_config(workdir, config)
+            record_subset(workdir, config.data, data.train_indices, data.num_source_images)
+        data.place(trainer)
+
+        fresh = init_state(config, model, optimizer)
+        target = jax.device_put(fresh, parallel.replicated(mesh)) if jax.process_count() == 1 else trainer.place(fresh)
+        manager = checkpoint.make_manager(workdir, config.train.keep_every)
+        restored = checkpoint.restore_latest(manager, target, log=log)
+        if restored is not None:
+            log(f"resumed from step {int(restored.step)} in {workdir}")
+            if lead and files.exists(metrics_path):  # rows a killed run logged after its last checkpoint
+                dropped = drop_rows_after(metrics_path, int(restored.step))
+                if dropped:
+                    log(f"dropped {dropped} metrics.jsonl rows past step {int(restored.step)} (logged after that checkpoint)")
+        saved_form = restored if restored is not None else target
+        state = saved_form if config.parallel.mode == "jit" else trainer.place(saved_form)
+        del fresh, target, restored, saved_form
+        sample_fn = generate.make_sample_fn(config, model, mesh)
+        track_every = int(config.train.get("track_every", 0))
+        tracker = tracking.Tracker(config, model, data.images, data.heldout, sample_fn, mesh) if track_every else None
+
+        start = int(jax.device_get(trainer.to_saved(state).step))
+        total = config.train.num_steps
+        last_saved = manager.latest_step()
+        window_sum, window_steps = None, 0
+        t_window = time.perf_counter()
+        t_start = t_window
+        # XLA's CPU collectives can deadlock when several multi-device steps are in flight on few
+        # cores (seen with 8 fake devices on 2 cores), so CPU meshes wait for each step.
+        sync_each_step = mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
+        terminated = []
+        previous_handler = _on_sigterm(lambda signum, _: terminated.append(signal.Signals(signum).name))
+        try:
+            step = start
+            while step < total:
+                # Several steps per dispatch where no log, sample or checkpoint falls inside them.
+                count = trainer.steps_per_dispatch if trainer.multi_step and step + trainer.steps_per_dispatch <= next_event(step, config) else 1
+                state, metrics = (trainer.multi_step if count > 1 else trainer.step)(state, data.for_step(step))
+                metrics = trainer.metrics(metrics)
+                if sync_each_step:
+                    jax.block_until_ready(metrics)
+                window_sum = metrics if window_sum is None else jax.tree_util.tree_map(jnp.add, window_sum, metrics)
+                window_steps += count
+                done = step = step + count
+                if done % config.train.log_every == 0 or done == total:
+                    means = {k: float(v) / window_steps for k, v in jax.device_get(window_sum).items()}
+                    now = time.perf_counter()
+                    rate = window_steps * config.train.batch_size / (now - t_window)
+                    if not np.isfinite(means["loss"]):
+                        manager.wait_until_finished()
+                        raise TrainingError(
+                            f"the loss became {means['loss']} between steps {done - window_steps} and {done}. The last "
+                            f"good checkpoint (step {last_saved}) is kept. Lower optim.lr, set optim.grad_clip (e.g. 1.0) "
+                            "or use loss.weighting=edm, then re-run to resume from it."
+                        )
+                    eta = (total - done) * config.train.batch_size / rate
+                    if lead:
+                        record = {"step": done, **means, "images_per_s": rate, "seconds": now - t_start}
+                        files.append_line(metrics_path, json.dumps(record))
+                    log(f"step {done}/{total}  loss {means['loss']:.4f} (clean {means['loss_clean']:.4f}, ambient "
+                        f"{means['loss_ambient']:.4f})  {rate:.0f} img/s  ETA {eta:.0f}s")
+                    window_sum, window_steps, t_window = None, 0, time.perf_counter()
+                if done % config.train.sample_every == 0 or done == total:
+                    grid = config.sample.grid_size**2
+                    picture = generate.generate(config, model, trainer.to_saved(state).ema_params, grid,
+                                                seed=config.sample.seed, batch_size=grid, sample_fn=sample_fn, mesh=mesh)
+                    if lead:
+                        generate.save_grid(picture, os.path.join(workdir, "samples", f"grid_{done:07d}.png"),
+                                           config.sample.grid_size)
+                if tracker and done % track_every == 0:
+                    record = tracker(trainer.to_saved(state).ema_params, done)
+                    if lead:
+                        files.append_line(metrics_path, json.dumps({"step": done, **record, "seconds": time.perf_counter() - t_start}))
+                    log(f"step {done}/{total}  tracking: " + "  ".join(f"{k[6:]} {v:.4g}" for k, v in record.items()))
+                if done % config.train.checkpoint_every == 0 or done == total or terminated:
+                    if not all_finite(state.params):
+                        manager.wait_until_finished()
+                        raise TrainingError(
+                            f"the parameters are not finite at step {done}; the last good checkpoint (step {last_saved}) "
+                            "is kept. Lower optim.lr or set optim.grad_clip, then re-run to resume from it."
+                        )
+                    checkpoint.save(manager, done, trainer.to_saved(state))
+                    last_saved = done
+                    if resumed_with_changes and lead:
+                        manager.wait_until_finished()
+                        config_lib.save_config(workdir, config)
+                        resumed_with_changes = False
+                    if tracker and lead:
+                        tracking.Tracker.save_plot(workdir)
+                if terminated:
+                    log(f"{terminated[0]}: saved a checkpoint at step {done}; re-run the same command to resume")
+                    break
+            manager.wait_until_finished()
+        finally:
+            _on_sigterm(previous_handler)
+        return trainer.to_saved(state)
     finally:
-        _on_sigterm(previous_handler)
-    return trainer.to_saved(state)
+        if lock:
+            workdir_lock.release(lock)
 
 
 def _on_sigterm(handler):
-    """Install a SIGTERM handler (main thread only); returns the previous one."""
-    import signal
-    import threading
-
+    """Install `handler` for SIGTERM and SIGINT (main thread only); returns the previous ones."""
     if threading.current_thread() is not threading.main_thread() or handler is None:
         return None
-    return signal.signal(signal.SIGTERM, handler)
+    if isinstance(handler, tuple):  # restoring what was there
+        signal.signal(signal.SIGTERM, handler[0])
+        signal.signal(signal.SIGINT, handler[1])
+        return None
+    return signal.signal(signal.SIGTERM, handler), signal.signal(signal.SIGINT, handler)
 
 
 def load_ema_params(workdir, config=None):

@@ -1,5 +1,6 @@
 """Scale-out invariants on 8 fake CPU devices: device counts, jit vs pmap, hosts, pre-emption."""
 
+import json
 import os
 import signal
 import socket
@@ -96,19 +97,55 @@ def test_kill_9_during_a_save_then_resume_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path):
+    """kill -9 after the step-6 save started, truncate every file of the latest complete checkpoint
+    (step 4), re-run: it resumes from step 2 with a warning naming both steps, drops the metrics rows
+    logged past step 2, and ends with the parameters of an uninterrupted run."""
+    changes = '{"train.num_steps": 8, "train.checkpoint_every": 2, "train.log_every": 1}'
+    cmd, env = driver(tmp_path / "straight", changes, f"--dump={tmp_path}/straight.npz", devices=1)
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    cmd, env = driver(tmp_path / "run", changes, "--kill-after-save-at=6", devices=1)
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == -signal.SIGKILL
+    ckpt = tmp_path / "run" / "checkpoints"
+    latest = max(int(p) for p in os.listdir(ckpt) if p.isdigit() and (ckpt / p / "_CHECKPOINT_METADATA").exists())
+    assert latest in (4, 6)
+    for root, _, names in os.walk(ckpt / str(latest)):
+        for name in names:
+            path = os.path.join(root, name)
+            open(path, "r+b").truncate(os.path.getsize(path) // 2)
+    cmd, env = driver(tmp_path / "run", changes, f"--dump={tmp_path}/resumed.npz", devices=1)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    previous = latest - 2
+    assert f"warning: checkpoint step {latest}" in result.stdout and f"resuming from step {previous} instead" in result.stdout
+    assert f"resumed from step {previous}" in result.stdout
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl") if "loss" in line]
+    assert steps == list(range(1, 9)), "no duplicate steps after the resume"
+    for a, b in zip(load_dump(f"{tmp_path}/straight.npz"), load_dump(f"{tmp_path}/resumed.npz")):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # pre-emption and Ctrl-C
+def test_a_stop_signal_saves_the_current_step_and_exits_cleanly(tmp_path, signum):
     cmd, env = driver(tmp_path / "run", '{"train.num_steps": 100000, "train.checkpoint_every": 100000, "train.log_every": 1}')
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # wait until training is under way
         if line.startswith("step 3/"):
             break
-    proc.send_signal(signal.SIGTERM)
+    if signum == signal.SIGTERM:  # meanwhile a second trainer on the same work dir is refused
+        from test_training import TINY, cli, error_line
+
+        second = error_line(cli("train", f"--workdir={tmp_path / 'run'}", *TINY))
+        assert f"in use by pid {proc.pid}" in second
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert "SIGTERM: saved a checkpoint at step" in out
-    saved = int(out.split("SIGTERM: saved a checkpoint at step ")[1].split(";")[0])
-    assert saved >= 3 and os.listdir(tmp_path / "run" / "checkpoints") == [str(saved)]
+    name = signal.Signals(signum).name
+    assert f"{name}: saved a checkpoint at step" in out
+    saved = int(out.split(f"{name}: saved a checkpoint at step ")[1].split(";")[0])
+    assert saved >= 3 and sorted(os.listdir(tmp_path / "run" / "checkpoints"))[-1] == str(saved)
     assert f"finished {saved}" in out
+    assert not os.path.exists(tmp_path / "run" / "LOCK"), "the lock is released on exit"
 
 
 def free_port():

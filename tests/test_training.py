@@ -188,6 +188,50 @@ def test_a_failed_run_does_not_block_the_corrected_command(tmp_path):
     assert again.returncode == 0 and "resumed from step 2" in again.stdout, again.stderr
 
 
+def test_no_silent_restart_from_scratch_and_restart_on_request(tmp_path):
+    import shutil
+
+    wd = str(tmp_path / "run")
+    assert cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=4").returncode == 0
+    shutil.rmtree(os.path.join(wd, "checkpoints"))  # the checkpoints are gone, the log is not
+    line = error_line(cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=4"))
+    assert "logged training up to step 4" in line and "--restart" in line
+    again = cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=4", "--restart")
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["step"] for line in open(os.path.join(wd, "metrics.jsonl"))] == [2, 4]
+    assert len([n for n in os.listdir(wd) if n.startswith("metrics.") and n != "metrics.jsonl"]) == 1  # set aside
+    # --restart also takes a work dir whose checkpoints cannot be restored, and a changed config
+    for root, _, names in os.walk(os.path.join(wd, "checkpoints")):
+        for name in names:
+            open(os.path.join(root, name), "w").close()
+    assert "--restart" in error_line(cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=6"))
+    fresh = cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2", "--config.loss.sigma_tn=1.0", "--restart")
+    assert fresh.returncode == 0 and "resumed" not in fresh.stdout, fresh.stderr
+
+
+def test_work_dir_lock_refuses_other_hosts_and_takes_over_stale_locks(tmp_path):
+    from ambient_jax import workdir_lock
+
+    wd = str(tmp_path / "run")
+    os.makedirs(wd)
+    lock = os.path.join(wd, "LOCK")
+    # held from another host: refused, with the host named and how to clear it
+    json.dump({"pid": 1, "host": "other-host", "started": "2026-01-01T00:00:00+00:00"}, open(lock, "w"))
+    line = error_line(cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2"))
+    assert "other-host" in line and f"delete {lock}" in line
+    # a dead process's lock (kill -9), and a half-written lock: taken over with a warning
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for content in (json.dumps({"pid": dead.pid, "host": __import__("socket").gethostname(), "started": "x"}), "{half"):
+        open(lock, "w").write(content)
+        warnings = []
+        path = workdir_lock.acquire(wd, log=warnings.append)
+        assert warnings and "stale lock" in warnings[0]
+        assert json.load(open(path))["pid"] == os.getpid()
+        workdir_lock.release(path)
+        assert not os.path.exists(lock)
+
+
 def test_work_dir_of_another_config_is_refused_and_bad_samples_are_named(tmp_path):
     wd = str(tmp_path / "run")
     train.train(tiny_config(**{"train.num_steps": 2}), wd, log=lambda _: None)

@@ -16,8 +16,9 @@ def user_errors():
     from ambient_jax.data import DataError
     from ambient_jax.eval.convert import ConversionError
     from ambient_jax.train import TrainingError
+    from ambient_jax.workdir_lock import WorkdirLocked
 
-    return (DataError, TrainingError, CheckpointError, ConversionError, ValueError, OSError, KeyError)
+    return (DataError, TrainingError, CheckpointError, ConversionError, WorkdirLocked, ValueError, OSError, KeyError)
 
 
 def clean_errors(main):

@@ -24,6 +24,7 @@ def define_flags():
     config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file (FILE.py or FILE.py:ARG)", lock_config=True)
     flags.DEFINE_string("workdir", None, "folder of the run: config, subset record, checkpoints, metrics, samples")
     flags.DEFINE_bool("allow_config_change", False, "resume a work dir although its config differs from --config")
+    flags.DEFINE_bool("restart", False, "train the work dir from step 0: delete its checkpoints, set its metrics.jsonl aside")
     flags.DEFINE_bool("print_config", False, "print the full config (every field and its value) and exit")
 
 
@@ -38,7 +39,8 @@ def main(argv):
         raise ValueError("give --workdir=DIR, the folder of the run (it is created, or resumed when it exists)")
     from ambient_jax import train
 
-    train.train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change, log=say)
+    train.train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change, log=say,
+                restart=FLAGS.restart)
     say(f"done: {FLAGS.workdir}")
 
 

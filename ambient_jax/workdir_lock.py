@@ -1,0 +1,103 @@
+"""One writer per work dir: a lock file held for a training run's lifetime.
+
+<workdir>/LOCK holds {"pid", "host", "started"} of the trainer that writes the work dir. On a
+local disk it is created with O_CREAT | O_EXCL, which is atomic, so of two trainers started
+together exactly one gets it. A lock whose process is gone (same host, pid not running: a crash
+or kill -9) is stale and is taken over with a warning. A live process's lock, or one held from
+another host (whose processes cannot be checked from here), is refused with one message that
+names pid, host and start time and how to clear it.
+
+On a bucket (gs://...) there is no exclusive create through this path, so the lock is advisory:
+it is written, then read back, and a second trainer that starts before the first one's write is
+visible can slip past. There, run one trainer per work dir (as the launchers in launch/ do) and
+treat the lock as a guard against mistakes, not a mutex.
+"""
+
+import datetime
+import json
+import os
+import socket
+
+from ambient_jax import files
+
+LOCK_NAME = "LOCK"
+
+
+class WorkdirLocked(RuntimeError):
+    """Another trainer holds the work dir."""
+
+
+def _owner():
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _read(path):
+    try:
+        return json.loads(files.read_text(path))
+    except (OSError, ValueError):
+        return None  # half-written or unreadable: treated as stale
+
+
+def acquire(workdir, log=print):
+    """Take <workdir>/LOCK (the work dir is created if needed); returns its path."""
+    files.makedirs(workdir)
+    path = os.path.join(workdir, LOCK_NAME)
+    me = _owner()
+    for _ in range(2):  # a second try after clearing a stale lock
+        if files.is_remote(path):
+            held = _read(path) if files.exists(path) else None
+            if held is None:
+                files.write_text_atomic(path, json.dumps(me))
+                if _read(path) == me:
+                    return path
+                held = _read(path)
+        else:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                held = _read(path)
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(me))
+                return path
+        if held is not None and held.get("host") != me["host"]:
+            raise WorkdirLocked(
+                f"work dir {workdir} is locked by pid {held.get('pid')} on host {held.get('host')} (since "
+                f"{held.get('started')}): another trainer writes it. If that trainer is gone, delete {path} and re-run.")
+        if held is not None and _alive(int(held.get("pid", -1))):
+            raise WorkdirLocked(
+                f"work dir {workdir} is in use by pid {held['pid']} on this host (since {held.get('started')}): one "
+                f"trainer per work dir. Wait for it or stop it, or use another --workdir.")
+        log(f"warning: taking over the stale lock of pid {held.get('pid') if held else '?'} in {workdir} "
+            "(that trainer is no longer running)")
+        try:
+            os.remove(path) if not files.is_remote(path) else None
+        except FileNotFoundError:
+            pass
+        if files.is_remote(path):
+            files.write_text_atomic(path, json.dumps(me))
+            return path
+    raise WorkdirLocked(f"could not take the lock {path}: another trainer took it at the same moment")
+
+
+def release(path):
+    """Remove the lock if it is still ours."""
+    held = _read(path) if files.exists(path) else None
+    if held and held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
+        if files.is_remote(path):
+            from etils import epath
+
+            epath.Path(path).unlink()
+        else:
+            os.remove(path)
