@@ -19,9 +19,15 @@ import time
 BIN = os.path.dirname(sys.executable)
 CONFIG = "configs/mnist.py"
 
+# The settings every variant starts from (the previous default of configs/mnist.py), so a
+# variant means the same run whatever the default is now; its own overrides come after.
+BASE = ["--config.loss.sigma_tn=1.5", "--config.loss.weighting=rescaled", "--config.loss.ambient_fraction=0",
+        "--config.model.split_sigma=0", "--config.ema.rampup_ratio=0.05"]
+
 # name: (objective, overrides, what it tests)
 VARIANTS = {
     "ddpm": ("ddpm", [], "plain denoising (reference)"),
+    "default": ("ambient", [], "configs/mnist.py's ambient default as it stands"),
     "edm_1.5": ("ambient", ["--config.loss.weighting=edm"], "the paper's EDM weight, sigma_tn 1.5"),
     "rescaled_1.5": ("ambient", [], "rescaled weight, sigma_tn 1.5 (the previous default)"),
     "cap4_1.5": ("ambient", ["--config.loss.rescale_cap=4"], "rescaled weight capped at 4"),
@@ -58,7 +64,7 @@ def run_variant(root, name, seed, fid_samples, extra):
     start = time.perf_counter()
     steps = [
         ["ambient-train", f"--config={CONFIG}:{objective}", f"--workdir={workdir}", "--config.train.log_every=500",
-         f"--config.train.seed={seed}", *overrides, *extra],
+         f"--config.train.seed={seed}", *([] if name == "default" else BASE), *overrides, *extra],
         ["ambient-sample", f"--workdir={workdir}"],
         ["ambient-eval", f"--workdir={workdir}", "--fid", f"--fid_samples={fid_samples}"],
         ["ambient-diagnose", f"--workdir={workdir}"],
@@ -70,30 +76,61 @@ def run_variant(root, name, seed, fid_samples, extra):
         json.dump({"total_seconds": time.perf_counter() - start}, f)
 
 
-def table(root):
-    rows = []
+def rows(root):
+    """(variant, seed, metrics) of every finished run under root."""
+    out = []
     for entry in sorted(os.listdir(root)):
-        path = os.path.join(root, entry, "eval", "metrics.json")
-        if not os.path.exists(path):
+        if not os.path.exists(os.path.join(root, entry, "eval", "time.json")):  # not finished
             continue
-        m = json.load(open(path))
-        name, seed = entry.rsplit("_seed", 1)
+        m = json.load(open(os.path.join(root, entry, "eval", "metrics.json")))
         log = open(os.path.join(root, entry, "metrics.jsonl")).read().strip().splitlines()
-        train_min = json.loads(log[-1])["seconds"] / 60
-        total = json.load(open(os.path.join(root, entry, "eval", "time.json")))["total_seconds"] / 60
-        fid = m.get("fid_inception_edm", float("nan"))
-        robust = m.get("robust_pixel_similarity", {}).get("S>0.95", float("nan"))
-        rows.append((name, seed, m["fd_pixel"], fid, m["extraction_rate"], m.get("robust_extraction_rate", float("nan")),
-                     m["pixel_similarity"]["S>0.95"], robust, train_min, total))
-    print("| variant | seed | FD-pixel | Inception FID (500) | extraction % | robust extraction % | pixel S>0.95 % "
-          "| robust S>0.95 % | train min | run min |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.1f} | "
-              f"{r[8]:.1f} | {r[9]:.1f} |")
+        m["train_min"] = max(json.loads(line)["seconds"] for line in log) / 60
+        m["run_min"] = json.load(open(os.path.join(root, entry, "eval", "time.json")))["total_seconds"] / 60
+        name, seed = entry.rsplit("_seed", 1)
+        out.append((name, int(seed), m))
+    return out
+
+
+COLUMNS = (
+    ("FD-pixel", lambda m: m["fd_pixel"], ".2f"),
+    ("Inception FID (500)", lambda m: m.get("fid_inception_edm", float("nan")), ".1f"),
+    ("extraction %", lambda m: m["extraction_rate"], ".1f"),
+    ("robust extraction %", lambda m: m.get("robust_extraction_rate", float("nan")), ".1f"),
+    ("pixel S>0.95 %", lambda m: m["pixel_similarity"]["S>0.95"], ".1f"),
+    ("robust S>0.95 %", lambda m: m.get("robust_pixel_similarity", {}).get("S>0.95", float("nan")), ".1f"),
+    ("train min", lambda m: m["train_min"], ".1f"),
+    ("run min", lambda m: m["run_min"], ".1f"),
+)
+
+
+def table(root, mean=False):
+    import numpy as np
+
+    found = rows(root)
+    head = "| variant | " + ("seeds" if mean else "seed") + " | " + " | ".join(c[0] for c in COLUMNS) + " |"
+    print(head)
+    print("|---" * (len(COLUMNS) + 2) + "|")
+    if mean:
+        for name in dict.fromkeys(n for n, _, _ in found):
+            ms = [m for n, _, m in found if n == name]
+            cells = []
+            for _, get, fmt in COLUMNS:
+                v = np.array([get(m) for m in ms], float)
+                cells.append(f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}" if len(v) > 1 else f"{v[0]:{fmt}}")
+            print(f"| {name} | {len(ms)} | " + " | ".join(cells) + " |")
+    else:
+        for name, seed, m in found:
+            print(f"| {name} | {seed} | " + " | ".join(f"{get(m):{fmt}}" for _, get, fmt in COLUMNS) + " |")
+    ref = found[0][2] if found else None
+    if ref and "heldout_robust_extraction_rate" in ref:
+        print(f"\nHeld-out real digits (never trained on), the reference for a model that does not copy: extraction "
+              f"{ref['heldout_extraction_rate']:.1f}%, robust extraction {ref['heldout_robust_extraction_rate']:.1f}%, "
+              f"pixel S>0.95 {ref['heldout_pixel_similarity']['S>0.95']:.1f}%, robust S>0.95 "
+              f"{ref['heldout_robust_pixel_similarity']['S>0.95']:.1f}%.")
     print()
     for name, (_, overrides, what) in VARIANTS.items():
-        print(f"- `{name}`: {what} ({' '.join(overrides) or 'configs/mnist.py as is'})")
+        if any(n == name for n, _, _ in found):
+            print(f"- `{name}`: {what} ({' '.join(overrides) or 'configs/mnist.py as is'})")
 
 
 def main():
@@ -104,9 +141,10 @@ def main():
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--fid_samples", type=int, default=500)
     parser.add_argument("--set", action="append", default=[], help="extra override for every run")
+    parser.add_argument("--mean", action="store_true", help="table: mean ± std over seeds, a row per variant")
     args = parser.parse_args()
     if args.command == "table":
-        table(args.root)
+        table(args.root, args.mean)
         return
     for name in args.variants.split(","):
         if name not in VARIANTS:
