@@ -96,10 +96,8 @@ def _process_rows(batch_size):
     return slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
 
 
-def save_grid(images_uint8, path, cols=None):
-    """Tile uint8 [N, H, W, C] images into one PNG (atomically)."""
-    from PIL import Image
-
+def tile(images_uint8, cols=None):
+    """uint8 [N, H, W, C] images -> one uint8 [rows (H + 2) + 2, cols (W + 2) + 2, C] grid, white gaps."""
     n, h, w, c = images_uint8.shape
     cols = cols or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
@@ -107,6 +105,15 @@ def save_grid(images_uint8, path, cols=None):
     for i, img in enumerate(images_uint8):
         r, col = divmod(i, cols)
         grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + col * (w + 2) : 2 + col * (w + 2) + w] = img
+    return grid
+
+
+def save_grid(images_uint8, path, cols=None):
+    """Tile uint8 [N, H, W, C] images into one PNG (atomically)."""
+    from PIL import Image
+
+    h, c = images_uint8.shape[1], images_uint8.shape[3]
+    grid = tile(images_uint8, cols)
     scale = max(1, 64 // h)  # small digits are unreadable at 1:1
     picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
     if scale > 1:

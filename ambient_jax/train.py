@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ambient_jax import checkpoint, config as config_lib, files, generate, losses, parallel, tracking, workdir_lock
+from ambient_jax import (checkpoint, config as config_lib, files, generate, losses, parallel, summaries, tracking,
+                         workdir_lock)
 from ambient_jax.data import DataError, load_split, read_subset_record, record_subset
 from ambient_jax.precond import edm_denoiser
 
@@ -434,6 +435,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
         # XLA's CPU collectives can deadlock when several multi-device steps are in flight on few
         # cores (seen with 8 fake devices on 2 cores), so CPU meshes wait for each step.
         sync_each_step = mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
+        events = summaries.Summaries(workdir) if lead else None
         terminated = []
         previous_handler = _on_sigterm(lambda signum, _: terminated.append(signal.Signals(signum).name))
         try:
@@ -463,6 +465,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
                     if lead:
                         record = {"step": done, **means, "images_per_s": rate, "seconds": now - t_start}
                         files.append_line(metrics_path, json.dumps(record))
+                        events.scalars(done, record, "train")
                     log(f"step {done}/{total}  loss {means['loss']:.4f} (clean {means['loss_clean']:.4f}, ambient "
                         f"{means['loss_ambient']:.4f})  {rate:.0f} img/s  ETA {eta:.0f}s")
                     window_sum, window_steps, t_window = None, 0, time.perf_counter()
@@ -473,10 +476,12 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
                     if lead:
                         generate.save_grid(picture, os.path.join(workdir, "samples", f"grid_{done:07d}.png"),
                                            config.sample.grid_size)
+                        events.image(done, "samples", generate.tile(picture, config.sample.grid_size))
                 if tracker and done % track_every == 0:
                     record = tracker(trainer.to_saved(state).ema_params, done)
                     if lead:
                         files.append_line(metrics_path, json.dumps({"step": done, **record, "seconds": time.perf_counter() - t_start}))
+                        events.scalars(done, {k[len("track_"):]: v for k, v in record.items()}, "tracking")
                     log(f"step {done}/{total}  tracking: " + "  ".join(f"{k[6:]} {v:.4g}" for k, v in record.items()))
                 if done % config.train.checkpoint_every == 0 or done == total or terminated:
                     if not all_finite(state.params):
@@ -499,6 +504,8 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
             manager.wait_until_finished()
         finally:
             _on_sigterm(previous_handler)
+            if events:
+                events.close()
         return trainer.to_saved(state)
     finally:
         if lock:

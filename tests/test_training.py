@@ -280,3 +280,40 @@ def test_several_steps_per_dispatch_train_the_same_model(tmp_path):
     for a, b in zip(*logged):
         np.testing.assert_allclose([a["loss"], a["grad_norm"]], [b["loss"], b["grad_norm"]], rtol=1e-5)
     assert train.next_event(0, tiny_config(**every)) == 4 and train.next_event(7, tiny_config(**every)) == 8
+
+
+def read_events(folder):
+    """{tag: [(step, value or image bytes)]} from TFRecord event files, with tensorboardX's protos."""
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+        data = open(path, "rb").read()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                content = value.image.encoded_image_string if value.HasField("image") else value.simple_value
+                out.setdefault(value.tag, []).append((event.step, content))
+    return out
+
+
+def test_training_tracking_and_evaluation_go_to_tensorboard_event_files(tmp_path):
+    wd = str(tmp_path / "run")
+    run = cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=4", "--config.train.track_every=2",
+              "--config.train.track_samples=8")
+    assert run.returncode == 0, run.stderr
+    assert cli("sample", f"--workdir={wd}").returncode == 0
+    assert cli("eval", f"--workdir={wd}", "--nofid").returncode == 0
+    events = read_events(os.path.join(wd, "tensorboard"))
+    logged = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl")) if "loss" in line]
+    assert [s for s, _ in events["train/loss"]] == [2, 4]
+    np.testing.assert_allclose([v for _, v in events["train/loss"]], [m["loss"] for m in logged], rtol=1e-6)
+    assert [s for s, _ in events["tracking/gap_sigma0.2"]] == [2, 4] and "tracking/extraction" in events
+    assert events["eval/extraction_rate"][0][0] == 4 and any(t.startswith("eval/pixel_similarity/S") for t in events)
+    assert events["samples"][0][1][:8] == b"\x89PNG\r\n\x1a\n"  # the sample grid, as a PNG image

@@ -218,6 +218,7 @@ def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inc
         out, samples_u8[:count], to_uint8(split.train), to_uint8(heldout[:count]), thresholds, inception_fid,
         inception_protocol, dinov2_weights, dinov2_heads, dinov2_recipe, log, config.data, fid_reference))
     write_json_atomic(os.path.join(out, "metrics.json"), metrics)
+    _eval_summaries(workdir, metrics)
     files.write_text_atomic(os.path.join(out, "report.md"), markdown_table([metrics]) + diagnosis_link(workdir))
     save_nearest_figure(samples_u8, sims, nearest, split.train, os.path.join(out, "nearest.png"))
     save_histogram(sims, os.path.join(out, "similarity_histogram.png"), thresholds)
@@ -273,6 +274,23 @@ def markdown_table(runs):
         lines.append("| samples / held-out images in FID | " + " | ".join(f"{m['num_fid_samples']} / {m['num_fid_samples']}" for m in runs) + " |")
     lines.append("| samples / training images | " + " | ".join(f"{m['num_samples']} / {m['num_train']}" for m in runs) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _eval_summaries(workdir, metrics):
+    """The evaluation's scalars in the run's TensorBoard events, at the run's last logged step."""
+    from ambient_jax import summaries
+    from ambient_jax.train import logged_steps
+
+    steps = logged_steps(os.path.join(workdir, "metrics.jsonl"))
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}/{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    events = summaries.Summaries(workdir)
+    events.scalars(max(steps) if steps else 0, flat, "eval")
+    events.close()
 
 
 def diagnosis_link(workdir):

@@ -1,0 +1,44 @@
+"""Training, tracking and evaluation scalars and the sample grids as TensorBoard event files,
+next to metrics.jsonl, without TensorFlow (tensorboardX writes the event format).
+
+    tensorboard --logdir runs/
+
+Events go to <workdir>/tensorboard/. Work dirs on buckets get metrics.jsonl only (the writer
+here is for local disks), and so does a machine without tensorboardX.
+"""
+
+import os
+
+from ambient_jax import files
+
+EVENTS_DIR = "tensorboard"
+
+
+class Summaries:
+    """scalars(step, {name: value}, prefix) and image(step, name, uint8 [H, W, C]); no-ops where
+    event files cannot be written."""
+
+    def __init__(self, workdir):
+        self.writer = None
+        if files.is_remote(workdir):
+            return
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            return
+        self.writer = SummaryWriter(os.path.join(workdir, EVENTS_DIR), flush_secs=30)
+
+    def scalars(self, step, values, prefix):
+        if self.writer is None:
+            return
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and name not in ("step", "seconds"):
+                self.writer.add_scalar(f"{prefix}/{name}", float(value), step)
+
+    def image(self, step, name, image_uint8):
+        if self.writer is not None:
+            self.writer.add_image(name, image_uint8, step, dataformats="HWC")
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
