@@ -50,6 +50,12 @@ VARIANTS = {
     "split_normalized_frac0.5": ("ambient", ["--config.model.split_sigma=-1", "--config.loss.weighting=normalized",
                                              "--config.loss.ambient_fraction=0.5"],
                                  "two networks split at sigma_tn, inverse-variance weight, half the rows ambient"),
+    "split_normalized_frac0.5_s3": ("ambient", ["--config.model.split_sigma=-1", "--config.loss.weighting=normalized",
+                                                "--config.loss.ambient_fraction=0.5", "--config.loss.sigma_tn=3"],
+                                    "two networks split at sigma_tn 3, inverse-variance weight, half the rows ambient"),
+    "split_normalized_frac0.5_s5": ("ambient", ["--config.model.split_sigma=-1", "--config.loss.weighting=normalized",
+                                                "--config.loss.ambient_fraction=0.5", "--config.loss.sigma_tn=5"],
+                                    "two networks split at sigma_tn 5, inverse-variance weight, half the rows ambient"),
     "split_rescaled": ("ambient", ["--config.model.split_sigma=-1"], "two networks split at sigma_tn, rescaled weight"),
     "steps6k": ("ambient", ["--config.train.num_steps=6000"], "rescaled 1.5, twice the steps (twice the budget)"),
 }
