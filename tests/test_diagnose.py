@@ -114,3 +114,18 @@ def test_tracker_gap_is_heldout_minus_train_error_and_extraction_is_counted(tmp_
     # the same parameters give the same record (fixed images, noise and latents)
     again = tracker(params, 10)
     assert {k: v for k, v in again.items() if k != "track_seconds"} == {k: v for k, v in record.items() if k != "track_seconds"}
+
+
+def test_effective_references_from_the_definition_and_its_limits(key):
+    refs = jax.random.normal(key, (23, *SHAPE))
+    x = jax.random.normal(jax.random.key(1), (4, *SHAPE))
+    var = jnp.array([0.5, 2.0, 10.0, 1e6])
+    got = diagnose.effective_references(x, refs, var, ref_block=5)
+    xf, rf = np.asarray(x, np.float64).reshape(4, -1), np.asarray(refs, np.float64).reshape(23, -1)
+    lg = -((xf[:, None] - rf[None]) ** 2).sum(-1) / (2 * np.asarray(var, np.float64)[:, None])
+    w = np.exp(lg - lg.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    np.testing.assert_allclose(got, 1 / (w**2).sum(1), rtol=1e-4)
+    assert abs(float(got[-1]) - 23) < 0.01  # all references weigh the same at huge variance
+    at_ref = diagnose.effective_references(refs[:3], refs, jnp.full((3,), 1e-3))
+    np.testing.assert_allclose(at_ref, 1.0, rtol=1e-6)  # an input on a reference at tiny variance: one

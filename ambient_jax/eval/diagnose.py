@@ -19,6 +19,12 @@ For a log-spaced grid of noise levels sigma and the run's EMA denoiser D, with x
     the denoiser that memorizes the noisy copies (x_tn_hat = E_tn[x_tn | x] minimises
     ||x_tn_hat - x_tn||^2, and D is that x_tn_hat solved for).
 
+  * the effective number of training images the exact denoiser averages at each level,
+    n_eff(sigma) = E 1 / sum_i w_i^2 with w = the softmax above, on held-out inputs: a property of
+    the data alone. Where n_eff is near 1, a denoiser that copies snaps every input to one training
+    image: the branch boundary sigma_tn of the ambient objective has to lie above that region for
+    a well-trained clean branch not to decide the sample's identity.
+
 The softmax is computed in blocks of reference images with a running log-sum-exp, so no
 [queries x references] matrix larger than one block is held.
 """
@@ -75,6 +81,21 @@ def posterior_mean(x, refs, variance, ref_block=None):
     start = (jnp.full((xf.shape[0],), -jnp.inf, xf.dtype), jnp.zeros((xf.shape[0],), xf.dtype), jnp.zeros_like(xf))
     (_, total, acc), _ = jax.lax.scan(visit, start, (padded.reshape(blocks, ref_block, -1), valid))
     return (acc / total[:, None]).reshape(x.shape)
+
+
+def effective_references(x, refs, variance, ref_block=1024):
+    """1 / sum_i w_i^2 of the softmax weights w of posterior_mean, per row of x: from 1 (one
+    reference dominates) to len(refs) (all weigh the same). Log-sum-exps combined over blocks."""
+    xf = x.reshape(x.shape[0], -1)
+    rf = refs.reshape(refs.shape[0], -1)
+    lse1 = lse2 = jnp.full((xf.shape[0],), -jnp.inf, xf.dtype)
+    for first in range(0, rf.shape[0], ref_block):
+        block = rf[first : first + ref_block]
+        d2 = jnp.sum(xf**2, 1)[:, None] - 2 * xf @ block.T + jnp.sum(block**2, 1)[None, :]
+        lg = -d2 / (2.0 * variance)[:, None]
+        lse1 = jnp.logaddexp(lse1, jax.nn.logsumexp(lg, axis=1))
+        lse2 = jnp.logaddexp(lse2, jax.nn.logsumexp(2 * lg, axis=1))
+    return jnp.exp(2 * lse1 - lse2)
 
 
 def memorizing_denoiser(train, ref_block=None):
@@ -146,12 +167,21 @@ def diagnose(denoise, train, heldout, sigmas, key, noisy_copies=None, sigma_tn=0
     if noisy_copies is not None and sigma_tn > 0:
         refs = refs + (noisy_copy_denoiser(jnp.asarray(noisy_copies), sigma_tn, ref_block),)
     err_heldout, dists = denoising_errors(denoise, heldout, sigmas, jax.random.fold_in(key, 1), batch_size, refs)
+    n_eff = []
+    held = jnp.asarray(heldout, jnp.float32)
+    for level, sigma in enumerate(sigmas):  # the same noisy held-out inputs as above
+        level_key = jax.random.fold_in(jax.random.fold_in(key, 1), level)
+        noise = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(level_key, j), held.shape[1:]))(
+            jnp.arange(held.shape[0], dtype=jnp.uint32))
+        x = held + float(sigma) * noise
+        n_eff.append(float(jnp.mean(effective_references(x, jnp.asarray(reference_train), jnp.full((x.shape[0],), sigma**2)))))
     out = {
         "sigma": [float(s) for s in sigmas],
         "err_train": err_train.tolist(),
         "err_heldout": err_heldout.tolist(),
         "gap": (err_heldout - err_train).tolist(),
         "dist_memorizing": dists[0].tolist(),
+        "effective_train_images": n_eff,
         "sigma_tn": float(sigma_tn),
         "num_train": int(len(train)),
         "num_heldout": int(len(heldout)),
@@ -202,16 +232,17 @@ def run_label(config, workdir):
 def markdown_table(result):
     """One row per noise level."""
     has_tn = "dist_noisy_copies" in result
-    head = "| sigma | err train | err held-out | gap | dist to D*_S |" + (" dist to D*_tn |" if has_tn else "")
-    lines = [head, "|---" * (6 if has_tn else 5) + "|"]
+    head = "| sigma | n_eff | err train | err held-out | gap | dist to D*_S |" + (" dist to D*_tn |" if has_tn else "")
+    lines = [head, "|---" * (7 if has_tn else 6) + "|"]
     for i, s in enumerate(result["sigma"]):
-        row = (f"| {s:.4g} | {result['err_train'][i]:.4g} | {result['err_heldout'][i]:.4g} | {result['gap'][i]:.3g} | "
-               f"{result['dist_memorizing'][i]:.4g} |")
+        row = (f"| {s:.4g} | {result['effective_train_images'][i]:.3g} | {result['err_train'][i]:.4g} | "
+               f"{result['err_heldout'][i]:.4g} | {result['gap'][i]:.3g} | {result['dist_memorizing'][i]:.4g} |")
         if has_tn:
             d = result["dist_noisy_copies"][i]
             row += " - |" if d is None else f" {d:.4g} |"
         lines.append(row)
-    note = ("\nPer-pixel mean squared values; data in [-1, 1]. err: ||D(x0 + sigma n) - x0||^2 on training / held-out "
+    note = ("\nn_eff: the effective number of training images the exact denoiser averages (1 = it snaps to one). "
+            "Per-pixel mean squared values; data in [-1, 1]. err: ||D(x0 + sigma n) - x0||^2 on training / held-out "
             "images; gap = held-out - train; D*_S: the exact denoiser of the training set (copies); D*_tn: the exact "
             "minimiser of the ambient loss over the noisy copies (memorizes them).\n")
     return "\n".join(lines) + "\n" + note
