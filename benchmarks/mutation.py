@@ -41,8 +41,15 @@ MUTANTS = [
      "keep_x = jnp.where(noisy, gap / sigma**2, 0.0)", [L]),
     ("loss_extra_noise_full_sigma", LOSSES, "extra = jnp.where(noisy, jnp.sqrt(gap), sigma)",
      "extra = jnp.where(noisy, sigma, sigma)", [L]),
-    ("loss_rescale_power", LOSSES, "factor = sigma**4 / jnp.maximum(gap, 1e-20) ** 2",
-     "factor = sigma**2 / jnp.maximum(gap, 1e-20)", [L]),
+    ("loss_rescale_power", LOSSES, "factor = sigma**4 / safe_gap**2", "factor = sigma**2 / safe_gap", [L]),
+    ("loss_normalized_variance", LOSSES, "variance = sigma_tn**2 + sigma_tn**4 / safe_gap",
+     "variance = sigma_tn**4 / safe_gap", [L]),
+    ("loss_truncated_branch_swapped", LOSSES, "jnp.where(above, upper, lower)", "jnp.where(above, lower, upper)", [L]),
+    ("loss_ambient_fraction_coin", LOSSES, "is_ambient = uniform < ambient_fraction", "is_ambient = uniform < 0.5", [L]),
+    ("split_routing_inverted", "ambient_jax/nets/__init__.py", "above = noise_labels >= jnp.log(self.boundary) / 4.0",
+     "above = noise_labels >= jnp.log(self.boundary) / 2.0", ["tests/test_nets.py"]),
+    ("diag_effective_square", "ambient_jax/eval/diagnose.py", "return jnp.exp(2 * lse1 - lse2)",
+     "return jnp.exp(lse1 - lse2)", [D]),
     ("loss_cap_min_to_max", LOSSES, "factor = jnp.minimum(factor, rescale_cap)",
      "factor = jnp.maximum(factor, rescale_cap)", [L]),
     ("loss_branch_inverted", LOSSES, "is_ambient = sigma >= sigma_switch", "is_ambient = sigma < sigma_switch", [L]),
@@ -181,9 +188,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run the mutants whose name starts with this prefix")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--skip", type=int, default=0, help="start after this many mutants (resume a partial run)")
     parser.add_argument("--timeout", type=int, default=900)
     args = parser.parse_args()
-    chosen = [m for m in MUTANTS if m[0].startswith(args.only)]
+    chosen = [m for m in MUTANTS if m[0].startswith(args.only)][args.skip:]
+    for name, path, old, _, _ in chosen:  # every change must apply to exactly one place
+        count = open(os.path.join(ROOT, path)).read().count(old)
+        if count != 1:
+            sys.exit(f"error: mutant {name}: the text to change occurs {count} times in {path}")
     if args.list:
         for name, path, _, _, tests in chosen:
             print(f"{name:34s} {path:40s} {' '.join(tests)}")
