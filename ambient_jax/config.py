@@ -47,6 +47,7 @@ def base_config():
     # Two networks split at a noise level (ambient_jax.nets.SplitBySigma): -1 = at the ambient
     # branch's start, so the high-noise network is trained on the noisy copies alone; 0 = one network.
     c.model.split_sigma = 0.0
+    c.model.split_low_preset = ""  # the low-noise network's preset (e.g. local_cnn); "" = model.preset
     c.model.remat = False  # U-Net presets: recompute block activations in the backward pass (large batches)
 
     c.loss = ml_collections.ConfigDict()
@@ -179,6 +180,9 @@ def check_config(config):
     need(config.loss.weighting in losses.WEIGHTINGS, "loss.weighting", f"must be one of {losses.WEIGHTINGS}")
     need(config.loss.sigma_tn >= 0, "loss.sigma_tn", "must be >= 0")
     need(config.model.preset in nets.PRESETS, "model.preset", f"must be one of {sorted(nets.PRESETS)}")
+    low = config.model.get("split_low_preset", "")
+    need(not low or low in nets.PRESETS, "model.split_low_preset", f"must be '' or one of {sorted(nets.PRESETS)}")
+    need(not low or config.model.get("split_sigma", 0.0), "model.split_low_preset", "needs model.split_sigma (-1 or a level)")
     need(config.sample.sampler in sampling.SAMPLERS, "sample.sampler", f"must be one of {sorted(sampling.SAMPLERS)}")
     need(config.parallel.mode in ("jit", "pmap"), "parallel.mode", "must be 'jit' or 'pmap'")
     need(config.model.get("compute_dtype", "auto") in ("auto", "float32", "bfloat16"), "model.compute_dtype",

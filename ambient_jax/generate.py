@@ -20,7 +20,8 @@ def build_network(config, channels):
     overrides.setdefault("compute_dtype", compute_dtype(config.model.get("compute_dtype", "auto")))
     if config.model.get("remat", False):
         overrides.setdefault("remat", True)
-    return nets.build_model(config.model.preset, channels, split_sigma=split_sigma(config), **overrides)
+    return nets.build_model(config.model.preset, channels, split_sigma=split_sigma(config),
+                            low_preset=config.model.get("split_low_preset", ""), **overrides)
 
 
 def split_sigma(config):

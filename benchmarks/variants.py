@@ -56,6 +56,11 @@ VARIANTS = {
     "split_normalized_frac0.5_s5": ("ambient", ["--config.model.split_sigma=-1", "--config.loss.weighting=normalized",
                                                 "--config.loss.ambient_fraction=0.5", "--config.loss.sigma_tn=5"],
                                     "two networks split at sigma_tn 5, inverse-variance weight, half the rows ambient"),
+    "localcnn_normalized_frac0.5": ("ambient", ["--config.model.split_sigma=-1", "--config.model.split_low_preset=local_cnn",
+                                                "--config.loss.weighting=normalized", "--config.loss.ambient_fraction=0.5"],
+                                    "MLP above sigma_tn 1.5, local CNN below; inverse-variance weight, half the rows ambient"),
+    "localcnn_ddpm": ("ddpm", ["--config.model.split_sigma=1.5", "--config.model.split_low_preset=local_cnn"],
+                      "plain denoising with the same split network (MLP above 1.5, local CNN below)"),
     "split_rescaled": ("ambient", ["--config.model.split_sigma=-1"], "two networks split at sigma_tn, rescaled weight"),
     "steps6k": ("ambient", ["--config.train.num_steps=6000"], "rescaled 1.5, twice the steps (twice the budget)"),
 }

@@ -103,3 +103,18 @@ def test_split_by_sigma_routes_each_row_to_one_network_and_trains_only_that_one(
     grads = jax.grad(lambda p: jnp.sum(model.apply(p, x[2:], c_noise[2:]) ** 2))(params)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(grads["params"]["low"]))
     assert any(float(jnp.abs(g).max()) > 0.0 for g in jax.tree_util.tree_leaves(grads["params"]["high"]))
+
+
+def test_local_cnn_sees_a_9x9_window_only():
+    """The low-noise network cannot store an image's identity: an output pixel depends on the input
+    within 4 pixels of it and on nothing beyond."""
+    import jax
+    import jax.numpy as jnp
+
+    model = build_model("local_cnn", 1)
+    x = jax.random.normal(jax.random.key(0), (1, 16, 16, 1))
+    params = model.init(jax.random.key(1), x, jnp.zeros((1,)))
+    params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # move the near-zero output layer off zero
+    jac = jax.jacobian(lambda v: model.apply(params, v, jnp.zeros((1,)))[0, 8, 8, 0])(x)[0, :, :, 0]
+    rows, cols = jnp.nonzero(jnp.abs(jac) > 0)
+    assert int(rows.min()) == 4 and int(rows.max()) == 12 and int(cols.min()) == 4 and int(cols.max()) == 12

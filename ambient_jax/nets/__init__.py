@@ -7,12 +7,14 @@ EDM preconditioning (ambient_jax.precond) turns it into a denoiser. Presets:
   ddpmpp_cifar10  EDM's DDPM++ for CIFAR-10 32x32 (about 55.7M parameters)
   ncsnpp_cifar10  EDM's NCSN++ for CIFAR-10 32x32 (about 56.4M parameters)
   ncsnpp_ffhq64   the paper's FFHQ-64 NCSN++ (channel_mult [1,2,2,2], dropout 0.05, about 62.8M)
-  mlp_small       residual MLP denoiser for low-resolution CPU experiments (REFERENCE.md s. 8)
+  mlp_small       residual MLP denoiser for low-resolution CPU experiments
+  local_cnn       small 3x3-conv denoiser with a 9x9 receptive field (the low-noise side of a split model)
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ambient_jax.nets.local_cnn import LocalCNN
 from ambient_jax.nets.mlp import ResidualMLP
 from ambient_jax.nets.unet import SongUNet
 
@@ -28,6 +30,7 @@ PRESETS = {
     "ncsnpp_cifar10": (SongUNet, dict(_NCSNPP, dropout=0.13)),
     "ncsnpp_ffhq64": (SongUNet, dict(_NCSNPP, channel_mult=(1, 2, 2, 2), dropout=0.05)),
     "mlp_small": (ResidualMLP, dict(width=1024, num_blocks=2, emb_channels=256, dropout=0.0)),
+    "local_cnn": (LocalCNN, dict(channels=16, num_layers=2, emb_channels=64, dropout=0.0)),
 }
 
 
@@ -48,12 +51,19 @@ class SplitBySigma(nn.Module):
         return jnp.where(above.reshape(-1, *([1] * (x.ndim - 1))), high, low)
 
 
-def build_model(preset, out_channels, split_sigma=0.0, **overrides):
+def build_model(preset, out_channels, split_sigma=0.0, low_preset="", **overrides):
     """The linen module for `preset` with `overrides` applied to its fields (e.g. dropout=0.1);
-    split_sigma > 0: two such networks split at that noise level (SplitBySigma)."""
+    split_sigma > 0: two networks split at that noise level (SplitBySigma), the low-noise one of
+    `low_preset` with its own defaults when given, else a second `preset` network."""
     if split_sigma:
-        make = lambda name: build_model(preset, out_channels, **overrides).clone(name=name)
-        return SplitBySigma(low=make("low"), high=make("high"), boundary=float(split_sigma))
+        high = _build_one(preset, out_channels, **overrides).clone(name="high")
+        if low_preset:
+            low = _build_one(low_preset, out_channels, compute_dtype=overrides.get("compute_dtype", "float32")).clone(name="low")
+        else:
+            low = _build_one(preset, out_channels, **overrides).clone(name="low")
+        return SplitBySigma(low=low, high=high, boundary=float(split_sigma))
+    if low_preset:
+        raise ValueError("model.split_low_preset needs model.split_sigma (-1 or a noise level)")
     return _build_one(preset, out_channels, **overrides)
 
 
