@@ -7,7 +7,7 @@ Two parameterisations of the same Gaussian corruption are used in this project:
 * VP (the lecture's notation, section 5):
       x_t = sqrt(1 - s_t^2) * x0 + s_t * z,     s_t in [0, 1)
 
-They are one process up to a per-level scale (REFERENCE.md section 1):
+They are one process up to a per-level scale (Karras et al. 2022, section 2 and appendix B):
       s = sigma / sqrt(1 + sigma^2),   x_vp = x_ve / sqrt(1 + sigma^2) = sqrt(1 - s^2) x_ve.
 
 The VP time axis t in [eps_t, 1] uses the variance-preserving SDE of Song et al. 2021

@@ -6,7 +6,7 @@ As in the original code (facebookresearch/dinov2, vision_transformer.py):
   x + ls1 * attn(norm1 x), x + ls2 * mlp(norm2 x) -> final LayerNorm; output = CLS token,
   L2-normalised. LayerNorm eps 1e-6, exact (erf) GELU, qkv one linear (rows q, k, v); ViT-g uses
   SwiGLU (w12 -> split -> silu(x1) * x2 -> w3).
-Position-embedding resizing, both rules of the original (REFERENCE.md s. 4):
+Position-embedding resizing, both rules of the original code (facebookresearch/dinov2):
   * models without registers: scale_factor = ((h0 + 0.1) / M, (w0 + 0.1) / M), bicubic, no antialias;
   * models with registers: size = (h0, w0), bicubic with antialias;
   PyTorch's kernels are reproduced exactly (`resize_matrix`): cubic A = -0.75 with border clamp,

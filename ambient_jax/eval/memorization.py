@@ -5,7 +5,7 @@
   the percentage of generated images whose score exceeds tau. In pixel space the embedding is
   the image with its mean removed, L2-normalised (cosine of centred pixels = Pearson
   correlation; without centring the shared background makes every pair of digits similar).
-* Extraction (Carlini et al. 2023, as in REFERENCE.md s. 3): a generated image is extracted
+* Extraction (Carlini et al. 2023, "Extracting training data from diffusion models"): a generated image is extracted
   when its L2 distance to the nearest training image is below 1/3 of the mean L2 distance to
   its k nearest training images (k = 50, or all but one when there are fewer).
 
