@@ -45,7 +45,8 @@ def base_config():
     # float32 on CPU; or say float32 / bfloat16.
     c.model.compute_dtype = "auto"
     # Two networks split at a noise level (ambient_jax.nets.SplitBySigma): -1 = at the ambient
-    # branch's start, so the high-noise network is trained on the noisy copies alone; 0 = one network.
+    # branch's start (for ddpm too), so the high-noise network of an ambient run is trained on the
+    # noisy copies alone; 0 = one network.
     c.model.split_sigma = 0.0
     c.model.split_low_preset = ""  # the low-noise network's preset (e.g. local_cnn); "" = model.preset
     c.model.remat = False  # U-Net presets: recompute block activations in the backward pass (large batches)
@@ -85,7 +86,7 @@ def base_config():
     c.train.sample_every = 1000
     c.train.checkpoint_every = 1000
     c.train.steps_per_dispatch = 1  # >1: that many steps fused in one lax.scan call (fewer dispatches for small nets)
-    c.train.keep_every = 0  # also keep every checkpoint whose step divides by this; 0 = latest only
+    c.train.keep_every = 0  # also keep every checkpoint whose step divides by this; 0 = the two latest only
     # Memorization tracked during training (ambient_jax.tracking): every track_every steps (0 = off),
     # the train/held-out denoising gap at track_sigmas and the extraction share of track_samples samples.
     c.train.track_every = 0

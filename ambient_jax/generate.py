@@ -25,13 +25,12 @@ def build_network(config, channels):
 
 
 def split_sigma(config):
-    """model.split_sigma: -1 splits at the ambient branch's start (max(sigma_switch, sigma_tn)),
-    a positive value at that sigma, 0 = one network."""
+    """model.split_sigma: -1 splits at the ambient branch's start, max(loss.sigma_switch,
+    loss.sigma_tn), for the ddpm objective too (so both objectives train the same network); a
+    positive value splits at that sigma; 0 = one network."""
     value = float(config.model.get("split_sigma", 0.0))
     if value < 0:
-        from ambient_jax.config import effective_sigma_tn
-
-        return max(float(config.loss.get("sigma_switch", 0.0)), effective_sigma_tn(config))
+        return max(float(config.loss.get("sigma_switch", 0.0)), float(config.loss.sigma_tn))
     return value
 
 

@@ -22,7 +22,7 @@ CONFIG = "configs/mnist.py"
 # The settings every variant starts from (the previous default of configs/mnist.py), so a
 # variant means the same run whatever the default is now; its own overrides come after.
 BASE = ["--config.loss.sigma_tn=1.5", "--config.loss.weighting=rescaled", "--config.loss.ambient_fraction=0",
-        "--config.model.split_sigma=0", "--config.ema.rampup_ratio=0.05"]
+        "--config.model.split_sigma=0", "--config.model.split_low_preset=", "--config.ema.rampup_ratio=0.05"]
 
 # name: (objective, overrides, what it tests)
 VARIANTS = {

@@ -65,7 +65,7 @@ def test_train_resume_sample_eval_through_the_programs(tmp_path):
     assert second.returncode == 0, second.stderr
     assert "resumed from step 4" in second.stdout
     assert [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))] == [2, 4, 6]
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["6"]  # latest only by default
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "6"]  # the two latest by default
 
     sampled = cli("sample", f"--workdir={workdir}", "--num_samples=12")
     assert sampled.returncode == 0, sampled.stderr
