@@ -18,12 +18,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be restored into the expected state."""
 
 
-def make_manager(workdir, keep_every=0):
+def make_manager(workdir, keep_every=0, create=True):
+    """create=False for readers (sampling, evaluation): no empty checkpoints/ left behind."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=2,
         keep_period=keep_every or None,
         enable_async_checkpointing=True,
-        create=True,
+        create=create,
     )
     return ocp.CheckpointManager(os.path.join(files.absolute(workdir), "checkpoints"), options=options)
 

@@ -219,7 +219,7 @@ def load_config(workdir):
     path = os.path.join(workdir, CONFIG_NAME)
     if not files.exists(path):
         raise FileNotFoundError(f"{path} is missing: {workdir!r} is not a training work dir (run ambient-train first)")
-    saved = _tuples(json.loads(files.read_text(path)))
+    saved = _tuples(files.read_json(path))
     # Fields added to the base after the run was made read as their defaults, which reproduce
     # the behaviour the run was trained with.
     return ml_collections.ConfigDict(_with_defaults(saved, base_config().to_dict()))

@@ -30,6 +30,16 @@ def read_text(path):
     return epath.Path(path).read_text()
 
 
+def read_json(path):
+    """A JSON file's content; one error naming the file when it is not valid JSON."""
+    import json
+
+    try:
+        return json.loads(read_text(path))
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): it was damaged; restore it or use a new work dir") from err
+
+
 def read_bytes(path):
     return epath.Path(path).read_bytes()
 

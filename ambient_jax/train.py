@@ -272,7 +272,9 @@ def all_finite(tree):
 
 
 def has_checkpoint(workdir):
-    return checkpoint.make_manager(workdir).latest_step() is not None if files.exists(workdir) else False
+    if not files.exists(os.path.join(workdir, "checkpoints")):
+        return False
+    return checkpoint.make_manager(workdir, create=False).latest_step() is not None
 
 
 def check_workdir(config, workdir, allow_config_change=False):
@@ -528,7 +530,10 @@ def load_ema_params(workdir, config=None):
     config = config or config_lib.load_config(workdir)
     model = generate.build_network(config, config.data.channels)
     target = jax.eval_shape(functools.partial(init_state, config, model, optax.identity()))
-    restored = checkpoint.restore_latest(checkpoint.make_manager(workdir), {"ema_params": target.ema_params}, partial=True)
+    if not files.exists(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (ambient-train --workdir {workdir})")
+    manager = checkpoint.make_manager(workdir, create=False)
+    restored = checkpoint.restore_latest(manager, {"ema_params": target.ema_params}, partial=True)
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (ambient-train --workdir {workdir})")
     return config, model, restored["ema_params"]

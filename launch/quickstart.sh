@@ -20,6 +20,8 @@ fi
 "$venv/bin/python" -m pip install --quiet -e ".[convert]"
 export PATH="$PWD/$venv/bin:$PATH"
 ambient-convert inception > /dev/null  # once: the weights go to ~/.cache/ambient_jax
+# JAX uses an accelerator when one is installed (pip install "jax[cuda12]" or "jax[tpu]"), else the CPU.
+echo "JAX backend: $("$venv/bin/python" -c 'import jax; print(jax.default_backend(), jax.devices()[0].device_kind)')"
 
 start=$(date +%s)
 for objective in ddpm ambient; do

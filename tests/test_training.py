@@ -317,3 +317,26 @@ def test_training_tracking_and_evaluation_go_to_tensorboard_event_files(tmp_path
     assert [s for s, _ in events["tracking/gap_sigma0.2"]] == [2, 4] and "tracking/extraction" in events
     assert events["eval/extraction_rate"][0][0] == 4 and any(t.startswith("eval/pixel_similarity/S") for t in events)
     assert events["samples"][0][1][:8] == b"\x89PNG\r\n\x1a\n"  # the sample grid, as a PNG image
+
+
+def test_damaged_run_files_and_bad_sample_requests_are_named(tmp_path):
+    wd = str(tmp_path / "run")
+    assert cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2").returncode == 0
+    # a corrupt samples file: garbage bytes, and an .npz without the samples array
+    (tmp_path / "garbage.npz").write_bytes(b"not an npz at all")
+    assert "garbage.npz is not a readable .npz" in error_line(cli("eval", f"--workdir={wd}", f"--samples={tmp_path}/garbage.npz"))
+    np.savez(str(tmp_path / "nokey.npz"), images=np.zeros((4, 16, 16, 1), np.uint8))
+    assert "has no array 'samples'" in error_line(cli("eval", f"--workdir={wd}", f"--samples={tmp_path}/nokey.npz"))
+    # sampling into a folder that does not exist is refused before sampling; so is an unfinished run
+    assert "folder" in error_line(cli("sample", f"--workdir={wd}", f"--out={tmp_path}/missing/s.npz"))
+    fresh = str(tmp_path / "unfinished")
+    os.makedirs(fresh)
+    assert "train first" in error_line(cli("sample", f"--workdir={fresh}"))
+    assert not os.path.exists(os.path.join(fresh, "checkpoints")), "reading must not leave an empty checkpoints/"
+    # damaged JSON records name their file
+    for name in ("subset.json", "config.json"):
+        path = os.path.join(wd, name)
+        good = open(path).read()
+        open(path, "w").write(good[: len(good) // 2])
+        assert f"{name} is not valid JSON" in error_line(cli("eval", f"--workdir={wd}", "--nofid"))
+        open(path, "w").write(good)

@@ -61,7 +61,7 @@ def read_subset_record(workdir):
     path = os.path.join(workdir, RECORD_NAME)
     if not files.exists(path):
         raise DataError(f"{path} is missing: is {workdir!r} a training work dir (run ambient-train first)?")
-    return json.loads(files.read_text(path))
+    return files.read_json(path)
 
 
 def write_json_atomic(path, obj):

@@ -33,11 +33,12 @@ def load_samples(path, image_shape):
         raise FileNotFoundError(f"samples file {path} does not exist: run ambient-sample first")
     try:
         with np.load(io.BytesIO(files.read_bytes(path))) as data:
-            if "samples" not in data:
-                raise ValueError(f"samples file {path} has no array 'samples' (it has {sorted(data.keys())})")
-            samples = data["samples"]
-    except (OSError, EOFError) as err:
-        raise ValueError(f"samples file {path} is not a readable .npz ({err})") from err
+            keys = sorted(data.keys())
+            samples = data["samples"] if "samples" in keys else None
+    except Exception as err:  # numpy raises zipfile, pickle, value and OS errors for a damaged file
+        raise ValueError(f"samples file {path} is not a readable .npz ({type(err).__name__}: {err})") from err
+    if samples is None:
+        raise ValueError(f"samples file {path} has no array 'samples' (it has {keys})")
     if samples.ndim != 4 or tuple(samples.shape[1:]) != tuple(image_shape) or samples.dtype != np.uint8:
         raise ValueError(
             f"samples file {path} holds {samples.dtype} {tuple(samples.shape)}; expected uint8 [N, "
@@ -169,6 +170,13 @@ def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inc
     samples_u8 = load_samples(samples_path, shape)
     samples = to_unit_range(samples_u8)
     thresholds = tuple(config.eval.thresholds)
+    if len(split.heldout) < 2:
+        raise ValueError(f"the data source has {len(split.heldout)} image(s) outside the training subset: evaluation "
+                         "compares samples with held-out images, so use a source with more images than data.n_train")
+    if len(split.train) <= config.eval.carlini_k:
+        raise ValueError(f"the extraction criterion averages over the eval.carlini_k = {config.eval.carlini_k} nearest "
+                         f"training images but the run has {len(split.train)}: set eval.carlini_k below that "
+                         f"(ambient-train --config.eval.carlini_k=N on a finished run only changes the evaluation)")
 
     train_emb = memorization.pixel_embedding(split.train)
     sims, nearest, similarity = memorization.similarity_report(memorization.pixel_embedding(samples), train_emb, thresholds)

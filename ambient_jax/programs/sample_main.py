@@ -26,10 +26,15 @@ def main(argv):
     del argv
     from ambient_jax import files, generate, train
 
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "samples.npz")
+    folder = os.path.dirname(out) or "."
+    if not files.exists(folder):  # before minutes of sampling, not after
+        raise FileNotFoundError(f"--out={out}: the folder {folder} does not exist; create it or choose another --out")
+    if FLAGS.num_samples is not None and FLAGS.num_samples < 1:
+        raise ValueError(f"--num_samples must be >= 1, got {FLAGS.num_samples}")
     config, model, params = train.load_ema_params(FLAGS.workdir)
     num = FLAGS.num_samples or config.sample.num_samples
     seed = config.sample.seed if FLAGS.seed is None else FLAGS.seed
-    out = FLAGS.out or os.path.join(FLAGS.workdir, "samples.npz")
     start = time.perf_counter()
     progress = lambda done, total: say(f"sampled {done}/{total} ({done / (time.perf_counter() - start):.0f} img/s)")
     images = generate.generate(config, model, params, num, seed, progress=progress)
