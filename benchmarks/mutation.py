@@ -222,14 +222,16 @@ def main():
                 with open(target, "w") as f:
                     f.write(original)
             seconds = time.perf_counter() - start
-            if code == 0:
+            if code is None:  # not a verdict: the selection did not finish
+                print(f"TIMEOUT  {name:34s} ({seconds:.0f} s; {' '.join(tests)}): not counted as caught", flush=True)
+            elif code == 0:
                 print(f"SURVIVED {name:34s} ({seconds:.0f} s; {' '.join(tests)})", flush=True)
             else:
                 caught += 1
                 print(f"CAUGHT   {name:34s} by {first_failure or code} ({seconds:.0f} s)", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"\n{caught} of {len(chosen)} mutants caught ({100 * caught / len(chosen):.0f}%)")
+    print(f"\n{caught} of {len(chosen)} mutants caught ({100 * caught / len(chosen):.0f}%; a timeout counts as not caught)")
 
 
 if __name__ == "__main__":
