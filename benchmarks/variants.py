@@ -29,7 +29,7 @@ VARIANTS = {
     "ddpm": ("ddpm", [], "plain denoising (reference)"),
     "default": ("ambient", [], "configs/mnist.py's ambient default as it stands"),
     "edm_1.5": ("ambient", ["--config.loss.weighting=edm"], "the paper's EDM weight, sigma_tn 1.5"),
-    "rescaled_1.5": ("ambient", [], "rescaled weight, sigma_tn 1.5 (the previous default)"),
+    "rescaled_1.5": ("ambient", [], "rescaled weight, sigma_tn 1.5: the default of configs/mnist.py"),
     "cap4_1.5": ("ambient", ["--config.loss.rescale_cap=4"], "rescaled weight capped at 4"),
     "cap16_1.5": ("ambient", ["--config.loss.rescale_cap=16"], "rescaled weight capped at 16"),
     "switch2_1.5": ("ambient", ["--config.loss.sigma_switch=2.0"], "rescaled, ambient branch from sigma 2.0 (clean below)"),
@@ -138,10 +138,10 @@ def table(root, mean=False):
               f"{ref['heldout_extraction_rate']:.1f}%, robust extraction {ref['heldout_robust_extraction_rate']:.1f}%, "
               f"pixel S>0.95 {ref['heldout_pixel_similarity']['S>0.95']:.1f}%, robust S>0.95 "
               f"{ref['heldout_robust_pixel_similarity']['S>0.95']:.1f}%.")
-    print()
+    print(f"\nEvery variant is configs/mnist.py with the base settings {' '.join(BASE)} and then its own overrides:\n")
     for name, (_, overrides, what) in VARIANTS.items():
         if any(n == name for n, _, _ in found):
-            print(f"- `{name}`: {what} ({' '.join(overrides) or 'configs/mnist.py as is'})")
+            print(f"- `{name}`: {what} ({' '.join(overrides) or 'no further overrides'})")
 
 
 def main():
