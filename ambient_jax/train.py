@@ -387,14 +387,14 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
         if read_subset_record(workdir)["train_indices"] != [int(i) for i in data.train_indices]:
             raise TrainingError(f"{workdir}/subset.json records another training subset; use a new --workdir")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if not restart and not has_checkpoint(workdir) and logged_steps(metrics_path):
-        raise TrainingError(
-            f"work dir {workdir} logged training up to step {max(logged_steps(metrics_path))} but holds no checkpoint "
-            "(were they deleted?). Re-run with --restart to train it from step 0 (the old metrics.jsonl is set aside), "
-            "or use a new --workdir.")
     # One writer per work dir, held until the run ends (workdir_lock: stale locks are taken over).
     lock = workdir_lock.acquire(workdir, log) if lead else None
     try:
+        if not restart and not has_checkpoint(workdir) and logged_steps(metrics_path):
+            raise TrainingError(
+                f"work dir {workdir} logged training up to step {max(logged_steps(metrics_path))} but holds no "
+                "checkpoint (were they deleted?). Re-run with --restart to train it from step 0 (the old metrics.jsonl "
+                "is set aside), or use a new --workdir.")
         if restart and lead:
             start_over(workdir, log)
             resumed_with_changes = False
