@@ -40,6 +40,9 @@ def test_streaming_trains_the_same_model_as_the_resident_path(prepared, tmp_path
     resident = train.train(tfds_config(prepared, **{"train.num_steps": 3}), str(tmp_path / "resident"), log=quiet)
     streaming_config = tfds_config(prepared, **{"train.num_steps": 3})
     streaming_config.data.streaming = True
+    with pytest.raises(ValueError, match="train.track_every"):  # tracking needs the images on device
+        train.train(streaming_config, str(tmp_path / "refused"), log=quiet)
+    streaming_config.train.track_every = 0
     streamed = train.train(streaming_config, str(tmp_path / "streamed"), log=quiet)
     same = jax.tree_util.tree_map(lambda a, b: np.array_equal(a, b), jax.device_get(resident.params),
                                   jax.device_get(streamed.params))
