@@ -33,8 +33,8 @@ def get_config(arg="ambient"):
 
     c.loss.objective = arg or "ambient"
     # The best trade-off measured for the method with one network (docs/ambient_quality.md, every
-    # variant at equal budget): sigma_tn 1.5 with the rescaled weight copies 0.3% against ddpm's
-    # 82%, at a worse FID. Balancing the branches (loss.weighting=normalized) recovers the FID and
+    # variant at equal budget): sigma_tn 1.5 with the rescaled weight copies 0.4% against ddpm's
+    # 81% (3 seeds), at a 2.7x worse Inception FID. Balancing the branches (loss.weighting=normalized) recovers the FID and
     # brings the copying back. A local network below sigma_tn (--config.model.split_sigma=-1
     # --config.model.split_low_preset=local_cnn) stops copying for ddpm as well. The paper's EDM
     # weight is loss.weighting=edm.
