@@ -458,10 +458,11 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
                     rate = window_steps * config.train.batch_size / (now - t_window)
                     if not np.isfinite(means["loss"]):
                         manager.wait_until_finished()
+                        kept = (f"The last good checkpoint (step {last_saved}) is kept" if last_saved is not None
+                                else "No checkpoint was written yet, so a corrected re-run starts from step 0")
                         raise TrainingError(
-                            f"the loss became {means['loss']} between steps {done - window_steps} and {done}. The last "
-                            f"good checkpoint (step {last_saved}) is kept. Lower optim.lr, set optim.grad_clip (e.g. 1.0) "
-                            "or use loss.weighting=edm, then re-run to resume from it."
+                            f"the loss became {means['loss']} between steps {done - window_steps} and {done}. {kept}. "
+                            "Lower optim.lr, set optim.grad_clip (e.g. 1.0) or use loss.weighting=edm, then re-run."
                         )
                     eta = (total - done) * config.train.batch_size / rate
                     if lead:

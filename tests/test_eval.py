@@ -213,3 +213,14 @@ def test_robust_view_is_the_blur_then_soft_threshold_of_its_definition():
     g /= g.sum()
     np.testing.assert_allclose(out[4:13, 4:13], np.outer(g, g), atol=1e-5)
     assert memorization.robust_sigma(32) == 1.0
+
+
+def test_compare_columns_are_labelled_by_run_dir():
+    from ambient_jax.eval import evaluate
+
+    base = {"sigma_tn": 1.5, "objective": "ambient", "fd_pixel": 1.0, "median_l2_to_heldout": 1.0, "extraction_rate": 0.0,
+            "median_l2_to_train": 1.0, "pixel_similarity": {"S>0.9": 1.0}, "heldout_pixel_similarity": {"S>0.9": 1.0},
+            "num_samples": 10, "num_train": 5}
+    runs = [dict(base, workdir="/runs/sweep/a"), dict(base, workdir="/runs/sweep/b"), dict(base, workdir="/q/ddpm", sigma_tn=0.0)]
+    header = evaluate.markdown_table(runs).splitlines()[0]
+    assert "a (ambient s_tn=1.5)" in header and "b (ambient s_tn=1.5)" in header and "| ddpm |" in header
