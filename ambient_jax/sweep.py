@@ -7,6 +7,7 @@ them as separate jobs.
 """
 
 import collections
+import concurrent.futures
 import json
 import os
 import shlex
@@ -46,19 +47,48 @@ def commands(config, root, sigmas, sizes, seeds, extra=(), eval_flags=("--nofid"
     return runs
 
 
-def run_all(runs, log=print):
-    """Run the grid one run after another, skipping evaluated runs; stops at the first failure."""
+def run_all(runs, log=print, jobs=1):
+    """Run the grid, skipping evaluated runs; each run's programs one after another.
+
+    jobs > 1 runs that many runs at once (many small runs fill one large accelerator or a many-core
+    host). Their output then goes to <workdir>/sweep.log, and on a GPU each program takes memory as
+    it needs it instead of JAX's default 75% of the device. Raises after all runs, naming every
+    failed run, so that one bad run does not stop the others.
+    """
     bin_dir = os.path.dirname(sys.executable)
+    todo = []
     for workdir, steps in runs:
         if files.exists(os.path.join(workdir, "eval", "metrics.json")):
             log(f"skip {workdir} (evaluated)")
-            continue
-        for argv in steps:
-            log("$ " + " ".join(shlex.quote(a) for a in argv))
-            program = os.path.join(bin_dir, argv[0])
-            result = subprocess.run([program if os.path.exists(program) else argv[0], *argv[1:]])
-            if result.returncode:
-                raise RuntimeError(f"{argv[0]} failed for {workdir} (exit {result.returncode}); fix it and re-run the sweep")
+        else:
+            todo.append((workdir, steps))
+    env = dict(os.environ)
+    if jobs > 1:
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+    def run_one(workdir, steps):
+        out = None
+        if jobs > 1:
+            os.makedirs(workdir, exist_ok=True)
+            out = open(os.path.join(workdir, "sweep.log"), "a")
+        try:
+            for argv in steps:
+                log("$ " + " ".join(shlex.quote(a) for a in argv))
+                program = os.path.join(bin_dir, argv[0])
+                result = subprocess.run([program if os.path.exists(program) else argv[0], *argv[1:]],
+                                        env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+                if result.returncode:
+                    where = f"; its output is in {out.name}" if out else ""
+                    return f"{argv[0]} failed for {workdir} (exit {result.returncode}){where}"
+            return None
+        finally:
+            if out:
+                out.close()
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+        failures = [f for f in pool.map(lambda run: run_one(*run), todo) if f]
+    if failures:
+        raise RuntimeError("; ".join(failures) + "; fix it and re-run the sweep (evaluated runs are skipped)")
 
 
 def collect(root):

@@ -251,8 +251,9 @@ def test_keep_policy_keeps_the_latest_and_every_kth(tmp_path):
 def test_sweep_runs_the_grid_and_writes_table_and_pareto_plot(tmp_path):
     root = str(tmp_path / "sweep")
     sets = [f"--set={flag}" for flag in TINY + ["--config.train.num_steps=2", "--config.train.sample_every=2"]]
-    result = cli("sweep", "run", f"--root={root}", "--sigma_tn=0,1.5", "--n_train=16", "--seeds=0", *sets)
+    result = cli("sweep", "run", f"--root={root}", "--sigma_tn=0,1.5", "--n_train=16", "--seeds=0", "--jobs=2", *sets)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert os.path.getsize(os.path.join(root, "n16_s0_seed0", "sweep.log")) > 0  # --jobs > 1: each run logs apart
     assert sorted(os.listdir(root)) == ["diagnose.png", "n16_s0_seed0", "n16_s1.5_seed0", "pareto.png", "table.md"]
     assert json.load(open(os.path.join(root, "n16_s0_seed0", "config.json")))["loss"]["objective"] == "ddpm"
     assert json.load(open(os.path.join(root, "n16_s1.5_seed0", "config.json")))["loss"]["sigma_tn"] == 1.5

@@ -1,7 +1,7 @@
 """ambient-sweep: train, sample and evaluate a grid of runs, then the Table-1 / Pareto report.
 
     ambient-sweep run --config=configs/mnist.py --root=runs/sweep --sigma_tn=0,0.5,1,1.5,2 \
-        --n_train=100,300 --seeds=0,1,2 [--set=--config.train.num_steps=2000 ...]
+        --n_train=100,300 --seeds=0,1,2 [--set=--config.train.num_steps=2000 ...] [--jobs=8]
     ambient-sweep commands ...   # the same grid as one shell line per run, for separate jobs
     ambient-sweep report --root=runs/sweep   # <root>/table.md and <root>/pareto.png
 
@@ -18,6 +18,7 @@ flags.DEFINE_list("sigma_tn", ["0", "0.5", "1", "1.5", "2"], "noise levels; 0 = 
 flags.DEFINE_list("n_train", ["100"], "training-set sizes")
 flags.DEFINE_list("seeds", ["0"], "train.seed values")
 flags.DEFINE_multi_string("set", [], "extra --config.a.b=v overrides for every run")
+flags.DEFINE_integer("jobs", 1, "run: how many runs at once (each run's output then goes to its sweep.log)")
 flags.DEFINE_bool("fid", False, "evaluate with --fid (Inception) as well")
 flags.DEFINE_string("quality", None, "report: the y metric (default: the first quality row)")
 flags.DEFINE_string("memorization", None, "report: the x metric (default: extraction_rate)")
@@ -40,7 +41,7 @@ def main(argv):
         for _, steps in runs:
             say(" && ".join(" ".join(step) for step in steps))
         return
-    sweep.run_all(runs, log=say)
+    sweep.run_all(runs, log=say, jobs=FLAGS.jobs)
     say(sweep.report(FLAGS.root))
 
 
