@@ -56,6 +56,10 @@ class Tracker:
         self.sigmas = jnp.asarray(config.train.track_sigmas, jnp.float32)
         self.errors = _gap_fn(model, config.loss.sigma_data)
         self.robust_px = memorization.robust_sigma(config.data.resolution)
+        flat = lambda a: np.asarray(a).reshape(len(a), -1)
+        # The training set's two views are the same at every event: computed once here.
+        self.train_flat = flat(self.train_all)
+        self.train_robust_flat = flat(memorization.robust_view(self.train_all, self.robust_px))
 
     def __call__(self, ema_params, step):
         del step  # the record is the same function of the parameters at any step
@@ -69,11 +73,10 @@ class Tracker:
                                         batch_size=count, sample_fn=self.sample_fn, mesh=self.mesh)
             samples = samples.astype(np.float32) / 127.5 - 1.0
             k = self.config.eval.carlini_k
-            flat = lambda a: a.reshape(len(a), -1)
-            record["track_extraction"] = float(100 * memorization.extraction_report(flat(samples), flat(self.train_all), k)[0].mean())
-            robust = lambda a: memorization.robust_view(a, self.robust_px)
-            record["track_robust_extraction"] = float(
-                100 * memorization.extraction_report(flat(robust(samples)), flat(robust(self.train_all)), k)[0].mean())
+            flat = lambda a: np.asarray(a).reshape(len(a), -1)
+            record["track_extraction"] = float(100 * memorization.extraction_report(flat(samples), self.train_flat, k)[0].mean())
+            robust = flat(memorization.robust_view(samples, self.robust_px))
+            record["track_robust_extraction"] = float(100 * memorization.extraction_report(robust, self.train_robust_flat, k)[0].mean())
         record["track_seconds"] = time.perf_counter() - start
         return record
 

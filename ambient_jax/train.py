@@ -381,18 +381,19 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
     lead = jax.process_index() == 0  # only one process writes the run's files
     check_workdir(config, workdir, allow_config_change or restart)
     data = TrainingData(config)  # bad data fails here, before anything is written
-    resumed_with_changes = not restart and has_checkpoint(workdir) and bool(
-        config_lib.config_differences(config_lib.load_config(workdir), config))
-    if files.exists(os.path.join(workdir, "subset.json")) and has_checkpoint(workdir) and not restart:
+    resuming = not restart and has_checkpoint(workdir)
+    resumed_with_changes = resuming and bool(config_lib.config_differences(config_lib.load_config(workdir), config))
+    if resuming and files.exists(os.path.join(workdir, "subset.json")):
         if read_subset_record(workdir)["train_indices"] != [int(i) for i in data.train_indices]:
             raise TrainingError(f"{workdir}/subset.json records another training subset; use a new --workdir")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     # One writer per work dir, held until the run ends (workdir_lock: stale locks are taken over).
     lock = workdir_lock.acquire(workdir, log) if lead else None
     try:
-        if not restart and not has_checkpoint(workdir) and logged_steps(metrics_path):
+        orphan_steps = [] if restart or resuming else logged_steps(metrics_path)
+        if orphan_steps:
             raise TrainingError(
-                f"work dir {workdir} logged training up to step {max(logged_steps(metrics_path))} but holds no "
+                f"work dir {workdir} logged training up to step {max(orphan_steps)} but holds no "
                 "checkpoint (were they deleted?). Re-run with --restart to train it from step 0 (the old metrics.jsonl "
                 "is set aside), or use a new --workdir.")
         if restart and lead:

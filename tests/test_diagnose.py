@@ -79,6 +79,14 @@ def test_noisy_copy_optimum_minimises_the_ambient_loss_over_the_copies(key):
     np.testing.assert_allclose(out["dist_noisy_copies"][1:], 0.0, atol=1e-10)
 
 
+def test_noisy_copy_optimum_with_one_copy_by_hand():
+    """With one noisy copy y the posterior mean is y, so D*_tn = (sigma^2 y - sigma_tn^2 x) / (sigma^2 - sigma_tn^2):
+    y = 1, x = 2, sigma = 1, sigma_tn = 0.5 gives (1 - 0.5) / 0.75 = 2/3 in every pixel."""
+    y = jnp.ones((1, 4, 4, 1))
+    best = diagnose.noisy_copy_denoiser(y, 0.5)
+    np.testing.assert_allclose(best(2.0 * y, jnp.array([1.0])), 2.0 / 3.0, rtol=1e-6)
+
+
 def test_tracker_gap_is_heldout_minus_train_error_and_extraction_is_counted(tmp_path):
     """The tracking record from its definition: per-pixel denoising errors at each tracked level
     on the tracker's fixed images and noise, held-out minus train; extraction of its samples."""
