@@ -55,6 +55,29 @@ def write_text_atomic(path, text):
     write_bytes_atomic(path, text.encode())
 
 
+def write_json_atomic(path, obj):
+    import json
+
+    write_text_atomic(path, json.dumps(obj, indent=1))
+
+
+def save_npz(path, compressed=False, **arrays):
+    """Arrays to an .npz file, atomically (also on a bucket: numpy writes to a buffer first)."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def load_npz(path):
+    """{name: array} from an .npz file, read whole (also from a bucket)."""
+    import numpy as np
+
+    with np.load(io.BytesIO(read_bytes(path))) as data:
+        return {k: data[k] for k in data.keys()}
+
+
 def append_line(path, line):
     """Append one line (buckets have no append: read, add, write back atomically)."""
     if not is_remote(path):

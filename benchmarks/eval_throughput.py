@@ -60,12 +60,12 @@ def main():
             model = dinov2.DinoV2(dinov2.VARIANTS[variant])
             dparams = jax.jit(model.init)(jax.random.key(0), dinov2.preprocess(images[:1], "paper"))
             apply = lambda p, batch: model.apply(p, dinov2.preprocess(batch, "paper"))
-            seconds = common.timed(lambda: features.extract(apply, dparams, images, batch_size=args.batch), repeat=1)
+            seconds = common.timed(lambda p=dparams: features.extract(apply, p, images, batch_size=args.batch), repeat=1)
             side = dinov2.preprocess(images[:1], "paper").shape[1]
             results["features"].append({"model": f"dinov2_{variant}", "resolution": res, "input": side,
                                         "images_per_s": args.images / seconds})
             print(f"  DINOv2 {variant} ({res}x{res} -> {side}, paper)   {args.images / seconds:10.1f} images/s")
-            del dparams
+            del dparams  # free the ViT-g weights before the next variant
     pairs, flops = nn_search()
     peak = results["matmul_flops_per_s"] = max(peak, common.matmul_peak("float32"))  # the best of start and end
     results["nn_pairs_per_s"], results["nn_flops_ratio_to_matmul"] = pairs, flops / peak

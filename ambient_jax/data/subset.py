@@ -6,7 +6,6 @@ the sorted indices, so a run can always be evaluated against exactly its trainin
 """
 
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -53,7 +52,7 @@ def record_subset(workdir, data_config, train_indices, num_source_images):
         "num_source_images": int(num_source_images),
         "train_indices": [int(i) for i in train_indices],
     }
-    write_json_atomic(os.path.join(workdir, RECORD_NAME), record)
+    files.write_json_atomic(os.path.join(workdir, RECORD_NAME), record)
     return record
 
 
@@ -63,6 +62,3 @@ def read_subset_record(workdir):
         raise DataError(f"{path} is missing: is {workdir!r} a training work dir (run ambient-train first)?")
     return files.read_json(path)
 
-
-def write_json_atomic(path, obj):
-    files.write_text_atomic(path, json.dumps(obj, indent=1))

@@ -11,7 +11,6 @@ As a reference point the same similarity shares are computed for held-out real i
 close a new real digit is to the training set without any copying).
 """
 
-import io
 import json
 import os
 import time
@@ -21,7 +20,6 @@ import numpy as np
 from ambient_jax import config as config_lib, files, plots
 from ambient_jax.data import load_split, read_subset_record, to_uint8
 from ambient_jax.data.sources import to_unit_range
-from ambient_jax.data.subset import write_json_atomic
 from ambient_jax.eval import fid, memorization
 
 EVAL_DIR = "eval"
@@ -32,9 +30,9 @@ def load_samples(path, image_shape):
     if not files.exists(path):
         raise FileNotFoundError(f"samples file {path} does not exist: run ambient-sample first")
     try:
-        with np.load(io.BytesIO(files.read_bytes(path))) as data:
-            keys = sorted(data.keys())
-            samples = data["samples"] if "samples" in keys else None
+        data = files.load_npz(path)
+        keys = sorted(data)
+        samples = data.get("samples")
     except Exception as err:  # numpy raises zipfile, pickle, value and OS errors for a damaged file
         raise ValueError(f"samples file {path} is not a readable .npz ({type(err).__name__}: {err})") from err
     if samples is None:
@@ -64,9 +62,9 @@ def cached_features(out_dir, name, images_u8, compute, log=print, shared=False):
     else:
         path = os.path.join(out_dir, f"features_{name}.npz")
     if files.exists(path):
-        with np.load(io.BytesIO(files.read_bytes(path))) as data:
-            if str(data["digest"]) == digest:
-                return data["features"]
+        data = files.load_npz(path)
+        if str(data["digest"]) == digest:
+            return data["features"]
     log(f"extracting {name} features of {len(images_u8)} images ...")
     start = time.perf_counter()
 
@@ -74,10 +72,8 @@ def cached_features(out_dir, name, images_u8, compute, log=print, shared=False):
         log(f"  {name}: {done}/{total} images ({done / (time.perf_counter() - start):.1f} images/s)")
 
     feats = compute(images_u8, progress)
-    buffer = io.BytesIO()
-    np.savez(buffer, features=feats, digest=digest)
     files.makedirs(os.path.dirname(path))
-    files.write_bytes_atomic(path, buffer.getvalue())
+    files.save_npz(path, features=feats, digest=digest)
     return feats
 
 
@@ -93,17 +89,15 @@ def dataset_reference_statistics(data_config, protocol, extract, log=print):
                       data_config.resolution, data_config.channels, protocol])
     path = os.path.join(convert.CACHE_DIR, "reference_stats", hashlib.sha256(key.encode()).hexdigest()[:16] + ".npz")
     if files.exists(path):
-        with np.load(io.BytesIO(files.read_bytes(path))) as data:
-            return data["mu"], data["sigma"], int(data["count"])
+        data = files.load_npz(path)
+        return data["mu"], data["sigma"], int(data["count"])
     images = to_uint8(load_source(data_config))
     log(f"reference statistics: Inception features of all {len(images)} source images (cached in {path}) ...")
     start = time.perf_counter()
     progress = lambda done, total: log(f"  reference: {done}/{total} images ({done / (time.perf_counter() - start):.1f} images/s)")
     mu, sigma = fid.feature_statistics(extract(images, progress))
     files.makedirs(os.path.dirname(path))
-    buffer = io.BytesIO()
-    np.savez(buffer, mu=mu, sigma=sigma, count=len(images), key=key)
-    files.write_bytes_atomic(path, buffer.getvalue())
+    files.save_npz(path, mu=mu, sigma=sigma, count=len(images), key=key)
     return mu, sigma, len(images)
 
 
@@ -225,7 +219,7 @@ def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inc
     metrics.update(embedding_metrics(
         out, samples_u8[:count], to_uint8(split.train), to_uint8(heldout[:count]), thresholds, inception_fid,
         inception_protocol, dinov2_weights, dinov2_heads, dinov2_recipe, log, config.data, fid_reference))
-    write_json_atomic(os.path.join(out, "metrics.json"), metrics)
+    files.write_json_atomic(os.path.join(out, "metrics.json"), metrics)
     _eval_summaries(workdir, metrics)
     files.write_text_atomic(os.path.join(out, "report.md"), markdown_table([metrics]) + diagnosis_link(workdir))
     save_nearest_figure(samples_u8, sims, nearest, split.train, os.path.join(out, "nearest.png"))

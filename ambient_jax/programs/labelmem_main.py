@@ -9,7 +9,6 @@ held-out digits), summary.json, most_least_memorized.png (top row: the most memo
 bottom row: the least) and memorization_histogram.png.
 """
 
-import io
 import json
 import os
 
@@ -51,10 +50,9 @@ def main(argv):
     )
     mem, stderr = result["mem"], result["mem_stderr"]
     files.makedirs(FLAGS.workdir)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, mem=mem, mem_stderr=stderr, train_indices=train_idx, test_indices=test_idx,
-                        top_influence=result["infl"].max(axis=1), top_influence_test_index=test_idx[result["infl"].argmax(axis=1)])
-    files.write_bytes_atomic(os.path.join(FLAGS.workdir, "scores.npz"), buffer.getvalue())
+    files.save_npz(os.path.join(FLAGS.workdir, "scores.npz"), compressed=True, mem=mem, mem_stderr=stderr,
+                   train_indices=train_idx, test_indices=test_idx, top_influence=result["infl"].max(axis=1),
+                   top_influence_test_index=test_idx[result["infl"].argmax(axis=1)])
     ranked = np.argsort(-mem)
     summary = {
         "n_train": FLAGS.n_train, "num_models": FLAGS.num_models, "fraction": FLAGS.fraction, "steps": FLAGS.steps,

@@ -5,11 +5,9 @@
 Writes <workdir>/samples.npz (uint8 NHWC under key "samples") and <workdir>/samples.png.
 """
 
-import io
 import os
 import time
 
-import numpy as np
 from absl import flags
 
 from ambient_jax.programs.common import clean_errors, say, run_program
@@ -38,9 +36,7 @@ def main(argv):
     start = time.perf_counter()
     progress = lambda done, total: say(f"sampled {done}/{total} ({done / (time.perf_counter() - start):.0f} img/s)")
     images = generate.generate(config, model, params, num, seed, progress=progress)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, samples=images, seed=seed)
-    files.write_bytes_atomic(out, buffer.getvalue())
+    files.save_npz(out, compressed=True, samples=images, seed=seed)
     generate.save_grid(images[: config.sample.grid_size**2], os.path.splitext(out)[0] + ".png", config.sample.grid_size)
     say(f"wrote {out} ({images.shape[0]} images, {config.sample.sampler}, {config.sample.num_steps} steps)")
 
