@@ -9,9 +9,11 @@ predecessor to fall back to), plus every step divisible by `keep_every` when set
 import os
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from ambient_jax import files
+from ambient_jax import config as config_lib
+from ambient_jax import files, nets
 
 
 class CheckpointError(RuntimeError):
@@ -67,3 +69,19 @@ def restore_latest(manager, target, partial=False, log=print):
         f"{failures[0][1]}). If the run's network or optimizer changed, use a new --workdir; to start this one over, "
         "re-run with --restart."
     )
+
+
+def load_ema_params(workdir, config=None):
+    """(config, model, EMA params) of the latest checkpoint in a work dir (nothing else is read)."""
+    config = config or config_lib.load_config(workdir)
+    model = nets.build_network(config, config.data.channels)
+    # The parameters' shapes, as the trainer initialises them (no computation, no memory).
+    shape = (1, *config_lib.image_shape(config))
+    target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape), jnp.zeros((1,)))
+    missing = f"no checkpoint in {workdir}/checkpoints: train first (ambient-train --workdir {workdir})"
+    if not files.exists(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(missing)
+    restored = restore_latest(make_manager(workdir, create=False), {"ema_params": target}, partial=True)
+    if restored is None:
+        raise FileNotFoundError(missing)
+    return config, model, restored["ema_params"]

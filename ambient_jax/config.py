@@ -181,14 +181,14 @@ def check_config(config):
     need(config.loss.weighting in losses.WEIGHTINGS, "loss.weighting", f"must be one of {losses.WEIGHTINGS}")
     need(config.loss.sigma_tn >= 0, "loss.sigma_tn", "must be >= 0")
     need(config.model.preset in nets.PRESETS, "model.preset", f"must be one of {sorted(nets.PRESETS)}")
-    low = config.model.get("split_low_preset", "")
+    low = config.model.split_low_preset
     need(not low or low in nets.PRESETS, "model.split_low_preset", f"must be '' or one of {sorted(nets.PRESETS)}")
-    need(not low or config.model.get("split_sigma", 0.0), "model.split_low_preset", "needs model.split_sigma (-1 or a level)")
+    need(not low or config.model.split_sigma, "model.split_low_preset", "needs model.split_sigma (-1 or a level)")
     need(config.sample.sampler in sampling.SAMPLERS, "sample.sampler", f"must be one of {sorted(sampling.SAMPLERS)}")
     need(config.parallel.mode in ("jit", "pmap"), "parallel.mode", "must be 'jit' or 'pmap'")
-    need(config.model.get("compute_dtype", "auto") in ("auto", "float32", "bfloat16"), "model.compute_dtype",
+    need(config.model.compute_dtype in ("auto", "float32", "bfloat16"), "model.compute_dtype",
          "must be 'auto', 'float32' or 'bfloat16'")
-    need(int(config.train.get("steps_per_dispatch", 1)) >= 1, "train.steps_per_dispatch", "must be >= 1")
+    need(int(config.train.steps_per_dispatch) >= 1, "train.steps_per_dispatch", "must be >= 1")
     for field in ("train.batch_size", "train.num_steps", "train.log_every", "train.sample_every", "train.checkpoint_every",
                   "sample.num_steps", "sample.batch_size", "sample.num_samples", "sample.grid_size", "eval.carlini_k",
                   "data.n_train", "data.resolution"):
@@ -197,11 +197,11 @@ def check_config(config):
     need(config.optim.lr > 0, "optim.lr", "must be > 0")
     need(config.data.channels in (1, 3), "data.channels", "must be 1 or 3")
     need(all(0 < t < 1 for t in config.eval.thresholds), "eval.thresholds", "must lie between 0 and 1")
-    need(int(config.train.get("track_every", 0)) >= 0, "train.track_every", "must be >= 0 (0 = off)")
-    need(int(config.train.get("track_samples", 0)) >= 0, "train.track_samples", "must be >= 0")
-    need(len(config.train.get("track_sigmas", ())) >= 1 and all(s > 0 for s in config.train.get("track_sigmas", ())),
+    need(int(config.train.track_every) >= 0, "train.track_every", "must be >= 0 (0 = off)")
+    need(int(config.train.track_samples) >= 0, "train.track_samples", "must be >= 0")
+    need(len(config.train.track_sigmas) >= 1 and all(s > 0 for s in config.train.track_sigmas),
          "train.track_sigmas", "must be one or more noise levels > 0")
-    if int(config.train.get("track_every", 0)) and config.data.streaming:
+    if int(config.train.track_every) and config.data.streaming:
         raise ValueError("config field train.track_every: tracking needs the training images on device "
                          "(data.streaming=False); set train.track_every=0 for streamed runs")
 
@@ -219,10 +219,16 @@ def load_config(workdir):
     path = os.path.join(workdir, CONFIG_NAME)
     if not files.exists(path):
         raise FileNotFoundError(f"{path} is missing: {workdir!r} is not a training work dir (run ambient-train first)")
-    saved = _tuples(files.read_json(path))
     # Fields added to the base after the run was made read as their defaults, which reproduce
     # the behaviour the run was trained with.
-    return ml_collections.ConfigDict(_with_defaults(saved, base_config().to_dict()))
+    return complete(_tuples(files.read_json(path)))
+
+
+def complete(config):
+    """The config with every field of base_config() it lacks at its default, so that code reads
+    every field directly (config files and saved configs may predate a field)."""
+    given = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return ml_collections.ConfigDict(_with_defaults(given, base_config().to_dict()))
 
 
 def _with_defaults(saved, defaults):
@@ -261,3 +267,7 @@ def _tuples(tree):
     if isinstance(tree, list):
         return tuple(_tuples(v) for v in tree)
     return tree
+
+
+def image_shape(config):
+    return (config.data.resolution, config.data.resolution, config.data.channels)

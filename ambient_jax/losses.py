@@ -65,7 +65,7 @@ import jax
 import jax.numpy as jnp
 
 from ambient_jax import schedules
-from ambient_jax.precond import SIGMA_DATA
+from ambient_jax.precond import SIGMA_DATA, vp_denoiser
 from ambient_jax.schedules import _expand
 
 WEIGHTINGS = ("edm", "rescaled", "normalized", "none")
@@ -134,15 +134,6 @@ def ambient_loss(denoise, x_tn, sigma, sigma_tn, noise, sigma_data=SIGMA_DATA, w
 
 
 # ----------------------------------------------------------------------------- VP form
-
-
-def vp_denoiser(denoise):
-    """The lecture's h(x_t, s_t) -> x0 estimate from a VE denoiser D: h(x, s) = D(x / sqrt(1-s^2), sigma(s))."""
-
-    def h(x_vp, s):
-        return denoise(schedules.vp_to_ve_x(x_vp, s), schedules.vp_to_ve_sigma(s))
-
-    return h
 
 
 def ambient_loss_vp(h, x_tn, s, s_tn, noise):

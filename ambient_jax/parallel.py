@@ -70,6 +70,19 @@ def check_batch(batch_size, mesh, field="train.batch_size"):
         raise ValueError(f"{field} = {batch_size} does not divide over {mesh.size} devices; use a multiple of {mesh.size}")
 
 
+def round_up_to_devices(batch_size, mesh):
+    """The smallest multiple of the mesh's device count that is at least batch_size."""
+    return -(-batch_size // mesh.size) * mesh.size
+
+
+def process_rows(batch_size, process_index=None, process_count=None):
+    """The slice of a global batch's rows that one process feeds (all of them on one host)."""
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    per_process = batch_size // count
+    return slice(index * per_process, (index + 1) * per_process)
+
+
 def global_replicated(array, mesh):
     """A host array that every process holds in full -> one replicated global array."""
     return jax.make_array_from_process_local_data(replicated(mesh), np.asarray(array))

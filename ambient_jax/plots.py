@@ -2,6 +2,8 @@
 
 import io
 
+import numpy as np
+
 from ambient_jax import files
 
 
@@ -135,3 +137,28 @@ def save_pareto(points, path, x_label, y_label):
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     files.write_bytes_atomic(path, buffer.getvalue())
+
+
+def tile(images_uint8, cols=None):
+    """uint8 [N, H, W, C] images -> one uint8 [rows (H + 2) + 2, cols (W + 2) + 2, C] grid, white gaps."""
+    n, h, w, c = images_uint8.shape
+    cols = cols or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    grid = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, c), 255, np.uint8)
+    for i, img in enumerate(images_uint8):
+        r, col = divmod(i, cols)
+        grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + col * (w + 2) : 2 + col * (w + 2) + w] = img
+    return grid
+
+
+def save_grid(images_uint8, path, cols=None):
+    """Tile uint8 [N, H, W, C] images into one PNG (atomically)."""
+    from PIL import Image
+
+    h, c = images_uint8.shape[1], images_uint8.shape[3]
+    grid = tile(images_uint8, cols)
+    scale = max(1, 64 // h)  # small digits are unreadable at 1:1
+    picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    if scale > 1:
+        picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)
+    files.save_png(picture, path)

@@ -14,6 +14,7 @@ training target at unit variance for every sigma.
 
 import jax.numpy as jnp
 
+from ambient_jax import schedules
 from ambient_jax.schedules import _expand
 
 SIGMA_DATA = 0.5
@@ -44,3 +45,12 @@ def edm_denoiser(raw_net, sigma_data=SIGMA_DATA):
         return _expand(c_skip, x) * x + _expand(c_out, x) * f.astype(x.dtype)
 
     return denoise
+
+
+def vp_denoiser(denoise):
+    """The lecture's h(x_t, s_t) -> x0 estimate from a VE denoiser D: h(x, s) = D(x / sqrt(1-s^2), sigma(s))."""
+
+    def h(x_vp, s):
+        return denoise(schedules.vp_to_ve_x(x_vp, s), schedules.vp_to_ve_sigma(s))
+
+    return h

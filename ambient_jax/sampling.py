@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ambient_jax import schedules
-from ambient_jax.losses import vp_denoiser
+from ambient_jax.precond import vp_denoiser
 
 
 def edm_sampler(

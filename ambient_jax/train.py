@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ambient_jax import (checkpoint, config as config_lib, files, generate, losses, parallel, summaries, tracking,
-                         workdir_lock)
+from ambient_jax import (checkpoint, config as config_lib, files, generate, losses, nets, parallel, plots, summaries,
+                         tracking, workdir_lock)
 from ambient_jax.data import DataError, load_split, read_subset_record, record_subset
 from ambient_jax.precond import edm_denoiser
 
@@ -83,7 +83,7 @@ def ema_beta(step, batch_size, ema_config):
 
 
 def init_state(config, model, optimizer):
-    shape = (1, *generate.image_shape(config))
+    shape = (1, *config_lib.image_shape(config))
     key = jax.random.fold_in(root_key(config), KEY_INIT)
     params = jax.jit(model.init)(key, jnp.zeros(shape), jnp.zeros((1,)))
     ema_params = jax.tree_util.tree_map(jnp.copy, params)  # its own buffers: the step donates both
@@ -135,9 +135,9 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
         p_mean=config.loss.p_mean,
         p_std=config.loss.p_std,
         sigma_data=config.loss.sigma_data,
-        sigma_switch=config.loss.get("sigma_switch", 0.0),
-        rescale_cap=config.loss.get("rescale_cap", 0.0),
-        ambient_fraction=config.loss.get("ambient_fraction", 0.0),
+        sigma_switch=config.loss.sigma_switch,
+        rescale_cap=config.loss.rescale_cap,
+        ambient_fraction=config.loss.ambient_fraction,
     )
     step_root = step_root_key(config)
 
@@ -205,7 +205,7 @@ class Trainer:
         self.mode, self.mesh = config.parallel.mode, mesh
         if config.data.streaming and self.mode != "jit":
             raise ValueError("data.streaming needs parallel.mode=jit")
-        self.steps_per_dispatch = int(config.train.get("steps_per_dispatch", 1))
+        self.steps_per_dispatch = int(config.train.steps_per_dispatch)
         if config.data.streaming and self.steps_per_dispatch > 1:
             raise ValueError("train.steps_per_dispatch > 1 needs the training images on device (data.streaming=False)")
         self.multi_step = None
@@ -299,7 +299,7 @@ class TrainingData:
         if not config.data.streaming:
             split = load_split(config.data)
             self.images, self.train_indices, self.heldout = split.train, split.train_indices, split.heldout
-            want = generate.image_shape(config)
+            want = config_lib.image_shape(config)
             if tuple(self.images.shape[1:]) != want:
                 raise DataError(
                     f"the {config.data.source} source gives images of shape {tuple(self.images.shape[1:])} but the config "
@@ -377,6 +377,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
     SIGTERM (how TPU and Slurm pre-emption announce themselves) and SIGINT (Ctrl-C) save a
     checkpoint at the current step and return cleanly; re-running the command resumes from it.
     """
+    config = config_lib.complete(config)
     parallel.initialize(config.parallel)
     lead = jax.process_index() == 0  # only one process writes the run's files
     check_workdir(config, workdir, allow_config_change or restart)
@@ -400,7 +401,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
             start_over(workdir, log)
             resumed_with_changes = False
         mesh = parallel.make_mesh(config.parallel)
-        model = generate.build_network(config, config.data.channels)
+        model = nets.build_network(config, config.data.channels)
         optimizer, schedule = make_optimizer(config.optim, config.train.batch_size)
         trainer = Trainer(config, model, optimizer, schedule, mesh)
         if lead:
@@ -426,7 +427,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
         state = saved_form if config.parallel.mode == "jit" else trainer.place(saved_form)
         del fresh, target, restored, saved_form
         sample_fn = generate.make_sample_fn(config, model, mesh)
-        track_every = int(config.train.get("track_every", 0))
+        track_every = int(config.train.track_every)
         tracker = tracking.Tracker(config, model, data.images, data.heldout, sample_fn, mesh) if track_every else None
 
         start = int(jax.device_get(trainer.to_saved(state).step))
@@ -478,9 +479,9 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
                     picture = generate.generate(config, model, trainer.to_saved(state).ema_params, grid,
                                                 seed=config.sample.seed, batch_size=grid, sample_fn=sample_fn, mesh=mesh)
                     if lead:
-                        generate.save_grid(picture, os.path.join(workdir, "samples", f"grid_{done:07d}.png"),
+                        plots.save_grid(picture, os.path.join(workdir, "samples", f"grid_{done:07d}.png"),
                                            config.sample.grid_size)
-                        events.image(done, "samples", generate.tile(picture, config.sample.grid_size))
+                        events.image(done, "samples", plots.tile(picture, config.sample.grid_size))
                 if tracker and done % track_every == 0:
                     record = tracker(trainer.to_saved(state).ema_params, done)
                     if lead:
@@ -525,17 +526,3 @@ def _on_sigterm(handler):
         signal.signal(signal.SIGINT, handler[1])
         return None
     return signal.signal(signal.SIGTERM, handler), signal.signal(signal.SIGINT, handler)
-
-
-def load_ema_params(workdir, config=None):
-    """(config, model, EMA params) of the latest checkpoint in a work dir (nothing else is read)."""
-    config = config or config_lib.load_config(workdir)
-    model = generate.build_network(config, config.data.channels)
-    target = jax.eval_shape(functools.partial(init_state, config, model, optax.identity()))
-    if not files.exists(os.path.join(workdir, "checkpoints")):
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (ambient-train --workdir {workdir})")
-    manager = checkpoint.make_manager(workdir, create=False)
-    restored = checkpoint.restore_latest(manager, {"ema_params": target.ema_params}, partial=True)
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (ambient-train --workdir {workdir})")
-    return config, model, restored["ema_params"]

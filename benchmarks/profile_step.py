@@ -67,12 +67,12 @@ def main():
     import jax
     import numpy as np
 
-    from ambient_jax import generate, parallel, train
+    from ambient_jax import nets, parallel, train
     from train_step import bench_config
 
     config = bench_config(args.preset, args.batch, args.dtype)
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    model = generate.build_network(config, 3)
+    model = nets.build_network(config, 3)
     optimizer, schedule = train.make_optimizer(config.optim, args.batch)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
     res = config.data.resolution

@@ -15,7 +15,7 @@ import common  # noqa: F401  (puts the repository root on sys.path)
 import jax
 import numpy as np
 
-from ambient_jax import generate
+from ambient_jax import generate, nets
 from train_step import RESOLUTION, bench_config
 
 
@@ -23,7 +23,7 @@ def measure(preset, batch, dtype, num_steps):
     config = bench_config(preset, batch, dtype)
     config.sample.num_steps = num_steps
     res = config.data.resolution
-    model = generate.build_network(config, 3)
+    model = nets.build_network(config, 3)
     x = np.zeros((1, res, res, 3), np.float32)
     params = jax.jit(model.init)(jax.random.key(0), x, np.zeros((1,), np.float32))
     latents = generate.latents_for(0, 0, batch, (res, res, 3)) * 80.0

@@ -23,7 +23,7 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     import numpy as np
 
     sys.path.insert(0, os.path.dirname(HERE))
-    from ambient_jax import generate, parallel, train
+    from ambient_jax import nets, parallel, train
     from configs.mnist import get_config
 
     config = get_config("ambient")
@@ -33,7 +33,7 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     if preset != "mlp_small":
         config.model.overrides = type(config.model.overrides)()
     mesh = parallel.make_mesh(devices=jax.devices()[:devices])
-    model = generate.build_network(config, 1)
+    model = nets.build_network(config, 1)
     optimizer, schedule = train.make_optimizer(config.optim, batch)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
     images = trainer.place(np.random.RandomState(0).uniform(-1, 1, (100, 16, 16, 1)).astype(np.float32))

@@ -18,7 +18,7 @@ import common  # noqa: F401  (puts the repository root on sys.path)
 import jax
 import numpy as np
 
-from ambient_jax import config as config_lib, generate, parallel, train
+from ambient_jax import config as config_lib, nets, parallel, train
 
 RESOLUTION = {"tiny": 32, "ddpmpp_cifar10": 32, "ncsnpp_cifar10": 32, "ncsnpp_ffhq64": 64, "mlp_small": 16}
 CPU_DEFAULTS = dict(presets="tiny,ddpmpp_cifar10,ncsnpp_ffhq64", batches="tiny:32,tiny:128,ddpmpp_cifar10:8,ncsnpp_ffhq64:4",
@@ -40,7 +40,7 @@ def bench_config(preset, batch, dtype, steps_per_dispatch=1, remat=False):
 def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False):
     config = bench_config(preset, batch, dtype, steps_per_dispatch, remat)
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    model = generate.build_network(config, 3)
+    model = nets.build_network(config, 3)
     optimizer, schedule = train.make_optimizer(config.optim, batch)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
     res = config.data.resolution

@@ -114,7 +114,7 @@ def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cache
     from test_training import tiny_config
     from transformers import Dinov2Config, Dinov2Model
 
-    from ambient_jax import generate, train
+    from ambient_jax import checkpoint, generate, train
     from ambient_jax.eval import evaluate
 
     monkeypatch.setattr(convert, "CACHE_DIR", str(tmp_path / "cache"))
@@ -122,7 +122,7 @@ def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cache
     workdir = str(tmp_path / "run")
     config = tiny_config(**{"train.num_steps": 2})
     train.train(config, workdir, log=lambda _: None)
-    _, model, params = train.load_ema_params(workdir)
+    _, model, params = checkpoint.load_ema_params(workdir)
     samples = generate.generate(config, model, params, 8, seed=0, batch_size=8)
     np.savez(str(tmp_path / "samples.npz"), samples=samples)
     torch.manual_seed(0)

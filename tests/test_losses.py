@@ -8,7 +8,7 @@ import optax
 import pytest
 from conftest import empirical_denoiser, gaussian_denoiser, nonlinear_denoiser
 
-from ambient_jax import losses, schedules
+from ambient_jax import losses, precond, schedules
 
 IMAGE = (4, 4, 1)
 
@@ -95,12 +95,12 @@ def test_ve_and_vp_ambient_losses_agree_after_change_of_variables(key):
 
     s, s_tn = schedules.ve_sigma_to_vp(sigma), schedules.ve_sigma_to_vp(sigma_tn)
     x_tn_vp = schedules.vp_perturb(x0, jnp.full((b,), s_tn), eps)
-    vp = losses.ambient_loss_vp(losses.vp_denoiser(denoise), x_tn_vp, s, s_tn, noise)
+    vp = losses.ambient_loss_vp(precond.vp_denoiser(denoise), x_tn_vp, s, s_tn, noise)
     np.testing.assert_allclose(vp * (1 + sigma_tn**2), ve, rtol=2e-5)
 
     # The clean branch: the VP and VE denoising losses are the same number.
     ve_clean = losses.ambient_loss(denoise, x0, sigma, 0.0, noise, weighting="none")
-    vp_clean = losses.denoising_loss_vp(losses.vp_denoiser(denoise), x0, s, noise)
+    vp_clean = losses.denoising_loss_vp(precond.vp_denoiser(denoise), x0, s, noise)
     np.testing.assert_allclose(vp_clean, ve_clean, rtol=2e-5)
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import nonlinear_denoiser
 from test_training import tiny_config
 
-from ambient_jax import generate, losses, parallel, sampling, schedules, train
+from ambient_jax import generate, losses, nets, parallel, sampling, schedules, train
 from ambient_jax.eval import fid, inception, memorization
 from ambient_jax.theory import label_memorization
 
@@ -111,7 +111,7 @@ def one_step():
     """One train step of the tiny MNIST config from its initial state, and what it started from."""
     c = tiny_config()
     c.loss.sigma_tn, c.optim.grad_clip = 0.3, 0.0  # a third of the rows on each branch; no clipping
-    model = generate.build_network(c, 1)
+    model = nets.build_network(c, 1)
     optimizer, schedule = train.make_optimizer(c.optim, c.train.batch_size)
     body = train.make_step_body(c, model, optimizer, schedule)
     images = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32))
@@ -250,3 +250,20 @@ def test_sampled_grid_uses_the_configured_sampler_settings():
     with jax.disable_jit():
         fn(None, jnp.zeros((8, 16, 16, 1)))
     assert len(calls) == 2 * 3 - 1
+
+
+def test_every_mutant_of_the_harness_still_applies_to_one_place_and_names_real_tests():
+    """A refactor that moves a formula must move its mutant too, or the harness silently tests nothing."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    listed = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "mutation.py"), "--list"],
+                            capture_output=True, text=True, cwd=root)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert len(rows) >= 40
+    for name, path, *tests in rows:
+        assert os.path.isfile(os.path.join(root, path)) and tests, name
+        assert all(os.path.isfile(os.path.join(root, t.split("::")[0])) for t in tests), name

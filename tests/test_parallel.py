@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_training import tiny_config
 
-from ambient_jax import generate, parallel, train
+from ambient_jax import generate, nets, parallel, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "train_driver.py")
@@ -23,7 +23,7 @@ def run_steps(mode, num_devices, steps=STEPS):
     config = tiny_config()
     config.parallel.mode = mode
     mesh = parallel.make_mesh(devices=jax.devices()[:num_devices])
-    model = generate.build_network(config, 1)
+    model = nets.build_network(config, 1)
     optimizer, schedule = train.make_optimizer(config.optim, config.train.batch_size)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
     images = trainer.place(np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32))
@@ -52,7 +52,7 @@ def test_same_numbers_on_any_device_count_and_mode(one_device_run, mode, num_dev
 
 def test_batch_must_divide_over_devices():
     config = tiny_config(**{"train.batch_size": 6})
-    model = generate.build_network(config, 1)
+    model = nets.build_network(config, 1)
     optimizer, schedule = train.make_optimizer(config.optim, 6)
     with pytest.raises(ValueError, match="train.batch_size = 6 does not divide over 8 devices"):
         train.Trainer(config, model, optimizer, schedule, parallel.make_mesh())
@@ -177,7 +177,7 @@ def test_two_processes_match_one(tmp_path):
 
 def test_sampling_over_8_devices_gives_the_same_images_in_order():
     config = tiny_config()
-    model = generate.build_network(config, 1)
+    model = nets.build_network(config, 1)
     optimizer, _ = train.make_optimizer(config.optim, 8)
     params = train.init_state(config, model, optimizer).params
     params = jax.tree_util.tree_map(lambda p: p + 0.01, params)  # make the output layer matter

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from ambient_jax import train
+from ambient_jax import checkpoint, train
 from ambient_jax.data import load_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +103,7 @@ def test_a_diverged_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     blown.optim.grad_clip = 0.0
     with pytest.raises(train.TrainingError, match="last good checkpoint \\(step 2\\)"):
         train.train(blown, workdir, allow_config_change=True, log=lambda _: None)
-    _, _, ema = train.load_ema_params(workdir)
+    _, _, ema = checkpoint.load_ema_params(workdir)
     same = jax.tree_util.tree_map(lambda a, b: np.array_equal(a, b), ema, good.ema_params)
     assert all(jax.tree_util.tree_leaves(same))
 

@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from ambient_jax import parallel
 from ambient_jax.data.sources import DataError, load_image
 
 BUILDER_NAME = "ambient_image_folder"
@@ -136,8 +137,7 @@ class StreamingBatches:
         self._dataset = grain.MapDataset.source(open_source(data_config)).map(lambda r: record_image(r, data_config))
         self._subset = np.asarray(subset)
         self._index_fn = index_fn
-        per_host = batch_size // process_count
-        self._rows = slice(process_index * per_host, (process_index + 1) * per_host)
+        self._rows = parallel.process_rows(batch_size, process_index, process_count)
         self._readers = concurrent.futures.ThreadPoolExecutor(threads)  # one record each
         self._batches = concurrent.futures.ThreadPoolExecutor(1)  # one batch ahead of the step
         self._pending = {}

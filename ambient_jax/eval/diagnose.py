@@ -196,11 +196,11 @@ def diagnose(denoise, train, heldout, sigmas, key, noisy_copies=None, sigma_tn=0
 
 def diagnose_run(workdir, num_levels=DEFAULT_NUM_LEVELS, max_images=500, seed=0, log=print):
     """Diagnose the run in `workdir` with its EMA parameters; returns the curves (not written)."""
-    from ambient_jax import config as config_lib, train as train_lib
+    from ambient_jax import checkpoint, config as config_lib, train as train_lib
     from ambient_jax.data import load_split
     from ambient_jax.precond import edm_denoiser
 
-    config, model, params = train_lib.load_ema_params(workdir)
+    config, model, params = checkpoint.load_ema_params(workdir)
     split = load_split(config.data)
     heldout = split.heldout[np.random.RandomState(seed).permutation(len(split.heldout))[:max_images]]
     train_images = split.train

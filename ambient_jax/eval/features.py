@@ -21,7 +21,7 @@ def to_rgb(images):
 def extract(apply_fn, params, images, batch_size=64, mesh=None, progress=None):
     """apply_fn(params, batch) -> [b, D] over `images` [N, ...]; returns float32 [N, D]."""
     mesh = mesh or parallel.make_mesh()
-    batch_size = -(-batch_size // mesh.size) * mesh.size
+    batch_size = parallel.round_up_to_devices(batch_size, mesh)
     repl, rows = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     run = jax.jit(apply_fn, in_shardings=(repl, rows), out_shardings=rows)
     params = jax.device_put(params, repl) if jax.process_count() == 1 else params
@@ -31,8 +31,7 @@ def extract(apply_fn, params, images, batch_size=64, mesh=None, progress=None):
         count = len(batch)
         if count < batch_size:
             batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - count, 0)])
-        per_host = batch_size // jax.process_count()
-        local = batch[jax.process_index() * per_host : (jax.process_index() + 1) * per_host]
+        local = batch[parallel.process_rows(batch_size)]
         out.append(parallel.to_host(run(params, parallel.global_batch(local, mesh)))[:count])
         if progress:
             progress(start + count, len(images))

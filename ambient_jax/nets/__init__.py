@@ -12,6 +12,7 @@ EDM preconditioning (ambient_jax.precond) turns it into a denoiser. Presets:
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ambient_jax.nets.local_cnn import LocalCNN
@@ -83,3 +84,29 @@ def _build_one(preset, out_channels, **overrides):
         if isinstance(value, list):
             kwargs[key] = tuple(value)
     return cls(out_channels=out_channels, **kwargs)
+
+
+def build_network(config, channels):
+    overrides = dict(config.model.overrides.to_dict()) if hasattr(config.model.overrides, "to_dict") else dict(config.model.overrides)
+    overrides.setdefault("compute_dtype", compute_dtype(config.model.compute_dtype))
+    if config.model.remat:
+        overrides.setdefault("remat", True)
+    return build_model(config.model.preset, channels, split_sigma=split_sigma(config),
+                       low_preset=config.model.split_low_preset, **overrides)
+
+
+def split_sigma(config):
+    """model.split_sigma: -1 splits at the ambient branch's start, max(loss.sigma_switch,
+    loss.sigma_tn), for the ddpm objective too (so both objectives train the same network); a
+    positive value splits at that sigma; 0 = one network."""
+    value = float(config.model.split_sigma)
+    if value < 0:
+        return max(float(config.loss.sigma_switch), float(config.loss.sigma_tn))
+    return value
+
+
+def compute_dtype(name):
+    """"auto" -> bfloat16 on GPU/TPU (their matmul units run bf16 several times faster), else float32."""
+    if name == "auto":
+        return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+    return name

@@ -33,7 +33,7 @@ def main(argv):
 
     from ambient_jax import files, parallel, plots
     from ambient_jax.data.sources import load_mnist
-    from ambient_jax.generate import save_grid
+    from ambient_jax.plots import save_grid
     from ambient_jax.theory import label_memorization
 
     if not 0 < FLAGS.fraction < 1:
