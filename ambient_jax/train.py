@@ -31,6 +31,9 @@ from ambient_jax.precond import edm_denoiser
 
 # fold_in purposes of the root key
 KEY_INIT, KEY_STEP, KEY_NOISE_TN = 0, 1, 2
+# fold_in purposes of a step's key (fold_in(fold_in(root, KEY_STEP), step)): the batch's image
+# indices, the per-row keys of the objective (sigma and noise draws), dropout, horizontal flips
+STEP_BATCH, STEP_ROWS, STEP_DROPOUT, STEP_FLIP = 0, 1, 2, 3
 
 
 class TrainingError(RuntimeError):
@@ -82,6 +85,11 @@ def ema_beta(step, batch_size, ema_config):
     return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))
 
 
+def ema_update(ema_params, params, beta):
+    """The EMA after one step: beta * ema + (1 - beta) * params, leaf by leaf."""
+    return jax.tree_util.tree_map(lambda e, p: beta * e + (1 - beta) * p, ema_params, params)
+
+
 def init_state(config, model, optimizer):
     shape = (1, *config_lib.image_shape(config))
     key = jax.random.fold_in(root_key(config), KEY_INIT)
@@ -96,7 +104,8 @@ def step_root_key(config):
 
 def batch_indices(step_root, step, batch_size, num_images):
     """Which training images (positions in the subset) make up the global batch of `step`."""
-    return jax.random.randint(jax.random.fold_in(jax.random.fold_in(step_root, step), 0), (batch_size,), 0, num_images)
+    key = jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_BATCH)
+    return jax.random.randint(key, (batch_size,), 0, num_images)
 
 
 def noise_tn_key(config):
@@ -144,7 +153,7 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
     def body(state, data, shard=0, batch_sharding=None):
         """data: the training images [n,H,W,C] held on device, or a streamed (x0, index) global batch."""
         step_key = jax.random.fold_in(step_root, state.step)
-        _, k_rows, k_dropout, k_flip = (jax.random.fold_in(step_key, p) for p in range(4))
+        k_rows, k_dropout, k_flip = (jax.random.fold_in(step_key, p) for p in (STEP_ROWS, STEP_DROPOUT, STEP_FLIP))
         if isinstance(data, tuple):
             x0, index = data
         else:
@@ -176,8 +185,7 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
             sums = jax.lax.psum(sums, axis_name)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        beta = ema_beta(state.step, batch_size, config.ema)
-        ema = jax.tree_util.tree_map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, params)
+        ema = ema_update(state.ema_params, params, ema_beta(state.step, batch_size, config.ema))
         metrics = {
             "loss": loss,
             "loss_clean": sums["clean"] / jnp.maximum(batch_size - sums["n_ambient"], 1.0),
