@@ -130,7 +130,8 @@ def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cache
     save_file({k: v.contiguous() for k, v in dino.state_dict().items()}, str(tmp_path / "dino.safetensors"))
 
     logs = []
-    kwargs = dict(inception_fid=True, dinov2_weights=str(tmp_path / "dino.safetensors"), dinov2_heads=4, log=logs.append)
+    kwargs = dict(options=evaluate.EmbeddingOptions(inception_fid=True, dinov2_weights=str(tmp_path / "dino.safetensors"),
+                                                    dinov2_heads=4), log=logs.append)
     metrics = evaluate.evaluate_run(workdir, str(tmp_path / "samples.npz"), **kwargs)
     assert metrics["fid_inception_edm"] > 0 and metrics["fd_dinov2"] >= 0
     for space in ("inception", "dinov2"):

@@ -11,6 +11,7 @@ As a reference point the same similarity shares are computed for held-out real i
 close a new real digit is to the training set without any copying).
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -101,13 +102,34 @@ def dataset_reference_statistics(data_config, protocol, extract, log=print):
     return mu, sigma, len(images)
 
 
-def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, inception_fid=False,
-                      inception_protocol="edm", dinov2_weights=None, dinov2_heads=6, dinov2_recipe="paper", log=print,
-                      data_config=None, fid_reference="heldout"):
+@dataclasses.dataclass(frozen=True)
+class EmbeddingOptions:
+    """Which embedding metrics an evaluation computes, beyond the pixel-space ones it always does.
+
+    inception_fid: FID and Inception similarity (needs the converted weights, ambient-convert).
+    inception_protocol: "edm" (EDM's resize) or another of features' protocols.
+    fid_reference: "heldout" (FID against as many held-out images) or also "dataset" (the whole
+        source, as the paper reports it).
+    fid_samples: > 0 computes the embedding metrics on that many samples and held-out images.
+    dinov2_weights / dinov2_heads / dinov2_recipe: DINOv2 similarity and FD_DINOv2 from a weight file.
+    """
+
+    inception_fid: bool = False
+    inception_protocol: str = "edm"
+    fid_reference: str = "heldout"
+    fid_samples: int = 0
+    dinov2_weights: str | None = None
+    dinov2_heads: int = 6
+    dinov2_recipe: str = "paper"
+
+
+def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, options, log=print, data_config=None):
     """FID (Inception, vs held-out images or the whole data set) and memorization in Inception /
-    DINOv2 space, when asked."""
+    DINOv2 space, as `options` asks."""
     from ambient_jax.eval import convert, features
 
+    inception_fid, inception_protocol, fid_reference = options.inception_fid, options.inception_protocol, options.fid_reference
+    dinov2_weights, dinov2_heads, dinov2_recipe = options.dinov2_weights, options.dinov2_heads, options.dinov2_recipe
     out = {}
     if inception_fid:
         params = convert.load_inception_params()
@@ -149,11 +171,11 @@ def inception_available():
     return files.exists(os.path.join(convert.CACHE_DIR, convert.INCEPTION_FILE))
 
 
-def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inception_protocol="edm",
-                 dinov2_weights=None, dinov2_heads=6, dinov2_recipe="paper", fid_reference="heldout", fid_samples=0):
-    """Evaluate a run's samples (see the module docstring); fid_samples > 0 computes the embedding
-    metrics (FID, Inception / DINOv2 similarity) on the first fid_samples samples and as many
-    held-out images, for equal-count comparisons at a lower cost."""
+def evaluate_run(workdir, samples_path=None, options=EmbeddingOptions(), log=print):
+    """Evaluate a run's samples (see the module docstring): the pixel-space metrics always, the
+    embedding metrics that `options` asks for (options.fid_samples > 0: on the first fid_samples
+    samples and as many held-out images, for equal-count comparisons at a lower cost)."""
+    fid_samples = options.fid_samples
     config = config_lib.load_config(workdir)
     record = read_subset_record(workdir)
     split = load_split(config.data)
@@ -214,11 +236,10 @@ def evaluate_run(workdir, samples_path=None, log=print, inception_fid=False, inc
     if fid_samples < 0:
         raise ValueError(f"--fid_samples must be >= 0 (0 = all samples), got {fid_samples}")
     count = min(fid_samples or len(samples_u8), len(samples_u8))
-    if inception_fid or dinov2_weights:
+    if options.inception_fid or options.dinov2_weights:
         metrics["num_fid_samples"] = int(count)
     metrics.update(embedding_metrics(
-        out, samples_u8[:count], to_uint8(split.train), to_uint8(heldout[:count]), thresholds, inception_fid,
-        inception_protocol, dinov2_weights, dinov2_heads, dinov2_recipe, log, config.data, fid_reference))
+        out, samples_u8[:count], to_uint8(split.train), to_uint8(heldout[:count]), thresholds, options, log, config.data))
     files.write_json_atomic(os.path.join(out, "metrics.json"), metrics)
     _eval_summaries(workdir, metrics)
     files.write_text_atomic(os.path.join(out, "report.md"), markdown_table([metrics]) + diagnosis_link(workdir))

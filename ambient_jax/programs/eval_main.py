@@ -39,10 +39,11 @@ def main(argv):
     if not FLAGS.workdir:
         raise ValueError("give --workdir=RUN (or --compare RUN1,RUN2,...)")
     use_fid = evaluate.inception_available() if FLAGS.fid is None else FLAGS.fid
-    evaluate.evaluate_run(FLAGS.workdir, FLAGS.samples, log=say, inception_fid=use_fid,
-                          inception_protocol=FLAGS.protocol, dinov2_weights=FLAGS.dinov2_weights,
-                          dinov2_heads=FLAGS.dinov2_heads, dinov2_recipe=FLAGS.dinov2_recipe,
-                          fid_reference=FLAGS.fid_reference, fid_samples=FLAGS.fid_samples)
+    options = evaluate.EmbeddingOptions(
+        inception_fid=use_fid, inception_protocol=FLAGS.protocol, fid_reference=FLAGS.fid_reference,
+        fid_samples=FLAGS.fid_samples, dinov2_weights=FLAGS.dinov2_weights, dinov2_heads=FLAGS.dinov2_heads,
+        dinov2_recipe=FLAGS.dinov2_recipe)
+    evaluate.evaluate_run(FLAGS.workdir, FLAGS.samples, options, log=say)
 
 
 def run():
