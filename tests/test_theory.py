@@ -1,5 +1,7 @@
 """Feldman's long-tail theory (tau_l, Theorem 1) and the label-memorization estimator."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -86,3 +88,18 @@ def test_estimator_needs_examples_both_in_and_out():
     masks = np.ones((4, 3))
     with pytest.raises(ValueError, match="fraction"):
         lm.in_out_difference(np.ones((4, 3)), masks)
+
+
+def test_mnist_study_writes_its_scores_summary_and_figures(tmp_path):
+    """ambient-labelmem's study on 100 digits: scores for every training digit, a summary that agrees with them."""
+    from ambient_jax import files
+
+    summary = lm.mnist_study(str(tmp_path), n_train=100, num_models=24, fraction=0.7, steps=20, seed=0)
+    scores = files.load_npz(str(tmp_path / "scores.npz"))
+    assert scores["mem"].shape == (100,) and len(scores["test_indices"]) == 4900
+    assert not set(scores["train_indices"]) & set(scores["test_indices"])
+    assert np.all(np.abs(scores["mem"]) <= 1) and np.all(scores["mem_stderr"] >= 0)
+    np.testing.assert_allclose(summary["mean_mem"], scores["mem"].mean(), rtol=1e-6)
+    assert summary["most_memorized"][0]["mem"] == pytest.approx(scores["mem"].max())
+    for name in ("summary.json", "most_least_memorized.png", "memorization_histogram.png"):
+        assert os.path.getsize(tmp_path / name) > 0

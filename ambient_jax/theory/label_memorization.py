@@ -129,3 +129,41 @@ def estimate(x, y, num_classes, num_models=200, fraction=0.7, seed=0, test_x=Non
         test_correct = _correct(params, jnp.asarray(test_x, jnp.float32), jnp.asarray(test_y, jnp.int32))
         result["infl"], result["infl_stderr"] = in_out_difference(test_correct, masks)
     return result
+
+
+def mnist_study(workdir, n_train=1000, num_models=200, fraction=0.7, steps=400, seed=0):
+    """ambient-labelmem's study: mem and the top influence of n_train embedded MNIST digits (16x16),
+    the rest of the 5,000 as the test set. Writes scores.npz, summary.json,
+    most_least_memorized.png and memorization_histogram.png into workdir; returns the summary."""
+    import os
+
+    from ambient_jax import files, parallel, plots
+    from ambient_jax.data.sources import load_mnist
+
+    images, labels = load_mnist(16)
+    order = np.random.RandomState(seed).permutation(len(images))
+    train_idx, test_idx = np.sort(order[:n_train]), np.sort(order[n_train:])
+    flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    mesh = parallel.make_mesh() if len(jax.devices()) > 1 else None
+    result = estimate(flat[train_idx], labels[train_idx], 10, num_models=num_models, fraction=fraction, seed=seed,
+                      test_x=flat[test_idx], test_y=labels[test_idx], mesh=mesh, steps=steps)
+    mem, stderr = result["mem"], result["mem_stderr"]
+    files.makedirs(workdir)
+    files.save_npz(os.path.join(workdir, "scores.npz"), compressed=True, mem=mem, mem_stderr=stderr,
+                   train_indices=train_idx, test_indices=test_idx, top_influence=result["infl"].max(axis=1),
+                   top_influence_test_index=test_idx[result["infl"].argmax(axis=1)])
+    ranked = np.argsort(-mem)
+    summary = {
+        "n_train": n_train, "num_models": num_models, "fraction": fraction, "steps": steps,
+        "models_per_second": result["models_per_second"], "train_seconds": result["train_seconds"],
+        "mean_mem": float(mem.mean()), "share_mem_above_0.5": float(np.mean(mem > 0.5)),
+        "median_stderr": float(np.median(stderr)),
+        "most_memorized": [{"index": int(train_idx[i]), "label": int(labels[train_idx[i]]), "mem": float(mem[i])}
+                           for i in ranked[:10]],
+    }
+    files.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    picture = np.concatenate([images[train_idx[ranked[:16]]], images[train_idx[ranked[-16:]]]])
+    plots.save_grid(picture, os.path.join(workdir, "most_least_memorized.png"), cols=16)
+    plots.save_histogram(mem, os.path.join(workdir, "memorization_histogram.png"),
+                         "estimated label memorization mem(A, S, i)", "training examples", bins=40)
+    return summary
