@@ -5,7 +5,8 @@ n images is then chosen by a seed (`subset.choose_subset`) and recorded in the w
 the images not chosen are the held-out set that the evaluation compares against.
 """
 
-from ambient_jax.data.sources import DataError, load_source, to_uint8
+from ambient_jax.data.images import DataError, to_uint8
+from ambient_jax.data.sources import load_source
 from ambient_jax.data.subset import SplitData, load_split, record_subset, read_subset_record
 
 __all__ = ["DataError", "SplitData", "load_source", "load_split", "read_subset_record", "record_subset", "to_uint8"]

@@ -12,7 +12,8 @@ import numpy as np
 
 from ambient_jax import files
 
-from ambient_jax.data.sources import DataError, load_source
+from ambient_jax.data.images import DataError
+from ambient_jax.data.sources import load_source
 
 RECORD_NAME = "subset.json"
 

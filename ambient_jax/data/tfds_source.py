@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from ambient_jax import parallel
-from ambient_jax.data.sources import DataError, load_image
+from ambient_jax.data.images import DataError, list_image_files, load_image
 
 BUILDER_NAME = "ambient_image_folder"
 
@@ -57,7 +57,6 @@ def _builder_class():
             return {"train": self._generate_examples()}
 
         def _generate_examples(self):
-            from ambient_jax.data.sources import list_image_files
 
             for i, file in enumerate(list_image_files(self._folder)):
                 yield i, {"image": load_image(file, self._resolution, self._channels), "file_index": i}

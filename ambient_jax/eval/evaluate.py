@@ -20,7 +20,7 @@ import numpy as np
 
 from ambient_jax import config as config_lib, files, plots
 from ambient_jax.data import load_split, read_subset_record, to_uint8
-from ambient_jax.data.sources import to_unit_range
+from ambient_jax.data.images import to_unit_range
 from ambient_jax.eval import fid, memorization
 
 EVAL_DIR = "eval"

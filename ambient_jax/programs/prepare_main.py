@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 @clean_errors
 def main(argv):
     del argv
-    from ambient_jax.data.sources import DataError, list_image_files
+    from ambient_jax.data.images import DataError, list_image_files
     from ambient_jax.data.tfds_source import BUILDER_NAME, prepare_image_folder
 
     if FLAGS.channels not in (1, 3):
