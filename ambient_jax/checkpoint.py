@@ -6,10 +6,10 @@ Keep policy: the two latest checkpoints always (so an unreadable latest one has 
 predecessor to fall back to), plus every step divisible by `keep_every` when set.
 """
 
+import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from ambient_jax import config as config_lib
@@ -76,8 +76,7 @@ def load_ema_params(workdir, config=None):
     config = config or config_lib.load_config(workdir)
     model = nets.build_network(config, config.data.channels)
     # The parameters' shapes, as the trainer initialises them (no computation, no memory).
-    shape = (1, *config_lib.image_shape(config))
-    target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape), jnp.zeros((1,)))
+    target = jax.eval_shape(functools.partial(nets.init_params, model, config_lib.image_shape(config)), jax.random.key(0))
     missing = f"no checkpoint in {workdir}/checkpoints: train first (ambient-train --workdir {workdir})"
     if not files.exists(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(missing)

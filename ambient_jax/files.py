@@ -5,8 +5,10 @@ reader never sees half a file and an interrupted write leaves the old file in pl
 """
 
 import io
+import json
 import os
 
+import numpy as np
 from etils import epath
 
 
@@ -32,8 +34,6 @@ def read_text(path):
 
 def read_json(path):
     """A JSON file's content; one error naming the file when it is not valid JSON."""
-    import json
-
     try:
         return json.loads(read_text(path))
     except ValueError as err:
@@ -56,15 +56,11 @@ def write_text_atomic(path, text):
 
 
 def write_json_atomic(path, obj):
-    import json
-
     write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def save_npz(path, compressed=False, **arrays):
     """Arrays to an .npz file, atomically (also on a bucket: numpy writes to a buffer first)."""
-    import numpy as np
-
     buffer = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
     write_bytes_atomic(path, buffer.getvalue())
@@ -72,8 +68,6 @@ def save_npz(path, compressed=False, **arrays):
 
 def load_npz(path):
     """{name: array} from an .npz file, read whole (also from a bucket)."""
-    import numpy as np
-
     with np.load(io.BytesIO(read_bytes(path))) as data:
         return {k: data[k] for k in data.keys()}
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ambient_jax import files, generate, plots
+from ambient_jax.data.images import to_unit_range
 from ambient_jax.eval import memorization
 from ambient_jax.precond import edm_denoiser
 
@@ -42,6 +43,10 @@ def _gap_fn(model, sigma_data):
     return errors
 
 
+def _flat(images):
+    return np.asarray(images).reshape(len(images), -1)
+
+
 class Tracker:
     """Called with (ema_params, step): returns the tracking record and keeps the history."""
 
@@ -56,10 +61,9 @@ class Tracker:
         self.sigmas = jnp.asarray(config.train.track_sigmas, jnp.float32)
         self.errors = _gap_fn(model, config.loss.sigma_data)
         self.robust_px = memorization.robust_sigma(config.data.resolution)
-        flat = lambda a: np.asarray(a).reshape(len(a), -1)
         # The training set's two views are the same at every event: computed once here.
-        self.train_flat = flat(self.train_all)
-        self.train_robust_flat = flat(memorization.robust_view(self.train_all, self.robust_px))
+        self.train_flat = _flat(self.train_all)
+        self.train_robust_flat = _flat(memorization.robust_view(self.train_all, self.robust_px))
 
     def __call__(self, ema_params, step):
         del step  # the record is the same function of the parameters at any step
@@ -71,11 +75,10 @@ class Tracker:
         if count:
             samples = generate.generate(self.config, self.model, ema_params, count, seed=self.config.sample.seed,
                                         batch_size=count, sample_fn=self.sample_fn, mesh=self.mesh)
-            samples = samples.astype(np.float32) / 127.5 - 1.0
+            samples = to_unit_range(samples)
             k = self.config.eval.carlini_k
-            flat = lambda a: np.asarray(a).reshape(len(a), -1)
-            record["track_extraction"] = float(100 * memorization.extraction_report(flat(samples), self.train_flat, k)[0].mean())
-            robust = flat(memorization.robust_view(samples, self.robust_px))
+            record["track_extraction"] = float(100 * memorization.extraction_report(_flat(samples), self.train_flat, k)[0].mean())
+            robust = _flat(memorization.robust_view(samples, self.robust_px))
             record["track_robust_extraction"] = float(100 * memorization.extraction_report(robust, self.train_robust_flat, k)[0].mean())
         record["track_seconds"] = time.perf_counter() - start
         return record

@@ -91,9 +91,8 @@ def ema_update(ema_params, params, beta):
 
 
 def init_state(config, model, optimizer):
-    shape = (1, *config_lib.image_shape(config))
     key = jax.random.fold_in(root_key(config), KEY_INIT)
-    params = jax.jit(model.init)(key, jnp.zeros(shape), jnp.zeros((1,)))
+    params = jax.jit(functools.partial(nets.init_params, model, config_lib.image_shape(config)))(key)
     ema_params = jax.tree_util.tree_map(jnp.copy, params)  # its own buffers: the step donates both
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params, opt_state=optimizer.init(params))
 

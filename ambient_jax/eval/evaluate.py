@@ -335,12 +335,9 @@ def compare_runs(workdirs):
 
 def save_nearest_figure(samples_u8, sims, nearest, train, path, count=16):
     """The most similar samples (top row of each pair) above their nearest training images."""
-    from ambient_jax.data import to_uint8
-    from ambient_jax.plots import save_grid
-
     order = np.argsort(-sims)[:count]
     pairs = np.concatenate([samples_u8[order], to_uint8(train[nearest[order]])])
-    save_grid(pairs, path, cols=len(order))
+    plots.save_grid(pairs, path, cols=len(order))
 
 
 def save_histogram(sims, path, thresholds):

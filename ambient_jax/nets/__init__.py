@@ -86,6 +86,11 @@ def _build_one(preset, out_channels, **overrides):
     return cls(out_channels=out_channels, **kwargs)
 
 
+def init_params(model, image_shape, key):
+    """The network's variables, initialised on one zero image of `image_shape` at c_noise 0."""
+    return model.init(key, jnp.zeros((1, *image_shape)), jnp.zeros((1,)))
+
+
 def build_network(config, channels):
     overrides = dict(config.model.overrides.to_dict()) if hasattr(config.model.overrides, "to_dict") else dict(config.model.overrides)
     overrides.setdefault("compute_dtype", compute_dtype(config.model.compute_dtype))

@@ -14,12 +14,16 @@ is sharded over the devices when there are several.
 """
 
 import functools
+import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from ambient_jax import files, parallel, plots
+from ambient_jax.data.sources import load_mnist
 
 
 def init_mlp(key, sizes):
@@ -135,11 +139,6 @@ def mnist_study(workdir, n_train=1000, num_models=200, fraction=0.7, steps=400, 
     """ambient-labelmem's study: mem and the top influence of n_train embedded MNIST digits (16x16),
     the rest of the 5,000 as the test set. Writes scores.npz, summary.json,
     most_least_memorized.png and memorization_histogram.png into workdir; returns the summary."""
-    import os
-
-    from ambient_jax import files, parallel, plots
-    from ambient_jax.data.sources import load_mnist
-
     images, labels = load_mnist(16)
     order = np.random.RandomState(seed).permutation(len(images))
     train_idx, test_idx = np.sort(order[:n_train]), np.sort(order[n_train:])
