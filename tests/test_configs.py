@@ -1,6 +1,7 @@
 """The shipped experiment configs load, pass the checks and carry the paper's settings."""
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -49,3 +50,17 @@ def test_default_argument_loads(name):
 def test_bad_paper_argument_is_one_clear_error(arg):
     with pytest.raises(ValueError, match="OBJECTIVE,SIZE"):
         load("cifar10", arg)
+
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "paper_configs.json")
+
+
+def test_paper_configs_equal_their_recorded_dicts():
+    """Every paper config, field for field, as recorded when the recipes lived in the library
+    (tests/golden/paper_configs.json): moving or reshaping config code must not change a run."""
+    with open(GOLDEN) as f:
+        recorded = json.load(f)
+    assert len(recorded) == 18
+    for key, expected in recorded.items():
+        name, arg = key.split(":")
+        assert json.loads(load(name, arg).to_json_best_effort(sort_keys=True)) == expected, key
