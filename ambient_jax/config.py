@@ -116,58 +116,6 @@ def base_config():
     return c
 
 
-PAPER_SIZES = {"300": 300, "1k": 1000, "3k": 3000}
-
-
-def paper_arg(arg, default="ambient,1k"):
-    """("ddpm" | "ambient", n_train) from a paper config's ARG "OBJECTIVE,SIZE" (SIZE 300, 1k or 3k)."""
-    parts = (arg or default).split(",")
-    if len(parts) != 2 or parts[0] not in ("ddpm", "ambient") or parts[1] not in PAPER_SIZES:
-        raise ValueError(f"config argument {arg!r}: give OBJECTIVE,SIZE with OBJECTIVE ddpm or ambient and SIZE "
-                         f"one of {', '.join(PAPER_SIZES)} (for example configs/cifar10.py:ambient,1k)")
-    return parts[0], PAPER_SIZES[parts[1]]
-
-
-def paper_64x64_config(arg, tfds_data_dir, thresholds):
-    """The paper's 64x64 recipe (its FFHQ-64 script), shared by configs/ffhq64.py and
-    configs/imagenet64.py: NCSN++ (channel_mult [1, 2, 2, 2], dropout 0.05), batch 256, Adam lr
-    1e-4 with a 10 Mimg warm-up, EMA half-life 500 kimg, 30 Mimg, sigma_tn 0.5 with the EDM
-    weight, 40 Heun steps, images prepared as an ambient_image_folder under `tfds_data_dir`."""
-    objective, n_train = paper_arg(arg)
-    c = base_config()
-    c.data.source = "tfds"
-    c.data.tfds_name = "ambient_image_folder"
-    c.data.tfds_data_dir = tfds_data_dir
-    c.data.resolution = 64
-    c.data.channels = 3
-    c.data.n_train = n_train
-    c.data.augment_flip = True
-
-    c.model.preset = "ncsnpp_ffhq64"  # dropout 0.05
-
-    c.loss.objective = objective
-    c.loss.sigma_tn = 0.5
-    c.loss.weighting = "edm"
-
-    c.optim.lr = 1e-4
-    c.optim.warmup_kimg = 10_000.0
-    c.ema.halflife_kimg = 500.0
-    c.ema.rampup_ratio = 0.05
-
-    c.train.batch_size = 256
-    c.train.num_steps = 30_000_000 // 256  # 30 Mimg
-    c.train.log_every = 500
-    c.train.sample_every = 10_000
-    c.train.checkpoint_every = 5_000
-    c.train.keep_every = 50_000
-
-    c.sample.num_steps = 40
-    c.sample.num_samples = 50_000
-    c.sample.batch_size = 500
-    c.eval.thresholds = thresholds
-    return c
-
-
 def check_config(config):
     """Raise ValueError naming the field for values the programs cannot run with."""
     from ambient_jax import losses, nets, sampling

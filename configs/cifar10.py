@@ -33,39 +33,14 @@ in the order printed, smaller set first):
     S>0.95    DDPM 56.56 -> ambient 9.64    |  DDPM 43.44 -> ambient 26.34
 """
 
-from ambient_jax.config import base_config, paper_arg
+from ambient_jax.configs.paper import paper_config
 
 
 def get_config(arg="ambient,1k"):
-    objective, n_train = paper_arg(arg)
-    c = base_config()
-    c.data.source = "tfds"
+    c = paper_config(arg, preset="ddpmpp_cifar10", resolution=32, batch_size=512, lr=1e-3, mimg=200,  # dropout 0.13
+                     sample_steps=18, thresholds=(0.9, 0.925, 0.95))
     c.data.tfds_name = "cifar10"
-    c.data.resolution = 32
-    c.data.channels = 3
-    c.data.n_train = n_train
-    c.data.augment_flip = True
-
-    c.model.preset = "ddpmpp_cifar10"  # dropout 0.13
-
-    c.loss.objective = objective
-    c.loss.sigma_tn = 0.5
-    c.loss.weighting = "edm"
-
-    c.optim.lr = 1e-3
-    c.optim.warmup_kimg = 10_000.0
-    c.ema.halflife_kimg = 500.0
-    c.ema.rampup_ratio = 0.05
-
-    c.train.batch_size = 512
-    c.train.num_steps = 200_000_000 // 512  # 200 Mimg
-    c.train.log_every = 500
     c.train.sample_every = 20_000
-    c.train.checkpoint_every = 5_000
     c.train.keep_every = 100_000
-
-    c.sample.num_steps = 18
-    c.sample.num_samples = 50_000
     c.sample.batch_size = 1_000
-    c.eval.thresholds = (0.9, 0.925, 0.95)
     return c

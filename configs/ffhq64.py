@@ -30,7 +30,7 @@ lost which training-set size each pair belongs to, given in the order printed, s
     S>0.9     DDPM 47.86 -> ambient 29.86   |  DDPM 33.92 -> ambient 7.52
 """
 
-from ambient_jax.config import paper_64x64_config
+from ambient_jax.configs.paper import paper_64x64_config
 
 
 def get_config(arg="ambient,1k"):

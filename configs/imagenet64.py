@@ -30,7 +30,7 @@ lost the column headers, the values in the order printed):
 in the lecture: 26.68 / 15.56 / 5.54 against 54.72 / 41.66 / 25.86.)
 """
 
-from ambient_jax.config import paper_64x64_config
+from ambient_jax.configs.paper import paper_64x64_config
 
 
 def get_config(arg="ambient,1k"):

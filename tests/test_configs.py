@@ -64,3 +64,21 @@ def test_paper_configs_equal_their_recorded_dicts():
     for key, expected in recorded.items():
         name, arg = key.split(":")
         assert json.loads(load(name, arg).to_json_best_effort(sort_keys=True)) == expected, key
+
+
+def test_every_package_and_the_configs_are_installed():
+    """setup.cfg lists the packages by name (configs/ installs as ambient_jax.configs): a new
+    sub-package missing from that list would be left out of a wheel."""
+    import configparser
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(root, "setup.cfg"))
+    listed = set(setup["options"]["packages"].split())
+    found = {os.path.relpath(d, root).replace(os.sep, ".") for d, _, names in os.walk(os.path.join(root, "ambient_jax"))
+             if "__init__.py" in names}
+    assert listed == found | {"ambient_jax.configs"}
+    assert "ambient_jax.configs = configs" in setup["options"]["package_dir"]
+    from ambient_jax.programs.common import DEFAULT_CONFIG
+
+    assert os.path.samefile(DEFAULT_CONFIG, os.path.join(CONFIG_DIR, "mnist.py"))

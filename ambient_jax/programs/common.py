@@ -6,9 +6,10 @@ import sys
 
 from absl import logging
 
-import ambient_jax
+import ambient_jax.configs
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ambient_jax.__file__))), "configs", "mnist.py")
+# The embedded MNIST experiment, inside the installed package (configs/ installs as ambient_jax.configs).
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(ambient_jax.configs.__file__)), "mnist.py")
 
 
 def user_errors():
