@@ -10,7 +10,7 @@ import os
 
 import ml_collections
 
-from ambient_jax import files
+from ambient_jax import files, losses, nets, sampling
 
 CONFIG_NAME = "config.json"
 
@@ -118,7 +118,6 @@ def base_config():
 
 def check_config(config):
     """Raise ValueError naming the field for values the programs cannot run with."""
-    from ambient_jax import losses, nets, sampling
 
     def need(ok, field, message):
         if not ok:
@@ -190,11 +189,22 @@ def _with_defaults(saved, defaults):
 
 
 def config_differences(old, new):
-    """Dotted names of the fields where two configs differ, ignoring RESUMABLE_CHANGES."""
-    old_flat, new_flat = _flatten(json.loads(old.to_json_best_effort())), _flatten(json.loads(new.to_json_best_effort()))
+    """Dotted names of the fields where two configs differ, ignoring RESUMABLE_CHANGES and
+    model overrides that restate their preset's own value (configs/mnist.py once wrote them out)."""
+    old_flat, new_flat = (_without_restated_overrides(_flatten(json.loads(c.to_json_best_effort()))) for c in (old, new))
     names = sorted(set(old_flat) | set(new_flat))
     changed = [n for n in names if old_flat.get(n) != new_flat.get(n)]
     return [n for n in changed if not any(n == r or n.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+
+
+def _without_restated_overrides(flat):
+    _, preset_fields = nets.PRESETS.get(flat.get("model.preset"), (None, {}))
+    prefix = "model.overrides."
+    return {name: value for name, value in flat.items()
+            if not (name.startswith(prefix) and _tuples(value) == preset_fields.get(name[len(prefix):], _MISSING))}
+
+
+_MISSING = object()
 
 
 def _flatten(tree, prefix=""):

@@ -82,3 +82,33 @@ def test_every_package_and_the_configs_are_installed():
     from ambient_jax.programs.common import DEFAULT_CONFIG
 
     assert os.path.samefile(DEFAULT_CONFIG, os.path.join(CONFIG_DIR, "mnist.py"))
+
+
+def test_mnist_states_no_preset_sizes_so_presets_switch():
+    """--config.model.preset=tiny on configs/mnist.py builds the U-Net (no MLP sizes leak)."""
+    import jax
+
+    from ambient_jax import nets
+    from ambient_jax.config import complete, image_shape
+
+    c = load("mnist")
+    assert not c.model.overrides.to_dict()
+    c.model.preset = "tiny"
+    check_config(c)
+    params = nets.init_params(nets.build_network(complete(c), c.data.channels), image_shape(c), jax.random.key(0))
+    expected = nets.init_params(nets.build_model("tiny", 1), image_shape(c), jax.random.key(0))
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected)
+
+
+def test_restated_preset_values_are_not_a_config_change():
+    """A run saved when configs/mnist.py wrote out mlp_small's own sizes resumes under today's
+    file; a size that really differs is still a change."""
+    from ambient_jax.config import config_differences
+
+    new = load("mnist")
+    old = load("mnist")
+    old.model.overrides.width, old.model.overrides.num_blocks = 1024, 2
+    old.model.overrides.emb_channels, old.model.overrides.dropout = 256, 0.0
+    assert config_differences(old, new) == []
+    old.model.overrides.width = 512
+    assert config_differences(old, new) == ["model.overrides.width"]
