@@ -40,7 +40,10 @@ def base_config():
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "mlp_small"  # see ambient_jax.nets.PRESETS
-    c.model.overrides = ml_collections.ConfigDict()  # e.g. --config.model.overrides.dropout=0.1
+    # Any field of a preset's network, e.g. --config.model.overrides.dropout=0.1. Unset (None) =
+    # the preset's own value, so switching model.preset never carries one preset's sizes to another.
+    c.model.overrides = ml_collections.ConfigDict(
+        {name: ml_collections.config_dict.placeholder(kind) for name, kind in sorted(nets.override_fields().items())})
     # auto: bfloat16 matmuls/convolutions on GPU and TPU (float32 parameters, optimizer and loss),
     # float32 on CPU; or say float32 / bfloat16.
     c.model.compute_dtype = "auto"
@@ -154,8 +157,8 @@ def check_config(config):
 
 
 def effective_sigma_tn(config):
-    """The run's sigma_tn, 0 for the ddpm objective: the one place that says "ddpm is sigma_tn = 0"."""
-    return float(config.loss.sigma_tn) if config.loss.objective == "ambient" else 0.0
+    """The run's sigma_tn, 0 for the ddpm objective (losses.effective_sigma_tn)."""
+    return losses.effective_sigma_tn(config.loss.objective, config.loss.sigma_tn)
 
 
 def save_config(workdir, config):

@@ -63,6 +63,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import ndtr, ndtri
 
 from ambient_jax import schedules
 from ambient_jax.precond import SIGMA_DATA, vp_denoiser
@@ -71,6 +72,22 @@ from ambient_jax.schedules import _expand
 WEIGHTINGS = ("edm", "rescaled", "normalized", "none")
 BRANCH_RULES = ("paper", "lecture")
 OBJECTIVES = ("ddpm", "ambient")
+
+
+def effective_sigma_tn(objective, sigma_tn):
+    """The noise level of the fixed noisy copies an objective trains on: the one place that says
+    "ddpm is sigma_tn = 0" (a sweep's sigma_tn = 0 column is the ddpm run)."""
+    return float(sigma_tn) if objective == "ambient" else 0.0
+
+
+def objective_for(sigma_tn):
+    """The objective of a sweep point: ddpm at sigma_tn = 0, ambient above."""
+    return "ambient" if sigma_tn > 0 else "ddpm"
+
+
+def sigma_tn_label(sigma_tn):
+    """How tables and plots name a run's objective: "ddpm" or "s_tn=0.5"."""
+    return f"s_tn={sigma_tn:g}" if sigma_tn > 0 else "ddpm"
 
 
 def edm_weight(sigma, sigma_data=SIGMA_DATA):
@@ -208,7 +225,7 @@ def make_objective(
         raise ValueError(f"loss.branch_rule must be one of {BRANCH_RULES}, got {branch_rule!r}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"loss.weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    sigma_tn = float(sigma_tn) if objective == "ambient" else 0.0
+    sigma_tn = effective_sigma_tn(objective, sigma_tn)
     if sigma_tn < 0:
         raise ValueError(f"loss.sigma_tn must be >= 0, got {sigma_tn}")
     if sigma_tn > 0 and noise_key is None:
@@ -278,8 +295,6 @@ def _truncated_log_normal(normal, above, boundary, p_mean, p_std):
     sigma < boundary, by the inverse CDF within the branch. Each branch works on its own tail
     probability (Phi(normal) below, Phi(-normal) = 1 - Phi(normal) above), which float32 keeps
     accurate: cut + q (1 - cut) rounds to 1 for q near 1, and ndtri(1) is inf."""
-    from jax.scipy.special import ndtr, ndtri
-
     z_cut = (jnp.log(boundary) - p_mean) / p_std
     lower = ndtri(jnp.maximum(ndtr(normal) * ndtr(z_cut), 1e-30))
     upper = -ndtri(jnp.maximum(ndtr(-normal) * ndtr(-z_cut), 1e-30))

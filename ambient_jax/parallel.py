@@ -13,6 +13,7 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -88,6 +89,11 @@ def global_replicated(array, mesh):
     return jax.make_array_from_process_local_data(replicated(mesh), np.asarray(array))
 
 
+def place_replicated(tree, mesh):
+    """Every array of a pytree (host or device) -> replicated over the mesh, on every process."""
+    return jax.tree_util.tree_map(lambda a: global_replicated(np.asarray(a), mesh), tree)
+
+
 def global_batch(local_rows, mesh):
     """This process's rows of a batch -> the global batch sharded on "data"."""
     return jax.make_array_from_process_local_data(batch_sharded(mesh), np.asarray(local_rows))
@@ -96,7 +102,5 @@ def global_batch(local_rows, mesh):
 def to_host(array):
     """A (possibly multi-process) global array -> the full numpy array on every host."""
     if jax.process_count() > 1 and not array.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(array, tiled=True))
     return np.asarray(jax.device_get(array))

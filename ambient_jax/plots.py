@@ -3,29 +3,30 @@
 import io
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+from PIL import Image
 
 from ambient_jax import files
 
 
 def _figure_bytes(fig):
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     return buffer.getvalue()
+
+
+def _subplots(*grid, figsize):
+    """A figure of its own (matplotlib's object API: no pyplot state, no backend to choose)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid)
 
 
 def save_diagnosis(results, path):
     """The per-noise-level diagnosis (ambient_jax.eval.diagnose): a curve per run (one colour per
     run in every panel) in four panels, each run's sigma_tn marked by a dotted line of its colour."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
-
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    fig, axes = _subplots(1, 4, figsize=(20, 4.2))
     panels = (("err_heldout", "denoising error (held-out solid, train dashed)"),
               ("gap", "generalization gap: err held-out - err train"),
               ("dist_memorizing", "distance to D*_S (copies the training set)"),
@@ -60,13 +61,9 @@ def save_diagnosis(results, path):
 def save_tracking(history, path):
     """Memorization during training (ambient_jax.tracking): the train/held-out gap per noise level,
     and the extraction share of a fixed batch of samples, against the training step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, (left, right) = _subplots(1, 2, figsize=(10, 3.5))
     for key in sorted(k for k in history[-1] if k.startswith("track_gap_sigma")):
         left.plot(steps, [r.get(key, float("nan")) for r in history], marker=".", label=f"sigma = {key[len('track_gap_sigma'):]}")
     left.set_title("generalization gap: err held-out - err train", fontsize=10)
@@ -87,12 +84,8 @@ def save_tracking(history, path):
 
 def save_histogram(values, path, xlabel, ylabel, bins=50, value_range=None, marks=()):
     """A histogram of `values` with dashed vertical lines at `marks`."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _subplots(figsize=(5, 3))
     ax.hist(values, bins=bins, range=value_range)
     for mark in marks:
         ax.axvline(mark, color="k", lw=0.8, ls="--")
@@ -101,7 +94,6 @@ def save_histogram(values, path, xlabel, ylabel, bins=50, value_range=None, mark
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     files.write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -111,12 +103,8 @@ def save_pareto(points, path, x_label, y_label):
 
     points: {n_train: [(sigma_tn, (x_mean, x_std), (y_mean, y_std)), ...]}
     """
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     for n_train, entries in sorted(points.items()):
         entries = sorted(entries)
         xs = [e[1][0] for e in entries]
@@ -135,7 +123,6 @@ def save_pareto(points, path, x_label, y_label):
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     files.write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -153,8 +140,6 @@ def tile(images_uint8, cols=None):
 
 def save_grid(images_uint8, path, cols=None):
     """Tile uint8 [N, H, W, C] images into one PNG (atomically)."""
-    from PIL import Image
-
     h, c = images_uint8.shape[1], images_uint8.shape[3]
     grid = tile(images_uint8, cols)
     scale = max(1, 64 // h)  # small digits are unreadable at 1:1

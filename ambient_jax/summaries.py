@@ -7,9 +7,15 @@ Events go to <workdir>/tensorboard/. Work dirs on buckets get metrics.jsonl only
 here is for local disks), and so does a machine without tensorboardX.
 """
 
+import json
 import os
 
 from ambient_jax import files
+
+try:  # a dependency, but a bare accelerator image may lack it: metrics.jsonl is written anyway
+    from tensorboardX import SummaryWriter
+except ImportError:
+    SummaryWriter = None
 
 EVENTS_DIR = "tensorboard"
 
@@ -22,9 +28,7 @@ class Summaries:
         self.writer = None
         if files.is_remote(workdir):
             return
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
+        if SummaryWriter is None:
             return
         self.writer = SummaryWriter(os.path.join(workdir, EVENTS_DIR), flush_secs=30)
 
@@ -42,3 +46,19 @@ class Summaries:
     def close(self):
         if self.writer is not None:
             self.writer.close()
+
+
+def logged_steps(metrics_path):
+    """The training steps logged in metrics.jsonl (empty when there is none)."""
+    if not files.exists(metrics_path):
+        return []
+    return [json.loads(line)["step"] for line in files.read_text(metrics_path).splitlines() if line.strip()]
+
+
+def drop_rows_after(metrics_path, step):
+    """Remove metrics.jsonl rows past `step` (logged after the checkpoint a run resumes from)."""
+    lines = [line for line in files.read_text(metrics_path).splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        files.write_text_atomic(metrics_path, "".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)

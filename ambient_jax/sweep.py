@@ -16,14 +16,15 @@ import sys
 
 import numpy as np
 
-from ambient_jax import files, plots
+from ambient_jax import files, losses, plots
+
 
 def run_name(n_train, sigma_tn, seed):
     return f"n{n_train}_s{sigma_tn:g}_seed{seed}"
 
 
 def run_overrides(n_train, sigma_tn, seed):
-    objective = "ddpm" if sigma_tn == 0 else "ambient"
+    objective = losses.objective_for(sigma_tn)
     overrides = [f"--config.data.n_train={n_train}", f"--config.loss.objective={objective}", f"--config.train.seed={seed}"]
     if sigma_tn:
         overrides.append(f"--config.loss.sigma_tn={sigma_tn}")
@@ -151,7 +152,7 @@ def report(root, quality=None, memorization=None):
     groups = collect(root)
     rows = table_rows(groups)
     keys = sorted(groups)
-    names = [f"n={n} " + ("ddpm" if s == 0 else f"s_tn={s:g}") for n, s in keys]
+    names = [f"n={n} {losses.sigma_tn_label(s)}" for n, s in keys]
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(keys)]
     for label, key in rows:
         cells = []
@@ -188,7 +189,7 @@ def _first_seed_diagnoses(root, groups):
             path = os.path.join(root, os.path.basename(m["workdir"]), "eval", "diagnose.json")
             if files.exists(path):
                 result = json.loads(files.read_text(path))
-                result["label"] = f"n={n} " + ("ddpm" if s == 0 else f"s_tn={s:g}")
+                result["label"] = f"n={n} {losses.sigma_tn_label(s)}"
                 out.append(result)
                 break
     return out

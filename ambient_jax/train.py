@@ -13,6 +13,7 @@ resumed run repeats an uninterrupted one bit for bit.
 import functools
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -23,10 +24,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
-from ambient_jax import (checkpoint, config as config_lib, files, generate, losses, nets, parallel, plots, summaries,
-                         tracking, workdir_lock)
-from ambient_jax.data import DataError, load_split, read_subset_record, record_subset
+from ambient_jax import (
+    checkpoint,
+    files,
+    generate,
+    losses,
+    nets,
+    parallel,
+    plots,
+    summaries,
+    tracking,
+    workdir_lock,
+)
+from ambient_jax import config as config_lib
+from ambient_jax.data import DataError, check_subset_record, load_split, record_subset
+from ambient_jax.data.subset import choose_subset
+from ambient_jax.data.tfds_source import StreamingBatches, open_source
 from ambient_jax.precond import edm_denoiser
 
 # fold_in purposes of the root key
@@ -85,9 +100,12 @@ def ema_beta(step, batch_size, ema_config):
     return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))
 
 
-def ema_update(ema_params, params, beta):
-    """The EMA after one step: beta * ema + (1 - beta) * params, leaf by leaf."""
-    return jax.tree_util.tree_map(lambda e, p: beta * e + (1 - beta) * p, ema_params, params)
+def update_ema(state, batch_size, ema_config):
+    """The state with its EMA moved towards its parameters, for the update made at state.step:
+    ema <- beta * ema + (1 - beta) * params, leaf by leaf."""
+    beta = ema_beta(state.step, batch_size, ema_config)
+    ema = jax.tree_util.tree_map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, state.params)
+    return state.replace(ema_params=ema)
 
 
 def init_state(config, model, optimizer):
@@ -124,17 +142,15 @@ def flip_rows(x0, flip):
     return jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
 
 
-def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shards=1):
-    """The one train-step body: (state, images [n,H,W,C], shard) -> (state, metrics).
+def gather_batch(step_root, step, images, batch_size):
+    """The global batch of `step` from the training images held on device: (x0, index)."""
+    index = batch_indices(step_root, step, batch_size, images.shape[0])
+    return images[index], index
 
-    The global batch's draws (image indices, flips, per-row keys) depend only on (seed, step,
-    row), never on how rows are split over devices. Under jit the body sees the whole global
-    batch (XLA shards it over the mesh); under pmap (axis_name set) each device takes its
-    `shard` of rows and the gradients and metrics are averaged with explicit pmean/psum.
-    """
-    batch_size = config.train.batch_size
-    rows = batch_size // num_shards
-    objective = losses.make_objective(
+
+def make_row_loss(config):
+    """The run's per-row loss: losses.make_objective for the config's loss fields."""
+    return losses.make_objective(
         config.loss.objective,
         sigma_tn=config.loss.sigma_tn,
         branch_rule=config.loss.branch_rule,
@@ -147,32 +163,37 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
         rescale_cap=config.loss.rescale_cap,
         ambient_fraction=config.loss.ambient_fraction,
     )
+
+
+def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shards=1):
+    """The one train-step body: (state, x0, index, shard) -> (state, metrics).
+
+    x0 [b,H,W,C] and index [b] are the rows of the global batch this call trains on: all of
+    them under jit (XLA shards them over the mesh), one device's `shard` of them under pmap
+    (axis_name set: gradients and metrics are averaged with explicit pmean/psum). Every draw
+    (flip, per-row keys) depends only on (seed, step, row of the global batch), never on how
+    rows are split over devices.
+    """
+    batch_size = config.train.batch_size
+    rows_per_shard = batch_size // num_shards
+    row_loss = make_row_loss(config)
     step_root = step_root_key(config)
 
-    def body(state, data, shard=0, batch_sharding=None):
-        """data: the training images [n,H,W,C] held on device, or a streamed (x0, index) global batch."""
+    def body(state, x0, index, shard=0, batch_sharding=None):
         step_key = jax.random.fold_in(step_root, state.step)
         k_rows, k_dropout, k_flip = (jax.random.fold_in(step_key, p) for p in (STEP_ROWS, STEP_DROPOUT, STEP_FLIP))
-        if isinstance(data, tuple):
-            x0, index = data
-        else:
-            index = batch_indices(step_root, state.step, batch_size, data.shape[0])
-        flip = jax.random.bernoulli(k_flip, 0.5, (batch_size,))
-        row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(jnp.arange(batch_size))
-        if num_shards > 1:  # this device's rows of the global batch
-            take = lambda a: jax.lax.dynamic_slice_in_dim(a, shard * rows, rows)
-            index, flip, row_keys = take(index), take(flip), take(row_keys)
+        rows = shard * rows_per_shard + jnp.arange(rows_per_shard)  # positions in the global batch
+        row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)
+        if num_shards > 1:
             k_dropout = jax.random.fold_in(k_dropout, shard)
-        if not isinstance(data, tuple):
-            x0 = data[index]
         if config.data.augment_flip:
-            x0 = flip_rows(x0, flip)
+            x0 = flip_rows(x0, jax.random.bernoulli(k_flip, 0.5, (batch_size,))[rows])
         if batch_sharding is not None:
             x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
 
         def loss_fn(params):
             raw = lambda x, c: model.apply(params, x, c, train=True, rngs={"dropout": k_dropout})
-            per_row, aux = objective(edm_denoiser(raw, config.loss.sigma_data), x0, index, row_keys)
+            per_row, aux = row_loss(edm_denoiser(raw, config.loss.sigma_data), x0, index, row_keys)
             return jnp.mean(per_row), (per_row, aux)
 
         (loss, (per_row, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -183,8 +204,8 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
             loss = jax.lax.pmean(loss, axis_name)
             sums = jax.lax.psum(sums, axis_name)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, ema_beta(state.step, batch_size, config.ema))
+        state = update_ema(state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state),
+                           batch_size, config.ema)
         metrics = {
             "loss": loss,
             "loss_clean": sums["clean"] / jnp.maximum(batch_size - sums["n_ambient"], 1.0),
@@ -193,74 +214,107 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
             "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step),
         }
-        return TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
+        return state.replace(step=state.step + 1), metrics
 
     return body
 
 
 class Trainer:
-    """The compiled step for parallel.mode, and the conversions its state needs.
+    """The compiled step for parallel.mode. Both modes take and return the state replicated over
+    the mesh (as checkpoints hold it) and the metrics of the global batch.
 
-    jit:  state and images replicated over the mesh, the batch sharded on "data"; the state is
-          donated and comes back replicated.
-    pmap: state and images copied to every local device (leading device axis); checkpoints
-          hold the single copy (`to_saved` / `from_saved`).
+    `step(state, images)` trains on the training images held on device; a streamed run
+    (data.streaming) calls `step(state, x0, index)` with the global batch. `multi_step` fuses
+    train.steps_per_dispatch steps (images on device only).
     """
 
     def __init__(self, config, model, optimizer, schedule, mesh):
         parallel.check_batch(config.train.batch_size, mesh)
-        self.mode, self.mesh = config.parallel.mode, mesh
-        if config.data.streaming and self.mode != "jit":
+        self.mesh = mesh
+        if config.data.streaming and config.parallel.mode != "jit":
             raise ValueError("data.streaming needs parallel.mode=jit")
         self.steps_per_dispatch = int(config.train.steps_per_dispatch)
         if config.data.streaming and self.steps_per_dispatch > 1:
             raise ValueError("train.steps_per_dispatch > 1 needs the training images on device (data.streaming=False)")
+        batch_size, step_root = config.train.batch_size, step_root_key(config)
         self.multi_step = None
-        if self.mode == "jit":
-            body = make_step_body(config, model, optimizer, schedule)
+        if config.parallel.mode == "jit":
             repl, rows = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-            step = functools.partial(body, batch_sharding=rows)
-            data = (rows, rows) if config.data.streaming else repl
-            self.step = jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
-            if self.steps_per_dispatch > 1:
-                self.multi_step = jax.jit(scan_steps(step, self.steps_per_dispatch), in_shardings=(repl, data),
-                                          out_shardings=(repl, repl), donate_argnums=0)
-        elif self.mode == "pmap":
-            if jax.process_count() > 1:
-                raise ValueError("parallel.mode=pmap runs on one host here; use parallel.mode=jit across hosts")
-            self.devices = list(mesh.devices.flat)
+            body = functools.partial(make_step_body(config, model, optimizer, schedule), batch_sharding=rows)
+            on_device = lambda state, images: body(state, *gather_batch(step_root, state.step, images, batch_size))
+            compile_ = functools.partial(jax.jit, out_shardings=(repl, repl), donate_argnums=0)
+            if config.data.streaming:
+                self.step = compile_(body, in_shardings=(repl, rows, rows))
+            else:
+                self.step = compile_(on_device, in_shardings=(repl, repl))
+                if self.steps_per_dispatch > 1:
+                    self.multi_step = compile_(scan_steps(on_device, self.steps_per_dispatch), in_shardings=(repl, repl))
+        elif config.parallel.mode == "pmap":
             body = make_step_body(config, model, optimizer, schedule, axis_name=parallel.DATA_AXIS, num_shards=mesh.size)
-            per_device = lambda state, images: body(state, images, jax.lax.axis_index(parallel.DATA_AXIS))
-            pmap = functools.partial(jax.pmap, axis_name=parallel.DATA_AXIS, devices=self.devices, donate_argnums=0)
-            self.step = pmap(per_device)
+            rows_per_device = batch_size // mesh.size
+
+            def per_device(state, images):
+                shard = jax.lax.axis_index(parallel.DATA_AXIS)
+                x0, index = gather_batch(step_root, state.step, images, batch_size)
+                mine = lambda a: jax.lax.dynamic_slice_in_dim(a, shard * rows_per_device, rows_per_device)
+                return body(state, mine(x0), mine(index), shard)
+
+            self.step = PmapStep(per_device, mesh)
             if self.steps_per_dispatch > 1:
-                self.multi_step = pmap(scan_steps(per_device, self.steps_per_dispatch))
+                self.multi_step = PmapStep(scan_steps(per_device, self.steps_per_dispatch), mesh)
         else:
-            raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {self.mode!r}")
+            raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {config.parallel.mode!r}")
 
     def place(self, tree):
-        """Host or single-device arrays -> what the step takes."""
-        if self.mode == "jit":
-            return jax.tree_util.tree_map(lambda a: parallel.global_replicated(np.asarray(a), self.mesh), tree)
-        # One copy per device along a leading axis, as pmap takes its arguments.
-        copies = parallel.batch_sharded(self.mesh)
-        n = self.mesh.size
-        return jax.tree_util.tree_map(lambda a: jax.device_put(np.broadcast_to(np.asarray(a), (n, *np.shape(a))), copies), tree)
+        """Host arrays (a state, the training images) -> replicated over the mesh, as the step takes them."""
+        return parallel.place_replicated(tree, self.mesh)
 
-    def to_saved(self, state):
-        """The state as checkpoints hold it (one copy, replicated over the mesh)."""
-        return state if self.mode == "jit" else jax.tree_util.tree_map(lambda a: a[0], state)
 
-    def metrics(self, metrics):
-        return metrics if self.mode == "jit" else jax.tree_util.tree_map(lambda m: m[0], metrics)
+class PmapStep:
+    """parallel.mode=pmap: a per-device step under jax.pmap, called like the jit step.
+
+    pmap holds one copy of each argument per device along a leading axis. This adapter turns the
+    replicated state (and images) into that form on entry and back on exit, on the devices (each
+    device's copy gains or loses the axis in one dispatch), so the loop and checkpoints see one
+    state form in both modes.
+    """
+
+    def __init__(self, per_device, mesh):
+        if jax.process_count() > 1:
+            raise ValueError("parallel.mode=pmap runs on one host here; use parallel.mode=jit across hosts")
+        self.mesh, self.devices = mesh, list(mesh.devices.flat)
+        self.run = jax.pmap(per_device, axis_name=parallel.DATA_AXIS, devices=self.devices, donate_argnums=0)
+        self.add_axis = jax.jit(lambda leaves: [a[None] for a in leaves])
+        self.drop_axis = jax.jit(lambda leaves: [a[0] for a in leaves])
+        self.images = (None, None)  # the last images given and their per-device form
+
+    def __call__(self, state, images):
+        if self.images[0] is not images:
+            self.images = (images, self.per_device_copies(images))
+        state, metrics = self.run(self.per_device_copies(state), self.images[1])
+        return self.replicated(state), jax.tree_util.tree_map(lambda m: m[0], metrics)
+
+    def _regroup(self, tree, convert, shape, sharding):
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        by_device = [{s.device: s.data for s in a.addressable_shards} for a in leaves]
+        converted = [convert([shards[d] for shards in by_device]) for d in self.devices]
+        out = [jax.make_array_from_single_device_arrays(shape(a), sharding, [c[i] for c in converted])
+               for i, a in enumerate(leaves)]
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    def per_device_copies(self, tree):
+        return self._regroup(tree, self.add_axis, lambda a: (len(self.devices), *a.shape), parallel.batch_sharded(self.mesh))
+
+    def replicated(self, tree):
+        return self._regroup(tree, self.drop_axis, lambda a: a.shape[1:], parallel.replicated(self.mesh))
 
 
 def scan_steps(step, count):
     """`count` steps in one dispatch (lax.scan): metrics come back summed over the steps. Each
     step's draws depend on state.step only, so this trains the same model as `count` calls."""
 
-    def steps(state, data):
-        state, metrics = jax.lax.scan(lambda st, _: step(st, data), state, None, length=count)
+    def steps(state, images):
+        state, metrics = jax.lax.scan(lambda st, _: step(st, images), state, None, length=count)
         return state, jax.tree_util.tree_map(lambda m: jnp.sum(m, axis=0), metrics)
 
     return steps
@@ -269,7 +323,7 @@ def scan_steps(step, count):
 def next_event(step, config):
     """The first step after `step` at which the loop logs, samples, tracks, saves or stops."""
     t = config.train
-    intervals = [e for e in (t.log_every, t.sample_every, t.checkpoint_every, t.get("track_every", 0)) if e]
+    intervals = [e for e in (t.log_every, t.sample_every, t.checkpoint_every, t.track_every) if e]
     return min([(step // every + 1) * every for every in intervals] + [t.num_steps])
 
 
@@ -316,18 +370,16 @@ class TrainingData:
             return
         if config.data.source != "tfds":
             raise ValueError("data.streaming reads a tfds source: set data.source=tfds (mnist and folders fit on device)")
-        from ambient_jax.data.subset import choose_subset
-        from ambient_jax.data.tfds_source import open_source
 
         self.num_source_images = len(open_source(config.data))
         self.train_indices = choose_subset(self.num_source_images, config.data.n_train, config.data.subset_seed)
         self.images = None
 
     def place(self, trainer):
+        """Put the images on the step's devices, or open the stream of batches."""
         if self.images is not None:
             self.on_device = trainer.place(self.images)
             return
-        from ambient_jax.data.tfds_source import StreamingBatches
 
         root, batch, n = step_root_key(self.config), self.config.train.batch_size, len(self.train_indices)
         host_indices = jax.jit(lambda step: batch_indices(root, step, batch, n))
@@ -336,34 +388,15 @@ class TrainingData:
                                        batch, jax.process_index(), jax.process_count())
 
     def for_step(self, step):
+        """The step's arguments after the state: (images,) held on device, or the streamed (x0, index)."""
         if self.images is not None:
-            return self.on_device
+            return (self.on_device,)
         x0, index = self.stream.rows_for(step)
         return parallel.global_batch(x0, self.mesh), parallel.global_batch(index.astype(np.int32), self.mesh)
 
 
-def logged_steps(metrics_path):
-    """The training steps logged in metrics.jsonl (empty when there is none)."""
-    if not files.exists(metrics_path):
-        return []
-    return [json.loads(line)["step"] for line in files.read_text(metrics_path).splitlines() if line.strip()]
-
-
-def drop_rows_after(metrics_path, step):
-    """Remove metrics.jsonl rows past `step` (logged after the checkpoint a run resumes from)."""
-    lines = [line for line in files.read_text(metrics_path).splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        files.write_text_atomic(metrics_path, "".join(line + "\n" for line in kept))
-    return len(lines) - len(kept)
-
-
 def start_over(workdir, log):
     """--restart: delete the checkpoints and set the old metrics.jsonl aside (metrics.<time>.jsonl)."""
-    import shutil
-
-    from etils import epath
-
     folder = epath.Path(files.absolute(workdir)) / "checkpoints"
     if folder.exists():
         shutil.rmtree(folder) if not files.is_remote(workdir) else folder.rmtree()
@@ -372,6 +405,122 @@ def start_over(workdir, log):
         aside = os.path.join(workdir, f"metrics.{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
         epath.Path(metrics).rename(aside)
         log(f"--restart: deleted the checkpoints; the old metrics are kept as {aside}")
+
+
+def due(step, every, total):
+    """Whether a periodic action (every `every` steps, and at the last step) falls at `step`."""
+    return (every and step % every == 0) or step == total
+
+
+class LogWindow:
+    """The metrics summed since the last log line, and the time they took."""
+
+    def __init__(self):
+        self.start()
+
+    def start(self):
+        self.sums, self.steps, self.started = None, 0, time.perf_counter()
+
+    def add(self, metrics, steps):
+        self.sums = metrics if self.sums is None else jax.tree_util.tree_map(jnp.add, self.sums, metrics)
+        self.steps += steps
+
+    def close(self, batch_size):
+        """(the mean of each metric, images per second), and a new window begins."""
+        means = {k: float(v) / self.steps for k, v in jax.device_get(self.sums).items()}
+        rate = self.steps * batch_size / (time.perf_counter() - self.started)
+        self.start()
+        return means, rate
+
+
+class Run:
+    """One training run's outputs: metrics.jsonl, TensorBoard events, sample grids, checkpoints.
+    Only the lead process writes files; every process takes part in sampling and saving."""
+
+    def __init__(self, config, workdir, model, mesh, manager, lead, log):
+        self.config, self.workdir, self.model, self.mesh, self.manager = config, workdir, model, mesh, manager
+        self.lead, self.log = lead, log
+        self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+        self.events = summaries.Summaries(workdir) if lead else None
+        self.sample_fn = generate.make_sample_fn(config, model, mesh)
+        self.last_saved = manager.latest_step()
+        self.t_start = time.perf_counter()
+
+    def write_log(self, step, window):
+        total, batch = self.config.train.num_steps, self.config.train.batch_size
+        steps = window.steps
+        means, rate = window.close(batch)
+        if not np.isfinite(means["loss"]):
+            self.manager.wait_until_finished()
+            kept = (f"The last good checkpoint (step {self.last_saved}) is kept" if self.last_saved is not None
+                    else "No checkpoint was written yet, so a corrected re-run starts from step 0")
+            raise TrainingError(
+                f"the loss became {means['loss']} between steps {step - steps} and {step}. {kept}. "
+                "Lower optim.lr, set optim.grad_clip (e.g. 1.0) or use loss.weighting=edm, then re-run.")
+        if self.lead:
+            record = {"step": step, **means, "images_per_s": rate, "seconds": time.perf_counter() - self.t_start}
+            files.append_line(self.metrics_path, json.dumps(record))
+            self.events.scalars(step, record, "train")
+        self.log(f"step {step}/{total}  loss {means['loss']:.4f} (clean {means['loss_clean']:.4f}, ambient "
+                 f"{means['loss_ambient']:.4f})  {rate:.0f} img/s  ETA {(total - step) * batch / rate:.0f}s")
+
+    def save_samples(self, step, ema_params):
+        size = self.config.sample.grid_size
+        picture = generate.generate(self.config, self.model, ema_params, size**2, seed=self.config.sample.seed,
+                                    batch_size=size**2, sample_fn=self.sample_fn, mesh=self.mesh)
+        if self.lead:
+            plots.save_grid(picture, os.path.join(self.workdir, "samples", f"grid_{step:07d}.png"), size)
+            self.events.image(step, "samples", plots.tile(picture, size))
+
+    def track(self, step, tracker, ema_params):
+        record = tracker(ema_params, step)
+        if self.lead:
+            files.append_line(self.metrics_path,
+                              json.dumps({"step": step, **record, "seconds": time.perf_counter() - self.t_start}))
+            self.events.scalars(step, {k[len("track_"):]: v for k, v in record.items()}, "tracking")
+        self.log(f"step {step}/{self.config.train.num_steps}  tracking: "
+                 + "  ".join(f"{k[len('track_'):]} {v:.4g}" for k, v in record.items()))
+
+    def save_checkpoint(self, step, state):
+        if not all_finite(state.params):
+            self.manager.wait_until_finished()
+            raise TrainingError(
+                f"the parameters are not finite at step {step}; the last good checkpoint (step {self.last_saved}) "
+                "is kept. Lower optim.lr or set optim.grad_clip, then re-run to resume from it.")
+        checkpoint.save(self.manager, step, state)
+        self.last_saved = step
+
+    def close(self):
+        self.manager.wait_until_finished()
+        if self.events:
+            self.events.close()
+
+
+def restore_or_init(config, workdir, model, optimizer, mesh, manager, lead, log):
+    """The latest checkpoint's state (metrics.jsonl rows logged after it are dropped), or a fresh one."""
+    fresh = parallel.place_replicated(init_state(config, model, optimizer), mesh)
+    restored = checkpoint.restore_latest(manager, fresh, log=log)
+    if restored is None:
+        return fresh
+    step = int(restored.step)
+    log(f"resumed from step {step} in {workdir}")
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    if lead and files.exists(metrics_path):  # rows a killed run logged after its last checkpoint
+        dropped = summaries.drop_rows_after(metrics_path, step)
+        if dropped:
+            log(f"dropped {dropped} metrics.jsonl rows past step {step} (logged after that checkpoint)")
+    return restored
+
+
+def check_no_orphan_metrics(workdir):
+    """A work dir that logged steps but holds no checkpoint (they were deleted) is not silently
+    trained from step 0 again."""
+    orphan_steps = summaries.logged_steps(os.path.join(workdir, "metrics.jsonl"))
+    if orphan_steps:
+        raise TrainingError(
+            f"work dir {workdir} logged training up to step {max(orphan_steps)} but holds no "
+            "checkpoint (were they deleted?). Re-run with --restart to train it from step 0 (the old metrics.jsonl "
+            "is set aside), or use a new --workdir.")
 
 
 def train(config, workdir, allow_config_change=False, log=print, restart=False):
@@ -390,135 +539,69 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
     check_workdir(config, workdir, allow_config_change or restart)
     data = TrainingData(config)  # bad data fails here, before anything is written
     resuming = not restart and has_checkpoint(workdir)
-    resumed_with_changes = resuming and bool(config_lib.config_differences(config_lib.load_config(workdir), config))
+    # A changed config (--allow_config_change) is recorded once a checkpoint exists under it, so a
+    # failed attempt leaves the work dir with the settings that worked.
+    config_to_record = resuming and bool(config_lib.config_differences(config_lib.load_config(workdir), config))
     if resuming and files.exists(os.path.join(workdir, "subset.json")):
-        if read_subset_record(workdir)["train_indices"] != [int(i) for i in data.train_indices]:
-            raise TrainingError(f"{workdir}/subset.json records another training subset; use a new --workdir")
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    # One writer per work dir, held until the run ends (workdir_lock: stale locks are taken over).
-    lock = workdir_lock.acquire(workdir, log) if lead else None
+        check_subset_record(workdir, data.train_indices)
+    lock = workdir_lock.acquire(workdir, log) if lead else None  # one writer per work dir
     try:
-        orphan_steps = [] if restart or resuming else logged_steps(metrics_path)
-        if orphan_steps:
-            raise TrainingError(
-                f"work dir {workdir} logged training up to step {max(orphan_steps)} but holds no "
-                "checkpoint (were they deleted?). Re-run with --restart to train it from step 0 (the old metrics.jsonl "
-                "is set aside), or use a new --workdir.")
+        if not (restart or resuming):
+            check_no_orphan_metrics(workdir)
         if restart and lead:
             start_over(workdir, log)
-            resumed_with_changes = False
         mesh = parallel.make_mesh(config.parallel)
         model = nets.build_network(config, config.data.channels)
         optimizer, schedule = make_optimizer(config.optim, config.train.batch_size)
         trainer = Trainer(config, model, optimizer, schedule, mesh)
         if lead:
             files.makedirs(os.path.join(workdir, "samples"))
-            # A changed config (--allow_config_change) is recorded once a checkpoint exists under it, so a
-            # failed attempt leaves the work dir with the settings that worked.
-            if not resumed_with_changes:
+            if not config_to_record:
                 config_lib.save_config(workdir, config)
             record_subset(workdir, config.data, data.train_indices, data.num_source_images)
         data.place(trainer)
-
-        fresh = init_state(config, model, optimizer)
-        target = jax.device_put(fresh, parallel.replicated(mesh)) if jax.process_count() == 1 else trainer.place(fresh)
         manager = checkpoint.make_manager(workdir, config.train.keep_every)
-        restored = checkpoint.restore_latest(manager, target, log=log)
-        if restored is not None:
-            log(f"resumed from step {int(restored.step)} in {workdir}")
-            if lead and files.exists(metrics_path):  # rows a killed run logged after its last checkpoint
-                dropped = drop_rows_after(metrics_path, int(restored.step))
-                if dropped:
-                    log(f"dropped {dropped} metrics.jsonl rows past step {int(restored.step)} (logged after that checkpoint)")
-        saved_form = restored if restored is not None else target
-        state = saved_form if config.parallel.mode == "jit" else trainer.place(saved_form)
-        del fresh, target, restored, saved_form
-        sample_fn = generate.make_sample_fn(config, model, mesh)
-        track_every = int(config.train.track_every)
-        tracker = tracking.Tracker(config, model, data.images, data.heldout, sample_fn, mesh) if track_every else None
-
-        start = int(jax.device_get(trainer.to_saved(state).step))
-        total = config.train.num_steps
-        last_saved = manager.latest_step()
-        window_sum, window_steps = None, 0
-        t_window = time.perf_counter()
-        t_start = t_window
+        state = restore_or_init(config, workdir, model, optimizer, mesh, manager, lead, log)
+        run = Run(config, workdir, model, mesh, manager, lead, log)
+        t = config.train
+        tracker = tracking.Tracker(config, model, data.images, data.heldout, run.sample_fn, mesh) if t.track_every else None
         # XLA's CPU collectives can deadlock when several multi-device steps are in flight on few
         # cores (seen with 8 fake devices on 2 cores), so CPU meshes wait for each step.
         sync_each_step = mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
-        events = summaries.Summaries(workdir) if lead else None
         terminated = []
         previous_handler = _on_sigterm(lambda signum, _: terminated.append(signal.Signals(signum).name))
         try:
-            step = start
-            while step < total:
+            step, window = int(jax.device_get(state.step)), LogWindow()
+            while step < t.num_steps:
                 # Several steps per dispatch where no log, sample or checkpoint falls inside them.
-                count = trainer.steps_per_dispatch if trainer.multi_step and step + trainer.steps_per_dispatch <= next_event(step, config) else 1
-                state, metrics = (trainer.multi_step if count > 1 else trainer.step)(state, data.for_step(step))
-                metrics = trainer.metrics(metrics)
+                fused = trainer.multi_step and step + trainer.steps_per_dispatch <= next_event(step, config)
+                count = trainer.steps_per_dispatch if fused else 1
+                state, metrics = (trainer.multi_step if fused else trainer.step)(state, *data.for_step(step))
                 if sync_each_step:
                     jax.block_until_ready(metrics)
-                window_sum = metrics if window_sum is None else jax.tree_util.tree_map(jnp.add, window_sum, metrics)
-                window_steps += count
-                done = step = step + count
-                if done % config.train.log_every == 0 or done == total:
-                    means = {k: float(v) / window_steps for k, v in jax.device_get(window_sum).items()}
-                    now = time.perf_counter()
-                    rate = window_steps * config.train.batch_size / (now - t_window)
-                    if not np.isfinite(means["loss"]):
-                        manager.wait_until_finished()
-                        kept = (f"The last good checkpoint (step {last_saved}) is kept" if last_saved is not None
-                                else "No checkpoint was written yet, so a corrected re-run starts from step 0")
-                        raise TrainingError(
-                            f"the loss became {means['loss']} between steps {done - window_steps} and {done}. {kept}. "
-                            "Lower optim.lr, set optim.grad_clip (e.g. 1.0) or use loss.weighting=edm, then re-run."
-                        )
-                    eta = (total - done) * config.train.batch_size / rate
-                    if lead:
-                        record = {"step": done, **means, "images_per_s": rate, "seconds": now - t_start}
-                        files.append_line(metrics_path, json.dumps(record))
-                        events.scalars(done, record, "train")
-                    log(f"step {done}/{total}  loss {means['loss']:.4f} (clean {means['loss_clean']:.4f}, ambient "
-                        f"{means['loss_ambient']:.4f})  {rate:.0f} img/s  ETA {eta:.0f}s")
-                    window_sum, window_steps, t_window = None, 0, time.perf_counter()
-                if done % config.train.sample_every == 0 or done == total:
-                    grid = config.sample.grid_size**2
-                    picture = generate.generate(config, model, trainer.to_saved(state).ema_params, grid,
-                                                seed=config.sample.seed, batch_size=grid, sample_fn=sample_fn, mesh=mesh)
-                    if lead:
-                        plots.save_grid(picture, os.path.join(workdir, "samples", f"grid_{done:07d}.png"),
-                                           config.sample.grid_size)
-                        events.image(done, "samples", plots.tile(picture, config.sample.grid_size))
-                if tracker and done % track_every == 0:
-                    record = tracker(trainer.to_saved(state).ema_params, done)
-                    if lead:
-                        files.append_line(metrics_path, json.dumps({"step": done, **record, "seconds": time.perf_counter() - t_start}))
-                        events.scalars(done, {k[len("track_"):]: v for k, v in record.items()}, "tracking")
-                    log(f"step {done}/{total}  tracking: " + "  ".join(f"{k[6:]} {v:.4g}" for k, v in record.items()))
-                if done % config.train.checkpoint_every == 0 or done == total or terminated:
-                    if not all_finite(state.params):
-                        manager.wait_until_finished()
-                        raise TrainingError(
-                            f"the parameters are not finite at step {done}; the last good checkpoint (step {last_saved}) "
-                            "is kept. Lower optim.lr or set optim.grad_clip, then re-run to resume from it."
-                        )
-                    checkpoint.save(manager, done, trainer.to_saved(state))
-                    last_saved = done
-                    if resumed_with_changes and lead:
+                window.add(metrics, count)
+                step += count
+                if due(step, t.log_every, t.num_steps):
+                    run.write_log(step, window)
+                if due(step, t.sample_every, t.num_steps):
+                    run.save_samples(step, state.ema_params)
+                if tracker and step % t.track_every == 0:
+                    run.track(step, tracker, state.ema_params)
+                if due(step, t.checkpoint_every, t.num_steps) or terminated:
+                    run.save_checkpoint(step, state)
+                    if config_to_record and lead:
                         manager.wait_until_finished()
                         config_lib.save_config(workdir, config)
-                        resumed_with_changes = False
+                        config_to_record = False
                     if tracker and lead:
                         tracking.Tracker.save_plot(workdir)
                 if terminated:
-                    log(f"{terminated[0]}: saved a checkpoint at step {done}; re-run the same command to resume")
+                    log(f"{terminated[0]}: saved a checkpoint at step {step}; re-run the same command to resume")
                     break
-            manager.wait_until_finished()
         finally:
             _on_sigterm(previous_handler)
-            if events:
-                events.close()
-        return trainer.to_saved(state)
+            run.close()
+        return state
     finally:
         if lock:
             workdir_lock.release(lock)

@@ -18,6 +18,8 @@ import json
 import os
 import socket
 
+from etils import epath
+
 from ambient_jax import files
 
 LOCK_NAME = "LOCK"
@@ -96,8 +98,6 @@ def release(path):
     held = _read(path) if files.exists(path) else None
     if held and held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
         if files.is_remote(path):
-            from etils import epath
-
             epath.Path(path).unlink()
         else:
             os.remove(path)

@@ -100,8 +100,8 @@ MUTANTS = [
     ("lr_no_warmup", TRAIN, "return optim_config.lr * ramp", "return optim_config.lr", [M]),
     # batch drawing, keys, reductions
     ("batch_never_last_image", TRAIN, "(batch_size,), 0, num_images)", "(batch_size,), 0, num_images - 1)", [M]),
-    ("keys_same_for_every_row", TRAIN, "row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(jnp.arange(batch_size))",
-     "row_keys = jax.vmap(lambda b: k_rows)(jnp.arange(batch_size))", [M]),
+    ("keys_same_for_every_row", TRAIN, "row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)",
+     "row_keys = jax.vmap(lambda b: k_rows)(rows)", [M]),
     ("flip_vertical", TRAIN, "return jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)",
      "return jnp.where(flip[:, None, None, None], x0[:, ::-1], x0)", [M]),
     ("pmap_psum_grads", TRAIN, "grads = jax.lax.pmean(grads, axis_name)", "grads = jax.lax.psum(grads, axis_name)",

@@ -66,9 +66,9 @@ def main():
     import common  # noqa: F401
     import jax
     import numpy as np
+    from train_step import bench_config
 
     from ambient_jax import nets, parallel, train
-    from train_step import bench_config
 
     config = bench_config(args.preset, args.batch, args.dtype)
     mesh = parallel.make_mesh(devices=jax.devices()[:1])

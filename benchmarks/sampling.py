@@ -14,9 +14,9 @@ import time
 import common  # noqa: F401  (puts the repository root on sys.path)
 import jax
 import numpy as np
+from train_step import RESOLUTION, bench_config
 
 from ambient_jax import generate, nets
-from train_step import RESOLUTION, bench_config
 
 
 def measure(preset, batch, dtype, num_steps):

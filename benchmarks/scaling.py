@@ -30,8 +30,6 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     config.parallel.mode = mode
     config.train.batch_size = batch
     config.model.preset = preset
-    if preset != "mlp_small":
-        config.model.overrides = type(config.model.overrides)()
     mesh = parallel.make_mesh(devices=jax.devices()[:devices])
     model = nets.build_network(config, 1)
     optimizer, schedule = train.make_optimizer(config.optim, batch)

@@ -18,7 +18,8 @@ import common  # noqa: F401  (puts the repository root on sys.path)
 import jax
 import numpy as np
 
-from ambient_jax import config as config_lib, nets, parallel, train
+from ambient_jax import config as config_lib
+from ambient_jax import nets, parallel, train
 
 RESOLUTION = {"tiny": 32, "ddpmpp_cifar10": 32, "ncsnpp_cifar10": 32, "ncsnpp_ffhq64": 64, "mlp_small": 16}
 CPU_DEFAULTS = dict(presets="tiny,ddpmpp_cifar10,ncsnpp_ffhq64", batches="tiny:32,tiny:128,ddpmpp_cifar10:8,ncsnpp_ffhq64:4",

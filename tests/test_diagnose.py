@@ -93,7 +93,8 @@ def test_tracker_gap_is_heldout_minus_train_error_and_extraction_is_counted(tmp_
     import functools
     import sys
 
-    from ambient_jax import generate, nets, parallel, train as train_lib, tracking
+    from ambient_jax import generate, nets, parallel, tracking
+    from ambient_jax import train as train_lib
     from ambient_jax.data import load_split
     from ambient_jax.precond import edm_denoiser
 

@@ -5,7 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers import (
+    Dinov2Config,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersModel,
+)
 
 from ambient_jax.eval import convert, dinov2
 

@@ -166,8 +166,8 @@ def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cache
 
 
 def _digits_split():
-    from ambient_jax.data import load_split
     from ambient_jax.config import base_config
+    from ambient_jax.data import load_split
 
     c = base_config()
     c.data.n_train, c.data.resolution = 100, 16

@@ -116,7 +116,7 @@ def one_step():
     body = train.make_step_body(c, model, optimizer, schedule)
     images = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32))
     state = train.init_state(c, model, optimizer)
-    new_state, metrics = jax.jit(body)(state, images)
+    new_state, metrics = jax.jit(lambda st, im: body(st, *train.gather_batch(train.step_root_key(c), st.step, im, c.train.batch_size)))(state, images)
     return c, model, optimizer, state, new_state, jax.device_get(metrics), images
 
 

@@ -34,7 +34,7 @@ def tiny_config(**changes):
         section = c
         for p in path:
             section = section[p]
-        section[name] = type(section[name])(value) if name in section else int(value)
+        section[name] = section.get_type(name)(value)
     for field, value in changes.items():
         section, name = field.split(".")
         c[section][name] = value

@@ -7,6 +7,12 @@ the images not chosen are the held-out set that the evaluation compares against.
 
 from ambient_jax.data.images import DataError, to_uint8
 from ambient_jax.data.sources import load_source
-from ambient_jax.data.subset import SplitData, load_split, record_subset, read_subset_record
+from ambient_jax.data.subset import (
+    SplitData,
+    check_subset_record,
+    load_split,
+    read_subset_record,
+    record_subset,
+)
 
-__all__ = ["DataError", "SplitData", "load_source", "load_split", "read_subset_record", "record_subset", "to_uint8"]
+__all__ = ["DataError", "SplitData", "check_subset_record", "load_source", "load_split", "read_subset_record", "record_subset", "to_uint8"]

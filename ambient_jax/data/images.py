@@ -4,6 +4,7 @@ data package's user-facing error."""
 import os
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -38,8 +39,6 @@ def list_image_files(path):
 
 def load_image(file, resolution, channels):
     """One image file -> uint8 [R, R, C]: shorter side resized to R, centre crop."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(file) as img:
             img = img.convert("L" if channels == 1 else "RGB")

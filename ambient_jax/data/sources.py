@@ -16,6 +16,7 @@ import importlib.resources
 import numpy as np
 
 from ambient_jax.data.images import DataError, list_image_files, load_image, to_unit_range
+from ambient_jax.data.tfds_source import load_tfds_images
 
 
 def load_mnist(resolution=16):
@@ -52,8 +53,6 @@ def load_source(data_config):
     elif source == "folder":
         images = load_folder(data_config.path, data_config.resolution, data_config.channels)
     elif source == "tfds":
-        from ambient_jax.data.tfds_source import load_tfds_images
-
         images = load_tfds_images(data_config)
     else:
         raise DataError(f"data.source must be 'mnist', 'folder' or 'tfds', got {source!r}")

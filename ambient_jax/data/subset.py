@@ -11,7 +11,6 @@ import os
 import numpy as np
 
 from ambient_jax import files
-
 from ambient_jax.data.images import DataError
 from ambient_jax.data.sources import load_source
 
@@ -63,3 +62,11 @@ def read_subset_record(workdir):
         raise DataError(f"{path} is missing: is {workdir!r} a training work dir (run ambient-train first)?")
     return files.read_json(path)
 
+
+
+def check_subset_record(workdir, train_indices):
+    """Raise DataError when the work dir's subset.json records another training subset than
+    `train_indices` (a changed source or config would train or evaluate on other images)."""
+    if [int(i) for i in read_subset_record(workdir)["train_indices"]] != [int(i) for i in train_indices]:
+        raise DataError(f"{workdir}/subset.json records another training subset than the data source gives now "
+                        "(the source's images or data.n_train / data.subset_seed changed); use a new --workdir")

@@ -19,6 +19,7 @@ import functools
 import glob
 import os
 
+import grain
 import numpy as np
 
 from ambient_jax import parallel
@@ -131,8 +132,6 @@ class StreamingBatches:
     """
 
     def __init__(self, data_config, subset, index_fn, batch_size, process_index=0, process_count=1, threads=8):
-        import grain
-
         self._dataset = grain.MapDataset.source(open_source(data_config)).map(lambda r: record_image(r, data_config))
         self._subset = np.asarray(subset)
         self._index_fn = index_fn

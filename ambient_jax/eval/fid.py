@@ -8,6 +8,7 @@ PSD matrix, so the trace is the sum of square roots of the eigenvalues of R S2 R
 """
 
 import numpy as np
+from scipy import linalg
 
 
 def feature_statistics(features):
@@ -37,8 +38,6 @@ def trace_sqrt_product_eigvals(sigma1, sigma2):
 
 def trace_sqrt_product_scipy(sigma1, sigma2):
     """Tr(sqrtm(S1 S2)) with scipy's Schur square root (pytorch-fid's method), for checking."""
-    from scipy import linalg
-
     root = linalg.sqrtm(sigma1 @ sigma2)
     return float(np.trace(root).real)
 

@@ -28,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-
+from scipy import ndimage
 
 ROBUST_GAIN = 3.0
 
@@ -41,8 +41,6 @@ def robust_sigma(resolution):
 def robust_view(images, blur_px):
     """[N, H, W, C] in [-1, 1] -> tanh(ROBUST_GAIN * Gaussian blur of blur_px pixels over H and W)
     (borders: nearest pixel), float32."""
-    from scipy import ndimage
-
     blurred = ndimage.gaussian_filter(np.asarray(images, np.float32), sigma=(0, blur_px, blur_px, 0), mode="nearest")
     return np.tanh(ROBUST_GAIN * blurred)
 

@@ -11,6 +11,9 @@ EDM preconditioning (ambient_jax.precond) turns it into a denoiser. Presets:
   local_cnn       small 3x3-conv denoiser with a 9x9 receptive field (the low-noise side of a split model)
 """
 
+import dataclasses
+import typing
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -86,13 +89,28 @@ def _build_one(preset, out_channels, **overrides):
     return cls(out_channels=out_channels, **kwargs)
 
 
+# Set by their own config fields (model.compute_dtype, model.remat) or by the trainer.
+_NOT_OVERRIDES = ("parent", "name", "out_channels", "compute_dtype", "remat")
+
+
+def override_fields():
+    """name -> type of every field that model.overrides may set, over all presets' networks."""
+    fields = {}
+    for cls, _ in PRESETS.values():
+        for field in dataclasses.fields(cls):
+            if field.name not in _NOT_OVERRIDES:
+                fields[field.name] = tuple if typing.get_origin(field.type) is not None else field.type
+    return fields
+
+
 def init_params(model, image_shape, key):
     """The network's variables, initialised on one zero image of `image_shape` at c_noise 0."""
     return model.init(key, jnp.zeros((1, *image_shape)), jnp.zeros((1,)))
 
 
 def build_network(config, channels):
-    overrides = dict(config.model.overrides.to_dict()) if hasattr(config.model.overrides, "to_dict") else dict(config.model.overrides)
+    """The run's network: model.preset with the model.overrides that are set (None = the preset's own)."""
+    overrides = {k: v for k, v in dict(config.model.overrides).items() if v is not None}
     overrides.setdefault("compute_dtype", compute_dtype(config.model.compute_dtype))
     if config.model.remat:
         overrides.setdefault("remat", True)

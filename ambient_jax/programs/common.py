@@ -4,21 +4,20 @@ import functools
 import os
 import sys
 
-from absl import logging
+from absl import app, flags, logging
 
 import ambient_jax.configs
+from ambient_jax.checkpoint import CheckpointError
+from ambient_jax.data import DataError
+from ambient_jax.eval.convert import ConversionError
+from ambient_jax.train import TrainingError
+from ambient_jax.workdir_lock import WorkdirLocked
 
 # The embedded MNIST experiment, inside the installed package (configs/ installs as ambient_jax.configs).
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(ambient_jax.configs.__file__)), "mnist.py")
 
 
 def user_errors():
-    from ambient_jax.checkpoint import CheckpointError
-    from ambient_jax.data import DataError
-    from ambient_jax.eval.convert import ConversionError
-    from ambient_jax.train import TrainingError
-    from ambient_jax.workdir_lock import WorkdirLocked
-
     return (DataError, TrainingError, CheckpointError, ConversionError, WorkdirLocked, ValueError, OSError, KeyError)
 
 
@@ -38,7 +37,8 @@ def clean_errors(main):
     return wrapped
 
 
-def say(message):
+def log(message):
+    """One line on stdout, at once: what the programs pass as the library's `log`."""
     print(message, flush=True)
 
 
@@ -50,8 +50,6 @@ def _unknown_field(err):
 
 def _parse_flags(argv):
     """absl's flag parsing, with an unknown --config.FIELD reported in one line."""
-    from absl import flags
-
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as err:
@@ -70,8 +68,6 @@ HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
 def print_help(module_name):
     """The program's docstring and its own flags with their meaning and default, then exit 0.
     (absl's --help lists the flags of __main__ only: a console script's wrapper, which has none.)"""
-    from absl import flags
-
     doc = (sys.modules[module_name].__doc__ or "").strip()
     print(f"{doc}\n\nflags:\n{flags.FLAGS.module_help(module_name)}\n\n"
           "(--helpfull lists the flags of every library too)")
@@ -91,8 +87,6 @@ def check_config_file_argument(argv):
 
 def run_program(main, define_flags=None):
     """Define the program's flags (config overrides are applied here), then run main."""
-    from absl import app
-
     check_config_file_argument(sys.argv)
     if define_flags is not None:
         try:

@@ -9,7 +9,8 @@ used. The result goes to ~/.cache/ambient_jax/ (or --out), where the evaluation 
 
 from absl import flags
 
-from ambient_jax.programs.common import clean_errors, run_program, say
+from ambient_jax.eval import convert
+from ambient_jax.programs.common import clean_errors, log, run_program
 
 flags.DEFINE_string("source", None, "the original weight file")
 flags.DEFINE_string("out", None, "where to write the converted tree (default: the cache dir)")
@@ -19,17 +20,15 @@ FLAGS = flags.FLAGS
 
 @clean_errors
 def main(argv):
-    from ambient_jax.eval import convert
-
     if len(argv) != 2 or argv[1] not in ("inception", "dinov2"):
-        raise ValueError("say what to convert: ambient-convert inception [--source=FILE] | "
+        raise ValueError("log what to convert: ambient-convert inception [--source=FILE] | "
                          "ambient-convert dinov2 --source=FILE.pth|.safetensors --heads=N")
     if argv[1] == "inception":
-        say(f"converted the FID Inception to {convert.convert_inception(FLAGS.source, FLAGS.out)}")
+        log(f"converted the FID Inception to {convert.convert_inception(FLAGS.source, FLAGS.out)}")
         return
     if not FLAGS.source or not FLAGS.heads:
         raise ValueError("ambient-convert dinov2 needs --source=FILE and --heads=N (ViT-S/B/L/g: 6/12/16/24)")
-    say(f"converted DINOv2 to {convert.convert_dinov2(FLAGS.source, FLAGS.heads, FLAGS.out)}")
+    log(f"converted DINOv2 to {convert.convert_dinov2(FLAGS.source, FLAGS.heads, FLAGS.out)}")
 
 
 def run():

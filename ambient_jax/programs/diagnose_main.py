@@ -12,7 +12,8 @@ sigma_tn marked) into each run's work dir.
 
 from absl import flags
 
-from ambient_jax.programs.common import clean_errors, run_program, say
+from ambient_jax.eval import diagnose
+from ambient_jax.programs.common import clean_errors, log, run_program
 
 flags.DEFINE_list("workdir", None, "one or more training work dirs (comma-separated)", required=True)
 flags.DEFINE_integer("levels", 24, "number of noise levels, log-spaced over the sampler's range")
@@ -24,16 +25,15 @@ FLAGS = flags.FLAGS
 @clean_errors
 def main(argv):
     del argv
-    from ambient_jax.eval import diagnose
 
     if FLAGS.levels < 2:
         raise ValueError(f"--levels must be >= 2, got {FLAGS.levels}")
     if FLAGS.max_images < 1:
         raise ValueError(f"--max_images must be >= 1, got {FLAGS.max_images}")
-    results = [diagnose.diagnose_run(w, FLAGS.levels, FLAGS.max_images, FLAGS.seed, log=say) for w in FLAGS.workdir]
+    results = [diagnose.diagnose_run(w, FLAGS.levels, FLAGS.max_images, FLAGS.seed, log=log) for w in FLAGS.workdir]
     for workdir in FLAGS.workdir:
-        diagnose.write_diagnosis(workdir, results, log=say)
-    say(diagnose.summary_table(results))
+        diagnose.write_diagnosis(workdir, results, log=log)
+    log(diagnose.summary_table(results))
 
 
 def run():

@@ -10,7 +10,8 @@ Writes <workdir>/eval/metrics.json, report.md, nearest.png and similarity_histog
 
 from absl import flags
 
-from ambient_jax.programs.common import clean_errors, run_program, say
+from ambient_jax.eval import evaluate
+from ambient_jax.programs.common import clean_errors, log, run_program
 
 flags.DEFINE_string("workdir", None, "a training work dir with samples")
 flags.DEFINE_string("samples", None, "samples .npz (default: <workdir>/samples.npz)")
@@ -31,10 +32,9 @@ FLAGS = flags.FLAGS
 @clean_errors
 def main(argv):
     del argv
-    from ambient_jax.eval import evaluate
 
     if FLAGS.compare:
-        say(evaluate.compare_runs(FLAGS.compare))
+        log(evaluate.compare_runs(FLAGS.compare))
         return
     if not FLAGS.workdir:
         raise ValueError("give --workdir=RUN (or --compare RUN1,RUN2,...)")
@@ -43,7 +43,7 @@ def main(argv):
         inception_fid=use_fid, inception_protocol=FLAGS.protocol, fid_reference=FLAGS.fid_reference,
         fid_samples=FLAGS.fid_samples, dinov2_weights=FLAGS.dinov2_weights, dinov2_heads=FLAGS.dinov2_heads,
         dinov2_recipe=FLAGS.dinov2_recipe)
-    evaluate.evaluate_run(FLAGS.workdir, FLAGS.samples, options, log=say)
+    evaluate.evaluate_run(FLAGS.workdir, FLAGS.samples, options, log=log)
 
 
 def run():

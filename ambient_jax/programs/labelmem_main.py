@@ -13,7 +13,8 @@ import json
 
 from absl import flags
 
-from ambient_jax.programs.common import clean_errors, run_program, say
+from ambient_jax.programs.common import clean_errors, log, run_program
+from ambient_jax.theory import label_memorization
 
 flags.DEFINE_string("workdir", None, "output folder", required=True)
 flags.DEFINE_integer("n_train", 1000, "training examples (the rest of the 5,000 digits are the test set)")
@@ -27,15 +28,14 @@ FLAGS = flags.FLAGS
 @clean_errors
 def main(argv):
     del argv
-    from ambient_jax.theory import label_memorization
 
     if not 0 < FLAGS.fraction < 1:
         raise ValueError(f"--fraction must lie strictly between 0 and 1, got {FLAGS.fraction}")
-    say(f"training {FLAGS.num_models} models on {FLAGS.fraction:.0%} of {FLAGS.n_train} digits each ...")
+    log(f"training {FLAGS.num_models} models on {FLAGS.fraction:.0%} of {FLAGS.n_train} digits each ...")
     summary = label_memorization.mnist_study(FLAGS.workdir, FLAGS.n_train, FLAGS.num_models, FLAGS.fraction,
                                              FLAGS.steps, FLAGS.seed)
-    say(json.dumps({k: v for k, v in summary.items() if k != "most_memorized"}))
-    say(f"most memorized (index, label, mem): {[(d['index'], d['label'], round(d['mem'], 2)) for d in summary['most_memorized']]}")
+    log(json.dumps({k: v for k, v in summary.items() if k != "most_memorized"}))
+    log(f"most memorized (index, label, mem): {[(d['index'], d['label'], round(d['mem'], 2)) for d in summary['most_memorized']]}")
 
 
 def run():

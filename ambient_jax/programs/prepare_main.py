@@ -9,7 +9,9 @@ too big to hold on the devices). TensorFlow is not needed.
 
 from absl import flags
 
-from ambient_jax.programs.common import clean_errors, run_program, say
+from ambient_jax.data.images import DataError, list_image_files
+from ambient_jax.data.tfds_source import BUILDER_NAME, prepare_image_folder
+from ambient_jax.programs.common import clean_errors, log, run_program
 
 flags.DEFINE_string("folder", None, "folder of PNG/JPEG images (searched recursively)", required=True)
 flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "tfds data dir to write into")
@@ -21,14 +23,12 @@ FLAGS = flags.FLAGS
 @clean_errors
 def main(argv):
     del argv
-    from ambient_jax.data.images import DataError, list_image_files
-    from ambient_jax.data.tfds_source import BUILDER_NAME, prepare_image_folder
 
     if FLAGS.channels not in (1, 3):
         raise DataError(f"--channels must be 1 or 3, got {FLAGS.channels}")
     count = len(list_image_files(FLAGS.folder))
     builder = prepare_image_folder(FLAGS.folder, FLAGS.data_dir, FLAGS.resolution, FLAGS.channels)
-    say(f"prepared {count} images as tfds data set '{BUILDER_NAME}' in {builder.data_dir}")
+    log(f"prepared {count} images as tfds data set '{BUILDER_NAME}' in {builder.data_dir}")
 
 
 def run():

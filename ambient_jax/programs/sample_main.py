@@ -10,7 +10,8 @@ import time
 
 from absl import flags
 
-from ambient_jax.programs.common import clean_errors, say, run_program
+from ambient_jax import checkpoint, files, generate, plots
+from ambient_jax.programs.common import clean_errors, log, run_program
 
 flags.DEFINE_string("workdir", None, "a training work dir", required=True)
 flags.DEFINE_integer("num_samples", None, "how many images (default: the run's sample.num_samples)")
@@ -22,7 +23,6 @@ FLAGS = flags.FLAGS
 @clean_errors
 def main(argv):
     del argv
-    from ambient_jax import checkpoint, files, generate, plots
 
     out = FLAGS.out or os.path.join(FLAGS.workdir, "samples.npz")
     folder = os.path.dirname(out) or "."
@@ -34,11 +34,11 @@ def main(argv):
     num = FLAGS.num_samples or config.sample.num_samples
     seed = config.sample.seed if FLAGS.seed is None else FLAGS.seed
     start = time.perf_counter()
-    progress = lambda done, total: say(f"sampled {done}/{total} ({done / (time.perf_counter() - start):.0f} img/s)")
+    progress = lambda done, total: log(f"sampled {done}/{total} ({done / (time.perf_counter() - start):.0f} img/s)")
     images = generate.generate(config, model, params, num, seed, progress=progress)
     files.save_npz(out, compressed=True, samples=images, seed=seed)
     plots.save_grid(images[: config.sample.grid_size**2], os.path.splitext(out)[0] + ".png", config.sample.grid_size)
-    say(f"wrote {out} ({images.shape[0]} images, {config.sample.sampler}, {config.sample.num_steps} steps)")
+    log(f"wrote {out} ({images.shape[0]} images, {config.sample.sampler}, {config.sample.num_steps} steps)")
 
 
 def run():

@@ -10,7 +10,8 @@ sigma_tn = 0 means the ddpm objective. Runs already evaluated are skipped.
 
 from absl import flags
 
-from ambient_jax.programs.common import DEFAULT_CONFIG, clean_errors, run_program, say
+from ambient_jax import sweep
+from ambient_jax.programs.common import DEFAULT_CONFIG, clean_errors, log, run_program
 
 flags.DEFINE_string("root", None, "folder that holds one work dir per run", required=True)
 flags.DEFINE_string("config", DEFAULT_CONFIG, "config file (FILE.py or FILE.py:ARG) of every run")
@@ -27,22 +28,20 @@ FLAGS = flags.FLAGS
 
 @clean_errors
 def main(argv):
-    from ambient_jax import sweep
-
     if len(argv) != 2 or argv[1] not in ("run", "commands", "report"):
-        raise ValueError("say what to do: ambient-sweep run | commands | report --root=DIR ...")
+        raise ValueError("log what to do: ambient-sweep run | commands | report --root=DIR ...")
     if argv[1] == "report":
-        say(sweep.report(FLAGS.root, FLAGS.quality, FLAGS.memorization))
-        say(f"wrote {FLAGS.root}/table.md and {FLAGS.root}/pareto.png")
+        log(sweep.report(FLAGS.root, FLAGS.quality, FLAGS.memorization))
+        log(f"wrote {FLAGS.root}/table.md and {FLAGS.root}/pareto.png")
         return
     runs = sweep.commands(FLAGS.config, FLAGS.root, [float(s) for s in FLAGS.sigma_tn], [int(n) for n in FLAGS.n_train],
                           [int(s) for s in FLAGS.seeds], FLAGS.set, () if FLAGS.fid else ("--nofid",))
     if argv[1] == "commands":
         for _, steps in runs:
-            say(" && ".join(" ".join(step) for step in steps))
+            log(" && ".join(" ".join(step) for step in steps))
         return
-    sweep.run_all(runs, log=say, jobs=FLAGS.jobs)
-    say(sweep.report(FLAGS.root))
+    sweep.run_all(runs, log=log, jobs=FLAGS.jobs)
+    log(sweep.report(FLAGS.root))
 
 
 def run():

@@ -14,7 +14,8 @@ The README's "Configs" table says what each field means.
 from absl import flags
 from ml_collections import config_flags
 
-from ambient_jax.programs.common import DEFAULT_CONFIG, clean_errors, say, run_program
+from ambient_jax import train
+from ambient_jax.programs.common import DEFAULT_CONFIG, clean_errors, log, run_program
 
 FLAGS = flags.FLAGS
 
@@ -33,15 +34,14 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
     if FLAGS.print_config:
-        say(FLAGS.config)
+        log(FLAGS.config)
         return
     if not FLAGS.workdir:
         raise ValueError("give --workdir=DIR, the folder of the run (it is created, or resumed when it exists)")
-    from ambient_jax import train
 
-    train.train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change, log=say,
+    train.train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change, log=log,
                 restart=FLAGS.restart)
-    say(f"done: {FLAGS.workdir}")
+    log(f"done: {FLAGS.workdir}")
 
 
 def run():

@@ -21,6 +21,7 @@ down to 1e-300 are fine.
 
 import dataclasses
 import itertools
+from math import comb
 
 import numpy as np
 from scipy.special import gammaln, logsumexp
@@ -137,7 +138,6 @@ def tau_brute_force(prior, n, l=1):
     and average D(x_1) over instances weighted by P(x_1 is seen exactly l times in n draws)."""
     prior = np.asarray(prior, np.float64)
     n_elements = len(prior)
-    from math import comb
 
     num = den = 0.0
     for assignment in itertools.product(prior, repeat=n_elements):
