@@ -28,7 +28,9 @@ def make_manager(workdir, keep_every=0, create=True):
         enable_async_checkpointing=True,
         create=create,
     )
-    return ocp.CheckpointManager(os.path.join(files.absolute(workdir), "checkpoints"), options=options)
+    return ocp.CheckpointManager(
+        os.path.join(files.absolute(workdir), "checkpoints"), options=options
+    )
 
 
 def save(manager, step, state):
@@ -50,8 +52,11 @@ def restore_latest(manager, target, partial=False, log=print):
     failures = []
     for step in steps:
         if partial:
-            restore = ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
-                                             restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+            restore = ocp.args.PyTreeRestore(
+                item=abstract,
+                partial_restore=True,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            )
         else:
             restore = ocp.args.StandardRestore(abstract)
         try:
@@ -61,12 +66,17 @@ def restore_latest(manager, target, partial=False, log=print):
             failures.append((step, detail if len(detail) < 300 else detail[:300] + " ..."))
             continue
         if failures:
-            log(f"warning: checkpoint step {failures[0][0]} in {manager.directory} cannot be restored "
-                f"({failures[0][1]}); resuming from step {step} instead")
+            log(
+                f"warning: checkpoint step {failures[0][0]} in {manager.directory} cannot be "
+                "restored "
+                f"({failures[0][1]}); resuming from step {step} instead"
+            )
         return restored.state
     raise CheckpointError(
-        f"no checkpoint in {manager.directory} can be restored (steps {', '.join(str(s) for s, _ in failures)}; latest: "
-        f"{failures[0][1]}). If the run's network or optimizer changed, use a new --workdir; to start this one over, "
+        f"no checkpoint in {manager.directory} can be restored (steps "
+        f"{', '.join(str(s) for s, _ in failures)}; latest: "
+        f"{failures[0][1]}). If the run's network or optimizer changed, use a new --workdir; to "
+        "start this one over, "
         "re-run with --restart."
     )
 
@@ -76,11 +86,18 @@ def load_ema_params(workdir, config=None):
     config = config or config_lib.load_config(workdir)
     model = nets.build_network(config, config.data.channels)
     # The parameters' shapes, as the trainer initialises them (no computation, no memory).
-    target = jax.eval_shape(functools.partial(nets.init_params, model, config_lib.image_shape(config)), jax.random.key(0))
-    missing = f"no checkpoint in {workdir}/checkpoints: train first (ambient-train --workdir {workdir})"
+    target = jax.eval_shape(
+        functools.partial(nets.init_params, model, config_lib.image_shape(config)),
+        jax.random.key(0),
+    )
+    missing = (
+        f"no checkpoint in {workdir}/checkpoints: train first (ambient-train --workdir {workdir})"
+    )
     if not files.exists(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(missing)
-    restored = restore_latest(make_manager(workdir, create=False), {"ema_params": target}, partial=True)
+    restored = restore_latest(
+        make_manager(workdir, create=False), {"ema_params": target}, partial=True
+    )
     if restored is None:
         raise FileNotFoundError(missing)
     return config, model, restored["ema_params"]

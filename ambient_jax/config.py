@@ -15,9 +15,20 @@ from ambient_jax import files, losses, nets, sampling
 CONFIG_NAME = "config.json"
 
 # Fields that may change when a run is resumed: they steer the loop, not what is learned.
-RESUMABLE_CHANGES = ("train.num_steps", "train.steps_per_dispatch", "train.log_every", "train.sample_every", "train.checkpoint_every",
-                     "train.keep_every", "train.track_every", "train.track_sigmas", "train.track_samples", "sample", "eval",
-                     "parallel")
+RESUMABLE_CHANGES = (
+    "train.num_steps",
+    "train.steps_per_dispatch",
+    "train.log_every",
+    "train.sample_every",
+    "train.checkpoint_every",
+    "train.keep_every",
+    "train.track_every",
+    "train.track_sigmas",
+    "train.track_samples",
+    "sample",
+    "eval",
+    "parallel",
+)
 
 
 def base_config():
@@ -36,14 +47,20 @@ def base_config():
     c.data.tfds_data_dir = ""  # default: ~/tensorflow_datasets
     c.data.tfds_split = "train"
     c.data.tfds_image_key = "image"
-    c.data.streaming = False  # read each batch from the source (grain) instead of holding the subset on device
+    c.data.streaming = (
+        False  # read each batch from the source (grain) instead of holding the subset on device
+    )
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "mlp_small"  # see ambient_jax.nets.PRESETS
     # Any field of a preset's network, e.g. --config.model.overrides.dropout=0.1. Unset (None) =
     # the preset's own value, so switching model.preset never carries one preset's sizes to another.
     c.model.overrides = ml_collections.ConfigDict(
-        {name: ml_collections.config_dict.placeholder(kind) for name, kind in sorted(nets.override_fields().items())})
+        {
+            name: ml_collections.config_dict.placeholder(kind)
+            for name, kind in sorted(nets.override_fields().items())
+        }
+    )
     # auto: bfloat16 matmuls/convolutions on GPU and TPU (float32 parameters, optimizer and loss),
     # float32 on CPU; or say float32 / bfloat16.
     c.model.compute_dtype = "auto"
@@ -51,8 +68,12 @@ def base_config():
     # branch's start (for ddpm too), so the high-noise network of an ambient run is trained on the
     # noisy copies alone; 0 = one network.
     c.model.split_sigma = 0.0
-    c.model.split_low_preset = ""  # the low-noise network's preset (e.g. local_cnn); "" = model.preset
-    c.model.remat = False  # U-Net presets: recompute block activations in the backward pass (large batches)
+    c.model.split_low_preset = (
+        ""  # the low-noise network's preset (e.g. local_cnn); "" = model.preset
+    )
+    c.model.remat = (
+        False  # U-Net presets: recompute block activations in the backward pass (large batches)
+    )
 
     c.loss = ml_collections.ConfigDict()
     c.loss.objective = "ambient"  # ddpm | ambient
@@ -63,7 +84,9 @@ def base_config():
     # branch begins (0 = at sigma_tn, the paper) and a cap on the rescaled factor (0 = none).
     c.loss.sigma_switch = 0.0
     c.loss.rescale_cap = 0.0
-    c.loss.ambient_fraction = 0.0  # > 0: this share of rows on the ambient branch (0 = the log-normal decides)
+    c.loss.ambient_fraction = (
+        0.0  # > 0: this share of rows on the ambient branch (0 = the log-normal decides)
+    )
     c.loss.p_mean = -1.2
     c.loss.p_std = 1.2
     c.loss.sigma_data = 0.5
@@ -88,10 +111,16 @@ def base_config():
     c.train.log_every = 100
     c.train.sample_every = 1000
     c.train.checkpoint_every = 1000
-    c.train.steps_per_dispatch = 1  # >1: that many steps fused in one lax.scan call (fewer dispatches for small nets)
-    c.train.keep_every = 0  # also keep every checkpoint whose step divides by this; 0 = the two latest only
-    # Memorization tracked during training (ambient_jax.tracking): every track_every steps (0 = off),
-    # the train/held-out denoising gap at track_sigmas and the extraction share of track_samples samples.
+    c.train.steps_per_dispatch = (
+        1  # >1: that many steps fused in one lax.scan call (fewer dispatches for small nets)
+    )
+    c.train.keep_every = (
+        0  # also keep every checkpoint whose step divides by this; 0 = the two latest only
+    )
+    # Memorization tracked during training (ambient_jax.tracking): every track_every steps (0 =
+    # off),
+    # the train/held-out denoising gap at track_sigmas and the extraction share of track_samples
+    # samples.
     c.train.track_every = 0
     c.train.track_sigmas = (0.2, 1.0, 3.0)
     c.train.track_samples = 64
@@ -126,34 +155,85 @@ def check_config(config):
         if not ok:
             raise ValueError(f"config field {field}: {message}")
 
-    need(config.loss.objective in losses.OBJECTIVES, "loss.objective", f"must be one of {losses.OBJECTIVES}")
-    need(config.loss.branch_rule in losses.BRANCH_RULES, "loss.branch_rule", f"must be one of {losses.BRANCH_RULES}")
-    need(config.loss.weighting in losses.WEIGHTINGS, "loss.weighting", f"must be one of {losses.WEIGHTINGS}")
+    need(
+        config.loss.objective in losses.OBJECTIVES,
+        "loss.objective",
+        f"must be one of {losses.OBJECTIVES}",
+    )
+    need(
+        config.loss.branch_rule in losses.BRANCH_RULES,
+        "loss.branch_rule",
+        f"must be one of {losses.BRANCH_RULES}",
+    )
+    need(
+        config.loss.weighting in losses.WEIGHTINGS,
+        "loss.weighting",
+        f"must be one of {losses.WEIGHTINGS}",
+    )
     need(config.loss.sigma_tn >= 0, "loss.sigma_tn", "must be >= 0")
-    need(config.model.preset in nets.PRESETS, "model.preset", f"must be one of {sorted(nets.PRESETS)}")
+    need(
+        config.model.preset in nets.PRESETS,
+        "model.preset",
+        f"must be one of {sorted(nets.PRESETS)}",
+    )
     low = config.model.split_low_preset
-    need(not low or low in nets.PRESETS, "model.split_low_preset", f"must be '' or one of {sorted(nets.PRESETS)}")
-    need(not low or config.model.split_sigma, "model.split_low_preset", "needs model.split_sigma (-1 or a level)")
-    need(config.sample.sampler in sampling.SAMPLERS, "sample.sampler", f"must be one of {sorted(sampling.SAMPLERS)}")
+    need(
+        not low or low in nets.PRESETS,
+        "model.split_low_preset",
+        f"must be '' or one of {sorted(nets.PRESETS)}",
+    )
+    need(
+        not low or config.model.split_sigma,
+        "model.split_low_preset",
+        "needs model.split_sigma (-1 or a level)",
+    )
+    need(
+        config.sample.sampler in sampling.SAMPLERS,
+        "sample.sampler",
+        f"must be one of {sorted(sampling.SAMPLERS)}",
+    )
     need(config.parallel.mode in ("jit", "pmap"), "parallel.mode", "must be 'jit' or 'pmap'")
-    need(config.model.compute_dtype in ("auto", "float32", "bfloat16"), "model.compute_dtype",
-         "must be 'auto', 'float32' or 'bfloat16'")
+    need(
+        config.model.compute_dtype in ("auto", "float32", "bfloat16"),
+        "model.compute_dtype",
+        "must be 'auto', 'float32' or 'bfloat16'",
+    )
     need(int(config.train.steps_per_dispatch) >= 1, "train.steps_per_dispatch", "must be >= 1")
-    for field in ("train.batch_size", "train.num_steps", "train.log_every", "train.sample_every", "train.checkpoint_every",
-                  "sample.num_steps", "sample.batch_size", "sample.num_samples", "sample.grid_size", "eval.carlini_k",
-                  "data.n_train", "data.resolution"):
+    for field in (
+        "train.batch_size",
+        "train.num_steps",
+        "train.log_every",
+        "train.sample_every",
+        "train.checkpoint_every",
+        "sample.num_steps",
+        "sample.batch_size",
+        "sample.num_samples",
+        "sample.grid_size",
+        "eval.carlini_k",
+        "data.n_train",
+        "data.resolution",
+    ):
         section, name = field.split(".")
         need(int(config[section][name]) >= 1, field, "must be >= 1")
     need(config.optim.lr > 0, "optim.lr", "must be > 0")
     need(config.data.channels in (1, 3), "data.channels", "must be 1 or 3")
-    need(all(0 < t < 1 for t in config.eval.thresholds), "eval.thresholds", "must lie between 0 and 1")
+    need(
+        all(0 < t < 1 for t in config.eval.thresholds),
+        "eval.thresholds",
+        "must lie between 0 and 1",
+    )
     need(int(config.train.track_every) >= 0, "train.track_every", "must be >= 0 (0 = off)")
     need(int(config.train.track_samples) >= 0, "train.track_samples", "must be >= 0")
-    need(len(config.train.track_sigmas) >= 1 and all(s > 0 for s in config.train.track_sigmas),
-         "train.track_sigmas", "must be one or more noise levels > 0")
+    need(
+        len(config.train.track_sigmas) >= 1 and all(s > 0 for s in config.train.track_sigmas),
+        "train.track_sigmas",
+        "must be one or more noise levels > 0",
+    )
     if int(config.train.track_every) and config.data.streaming:
-        raise ValueError("config field train.track_every: tracking needs the training images on device "
-                         "(data.streaming=False); set train.track_every=0 for streamed runs")
+        raise ValueError(
+            "config field train.track_every: tracking needs the training images on device "
+            "(data.streaming=False); set train.track_every=0 for streamed runs"
+        )
 
 
 def effective_sigma_tn(config):
@@ -162,13 +242,17 @@ def effective_sigma_tn(config):
 
 
 def save_config(workdir, config):
-    files.write_text_atomic(os.path.join(workdir, CONFIG_NAME), config.to_json_best_effort(indent=1, sort_keys=True))
+    files.write_text_atomic(
+        os.path.join(workdir, CONFIG_NAME), config.to_json_best_effort(indent=1, sort_keys=True)
+    )
 
 
 def load_config(workdir):
     path = os.path.join(workdir, CONFIG_NAME)
     if not files.exists(path):
-        raise FileNotFoundError(f"{path} is missing: {workdir!r} is not a training work dir (run ambient-train first)")
+        raise FileNotFoundError(
+            f"{path} is missing: {workdir!r} is not a training work dir (run ambient-train first)"
+        )
     # Fields added to the base after the run was made read as their defaults, which reproduce
     # the behaviour the run was trained with.
     return complete(_tuples(files.read_json(path)))
@@ -194,17 +278,28 @@ def _with_defaults(saved, defaults):
 def config_differences(old, new):
     """Dotted names of the fields where two configs differ, ignoring RESUMABLE_CHANGES and
     model overrides that restate their preset's own value (configs/mnist.py once wrote them out)."""
-    old_flat, new_flat = (_without_restated_overrides(_flatten(json.loads(c.to_json_best_effort()))) for c in (old, new))
+    old_flat, new_flat = (
+        _without_restated_overrides(_flatten(json.loads(c.to_json_best_effort())))
+        for c in (old, new)
+    )
     names = sorted(set(old_flat) | set(new_flat))
     changed = [n for n in names if old_flat.get(n) != new_flat.get(n)]
-    return [n for n in changed if not any(n == r or n.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+    return [
+        n for n in changed if not any(n == r or n.startswith(r + ".") for r in RESUMABLE_CHANGES)
+    ]
 
 
 def _without_restated_overrides(flat):
     _, preset_fields = nets.PRESETS.get(flat.get("model.preset"), (None, {}))
     prefix = "model.overrides."
-    return {name: value for name, value in flat.items()
-            if not (name.startswith(prefix) and _tuples(value) == preset_fields.get(name[len(prefix):], _MISSING))}
+    return {
+        name: value
+        for name, value in flat.items()
+        if not (
+            name.startswith(prefix)
+            and _tuples(value) == preset_fields.get(name[len(prefix) :], _MISSING)
+        )
+    }
 
 
 _MISSING = object()

@@ -37,7 +37,9 @@ def read_json(path):
     try:
         return json.loads(read_text(path))
     except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}): it was damaged; restore it or use a new work dir") from err
+        raise ValueError(
+            f"{path} is not valid JSON ({err}): it was damaged; restore it or use a new work dir"
+        ) from err
 
 
 def read_bytes(path):

@@ -37,12 +37,25 @@ def make_sample_fn(config, model, mesh=None):
 
 def latents_for(seed, first, count, shape):
     base = jax.random.key(seed)
-    keys = jax.vmap(lambda j: jax.random.fold_in(base, j))(jnp.arange(first, first + count, dtype=jnp.uint32))
+    keys = jax.vmap(lambda j: jax.random.fold_in(base, j))(
+        jnp.arange(first, first + count, dtype=jnp.uint32)
+    )
     return jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
 
 
-def generate(config, model, params, num_samples, seed, batch_size=None, sample_fn=None, progress=None, mesh=None):
-    """num_samples images as uint8 [N, H, W, C], in order, split over the mesh's devices (and hosts)."""
+def generate(
+    config,
+    model,
+    params,
+    num_samples,
+    seed,
+    batch_size=None,
+    sample_fn=None,
+    progress=None,
+    mesh=None,
+):
+    """num_samples images as uint8 [N, H, W, C], in order, split over the mesh's devices (and
+    hosts)."""
     mesh = mesh or parallel.make_mesh(config.parallel)
     sample_fn = sample_fn or make_sample_fn(config, model, mesh)
     batch_size = batch_size or config.sample.batch_size
@@ -53,7 +66,9 @@ def generate(config, model, params, num_samples, seed, batch_size=None, sample_f
     out = []
     for first in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - first)
-        latents = np.asarray(latents_for(seed, first, batch_size, shape))  # fixed batch shape: one compile
+        latents = np.asarray(
+            latents_for(seed, first, batch_size, shape)
+        )  # fixed batch shape: one compile
         rows = parallel.global_batch(latents[parallel.process_rows(batch_size)], mesh)
         out.append(to_uint8(parallel.to_host(sample_fn(params, rows))[:count]))
         if progress:

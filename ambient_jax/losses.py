@@ -19,7 +19,8 @@ Weighting "rescaled" multiplies the ambient branch by sigma^4 / (sigma^2 - sigma
 
 Why the ambient branch is noisy just above sigma_tn, and the two bounded variants. Writing
 a = (sigma^2 - sigma_tn^2) / sigma^2, the ambient loss is lambda a^2 ||D - y||^2 with the target
-    y = (sigma^2 x_tn - sigma_tn^2 x_s) / (sigma^2 - sigma_tn^2) = x0 + sigma_tn eps - (sigma_tn^2 / g) n,
+    y = (sigma^2 x_tn - sigma_tn^2 x_s) / (sigma^2 - sigma_tn^2) = x0 + sigma_tn eps - (sigma_tn^2 /
+    g) n,
 g = sqrt(sigma^2 - sigma_tn^2). Per pixel, y - x0 has variance
     v(sigma) = sigma_tn^2 + sigma_tn^4 / (sigma^2 - sigma_tn^2),
 unbounded as sigma -> sigma_tn. "rescaled" weighs ||D - y||^2 by lambda alone, so its expected
@@ -28,7 +29,8 @@ weighs it by lambda a^2, which vanishes there, so that region is barely trained.
   * rescale_cap = C > 0 caps the rescale factor at C: the weight on ||D - y||^2 becomes
     lambda min(1, C a^2). Since g^2 = a sigma^2 >= a sigma_tn^2, min(1, C a^2) sigma_tn^4 / g^2
     <= min(1/a, C a) sigma_tn^2 <= C^(1/2) sigma_tn^2, so the weighted target variance is at most
-    lambda (1 + C^(1/2)) sigma_tn^2: bounded, with the region right above sigma_tn damped as "edm" does.
+    lambda (1 + C^(1/2)) sigma_tn^2: bounded, with the region right above sigma_tn damped as "edm"
+    does.
   * weighting "normalized" (inverse-variance): the ambient row's weight on ||D - y||^2 is
     lambda sd^2 / (sd^2 + v(sigma)). A clean row's target x0 deviates from E[x0 | x] by at most
     the data variance sd^2 per pixel, an ambient row's y by that plus v(sigma) >= sigma_tn^2, so
@@ -141,7 +143,9 @@ def denoising_loss(denoise, x0, sigma, noise, sigma_data=SIGMA_DATA):
     return _two_regime_ve(denoise, x0, sigma, zeros, noise, sigma_data, "edm")
 
 
-def ambient_loss(denoise, x_tn, sigma, sigma_tn, noise, sigma_data=SIGMA_DATA, weighting="edm", rescale_cap=0.0):
+def ambient_loss(
+    denoise, x_tn, sigma, sigma_tn, noise, sigma_data=SIGMA_DATA, weighting="edm", rescale_cap=0.0
+):
     """Per-example ambient score-matching loss (VE form) for sigma >= sigma_tn, shape [B].
 
     x_tn is the fixed noisy copy x0 + sigma_tn eps; noise is fresh N(0, I) of x_tn's shape.
@@ -157,7 +161,8 @@ def ambient_loss_vp(h, x_tn, s, s_tn, noise):
     """The lecture's eq. (5) literally (VP form, unweighted), per example, for s >= s_tn.
 
     x_t = sqrt((1-s^2)/(1-s_tn^2)) x_tn + sqrt((s^2-s_tn^2)/(1-s_tn^2)) n
-    L   = || (s^2-s_tn^2)/(s^2 sqrt(1-s_tn^2)) h(x_t) + s_tn^2/s^2 sqrt((1-s^2)/(1-s_tn^2)) x_t - x_tn ||^2
+    L   = || (s^2-s_tn^2)/(s^2 sqrt(1-s_tn^2)) h(x_t) + s_tn^2/s^2 sqrt((1-s^2)/(1-s_tn^2)) x_t -
+    x_tn ||^2
     With s_tn = 0 this is the plain VP denoising loss ||h(sqrt(1-s^2) x0 + s n) - x0||^2 exactly.
     """
     s = jnp.asarray(s, x_tn.dtype)
@@ -183,7 +188,8 @@ def denoising_loss_vp(h, x0, s, noise):
 
 
 def fixed_noise(noise_key, image_index, image_shape, dtype=jnp.float32):
-    """eps_i for each image index: N(0, I) drawn from fold_in(noise_key, i); shape [B, *image_shape]."""
+    """eps_i for each image index: N(0, I) drawn from fold_in(noise_key, i); shape [B,
+    *image_shape]."""
     image_index = jnp.asarray(image_index, jnp.uint32)
     draw = lambda i: jax.random.normal(jax.random.fold_in(noise_key, i), image_shape, dtype)
     return jax.vmap(draw)(image_index)
@@ -229,18 +235,36 @@ def make_objective(
     if sigma_tn < 0:
         raise ValueError(f"loss.sigma_tn must be >= 0, got {sigma_tn}")
     if sigma_tn > 0 and noise_key is None:
-        raise ValueError("the ambient objective needs noise_key, the key of the fixed noise of S_tn")
+        raise ValueError(
+            "the ambient objective needs noise_key, the key of the fixed noise of S_tn"
+        )
     if sigma_switch and sigma_switch < sigma_tn:
-        raise ValueError(f"loss.sigma_switch must be 0 (= sigma_tn) or >= loss.sigma_tn = {sigma_tn}, got {sigma_switch}")
+        raise ValueError(
+            f"loss.sigma_switch must be 0 (= sigma_tn) or >= loss.sigma_tn = {sigma_tn}, got "
+            f"{sigma_switch}"
+        )
     if rescale_cap < 0:
         raise ValueError(f"loss.rescale_cap must be >= 0 (0 = no cap), got {rescale_cap}")
     if not 0.0 <= ambient_fraction < 1.0:
-        raise ValueError(f"loss.ambient_fraction must be in [0, 1) (0 = the log-normal decides), got {ambient_fraction}")
+        raise ValueError(
+            "loss.ambient_fraction must be in [0, 1) (0 = the log-normal decides), got "
+            f"{ambient_fraction}"
+        )
     if branch_rule == "lecture":
         if sigma_switch or rescale_cap or ambient_fraction:
-            raise ValueError("loss.sigma_switch, loss.rescale_cap and loss.ambient_fraction belong to branch_rule=paper")
-        return functools.partial(_lecture_rule, sigma_tn=sigma_tn, weighting=weighting, noise_key=noise_key,
-                                 p_mean=p_mean, p_std=p_std, sigma_data=sigma_data)
+            raise ValueError(
+                "loss.sigma_switch, loss.rescale_cap and loss.ambient_fraction belong to "
+                "branch_rule=paper"
+            )
+        return functools.partial(
+            _lecture_rule,
+            sigma_tn=sigma_tn,
+            weighting=weighting,
+            noise_key=noise_key,
+            p_mean=p_mean,
+            p_std=p_std,
+            sigma_data=sigma_data,
+        )
     return functools.partial(
         _paper_rule,
         sigma_switch=max(float(sigma_switch), sigma_tn),
@@ -270,8 +294,22 @@ def _row_draws(example_keys, image_shape, dtype):
     return jax.vmap(draw)(example_keys)
 
 
-def _paper_rule(denoise, x0, image_index, example_keys, *, sigma_tn, weighting, noise_key, p_mean, p_std, sigma_data,
-                sigma_switch, rescale_cap, ambient_fraction):
+def _paper_rule(
+    denoise,
+    x0,
+    image_index,
+    example_keys,
+    *,
+    sigma_tn,
+    weighting,
+    noise_key,
+    p_mean,
+    p_std,
+    sigma_data,
+    sigma_switch,
+    rescale_cap,
+    ambient_fraction,
+):
     normal, uniform, coin, noise = _row_draws(example_keys, x0.shape[1:], x0.dtype)
     sigma = jnp.exp(p_mean + p_std * normal)
     if sigma_tn == 0.0:
@@ -299,10 +337,24 @@ def _truncated_log_normal(normal, above, boundary, p_mean, p_std):
     lower = ndtri(jnp.maximum(ndtr(normal) * ndtr(z_cut), 1e-30))
     upper = -ndtri(jnp.maximum(ndtr(-normal) * ndtr(-z_cut), 1e-30))
     sigma = jnp.exp(p_mean + p_std * jnp.where(above, upper, lower))
-    return jnp.where(above, jnp.maximum(sigma, boundary * (1 + 1e-5)), jnp.minimum(sigma, boundary * (1 - 1e-5)))
+    return jnp.where(
+        above, jnp.maximum(sigma, boundary * (1 + 1e-5)), jnp.minimum(sigma, boundary * (1 - 1e-5))
+    )
 
 
-def _lecture_rule(denoise, x0, image_index, example_keys, *, sigma_tn, weighting, noise_key, p_mean, p_std, sigma_data):
+def _lecture_rule(
+    denoise,
+    x0,
+    image_index,
+    example_keys,
+    *,
+    sigma_tn,
+    weighting,
+    noise_key,
+    p_mean,
+    p_std,
+    sigma_data,
+):
     del weighting, p_mean, p_std, sigma_data  # Algorithm 1 is unweighted and draws t uniformly
     _, uniform, coin, noise = _row_draws(example_keys, x0.shape[1:], x0.dtype)
     t_min, t_max = schedules.VP_T_MIN, schedules.VP_T_MAX

@@ -53,7 +53,9 @@ def make_mesh(parallel_config=None, devices=None):
         wanted = int(parallel_config.get("num_devices", 0)) if parallel_config is not None else 0
         if wanted:
             if wanted > len(devices):
-                raise ValueError(f"parallel.num_devices = {wanted} but only {len(devices)} devices are visible")
+                raise ValueError(
+                    f"parallel.num_devices = {wanted} but only {len(devices)} devices are visible"
+                )
             devices = devices[:wanted]
     return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
 
@@ -68,7 +70,10 @@ def batch_sharded(mesh):
 
 def check_batch(batch_size, mesh, field="train.batch_size"):
     if batch_size % mesh.size:
-        raise ValueError(f"{field} = {batch_size} does not divide over {mesh.size} devices; use a multiple of {mesh.size}")
+        raise ValueError(
+            f"{field} = {batch_size} does not divide over {mesh.size} devices; use a multiple of "
+            f"{mesh.size}"
+        )
 
 
 def round_up_to_devices(batch_size, mesh):

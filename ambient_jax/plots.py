@@ -24,13 +24,16 @@ def _subplots(*grid, figsize):
 
 def save_diagnosis(results, path):
     """The per-noise-level diagnosis (ambient_jax.eval.diagnose): a curve per run (one colour per
-    run in every panel) in four panels, each run's sigma_tn marked by a dotted line of its colour."""
+    run in every panel) in four panels, each run's sigma_tn marked by a dotted line of its
+    colour."""
 
     fig, axes = _subplots(1, 4, figsize=(20, 4.2))
-    panels = (("err_heldout", "denoising error (held-out solid, train dashed)"),
-              ("gap", "generalization gap: err held-out - err train"),
-              ("dist_memorizing", "distance to D*_S (copies the training set)"),
-              ("dist_noisy_copies", "distance to D*_tn (memorizes the noisy copies)"))
+    panels = (
+        ("err_heldout", "denoising error (held-out solid, train dashed)"),
+        ("gap", "generalization gap: err held-out - err train"),
+        ("dist_memorizing", "distance to D*_S (copies the training set)"),
+        ("dist_noisy_copies", "distance to D*_tn (memorizes the noisy copies)"),
+    )
     colours = {r["label"]: f"C{i}" for i, r in enumerate(results)}
     for ax, (key, title) in zip(axes, panels):
         ax.set_title(title, fontsize=10)
@@ -48,7 +51,9 @@ def save_diagnosis(results, path):
             if r["sigma_tn"] > 0:
                 ax.axvline(r["sigma_tn"], color=colour, lw=0.8, ls=":")
         ax.set_xscale("log")
-        ax.set_yscale("symlog" if key == "gap" else "log", **({"linthresh": 1e-3} if key == "gap" else {}))
+        ax.set_yscale(
+            "symlog" if key == "gap" else "log", **({"linthresh": 1e-3} if key == "gap" else {})
+        )
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("sigma")
         ax.grid(alpha=0.3)
@@ -65,11 +70,19 @@ def save_tracking(history, path):
     steps = [r["step"] for r in history]
     fig, (left, right) = _subplots(1, 2, figsize=(10, 3.5))
     for key in sorted(k for k in history[-1] if k.startswith("track_gap_sigma")):
-        left.plot(steps, [r.get(key, float("nan")) for r in history], marker=".", label=f"sigma = {key[len('track_gap_sigma'):]}")
+        left.plot(
+            steps,
+            [r.get(key, float("nan")) for r in history],
+            marker=".",
+            label=f"sigma = {key[len('track_gap_sigma') :]}",
+        )
     left.set_title("generalization gap: err held-out - err train", fontsize=10)
     left.set_ylabel("per-pixel mean squared value")
     left.legend(fontsize=8)
-    for key, label in (("track_extraction", "pixels"), ("track_robust_extraction", "noise-robust view")):
+    for key, label in (
+        ("track_extraction", "pixels"),
+        ("track_robust_extraction", "noise-robust view"),
+    ):
         if key in history[-1]:
             right.plot(steps, [r.get(key, float("nan")) for r in history], marker=".", label=label)
     right.set_title("samples within the extraction criterion (%)", fontsize=10)
@@ -109,14 +122,25 @@ def save_pareto(points, path, x_label, y_label):
         entries = sorted(entries)
         xs = [e[1][0] for e in entries]
         ys = [e[2][0] for e in entries]
-        line = ax.errorbar(xs, ys, xerr=[e[1][1] for e in entries], yerr=[e[2][1] for e in entries],
-                           marker="o", capsize=2, label=f"{n_train} training images")
+        line = ax.errorbar(
+            xs,
+            ys,
+            xerr=[e[1][1] for e in entries],
+            yerr=[e[2][1] for e in entries],
+            marker="o",
+            capsize=2,
+            label=f"{n_train} training images",
+        )
         for sigma, (x, _), (y, _) in entries:
             if sigma == 0:
-                ax.plot([x], [y], marker="*", markersize=16, color=line[0].get_color(), linestyle="none")
+                ax.plot(
+                    [x], [y], marker="*", markersize=16, color=line[0].get_color(), linestyle="none"
+                )
                 ax.annotate("ddpm", (x, y), textcoords="offset points", xytext=(6, 4))
             else:
-                ax.annotate(f"{sigma:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+                ax.annotate(
+                    f"{sigma:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8
+                )
     ax.set_xlabel(f"memorization: {x_label} (lower is better)")
     ax.set_ylabel(f"quality: {y_label} (lower is better)")
     ax.legend()
@@ -127,7 +151,8 @@ def save_pareto(points, path, x_label, y_label):
 
 
 def tile(images_uint8, cols=None):
-    """uint8 [N, H, W, C] images -> one uint8 [rows (H + 2) + 2, cols (W + 2) + 2, C] grid, white gaps."""
+    """uint8 [N, H, W, C] images -> one uint8 [rows (H + 2) + 2, cols (W + 2) + 2, C] grid, white
+    gaps."""
     n, h, w, c = images_uint8.shape
     cols = cols or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
@@ -145,5 +170,7 @@ def save_grid(images_uint8, path, cols=None):
     scale = max(1, 64 // h)  # small digits are unreadable at 1:1
     picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
     if scale > 1:
-        picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)
+        picture = picture.resize(
+            (grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST
+        )
     files.save_png(picture, path)

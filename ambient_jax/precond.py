@@ -48,7 +48,8 @@ def edm_denoiser(raw_net, sigma_data=SIGMA_DATA):
 
 
 def vp_denoiser(denoise):
-    """The lecture's h(x_t, s_t) -> x0 estimate from a VE denoiser D: h(x, s) = D(x / sqrt(1-s^2), sigma(s))."""
+    """The lecture's h(x_t, s_t) -> x0 estimate from a VE denoiser D: h(x, s) = D(x / sqrt(1-s^2),
+    sigma(s))."""
 
     def h(x_vp, s):
         return denoise(schedules.vp_to_ve_x(x_vp, s), schedules.vp_to_ve_sigma(s))

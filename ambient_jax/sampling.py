@@ -72,12 +72,16 @@ def edm_sampler(
     return jax.lax.fori_loop(0, num_steps, step, latents * sigmas[0])
 
 
-def edm_euler_sampler(denoise, latents, num_steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, **kwargs):
+def edm_euler_sampler(
+    denoise, latents, num_steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, **kwargs
+):
     """First-order (Euler) variant of edm_sampler on the same sigma grid."""
     return edm_sampler(denoise, latents, num_steps, sigma_min, sigma_max, rho, heun=False, **kwargs)
 
 
-def ddim_vp_sampler(denoise, latents, num_steps=50, t_min=schedules.VP_T_MIN, t_max=schedules.VP_T_MAX):
+def ddim_vp_sampler(
+    denoise, latents, num_steps=50, t_min=schedules.VP_T_MIN, t_max=schedules.VP_T_MAX
+):
     """Deterministic DDIM in the lecture's VP form; latents ~ N(0, I) are x_T. Returns x at t_min.
 
     x0^ = h(x_t, s_t), eps^ = (x_t - sqrt(1 - s_t^2) x0^) / s_t,
@@ -92,7 +96,9 @@ def ddim_vp_sampler(denoise, latents, num_steps=50, t_min=schedules.VP_T_MIN, t_
         s_cur, s_next = levels[i], levels[i + 1]
         x0_hat = h(x, jnp.full((batch,), s_cur, x.dtype))
         eps_hat = (x - jnp.sqrt(1.0 - s_cur**2) * x0_hat) / s_cur
-        return jnp.where(i < num_steps - 1, jnp.sqrt(1.0 - s_next**2) * x0_hat + s_next * eps_hat, x0_hat)
+        return jnp.where(
+            i < num_steps - 1, jnp.sqrt(1.0 - s_next**2) * x0_hat + s_next * eps_hat, x0_hat
+        )
 
     # Start from x_T ~ N(0, I): the VP marginal at t_max is N(sqrt(1-s^2) x0, s^2) with s ~ 1.
     return jax.lax.fori_loop(0, num_steps, step, latents)

@@ -52,7 +52,11 @@ def logged_steps(metrics_path):
     """The training steps logged in metrics.jsonl (empty when there is none)."""
     if not files.exists(metrics_path):
         return []
-    return [json.loads(line)["step"] for line in files.read_text(metrics_path).splitlines() if line.strip()]
+    return [
+        json.loads(line)["step"]
+        for line in files.read_text(metrics_path).splitlines()
+        if line.strip()
+    ]
 
 
 def drop_rows_after(metrics_path, step):

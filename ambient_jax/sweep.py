@@ -25,7 +25,11 @@ def run_name(n_train, sigma_tn, seed):
 
 def run_overrides(n_train, sigma_tn, seed):
     objective = losses.objective_for(sigma_tn)
-    overrides = [f"--config.data.n_train={n_train}", f"--config.loss.objective={objective}", f"--config.train.seed={seed}"]
+    overrides = [
+        f"--config.data.n_train={n_train}",
+        f"--config.loss.objective={objective}",
+        f"--config.train.seed={seed}",
+    ]
     if sigma_tn:
         overrides.append(f"--config.loss.sigma_tn={sigma_tn}")
     return overrides
@@ -39,12 +43,25 @@ def commands(config, root, sigmas, sizes, seeds, extra=(), eval_flags=("--nofid"
             for seed in seeds:
                 workdir = os.path.join(root, run_name(n_train, sigma_tn, seed))
                 # The grid's own values come last, so that they win over the shared overrides.
-                train = ["ambient-train", f"--config={config}", f"--workdir={workdir}",
-                         *extra, *run_overrides(n_train, sigma_tn, seed)]
+                train = [
+                    "ambient-train",
+                    f"--config={config}",
+                    f"--workdir={workdir}",
+                    *extra,
+                    *run_overrides(n_train, sigma_tn, seed),
+                ]
                 # The evaluation comes last: its metrics.json marks the run as done.
-                runs.append((workdir, [train, ["ambient-sample", f"--workdir={workdir}"],
-                                       ["ambient-diagnose", f"--workdir={workdir}"],
-                                       ["ambient-eval", f"--workdir={workdir}", *eval_flags]]))
+                runs.append(
+                    (
+                        workdir,
+                        [
+                            train,
+                            ["ambient-sample", f"--workdir={workdir}"],
+                            ["ambient-diagnose", f"--workdir={workdir}"],
+                            ["ambient-eval", f"--workdir={workdir}", *eval_flags],
+                        ],
+                    )
+                )
     return runs
 
 
@@ -76,8 +93,12 @@ def run_all(runs, log=print, jobs=1):
             for argv in steps:
                 log("$ " + " ".join(shlex.quote(a) for a in argv))
                 program = os.path.join(bin_dir, argv[0])
-                result = subprocess.run([program if os.path.exists(program) else argv[0], *argv[1:]],
-                                        env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+                result = subprocess.run(
+                    [program if os.path.exists(program) else argv[0], *argv[1:]],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT if out else None,
+                )
                 if result.returncode:
                     where = f"; its output is in {out.name}" if out else ""
                     return f"{argv[0]} failed for {workdir} (exit {result.returncode}){where}"
@@ -89,7 +110,9 @@ def run_all(runs, log=print, jobs=1):
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         failures = [f for f in pool.map(lambda run: run_one(*run), todo) if f]
     if failures:
-        raise RuntimeError("; ".join(failures) + "; fix it and re-run the sweep (evaluated runs are skipped)")
+        raise RuntimeError(
+            "; ".join(failures) + "; fix it and re-run the sweep (evaluated runs are skipped)"
+        )
 
 
 def collect(root):
@@ -102,7 +125,9 @@ def collect(root):
         metrics = json.loads(files.read_text(path))
         log = os.path.join(root, name, "metrics.jsonl")
         if files.exists(log):  # the training log's last line has the run's training time
-            metrics["train_minutes"] = json.loads(files.read_text(log).strip().splitlines()[-1])["seconds"] / 60
+            metrics["train_minutes"] = (
+                json.loads(files.read_text(log).strip().splitlines()[-1])["seconds"] / 60
+            )
         groups[(metrics["num_train"], metrics["sigma_tn"])].append(metrics)
     if not groups:
         raise FileNotFoundError(f"no evaluated runs (…/eval/metrics.json) under {root}")
@@ -130,19 +155,29 @@ def _mean_std(runs, key):
 def table_rows(groups):
     """Rows (label, metric key) present in every run: quality first, then memorization."""
     first = next(iter(groups.values()))[0]
-    rows = [(k, k) for k in ("fid_inception_edm", "fid_inception_edm_dataset", "fd_dinov2", "fd_pixel") if k in first]
-    if "fd_pixel_train_vs_heldout" in first:  # what a model that only replays its training set scores
+    rows = [
+        (k, k)
+        for k in ("fid_inception_edm", "fid_inception_edm_dataset", "fd_dinov2", "fd_pixel")
+        if k in first
+    ]
+    if (
+        "fd_pixel_train_vs_heldout" in first
+    ):  # what a model that only replays its training set scores
         rows.append(("  training images themselves: fd_pixel", "fd_pixel_train_vs_heldout"))
     rows.append(("extraction rate %", "extraction_rate"))
     if "robust_extraction_rate" in first:
         rows.append(("robust extraction rate % (noise-robust view)", "robust_extraction_rate"))
-        rows.append(("  held-out reals: robust extraction rate %", "heldout_robust_extraction_rate"))
+        rows.append(
+            ("  held-out reals: robust extraction rate %", "heldout_robust_extraction_rate")
+        )
     for space in ("dinov2", "inception", "pixel", "robust_pixel"):
         for key in first.get(f"{space}_similarity", {}):
             if key.startswith("S>"):
                 rows.append((f"{space} {key} %", f"{space}_similarity/{key}"))
                 # The same share for held-out real images: how close a new image naturally is.
-                rows.append((f"  held-out reals: {space} {key} %", f"heldout_{space}_similarity/{key}"))
+                rows.append(
+                    (f"  held-out reals: {space} {key} %", f"heldout_{space}_similarity/{key}")
+                )
     rows.append(("training minutes", "train_minutes"))
     return rows
 
@@ -175,8 +210,11 @@ def report(root, quality=None, memorization=None):
     diagnoses = _first_seed_diagnoses(root, groups)
     if diagnoses:
         plots.save_diagnosis(diagnoses, os.path.join(root, "diagnose.png"))
-        text += ("\nPer-noise-level diagnosis (first seed of each point; ambient_jax.eval.diagnose): diagnose.png, "
-                 "and each run's eval/diagnose.md.\n")
+        text += (
+            "\nPer-noise-level diagnosis (first seed of each point; ambient_jax.eval.diagnose): "
+            "diagnose.png, "
+            "and each run's eval/diagnose.md.\n"
+        )
         files.write_text_atomic(os.path.join(root, "table.md"), text)
     return text
 

@@ -55,9 +55,15 @@ class Tracker:
         rng = np.random.RandomState(0)
         pick = lambda a: a[rng.permutation(len(a))[:TRACK_IMAGES]]
         self.train_all = np.asarray(train_images, np.float32)
-        self.images = {"train": jnp.asarray(pick(self.train_all)), "heldout": jnp.asarray(pick(np.asarray(heldout_images)))}
+        self.images = {
+            "train": jnp.asarray(pick(self.train_all)),
+            "heldout": jnp.asarray(pick(np.asarray(heldout_images))),
+        }
         key = jax.random.key(config.train.seed)
-        self.noise = {k: jax.random.normal(jax.random.fold_in(key, i), v.shape) for i, (k, v) in enumerate(self.images.items())}
+        self.noise = {
+            k: jax.random.normal(jax.random.fold_in(key, i), v.shape)
+            for i, (k, v) in enumerate(self.images.items())
+        }
         self.sigmas = jnp.asarray(config.train.track_sigmas, jnp.float32)
         self.errors = _gap_fn(model, config.loss.sigma_data)
         self.robust_px = memorization.robust_sigma(config.data.resolution)
@@ -68,18 +74,35 @@ class Tracker:
     def __call__(self, ema_params, step):
         del step  # the record is the same function of the parameters at any step
         start = time.perf_counter()
-        err = {k: np.asarray(self.errors(ema_params, x, self.noise[k], self.sigmas)).mean(axis=1)
-               for k, x in self.images.items()}
-        record = {f"track_gap_sigma{s:g}": float(h - t) for s, h, t in zip(self.config.train.track_sigmas, err["heldout"], err["train"])}
+        err = {
+            k: np.asarray(self.errors(ema_params, x, self.noise[k], self.sigmas)).mean(axis=1)
+            for k, x in self.images.items()
+        }
+        record = {
+            f"track_gap_sigma{s:g}": float(h - t)
+            for s, h, t in zip(self.config.train.track_sigmas, err["heldout"], err["train"])
+        }
         count = int(self.config.train.track_samples)
         if count:
-            samples = generate.generate(self.config, self.model, ema_params, count, seed=self.config.sample.seed,
-                                        batch_size=count, sample_fn=self.sample_fn, mesh=self.mesh)
+            samples = generate.generate(
+                self.config,
+                self.model,
+                ema_params,
+                count,
+                seed=self.config.sample.seed,
+                batch_size=count,
+                sample_fn=self.sample_fn,
+                mesh=self.mesh,
+            )
             samples = to_unit_range(samples)
             k = self.config.eval.carlini_k
-            record["track_extraction"] = float(100 * memorization.extraction_report(_flat(samples), self.train_flat, k)[0].mean())
+            record["track_extraction"] = float(
+                100 * memorization.extraction_report(_flat(samples), self.train_flat, k)[0].mean()
+            )
             robust = _flat(memorization.robust_view(samples, self.robust_px))
-            record["track_robust_extraction"] = float(100 * memorization.extraction_report(robust, self.train_robust_flat, k)[0].mean())
+            record["track_robust_extraction"] = float(
+                100 * memorization.extraction_report(robust, self.train_robust_flat, k)[0].mean()
+            )
         record["track_seconds"] = time.perf_counter() - start
         return record
 
@@ -89,6 +112,10 @@ class Tracker:
         path = os.path.join(workdir, "metrics.jsonl")
         if not files.exists(path):
             return
-        history = [r for r in map(json.loads, files.read_text(path).splitlines()) if any(k.startswith("track_gap") for k in r)]
+        history = [
+            r
+            for r in map(json.loads, files.read_text(path).splitlines())
+            if any(k.startswith("track_gap") for k in r)
+        ]
         if history:
             plots.save_tracking(history, os.path.join(workdir, TRACK_FILE))

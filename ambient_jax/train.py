@@ -52,7 +52,8 @@ STEP_BATCH, STEP_ROWS, STEP_DROPOUT, STEP_FLIP = 0, 1, 2, 3
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (a diverged loss, a work dir of another run); the message says what to do."""
+    """Training cannot go on (a diverged loss, a work dir of another run); the message says what to
+    do."""
 
 
 @flax.struct.dataclass
@@ -86,9 +87,18 @@ def make_optimizer(optim_config, batch_size):
     AdamW with decay 0), so a run resumed with other optimizer values restores its state.
     """
     schedule = learning_rate_schedule(optim_config, batch_size)
-    clip = optax.clip_by_global_norm(optim_config.grad_clip) if optim_config.grad_clip else optax.identity()
-    adam = optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps,
-                       weight_decay=optim_config.weight_decay)
+    clip = (
+        optax.clip_by_global_norm(optim_config.grad_clip)
+        if optim_config.grad_clip
+        else optax.identity()
+    )
+    adam = optax.adamw(
+        schedule,
+        b1=optim_config.b1,
+        b2=optim_config.b2,
+        eps=optim_config.eps,
+        weight_decay=optim_config.weight_decay,
+    )
     return optax.chain(clip, adam), schedule
 
 
@@ -104,15 +114,24 @@ def update_ema(state, batch_size, ema_config):
     """The state with its EMA moved towards its parameters, for the update made at state.step:
     ema <- beta * ema + (1 - beta) * params, leaf by leaf."""
     beta = ema_beta(state.step, batch_size, ema_config)
-    ema = jax.tree_util.tree_map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, state.params)
+    ema = jax.tree_util.tree_map(
+        lambda e, p: beta * e + (1 - beta) * p, state.ema_params, state.params
+    )
     return state.replace(ema_params=ema)
 
 
 def init_state(config, model, optimizer):
     key = jax.random.fold_in(root_key(config), KEY_INIT)
-    params = jax.jit(functools.partial(nets.init_params, model, config_lib.image_shape(config)))(key)
+    params = jax.jit(functools.partial(nets.init_params, model, config_lib.image_shape(config)))(
+        key
+    )
     ema_params = jax.tree_util.tree_map(jnp.copy, params)  # its own buffers: the step donates both
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params, opt_state=optimizer.init(params))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=ema_params,
+        opt_state=optimizer.init(params),
+    )
 
 
 def step_root_key(config):
@@ -134,7 +153,9 @@ def noisy_training_copies(config, images):
     """S_tn as the run trains on it: x_tn for every training image (position i in the subset)."""
     images = jnp.asarray(images, jnp.float32)
     index = jnp.arange(images.shape[0])
-    return losses.noisy_copy(images, index, config_lib.effective_sigma_tn(config), noise_tn_key(config))
+    return losses.noisy_copy(
+        images, index, config_lib.effective_sigma_tn(config), noise_tn_key(config)
+    )
 
 
 def flip_rows(x0, flip):
@@ -181,7 +202,9 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
 
     def body(state, x0, index, shard=0, batch_sharding=None):
         step_key = jax.random.fold_in(step_root, state.step)
-        k_rows, k_dropout, k_flip = (jax.random.fold_in(step_key, p) for p in (STEP_ROWS, STEP_DROPOUT, STEP_FLIP))
+        k_rows, k_dropout, k_flip = (
+            jax.random.fold_in(step_key, p) for p in (STEP_ROWS, STEP_DROPOUT, STEP_FLIP)
+        )
         rows = shard * rows_per_shard + jnp.arange(rows_per_shard)  # positions in the global batch
         row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)
         if num_shards > 1:
@@ -198,14 +221,21 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
 
         (loss, (per_row, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         amb = aux["is_ambient"].astype(jnp.float32)
-        sums = {"ambient": jnp.sum(per_row * amb), "clean": jnp.sum(per_row * (1 - amb)), "n_ambient": jnp.sum(amb)}
+        sums = {
+            "ambient": jnp.sum(per_row * amb),
+            "clean": jnp.sum(per_row * (1 - amb)),
+            "n_ambient": jnp.sum(amb),
+        }
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             loss = jax.lax.pmean(loss, axis_name)
             sums = jax.lax.psum(sums, axis_name)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        state = update_ema(state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state),
-                           batch_size, config.ema)
+        state = update_ema(
+            state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state),
+            batch_size,
+            config.ema,
+        )
         metrics = {
             "loss": loss,
             "loss_clean": sums["clean"] / jnp.maximum(batch_size - sums["n_ambient"], 1.0),
@@ -235,28 +265,46 @@ class Trainer:
             raise ValueError("data.streaming needs parallel.mode=jit")
         self.steps_per_dispatch = int(config.train.steps_per_dispatch)
         if config.data.streaming and self.steps_per_dispatch > 1:
-            raise ValueError("train.steps_per_dispatch > 1 needs the training images on device (data.streaming=False)")
+            raise ValueError(
+                "train.steps_per_dispatch > 1 needs the training images on device "
+                "(data.streaming=False)"
+            )
         batch_size, step_root = config.train.batch_size, step_root_key(config)
         self.multi_step = None
         if config.parallel.mode == "jit":
             repl, rows = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-            body = functools.partial(make_step_body(config, model, optimizer, schedule), batch_sharding=rows)
-            on_device = lambda state, images: body(state, *gather_batch(step_root, state.step, images, batch_size))
+            body = functools.partial(
+                make_step_body(config, model, optimizer, schedule), batch_sharding=rows
+            )
+            on_device = lambda state, images: body(
+                state, *gather_batch(step_root, state.step, images, batch_size)
+            )
             compile_ = functools.partial(jax.jit, out_shardings=(repl, repl), donate_argnums=0)
             if config.data.streaming:
                 self.step = compile_(body, in_shardings=(repl, rows, rows))
             else:
                 self.step = compile_(on_device, in_shardings=(repl, repl))
                 if self.steps_per_dispatch > 1:
-                    self.multi_step = compile_(scan_steps(on_device, self.steps_per_dispatch), in_shardings=(repl, repl))
+                    self.multi_step = compile_(
+                        scan_steps(on_device, self.steps_per_dispatch), in_shardings=(repl, repl)
+                    )
         elif config.parallel.mode == "pmap":
-            body = make_step_body(config, model, optimizer, schedule, axis_name=parallel.DATA_AXIS, num_shards=mesh.size)
+            body = make_step_body(
+                config,
+                model,
+                optimizer,
+                schedule,
+                axis_name=parallel.DATA_AXIS,
+                num_shards=mesh.size,
+            )
             rows_per_device = batch_size // mesh.size
 
             def per_device(state, images):
                 shard = jax.lax.axis_index(parallel.DATA_AXIS)
                 x0, index = gather_batch(step_root, state.step, images, batch_size)
-                mine = lambda a: jax.lax.dynamic_slice_in_dim(a, shard * rows_per_device, rows_per_device)
+                mine = lambda a: jax.lax.dynamic_slice_in_dim(
+                    a, shard * rows_per_device, rows_per_device
+                )
                 return body(state, mine(x0), mine(index), shard)
 
             self.step = PmapStep(per_device, mesh)
@@ -266,7 +314,8 @@ class Trainer:
             raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {config.parallel.mode!r}")
 
     def place(self, tree):
-        """Host arrays (a state, the training images) -> replicated over the mesh, as the step takes them."""
+        """Host arrays (a state, the training images) -> replicated over the mesh, as the step takes
+        them."""
         return parallel.place_replicated(tree, self.mesh)
 
 
@@ -281,9 +330,13 @@ class PmapStep:
 
     def __init__(self, per_device, mesh):
         if jax.process_count() > 1:
-            raise ValueError("parallel.mode=pmap runs on one host here; use parallel.mode=jit across hosts")
+            raise ValueError(
+                "parallel.mode=pmap runs on one host here; use parallel.mode=jit across hosts"
+            )
         self.mesh, self.devices = mesh, list(mesh.devices.flat)
-        self.run = jax.pmap(per_device, axis_name=parallel.DATA_AXIS, devices=self.devices, donate_argnums=0)
+        self.run = jax.pmap(
+            per_device, axis_name=parallel.DATA_AXIS, devices=self.devices, donate_argnums=0
+        )
         self.add_axis = jax.jit(lambda leaves: [a[None] for a in leaves])
         self.drop_axis = jax.jit(lambda leaves: [a[0] for a in leaves])
         self.images = (None, None)  # the last images given and their per-device form
@@ -298,15 +351,24 @@ class PmapStep:
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         by_device = [{s.device: s.data for s in a.addressable_shards} for a in leaves]
         converted = [convert([shards[d] for shards in by_device]) for d in self.devices]
-        out = [jax.make_array_from_single_device_arrays(shape(a), sharding, [c[i] for c in converted])
-               for i, a in enumerate(leaves)]
+        out = [
+            jax.make_array_from_single_device_arrays(shape(a), sharding, [c[i] for c in converted])
+            for i, a in enumerate(leaves)
+        ]
         return jax.tree_util.tree_unflatten(treedef, out)
 
     def per_device_copies(self, tree):
-        return self._regroup(tree, self.add_axis, lambda a: (len(self.devices), *a.shape), parallel.batch_sharded(self.mesh))
+        return self._regroup(
+            tree,
+            self.add_axis,
+            lambda a: (len(self.devices), *a.shape),
+            parallel.batch_sharded(self.mesh),
+        )
 
     def replicated(self, tree):
-        return self._regroup(tree, self.drop_axis, lambda a: a.shape[1:], parallel.replicated(self.mesh))
+        return self._regroup(
+            tree, self.drop_axis, lambda a: a.shape[1:], parallel.replicated(self.mesh)
+        )
 
 
 def scan_steps(step, count):
@@ -328,8 +390,13 @@ def next_event(step, config):
 
 
 def all_finite(tree):
-    return bool(jax.device_get(jax.tree_util.tree_reduce(
-        lambda a, b: a & b, jax.tree_util.tree_map(lambda x: jnp.all(jnp.isfinite(x)), tree))))
+    return bool(
+        jax.device_get(
+            jax.tree_util.tree_reduce(
+                lambda a, b: a & b, jax.tree_util.tree_map(lambda x: jnp.all(jnp.isfinite(x)), tree)
+            )
+        )
+    )
 
 
 def has_checkpoint(workdir):
@@ -346,8 +413,10 @@ def check_workdir(config, workdir, allow_config_change=False):
         changed = config_lib.config_differences(config_lib.load_config(workdir), config)
         if changed and not allow_config_change:
             raise TrainingError(
-                f"work dir {workdir!r} holds a run with another config (fields differ: {', '.join(changed)}). "
-                "Use a new --workdir, or pass --allow_config_change to resume it with the new values."
+                f"work dir {workdir!r} holds a run with another config (fields differ: "
+                f"{', '.join(changed)}). "
+                "Use a new --workdir, or pass --allow_config_change to resume it with the new "
+                "values."
             )
 
 
@@ -359,20 +428,32 @@ class TrainingData:
         self.heldout = None
         if not config.data.streaming:
             split = load_split(config.data)
-            self.images, self.train_indices, self.heldout = split.train, split.train_indices, split.heldout
+            self.images, self.train_indices, self.heldout = (
+                split.train,
+                split.train_indices,
+                split.heldout,
+            )
             want = config_lib.image_shape(config)
             if tuple(self.images.shape[1:]) != want:
                 raise DataError(
-                    f"the {config.data.source} source gives images of shape {tuple(self.images.shape[1:])} but the config "
-                    f"asks for {want} (data.resolution, data.resolution, data.channels): set data.channels="
-                    f"{self.images.shape[-1]} or use a source with {want[-1]}-channel images")
+                    f"the {config.data.source} source gives images of shape "
+                    f"{tuple(self.images.shape[1:])} but the config "
+                    f"asks for {want} (data.resolution, data.resolution, data.channels): set "
+                    "data.channels="
+                    f"{self.images.shape[-1]} or use a source with {want[-1]}-channel images"
+                )
             self.num_source_images = len(split.train) + len(split.heldout)
             return
         if config.data.source != "tfds":
-            raise ValueError("data.streaming reads a tfds source: set data.source=tfds (mnist and folders fit on device)")
+            raise ValueError(
+                "data.streaming reads a tfds source: set data.source=tfds (mnist and folders fit "
+                "on device)"
+            )
 
         self.num_source_images = len(open_source(config.data))
-        self.train_indices = choose_subset(self.num_source_images, config.data.n_train, config.data.subset_seed)
+        self.train_indices = choose_subset(
+            self.num_source_images, config.data.n_train, config.data.subset_seed
+        )
         self.images = None
 
     def place(self, trainer):
@@ -381,22 +462,36 @@ class TrainingData:
             self.on_device = trainer.place(self.images)
             return
 
-        root, batch, n = step_root_key(self.config), self.config.train.batch_size, len(self.train_indices)
+        root, batch, n = (
+            step_root_key(self.config),
+            self.config.train.batch_size,
+            len(self.train_indices),
+        )
         host_indices = jax.jit(lambda step: batch_indices(root, step, batch, n))
         self.mesh = trainer.mesh
-        self.stream = StreamingBatches(self.config.data, self.train_indices, lambda s: np.asarray(host_indices(s)),
-                                       batch, jax.process_index(), jax.process_count())
+        self.stream = StreamingBatches(
+            self.config.data,
+            self.train_indices,
+            lambda s: np.asarray(host_indices(s)),
+            batch,
+            jax.process_index(),
+            jax.process_count(),
+        )
 
     def for_step(self, step):
-        """The step's arguments after the state: (images,) held on device, or the streamed (x0, index)."""
+        """The step's arguments after the state: (images,) held on device, or the streamed (x0,
+        index)."""
         if self.images is not None:
             return (self.on_device,)
         x0, index = self.stream.rows_for(step)
-        return parallel.global_batch(x0, self.mesh), parallel.global_batch(index.astype(np.int32), self.mesh)
+        return parallel.global_batch(x0, self.mesh), parallel.global_batch(
+            index.astype(np.int32), self.mesh
+        )
 
 
 def start_over(workdir, log):
-    """--restart: delete the checkpoints and set the old metrics.jsonl aside (metrics.<time>.jsonl)."""
+    """--restart: delete the checkpoints and set the old metrics.jsonl aside
+    (metrics.<time>.jsonl)."""
     folder = epath.Path(files.absolute(workdir)) / "checkpoints"
     if folder.exists():
         shutil.rmtree(folder) if not files.is_remote(workdir) else folder.rmtree()
@@ -422,7 +517,9 @@ class LogWindow:
         self.sums, self.steps, self.started = None, 0, time.perf_counter()
 
     def add(self, metrics, steps):
-        self.sums = metrics if self.sums is None else jax.tree_util.tree_map(jnp.add, self.sums, metrics)
+        self.sums = (
+            metrics if self.sums is None else jax.tree_util.tree_map(jnp.add, self.sums, metrics)
+        )
         self.steps += steps
 
     def close(self, batch_size):
@@ -438,7 +535,13 @@ class Run:
     Only the lead process writes files; every process takes part in sampling and saving."""
 
     def __init__(self, config, workdir, model, mesh, manager, lead, log):
-        self.config, self.workdir, self.model, self.mesh, self.manager = config, workdir, model, mesh, manager
+        self.config, self.workdir, self.model, self.mesh, self.manager = (
+            config,
+            workdir,
+            model,
+            mesh,
+            manager,
+        )
         self.lead, self.log = lead, log
         self.metrics_path = os.path.join(workdir, "metrics.jsonl")
         self.events = summaries.Summaries(workdir) if lead else None
@@ -452,41 +555,73 @@ class Run:
         means, rate = window.close(batch)
         if not np.isfinite(means["loss"]):
             self.manager.wait_until_finished()
-            kept = (f"The last good checkpoint (step {self.last_saved}) is kept" if self.last_saved is not None
-                    else "No checkpoint was written yet, so a corrected re-run starts from step 0")
+            kept = (
+                f"The last good checkpoint (step {self.last_saved}) is kept"
+                if self.last_saved is not None
+                else "No checkpoint was written yet, so a corrected re-run starts from step 0"
+            )
             raise TrainingError(
                 f"the loss became {means['loss']} between steps {step - steps} and {step}. {kept}. "
-                "Lower optim.lr, set optim.grad_clip (e.g. 1.0) or use loss.weighting=edm, then re-run.")
+                "Lower optim.lr, set optim.grad_clip (e.g. 1.0) or use loss.weighting=edm, then "
+                "re-run."
+            )
         if self.lead:
-            record = {"step": step, **means, "images_per_s": rate, "seconds": time.perf_counter() - self.t_start}
+            record = {
+                "step": step,
+                **means,
+                "images_per_s": rate,
+                "seconds": time.perf_counter() - self.t_start,
+            }
             files.append_line(self.metrics_path, json.dumps(record))
             self.events.scalars(step, record, "train")
-        self.log(f"step {step}/{total}  loss {means['loss']:.4f} (clean {means['loss_clean']:.4f}, ambient "
-                 f"{means['loss_ambient']:.4f})  {rate:.0f} img/s  ETA {(total - step) * batch / rate:.0f}s")
+        self.log(
+            f"step {step}/{total}  loss {means['loss']:.4f} (clean {means['loss_clean']:.4f}, "
+            "ambient "
+            f"{means['loss_ambient']:.4f})  {rate:.0f} img/s  ETA "
+            f"{(total - step) * batch / rate:.0f}s"
+        )
 
     def save_samples(self, step, ema_params):
         size = self.config.sample.grid_size
-        picture = generate.generate(self.config, self.model, ema_params, size**2, seed=self.config.sample.seed,
-                                    batch_size=size**2, sample_fn=self.sample_fn, mesh=self.mesh)
+        picture = generate.generate(
+            self.config,
+            self.model,
+            ema_params,
+            size**2,
+            seed=self.config.sample.seed,
+            batch_size=size**2,
+            sample_fn=self.sample_fn,
+            mesh=self.mesh,
+        )
         if self.lead:
-            plots.save_grid(picture, os.path.join(self.workdir, "samples", f"grid_{step:07d}.png"), size)
+            plots.save_grid(
+                picture, os.path.join(self.workdir, "samples", f"grid_{step:07d}.png"), size
+            )
             self.events.image(step, "samples", plots.tile(picture, size))
 
     def track(self, step, tracker, ema_params):
         record = tracker(ema_params, step)
         if self.lead:
-            files.append_line(self.metrics_path,
-                              json.dumps({"step": step, **record, "seconds": time.perf_counter() - self.t_start}))
-            self.events.scalars(step, {k[len("track_"):]: v for k, v in record.items()}, "tracking")
-        self.log(f"step {step}/{self.config.train.num_steps}  tracking: "
-                 + "  ".join(f"{k[len('track_'):]} {v:.4g}" for k, v in record.items()))
+            files.append_line(
+                self.metrics_path,
+                json.dumps({"step": step, **record, "seconds": time.perf_counter() - self.t_start}),
+            )
+            self.events.scalars(
+                step, {k[len("track_") :]: v for k, v in record.items()}, "tracking"
+            )
+        self.log(
+            f"step {step}/{self.config.train.num_steps}  tracking: "
+            + "  ".join(f"{k[len('track_') :]} {v:.4g}" for k, v in record.items())
+        )
 
     def save_checkpoint(self, step, state):
         if not all_finite(state.params):
             self.manager.wait_until_finished()
             raise TrainingError(
-                f"the parameters are not finite at step {step}; the last good checkpoint (step {self.last_saved}) "
-                "is kept. Lower optim.lr or set optim.grad_clip, then re-run to resume from it.")
+                f"the parameters are not finite at step {step}; the last good checkpoint (step "
+                f"{self.last_saved}) "
+                "is kept. Lower optim.lr or set optim.grad_clip, then re-run to resume from it."
+            )
         checkpoint.save(self.manager, step, state)
         self.last_saved = step
 
@@ -497,7 +632,8 @@ class Run:
 
 
 def restore_or_init(config, workdir, model, optimizer, mesh, manager, lead, log):
-    """The latest checkpoint's state (metrics.jsonl rows logged after it are dropped), or a fresh one."""
+    """The latest checkpoint's state (metrics.jsonl rows logged after it are dropped), or a fresh
+    one."""
     fresh = parallel.place_replicated(init_state(config, model, optimizer), mesh)
     restored = checkpoint.restore_latest(manager, fresh, log=log)
     if restored is None:
@@ -508,7 +644,10 @@ def restore_or_init(config, workdir, model, optimizer, mesh, manager, lead, log)
     if lead and files.exists(metrics_path):  # rows a killed run logged after its last checkpoint
         dropped = summaries.drop_rows_after(metrics_path, step)
         if dropped:
-            log(f"dropped {dropped} metrics.jsonl rows past step {step} (logged after that checkpoint)")
+            log(
+                f"dropped {dropped} metrics.jsonl rows past step {step} (logged after that "
+                "checkpoint)"
+            )
     return restored
 
 
@@ -519,12 +658,15 @@ def check_no_orphan_metrics(workdir):
     if orphan_steps:
         raise TrainingError(
             f"work dir {workdir} logged training up to step {max(orphan_steps)} but holds no "
-            "checkpoint (were they deleted?). Re-run with --restart to train it from step 0 (the old metrics.jsonl "
-            "is set aside), or use a new --workdir.")
+            "checkpoint (were they deleted?). Re-run with --restart to train it from step 0 (the "
+            "old metrics.jsonl "
+            "is set aside), or use a new --workdir."
+        )
 
 
 def train(config, workdir, allow_config_change=False, log=print, restart=False):
-    """Train (or resume) the run in `workdir`; returns the final TrainState (as checkpoints hold it).
+    """Train (or resume) the run in `workdir`; returns the final TrainState (as checkpoints hold
+    it).
 
     A work dir whose metrics.jsonl logged steps but which holds no checkpoint (they were deleted)
     is not silently trained from step 0 again: that takes restart=True (--restart), which also
@@ -541,7 +683,9 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
     resuming = not restart and has_checkpoint(workdir)
     # A changed config (--allow_config_change) is recorded once a checkpoint exists under it, so a
     # failed attempt leaves the work dir with the settings that worked.
-    config_to_record = resuming and bool(config_lib.config_differences(config_lib.load_config(workdir), config))
+    config_to_record = resuming and bool(
+        config_lib.config_differences(config_lib.load_config(workdir), config)
+    )
     if resuming and files.exists(os.path.join(workdir, "subset.json")):
         check_subset_record(workdir, data.train_indices)
     lock = workdir_lock.acquire(workdir, log) if lead else None  # one writer per work dir
@@ -564,19 +708,29 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
         state = restore_or_init(config, workdir, model, optimizer, mesh, manager, lead, log)
         run = Run(config, workdir, model, mesh, manager, lead, log)
         t = config.train
-        tracker = tracking.Tracker(config, model, data.images, data.heldout, run.sample_fn, mesh) if t.track_every else None
+        tracker = (
+            tracking.Tracker(config, model, data.images, data.heldout, run.sample_fn, mesh)
+            if t.track_every
+            else None
+        )
         # XLA's CPU collectives can deadlock when several multi-device steps are in flight on few
         # cores (seen with 8 fake devices on 2 cores), so CPU meshes wait for each step.
         sync_each_step = mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
         terminated = []
-        previous_handler = _on_sigterm(lambda signum, _: terminated.append(signal.Signals(signum).name))
+        previous_handler = _on_sigterm(
+            lambda signum, _: terminated.append(signal.Signals(signum).name)
+        )
         try:
             step, window = int(jax.device_get(state.step)), LogWindow()
             while step < t.num_steps:
                 # Several steps per dispatch where no log, sample or checkpoint falls inside them.
-                fused = trainer.multi_step and step + trainer.steps_per_dispatch <= next_event(step, config)
+                fused = trainer.multi_step and step + trainer.steps_per_dispatch <= next_event(
+                    step, config
+                )
                 count = trainer.steps_per_dispatch if fused else 1
-                state, metrics = (trainer.multi_step if fused else trainer.step)(state, *data.for_step(step))
+                state, metrics = (trainer.multi_step if fused else trainer.step)(
+                    state, *data.for_step(step)
+                )
                 if sync_each_step:
                     jax.block_until_ready(metrics)
                 window.add(metrics, count)
@@ -596,7 +750,10 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
                     if tracker and lead:
                         tracking.Tracker.save_plot(workdir)
                 if terminated:
-                    log(f"{terminated[0]}: saved a checkpoint at step {step}; re-run the same command to resume")
+                    log(
+                        f"{terminated[0]}: saved a checkpoint at step {step}; re-run the same "
+                        "command to resume"
+                    )
                     break
         finally:
             _on_sigterm(previous_handler)

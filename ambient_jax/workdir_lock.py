@@ -30,8 +30,11 @@ class WorkdirLocked(RuntimeError):
 
 
 def _owner():
-    return {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _alive(pid):
@@ -75,14 +78,22 @@ def acquire(workdir, log=print):
                 return path
         if held is not None and held.get("host") != me["host"]:
             raise WorkdirLocked(
-                f"work dir {workdir} is locked by pid {held.get('pid')} on host {held.get('host')} (since "
-                f"{held.get('started')}): another trainer writes it. If that trainer is gone, delete {path} and re-run.")
+                f"work dir {workdir} is locked by pid {held.get('pid')} on host "
+                f"{held.get('host')} (since "
+                f"{held.get('started')}): another trainer writes it. If that trainer is gone, "
+                f"delete {path} and re-run."
+            )
         if held is not None and _alive(int(held.get("pid", -1))):
             raise WorkdirLocked(
-                f"work dir {workdir} is in use by pid {held['pid']} on this host (since {held.get('started')}): one "
-                f"trainer per work dir. Wait for it or stop it, or use another --workdir.")
-        log(f"warning: taking over the stale lock of pid {held.get('pid') if held else '?'} in {workdir} "
-            "(that trainer is no longer running)")
+                f"work dir {workdir} is in use by pid {held['pid']} on this host (since "
+                f"{held.get('started')}): one "
+                f"trainer per work dir. Wait for it or stop it, or use another --workdir."
+            )
+        log(
+            f"warning: taking over the stale lock of pid {held.get('pid') if held else '?'} in "
+            f"{workdir} "
+            "(that trainer is no longer running)"
+        )
         try:
             os.remove(path) if not files.is_remote(path) else None
         except FileNotFoundError:
@@ -90,7 +101,9 @@ def acquire(workdir, log=print):
         if files.is_remote(path):
             files.write_text_atomic(path, json.dumps(me))
             return path
-    raise WorkdirLocked(f"could not take the lock {path}: another trainer took it at the same moment")
+    raise WorkdirLocked(
+        f"could not take the lock {path}: another trainer took it at the same moment"
+    )
 
 
 def release(path):

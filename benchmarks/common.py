@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # the repository root: configs/ and an uninstalled ambient_jax
+sys.path.insert(
+    0, os.path.dirname(HERE)
+)  # the repository root: configs/ and an uninstalled ambient_jax
 
 
 def timed(fn, repeat=3):
@@ -28,7 +30,8 @@ def timed(fn, repeat=3):
 
 
 def matmul_peak(dtype="float32", n=None):
-    """Dense matmul FLOP/s of this device in `dtype` (f32 accumulation), best of a few square sizes."""
+    """Dense matmul FLOP/s of this device in `dtype` (f32 accumulation), best of a few square
+    sizes."""
     sizes = [n] if n else ([2048] if jax.devices()[0].platform == "cpu" else [4096, 8192])
     best = 0.0
     for size in sizes:
@@ -39,7 +42,8 @@ def matmul_peak(dtype="float32", n=None):
 
 
 def best_peak(peaks, dtype):
-    """Measure the matmul rate again and keep the best: a busy moment then lowers no ratio's denominator."""
+    """Measure the matmul rate again and keep the best: a busy moment then lowers no ratio's
+    denominator."""
     peaks[dtype] = max(peaks.get(dtype, 0.0), matmul_peak(dtype))
     return peaks[dtype]
 
@@ -50,7 +54,9 @@ def device_description():
         model = platform.processor() or "cpu"
         try:
             with open("/proc/cpuinfo") as f:
-                model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+                model = next(
+                    line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+                )
         except (OSError, StopIteration):
             pass
         return f"{model}, {os.cpu_count()} cores ({len(jax.devices())} JAX CPU device(s))"
@@ -65,8 +71,12 @@ def compiled_figures(compiled):
     peak = None
     try:
         mem = compiled.memory_analysis()
-        peak = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                   - mem.alias_size_in_bytes)
+        peak = int(
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes
+        )
     except Exception:  # not every backend reports it
         pass
     return flops, peak

@@ -33,7 +33,12 @@ def nn_search(d=2048, m=4096, n=16384):
     q, r = rng.randn(m, d).astype(np.float32), rng.randn(n, d).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     r /= np.linalg.norm(r, axis=1, keepdims=True)
-    seconds = common.timed(lambda: memorization.blocked_topk(q, r, k=1, metric="cosine", query_block=4096, ref_block=8192), repeat=2)
+    seconds = common.timed(
+        lambda: memorization.blocked_topk(
+            q, r, k=1, metric="cosine", query_block=4096, ref_block=8192
+        ),
+        repeat=2,
+    )
     return m * n / seconds, 2 * d * m * n / seconds
 
 
@@ -53,23 +58,52 @@ def main():
     print(f"  dense matmul (f32)                     {peak / 1e9:10.1f} GFLOP/s")
     for res in map(int, args.resolutions.split(",")):
         images = rng.randint(0, 256, (args.images, res, res, 3)).astype(np.uint8)
-        seconds = common.timed(lambda: features.inception_features(params, images, "edm", batch_size=args.batch), repeat=1)
-        results["features"].append({"model": "inception", "weights": weights, "resolution": res, "images_per_s": args.images / seconds})
-        print(f"  Inception-v3 ({res}x{res} -> 299)           {args.images / seconds:10.1f} images/s")
+        seconds = common.timed(
+            lambda: features.inception_features(params, images, "edm", batch_size=args.batch),
+            repeat=1,
+        )
+        results["features"].append(
+            {
+                "model": "inception",
+                "weights": weights,
+                "resolution": res,
+                "images_per_s": args.images / seconds,
+            }
+        )
+        print(
+            f"  Inception-v3 ({res}x{res} -> 299)           {args.images / seconds:10.1f} images/s"
+        )
         for variant in args.dinov2.split(","):
             model = dinov2.DinoV2(dinov2.VARIANTS[variant])
             dparams = jax.jit(model.init)(jax.random.key(0), dinov2.preprocess(images[:1], "paper"))
             apply = lambda p, batch: model.apply(p, dinov2.preprocess(batch, "paper"))
-            seconds = common.timed(lambda p=dparams: features.extract(apply, p, images, batch_size=args.batch), repeat=1)
+            seconds = common.timed(
+                lambda p=dparams: features.extract(apply, p, images, batch_size=args.batch),
+                repeat=1,
+            )
             side = dinov2.preprocess(images[:1], "paper").shape[1]
-            results["features"].append({"model": f"dinov2_{variant}", "resolution": res, "input": side,
-                                        "images_per_s": args.images / seconds})
-            print(f"  DINOv2 {variant} ({res}x{res} -> {side}, paper)   {args.images / seconds:10.1f} images/s")
+            results["features"].append(
+                {
+                    "model": f"dinov2_{variant}",
+                    "resolution": res,
+                    "input": side,
+                    "images_per_s": args.images / seconds,
+                }
+            )
+            print(
+                f"  DINOv2 {variant} ({res}x{res} -> {side}, paper)   "
+                f"{args.images / seconds:10.1f} images/s"
+            )
             del dparams  # free the ViT-g weights before the next variant
     pairs, flops = nn_search()
-    peak = results["matmul_flops_per_s"] = max(peak, common.matmul_peak("float32"))  # the best of start and end
+    peak = results["matmul_flops_per_s"] = max(
+        peak, common.matmul_peak("float32")
+    )  # the best of start and end
     results["nn_pairs_per_s"], results["nn_flops_ratio_to_matmul"] = pairs, flops / peak
-    print(f"  nearest-neighbour search (2048-d)      {pairs / 1e6:10.1f} M pairs/s = {flops / peak:.2f} of matmul rate")
+    print(
+        f"  nearest-neighbour search (2048-d)      {pairs / 1e6:10.1f} M pairs/s = "
+        f"{flops / peak:.2f} of matmul rate"
+    )
     common.write_results("eval_throughput", results)
 
 

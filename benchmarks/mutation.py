@@ -23,147 +23,498 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-L, P, S, T, M, E, D = ("tests/test_losses.py", "tests/test_parallel.py", "tests/test_sampling.py",
-                       "tests/test_training.py", "tests/test_mutation_pins.py", "tests/test_eval.py",
-                       "tests/test_diagnose.py")
-LOSSES, PRECOND, SCHED, SAMPLING = ("ambient_jax/losses.py", "ambient_jax/precond.py", "ambient_jax/schedules.py",
-                                    "ambient_jax/sampling.py")
-TRAIN, MEM, FID = "ambient_jax/train.py", "ambient_jax/eval/memorization.py", "ambient_jax/eval/fid.py"
+L, P, S, T, M, E, D = (
+    "tests/test_losses.py",
+    "tests/test_parallel.py",
+    "tests/test_sampling.py",
+    "tests/test_training.py",
+    "tests/test_mutation_pins.py",
+    "tests/test_eval.py",
+    "tests/test_diagnose.py",
+)
+LOSSES, PRECOND, SCHED, SAMPLING = (
+    "ambient_jax/losses.py",
+    "ambient_jax/precond.py",
+    "ambient_jax/schedules.py",
+    "ambient_jax/sampling.py",
+)
+TRAIN, MEM, FID = (
+    "ambient_jax/train.py",
+    "ambient_jax/eval/memorization.py",
+    "ambient_jax/eval/fid.py",
+)
 
 # (name, file, old text, new text, tests that must catch it)
 MUTANTS = [
     # losses: weights, coefficients, branch rule, fixed noise, VP forms
-    ("loss_edm_weight_one", LOSSES, "return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2",
-     "return 1.0 + 0.0 * sigma", [L, M]),
-    ("loss_keep_d_swapped", LOSSES, "keep_d = jnp.where(noisy, gap / sigma**2, 1.0)",
-     "keep_d = jnp.where(noisy, sigma_tn**2 / sigma**2, 1.0)", [L]),
-    ("loss_keep_x_swapped", LOSSES, "keep_x = jnp.where(noisy, sigma_tn**2 / sigma**2, 0.0)",
-     "keep_x = jnp.where(noisy, gap / sigma**2, 0.0)", [L]),
-    ("loss_extra_noise_full_sigma", LOSSES, "extra = jnp.where(noisy, jnp.sqrt(gap), sigma)",
-     "extra = jnp.where(noisy, sigma, sigma)", [L]),
-    ("loss_rescale_power", LOSSES, "factor = sigma**4 / safe_gap**2", "factor = sigma**2 / safe_gap", [L]),
-    ("loss_normalized_variance", LOSSES, "variance = sigma_tn**2 + sigma_tn**4 / safe_gap",
-     "variance = sigma_tn**4 / safe_gap", [L]),
-    ("loss_truncated_branch_swapped", LOSSES, "jnp.where(above, upper, lower)", "jnp.where(above, lower, upper)", [L]),
-    ("loss_ambient_fraction_coin", LOSSES, "is_ambient = uniform < ambient_fraction", "is_ambient = uniform < 0.5", [L]),
-    ("split_routing_inverted", "ambient_jax/nets/__init__.py", "above = noise_labels >= jnp.log(self.boundary) / 4.0",
-     "above = noise_labels >= jnp.log(self.boundary) / 2.0", ["tests/test_nets.py"]),
-    ("diag_effective_square", "ambient_jax/eval/diagnose.py", "return jnp.exp(2 * lse1 - lse2)",
-     "return jnp.exp(lse1 - lse2)", [D]),
-    ("loss_cap_min_to_max", LOSSES, "factor = jnp.minimum(factor, rescale_cap)",
-     "factor = jnp.maximum(factor, rescale_cap)", [L]),
-    ("loss_branch_inverted", LOSSES, "is_ambient = sigma >= sigma_switch", "is_ambient = sigma < sigma_switch", [L]),
-    ("loss_switch_not_floored", LOSSES, "sigma_switch=max(float(sigma_switch), sigma_tn),",
-     "sigma_switch=float(sigma_switch),", [L]),
-    ("loss_fixed_noise_same_for_all", LOSSES,
-     "draw = lambda i: jax.random.normal(jax.random.fold_in(noise_key, i), image_shape, dtype)",
-     "draw = lambda i: jax.random.normal(noise_key, image_shape, dtype)", [L]),
-    ("loss_noisy_copy_variance", LOSSES, "return x0 + sigma_tn * fixed_noise(", "return x0 + sigma_tn**2 * fixed_noise(", [L]),
-    ("loss_log_normal_std", LOSSES, "sigma = jnp.exp(p_mean + p_std * normal)", "sigma = jnp.exp(p_mean + normal)", [L, M]),
-    ("loss_vp_coef_h", LOSSES, "coef_h = jnp.where(noisy, gap / (s**2 * jnp.sqrt(keep)), 1.0)",
-     "coef_h = jnp.where(noisy, gap / s**2, 1.0)", [L]),
-    ("loss_vp_scale_x", LOSSES, "scale_x = jnp.where(noisy, jnp.sqrt((1.0 - s**2) / keep), jnp.sqrt(1.0 - s**2))",
-     "scale_x = jnp.sqrt(1.0 - s**2)", [L]),
+    (
+        "loss_edm_weight_one",
+        LOSSES,
+        "return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2",
+        "return 1.0 + 0.0 * sigma",
+        [L, M],
+    ),
+    (
+        "loss_keep_d_swapped",
+        LOSSES,
+        "keep_d = jnp.where(noisy, gap / sigma**2, 1.0)",
+        "keep_d = jnp.where(noisy, sigma_tn**2 / sigma**2, 1.0)",
+        [L],
+    ),
+    (
+        "loss_keep_x_swapped",
+        LOSSES,
+        "keep_x = jnp.where(noisy, sigma_tn**2 / sigma**2, 0.0)",
+        "keep_x = jnp.where(noisy, gap / sigma**2, 0.0)",
+        [L],
+    ),
+    (
+        "loss_extra_noise_full_sigma",
+        LOSSES,
+        "extra = jnp.where(noisy, jnp.sqrt(gap), sigma)",
+        "extra = jnp.where(noisy, sigma, sigma)",
+        [L],
+    ),
+    (
+        "loss_rescale_power",
+        LOSSES,
+        "factor = sigma**4 / safe_gap**2",
+        "factor = sigma**2 / safe_gap",
+        [L],
+    ),
+    (
+        "loss_normalized_variance",
+        LOSSES,
+        "variance = sigma_tn**2 + sigma_tn**4 / safe_gap",
+        "variance = sigma_tn**4 / safe_gap",
+        [L],
+    ),
+    (
+        "loss_truncated_branch_swapped",
+        LOSSES,
+        "jnp.where(above, upper, lower)",
+        "jnp.where(above, lower, upper)",
+        [L],
+    ),
+    (
+        "loss_ambient_fraction_coin",
+        LOSSES,
+        "is_ambient = uniform < ambient_fraction",
+        "is_ambient = uniform < 0.5",
+        [L],
+    ),
+    (
+        "split_routing_inverted",
+        "ambient_jax/nets/__init__.py",
+        "above = noise_labels >= jnp.log(self.boundary) / 4.0",
+        "above = noise_labels >= jnp.log(self.boundary) / 2.0",
+        ["tests/test_nets.py"],
+    ),
+    (
+        "diag_effective_square",
+        "ambient_jax/eval/diagnose.py",
+        "return jnp.exp(2 * lse1 - lse2)",
+        "return jnp.exp(lse1 - lse2)",
+        [D],
+    ),
+    (
+        "loss_cap_min_to_max",
+        LOSSES,
+        "factor = jnp.minimum(factor, rescale_cap)",
+        "factor = jnp.maximum(factor, rescale_cap)",
+        [L],
+    ),
+    (
+        "loss_branch_inverted",
+        LOSSES,
+        "is_ambient = sigma >= sigma_switch",
+        "is_ambient = sigma < sigma_switch",
+        [L],
+    ),
+    (
+        "loss_switch_not_floored",
+        LOSSES,
+        "sigma_switch=max(float(sigma_switch), sigma_tn),",
+        "sigma_switch=float(sigma_switch),",
+        [L],
+    ),
+    (
+        "loss_fixed_noise_same_for_all",
+        LOSSES,
+        "draw = lambda i: jax.random.normal(jax.random.fold_in(noise_key, i), image_shape, dtype)",
+        "draw = lambda i: jax.random.normal(noise_key, image_shape, dtype)",
+        [L],
+    ),
+    (
+        "loss_noisy_copy_variance",
+        LOSSES,
+        "return x0 + sigma_tn * fixed_noise(",
+        "return x0 + sigma_tn**2 * fixed_noise(",
+        [L],
+    ),
+    (
+        "loss_log_normal_std",
+        LOSSES,
+        "sigma = jnp.exp(p_mean + p_std * normal)",
+        "sigma = jnp.exp(p_mean + normal)",
+        [L, M],
+    ),
+    (
+        "loss_vp_coef_h",
+        LOSSES,
+        "coef_h = jnp.where(noisy, gap / (s**2 * jnp.sqrt(keep)), 1.0)",
+        "coef_h = jnp.where(noisy, gap / s**2, 1.0)",
+        [L],
+    ),
+    (
+        "loss_vp_scale_x",
+        LOSSES,
+        "scale_x = jnp.where(noisy, jnp.sqrt((1.0 - s**2) / keep), jnp.sqrt(1.0 - s**2))",
+        "scale_x = jnp.sqrt(1.0 - s**2)",
+        [L],
+    ),
     # precond
-    ("precond_c_skip", PRECOND, "c_skip = sigma_data**2 / total", "c_skip = sigma**2 / total", ["tests/test_schedules.py"]),
-    ("precond_c_out", PRECOND, "c_out = sigma * sigma_data / jnp.sqrt(total)", "c_out = sigma * sigma_data / total",
-     ["tests/test_schedules.py"]),
-    ("precond_c_in", PRECOND, "c_in = 1.0 / jnp.sqrt(total)", "c_in = 1.0 / total", ["tests/test_schedules.py"]),
-    ("precond_c_noise", PRECOND, "c_noise = jnp.log(sigma) / 4.0", "c_noise = jnp.log(sigma) / 2.0", ["tests/test_schedules.py"]),
+    (
+        "precond_c_skip",
+        PRECOND,
+        "c_skip = sigma_data**2 / total",
+        "c_skip = sigma**2 / total",
+        ["tests/test_schedules.py"],
+    ),
+    (
+        "precond_c_out",
+        PRECOND,
+        "c_out = sigma * sigma_data / jnp.sqrt(total)",
+        "c_out = sigma * sigma_data / total",
+        ["tests/test_schedules.py"],
+    ),
+    (
+        "precond_c_in",
+        PRECOND,
+        "c_in = 1.0 / jnp.sqrt(total)",
+        "c_in = 1.0 / total",
+        ["tests/test_schedules.py"],
+    ),
+    (
+        "precond_c_noise",
+        PRECOND,
+        "c_noise = jnp.log(sigma) / 4.0",
+        "c_noise = jnp.log(sigma) / 2.0",
+        ["tests/test_schedules.py"],
+    ),
     # schedules
-    ("sched_ve_to_vp", SCHED, "return sigma / jnp.sqrt(1.0 + sigma**2)", "return sigma / (1.0 + sigma**2)",
-     ["tests/test_schedules.py", L]),
-    ("sched_vp_s_of_t_half", SCHED, "return jnp.sqrt(-jnp.expm1(-(0.5 * beta_d * t**2 + beta_min * t)))",
-     "return jnp.sqrt(-jnp.expm1(-(beta_d * t**2 + beta_min * t)))", ["tests/test_schedules.py", M]),
-    ("sched_grid_rho", SCHED, "(sigma_min**inv_rho - sigma_max**inv_rho)) ** rho",
-     "(sigma_min**inv_rho - sigma_max**inv_rho)) ** (rho - 1)", [S]),
+    (
+        "sched_ve_to_vp",
+        SCHED,
+        "return sigma / jnp.sqrt(1.0 + sigma**2)",
+        "return sigma / (1.0 + sigma**2)",
+        ["tests/test_schedules.py", L],
+    ),
+    (
+        "sched_vp_s_of_t_half",
+        SCHED,
+        "return jnp.sqrt(-jnp.expm1(-(0.5 * beta_d * t**2 + beta_min * t)))",
+        "return jnp.sqrt(-jnp.expm1(-(beta_d * t**2 + beta_min * t)))",
+        ["tests/test_schedules.py", M],
+    ),
+    (
+        "sched_grid_rho",
+        SCHED,
+        "(sigma_min**inv_rho - sigma_max**inv_rho)) ** rho",
+        "(sigma_min**inv_rho - sigma_max**inv_rho)) ** (rho - 1)",
+        [S],
+    ),
     # samplers
-    ("sampler_heun_average", SAMPLING, "(0.5 * d_cur + 0.5 * d_prime)", "(0.25 * d_cur + 0.75 * d_prime)", [S]),
-    ("sampler_velocity", SAMPLING, "return (x - denoise(x, jnp.full((batch,), sigma, x.dtype))) / sigma",
-     "return (x - denoise(x, jnp.full((batch,), sigma, x.dtype))) / (2 * sigma)", [S]),
-    ("sampler_latents_unscaled", SAMPLING, "return jax.lax.fori_loop(0, num_steps, step, latents * sigmas[0])",
-     "return jax.lax.fori_loop(0, num_steps, step, latents)", [S]),
-    ("sampler_churn_noise", SAMPLING, "x = x + sigma_cur * jnp.sqrt(gamma * (2 + gamma)) * s_noise * z",
-     "x = x + sigma_cur * jnp.sqrt(gamma) * s_noise * z", [S, M]),
-    ("sampler_churn_gamma", SAMPLING, "gamma_max = min(s_churn / num_steps, 2**0.5 - 1)",
-     "gamma_max = min(s_churn, 2**0.5 - 1)", [S, M]),
-    ("sampler_ddim_eps", SAMPLING, "eps_hat = (x - jnp.sqrt(1.0 - s_cur**2) * x0_hat) / s_cur",
-     "eps_hat = (x - x0_hat) / s_cur", [S]),
-    ("sampler_heun_on_last_step", SAMPLING, "jax.lax.cond(i < num_steps - 1, correct", "jax.lax.cond(i < num_steps, correct", [S]),
+    (
+        "sampler_heun_average",
+        SAMPLING,
+        "(0.5 * d_cur + 0.5 * d_prime)",
+        "(0.25 * d_cur + 0.75 * d_prime)",
+        [S],
+    ),
+    (
+        "sampler_velocity",
+        SAMPLING,
+        "return (x - denoise(x, jnp.full((batch,), sigma, x.dtype))) / sigma",
+        "return (x - denoise(x, jnp.full((batch,), sigma, x.dtype))) / (2 * sigma)",
+        [S],
+    ),
+    (
+        "sampler_latents_unscaled",
+        SAMPLING,
+        "return jax.lax.fori_loop(0, num_steps, step, latents * sigmas[0])",
+        "return jax.lax.fori_loop(0, num_steps, step, latents)",
+        [S],
+    ),
+    (
+        "sampler_churn_noise",
+        SAMPLING,
+        "x = x + sigma_cur * jnp.sqrt(gamma * (2 + gamma)) * s_noise * z",
+        "x = x + sigma_cur * jnp.sqrt(gamma) * s_noise * z",
+        [S, M],
+    ),
+    (
+        "sampler_churn_gamma",
+        SAMPLING,
+        "gamma_max = min(s_churn / num_steps, 2**0.5 - 1)",
+        "gamma_max = min(s_churn, 2**0.5 - 1)",
+        [S, M],
+    ),
+    (
+        "sampler_ddim_eps",
+        SAMPLING,
+        "eps_hat = (x - jnp.sqrt(1.0 - s_cur**2) * x0_hat) / s_cur",
+        "eps_hat = (x - x0_hat) / s_cur",
+        [S],
+    ),
+    (
+        "sampler_heun_on_last_step",
+        SAMPLING,
+        "jax.lax.cond(i < num_steps - 1, correct",
+        "jax.lax.cond(i < num_steps, correct",
+        [S],
+    ),
     # EMA and learning rate
-    ("ema_decay_inverted", TRAIN, "return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))",
-     "return 0.5 ** (jnp.maximum(halflife, 1e-8) / batch_size)", [M]),
-    ("ema_rampup_off_by_one", TRAIN, "(step + 1) * batch_size * ema_config.rampup_ratio",
-     "step * batch_size * ema_config.rampup_ratio + 1", [M]),
+    (
+        "ema_decay_inverted",
+        TRAIN,
+        "return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))",
+        "return 0.5 ** (jnp.maximum(halflife, 1e-8) / batch_size)",
+        [M],
+    ),
+    (
+        "ema_rampup_off_by_one",
+        TRAIN,
+        "(step + 1) * batch_size * ema_config.rampup_ratio",
+        "step * batch_size * ema_config.rampup_ratio + 1",
+        [M],
+    ),
     ("ema_update_swapped", TRAIN, "beta * e + (1 - beta) * p", "(1 - beta) * e + beta * p", [M, T]),
-    ("lr_warmup_off_by_one", TRAIN, "seen = (step + 1) * batch_size", "seen = step * batch_size + 1", [M]),
+    (
+        "lr_warmup_off_by_one",
+        TRAIN,
+        "seen = (step + 1) * batch_size",
+        "seen = step * batch_size + 1",
+        [M],
+    ),
     ("lr_no_warmup", TRAIN, "return optim_config.lr * ramp", "return optim_config.lr", [M]),
     # batch drawing, keys, reductions
-    ("batch_never_last_image", TRAIN, "(batch_size,), 0, num_images)", "(batch_size,), 0, num_images - 1)", [M]),
-    ("keys_same_for_every_row", TRAIN, "row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)",
-     "row_keys = jax.vmap(lambda b: k_rows)(rows)", [M]),
-    ("flip_vertical", TRAIN, "return jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)",
-     "return jnp.where(flip[:, None, None, None], x0[:, ::-1], x0)", [M]),
-    ("pmap_psum_grads", TRAIN, "grads = jax.lax.pmean(grads, axis_name)", "grads = jax.lax.psum(grads, axis_name)",
-     [f"{P}::test_same_numbers_on_any_device_count_and_mode"]),
-    ("pmap_psum_loss", TRAIN, "loss = jax.lax.pmean(loss, axis_name)", "loss = jax.lax.psum(loss, axis_name)",
-     [f"{P}::test_same_numbers_on_any_device_count_and_mode"]),
-    ("batch_loss_sum", TRAIN, "return jnp.mean(per_row), (per_row, aux)", "return jnp.sum(per_row), (per_row, aux)", [M]),
-    ("metric_loss_ambient_denominator", TRAIN, '"loss_ambient": sums["ambient"] / jnp.maximum(sums["n_ambient"], 1.0)',
-     '"loss_ambient": sums["ambient"] / batch_size', [M]),
-    ("noise_key_purpose", TRAIN, "return jax.random.fold_in(root_key(config), KEY_NOISE_TN)",
-     "return jax.random.fold_in(root_key(config), KEY_STEP)", [M]),
+    (
+        "batch_never_last_image",
+        TRAIN,
+        "(batch_size,), 0, num_images)",
+        "(batch_size,), 0, num_images - 1)",
+        [M],
+    ),
+    (
+        "keys_same_for_every_row",
+        TRAIN,
+        "row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)",
+        "row_keys = jax.vmap(lambda b: k_rows)(rows)",
+        [M],
+    ),
+    (
+        "flip_vertical",
+        TRAIN,
+        "return jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)",
+        "return jnp.where(flip[:, None, None, None], x0[:, ::-1], x0)",
+        [M],
+    ),
+    (
+        "pmap_psum_grads",
+        TRAIN,
+        "grads = jax.lax.pmean(grads, axis_name)",
+        "grads = jax.lax.psum(grads, axis_name)",
+        [f"{P}::test_same_numbers_on_any_device_count_and_mode"],
+    ),
+    (
+        "pmap_psum_loss",
+        TRAIN,
+        "loss = jax.lax.pmean(loss, axis_name)",
+        "loss = jax.lax.psum(loss, axis_name)",
+        [f"{P}::test_same_numbers_on_any_device_count_and_mode"],
+    ),
+    (
+        "batch_loss_sum",
+        TRAIN,
+        "return jnp.mean(per_row), (per_row, aux)",
+        "return jnp.sum(per_row), (per_row, aux)",
+        [M],
+    ),
+    (
+        "metric_loss_ambient_denominator",
+        TRAIN,
+        '"loss_ambient": sums["ambient"] / jnp.maximum(sums["n_ambient"], 1.0)',
+        '"loss_ambient": sums["ambient"] / batch_size',
+        [M],
+    ),
+    (
+        "noise_key_purpose",
+        TRAIN,
+        "return jax.random.fold_in(root_key(config), KEY_NOISE_TN)",
+        "return jax.random.fold_in(root_key(config), KEY_STEP)",
+        [M],
+    ),
     # memorization criteria and FID
     ("mem_no_centring", MEM, "x = x - x.mean(axis=1, keepdims=True)", "x = x", [E, M]),
-    ("mem_no_normalisation", MEM, "return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)", "return x",
-     [E, M]),
-    ("carlini_half", MEM, "extracted = dist[:, 0] < dist.mean(axis=1) / 3.0",
-     "extracted = dist[:, 0] < dist.mean(axis=1) / 2.0", [E, M]),
-    ("carlini_k_halved", MEM, "k = max(1, min(k, len(train_flat) - 1))", "k = max(1, min(k // 2, len(train_flat) - 1))",
-     [E, M]),
-    ("similarity_threshold_loose", MEM, "float(100 * np.mean(sims > t))", "float(100 * np.mean(sims > t - 0.01))", [E, M]),
+    (
+        "mem_no_normalisation",
+        MEM,
+        "return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)",
+        "return x",
+        [E, M],
+    ),
+    (
+        "carlini_half",
+        MEM,
+        "extracted = dist[:, 0] < dist.mean(axis=1) / 3.0",
+        "extracted = dist[:, 0] < dist.mean(axis=1) / 2.0",
+        [E, M],
+    ),
+    (
+        "carlini_k_halved",
+        MEM,
+        "k = max(1, min(k, len(train_flat) - 1))",
+        "k = max(1, min(k // 2, len(train_flat) - 1))",
+        [E, M],
+    ),
+    (
+        "similarity_threshold_loose",
+        MEM,
+        "float(100 * np.mean(sims > t))",
+        "float(100 * np.mean(sims > t - 0.01))",
+        [E, M],
+    ),
     ("robust_no_threshold", MEM, "return np.tanh(ROBUST_GAIN * blurred)", "return blurred", [E]),
-    ("robust_blur_wider", MEM, "return 0.5 * resolution / 16.0", "return 1.0 * resolution / 16.0", [E]),
-    ("fid_factor_2", FID, "- 2.0 * SQRT_METHODS[method](sigma1, sigma2)", "- 1.0 * SQRT_METHODS[method](sigma1, sigma2)", [E]),
-    ("fid_cov_ddof", FID, "np.cov(x, rowvar=False, ddof=1)", "np.cov(x, rowvar=False, ddof=0)", [E, M]),
-    ("fid_sqrt_unclipped_root", FID, "return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T",
-     "return (vectors * np.clip(values, 0, None)) @ vectors.T", [E]),
+    (
+        "robust_blur_wider",
+        MEM,
+        "return 0.5 * resolution / 16.0",
+        "return 1.0 * resolution / 16.0",
+        [E],
+    ),
+    (
+        "fid_factor_2",
+        FID,
+        "- 2.0 * SQRT_METHODS[method](sigma1, sigma2)",
+        "- 1.0 * SQRT_METHODS[method](sigma1, sigma2)",
+        [E],
+    ),
+    (
+        "fid_cov_ddof",
+        FID,
+        "np.cov(x, rowvar=False, ddof=1)",
+        "np.cov(x, rowvar=False, ddof=0)",
+        [E, M],
+    ),
+    (
+        "fid_sqrt_unclipped_root",
+        FID,
+        "return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T",
+        "return (vectors * np.clip(values, 0, None)) @ vectors.T",
+        [E],
+    ),
     # Inception and DINOv2 preprocessing
-    ("inception_scale", "ambient_jax/eval/inception.py", "return (x - 128.0) / 128.0", "return (x - 127.5) / 127.5",
-     [E, M]),
-    ("inception_half_pixel", "ambient_jax/eval/inception.py",
-     "src = jnp.arange(out_size, dtype=jnp.float32) * (in_size / out_size)",
-     "src = jnp.maximum((jnp.arange(out_size, dtype=jnp.float32) + 0.5) * (in_size / out_size) - 0.5, 0.0)", [E, M]),
-    ("dinov2_unit_range", "ambient_jax/eval/dinov2.py", "x = jnp.asarray(images_uint8, jnp.float32) / 255.0",
-     "x = jnp.asarray(images_uint8, jnp.float32) / 127.5 - 1.0", ["tests/test_dinov2.py"]),
-    ("dinov2_pad_edge", "ambient_jax/eval/dinov2.py", "(pw // 2, pw - pw // 2), (0, 0)), mode=\"reflect\")",
-     "(pw // 2, pw - pw // 2), (0, 0)), mode=\"edge\")", ["tests/test_dinov2.py"]),
+    (
+        "inception_scale",
+        "ambient_jax/eval/inception.py",
+        "return (x - 128.0) / 128.0",
+        "return (x - 127.5) / 127.5",
+        [E, M],
+    ),
+    (
+        "inception_half_pixel",
+        "ambient_jax/eval/inception.py",
+        "src = jnp.arange(out_size, dtype=jnp.float32) * (in_size / out_size)",
+        "src = jnp.maximum((jnp.arange(out_size, dtype=jnp.float32) + 0.5) * (in_size / out_size) "
+        "- 0.5, 0.0)",
+        [E, M],
+    ),
+    (
+        "dinov2_unit_range",
+        "ambient_jax/eval/dinov2.py",
+        "x = jnp.asarray(images_uint8, jnp.float32) / 255.0",
+        "x = jnp.asarray(images_uint8, jnp.float32) / 127.5 - 1.0",
+        ["tests/test_dinov2.py"],
+    ),
+    (
+        "dinov2_pad_edge",
+        "ambient_jax/eval/dinov2.py",
+        '(pw // 2, pw - pw // 2), (0, 0)), mode="reflect"',
+        '(pw // 2, pw - pw // 2), (0, 0)), mode="edge"',
+        ["tests/test_dinov2.py"],
+    ),
     # theory: tau and the label-memorization estimator
-    ("tau_exponent", "ambient_jax/theory/longtail.py", "logsumexp(base + log_a[None, :], axis=1)",
-     "logsumexp(base + 2 * log_a[None, :], axis=1)", ["tests/test_theory.py"]),
-    ("labelmem_no_out_term", "ambient_jax/theory/label_memorization.py", "return p_in - p_out, stderr",
-     "return p_in, stderr", ["tests/test_theory.py"]),
-    ("labelmem_stderr", "ambient_jax/theory/label_memorization.py",
-     "stderr = np.sqrt(p_in * (1 - p_in) / k_in + p_out * (1 - p_out) / k_out)",
-     "stderr = np.sqrt(p_in * (1 - p_in) / k_in)", ["tests/test_theory.py", M]),
+    (
+        "tau_exponent",
+        "ambient_jax/theory/longtail.py",
+        "logsumexp(base + log_a[None, :], axis=1)",
+        "logsumexp(base + 2 * log_a[None, :], axis=1)",
+        ["tests/test_theory.py"],
+    ),
+    (
+        "labelmem_no_out_term",
+        "ambient_jax/theory/label_memorization.py",
+        "return p_in - p_out, stderr",
+        "return p_in, stderr",
+        ["tests/test_theory.py"],
+    ),
+    (
+        "labelmem_stderr",
+        "ambient_jax/theory/label_memorization.py",
+        "stderr = np.sqrt(p_in * (1 - p_in) / k_in + p_out * (1 - p_out) / k_out)",
+        "stderr = np.sqrt(p_in * (1 - p_in) / k_in)",
+        ["tests/test_theory.py", M],
+    ),
     # the per-sigma diagnosis and tracking
-    ("diag_softmax_temperature", "ambient_jax/eval/diagnose.py", "scale = 1.0 / (2.0 * variance)[:, None]",
-     "scale = 1.0 / variance[:, None]", [D]),
-    ("diag_memorizing_variance", "ambient_jax/eval/diagnose.py", "posterior_mean(x, train, sigma**2, ref_block)",
-     "posterior_mean(x, train, sigma, ref_block)", [D]),
-    ("diag_noisy_copy_solve", "ambient_jax/eval/diagnose.py",
-     "return (expand(sigma**2) * expected - sigma_tn**2 * x) / expand(gap)",
-     "return (expand(sigma**2) * expected - sigma_tn**2 * x) / expand(sigma**2)", [D]),
-    ("diag_gap_sign", "ambient_jax/eval/diagnose.py", '"gap": (err_heldout - err_train).tolist()',
-     '"gap": (err_train - err_heldout).tolist()', [D]),
+    (
+        "diag_softmax_temperature",
+        "ambient_jax/eval/diagnose.py",
+        "scale = 1.0 / (2.0 * variance)[:, None]",
+        "scale = 1.0 / variance[:, None]",
+        [D],
+    ),
+    (
+        "diag_memorizing_variance",
+        "ambient_jax/eval/diagnose.py",
+        "posterior_mean(x, train, sigma**2, ref_block)",
+        "posterior_mean(x, train, sigma, ref_block)",
+        [D],
+    ),
+    (
+        "diag_noisy_copy_solve",
+        "ambient_jax/eval/diagnose.py",
+        "return (expand(sigma**2) * expected - sigma_tn**2 * x) / expand(gap)",
+        "return (expand(sigma**2) * expected - sigma_tn**2 * x) / expand(sigma**2)",
+        [D],
+    ),
+    (
+        "diag_gap_sign",
+        "ambient_jax/eval/diagnose.py",
+        '"gap": (err_heldout - err_train).tolist()',
+        '"gap": (err_train - err_heldout).tolist()',
+        [D],
+    ),
     ("track_gap_sign", "ambient_jax/tracking.py", "float(h - t)", "float(t - h)", [D]),
 ]
 
 
 def scratch_copy():
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout.decode().split("\0")
-    listed += subprocess.run(["git", "ls-files", "-z", "--others", "--exclude-standard"], cwd=ROOT, check=True,
-                             capture_output=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    listed += (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     scratch = tempfile.mkdtemp(prefix="ambient_mutation_")
     for name in filter(None, listed):
         if not os.path.isfile(os.path.join(ROOT, name)):
@@ -177,7 +528,9 @@ def run_tests(scratch, tests, timeout):
     env = dict(os.environ, PYTHONPATH=scratch, JAX_PLATFORMS="cpu")
     argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     try:
-        result = subprocess.run(argv, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            argv, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return None, "timeout"
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, re.M)
@@ -186,12 +539,16 @@ def run_tests(scratch, tests, timeout):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="run the mutants whose name starts with this prefix")
+    parser.add_argument(
+        "--only", default="", help="run the mutants whose name starts with this prefix"
+    )
     parser.add_argument("--list", action="store_true")
-    parser.add_argument("--skip", type=int, default=0, help="start after this many mutants (resume a partial run)")
+    parser.add_argument(
+        "--skip", type=int, default=0, help="start after this many mutants (resume a partial run)"
+    )
     parser.add_argument("--timeout", type=int, default=900)
     args = parser.parse_args()
-    chosen = [m for m in MUTANTS if m[0].startswith(args.only)][args.skip:]
+    chosen = [m for m in MUTANTS if m[0].startswith(args.only)][args.skip :]
     for name, path, old, _, _ in chosen:  # every change must apply to exactly one place
         count = open(os.path.join(ROOT, path)).read().count(old)
         if count != 1:
@@ -202,17 +559,28 @@ def main():
         return
     scratch = scratch_copy()
     env = dict(os.environ, PYTHONPATH=scratch)
-    where = subprocess.run([sys.executable, "-c", "import ambient_jax; print(ambient_jax.__file__)"], cwd=scratch, env=env,
-                           capture_output=True, text=True).stdout.strip()
+    where = subprocess.run(
+        [sys.executable, "-c", "import ambient_jax; print(ambient_jax.__file__)"],
+        cwd=scratch,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     if not where.startswith(scratch):
-        sys.exit(f"error: the scratch copy is not the one imported ({where}); uninstall other copies of ambient_jax")
+        sys.exit(
+            f"error: the scratch copy is not the one imported ({where}); uninstall other copies "
+            "of ambient_jax"
+        )
     caught = 0
     try:
         for name, path, old, new, tests in chosen:
             target = os.path.join(scratch, path)
             original = open(target).read()
             if original.count(old) != 1:
-                sys.exit(f"error: mutant {name}: the text to change occurs {original.count(old)} times in {path}")
+                sys.exit(
+                    f"error: mutant {name}: the text to change occurs {original.count(old)} times "
+                    f"in {path}"
+                )
             with open(target, "w") as f:
                 f.write(original.replace(old, new))
             start = time.perf_counter()
@@ -223,15 +591,24 @@ def main():
                     f.write(original)
             seconds = time.perf_counter() - start
             if code is None:  # not a verdict: the selection did not finish
-                print(f"TIMEOUT  {name:34s} ({seconds:.0f} s; {' '.join(tests)}): not counted as caught", flush=True)
+                print(
+                    f"TIMEOUT  {name:34s} ({seconds:.0f} s; {' '.join(tests)}): not counted as "
+                    "caught",
+                    flush=True,
+                )
             elif code == 0:
                 print(f"SURVIVED {name:34s} ({seconds:.0f} s; {' '.join(tests)})", flush=True)
             else:
                 caught += 1
-                print(f"CAUGHT   {name:34s} by {first_failure or code} ({seconds:.0f} s)", flush=True)
+                print(
+                    f"CAUGHT   {name:34s} by {first_failure or code} ({seconds:.0f} s)", flush=True
+                )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"\n{caught} of {len(chosen)} mutants caught ({100 * caught / len(chosen):.0f}%; a timeout counts as not caught)")
+    print(
+        f"\n{caught} of {len(chosen)} mutants caught ({100 * caught / len(chosen):.0f}%; a "
+        "timeout counts as not caught)"
+    )
 
 
 if __name__ == "__main__":

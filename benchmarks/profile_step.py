@@ -28,9 +28,13 @@ def kind(name):
         return "library kernel (YNNPACK/XNNPACK/oneDNN: matmul or conv + epilogue)"
     if name.startswith(("dot", "gemm", "cublas")):
         return "matmul"
-    if "transpose" in name or name.startswith(("copy", "bitcast", "concatenate", "slice", "dynamic")):
+    if "transpose" in name or name.startswith(
+        ("copy", "bitcast", "concatenate", "slice", "dynamic")
+    ):
         return "layout: transpose / copy / concatenate"
-    if "fusion" in name or name.startswith(("reduce", "add", "multiply", "broadcast", "wrapped", "select", "exp")):
+    if "fusion" in name or name.startswith(
+        ("reduce", "add", "multiply", "broadcast", "wrapped", "select", "exp")
+    ):
         return "fused elementwise / reductions (norms, SiLU, Adam, EMA)"
     return "other"
 
@@ -40,7 +44,11 @@ def op_times(trace_dir):
     with gzip.open(path) as f:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    threads = {
+        (e["pid"], e["tid"]): e["args"]["name"]
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "thread_name"
+    }
     times = collections.Counter()
     for e in events:
         if "dur" not in e or e.get("ph") == "M":
@@ -48,7 +56,9 @@ def op_times(trace_dir):
         thread, name = threads.get((e["pid"], e["tid"]), ""), e["name"]
         if "python" in thread or name.startswith(("$", "ThunkExecutor", "PjitFunction", "Thunk")):
             continue
-        times[re.sub(r"\.\d+$", "", name) if name.startswith("ynn_fusion") else name] += e["dur"] / 1e6
+        times[re.sub(r"\.\d+$", "", name) if name.startswith("ynn_fusion") else name] += (
+            e["dur"] / 1e6
+        )
     return times
 
 
@@ -76,7 +86,9 @@ def main():
     optimizer, schedule = train.make_optimizer(config.optim, args.batch)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
     res = config.data.resolution
-    images = trainer.place(np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32))
+    images = trainer.place(
+        np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32)
+    )
     state = trainer.place(train.init_state(config, model, optimizer))
     state, metrics = trainer.step(state, images)
     jax.block_until_ready(metrics)
@@ -95,17 +107,29 @@ def main():
     by_kind = collections.Counter()
     for name, seconds in times.items():
         by_kind[kind(name)] += seconds
-    print(f"{common.device_description()}; {args.preset} batch {args.batch} {args.dtype}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    print(f"wall time per step (traced) {wall:.3f} s; summed operation time per step {total / args.steps:.3f} s")
+    print(
+        f"{common.device_description()}; {args.preset} batch {args.batch} {args.dtype}, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+    )
+    print(
+        f"wall time per step (traced) {wall:.3f} s; summed operation time per step "
+        f"{total / args.steps:.3f} s"
+    )
     for name, seconds in by_kind.most_common():
         print(f"  {100 * seconds / total:5.1f}%  {seconds / args.steps:8.3f} s  {name}")
     print("most expensive operations:")
     for name, seconds in times.most_common(12):
         print(f"  {100 * seconds / total:5.1f}%  {seconds / args.steps:8.3f} s  {name}")
-    results = {"device": common.device_description(), "preset": args.preset, "batch": args.batch, "dtype": args.dtype,
-               "xla_flags": os.environ.get("XLA_FLAGS", ""), "wall_s_per_step": wall,
-               "by_kind_s_per_step": {k: v / args.steps for k, v in by_kind.items()},
-               "top_ops_s_per_step": {k: v / args.steps for k, v in times.most_common(30)}}
+    results = {
+        "device": common.device_description(),
+        "preset": args.preset,
+        "batch": args.batch,
+        "dtype": args.dtype,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "wall_s_per_step": wall,
+        "by_kind_s_per_step": {k: v / args.steps for k, v in by_kind.items()},
+        "top_ops_s_per_step": {k: v / args.steps for k, v in times.most_common(30)},
+    }
     common.write_results(f"profile_{args.preset}", results)
 
 

@@ -1,5 +1,6 @@
 """Sampler throughput: images/s of the EDM Heun sampler at 18 and 40 steps (35 and 79 network
-calls), with the FLOPs of the network calls (XLA's cost analysis of one call, times the calls) against the matmul
+calls), with the FLOPs of the network calls (XLA's cost analysis of one call, times the calls)
+against the matmul
 rate measured in this run.
 
     python benchmarks/sampling.py                                   # CPU-sized defaults
@@ -34,35 +35,62 @@ def measure(preset, batch, dtype, num_steps):
     # The step loop is a lax.fori_loop, whose body XLA's cost analysis counts once: count one
     # network call and multiply by the calls the sampler makes.
     labels = np.zeros((batch,), np.float32)
-    call_flops, _ = common.compiled_figures(jax.jit(model.apply).lower(params, latents, labels).compile())
+    call_flops, _ = common.compiled_figures(
+        jax.jit(model.apply).lower(params, latents, labels).compile()
+    )
     flops = call_flops * (2 * num_steps - 1)
     seconds = common.timed(lambda: jax.block_until_ready(compiled(params, latents)), repeat=2)
-    return {"preset": preset, "batch": batch, "dtype": dtype, "num_steps": num_steps, "network_calls": 2 * num_steps - 1,
-            "images_per_s": batch / seconds, "flops_per_s": flops / seconds, "compile_s": compile_s}
+    return {
+        "preset": preset,
+        "batch": batch,
+        "dtype": dtype,
+        "num_steps": num_steps,
+        "network_calls": 2 * num_steps - 1,
+        "images_per_s": batch / seconds,
+        "flops_per_s": flops / seconds,
+        "compile_s": compile_s,
+    }
 
 
 def main():
     gpu = jax.devices()[0].platform != "cpu"
     parser = argparse.ArgumentParser()
-    parser.add_argument("--presets", default="ddpmpp_cifar10,ncsnpp_ffhq64" if gpu else "mlp_small,tiny")
+    parser.add_argument(
+        "--presets", default="ddpmpp_cifar10,ncsnpp_ffhq64" if gpu else "mlp_small,tiny"
+    )
     parser.add_argument("--batch", type=int, default=256 if gpu else 64)
     parser.add_argument("--dtypes", default="bfloat16,float32" if gpu else "float32")
     parser.add_argument("--steps", default="18,40")
     args = parser.parse_args()
     dtypes = args.dtypes.split(",")
-    results = {"device": common.device_description(), "runs": [],
-               "matmul_flops_per_s": {d: common.matmul_peak(d) for d in dtypes}}
+    results = {
+        "device": common.device_description(),
+        "runs": [],
+        "matmul_flops_per_s": {d: common.matmul_peak(d) for d in dtypes},
+    }
     print(results["device"])
-    print(f"{'preset':16} {'res':>3} {'batch':>5} {'dtype':9} {'steps':>5} {'NFE':>4} {'img/s':>9} {'util':>5} {'compile s':>9}")
+    print(
+        f"{'preset':16} {'res':>3} {'batch':>5} {'dtype':9} {'steps':>5} {'NFE':>4} {'img/s':>9} "
+        f"{'util':>5} {'compile s':>9}"
+    )
     for preset in args.presets.split(","):
         for dtype in dtypes:
             for num_steps in map(int, args.steps.split(",")):
                 r = measure(preset, args.batch, dtype, num_steps)
-                r["utilisation"] = r["flops_per_s"] / common.best_peak(results["matmul_flops_per_s"], dtype)
+                r["utilisation"] = r["flops_per_s"] / common.best_peak(
+                    results["matmul_flops_per_s"], dtype
+                )
                 results["runs"].append(r)
-                print(f"{preset:16} {RESOLUTION[preset]:3d} {args.batch:5d} {dtype:9} {num_steps:5d} {r['network_calls']:4d} "
-                      f"{r['images_per_s']:9.1f} {r['utilisation']:5.2f} {r['compile_s']:9.1f}", flush=True)
-    print("util = FLOP/s of the network calls / best dense matmul FLOP/s measured so far in this run, same dtype")
+                print(
+                    f"{preset:16} {RESOLUTION[preset]:3d} {args.batch:5d} {dtype:9} "
+                    f"{num_steps:5d} {r['network_calls']:4d} "
+                    f"{r['images_per_s']:9.1f} {r['utilisation']:5.2f} {r['compile_s']:9.1f}",
+                    flush=True,
+                )
+    print(
+        "util = FLOP/s of the network calls / best dense matmul FLOP/s measured so far in this "
+        "run, same dtype"
+    )
     common.write_results("sampling", results)
 
 

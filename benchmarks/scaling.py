@@ -34,7 +34,9 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     model = nets.build_network(config, 1)
     optimizer, schedule = train.make_optimizer(config.optim, batch)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
-    images = trainer.place(np.random.RandomState(0).uniform(-1, 1, (100, 16, 16, 1)).astype(np.float32))
+    images = trainer.place(
+        np.random.RandomState(0).uniform(-1, 1, (100, 16, 16, 1)).astype(np.float32)
+    )
     state = trainer.place(train.init_state(config, model, optimizer))
     start = time.perf_counter()
     state, metrics = trainer.step(state, images)
@@ -50,9 +52,20 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
             jax.block_until_ready(metrics)
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
-    print(json.dumps({"devices": devices, "mode": mode, "platform": jax.devices()[0].platform,
-                      "device_kind": jax.devices()[0].device_kind, "batch": batch, "preset": preset,
-                      "images_per_s": steps * batch / seconds, "first_step_s": compile_s}))
+    print(
+        json.dumps(
+            {
+                "devices": devices,
+                "mode": mode,
+                "platform": jax.devices()[0].platform,
+                "device_kind": jax.devices()[0].device_kind,
+                "batch": batch,
+                "preset": preset,
+                "images_per_s": steps * batch / seconds,
+                "first_step_s": compile_s,
+            }
+        )
+    )
 
 
 def main():
@@ -66,13 +79,21 @@ def main():
     if args.worker:
         # Multi-device CPU steps wait for each other (as ambient-train does): XLA's CPU collectives
         # can deadlock with several steps in flight on few cores.
-        worker(int(args.worker[0]), args.worker[1], args.steps, args.batch, args.preset,
-               sync_every_step=args.platform == "cpu" and int(args.worker[0]) > 1)
+        worker(
+            int(args.worker[0]),
+            args.worker[1],
+            args.steps,
+            args.batch,
+            args.preset,
+            sync_every_step=args.platform == "cpu" and int(args.worker[0]) > 1,
+        )
         return
     if args.platform == "cpu":
         runs = [(n, "jit") for n in (1, 2, 4, 8)] + [(8, "pmap")]
     else:
-        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # only counting here: leave the memory to the workers
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = (
+            "false"  # only counting here: leave the memory to the workers
+        )
         import jax
 
         count = len(jax.devices())
@@ -84,22 +105,41 @@ def main():
         if args.platform == "cpu":
             env["JAX_PLATFORMS"] = "cpu"
             env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-        cmd = [sys.executable, __file__, "--worker", str(devices), mode, f"--steps={args.steps}",
-               f"--batch={args.batch}", f"--preset={args.preset}"]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            str(devices),
+            mode,
+            f"--steps={args.steps}",
+            f"--batch={args.batch}",
+            f"--preset={args.preset}",
+        ]
         for attempt in range(2):  # one retry: a worker that crashes is reported, not hidden
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode == 0:
                 break
-            print(f"worker {devices} {mode} exited {proc.returncode} (attempt {attempt + 1}): {proc.stderr[-500:]}")
+            print(
+                f"worker {devices} {mode} exited {proc.returncode} (attempt {attempt + 1}): "
+                f"{proc.stderr[-500:]}"
+            )
         proc.check_returncode()
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     base = results[0]["images_per_s"]
-    print(f"{'devices':>8} {'mode':>5} {'images/s':>10} {'vs 1 device':>12} {'first step s':>13}   ({results[0]['device_kind']}, "
-          f"{args.preset}, global batch {args.batch})")
+    print(
+        f"{'devices':>8} {'mode':>5} {'images/s':>10} {'vs 1 device':>12} {'first step s':>13}   "
+        f"({results[0]['device_kind']}, "
+        f"{args.preset}, global batch {args.batch})"
+    )
     for r in results:
-        print(f"{r['devices']:>8} {r['mode']:>5} {r['images_per_s']:>10.0f} {r['images_per_s'] / base:>12.2f} {r['first_step_s']:>13.1f}")
+        print(
+            f"{r['devices']:>8} {r['mode']:>5} {r['images_per_s']:>10.0f} "
+            f"{r['images_per_s'] / base:>12.2f} {r['first_step_s']:>13.1f}"
+        )
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", f"scaling_{args.platform}_{args.preset}.json"), "w") as f:
+    with open(
+        os.path.join(HERE, "results", f"scaling_{args.platform}_{args.preset}.json"), "w"
+    ) as f:
         json.dump(results, f, indent=1)
 
 

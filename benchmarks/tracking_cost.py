@@ -22,8 +22,13 @@ BIN = os.path.dirname(sys.executable)
 
 
 def train(workdir, steps, track_every):
-    argv = [os.path.join(BIN, "ambient-train"), "--config=configs/mnist.py:ambient", f"--workdir={workdir}",
-            f"--config.train.num_steps={steps}", f"--config.train.track_every={track_every}"]
+    argv = [
+        os.path.join(BIN, "ambient-train"),
+        "--config=configs/mnist.py:ambient",
+        f"--workdir={workdir}",
+        f"--config.train.num_steps={steps}",
+        f"--config.train.track_every={track_every}",
+    ]
     start = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
@@ -43,13 +48,27 @@ def main():
             on = train(os.path.join(tmp, "on"), args.steps, args.track_every)
             records = [json.loads(line) for line in open(os.path.join(tmp, "on", "metrics.jsonl"))]
         inside = sum(r.get("track_seconds", 0.0) for r in records)
-        pairs.append({"wall_off_s": off, "wall_on_s": on, "wall_ratio": on / off, "tracker_seconds": inside,
-                      "tracker_share_of_run": inside / records[-1]["seconds"],
-                      "tracking_events": sum("track_seconds" in r for r in records)})
-        print(f"pair {i + 1}: off {off:.1f} s, on {on:.1f} s, ratio {on / off:.3f}, "
-              f"tracker share {pairs[-1]['tracker_share_of_run']:.3f}", flush=True)
-    result = {"steps": args.steps, "track_every": args.track_every, "pairs": pairs,
-              "median_wall_ratio": statistics.median(p["wall_ratio"] for p in pairs)}
+        pairs.append(
+            {
+                "wall_off_s": off,
+                "wall_on_s": on,
+                "wall_ratio": on / off,
+                "tracker_seconds": inside,
+                "tracker_share_of_run": inside / records[-1]["seconds"],
+                "tracking_events": sum("track_seconds" in r for r in records),
+            }
+        )
+        print(
+            f"pair {i + 1}: off {off:.1f} s, on {on:.1f} s, ratio {on / off:.3f}, "
+            f"tracker share {pairs[-1]['tracker_share_of_run']:.3f}",
+            flush=True,
+        )
+    result = {
+        "steps": args.steps,
+        "track_every": args.track_every,
+        "pairs": pairs,
+        "median_wall_ratio": statistics.median(p["wall_ratio"] for p in pairs),
+    }
     print(json.dumps(result, indent=1))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

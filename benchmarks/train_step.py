@@ -2,7 +2,8 @@
 the network presets at a few batch sizes, against the dense matmul rate measured in this run.
 
     python benchmarks/train_step.py                                  # CPU-sized defaults
-    python benchmarks/train_step.py --presets=ddpmpp_cifar10 --batches=128,512 --dtypes=bfloat16,float32
+    python benchmarks/train_step.py --presets=ddpmpp_cifar10 --batches=128,512 \\
+        --dtypes=bfloat16,float32
 
 FLOPs come from XLA's own cost analysis of the compiled step (forward, backward, Adam and EMA);
 utilisation = achieved FLOP/s / matmul FLOP/s in the same compute dtype. Also reported: compile
@@ -21,11 +22,23 @@ import numpy as np
 from ambient_jax import config as config_lib
 from ambient_jax import nets, parallel, train
 
-RESOLUTION = {"tiny": 32, "ddpmpp_cifar10": 32, "ncsnpp_cifar10": 32, "ncsnpp_ffhq64": 64, "mlp_small": 16}
-CPU_DEFAULTS = dict(presets="tiny,ddpmpp_cifar10,ncsnpp_ffhq64", batches="tiny:32,tiny:128,ddpmpp_cifar10:8,ncsnpp_ffhq64:4",
-                    dtypes="float32")
-GPU_DEFAULTS = dict(presets="tiny,ddpmpp_cifar10,ncsnpp_ffhq64", batches="128,512,ncsnpp_ffhq64:64,ncsnpp_ffhq64:256",
-                    dtypes="bfloat16,float32")
+RESOLUTION = {
+    "tiny": 32,
+    "ddpmpp_cifar10": 32,
+    "ncsnpp_cifar10": 32,
+    "ncsnpp_ffhq64": 64,
+    "mlp_small": 16,
+}
+CPU_DEFAULTS = dict(
+    presets="tiny,ddpmpp_cifar10,ncsnpp_ffhq64",
+    batches="tiny:32,tiny:128,ddpmpp_cifar10:8,ncsnpp_ffhq64:4",
+    dtypes="float32",
+)
+GPU_DEFAULTS = dict(
+    presets="tiny,ddpmpp_cifar10,ncsnpp_ffhq64",
+    batches="128,512,ncsnpp_ffhq64:64,ncsnpp_ffhq64:256",
+    dtypes="bfloat16,float32",
+)
 
 
 def bench_config(preset, batch, dtype, steps_per_dispatch=1, remat=False):
@@ -45,14 +58,21 @@ def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False):
     optimizer, schedule = train.make_optimizer(config.optim, batch)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
     res = config.data.resolution
-    images = trainer.place(np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32))
+    images = trainer.place(
+        np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32)
+    )
     state = trainer.place(train.init_state(config, model, optimizer))
     start = time.perf_counter()
     compiled = (trainer.multi_step or trainer.step).lower(state, images).compile()
     compile_s = time.perf_counter() - start
     flops, peak = common.compiled_figures(compiled)
-    if steps_per_dispatch > 1:  # XLA's cost analysis counts a scan's body once: count one step, times k
-        flops = common.compiled_figures(trainer.step.lower(state, images).compile())[0] * steps_per_dispatch
+    if (
+        steps_per_dispatch > 1
+    ):  # XLA's cost analysis counts a scan's body once: count one step, times k
+        flops = (
+            common.compiled_figures(trainer.step.lower(state, images).compile())[0]
+            * steps_per_dispatch
+        )
     state, metrics = compiled(state, images)  # warm-up
     jax.block_until_ready(metrics)
     calls = max(1, steps // steps_per_dispatch)
@@ -62,14 +82,26 @@ def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False):
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
     done = calls * steps_per_dispatch
-    return {"preset": preset, "batch": batch, "dtype": dtype, "steps_per_dispatch": steps_per_dispatch, "remat": remat,
-            "resolution": res, "images_per_s": done * batch / seconds, "step_s": seconds / done,
-            "flops_per_step": flops / steps_per_dispatch, "flops_per_s": flops * calls / seconds,
-            "compile_s": compile_s, "peak_bytes": peak, "device_peak_bytes": common.device_peak_bytes()}
+    return {
+        "preset": preset,
+        "batch": batch,
+        "dtype": dtype,
+        "steps_per_dispatch": steps_per_dispatch,
+        "remat": remat,
+        "resolution": res,
+        "images_per_s": done * batch / seconds,
+        "step_s": seconds / done,
+        "flops_per_step": flops / steps_per_dispatch,
+        "flops_per_s": flops * calls / seconds,
+        "compile_s": compile_s,
+        "peak_bytes": peak,
+        "device_peak_bytes": common.device_peak_bytes(),
+    }
 
 
 def parse_batches(spec, presets):
-    """"128,ffhq:64" -> {preset: [batches]}: a bare number applies to every preset without its own."""
+    """ "128,ffhq:64" -> {preset: [batches]}: a bare number applies to every preset without its
+    own."""
     plain, own = [], {}
     for item in spec.split(","):
         if ":" in item:
@@ -85,9 +117,13 @@ def main():
     defaults = GPU_DEFAULTS if gpu else CPU_DEFAULTS
     parser = argparse.ArgumentParser()
     parser.add_argument("--presets", default=defaults["presets"])
-    parser.add_argument("--batches", default=defaults["batches"], help="BATCH or PRESET:BATCH, comma separated")
+    parser.add_argument(
+        "--batches", default=defaults["batches"], help="BATCH or PRESET:BATCH, comma separated"
+    )
     parser.add_argument("--dtypes", default=defaults["dtypes"])
-    parser.add_argument("--steps", type=int, default=20 if gpu else 4, help="timed steps per configuration")
+    parser.add_argument(
+        "--steps", type=int, default=20 if gpu else 4, help="timed steps per configuration"
+    )
     parser.add_argument("--steps_per_dispatch", type=int, default=1)
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--out", default="train_step")
@@ -100,8 +136,11 @@ def main():
     print(results["device"])
     for dtype, peak in results["matmul_flops_per_s"].items():
         print(f"  dense matmul ({dtype}): {peak / 1e9:.1f} GFLOP/s")
-    header = (f"{'preset':16} {'batch':>5} {'dtype':9} {'k':>2} {'img/s':>9} {'GFLOP/step':>10} {'GFLOP/s':>9} "
-              f"{'compile s':>9} {'peak MiB':>9}")
+    header = (
+        f"{'preset':16} {'batch':>5} {'dtype':9} {'k':>2} {'img/s':>9} {'GFLOP/step':>10} "
+        f"{'GFLOP/s':>9} "
+        f"{'compile s':>9} {'peak MiB':>9}"
+    )
     print(header)
     for preset in presets:
         for batch in parse_batches(args.batches, presets)[preset]:
@@ -109,15 +148,24 @@ def main():
                 r = measure(preset, batch, dtype, args.steps, args.steps_per_dispatch, args.remat)
                 results["runs"].append(r)
                 peak = r["device_peak_bytes"] or r["peak_bytes"] or 0
-                print(f"{preset:16} {batch:5d} {dtype:9} {r['steps_per_dispatch']:2d} {r['images_per_s']:9.1f} "
-                      f"{r['flops_per_step'] / 1e9:10.1f} {r['flops_per_s'] / 1e9:9.1f} "
-                      f"{r['compile_s']:9.1f} {peak / 2**20:9.0f}", flush=True)
-    for dtype in results["matmul_flops_per_s"]:  # again at the end: the best rate is the denominator
+                print(
+                    f"{preset:16} {batch:5d} {dtype:9} {r['steps_per_dispatch']:2d} "
+                    f"{r['images_per_s']:9.1f} "
+                    f"{r['flops_per_step'] / 1e9:10.1f} {r['flops_per_s'] / 1e9:9.1f} "
+                    f"{r['compile_s']:9.1f} {peak / 2**20:9.0f}",
+                    flush=True,
+                )
+    for dtype in results[
+        "matmul_flops_per_s"
+    ]:  # again at the end: the best rate is the denominator
         common.best_peak(results["matmul_flops_per_s"], dtype)
     print("utilisation = achieved FLOP/s / best dense matmul FLOP/s of this run, same dtype:")
     for r in results["runs"]:
         r["utilisation"] = r["flops_per_s"] / results["matmul_flops_per_s"][r["dtype"]]
-        print(f"  {r['preset']:16} batch {r['batch']:4d} {r['dtype']:9} k={r['steps_per_dispatch']}: {r['utilisation']:.2f}")
+        print(
+            f"  {r['preset']:16} batch {r['batch']:4d} {r['dtype']:9} "
+            f"k={r['steps_per_dispatch']}: {r['utilisation']:.2f}"
+        )
     for dtype, peak in results["matmul_flops_per_s"].items():
         print(f"  dense matmul ({dtype}), best of start and end: {peak / 1e9:.1f} GFLOP/s")
     common.write_results(args.out, results)

@@ -21,48 +21,127 @@ CONFIG = "configs/mnist.py"
 
 # The settings every variant starts from (the previous default of configs/mnist.py), so a
 # variant means the same run whatever the default is now; its own overrides come after.
-BASE = ["--config.loss.sigma_tn=1.5", "--config.loss.weighting=rescaled", "--config.loss.ambient_fraction=0",
-        "--config.model.split_sigma=0", "--config.model.split_low_preset=", "--config.ema.rampup_ratio=0.05"]
+BASE = [
+    "--config.loss.sigma_tn=1.5",
+    "--config.loss.weighting=rescaled",
+    "--config.loss.ambient_fraction=0",
+    "--config.model.split_sigma=0",
+    "--config.model.split_low_preset=",
+    "--config.ema.rampup_ratio=0.05",
+]
 
 # name: (objective, overrides, what it tests)
 VARIANTS = {
     "ddpm": ("ddpm", [], "plain denoising (reference)"),
     "default": ("ambient", [], "configs/mnist.py's ambient default as it stands"),
     "edm_1.5": ("ambient", ["--config.loss.weighting=edm"], "the paper's EDM weight, sigma_tn 1.5"),
-    "rescaled_1.5": ("ambient", [], "rescaled weight, sigma_tn 1.5: the default of configs/mnist.py"),
+    "rescaled_1.5": (
+        "ambient",
+        [],
+        "rescaled weight, sigma_tn 1.5: the default of configs/mnist.py",
+    ),
     "cap4_1.5": ("ambient", ["--config.loss.rescale_cap=4"], "rescaled weight capped at 4"),
     "cap16_1.5": ("ambient", ["--config.loss.rescale_cap=16"], "rescaled weight capped at 16"),
-    "switch2_1.5": ("ambient", ["--config.loss.sigma_switch=2.0"], "rescaled, ambient branch from sigma 2.0 (clean below)"),
-    "switch3_1.5": ("ambient", ["--config.loss.sigma_switch=3.0"], "rescaled, ambient branch from sigma 3.0 (clean below)"),
-    "edm_switch2_1.5": ("ambient", ["--config.loss.weighting=edm", "--config.loss.sigma_switch=2.0"],
-                        "EDM weight, ambient branch from sigma 2.0"),
+    "switch2_1.5": (
+        "ambient",
+        ["--config.loss.sigma_switch=2.0"],
+        "rescaled, ambient branch from sigma 2.0 (clean below)",
+    ),
+    "switch3_1.5": (
+        "ambient",
+        ["--config.loss.sigma_switch=3.0"],
+        "rescaled, ambient branch from sigma 3.0 (clean below)",
+    ),
+    "edm_switch2_1.5": (
+        "ambient",
+        ["--config.loss.weighting=edm", "--config.loss.sigma_switch=2.0"],
+        "EDM weight, ambient branch from sigma 2.0",
+    ),
     "rescaled_0.7": ("ambient", ["--config.loss.sigma_tn=0.7"], "rescaled weight, sigma_tn 0.7"),
-    "switch1.5_1.0": ("ambient", ["--config.loss.sigma_tn=1.0", "--config.loss.sigma_switch=1.5"],
-                      "copies at sigma 1.0, ambient branch from 1.5"),
-    "ema_long": ("ambient", ["--config.ema.rampup_ratio=0.3"], "rescaled 1.5, EMA half-life 50 kimg from the start"),
-    "normalized_1.5": ("ambient", ["--config.loss.weighting=normalized"],
-                       "inverse-variance weight of the ambient rows, sigma_tn 1.5"),
-    "normalized_1.5_ema": ("ambient", ["--config.loss.weighting=normalized", "--config.ema.rampup_ratio=0.3"],
-                           "inverse-variance weight, EMA half-life 50 kimg from the start"),
-    "normalized_frac0.5": ("ambient", ["--config.loss.weighting=normalized", "--config.loss.ambient_fraction=0.5"],
-                           "inverse-variance weight, half the rows on the ambient branch"),
-    "rescaled_frac0.5": ("ambient", ["--config.loss.ambient_fraction=0.5"], "rescaled weight, half the rows ambient"),
-    "split_normalized_frac0.5": ("ambient", ["--config.model.split_sigma=-1", "--config.loss.weighting=normalized",
-                                             "--config.loss.ambient_fraction=0.5"],
-                                 "two networks split at sigma_tn, inverse-variance weight, half the rows ambient"),
-    "split_normalized_frac0.5_s3": ("ambient", ["--config.model.split_sigma=-1", "--config.loss.weighting=normalized",
-                                                "--config.loss.ambient_fraction=0.5", "--config.loss.sigma_tn=3"],
-                                    "two networks split at sigma_tn 3, inverse-variance weight, half the rows ambient"),
-    "split_normalized_frac0.5_s5": ("ambient", ["--config.model.split_sigma=-1", "--config.loss.weighting=normalized",
-                                                "--config.loss.ambient_fraction=0.5", "--config.loss.sigma_tn=5"],
-                                    "two networks split at sigma_tn 5, inverse-variance weight, half the rows ambient"),
-    "localcnn_normalized_frac0.5": ("ambient", ["--config.model.split_sigma=-1", "--config.model.split_low_preset=local_cnn",
-                                                "--config.loss.weighting=normalized", "--config.loss.ambient_fraction=0.5"],
-                                    "MLP above sigma_tn 1.5, local CNN below; inverse-variance weight, half the rows ambient"),
-    "localcnn_ddpm": ("ddpm", ["--config.model.split_sigma=1.5", "--config.model.split_low_preset=local_cnn"],
-                      "plain denoising with the same split network (MLP above 1.5, local CNN below)"),
-    "split_rescaled": ("ambient", ["--config.model.split_sigma=-1"], "two networks split at sigma_tn, rescaled weight"),
-    "steps6k": ("ambient", ["--config.train.num_steps=6000"], "rescaled 1.5, twice the steps (twice the budget)"),
+    "switch1.5_1.0": (
+        "ambient",
+        ["--config.loss.sigma_tn=1.0", "--config.loss.sigma_switch=1.5"],
+        "copies at sigma 1.0, ambient branch from 1.5",
+    ),
+    "ema_long": (
+        "ambient",
+        ["--config.ema.rampup_ratio=0.3"],
+        "rescaled 1.5, EMA half-life 50 kimg from the start",
+    ),
+    "normalized_1.5": (
+        "ambient",
+        ["--config.loss.weighting=normalized"],
+        "inverse-variance weight of the ambient rows, sigma_tn 1.5",
+    ),
+    "normalized_1.5_ema": (
+        "ambient",
+        ["--config.loss.weighting=normalized", "--config.ema.rampup_ratio=0.3"],
+        "inverse-variance weight, EMA half-life 50 kimg from the start",
+    ),
+    "normalized_frac0.5": (
+        "ambient",
+        ["--config.loss.weighting=normalized", "--config.loss.ambient_fraction=0.5"],
+        "inverse-variance weight, half the rows on the ambient branch",
+    ),
+    "rescaled_frac0.5": (
+        "ambient",
+        ["--config.loss.ambient_fraction=0.5"],
+        "rescaled weight, half the rows ambient",
+    ),
+    "split_normalized_frac0.5": (
+        "ambient",
+        [
+            "--config.model.split_sigma=-1",
+            "--config.loss.weighting=normalized",
+            "--config.loss.ambient_fraction=0.5",
+        ],
+        "two networks split at sigma_tn, inverse-variance weight, half the rows ambient",
+    ),
+    "split_normalized_frac0.5_s3": (
+        "ambient",
+        [
+            "--config.model.split_sigma=-1",
+            "--config.loss.weighting=normalized",
+            "--config.loss.ambient_fraction=0.5",
+            "--config.loss.sigma_tn=3",
+        ],
+        "two networks split at sigma_tn 3, inverse-variance weight, half the rows ambient",
+    ),
+    "split_normalized_frac0.5_s5": (
+        "ambient",
+        [
+            "--config.model.split_sigma=-1",
+            "--config.loss.weighting=normalized",
+            "--config.loss.ambient_fraction=0.5",
+            "--config.loss.sigma_tn=5",
+        ],
+        "two networks split at sigma_tn 5, inverse-variance weight, half the rows ambient",
+    ),
+    "localcnn_normalized_frac0.5": (
+        "ambient",
+        [
+            "--config.model.split_sigma=-1",
+            "--config.model.split_low_preset=local_cnn",
+            "--config.loss.weighting=normalized",
+            "--config.loss.ambient_fraction=0.5",
+        ],
+        "MLP above sigma_tn 1.5, local CNN below; inverse-variance weight, half the rows ambient",
+    ),
+    "localcnn_ddpm": (
+        "ddpm",
+        ["--config.model.split_sigma=1.5", "--config.model.split_low_preset=local_cnn"],
+        "plain denoising with the same split network (MLP above 1.5, local CNN below)",
+    ),
+    "split_rescaled": (
+        "ambient",
+        ["--config.model.split_sigma=-1"],
+        "two networks split at sigma_tn, rescaled weight",
+    ),
+    "steps6k": (
+        "ambient",
+        ["--config.train.num_steps=6000"],
+        "rescaled 1.5, twice the steps (twice the budget)",
+    ),
 }
 
 
@@ -74,15 +153,25 @@ def run_variant(root, name, seed, fid_samples, extra):
         return
     start = time.perf_counter()
     steps = [
-        ["ambient-train", f"--config={CONFIG}:{objective}", f"--workdir={workdir}", "--config.train.log_every=500",
-         f"--config.train.seed={seed}", *([] if name == "default" else BASE), *overrides, *extra],
+        [
+            "ambient-train",
+            f"--config={CONFIG}:{objective}",
+            f"--workdir={workdir}",
+            "--config.train.log_every=500",
+            f"--config.train.seed={seed}",
+            *([] if name == "default" else BASE),
+            *overrides,
+            *extra,
+        ],
         ["ambient-sample", f"--workdir={workdir}"],
         ["ambient-eval", f"--workdir={workdir}", "--fid", f"--fid_samples={fid_samples}"],
         ["ambient-diagnose", f"--workdir={workdir}"],
     ]
     for argv in steps:
         print("$ " + " ".join(argv), flush=True)
-        subprocess.run([os.path.join(BIN, argv[0]), *argv[1:]], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [os.path.join(BIN, argv[0]), *argv[1:]], check=True, stdout=subprocess.DEVNULL
+        )
     with open(os.path.join(workdir, "eval", "time.json"), "w") as f:
         json.dump({"total_seconds": time.perf_counter() - start}, f)
 
@@ -96,7 +185,9 @@ def rows(root):
         m = json.load(open(os.path.join(root, entry, "eval", "metrics.json")))
         log = open(os.path.join(root, entry, "metrics.jsonl")).read().strip().splitlines()
         m["train_min"] = max(json.loads(line)["seconds"] for line in log) / 60
-        m["run_min"] = json.load(open(os.path.join(root, entry, "eval", "time.json")))["total_seconds"] / 60
+        m["run_min"] = (
+            json.load(open(os.path.join(root, entry, "eval", "time.json")))["total_seconds"] / 60
+        )
         name, seed = entry.rsplit("_seed", 1)
         out.append((name, int(seed), m))
     return out
@@ -108,7 +199,11 @@ COLUMNS = (
     ("extraction %", lambda m: m["extraction_rate"], ".1f"),
     ("robust extraction %", lambda m: m.get("robust_extraction_rate", float("nan")), ".1f"),
     ("pixel S>0.95 %", lambda m: m["pixel_similarity"]["S>0.95"], ".1f"),
-    ("robust S>0.95 %", lambda m: m.get("robust_pixel_similarity", {}).get("S>0.95", float("nan")), ".1f"),
+    (
+        "robust S>0.95 %",
+        lambda m: m.get("robust_pixel_similarity", {}).get("S>0.95", float("nan")),
+        ".1f",
+    ),
     ("train min", lambda m: m["train_min"], ".1f"),
     ("run min", lambda m: m["run_min"], ".1f"),
 )
@@ -118,7 +213,13 @@ def table(root, mean=False):
     import numpy as np
 
     found = rows(root)
-    head = "| variant | " + ("seeds" if mean else "seed") + " | " + " | ".join(c[0] for c in COLUMNS) + " |"
+    head = (
+        "| variant | "
+        + ("seeds" if mean else "seed")
+        + " | "
+        + " | ".join(c[0] for c in COLUMNS)
+        + " |"
+    )
     print(head)
     print("|---" * (len(COLUMNS) + 2) + "|")
     if mean:
@@ -127,18 +228,31 @@ def table(root, mean=False):
             cells = []
             for _, get, fmt in COLUMNS:
                 v = np.array([get(m) for m in ms], float)
-                cells.append(f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}" if len(v) > 1 else f"{v[0]:{fmt}}")
+                cells.append(
+                    f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}" if len(v) > 1 else f"{v[0]:{fmt}}"
+                )
             print(f"| {name} | {len(ms)} | " + " | ".join(cells) + " |")
     else:
         for name, seed, m in found:
-            print(f"| {name} | {seed} | " + " | ".join(f"{get(m):{fmt}}" for _, get, fmt in COLUMNS) + " |")
+            print(
+                f"| {name} | {seed} | "
+                + " | ".join(f"{get(m):{fmt}}" for _, get, fmt in COLUMNS)
+                + " |"
+            )
     ref = found[0][2] if found else None
     if ref and "heldout_robust_extraction_rate" in ref:
-        print(f"\nHeld-out real digits (never trained on), the reference for a model that does not copy: extraction "
-              f"{ref['heldout_extraction_rate']:.1f}%, robust extraction {ref['heldout_robust_extraction_rate']:.1f}%, "
-              f"pixel S>0.95 {ref['heldout_pixel_similarity']['S>0.95']:.1f}%, robust S>0.95 "
-              f"{ref['heldout_robust_pixel_similarity']['S>0.95']:.1f}%.")
-    print(f"\nEvery variant is configs/mnist.py with the base settings {' '.join(BASE)} and then its own overrides:\n")
+        print(
+            "\nHeld-out real digits (never trained on), the reference for a model that does not "
+            "copy: extraction "
+            f"{ref['heldout_extraction_rate']:.1f}%, robust extraction "
+            f"{ref['heldout_robust_extraction_rate']:.1f}%, "
+            f"pixel S>0.95 {ref['heldout_pixel_similarity']['S>0.95']:.1f}%, robust S>0.95 "
+            f"{ref['heldout_robust_pixel_similarity']['S>0.95']:.1f}%."
+        )
+    print(
+        f"\nEvery variant is configs/mnist.py with the base settings {' '.join(BASE)} and then "
+        "its own overrides:\n"
+    )
     for name, (_, overrides, what) in VARIANTS.items():
         if any(n == name for n, _, _ in found):
             print(f"- `{name}`: {what} ({' '.join(overrides) or 'no further overrides'})")
@@ -152,7 +266,9 @@ def main():
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--fid_samples", type=int, default=500)
     parser.add_argument("--set", action="append", default=[], help="extra override for every run")
-    parser.add_argument("--mean", action="store_true", help="table: mean ± std over seeds, a row per variant")
+    parser.add_argument(
+        "--mean", action="store_true", help="table: mean ± std over seeds, a row per variant"
+    )
     args = parser.parse_args()
     if args.command == "table":
         table(args.root, args.mean)

@@ -14,7 +14,8 @@ rest of the training split.
 One GPU host (8 GPUs, jit over a mesh of all of them) or one TPU pod slice:
 
     launch/multi_gpu.sh runs/cifar10_ambient_1k --config=configs/cifar10.py:ambient,1k
-    launch/tpu_pod.sh my-v4-32 us-central2-b gs://BUCKET/runs/cifar10_ambient_1k --config=configs/cifar10.py:ambient,1k
+    launch/tpu_pod.sh my-v4-32 us-central2-b gs://BUCKET/runs/cifar10_ambient_1k \\
+        --config=configs/cifar10.py:ambient,1k
     ambient-sample --workdir=runs/cifar10_ambient_1k          # 50,000 samples
     ambient-eval --workdir=runs/cifar10_ambient_1k --fid --fid_reference=dataset \\
         --dinov2_weights=dinov2_vitg14.pth --dinov2_heads=24
@@ -37,8 +38,16 @@ from ambient_jax.configs.paper import paper_config
 
 
 def get_config(arg="ambient,1k"):
-    c = paper_config(arg, preset="ddpmpp_cifar10", resolution=32, batch_size=512, lr=1e-3, mimg=200,  # dropout 0.13
-                     sample_steps=18, thresholds=(0.9, 0.925, 0.95))
+    c = paper_config(
+        arg,
+        preset="ddpmpp_cifar10",
+        resolution=32,
+        batch_size=512,
+        lr=1e-3,
+        mimg=200,  # dropout 0.13
+        sample_steps=18,
+        thresholds=(0.9, 0.925, 0.95),
+    )
     c.data.tfds_name = "cifar10"
     c.train.sample_every = 20_000
     c.train.keep_every = 100_000

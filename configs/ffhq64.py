@@ -10,12 +10,14 @@ is not implemented here.
 Data: FFHQ is not in the tensorflow-datasets catalog at 64x64; prepare the images once from a
 folder of FFHQ PNGs (any resolution; shorter side resized, centre crop):
 
-    ambient-prepare --folder=ffhq-images --data_dir=~/tensorflow_datasets/ffhq64 --resolution=64 --channels=3
+    ambient-prepare --folder=ffhq-images --data_dir=~/tensorflow_datasets/ffhq64 --resolution=64 \\
+        --channels=3
 
 One GPU host or one TPU pod slice:
 
     launch/multi_gpu.sh runs/ffhq64_ambient_1k --config=configs/ffhq64.py:ambient,1k
-    launch/tpu_pod.sh my-v4-32 us-central2-b gs://BUCKET/runs/ffhq64_ambient_1k --config=configs/ffhq64.py:ambient,1k
+    launch/tpu_pod.sh my-v4-32 us-central2-b gs://BUCKET/runs/ffhq64_ambient_1k \\
+        --config=configs/ffhq64.py:ambient,1k
     ambient-sample --workdir=runs/ffhq64_ambient_1k
     ambient-eval --workdir=runs/ffhq64_ambient_1k --fid --fid_reference=dataset \\
         --dinov2_weights=dinov2_vitg14.pth --dinov2_heads=24

@@ -9,13 +9,15 @@ is not implemented here). Memorization thresholds 0.9 / 0.925 / 0.95 as in the p
 
 Data: Tiny-ImageNet (tiny-imagenet-200/train, 100k JPEGs of 64x64) prepared once from its folder:
 
-    ambient-prepare --folder=tiny-imagenet-200/train --data_dir=~/tensorflow_datasets/tiny_imagenet64 --resolution=64 --channels=3
+    ambient-prepare --folder=tiny-imagenet-200/train \\
+        --data_dir=~/tensorflow_datasets/tiny_imagenet64 --resolution=64 --channels=3
 
 (or the catalog's downsampled ImageNet: --config.data.tfds_name=imagenet_resized/64x64, prepared
 with TensorFlow.) One GPU host or one TPU pod slice:
 
     launch/multi_gpu.sh runs/imagenet64_ambient_1k --config=configs/imagenet64.py:ambient,1k
-    launch/tpu_pod.sh my-v4-32 us-central2-b gs://BUCKET/runs/imagenet64_ambient_1k --config=configs/imagenet64.py:ambient,1k
+    launch/tpu_pod.sh my-v4-32 us-central2-b gs://BUCKET/runs/imagenet64_ambient_1k \\
+        --config=configs/imagenet64.py:ambient,1k
     ambient-sample --workdir=runs/imagenet64_ambient_1k
     ambient-eval --workdir=runs/imagenet64_ambient_1k --fid --fid_reference=dataset \\
         --dinov2_weights=dinov2_vitg14.pth --dinov2_heads=24

@@ -12,11 +12,14 @@ SIZES = {"300": 300, "1k": 1000, "3k": 3000}
 
 
 def paper_arg(arg, default="ambient,1k"):
-    """("ddpm" | "ambient", n_train) from a paper config's ARG "OBJECTIVE,SIZE" (SIZE 300, 1k or 3k)."""
+    """("ddpm" | "ambient", n_train) from a paper config's ARG "OBJECTIVE,SIZE" (SIZE 300, 1k or
+    3k)."""
     parts = (arg or default).split(",")
     if len(parts) != 2 or parts[0] not in ("ddpm", "ambient") or parts[1] not in SIZES:
-        raise ValueError(f"config argument {arg!r}: give OBJECTIVE,SIZE with OBJECTIVE ddpm or ambient and SIZE "
-                         f"one of {', '.join(SIZES)} (for example configs/cifar10.py:ambient,1k)")
+        raise ValueError(
+            f"config argument {arg!r}: give OBJECTIVE,SIZE with OBJECTIVE ddpm or ambient and SIZE "
+            f"one of {', '.join(SIZES)} (for example configs/cifar10.py:ambient,1k)"
+        )
     return parts[0], SIZES[parts[1]]
 
 
@@ -56,8 +59,16 @@ def paper_64x64_config(arg, tfds_data_dir, thresholds):
     """The paper's 64x64 recipe (its FFHQ-64 script), shared by ffhq64.py and imagenet64.py:
     NCSN++ (channel_mult [1, 2, 2, 2], dropout 0.05), batch 256, Adam lr 1e-4, 30 Mimg, 40 Heun
     steps, images prepared as an ambient_image_folder under `tfds_data_dir`."""
-    c = paper_config(arg, preset="ncsnpp_ffhq64", resolution=64, batch_size=256, lr=1e-4, mimg=30,
-                     sample_steps=40, thresholds=thresholds)
+    c = paper_config(
+        arg,
+        preset="ncsnpp_ffhq64",
+        resolution=64,
+        batch_size=256,
+        lr=1e-4,
+        mimg=30,
+        sample_steps=40,
+        thresholds=thresholds,
+    )
     c.data.tfds_name = "ambient_image_folder"
     c.data.tfds_data_dir = tfds_data_dir
     c.train.sample_every = 10_000

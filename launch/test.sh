@@ -12,5 +12,8 @@ fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 # torch is a test-only dependency (reference networks, weight files); the CPU build is pinned.
 "$venv/bin/python" -m pip install --quiet -e ".[test]"
+# The formatter and linter first (settings in pyproject.toml): a lint error fails like a test.
+"$venv/bin/python" -m ruff format --check --quiet .
+"$venv/bin/python" -m ruff check --quiet .
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 exec "$venv/bin/python" -m pytest tests "$@"

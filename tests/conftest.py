@@ -2,7 +2,9 @@
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -21,7 +23,8 @@ def gaussian_denoiser(mu, std):
 
 
 def empirical_denoiser(points):
-    """The exact denoiser of the empirical distribution of `points` [N, ...]: softmax-weighted mean."""
+    """The exact denoiser of the empirical distribution of `points` [N, ...]: softmax-weighted
+    mean."""
     flat = points.reshape(points.shape[0], -1)
 
     def denoise(x, sigma):

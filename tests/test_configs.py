@@ -34,7 +34,12 @@ def test_paper_configs_carry_the_paper_settings(name, objective, size, n_train):
     check_config(c)
     preset, batch, lr, mimg, steps, thresholds = PAPER[name]
     assert (c.loss.objective, c.data.n_train, c.model.preset) == (objective, n_train, preset)
-    assert (c.train.batch_size, c.optim.lr, c.sample.num_steps, tuple(c.eval.thresholds)) == (batch, lr, steps, thresholds)
+    assert (c.train.batch_size, c.optim.lr, c.sample.num_steps, tuple(c.eval.thresholds)) == (
+        batch,
+        lr,
+        steps,
+        thresholds,
+    )
     assert abs(c.train.num_steps * c.train.batch_size / 1e6 - mimg) < 0.01
     assert (c.optim.warmup_kimg, c.ema.halflife_kimg, c.ema.rampup_ratio) == (10_000, 500, 0.05)
     assert (c.loss.sigma_tn, c.loss.weighting, c.optim.weight_decay) == (0.5, "edm", 0.0)
@@ -79,8 +84,11 @@ def test_every_package_and_the_configs_are_installed():
     setup = configparser.ConfigParser()
     setup.read(os.path.join(root, "setup.cfg"))
     listed = set(setup["options"]["packages"].split())
-    found = {os.path.relpath(d, root).replace(os.sep, ".") for d, _, names in os.walk(os.path.join(root, "ambient_jax"))
-             if "__init__.py" in names}
+    found = {
+        os.path.relpath(d, root).replace(os.sep, ".")
+        for d, _, names in os.walk(os.path.join(root, "ambient_jax"))
+        if "__init__.py" in names
+    }
     assert listed == found | {"ambient_jax.configs"}
     assert "ambient_jax.configs = configs" in setup["options"]["package_dir"]
     from ambient_jax.programs.common import DEFAULT_CONFIG
@@ -99,7 +107,9 @@ def test_mnist_states_no_preset_sizes_so_presets_switch():
     assert set(c.model.overrides.to_dict().values()) == {None}
     c.model.preset = "tiny"
     check_config(c)
-    params = nets.init_params(nets.build_network(complete(c), c.data.channels), image_shape(c), jax.random.key(0))
+    params = nets.init_params(
+        nets.build_network(complete(c), c.data.channels), image_shape(c), jax.random.key(0)
+    )
     expected = nets.init_params(nets.build_model("tiny", 1), image_shape(c), jax.random.key(0))
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected)
 

@@ -38,23 +38,33 @@ def test_memorizing_denoiser_is_the_empirical_optimum_and_its_distance_is_zero(k
     sigmas = diagnose.sigma_grid(6, 0.01, 10.0)
     reference = empirical_denoiser(train)
     x, s = heldout + 0.7, jnp.full((9,), 0.7)
-    np.testing.assert_allclose(diagnose.memorizing_denoiser(train)(x, s), reference(x, s), rtol=1e-5, atol=1e-6)
-    out = diagnose.diagnose(diagnose.memorizing_denoiser(train, ref_block=5), train, heldout, sigmas, key)
+    np.testing.assert_allclose(
+        diagnose.memorizing_denoiser(train)(x, s), reference(x, s), rtol=1e-5, atol=1e-6
+    )
+    out = diagnose.diagnose(
+        diagnose.memorizing_denoiser(train, ref_block=5), train, heldout, sigmas, key
+    )
     np.testing.assert_allclose(out["dist_memorizing"], 0.0, atol=1e-10)
-    # D*_S copies: at low noise it returns training images exactly (error 0 on S) but not held-out ones
+    # D*_S copies: at low noise it returns training images exactly (error 0 on S) but not held-out
+    # ones
     assert out["err_train"][0] < 1e-6 and out["gap"][0] > 0.1
 
 
 def test_error_on_gaussian_data_matches_the_closed_form(key):
-    """x0 ~ N(mu, c^2 I), D = the Gaussian posterior mean: per-pixel error c^2 sigma^2 / (c^2 + sigma^2)."""
+    """x0 ~ N(mu, c^2 I), D = the Gaussian posterior mean: per-pixel error c^2 sigma^2 / (c^2 +
+    sigma^2)."""
     mu, c = 0.2, 0.6
     images = mu + c * jax.random.normal(key, (4000, *SHAPE))
     sigmas = np.array([0.05, 0.3, 0.6, 2.0, 20.0])
-    err, _ = diagnose.denoising_errors(gaussian_denoiser(mu, c), images, sigmas, jax.random.key(9), batch_size=1000)
+    err, _ = diagnose.denoising_errors(
+        gaussian_denoiser(mu, c), images, sigmas, jax.random.key(9), batch_size=1000
+    )
     closed = c**2 * sigmas**2 / (c**2 + sigmas**2)
     np.testing.assert_allclose(err, closed, rtol=0.03)
     # and the identity map's error is sigma^2, so a wrong formula (or wrong noise scale) shows
-    ident, _ = diagnose.denoising_errors(lambda x, s: x, images, sigmas, jax.random.key(9), batch_size=1000)
+    ident, _ = diagnose.denoising_errors(
+        lambda x, s: x, images, sigmas, jax.random.key(9), batch_size=1000
+    )
     np.testing.assert_allclose(ident, sigmas**2, rtol=0.03)
 
 
@@ -72,15 +82,20 @@ def test_noisy_copy_optimum_minimises_the_ambient_loss_over_the_copies(key):
     loss = lambda d: float(jnp.mean(losses.ambient_loss(d, target, sigma, sigma_tn, noise)))
     best_loss = loss(best)
     for i, v in enumerate(jax.random.normal(jax.random.key(4), (3, *SHAPE))):
-        assert best_loss < loss(lambda x, s, v=v: best(x, s) + 0.05 * v), f"perturbation {i} beat D*_tn"
+        assert best_loss < loss(lambda x, s, v=v: best(x, s) + 0.05 * v), (
+            f"perturbation {i} beat D*_tn"
+        )
     # its distance to itself is zero, and it is defined above sigma_tn only
-    out = diagnose.diagnose(best, x0, x0 + 0.1, np.array([0.3, 0.8, 2.0]), key, noisy_copies=copies, sigma_tn=sigma_tn)
+    out = diagnose.diagnose(
+        best, x0, x0 + 0.1, np.array([0.3, 0.8, 2.0]), key, noisy_copies=copies, sigma_tn=sigma_tn
+    )
     assert out["dist_noisy_copies"][0] is None
     np.testing.assert_allclose(out["dist_noisy_copies"][1:], 0.0, atol=1e-10)
 
 
 def test_noisy_copy_optimum_with_one_copy_by_hand():
-    """With one noisy copy y the posterior mean is y, so D*_tn = (sigma^2 y - sigma_tn^2 x) / (sigma^2 - sigma_tn^2):
+    """With one noisy copy y the posterior mean is y, so D*_tn = (sigma^2 y - sigma_tn^2 x) /
+    (sigma^2 - sigma_tn^2):
     y = 1, x = 2, sigma = 1, sigma_tn = 0.5 gives (1 - 0.5) / 0.75 = 2/3 in every pixel."""
     y = jnp.ones((1, 4, 4, 1))
     best = diagnose.noisy_copy_denoiser(y, 0.5)
@@ -102,14 +117,20 @@ def test_tracker_gap_is_heldout_minus_train_error_and_extraction_is_counted(tmp_
     from configs.mnist import get_config
 
     c = get_config("ambient")
-    c.model.overrides.width, c.model.overrides.num_blocks, c.model.overrides.emb_channels = 32, 1, 16
+    c.model.overrides.width, c.model.overrides.num_blocks, c.model.overrides.emb_channels = (
+        32,
+        1,
+        16,
+    )
     c.data.n_train, c.sample.num_steps, c.train.track_samples, c.eval.carlini_k = 16, 2, 8, 5
     c.train.track_sigmas = (0.3, 2.0)
     split = load_split(c.data)
     model = nets.build_network(c, 1)
     params = train_lib.init_state(c, model, __import__("optax").identity()).ema_params
     mesh = parallel.make_mesh(c.parallel)
-    tracker = tracking.Tracker(c, model, split.train, split.heldout, generate.make_sample_fn(c, model, mesh), mesh)
+    tracker = tracking.Tracker(
+        c, model, split.train, split.heldout, generate.make_sample_fn(c, model, mesh), mesh
+    )
     record = tracker(params, 0)
     denoise = edm_denoiser(functools.partial(model.apply, params, train=False), c.loss.sigma_data)
     for sigma in (0.3, 2.0):
@@ -117,12 +138,19 @@ def test_tracker_gap_is_heldout_minus_train_error_and_extraction_is_counted(tmp_
         for name, x0 in tracker.images.items():
             d = denoise(x0 + sigma * tracker.noise[name], jnp.full((x0.shape[0],), sigma))
             err[name] = float(jnp.mean((d - x0) ** 2))
-        np.testing.assert_allclose(record[f"track_gap_sigma{sigma:g}"], err["heldout"] - err["train"], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(
+            record[f"track_gap_sigma{sigma:g}"], err["heldout"] - err["train"], rtol=1e-4, atol=1e-7
+        )
     assert len(tracker.images["heldout"]) == min(tracking.TRACK_IMAGES, len(split.heldout))
-    assert 0.0 <= record["track_extraction"] <= 100.0 and 0.0 <= record["track_robust_extraction"] <= 100.0
+    assert (
+        0.0 <= record["track_extraction"] <= 100.0
+        and 0.0 <= record["track_robust_extraction"] <= 100.0
+    )
     # the same parameters give the same record (fixed images, noise and latents)
     again = tracker(params, 10)
-    assert {k: v for k, v in again.items() if k != "track_seconds"} == {k: v for k, v in record.items() if k != "track_seconds"}
+    assert {k: v for k, v in again.items() if k != "track_seconds"} == {
+        k: v for k, v in record.items() if k != "track_seconds"
+    }
 
 
 def test_effective_references_from_the_definition_and_its_limits(key):
@@ -137,4 +165,6 @@ def test_effective_references_from_the_definition_and_its_limits(key):
     np.testing.assert_allclose(got, 1 / (w**2).sum(1), rtol=1e-4)
     assert abs(float(got[-1]) - 23) < 0.01  # all references weigh the same at huge variance
     at_ref = diagnose.effective_references(refs[:3], refs, jnp.full((3,), 1e-3))
-    np.testing.assert_allclose(at_ref, 1.0, rtol=1e-6)  # an input on a reference at tiny variance: one
+    np.testing.assert_allclose(
+        at_ref, 1.0, rtol=1e-6
+    )  # an input on a reference at tiny variance: one

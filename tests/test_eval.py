@@ -16,7 +16,9 @@ from ambient_jax.eval import convert, features, fid, inception, memorization
 
 @pytest.fixture(scope="module")
 def inception_params(tmp_path_factory):
-    path = convert.convert_inception(out=str(tmp_path_factory.mktemp("weights") / "inception.msgpack"))
+    path = convert.convert_inception(
+        out=str(tmp_path_factory.mktemp("weights") / "inception.msgpack")
+    )
     return convert.load_inception_params(path)
 
 
@@ -29,13 +31,18 @@ def test_inception_port_matches_the_torchscript_network(inception_params, torch_
     x = np.random.RandomState(0).uniform(-1, 1, (2, 3, 299, 299)).astype(np.float32)
     with torch.no_grad():
         ref = torch_inception(torch.from_numpy(x)).numpy()
-    out = np.asarray(jax.jit(inception.InceptionV3().apply)(inception_params, jnp.asarray(x.transpose(0, 2, 3, 1))))
+    out = np.asarray(
+        jax.jit(inception.InceptionV3().apply)(
+            inception_params, jnp.asarray(x.transpose(0, 2, 3, 1))
+        )
+    )
     assert out.shape == (2, 2048)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
 def legacy_resize(images, size=299):
     """TF1 bilinear (src = j * in / out, border clamp), written independently in numpy."""
+
     def axis(x, ax):
         n = x.shape[ax]
         src = np.arange(size) * n / size
@@ -43,20 +50,30 @@ def legacy_resize(images, size=299):
         hi = np.minimum(lo + 1, n - 1)
         w = (src - lo).reshape([-1 if a == ax else 1 for a in range(x.ndim)])
         return np.take(x, lo, ax) * (1 - w) + np.take(x, hi, ax) * w
+
     return axis(axis(images.astype(np.float64), 1), 2)
 
 
-def test_fid_of_mnist_subsets_matches_torchscript_features_and_scipy(inception_params, torch_inception):
+def test_fid_of_mnist_subsets_matches_torchscript_features_and_scipy(
+    inception_params, torch_inception
+):
     images, _ = load_mnist(32)
     a, b = images[:40], images[2500:2540]
-    ours = fid.frechet_distance_of(features.inception_features(inception_params, a, "edm", batch_size=16),
-                                   features.inception_features(inception_params, b, "edm", batch_size=16))
+    ours = fid.frechet_distance_of(
+        features.inception_features(inception_params, a, "edm", batch_size=16),
+        features.inception_features(inception_params, b, "edm", batch_size=16),
+    )
 
     def torch_features(x):
         x = legacy_resize(np.repeat(x, 3, -1))
         x = ((x - 128.0) / 128.0).astype(np.float32).transpose(0, 3, 1, 2)
         with torch.no_grad():
-            return np.concatenate([torch_inception(torch.from_numpy(x[i : i + 10])).numpy() for i in range(0, len(x), 10)])
+            return np.concatenate(
+                [
+                    torch_inception(torch.from_numpy(x[i : i + 10])).numpy()
+                    for i in range(0, len(x), 10)
+                ]
+            )
 
     fa, fb = torch_features(a).astype(np.float64), torch_features(b).astype(np.float64)
     mu_a, mu_b = fa.mean(0), fb.mean(0)
@@ -82,15 +99,24 @@ def test_fid_of_a_set_with_itself_is_zero_and_the_square_root_methods_agree():
 def test_blocked_nearest_neighbours_equal_brute_force(query_block, ref_block):
     rng = np.random.RandomState(1)
     q, r = rng.randn(23, 10).astype(np.float32), rng.randn(37, 10).astype(np.float32)
-    qn, rn = q / np.linalg.norm(q, axis=1, keepdims=True), r / np.linalg.norm(r, axis=1, keepdims=True)
-    sims, idx = memorization.blocked_topk(qn, rn, k=3, metric="cosine", query_block=query_block, ref_block=ref_block)
+    qn, rn = (
+        q / np.linalg.norm(q, axis=1, keepdims=True),
+        r / np.linalg.norm(r, axis=1, keepdims=True),
+    )
+    sims, idx = memorization.blocked_topk(
+        qn, rn, k=3, metric="cosine", query_block=query_block, ref_block=ref_block
+    )
     brute = qn @ rn.T
     np.testing.assert_array_equal(idx, np.argsort(-brute, axis=1)[:, :3])
     np.testing.assert_allclose(sims, np.sort(brute, axis=1)[:, ::-1][:, :3], rtol=1e-5)
-    best, nearest = memorization.blocked_topk(qn, rn, k=1, query_block=query_block, ref_block=ref_block)  # the argmax path
+    best, nearest = memorization.blocked_topk(
+        qn, rn, k=1, query_block=query_block, ref_block=ref_block
+    )  # the argmax path
     np.testing.assert_array_equal(nearest[:, 0], np.argmax(brute, axis=1))
     np.testing.assert_allclose(best[:, 0], np.max(brute, axis=1), rtol=1e-5)
-    dist, idx = memorization.blocked_topk(q, r, k=4, metric="l2", query_block=query_block, ref_block=ref_block)
+    dist, idx = memorization.blocked_topk(
+        q, r, k=4, metric="l2", query_block=query_block, ref_block=ref_block
+    )
     brute = np.linalg.norm(q[:, None] - r[None], axis=-1)
     np.testing.assert_array_equal(idx, np.argsort(brute, axis=1)[:, :4])
     np.testing.assert_allclose(dist, np.sort(brute, axis=1)[:, :4], rtol=1e-4, atol=1e-4)
@@ -109,7 +135,9 @@ def test_bad_weight_files_are_named(tmp_path):
     assert not os.path.exists(tmp_path / "out.msgpack")
 
 
-def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cached_features(tmp_path, monkeypatch):
+def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cached_features(
+    tmp_path, monkeypatch
+):
     from safetensors.torch import save_file
     from test_training import tiny_config
     from transformers import Dinov2Config, Dinov2Model
@@ -126,12 +154,27 @@ def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cache
     samples = generate.generate(config, model, params, 8, seed=0, batch_size=8)
     np.savez(str(tmp_path / "samples.npz"), samples=samples)
     torch.manual_seed(0)
-    dino = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=518, patch_size=14))
-    save_file({k: v.contiguous() for k, v in dino.state_dict().items()}, str(tmp_path / "dino.safetensors"))
+    dino = Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=518,
+            patch_size=14,
+        )
+    )
+    save_file(
+        {k: v.contiguous() for k, v in dino.state_dict().items()},
+        str(tmp_path / "dino.safetensors"),
+    )
 
     logs = []
-    kwargs = dict(options=evaluate.EmbeddingOptions(inception_fid=True, dinov2_weights=str(tmp_path / "dino.safetensors"),
-                                                    dinov2_heads=4), log=logs.append)
+    kwargs = dict(
+        options=evaluate.EmbeddingOptions(
+            inception_fid=True, dinov2_weights=str(tmp_path / "dino.safetensors"), dinov2_heads=4
+        ),
+        log=logs.append,
+    )
     metrics = evaluate.evaluate_run(workdir, str(tmp_path / "samples.npz"), **kwargs)
     assert metrics["fid_inception_edm"] > 0 and metrics["fd_dinov2"] >= 0
     for space in ("inception", "dinov2"):
@@ -147,7 +190,10 @@ def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cache
     shutil.copytree(workdir, str(tmp_path / "run2"), ignore=shutil.ignore_patterns("eval"))
     logs.clear()
     other = evaluate.evaluate_run(str(tmp_path / "run2"), str(tmp_path / "samples.npz"), **kwargs)
-    assert [line.split()[1] for line in logs if line.startswith("extracting")] == ["inception_edm_samples", "dinov2_paper_samples"]
+    assert [line.split()[1] for line in logs if line.startswith("extracting")] == [
+        "inception_edm_samples",
+        "dinov2_paper_samples",
+    ]
     assert other["fid_inception_edm"] == metrics["fid_inception_edm"]
 
     # FID against the whole data source: statistics computed once, then read from the cache.
@@ -157,10 +203,14 @@ def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cache
     write_pngs(str(folder), 20)
     data = tiny_config().data
     data.source, data.path, data.channels = "folder", str(folder), 3
-    extract = lambda x, progress=None: features.inception_features(convert.load_inception_params(), x, "edm", batch_size=16)
+    extract = lambda x, progress=None: features.inception_features(
+        convert.load_inception_params(), x, "edm", batch_size=16
+    )
     mu, sigma, count = evaluate.dataset_reference_statistics(data, "edm", extract, log=logs.append)
     assert count == 20 and mu.shape == (2048,) and sigma.shape == (2048, 2048)
-    cached = evaluate.dataset_reference_statistics(data, "edm", lambda x, progress=None: 1 / 0, log=logs.append)
+    cached = evaluate.dataset_reference_statistics(
+        data, "edm", lambda x, progress=None: 1 / 0, log=logs.append
+    )
     np.testing.assert_array_equal(cached[1], sigma)
     assert "fid_inception_edm" in open(f"{workdir}/eval/report.md").read()
 
@@ -187,18 +237,35 @@ def test_noisy_copies_of_training_digits_are_copies_in_the_robust_view_and_reals
     for std, raw_at_most, robust_at_least in ((0.3, 0.05, 0.85), (0.25, 0.6, 0.95)):
         noisy = np.clip(train + std * rng.randn(*train.shape).astype(np.float32), -1, 1)
         raw_rate = memorization.extraction_report(flat(noisy), flat(train), 50)[0].mean()
-        robust_rate = memorization.extraction_report(flat(robust(noisy)), flat(robust(train)), 50)[0].mean()
-        assert raw_rate <= raw_at_most < robust_at_least <= robust_rate, (std, raw_rate, robust_rate)
-        _, _, sim = memorization.similarity_report(memorization.pixel_embedding(robust(noisy)),
-                                                   memorization.pixel_embedding(robust(train)), (0.95,))
+        robust_rate = memorization.extraction_report(flat(robust(noisy)), flat(robust(train)), 50)[
+            0
+        ].mean()
+        assert raw_rate <= raw_at_most < robust_at_least <= robust_rate, (
+            std,
+            raw_rate,
+            robust_rate,
+        )
+        _, _, sim = memorization.similarity_report(
+            memorization.pixel_embedding(robust(noisy)),
+            memorization.pixel_embedding(robust(train)),
+            (0.95,),
+        )
         assert sim["S>0.95"] > 60
-    # Reals never trained on: no more extracted or similar in the robust view than in pixels (+1 point)
+    # Reals never trained on: no more extracted or similar in the robust view than in pixels (+1
+    # point)
     raw_rate = memorization.extraction_report(flat(heldout), flat(train), 50)[0].mean()
-    robust_rate = memorization.extraction_report(flat(robust(heldout)), flat(robust(train)), 50)[0].mean()
+    robust_rate = memorization.extraction_report(flat(robust(heldout)), flat(robust(train)), 50)[
+        0
+    ].mean()
     assert robust_rate <= raw_rate + 0.01 and robust_rate < 0.03
-    raw_sim = memorization.similarity_report(memorization.pixel_embedding(heldout), memorization.pixel_embedding(train), (0.95,))[2]
-    robust_sim = memorization.similarity_report(memorization.pixel_embedding(robust(heldout)),
-                                                memorization.pixel_embedding(robust(train)), (0.95,))[2]
+    raw_sim = memorization.similarity_report(
+        memorization.pixel_embedding(heldout), memorization.pixel_embedding(train), (0.95,)
+    )[2]
+    robust_sim = memorization.similarity_report(
+        memorization.pixel_embedding(robust(heldout)),
+        memorization.pixel_embedding(robust(train)),
+        (0.95,),
+    )[2]
     assert robust_sim["S>0.95"] <= raw_sim["S>0.95"] + 1.0
 
 
@@ -209,8 +276,11 @@ def test_robust_view_is_the_blur_then_soft_threshold_of_its_definition():
     np.testing.assert_allclose(memorization.robust_view(const, 0.5), np.tanh(0.6), rtol=1e-6)
     impulse = np.zeros((1, 16, 16, 1), np.float32)
     impulse[0, 8, 8, 0] = 1.0
-    out = np.arctanh(memorization.robust_view(impulse, memorization.robust_sigma(16))[0, :, :, 0]) / 3.0
-    g = np.exp(-np.arange(-4, 5) ** 2 / (2 * 0.5**2))
+    out = (
+        np.arctanh(memorization.robust_view(impulse, memorization.robust_sigma(16))[0, :, :, 0])
+        / 3.0
+    )
+    g = np.exp(-(np.arange(-4, 5) ** 2) / (2 * 0.5**2))
     g /= g.sum()
     np.testing.assert_allclose(out[4:13, 4:13], np.outer(g, g), atol=1e-5)
     assert memorization.robust_sigma(32) == 1.0
@@ -219,9 +289,26 @@ def test_robust_view_is_the_blur_then_soft_threshold_of_its_definition():
 def test_compare_columns_are_labelled_by_run_dir():
     from ambient_jax.eval import evaluate
 
-    base = {"sigma_tn": 1.5, "objective": "ambient", "fd_pixel": 1.0, "median_l2_to_heldout": 1.0, "extraction_rate": 0.0,
-            "median_l2_to_train": 1.0, "pixel_similarity": {"S>0.9": 1.0}, "heldout_pixel_similarity": {"S>0.9": 1.0},
-            "num_samples": 10, "num_train": 5}
-    runs = [dict(base, workdir="/runs/sweep/a"), dict(base, workdir="/runs/sweep/b"), dict(base, workdir="/q/ddpm", sigma_tn=0.0)]
+    base = {
+        "sigma_tn": 1.5,
+        "objective": "ambient",
+        "fd_pixel": 1.0,
+        "median_l2_to_heldout": 1.0,
+        "extraction_rate": 0.0,
+        "median_l2_to_train": 1.0,
+        "pixel_similarity": {"S>0.9": 1.0},
+        "heldout_pixel_similarity": {"S>0.9": 1.0},
+        "num_samples": 10,
+        "num_train": 5,
+    }
+    runs = [
+        dict(base, workdir="/runs/sweep/a"),
+        dict(base, workdir="/runs/sweep/b"),
+        dict(base, workdir="/q/ddpm", sigma_tn=0.0),
+    ]
     header = evaluate.markdown_table(runs).splitlines()[0]
-    assert "a (ambient s_tn=1.5)" in header and "b (ambient s_tn=1.5)" in header and "| ddpm |" in header
+    assert (
+        "a (ambient s_tn=1.5)" in header
+        and "b (ambient s_tn=1.5)" in header
+        and "| ddpm |" in header
+    )

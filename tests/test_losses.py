@@ -1,6 +1,5 @@
 """The objectives: closed-form optima, exact reductions and the VE/VP change of variables."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +23,9 @@ def test_ambient_loss_learns_clean_denoiser_from_noisy_data_only():
     def bucket_loss(params, sigma, key):
         denoise = lambda x, s: params["a"] * x + params["b"]
         s = jnp.full((n,), sigma)
-        return jnp.mean(losses.ambient_loss(denoise, x_tn, s, sigma_tn, jax.random.normal(key, x_tn.shape)))
+        return jnp.mean(
+            losses.ambient_loss(denoise, x_tn, s, sigma_tn, jax.random.normal(key, x_tn.shape))
+        )
 
     def total_loss(params, key):
         keys = jax.random.split(key, len(sigmas))
@@ -48,11 +49,14 @@ def test_ambient_loss_learns_clean_denoiser_from_noisy_data_only():
     naive_a = (std**2 + sigma_tn**2) / (std**2 + sigmas**2)  # E[x_tn | x_sigma] slope
     np.testing.assert_allclose(params["a"], true_a, atol=0.015)
     np.testing.assert_allclose(params["b"], true_b, atol=0.015)
-    assert np.all(np.abs(params["a"] - naive_a) > 0.045), "fit the noisy target, not the clean denoiser"
+    assert np.all(np.abs(params["a"] - naive_a) > 0.045), (
+        "fit the noisy target, not the clean denoiser"
+    )
 
 
 def test_empirical_optimum_has_lower_loss_than_perturbations(key):
-    """For a finite training set the softmax-weighted mean is the exact minimiser of denoising_loss."""
+    """For a finite training set the softmax-weighted mean is the exact minimiser of
+    denoising_loss."""
     points = jax.random.normal(key, (8, *IMAGE))
     best = empirical_denoiser(points)
     b = 32768
@@ -74,10 +78,14 @@ def test_sampling_the_empirical_optimum_replays_training_points(key):
     from ambient_jax.sampling import edm_sampler
 
     points = jax.random.normal(key, (8, *IMAGE))
-    samples = jax.jit(lambda z: edm_sampler(empirical_denoiser(points), z))(jax.random.normal(jax.random.key(4), (64, *IMAGE)))
+    samples = jax.jit(lambda z: edm_sampler(empirical_denoiser(points), z))(
+        jax.random.normal(jax.random.key(4), (64, *IMAGE))
+    )
     dist = jnp.sqrt(jnp.sum((samples.reshape(64, 1, -1) - points.reshape(1, 8, -1)) ** 2, -1))
     assert float(jnp.max(jnp.min(dist, axis=1))) < 1e-4
-    assert len(set(np.asarray(jnp.argmin(dist, axis=1)).tolist())) >= 4, "samples should hit several points"
+    assert len(set(np.asarray(jnp.argmin(dist, axis=1)).tolist())) >= 4, (
+        "samples should hit several points"
+    )
 
 
 def test_ve_and_vp_ambient_losses_agree_after_change_of_variables(key):
@@ -113,11 +121,14 @@ def test_sigma_tn_zero_is_exactly_the_denoising_objective(key):
     sigma = jnp.exp(jnp.linspace(-3, 3, b))
     noise = jax.random.normal(jax.random.key(7), x0.shape)
     np.testing.assert_array_equal(
-        losses.ambient_loss(denoise, x0, sigma, 0.0, noise), losses.denoising_loss(denoise, x0, sigma, noise)
+        losses.ambient_loss(denoise, x0, sigma, 0.0, noise),
+        losses.denoising_loss(denoise, x0, sigma, noise),
     )
     for rule in losses.BRANCH_RULES:
         ddpm = losses.make_objective("ddpm", branch_rule=rule)
-        ambient0 = losses.make_objective("ambient", sigma_tn=0.0, branch_rule=rule, noise_key=jax.random.key(8))
+        ambient0 = losses.make_objective(
+            "ambient", sigma_tn=0.0, branch_rule=rule, noise_key=jax.random.key(8)
+        )
         loss_ddpm, aux_ddpm = ddpm(denoise, x0, index, keys)
         loss_amb, aux_amb = ambient0(denoise, x0, index, keys)
         np.testing.assert_array_equal(loss_ddpm, loss_amb)
@@ -153,12 +164,16 @@ def test_lecture_rule_splits_time_at_t_n(key):
     b, sigma_tn = 512, 1.0
     x0 = jax.random.normal(key, (b, *IMAGE))
     keys = jax.random.split(jax.random.key(12), b)
-    objective = losses.make_objective("ambient", sigma_tn=sigma_tn, branch_rule="lecture", noise_key=jax.random.key(13))
+    objective = losses.make_objective(
+        "ambient", sigma_tn=sigma_tn, branch_rule="lecture", noise_key=jax.random.key(13)
+    )
     loss, aux = objective(nonlinear_denoiser(jax.random.key(14), IMAGE), x0, jnp.arange(b), keys)
     amb = np.asarray(aux["is_ambient"])
     sigma = np.asarray(aux["sigma"])
     assert 0.4 < amb.mean() < 0.6  # drawn uniformly from S u S_tn
-    assert np.all(sigma[amb] >= sigma_tn * (1 - 1e-5)) and np.all(sigma[~amb] <= sigma_tn * (1 + 1e-5))
+    assert np.all(sigma[amb] >= sigma_tn * (1 - 1e-5)) and np.all(
+        sigma[~amb] <= sigma_tn * (1 + 1e-5)
+    )
     assert np.all(np.isfinite(loss))
 
 
@@ -170,27 +185,40 @@ def test_rescaled_weighting_multiplies_the_ambient_branch(key):
     denoise = nonlinear_denoiser(jax.random.key(16), IMAGE)
     plain = losses.ambient_loss(denoise, x, sigma, sigma_tn, noise)
     rescaled = losses.ambient_loss(denoise, x, sigma, sigma_tn, noise, weighting="rescaled")
-    np.testing.assert_allclose(rescaled, plain * sigma**4 / (sigma**2 - sigma_tn**2) ** 2, rtol=1e-5)
+    np.testing.assert_allclose(
+        rescaled, plain * sigma**4 / (sigma**2 - sigma_tn**2) ** 2, rtol=1e-5
+    )
 
 
 def test_fixed_noise_is_a_pure_function_of_image_index():
     noise_key = jax.random.key(17)
     index = jnp.arange(16)
     first = losses.fixed_noise(noise_key, index, IMAGE)
-    again = losses.fixed_noise(noise_key, index[::-1], IMAGE)[::-1]  # another "epoch" in another order
+    again = losses.fixed_noise(noise_key, index[::-1], IMAGE)[
+        ::-1
+    ]  # another "epoch" in another order
     np.testing.assert_array_equal(first, again)
-    one_by_one = jnp.concatenate([losses.fixed_noise(noise_key, index[i : i + 1], IMAGE) for i in range(16)])
+    one_by_one = jnp.concatenate(
+        [losses.fixed_noise(noise_key, index[i : i + 1], IMAGE) for i in range(16)]
+    )
     np.testing.assert_array_equal(first, one_by_one)
     flat = np.asarray(first).reshape(16, -1)
-    assert np.max(np.abs(np.corrcoef(flat))[~np.eye(16, dtype=bool)]) < 0.9, "images must get different noise"
+    assert np.max(np.abs(np.corrcoef(flat))[~np.eye(16, dtype=bool)]) < 0.9, (
+        "images must get different noise"
+    )
     assert len({row.tobytes() for row in flat}) == 16
 
     # The same numbers on 8 devices (pmap over 2 images each) and under a sharded jit.
     per_device = jax.pmap(lambda i: losses.fixed_noise(noise_key, i, IMAGE))(index.reshape(8, 2))
     np.testing.assert_array_equal(first, np.asarray(per_device).reshape(first.shape))
     mesh = jax.make_mesh((8,), ("data",))
-    sharded = jax.device_put(index, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-    np.testing.assert_array_equal(first, jax.jit(lambda i: losses.fixed_noise(noise_key, i, IMAGE))(sharded))
+    sharded = jax.device_put(
+        index, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    )
+    np.testing.assert_array_equal(
+        first, jax.jit(lambda i: losses.fixed_noise(noise_key, i, IMAGE))(sharded)
+    )
+
 
 def test_capped_rescale_is_the_edm_loss_times_the_capped_factor(key):
     b, sigma_tn, cap = 16, 0.5, 4.0
@@ -198,16 +226,25 @@ def test_capped_rescale_is_the_edm_loss_times_the_capped_factor(key):
     noise = jax.random.normal(jax.random.key(15), x.shape)
     sigma = jnp.linspace(0.51, 5.0, b)
     denoise = nonlinear_denoiser(jax.random.key(16), IMAGE)
-    # by hand: lambda(sigma) ||a D(x_tn + g n) + (sigma_tn^2 / sigma^2) x_s - x_tn||^2 times min(sigma^4 / g^4, cap)
-    xs, s, g2 = np.asarray(x, np.float64), np.asarray(sigma, np.float64), np.asarray(sigma**2 - sigma_tn**2, np.float64)
+    # by hand: lambda(sigma) ||a D(x_tn + g n) + (sigma_tn^2 / sigma^2) x_s - x_tn||^2 times
+    # min(sigma^4 / g^4, cap)
+    xs, s, g2 = (
+        np.asarray(x, np.float64),
+        np.asarray(sigma, np.float64),
+        np.asarray(sigma**2 - sigma_tn**2, np.float64),
+    )
     x_s = xs + np.sqrt(g2)[:, None, None, None] * np.asarray(noise, np.float64)
     d = np.asarray(denoise(jnp.asarray(x_s, jnp.float32), sigma), np.float64)
     pred = (g2 / s**2)[:, None, None, None] * d + (sigma_tn**2 / s**2)[:, None, None, None] * x_s
     lam = (s**2 + 0.25) / (s * 0.5) ** 2
     expected = lam * ((pred - xs) ** 2).sum(axis=(1, 2, 3)) * np.minimum(s**4 / g2**2, cap)
-    capped = losses.ambient_loss(denoise, x, sigma, sigma_tn, noise, weighting="rescaled", rescale_cap=cap)
+    capped = losses.ambient_loss(
+        denoise, x, sigma, sigma_tn, noise, weighting="rescaled", rescale_cap=cap
+    )
     np.testing.assert_allclose(capped, expected, rtol=2e-4)
-    assert np.any(s**4 / g2**2 > cap) and np.any(s**4 / g2**2 < cap)  # both sides of the cap are exercised
+    assert np.any(s**4 / g2**2 > cap) and np.any(
+        s**4 / g2**2 < cap
+    )  # both sides of the cap are exercised
 
 
 def test_normalized_weighting_is_the_inverse_target_variance_times_the_rescaled_loss(key):
@@ -219,14 +256,28 @@ def test_normalized_weighting_is_the_inverse_target_variance_times_the_rescaled_
     rescaled = losses.ambient_loss(denoise, x, sigma, sigma_tn, noise, weighting="rescaled")
     normalized = losses.ambient_loss(denoise, x, sigma, sigma_tn, noise, weighting="normalized")
     s = np.asarray(sigma, np.float64)
-    v = sigma_tn**2 + sigma_tn**4 / (s**2 - sigma_tn**2)  # per-pixel variance of the target around x0
-    np.testing.assert_allclose(normalized, np.asarray(rescaled, np.float64) * sd**2 / (sd**2 + v), rtol=1e-4)
+    v = sigma_tn**2 + sigma_tn**4 / (
+        s**2 - sigma_tn**2
+    )  # per-pixel variance of the target around x0
+    np.testing.assert_allclose(
+        normalized, np.asarray(rescaled, np.float64) * sd**2 / (sd**2 + v), rtol=1e-4
+    )
     # a row exactly at sigma_tn, or within float rounding of it, gives a finite loss and gradient
     for at in (sigma_tn, sigma_tn * (1 + 1e-7), sigma_tn * (1 + 1e-4)):
         s_at = jnp.full((b,), at, jnp.float32)
         for weighting in ("rescaled", "normalized"):
-            value, grad = jax.value_and_grad(lambda z: jnp.sum(losses.ambient_loss(
-                lambda x, s: denoise(x, s) * z, x, s_at, sigma_tn, noise, weighting=weighting)))(1.0)
+            value, grad = jax.value_and_grad(
+                lambda z: jnp.sum(
+                    losses.ambient_loss(
+                        lambda x, s: denoise(x, s) * z,
+                        x,
+                        s_at,
+                        sigma_tn,
+                        noise,
+                        weighting=weighting,
+                    )
+                )
+            )(1.0)
             assert np.isfinite(value) and np.isfinite(grad), (at, weighting)
     # clean rows (sigma_tn = 0) are untouched
     clean = losses.ambient_loss(denoise, x, sigma, 0.0, noise, weighting="normalized")
@@ -237,21 +288,28 @@ def test_ambient_fraction_rebalances_branches_and_keeps_the_truncated_log_normal
     from scipy import stats
 
     b, sigma_tn, f = 20000, 1.5, 0.3  # not 0.5: a coin with p = 1/2 must not pass for the fraction
-    objective = losses.make_objective("ambient", sigma_tn=sigma_tn, noise_key=jax.random.key(1), ambient_fraction=f)
+    objective = losses.make_objective(
+        "ambient", sigma_tn=sigma_tn, noise_key=jax.random.key(1), ambient_fraction=f
+    )
     x0 = jnp.zeros((b, *IMAGE))
     _, aux = objective(lambda x, s: x, x0, jnp.arange(b), jax.random.split(jax.random.key(2), b))
     amb, log_sigma = np.asarray(aux["is_ambient"]), np.log(np.asarray(aux["sigma"]))
     assert abs(amb.mean() - f) < 0.015
     assert np.all(log_sigma[amb] >= np.log(sigma_tn)) and np.all(log_sigma[~amb] < np.log(sigma_tn))
-    # each branch follows N(-1.2, 1.2^2) truncated at ln sigma_tn (Kolmogorov-Smirnov against the definition)
+    # each branch follows N(-1.2, 1.2^2) truncated at ln sigma_tn (Kolmogorov-Smirnov against the
+    # definition)
     a = (np.log(sigma_tn) + 1.2) / 1.2
     assert stats.kstest((log_sigma[amb] + 1.2) / 1.2, stats.truncnorm(a, np.inf).cdf).pvalue > 0.01
-    assert stats.kstest((log_sigma[~amb] + 1.2) / 1.2, stats.truncnorm(-np.inf, a).cdf).pvalue > 0.01
+    assert (
+        stats.kstest((log_sigma[~amb] + 1.2) / 1.2, stats.truncnorm(-np.inf, a).cdf).pvalue > 0.01
+    )
     # extreme draws stay finite and on their side of the boundary (1 - q rounds to 0 in float32)
     normal = jnp.array([-40.0, -8.0, -5.5, 0.0, 5.5, 8.0, 40.0])
     for above in (True, False):
         s = losses._truncated_log_normal(normal, jnp.full(normal.shape, above), sigma_tn, -1.2, 1.2)
-        assert np.all(np.isfinite(s)) and (np.all(s > sigma_tn) if above else np.all(s < sigma_tn)), (above, s)
+        assert np.all(np.isfinite(s)) and (
+            np.all(s > sigma_tn) if above else np.all(s < sigma_tn)
+        ), (above, s)
 
 
 def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(key):
@@ -261,8 +319,9 @@ def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(
     keys = jax.random.split(jax.random.key(9), b)
     noise_key = jax.random.key(10)
     denoise = nonlinear_denoiser(jax.random.key(11), IMAGE)
-    objective = losses.make_objective("ambient", sigma_tn=sigma_tn, noise_key=noise_key, sigma_switch=switch,
-                                      weighting="rescaled")
+    objective = losses.make_objective(
+        "ambient", sigma_tn=sigma_tn, noise_key=noise_key, sigma_switch=switch, weighting="rescaled"
+    )
     loss, aux = objective(denoise, x0, index, keys)
     sigma = aux["sigma"]
     np.testing.assert_array_equal(aux["is_ambient"], sigma >= switch)
@@ -271,7 +330,9 @@ def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(
     x_tn = losses.noisy_copy(x0, index, sigma_tn, noise_key)
     expected = jnp.where(
         sigma >= switch,
-        losses.ambient_loss(denoise, x_tn, jnp.maximum(sigma, sigma_tn), sigma_tn, noise, weighting="rescaled"),
+        losses.ambient_loss(
+            denoise, x_tn, jnp.maximum(sigma, sigma_tn), sigma_tn, noise, weighting="rescaled"
+        ),
         losses.denoising_loss(denoise, x0, sigma, noise),
     )
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
@@ -287,8 +348,14 @@ def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(
         (dict(sigma_tn=0.5), "noise_key"),
         (dict(sigma_tn=0.5, noise_key=jax.random.key(0), sigma_switch=0.4), "loss.sigma_switch"),
         (dict(sigma_tn=0.5, noise_key=jax.random.key(0), rescale_cap=-1.0), "loss.rescale_cap"),
-        (dict(sigma_tn=0.5, noise_key=jax.random.key(0), ambient_fraction=1.0), "loss.ambient_fraction"),
-        (dict(sigma_tn=0.5, noise_key=jax.random.key(0), branch_rule="lecture", rescale_cap=4.0), "branch_rule=paper"),
+        (
+            dict(sigma_tn=0.5, noise_key=jax.random.key(0), ambient_fraction=1.0),
+            "loss.ambient_fraction",
+        ),
+        (
+            dict(sigma_tn=0.5, noise_key=jax.random.key(0), branch_rule="lecture", rescale_cap=4.0),
+            "branch_rule=paper",
+        ),
     ],
 )
 def test_bad_objective_settings_are_named(kwargs, message):

@@ -25,7 +25,9 @@ def test_denoising_loss_is_the_edm_weight_times_the_squared_error_by_hand(key):
     s = np.asarray(sigma, np.float64)
     d = np.asarray(denoise(x0 + sigma[:, None, None, None] * noise, sigma), np.float64)
     lam = (s**2 + 0.25) / (s * 0.5) ** 2
-    np.testing.assert_allclose(got, lam * ((d - np.asarray(x0, np.float64)) ** 2).sum(axis=(1, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(
+        got, lam * ((d - np.asarray(x0, np.float64)) ** 2).sum(axis=(1, 2, 3)), rtol=1e-5
+    )
 
 
 def test_training_noise_levels_are_log_normal_with_the_configured_mean_and_spread():
@@ -69,9 +71,13 @@ def test_ema_decay_is_edms_formula_before_and_after_the_rampup_cap():
     ema = ml_collections.ConfigDict({"halflife_kimg": 50.0, "rampup_ratio": 0.05})
     batch = 128
     early = 9  # images seen 10 * 128 = 1280, ramp-up half-life 64 images < 50,000
-    np.testing.assert_allclose(train.ema_beta(early, batch, ema), 0.5 ** (batch / (0.05 * 10 * batch)), rtol=1e-6)
+    np.testing.assert_allclose(
+        train.ema_beta(early, batch, ema), 0.5 ** (batch / (0.05 * 10 * batch)), rtol=1e-6
+    )
     late = 10_000  # ramp-up 0.05 * 10001 * 128 = 64,006 images > 50,000: the half-life is capped
-    np.testing.assert_allclose(train.ema_beta(late, batch, ema), 0.5 ** (batch / 50_000.0), rtol=1e-6)
+    np.testing.assert_allclose(
+        train.ema_beta(late, batch, ema), 0.5 ** (batch / 50_000.0), rtol=1e-6
+    )
 
 
 def test_learning_rate_warms_up_linearly_over_images_seen_after_the_step():
@@ -114,24 +120,35 @@ def one_step():
     model = nets.build_network(c, 1)
     optimizer, schedule = train.make_optimizer(c.optim, c.train.batch_size)
     body = train.make_step_body(c, model, optimizer, schedule)
-    images = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32))
+    images = jnp.asarray(
+        np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
+    )
     state = train.init_state(c, model, optimizer)
-    new_state, metrics = jax.jit(lambda st, im: body(st, *train.gather_batch(train.step_root_key(c), st.step, im, c.train.batch_size)))(state, images)
+    new_state, metrics = jax.jit(
+        lambda st, im: body(
+            st, *train.gather_batch(train.step_root_key(c), st.step, im, c.train.batch_size)
+        )
+    )(state, images)
     return c, model, optimizer, state, new_state, jax.device_get(metrics), images
 
 
 def test_logged_loss_is_the_batch_mean_and_each_branch_the_mean_over_its_rows(one_step):
     c, model, _, state, _, m, images = one_step
     assert 0 < m["frac_ambient"] < 1, "rows must get their own keys: both branches appear"
-    np.testing.assert_allclose(m["loss"], m["frac_ambient"] * m["loss_ambient"] + (1 - m["frac_ambient"]) * m["loss_clean"],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        m["loss"],
+        m["frac_ambient"] * m["loss_ambient"] + (1 - m["frac_ambient"]) * m["loss_clean"],
+        rtol=1e-5,
+    )
     # the mean of the per-row losses, recomputed from the step's own draws
     step_root = train.step_root_key(c)
     step_key = jax.random.fold_in(step_root, 0)
     k_rows, k_dropout = jax.random.fold_in(step_key, 1), jax.random.fold_in(step_key, 2)
     index = train.batch_indices(step_root, 0, c.train.batch_size, 16)
     row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(jnp.arange(c.train.batch_size))
-    objective = losses.make_objective("ambient", sigma_tn=0.3, weighting=c.loss.weighting, noise_key=train.noise_tn_key(c))
+    objective = losses.make_objective(
+        "ambient", sigma_tn=0.3, weighting=c.loss.weighting, noise_key=train.noise_tn_key(c)
+    )
     raw = lambda x, cn: model.apply(state.params, x, cn, train=True, rngs={"dropout": k_dropout})
     from ambient_jax.precond import edm_denoiser
 
@@ -142,12 +159,22 @@ def test_logged_loss_is_the_batch_mean_and_each_branch_the_mean_over_its_rows(on
 def test_one_step_applies_adam_and_the_ema_by_their_formulas(one_step):
     c, model, optimizer, state, new_state, m, images = one_step
     beta = float(train.ema_beta(0, c.train.batch_size, c.ema))
-    expected_ema = jax.tree_util.tree_map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, new_state.params)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8), new_state.ema_params,
-                           expected_ema)
-    # Adam's first step moves every parameter by lr * g / (|g| + eps) = lr * sign(g) (bias-corrected)
+    expected_ema = jax.tree_util.tree_map(
+        lambda e, p: beta * e + (1 - beta) * p, state.ema_params, new_state.params
+    )
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8),
+        new_state.ema_params,
+        expected_ema,
+    )
+    # Adam's first step moves every parameter by lr * g / (|g| + eps) = lr * sign(g)
+    # (bias-corrected)
     lr = float(train.learning_rate_schedule(c.optim, c.train.batch_size)(0))
-    moved = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: np.abs(np.asarray(a - b)), new_state.params, state.params))
+    moved = jax.tree_util.tree_leaves(
+        jax.tree_util.tree_map(
+            lambda a, b: np.abs(np.asarray(a - b)), new_state.params, state.params
+        )
+    )
     big = np.concatenate([x.ravel() for x in moved])
     assert np.median(big) == pytest.approx(lr, rel=1e-2)  # float32 rounding of a - b
     del optimizer, model, m, images
@@ -177,7 +204,9 @@ def test_carlini_extraction_is_one_third_of_the_mean_over_k_nearest():
     queries = np.stack([d * u for d in np.linspace(0.05, 1.2, 40)]).astype(np.float32)
     extracted, _, _ = memorization.extraction_report(queries, refs, k=50)
     np.testing.assert_array_equal(extracted, _extracted_by_hand(queries, refs, 50))
-    assert np.any(_extracted_by_hand(queries, refs, 50) != _extracted_by_hand(queries, refs, 25)), "k must matter here"
+    assert np.any(_extracted_by_hand(queries, refs, 50) != _extracted_by_hand(queries, refs, 25)), (
+        "k must matter here"
+    )
     # a near-copy whose ratio lies between 1/3 and 1/2 is not extracted
     d = np.sqrt(((queries[:, None] - refs[None]) ** 2).sum(-1))
     d.sort(axis=1)
@@ -190,7 +219,9 @@ def test_carlini_extraction_is_one_third_of_the_mean_over_k_nearest():
 def test_similarity_share_counts_scores_strictly_above_tau():
     train_emb = np.eye(3, dtype=np.float32)
     angles = np.arccos([0.905, 0.895, 0.5, 0.99])
-    samples = np.stack([np.cos(a) * train_emb[0] + np.sin(a) * train_emb[1] for a in angles]).astype(np.float32)
+    samples = np.stack(
+        [np.cos(a) * train_emb[0] + np.sin(a) * train_emb[1] for a in angles]
+    ).astype(np.float32)
     _, _, summary = memorization.similarity_report(samples, train_emb, (0.9, 0.95))
     assert summary["S>0.9"] == pytest.approx(50.0) and summary["S>0.95"] == pytest.approx(25.0)
 
@@ -219,7 +250,9 @@ def test_inception_edm_preprocessing_by_hand():
         li, hi, fi = axis_weights(i)
         lj, hj, fj = axis_weights(j)
         c = img[0, :, :, 0]
-        v = (c[li, lj] * (1 - fj) + c[li, hj] * fj) * (1 - fi) + (c[hi, lj] * (1 - fj) + c[hi, hj] * fj) * fi
+        v = (c[li, lj] * (1 - fj) + c[li, hj] * fj) * (1 - fi) + (
+            c[hi, lj] * (1 - fj) + c[hi, hj] * fj
+        ) * fi
         np.testing.assert_allclose(out[0, i, j, 0], (v - 128) / 128, rtol=1e-5, atol=1e-6)
 
 
@@ -253,14 +286,19 @@ def test_sampled_grid_uses_the_configured_sampler_settings():
 
 
 def test_every_mutant_of_the_harness_still_applies_to_one_place_and_names_real_tests():
-    """A refactor that moves a formula must move its mutant too, or the harness silently tests nothing."""
+    """A refactor that moves a formula must move its mutant too, or the harness silently tests
+    nothing."""
     import os
     import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    listed = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "mutation.py"), "--list"],
-                            capture_output=True, text=True, cwd=root)
+    listed = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "mutation.py"), "--list"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
     assert listed.returncode == 0, listed.stderr
     rows = [line.split() for line in listed.stdout.splitlines()]
     assert len(rows) >= 40

@@ -9,13 +9,19 @@ from ambient_jax.nets import build_model
 
 
 def param_count(model, shape):
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros(shape[:1])))
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros(shape[:1]))
+    )
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(shapes))
 
 
 @pytest.mark.parametrize(
     "preset, shape, expected",
-    [("ddpmpp_cifar10", (1, 32, 32, 3), 55.7e6), ("ncsnpp_cifar10", (1, 32, 32, 3), 56.4e6), ("ncsnpp_ffhq64", (1, 64, 64, 3), 62.8e6)],
+    [
+        ("ddpmpp_cifar10", (1, 32, 32, 3), 55.7e6),
+        ("ncsnpp_cifar10", (1, 32, 32, 3), 56.4e6),
+        ("ncsnpp_ffhq64", (1, 64, 64, 3), 62.8e6),
+    ],
 )
 def test_preset_parameter_counts_match_edm(preset, shape, expected):
     count = param_count(build_model(preset, shape[-1]), shape)
@@ -24,13 +30,17 @@ def test_preset_parameter_counts_match_edm(preset, shape, expected):
 
 @pytest.mark.parametrize("preset, dropout", [("tiny", 0.2), ("mlp_small", 0.2)])
 def test_networks_keep_shape_are_deterministic_and_drop_out_only_in_training(preset, dropout):
-    model = build_model(preset, 1, dropout=dropout, **({"width": 64} if preset == "mlp_small" else {}))
+    model = build_model(
+        preset, 1, dropout=dropout, **({"width": 64} if preset == "mlp_small" else {})
+    )
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 1))
     c_noise = jnp.array([-1.0, 0.5])
     init = jax.jit(model.init)
     params = init(jax.random.key(1), x, c_noise)
     again = init(jax.random.key(1), x, c_noise)
-    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), params, again))
+    assert jax.tree_util.tree_all(
+        jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), params, again)
+    )
     # Perturb the near-zero output layers so that the output depends on the whole network.
     params = jax.jit(jax.tree_util.tree_map, static_argnums=0)(
         lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape), params
@@ -39,7 +49,9 @@ def test_networks_keep_shape_are_deterministic_and_drop_out_only_in_training(pre
     out = apply(params, x, c_noise)
     assert out.shape == x.shape
     np.testing.assert_array_equal(out, apply(params, x, c_noise))
-    drop = lambda seed: apply(params, x, c_noise, train=True, rngs={"dropout": jax.random.key(seed)})
+    drop = lambda seed: apply(
+        params, x, c_noise, train=True, rngs={"dropout": jax.random.key(seed)}
+    )
     np.testing.assert_array_equal(drop(3), drop(3))
     assert not np.allclose(drop(3), drop(4))
     assert not np.allclose(drop(3), out)
@@ -56,8 +68,12 @@ def perturbed_tiny_unet(x_shape=(2, 16, 16, 3), **fields):
     model = build_model("tiny", 3, **fields)
     x = jax.random.normal(jax.random.key(0), x_shape)
     c_noise = jnp.array([-1.0, 0.5])[: x_shape[0]]
-    perturb = lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape)  # the near-zero output layers too
-    params = jax.jit(lambda: jax.tree_util.tree_map(perturb, model.init(jax.random.key(1), x, c_noise)))()
+    perturb = lambda p: (
+        p + 0.05 * jax.random.normal(jax.random.key(2), p.shape)
+    )  # the near-zero output layers too
+    params = jax.jit(
+        lambda: jax.tree_util.tree_map(perturb, model.init(jax.random.key(1), x, c_noise))
+    )()
     return model, params, x, c_noise
 
 
@@ -66,8 +82,18 @@ def test_remat_keeps_parameters_outputs_and_gradients():
     remat = build_model("tiny", 3, remat=True, model_channels=8)
     shapes = jax.eval_shape(lambda: remat.init(jax.random.key(1), x, c_noise))
     assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(params)
-    grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply(p, x, c_noise, train=True, rngs={"dropout": jax.random.key(3)}) ** 2)))(params)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grad(model), grad(remat))
+    grad = lambda m: jax.jit(
+        jax.grad(
+            lambda p: jnp.sum(
+                m.apply(p, x, c_noise, train=True, rngs={"dropout": jax.random.key(3)}) ** 2
+            )
+        )
+    )(params)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        grad(model),
+        grad(remat),
+    )
 
 
 def test_bfloat16_compute_runs_the_convolutions_in_bf16_with_float32_parameters():
@@ -77,8 +103,11 @@ def test_bfloat16_compute_runs_the_convolutions_in_bf16_with_float32_parameters(
     convs = [line for line in hlo.splitlines() if "stablehlo.convolution" in line]
     assert convs and all("bf16" in line for line in convs), "every convolution computes in bfloat16"
     out, ref = fast.apply(params, x, c_noise), model.apply(params, x, c_noise)
-    assert out.dtype == jnp.float32 and all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
-    # bf16 keeps 8 bits of mantissa: the outputs agree to a few per cent of their scale, not exactly.
+    assert out.dtype == jnp.float32 and all(
+        p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params)
+    )
+    # bf16 keeps 8 bits of mantissa: the outputs agree to a few per cent of their scale, not
+    # exactly.
     error = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
     assert 1e-5 < error < 0.05, error
 
@@ -101,8 +130,12 @@ def test_split_by_sigma_routes_each_row_to_one_network_and_trains_only_that_one(
     np.testing.assert_allclose(out[2:], high[2:], rtol=1e-6)
     # a loss on the high-noise rows only gives the low network zero gradient
     grads = jax.grad(lambda p: jnp.sum(model.apply(p, x[2:], c_noise[2:]) ** 2))(params)
-    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(grads["params"]["low"]))
-    assert any(float(jnp.abs(g).max()) > 0.0 for g in jax.tree_util.tree_leaves(grads["params"]["high"]))
+    assert all(
+        float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(grads["params"]["low"])
+    )
+    assert any(
+        float(jnp.abs(g).max()) > 0.0 for g in jax.tree_util.tree_leaves(grads["params"]["high"])
+    )
 
 
 def test_local_cnn_sees_a_9x9_window_only():
@@ -114,7 +147,14 @@ def test_local_cnn_sees_a_9x9_window_only():
     model = build_model("local_cnn", 1)
     x = jax.random.normal(jax.random.key(0), (1, 16, 16, 1))
     params = model.init(jax.random.key(1), x, jnp.zeros((1,)))
-    params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # move the near-zero output layer off zero
+    params = jax.tree_util.tree_map(
+        lambda p: p + 0.1, params
+    )  # move the near-zero output layer off zero
     jac = jax.jacobian(lambda v: model.apply(params, v, jnp.zeros((1,)))[0, 8, 8, 0])(x)[0, :, :, 0]
     rows, cols = jnp.nonzero(jnp.abs(jac) > 0)
-    assert int(rows.min()) == 4 and int(rows.max()) == 12 and int(cols.min()) == 4 and int(cols.max()) == 12
+    assert (
+        int(rows.min()) == 4
+        and int(rows.max()) == 12
+        and int(cols.min()) == 4
+        and int(cols.max()) == 12
+    )

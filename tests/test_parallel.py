@@ -26,12 +26,19 @@ def run_steps(mode, num_devices, steps=STEPS):
     model = nets.build_network(config, 1)
     optimizer, schedule = train.make_optimizer(config.optim, config.train.batch_size)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
-    images = trainer.place(np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32))
+    images = trainer.place(
+        np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
+    )
     state = trainer.place(train.init_state(config, model, optimizer))
     logged = []
     for _ in range(steps):
         state, m = trainer.step(state, images)
-        logged.append([float(m[k]) for k in ("loss", "grad_norm", "loss_clean", "loss_ambient", "frac_ambient")])
+        logged.append(
+            [
+                float(m[k])
+                for k in ("loss", "grad_norm", "loss_clean", "loss_ambient", "frac_ambient")
+            ]
+        )
     return np.array(logged), jax.device_get(state.params)
 
 
@@ -46,7 +53,9 @@ def test_same_numbers_on_any_device_count_and_mode(one_device_run, mode, num_dev
     ref_logged, ref_params = one_device_run
     # loss, grad_norm and the per-branch losses as logged: the same on any split of the batch
     np.testing.assert_allclose(logged, ref_logged, rtol=2e-5, atol=1e-6)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params
+    )
 
 
 def test_batch_must_divide_over_devices():
@@ -64,9 +73,15 @@ def test_restore_a_checkpoint_written_on_8_devices_onto_2(tmp_path):
     two = tiny_config(**{"train.num_steps": 4})
     two.parallel.num_devices = 2
     resumed = train.train(two, str(tmp_path / "b"), log=quiet)
-    assert int(resumed.step) == 4 and len(resumed.params["params"]["Dense_0"]["kernel"].sharding.device_set) == 2
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-                           jax.device_get(resumed.params), jax.device_get(straight.params))
+    assert (
+        int(resumed.step) == 4
+        and len(resumed.params["params"]["Dense_0"]["kernel"].sharding.device_set) == 2
+    )
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+        jax.device_get(resumed.params),
+        jax.device_get(straight.params),
+    )
 
 
 def driver(workdir, changes, *extra, devices=8):
@@ -98,7 +113,8 @@ def test_kill_9_during_a_save_then_resume_is_bit_identical(tmp_path):
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path):
     """kill -9 after the step-6 save started, truncate every file of the latest complete checkpoint
-    (step 4), re-run: it resumes from step 2 with a warning naming both steps, drops the metrics rows
+    (step 4), re-run: it resumes from step 2 with a warning naming both steps, drops the metrics
+    rows
     logged past step 2, and ends with the parameters of an uninterrupted run."""
     changes = '{"train.num_steps": 8, "train.checkpoint_every": 2, "train.log_every": 1}'
     cmd, env = driver(tmp_path / "straight", changes, f"--dump={tmp_path}/straight.npz", devices=1)
@@ -106,7 +122,11 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_with_a_warni
     cmd, env = driver(tmp_path / "run", changes, "--kill-after-save-at=6", devices=1)
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == -signal.SIGKILL
     ckpt = tmp_path / "run" / "checkpoints"
-    latest = max(int(p) for p in os.listdir(ckpt) if p.isdigit() and (ckpt / p / "_CHECKPOINT_METADATA").exists())
+    latest = max(
+        int(p)
+        for p in os.listdir(ckpt)
+        if p.isdigit() and (ckpt / p / "_CHECKPOINT_METADATA").exists()
+    )
     assert latest in (4, 6)
     for root, _, names in os.walk(ckpt / str(latest)):
         for name in names:
@@ -116,9 +136,16 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_with_a_warni
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     previous = latest - 2
-    assert f"warning: checkpoint step {latest}" in result.stdout and f"resuming from step {previous} instead" in result.stdout
+    assert (
+        f"warning: checkpoint step {latest}" in result.stdout
+        and f"resuming from step {previous} instead" in result.stdout
+    )
     assert f"resumed from step {previous}" in result.stdout
-    steps = [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl") if "loss" in line]
+    steps = [
+        json.loads(line)["step"]
+        for line in open(tmp_path / "run" / "metrics.jsonl")
+        if "loss" in line
+    ]
     assert steps == list(range(1, 9)), "no duplicate steps after the resume"
     for a, b in zip(load_dump(f"{tmp_path}/straight.npz"), load_dump(f"{tmp_path}/resumed.npz")):
         np.testing.assert_array_equal(a, b)
@@ -126,7 +153,10 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_with_a_warni
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # pre-emption and Ctrl-C
 def test_a_stop_signal_saves_the_current_step_and_exits_cleanly(tmp_path, signum):
-    cmd, env = driver(tmp_path / "run", '{"train.num_steps": 100000, "train.checkpoint_every": 100000, "train.log_every": 1}')
+    cmd, env = driver(
+        tmp_path / "run",
+        '{"train.num_steps": 100000, "train.checkpoint_every": 100000, "train.log_every": 1}',
+    )
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # wait until training is under way
         if line.startswith("step 3/"):
@@ -162,16 +192,30 @@ def test_two_processes_match_one(tmp_path):
     port = free_port()
     procs = []
     for i in range(2):
-        cmd, env = driver(tmp_path / "two", changes, f"--process={i}", "--processes=2", f"--port={port}",
-                          f"--dump={tmp_path}/two.npz", devices=4)
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        cmd, env = driver(
+            tmp_path / "two",
+            changes,
+            f"--process={i}",
+            "--processes=2",
+            f"--port={port}",
+            f"--dump={tmp_path}/two.npz",
+            devices=4,
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     results = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
         assert "finished 3" in out
     for a, b in zip(load_dump(f"{tmp_path}/one.npz"), load_dump(f"{tmp_path}/two.npz")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["2", "3"]  # the two latest, written once
+    assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == [
+        "2",
+        "3",
+    ]  # the two latest, written once
 
 
 def test_sampling_over_8_devices_gives_the_same_images_in_order():
@@ -180,9 +224,23 @@ def test_sampling_over_8_devices_gives_the_same_images_in_order():
     optimizer, _ = train.make_optimizer(config.optim, 8)
     params = train.init_state(config, model, optimizer).params
     params = jax.tree_util.tree_map(lambda p: p + 0.01, params)  # make the output layer matter
-    one = generate.generate(config, model, params, 12, seed=5, batch_size=8, mesh=parallel.make_mesh(devices=jax.devices()[:1]))
-    eight = generate.generate(config, model, params, 12, seed=5, batch_size=8, mesh=parallel.make_mesh())
+    one = generate.generate(
+        config,
+        model,
+        params,
+        12,
+        seed=5,
+        batch_size=8,
+        mesh=parallel.make_mesh(devices=jax.devices()[:1]),
+    )
+    eight = generate.generate(
+        config, model, params, 12, seed=5, batch_size=8, mesh=parallel.make_mesh()
+    )
     assert one.shape == (12, 16, 16, 1) and one.std() > 0
-    np.testing.assert_allclose(one.astype(int), eight.astype(int), atol=1)  # uint8 rounding of float noise
-    first_four = generate.generate(config, model, params, 4, seed=5, batch_size=8, mesh=parallel.make_mesh())
+    np.testing.assert_allclose(
+        one.astype(int), eight.astype(int), atol=1
+    )  # uint8 rounding of float noise
+    first_four = generate.generate(
+        config, model, params, 4, seed=5, batch_size=8, mesh=parallel.make_mesh()
+    )
     np.testing.assert_array_equal(first_four, eight[:4])

@@ -21,7 +21,14 @@ def run(target, *args):
     module, function = target.split(":")
     code = f"import sys; sys.argv[0] = 'prog'; from {module} import {function}; {function}()"
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("name, target", console_scripts())
@@ -35,16 +42,27 @@ def test_help_says_what_the_program_does_and_lists_its_flags(name, target):
 
 def test_train_help_explains_config_files_and_overrides():
     out = run("ambient_jax.programs.train_main:run", "--help").stdout
-    assert "--config=FILE.py[:ARG]" in out and "--config.SECTION.FIELD=VALUE" in out and "--print_config" in out
+    assert (
+        "--config=FILE.py[:ARG]" in out
+        and "--config.SECTION.FIELD=VALUE" in out
+        and "--print_config" in out
+    )
     listed = run("ambient_jax.programs.train_main:run", "--print_config")
-    assert listed.returncode == 0 and "sigma_tn: 1.5" in listed.stdout and "track_every: 250" in listed.stdout
+    assert (
+        listed.returncode == 0
+        and "sigma_tn: 1.5" in listed.stdout
+        and "track_every: 250" in listed.stdout
+    )
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--num_samples=abc", "--workdir=x"], "--num_samples=abc"),  # a value of the wrong type
-    (["--bogus=1", "--workdir=x"], "Unknown command line flag 'bogus'"),  # a misspelt flag
-    ([], "--workdir"),  # a required flag left off
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--num_samples=abc", "--workdir=x"], "--num_samples=abc"),  # a value of the wrong type
+        (["--bogus=1", "--workdir=x"], "Unknown command line flag 'bogus'"),  # a misspelt flag
+        ([], "--workdir"),  # a required flag left off
+    ],
+)
 def test_a_bad_command_line_is_one_error_line_with_exit_2(args, says):
     result = run("ambient_jax.programs.sample_main:run", *args)
     assert result.returncode == 2
@@ -53,5 +71,13 @@ def test_a_bad_command_line_is_one_error_line_with_exit_2(args, says):
 
 
 def test_a_config_override_of_the_wrong_type_is_one_error_line():
-    result = run("ambient_jax.programs.train_main:run", "--config.train.batch_size=abc", "--workdir=/nonexistent/x")
-    assert result.returncode == 2 and result.stderr.strip().startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    result = run(
+        "ambient_jax.programs.train_main:run",
+        "--config.train.batch_size=abc",
+        "--workdir=/nonexistent/x",
+    )
+    assert (
+        result.returncode == 2
+        and result.stderr.strip().startswith("error: ")
+        and len(result.stderr.strip().splitlines()) == 1
+    )

@@ -16,7 +16,11 @@ MU, STD, SHAPE = 0.4, 0.7, (4096, 2, 2, 2)
     [
         # Heun is second order: 18 steps leave about 5% error on this narrow Gaussian, 40 steps 1%.
         (sampling.edm_sampler, dict(num_steps=40), 0.02),
-        (sampling.edm_sampler, dict(num_steps=40, s_churn=10.0, s_min=0.05, s_max=50.0, key=jax.random.key(1)), 0.04),
+        (
+            sampling.edm_sampler,
+            dict(num_steps=40, s_churn=10.0, s_min=0.05, s_max=50.0, key=jax.random.key(1)),
+            0.04,
+        ),
         (sampling.edm_euler_sampler, dict(num_steps=64), 0.05),
         (sampling.ddim_vp_sampler, dict(num_steps=64), 0.05),
     ],

@@ -17,7 +17,9 @@ def test_ve_and_vp_processes_are_the_same_up_to_scale(key):
     np.testing.assert_allclose(schedules.ve_to_vp_x(x_ve, sigma), x_vp, rtol=1e-4, atol=1e-5)
     # VP -> VE divides by sqrt(1 - s^2), which float32 resolves only for moderate sigma.
     moderate = slice(0, 4)
-    np.testing.assert_allclose(schedules.vp_to_ve_x(x_vp, s)[moderate], x_ve[moderate], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        schedules.vp_to_ve_x(x_vp, s)[moderate], x_ve[moderate], rtol=1e-4, atol=1e-5
+    )
     np.testing.assert_allclose(schedules.vp_to_ve_sigma(s)[moderate], sigma[moderate], rtol=1e-4)
 
 
@@ -34,7 +36,9 @@ def test_edm_preconditioning_keeps_unit_scales():
     sd = precond.SIGMA_DATA
     # Unit-variance network input and training target (Karras et al. 2022, appendix B.6).
     np.testing.assert_allclose(c_in**2 * (sd**2 + sigma**2), 1.0, rtol=1e-6)
-    np.testing.assert_allclose((sd**2 * (1 - c_skip) ** 2 + c_skip**2 * sigma**2) / c_out**2, 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        (sd**2 * (1 - c_skip) ** 2 + c_skip**2 * sigma**2) / c_out**2, 1.0, rtol=1e-5
+    )
     np.testing.assert_allclose(c_noise, jnp.log(sigma) / 4, rtol=1e-6)
 
 
@@ -51,4 +55,6 @@ def test_edm_denoiser_wraps_the_raw_network(key):
     c_skip, c_out, c_in, c_noise = precond.edm_coefficients(sigma)
     np.testing.assert_allclose(seen["x_in"], c_in[:, None, None, None] * x, rtol=1e-6)
     np.testing.assert_allclose(seen["c_noise"], c_noise, rtol=1e-6)
-    np.testing.assert_allclose(out, c_skip[:, None, None, None] * x + c_out[:, None, None, None], rtol=1e-6)
+    np.testing.assert_allclose(
+        out, c_skip[:, None, None, None] * x + c_out[:, None, None, None], rtol=1e-6
+    )

@@ -1,4 +1,5 @@
-"""tfds ArrayRecord sources without TensorFlow: preparing a folder, resident and streaming training."""
+"""tfds ArrayRecord sources without TensorFlow: preparing a folder, resident and streaming
+training."""
 
 import jax
 import numpy as np
@@ -31,21 +32,30 @@ def test_prepared_folder_holds_the_same_images_as_the_folder_source(prepared):
     c.data.source, c.data.path = "folder", str(prepared / "imgs")
     from_folder = load_source(c.data)
     assert from_tfds.shape == from_folder.shape == (24, 16, 16, 3)
-    by_bytes = lambda images: sorted(image.tobytes() for image in images)  # ArrayRecord shuffles the order
+    by_bytes = lambda images: sorted(
+        image.tobytes() for image in images
+    )  # ArrayRecord shuffles the order
     assert by_bytes(from_tfds) == by_bytes(from_folder)
 
 
 def test_streaming_trains_the_same_model_as_the_resident_path(prepared, tmp_path):
     quiet = lambda _: None
-    resident = train.train(tfds_config(prepared, **{"train.num_steps": 3}), str(tmp_path / "resident"), log=quiet)
+    resident = train.train(
+        tfds_config(prepared, **{"train.num_steps": 3}), str(tmp_path / "resident"), log=quiet
+    )
     streaming_config = tfds_config(prepared, **{"train.num_steps": 3})
     streaming_config.data.streaming = True
-    with pytest.raises(ValueError, match="train.track_every"):  # tracking needs the images on device
+    with pytest.raises(
+        ValueError, match="train.track_every"
+    ):  # tracking needs the images on device
         train.train(streaming_config, str(tmp_path / "refused"), log=quiet)
     streaming_config.train.track_every = 0
     streamed = train.train(streaming_config, str(tmp_path / "streamed"), log=quiet)
-    same = jax.tree_util.tree_map(lambda a, b: np.array_equal(a, b), jax.device_get(resident.params),
-                                  jax.device_get(streamed.params))
+    same = jax.tree_util.tree_map(
+        lambda a, b: np.array_equal(a, b),
+        jax.device_get(resident.params),
+        jax.device_get(streamed.params),
+    )
     assert all(jax.tree_util.tree_leaves(same))
 
 
@@ -54,7 +64,10 @@ def test_each_host_reads_its_own_rows(prepared):
     subset = np.arange(0, 24, 2)
     index_fn = lambda step: (np.arange(8) * 5 + step) % len(subset)
     whole = StreamingBatches(c.data, subset, index_fn, 8).rows_for(3)
-    halves = [StreamingBatches(c.data, subset, index_fn, 8, process_index=i, process_count=2).rows_for(3) for i in range(2)]
+    halves = [
+        StreamingBatches(c.data, subset, index_fn, 8, process_index=i, process_count=2).rows_for(3)
+        for i in range(2)
+    ]
     np.testing.assert_array_equal(np.concatenate([h[0] for h in halves]), whole[0])
     np.testing.assert_array_equal(np.concatenate([h[1] for h in halves]), whole[1])
     np.testing.assert_array_equal(whole[1], index_fn(3))

@@ -1,4 +1,5 @@
-"""The training program end to end: files written, exact resume, sampling and evaluation, clear errors."""
+"""The training program end to end: files written, exact resume, sampling and evaluation, clear
+errors."""
 
 import json
 import os
@@ -18,18 +19,27 @@ from configs.mnist import get_config  # noqa: E402
 
 # A network and run small enough for seconds on 2 CPU cores.
 TINY = [
-    "--config.model.overrides.width=64", "--config.model.overrides.num_blocks=1",
-    "--config.model.overrides.emb_channels=32", "--config.data.n_train=16", "--config.train.batch_size=8",
-    "--config.train.log_every=2", "--config.train.sample_every=4", "--config.train.checkpoint_every=2",
-    "--config.sample.num_steps=2", "--config.sample.grid_size=2", "--config.sample.num_samples=12",
-    "--config.sample.batch_size=8", "--config.loss.sigma_tn=0.5", "--config.eval.carlini_k=5",
+    "--config.model.overrides.width=64",
+    "--config.model.overrides.num_blocks=1",
+    "--config.model.overrides.emb_channels=32",
+    "--config.data.n_train=16",
+    "--config.train.batch_size=8",
+    "--config.train.log_every=2",
+    "--config.train.sample_every=4",
+    "--config.train.checkpoint_every=2",
+    "--config.sample.num_steps=2",
+    "--config.sample.grid_size=2",
+    "--config.sample.num_samples=12",
+    "--config.sample.batch_size=8",
+    "--config.loss.sigma_tn=0.5",
+    "--config.eval.carlini_k=5",
 ]
 
 
 def tiny_config(**changes):
     c = get_config("ambient")
     for flag in TINY:
-        field, value = flag[len("--config."):].split("=")
+        field, value = flag[len("--config.") :].split("=")
         *path, name = field.split(".")
         section = c
         for p in path:
@@ -42,10 +52,21 @@ def tiny_config(**changes):
 
 
 def cli(program, *args):
-    """Run a console program in a fresh process (fake devices off: the programs use what is there)."""
+    """Run a console program in a fresh process (fake devices off: the programs use what is
+    there)."""
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    code = f"import sys; from ambient_jax.programs.{program}_main import run; sys.argv[0] = 'ambient-{program}'; run()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    code = (
+        f"import sys; from ambient_jax.programs.{program}_main import run; sys.argv[0] = "
+        f"'ambient-{program}'; run()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 def test_train_resume_sample_eval_through_the_programs(tmp_path):
@@ -64,8 +85,15 @@ def test_train_resume_sample_eval_through_the_programs(tmp_path):
     second = cli("train", f"--workdir={workdir}", "--config.train.num_steps=6", *TINY)
     assert second.returncode == 0, second.stderr
     assert "resumed from step 4" in second.stdout
-    assert [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))] == [2, 4, 6]
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "6"]  # the two latest by default
+    assert [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))] == [
+        2,
+        4,
+        6,
+    ]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+        "4",
+        "6",
+    ]  # the two latest by default
 
     sampled = cli("sample", f"--workdir={workdir}", "--num_samples=12")
     assert sampled.returncode == 0, sampled.stderr
@@ -86,12 +114,19 @@ def test_train_resume_sample_eval_through_the_programs(tmp_path):
 
 
 def test_resume_is_bit_identical(tmp_path):
-    straight = train.train(tiny_config(**{"train.num_steps": 4}), str(tmp_path / "a"), log=lambda _: None)
+    straight = train.train(
+        tiny_config(**{"train.num_steps": 4}), str(tmp_path / "a"), log=lambda _: None
+    )
     train.train(tiny_config(**{"train.num_steps": 2}), str(tmp_path / "b"), log=lambda _: None)
-    resumed = train.train(tiny_config(**{"train.num_steps": 4}), str(tmp_path / "b"), log=lambda _: None)
+    resumed = train.train(
+        tiny_config(**{"train.num_steps": 4}), str(tmp_path / "b"), log=lambda _: None
+    )
     assert int(resumed.step) == 4
-    same = jax.tree_util.tree_map(lambda a, b: np.array_equal(a, b), (straight.params, straight.ema_params),
-                                  (resumed.params, resumed.ema_params))
+    same = jax.tree_util.tree_map(
+        lambda a, b: np.array_equal(a, b),
+        (straight.params, straight.ema_params),
+        (resumed.params, resumed.ema_params),
+    )
     assert all(jax.tree_util.tree_leaves(same))
 
 
@@ -115,13 +150,20 @@ def write_pngs(folder, count, sizes=((20, 30), (33, 17))):
     rng = np.random.RandomState(0)
     for i in range(count):
         w, h = sizes[i % len(sizes)]
-        Image.fromarray(rng.randint(0, 255, (h, w, 3), np.uint8)).save(os.path.join(folder, f"img{i}.png"))
+        Image.fromarray(rng.randint(0, 255, (h, w, 3), np.uint8)).save(
+            os.path.join(folder, f"img{i}.png")
+        )
 
 
 def test_folder_source_resizes_and_crops_any_size(tmp_path):
     write_pngs(str(tmp_path / "imgs"), 10)
     c = tiny_config()
-    c.data.source, c.data.path, c.data.n_train, c.data.channels = "folder", str(tmp_path / "imgs"), 6, 3
+    c.data.source, c.data.path, c.data.n_train, c.data.channels = (
+        "folder",
+        str(tmp_path / "imgs"),
+        6,
+        3,
+    )
     split = load_split(c.data)
     assert split.train.shape == (6, 16, 16, 3) and split.heldout.shape == (4, 16, 16, 3)
     assert split.train.min() >= -1 and split.train.max() <= 1
@@ -141,22 +183,46 @@ def test_bad_input_gets_one_clear_error(tmp_path):
     assert not os.path.exists(wd)
 
     folder = ["--config.data.source=folder", "--config.data.channels=3"]
-    assert "not a folder" in error_line(cli("train", f"--workdir={wd}", *folder, f"--config.data.path={tmp_path}/none"))
+    assert "not a folder" in error_line(
+        cli("train", f"--workdir={wd}", *folder, f"--config.data.path={tmp_path}/none")
+    )
     assert not os.path.exists(wd), "a failed start must not leave a half-made work dir"
     write_pngs(str(tmp_path / "few"), 3)
-    line = error_line(cli("train", f"--workdir={wd}", *folder, f"--config.data.path={tmp_path}/few", "--config.data.n_train=5"))
+    line = error_line(
+        cli(
+            "train",
+            f"--workdir={wd}",
+            *folder,
+            f"--config.data.path={tmp_path}/few",
+            "--config.data.n_train=5",
+        )
+    )
     assert "n_train = 5" in line and "only 3" in line
     (tmp_path / "few" / "broken.png").write_bytes(b"not a png")
-    line = error_line(cli("train", f"--workdir={wd}", *folder, f"--config.data.path={tmp_path}/few", "--config.data.n_train=2"))
+    line = error_line(
+        cli(
+            "train",
+            f"--workdir={wd}",
+            *folder,
+            f"--config.data.path={tmp_path}/few",
+            "--config.data.n_train=2",
+        )
+    )
     assert "broken.png" in line
 
 
-@pytest.mark.parametrize("flag, says", [
-    ("--config.train.checkpoint_every=0", "train.checkpoint_every"),
-    ("--config.eval.carlini_k=-1", "eval.carlini_k"),
-    ("--config.sample.num_samples=0", "sample.num_samples"),
-    ("--config.data.channels=3", "data.channels=1"),  # the digits have one channel: refused before writing
-])
+@pytest.mark.parametrize(
+    "flag, says",
+    [
+        ("--config.train.checkpoint_every=0", "train.checkpoint_every"),
+        ("--config.eval.carlini_k=-1", "eval.carlini_k"),
+        ("--config.sample.num_samples=0", "sample.num_samples"),
+        (
+            "--config.data.channels=3",
+            "data.channels=1",
+        ),  # the digits have one channel: refused before writing
+    ],
+)
 def test_settings_that_cannot_work_are_refused_before_anything_is_written(tmp_path, flag, says):
     wd = str(tmp_path / "run")
     assert says in error_line(cli("train", f"--workdir={wd}", *TINY, flag))
@@ -166,7 +232,9 @@ def test_settings_that_cannot_work_are_refused_before_anything_is_written(tmp_pa
 def test_config_file_errors_name_the_file_or_the_argument(tmp_path):
     line = error_line(cli("train", f"--workdir={tmp_path}/a", "--config=configs/nonexistent.py"))
     assert "configs/nonexistent.py does not exist" in line
-    line = error_line(cli("train", f"--workdir={tmp_path}/a", "--config=configs/cifar10.py:ambient"))
+    line = error_line(
+        cli("train", f"--workdir={tmp_path}/a", "--config=configs/cifar10.py:ambient")
+    )
     assert "OBJECTIVE,SIZE" in line and "configs/cifar10.py:ambient,1k" in line
 
 
@@ -174,15 +242,33 @@ def test_a_failed_run_does_not_block_the_corrected_command(tmp_path):
     # 1. a run that diverges before its first checkpoint: the corrected command starts afresh
     wd = str(tmp_path / "early")
     blown = ["--config.optim.lr=1e30", "--config.optim.grad_clip=0", "--config.train.num_steps=2"]
-    assert "loss became" in error_line(cli("train", f"--workdir={wd}", *TINY, *blown, "--config.train.checkpoint_every=100",
-                                           "--config.train.sample_every=100"))
+    assert "loss became" in error_line(
+        cli(
+            "train",
+            f"--workdir={wd}",
+            *TINY,
+            *blown,
+            "--config.train.checkpoint_every=100",
+            "--config.train.sample_every=100",
+        )
+    )
     fixed = cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2")
     assert fixed.returncode == 0, fixed.stderr
-    # 2. a changed config that diverges after a checkpoint: the work dir keeps the settings that worked
+    # 2. a changed config that diverges after a checkpoint: the work dir keeps the settings that
+    # worked
     wd = str(tmp_path / "late")
     assert cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2").returncode == 0
-    error_line(cli("train", f"--workdir={wd}", *TINY, "--config.optim.lr=1e30", "--config.optim.grad_clip=0",
-                   "--config.train.num_steps=4", "--allow_config_change"))
+    error_line(
+        cli(
+            "train",
+            f"--workdir={wd}",
+            *TINY,
+            "--config.optim.lr=1e30",
+            "--config.optim.grad_clip=0",
+            "--config.train.num_steps=4",
+            "--allow_config_change",
+        )
+    )
     assert json.load(open(os.path.join(wd, "config.json")))["optim"]["lr"] == 2e-3
     again = cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=4")
     assert again.returncode == 0 and "resumed from step 2" in again.stdout, again.stderr
@@ -199,13 +285,24 @@ def test_no_silent_restart_from_scratch_and_restart_on_request(tmp_path):
     again = cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=4", "--restart")
     assert again.returncode == 0, again.stderr
     assert [json.loads(line)["step"] for line in open(os.path.join(wd, "metrics.jsonl"))] == [2, 4]
-    assert len([n for n in os.listdir(wd) if n.startswith("metrics.") and n != "metrics.jsonl"]) == 1  # set aside
+    assert (
+        len([n for n in os.listdir(wd) if n.startswith("metrics.") and n != "metrics.jsonl"]) == 1
+    )  # set aside
     # --restart also takes a work dir whose checkpoints cannot be restored, and a changed config
     for root, _, names in os.walk(os.path.join(wd, "checkpoints")):
         for name in names:
             open(os.path.join(root, name), "w").close()
-    assert "--restart" in error_line(cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=6"))
-    fresh = cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2", "--config.loss.sigma_tn=1.0", "--restart")
+    assert "--restart" in error_line(
+        cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=6")
+    )
+    fresh = cli(
+        "train",
+        f"--workdir={wd}",
+        *TINY,
+        "--config.train.num_steps=2",
+        "--config.loss.sigma_tn=1.0",
+        "--restart",
+    )
     assert fresh.returncode == 0 and "resumed" not in fresh.stdout, fresh.stderr
 
 
@@ -216,13 +313,18 @@ def test_work_dir_lock_refuses_other_hosts_and_takes_over_stale_locks(tmp_path):
     os.makedirs(wd)
     lock = os.path.join(wd, "LOCK")
     # held from another host: refused, with the host named and how to clear it
-    json.dump({"pid": 1, "host": "other-host", "started": "2026-01-01T00:00:00+00:00"}, open(lock, "w"))
+    json.dump(
+        {"pid": 1, "host": "other-host", "started": "2026-01-01T00:00:00+00:00"}, open(lock, "w")
+    )
     line = error_line(cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2"))
     assert "other-host" in line and f"delete {lock}" in line
     # a dead process's lock (kill -9), and a half-written lock: taken over with a warning
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    for content in (json.dumps({"pid": dead.pid, "host": __import__("socket").gethostname(), "started": "x"}), "{half"):
+    for content in (
+        json.dumps({"pid": dead.pid, "host": __import__("socket").gethostname(), "started": "x"}),
+        "{half",
+    ):
         open(lock, "w").write(content)
         warnings = []
         path = workdir_lock.acquire(wd, log=warnings.append)
@@ -235,7 +337,15 @@ def test_work_dir_lock_refuses_other_hosts_and_takes_over_stale_locks(tmp_path):
 def test_work_dir_of_another_config_is_refused_and_bad_samples_are_named(tmp_path):
     wd = str(tmp_path / "run")
     train.train(tiny_config(**{"train.num_steps": 2}), wd, log=lambda _: None)
-    line = error_line(cli("train", f"--workdir={wd}", *TINY, "--config.loss.sigma_tn=2.0", "--config.train.num_steps=2"))
+    line = error_line(
+        cli(
+            "train",
+            f"--workdir={wd}",
+            *TINY,
+            "--config.loss.sigma_tn=2.0",
+            "--config.train.num_steps=2",
+        )
+    )
     assert "loss.sigma_tn" in line and "--allow_config_change" in line
     np.savez(str(tmp_path / "bad.npz"), samples=np.zeros((4, 8, 8, 1), np.uint8))
     line = error_line(cli("eval", f"--workdir={wd}", f"--samples={tmp_path}/bad.npz"))
@@ -243,48 +353,108 @@ def test_work_dir_of_another_config_is_refused_and_bad_samples_are_named(tmp_pat
 
 
 def test_keep_policy_keeps_the_latest_and_every_kth(tmp_path):
-    c = tiny_config(**{"train.num_steps": 5, "train.checkpoint_every": 1, "train.keep_every": 2, "train.sample_every": 100})
+    c = tiny_config(
+        **{
+            "train.num_steps": 5,
+            "train.checkpoint_every": 1,
+            "train.keep_every": 2,
+            "train.sample_every": 100,
+        }
+    )
     train.train(c, str(tmp_path / "run"), log=lambda _: None)
     assert sorted(int(s) for s in os.listdir(tmp_path / "run" / "checkpoints")) == [2, 4, 5]
 
 
 def test_sweep_runs_the_grid_and_writes_table_and_pareto_plot(tmp_path):
     root = str(tmp_path / "sweep")
-    sets = [f"--set={flag}" for flag in TINY + ["--config.train.num_steps=2", "--config.train.sample_every=2"]]
-    result = cli("sweep", "run", f"--root={root}", "--sigma_tn=0,1.5", "--n_train=16", "--seeds=0", "--jobs=2", *sets)
+    sets = [
+        f"--set={flag}"
+        for flag in TINY + ["--config.train.num_steps=2", "--config.train.sample_every=2"]
+    ]
+    result = cli(
+        "sweep",
+        "run",
+        f"--root={root}",
+        "--sigma_tn=0,1.5",
+        "--n_train=16",
+        "--seeds=0",
+        "--jobs=2",
+        *sets,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert os.path.getsize(os.path.join(root, "n16_s0_seed0", "sweep.log")) > 0  # --jobs > 1: each run logs apart
-    assert sorted(os.listdir(root)) == ["diagnose.png", "n16_s0_seed0", "n16_s1.5_seed0", "pareto.png", "table.md"]
-    assert json.load(open(os.path.join(root, "n16_s0_seed0", "config.json")))["loss"]["objective"] == "ddpm"
-    assert json.load(open(os.path.join(root, "n16_s1.5_seed0", "config.json")))["loss"]["sigma_tn"] == 1.5
+    assert (
+        os.path.getsize(os.path.join(root, "n16_s0_seed0", "sweep.log")) > 0
+    )  # --jobs > 1: each run logs apart
+    assert sorted(os.listdir(root)) == [
+        "diagnose.png",
+        "n16_s0_seed0",
+        "n16_s1.5_seed0",
+        "pareto.png",
+        "table.md",
+    ]
+    assert (
+        json.load(open(os.path.join(root, "n16_s0_seed0", "config.json")))["loss"]["objective"]
+        == "ddpm"
+    )
+    assert (
+        json.load(open(os.path.join(root, "n16_s1.5_seed0", "config.json")))["loss"]["sigma_tn"]
+        == 1.5
+    )
     table = open(os.path.join(root, "table.md")).read()
     assert "n=16 ddpm" in table and "n=16 s_tn=1.5" in table and "extraction rate %" in table
     assert "held-out reals: pixel S>0.9 %" in table and "training minutes" in table
     assert "robust extraction rate %" in table and "diagnose.png" in table
     diagnosis = json.load(open(os.path.join(root, "n16_s1.5_seed0", "eval", "diagnose.json")))
-    assert len(diagnosis["sigma"]) == 24 and diagnosis["sigma_tn"] == 1.5 and "dist_noisy_copies" in diagnosis
+    assert (
+        len(diagnosis["sigma"]) == 24
+        and diagnosis["sigma_tn"] == 1.5
+        and "dist_noisy_copies" in diagnosis
+    )
     assert os.path.getsize(os.path.join(root, "pareto.png")) > 0
-    again = cli("sweep", "run", f"--root={root}", "--sigma_tn=0,1.5", "--n_train=16", "--seeds=0", *sets)
-    assert again.returncode == 0 and again.stdout.count("skip ") == 2  # evaluated runs are not redone
+    again = cli(
+        "sweep", "run", f"--root={root}", "--sigma_tn=0,1.5", "--n_train=16", "--seeds=0", *sets
+    )
+    assert (
+        again.returncode == 0 and again.stdout.count("skip ") == 2
+    )  # evaluated runs are not redone
 
 
 def test_several_steps_per_dispatch_train_the_same_model(tmp_path):
-    # log and checkpoint every 4, sample every 8: 3-step scans fill 0-3 and 4-7, single steps the rest.
-    every = {"train.num_steps": 8, "train.log_every": 4, "train.checkpoint_every": 4, "train.sample_every": 8}
+    # log and checkpoint every 4, sample every 8: 3-step scans fill 0-3 and 4-7, single steps the
+    # rest.
+    every = {
+        "train.num_steps": 8,
+        "train.log_every": 4,
+        "train.checkpoint_every": 4,
+        "train.sample_every": 8,
+    }
     single = train.train(tiny_config(**every), str(tmp_path / "a"), log=lambda _: None)
-    fused = train.train(tiny_config(**every, **{"train.steps_per_dispatch": 3}), str(tmp_path / "b"), log=lambda _: None)
+    fused = train.train(
+        tiny_config(**every, **{"train.steps_per_dispatch": 3}),
+        str(tmp_path / "b"),
+        log=lambda _: None,
+    )
     assert int(fused.step) == 8
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                           (single.params, single.ema_params), (fused.params, fused.ema_params))
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        (single.params, single.ema_params),
+        (fused.params, fused.ema_params),
+    )
     logged = [[json.loads(line) for line in open(tmp_path / run / "metrics.jsonl")] for run in "ab"]
     assert [m["step"] for m in logged[1]] == [4, 8]
     for a, b in zip(*logged):
-        np.testing.assert_allclose([a["loss"], a["grad_norm"]], [b["loss"], b["grad_norm"]], rtol=1e-5)
-    assert train.next_event(0, tiny_config(**every)) == 4 and train.next_event(7, tiny_config(**every)) == 8
+        np.testing.assert_allclose(
+            [a["loss"], a["grad_norm"]], [b["loss"], b["grad_norm"]], rtol=1e-5
+        )
+    assert (
+        train.next_event(0, tiny_config(**every)) == 4
+        and train.next_event(7, tiny_config(**every)) == 8
+    )
 
 
 def read_events(folder):
-    """{tag: [(step, value or image bytes)]} from TFRecord event files, with tensorboardX's protos."""
+    """{tag: [(step, value or image bytes)]} from TFRecord event files, with tensorboardX's
+    protos."""
     import glob
     import struct
 
@@ -299,24 +469,43 @@ def read_events(folder):
             event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
             pos += 12 + length + 4
             for value in event.summary.value:
-                content = value.image.encoded_image_string if value.HasField("image") else value.simple_value
+                content = (
+                    value.image.encoded_image_string
+                    if value.HasField("image")
+                    else value.simple_value
+                )
                 out.setdefault(value.tag, []).append((event.step, content))
     return out
 
 
 def test_training_tracking_and_evaluation_go_to_tensorboard_event_files(tmp_path):
     wd = str(tmp_path / "run")
-    run = cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=4", "--config.train.track_every=2",
-              "--config.train.track_samples=8")
+    run = cli(
+        "train",
+        f"--workdir={wd}",
+        *TINY,
+        "--config.train.num_steps=4",
+        "--config.train.track_every=2",
+        "--config.train.track_samples=8",
+    )
     assert run.returncode == 0, run.stderr
     assert cli("sample", f"--workdir={wd}").returncode == 0
     assert cli("eval", f"--workdir={wd}", "--nofid").returncode == 0
     events = read_events(os.path.join(wd, "tensorboard"))
-    logged = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl")) if "loss" in line]
+    logged = [
+        json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl")) if "loss" in line
+    ]
     assert [s for s, _ in events["train/loss"]] == [2, 4]
-    np.testing.assert_allclose([v for _, v in events["train/loss"]], [m["loss"] for m in logged], rtol=1e-6)
-    assert [s for s, _ in events["tracking/gap_sigma0.2"]] == [2, 4] and "tracking/extraction" in events
-    assert events["eval/extraction_rate"][0][0] == 4 and any(t.startswith("eval/pixel_similarity/S") for t in events)
+    np.testing.assert_allclose(
+        [v for _, v in events["train/loss"]], [m["loss"] for m in logged], rtol=1e-6
+    )
+    assert [s for s, _ in events["tracking/gap_sigma0.2"]] == [
+        2,
+        4,
+    ] and "tracking/extraction" in events
+    assert events["eval/extraction_rate"][0][0] == 4 and any(
+        t.startswith("eval/pixel_similarity/S") for t in events
+    )
     assert events["samples"][0][1][:8] == b"\x89PNG\r\n\x1a\n"  # the sample grid, as a PNG image
 
 
@@ -325,15 +514,23 @@ def test_damaged_run_files_and_bad_sample_requests_are_named(tmp_path):
     assert cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2").returncode == 0
     # a corrupt samples file: garbage bytes, and an .npz without the samples array
     (tmp_path / "garbage.npz").write_bytes(b"not an npz at all")
-    assert "garbage.npz is not a readable .npz" in error_line(cli("eval", f"--workdir={wd}", f"--samples={tmp_path}/garbage.npz"))
+    assert "garbage.npz is not a readable .npz" in error_line(
+        cli("eval", f"--workdir={wd}", f"--samples={tmp_path}/garbage.npz")
+    )
     np.savez(str(tmp_path / "nokey.npz"), images=np.zeros((4, 16, 16, 1), np.uint8))
-    assert "has no array 'samples'" in error_line(cli("eval", f"--workdir={wd}", f"--samples={tmp_path}/nokey.npz"))
+    assert "has no array 'samples'" in error_line(
+        cli("eval", f"--workdir={wd}", f"--samples={tmp_path}/nokey.npz")
+    )
     # sampling into a folder that does not exist is refused before sampling; so is an unfinished run
-    assert "folder" in error_line(cli("sample", f"--workdir={wd}", f"--out={tmp_path}/missing/s.npz"))
+    assert "folder" in error_line(
+        cli("sample", f"--workdir={wd}", f"--out={tmp_path}/missing/s.npz")
+    )
     fresh = str(tmp_path / "unfinished")
     os.makedirs(fresh)
     assert "train first" in error_line(cli("sample", f"--workdir={fresh}"))
-    assert not os.path.exists(os.path.join(fresh, "checkpoints")), "reading must not leave an empty checkpoints/"
+    assert not os.path.exists(os.path.join(fresh, "checkpoints")), (
+        "reading must not leave an empty checkpoints/"
+    )
     # damaged JSON records name their file
     for name in ("subset.json", "config.json"):
         path = os.path.join(wd, name)

@@ -15,4 +15,13 @@ from ambient_jax.data.subset import (
     record_subset,
 )
 
-__all__ = ["DataError", "SplitData", "check_subset_record", "load_source", "load_split", "read_subset_record", "record_subset", "to_uint8"]
+__all__ = [
+    "DataError",
+    "SplitData",
+    "check_subset_record",
+    "load_source",
+    "load_split",
+    "read_subset_record",
+    "record_subset",
+    "to_uint8",
+]

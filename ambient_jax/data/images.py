@@ -25,7 +25,10 @@ def to_uint8(images):
 
 def list_image_files(path):
     if not path or not os.path.isdir(path):
-        raise DataError(f"data.path {path!r} is not a folder: point --config.data.path at a folder of PNG/JPEG images")
+        raise DataError(
+            f"data.path {path!r} is not a folder: point --config.data.path at a folder of "
+            "PNG/JPEG images"
+        )
     files = sorted(
         os.path.join(root, name)
         for root, _, names in os.walk(path)
@@ -49,5 +52,7 @@ def load_image(file, resolution, channels):
             left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
             array = np.asarray(img.crop((left, top, left + resolution, top + resolution)), np.uint8)
     except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"cannot read image {file!r} ({err}); remove it from the folder or replace it") from err
+        raise DataError(
+            f"cannot read image {file!r} ({err}); remove it from the folder or replace it"
+        ) from err
     return array.reshape(resolution, resolution, channels)

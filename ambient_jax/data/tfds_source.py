@@ -2,7 +2,8 @@
 
 * `prepare_image_folder` turns a folder of images into a tfds data set once (ArrayRecord files,
   the image stored as a uint8 Tensor feature, so TensorFlow is not needed to write or read it):
-      ambient-prepare --folder=MY_IMAGES --data_dir=~/tensorflow_datasets --resolution=64 --channels=3
+      ambient-prepare --folder=MY_IMAGES --data_dir=~/tensorflow_datasets --resolution=64 \\
+          --channels=3
   then train with --config.data.source=tfds --config.data.tfds_name=ambient_image_folder
   --config.data.tfds_data_dir=~/tensorflow_datasets.
 * Public data sets by name (cifar10, ...) are read the same way once prepared as ArrayRecord;
@@ -33,7 +34,8 @@ def _builder_class():
     import tensorflow_datasets as tfds
 
     class AmbientImageFolder(tfds.core.GeneratorBasedBuilder):
-        """Images of a folder, resized and centre-cropped, as uint8 tensors (no TensorFlow needed)."""
+        """Images of a folder, resized and centre-cropped, as uint8 tensors (no TensorFlow
+        needed)."""
 
         name = BUILDER_NAME
         VERSION = tfds.core.Version("1.0.0")
@@ -46,11 +48,14 @@ def _builder_class():
             shape = (self._resolution, self._resolution, self._channels)
             return tfds.core.DatasetInfo(
                 builder=self,
-                description=f"images of {self._folder} at {self._resolution}x{self._resolution}x{self._channels}",
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
-                    "file_index": tfds.features.Scalar(dtype=np.int64),
-                }),
+                description=f"images of {self._folder} at "
+                f"{self._resolution}x{self._resolution}x{self._channels}",
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
+                        "file_index": tfds.features.Scalar(dtype=np.int64),
+                    }
+                ),
             )
 
         def _split_generators(self, dl_manager):
@@ -60,15 +65,23 @@ def _builder_class():
         def _generate_examples(self):
 
             for i, file in enumerate(list_image_files(self._folder)):
-                yield i, {"image": load_image(file, self._resolution, self._channels), "file_index": i}
+                yield (
+                    i,
+                    {"image": load_image(file, self._resolution, self._channels), "file_index": i},
+                )
 
     return AmbientImageFolder
 
 
 def prepare_image_folder(folder, data_dir, resolution, channels):
     """Write the folder's images as the tfds data set `ambient_image_folder` under data_dir."""
-    builder = _builder_class()(folder=folder, resolution=resolution, channels=channels,
-                               data_dir=os.path.expanduser(data_dir), file_format="array_record")
+    builder = _builder_class()(
+        folder=folder,
+        resolution=resolution,
+        channels=channels,
+        data_dir=os.path.expanduser(data_dir),
+        file_format="array_record",
+    )
     builder.download_and_prepare()
     return builder
 
@@ -84,7 +97,9 @@ def open_source(data_config):
     root = data_dir or os.path.expanduser("~/tensorflow_datasets")
     versions = sorted(glob.glob(os.path.join(root, name, "*", "dataset_info.json")))
     if versions:
-        return tfds.builder_from_directory(os.path.dirname(versions[-1])).as_data_source(split=split)
+        return tfds.builder_from_directory(os.path.dirname(versions[-1])).as_data_source(
+            split=split
+        )
     if name == BUILDER_NAME:
         raise DataError(
             f"no prepared '{name}' data set under data.tfds_data_dir={root!r}: run ambient-prepare "
@@ -94,8 +109,10 @@ def open_source(data_config):
         import tensorflow  # noqa: F401  (tfds needs it to download and encode public sets)
     except ImportError:
         raise DataError(
-            f"tfds data set {name!r} is not prepared under data.tfds_data_dir={root!r}, and preparing it needs "
-            "TensorFlow and the internet: pip install 'ambient-jax[tfds-prepare]', or prepare it elsewhere with "
+            f"tfds data set {name!r} is not prepared under data.tfds_data_dir={root!r}, and "
+            "preparing it needs "
+            "TensorFlow and the internet: pip install 'ambient-jax[tfds-prepare]', or prepare it "
+            "elsewhere with "
             f"`tfds build {name} --file_format=array_record` and point data.tfds_data_dir at it"
         ) from None
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
@@ -111,7 +128,8 @@ def record_image(record, data_config):
     want = (data_config.resolution, data_config.resolution, data_config.channels)
     if image.shape != want:
         raise DataError(
-            f"tfds data set {data_config.tfds_name!r} holds images of shape {image.shape}, the config asks for {want}: "
+            f"tfds data set {data_config.tfds_name!r} holds images of shape {image.shape}, the "
+            f"config asks for {want}: "
             "set data.resolution / data.channels to match, or prepare the data at that size"
         )
     return image
@@ -131,8 +149,12 @@ class StreamingBatches:
     draws match the resident path's; `subset` maps training-subset positions to source records.
     """
 
-    def __init__(self, data_config, subset, index_fn, batch_size, process_index=0, process_count=1, threads=8):
-        self._dataset = grain.MapDataset.source(open_source(data_config)).map(lambda r: record_image(r, data_config))
+    def __init__(
+        self, data_config, subset, index_fn, batch_size, process_index=0, process_count=1, threads=8
+    ):
+        self._dataset = grain.MapDataset.source(open_source(data_config)).map(
+            lambda r: record_image(r, data_config)
+        )
         self._subset = np.asarray(subset)
         self._index_fn = index_fn
         self._rows = parallel.process_rows(batch_size, process_index, process_count)
@@ -147,5 +169,7 @@ class StreamingBatches:
 
     def rows_for(self, step):
         future = self._pending.pop(step, None) or self._batches.submit(self._read, step)
-        self._pending = {step + 1: self._batches.submit(self._read, step + 1)}  # prefetch the next batch
+        self._pending = {
+            step + 1: self._batches.submit(self._read, step + 1)
+        }  # prefetch the next batch
         return future.result()

@@ -83,7 +83,11 @@ def posterior_mean(x, refs, variance, ref_block=None):
         w = jnp.exp(lg - new_top[:, None])
         return (new_top, total * rescale + jnp.sum(w, 1), acc * rescale[:, None] + w @ block), None
 
-    start = (jnp.full((xf.shape[0],), -jnp.inf, xf.dtype), jnp.zeros((xf.shape[0],), xf.dtype), jnp.zeros_like(xf))
+    start = (
+        jnp.full((xf.shape[0],), -jnp.inf, xf.dtype),
+        jnp.zeros((xf.shape[0],), xf.dtype),
+        jnp.zeros_like(xf),
+    )
     (_, total, acc), _ = jax.lax.scan(visit, start, (padded.reshape(blocks, ref_block, -1), valid))
     return (acc / total[:, None]).reshape(x.shape)
 
@@ -149,7 +153,9 @@ def denoising_errors(denoise, images, sigmas, key, batch_size=256, references=()
         for first in range(0, n, batch_size):
             x0 = images[first : first + batch_size]
             idx = jnp.arange(first, first + x0.shape[0], dtype=jnp.uint32)
-            noise = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(level_key, j), x0.shape[1:]))(idx)
+            noise = jax.vmap(
+                lambda j: jax.random.normal(jax.random.fold_in(level_key, j), x0.shape[1:])
+            )(idx)
             e, ds = _level_errors(denoise, tuple(references), x0, noise, float(sigma))
             err[level] += float(jnp.sum(e))
             for r, d in enumerate(ds):
@@ -157,8 +163,18 @@ def denoising_errors(denoise, images, sigmas, key, batch_size=256, references=()
     return err / n, dist / n
 
 
-def diagnose(denoise, train, heldout, sigmas, key, noisy_copies=None, sigma_tn=0.0, batch_size=256, ref_block=1024,
-             reference_train=None):
+def diagnose(
+    denoise,
+    train,
+    heldout,
+    sigmas,
+    key,
+    noisy_copies=None,
+    sigma_tn=0.0,
+    batch_size=256,
+    ref_block=1024,
+    reference_train=None,
+):
     """The per-level curves of one denoiser (see the module docstring), as a dict of lists.
 
     train [N, H, W, C] are the training images whose denoising error is measured, heldout
@@ -171,15 +187,26 @@ def diagnose(denoise, train, heldout, sigmas, key, noisy_copies=None, sigma_tn=0
     refs = (memorizing,)
     if noisy_copies is not None and sigma_tn > 0:
         refs = refs + (noisy_copy_denoiser(jnp.asarray(noisy_copies), sigma_tn, ref_block),)
-    err_heldout, dists = denoising_errors(denoise, heldout, sigmas, jax.random.fold_in(key, 1), batch_size, refs)
+    err_heldout, dists = denoising_errors(
+        denoise, heldout, sigmas, jax.random.fold_in(key, 1), batch_size, refs
+    )
     n_eff = []
     held = jnp.asarray(heldout, jnp.float32)
     for level, sigma in enumerate(sigmas):  # the same noisy held-out inputs as above
         level_key = jax.random.fold_in(jax.random.fold_in(key, 1), level)
-        noise = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(level_key, j), held.shape[1:]))(
-            jnp.arange(held.shape[0], dtype=jnp.uint32))
+        noise = jax.vmap(
+            lambda j: jax.random.normal(jax.random.fold_in(level_key, j), held.shape[1:])
+        )(jnp.arange(held.shape[0], dtype=jnp.uint32))
         x = held + float(sigma) * noise
-        n_eff.append(float(jnp.mean(effective_references(x, jnp.asarray(reference_train), jnp.full((x.shape[0],), sigma**2)))))
+        n_eff.append(
+            float(
+                jnp.mean(
+                    effective_references(
+                        x, jnp.asarray(reference_train), jnp.full((x.shape[0],), sigma**2)
+                    )
+                )
+            )
+        )
     out = {
         "sigma": [float(s) for s in sigmas],
         "err_train": err_train.tolist(),
@@ -192,7 +219,9 @@ def diagnose(denoise, train, heldout, sigmas, key, noisy_copies=None, sigma_tn=0
         "num_heldout": int(len(heldout)),
     }
     if len(refs) > 1:  # D*_tn is defined above sigma_tn only
-        out["dist_noisy_copies"] = [float(d) if s > sigma_tn else None for d, s in zip(dists[1], sigmas)]
+        out["dist_noisy_copies"] = [
+            float(d) if s > sigma_tn else None for d, s in zip(dists[1], sigmas)
+        ]
     return out
 
 
@@ -203,20 +232,33 @@ def diagnose_run(workdir, num_levels=DEFAULT_NUM_LEVELS, max_images=500, seed=0,
     """Diagnose the run in `workdir` with its EMA parameters; returns the curves (not written)."""
     config, model, params = checkpoint.load_ema_params(workdir)
     split = load_split(config.data)
-    heldout = split.heldout[np.random.RandomState(seed).permutation(len(split.heldout))[:max_images]]
+    heldout = split.heldout[
+        np.random.RandomState(seed).permutation(len(split.heldout))[:max_images]
+    ]
     train_images = split.train
     sigma_tn = config_lib.effective_sigma_tn(config)
     copies = train_lib.noisy_training_copies(config, train_images) if sigma_tn > 0 else None
-    if len(train_images) > max_images:  # the reference sets stay whole; only the queries are subsampled
-        queries = train_images[np.random.RandomState(seed).permutation(len(train_images))[:max_images]]
+    if (
+        len(train_images) > max_images
+    ):  # the reference sets stay whole; only the queries are subsampled
+        queries = train_images[
+            np.random.RandomState(seed).permutation(len(train_images))[:max_images]
+        ]
     else:
         queries = train_images
     raw = functools.partial(model.apply, params, train=False)
     denoise = edm_denoiser(raw, config.loss.sigma_data)
-    sigmas = sigma_grid(num_levels, config.sample.get("sigma_min", 0.002), config.sample.get("sigma_max", 80.0))
+    sigmas = sigma_grid(
+        num_levels, config.sample.get("sigma_min", 0.002), config.sample.get("sigma_max", 80.0)
+    )
     key = jax.random.key(seed)
-    log(f"diagnosing {workdir}: {num_levels} noise levels, {len(queries)} training / {len(heldout)} held-out images")
-    result = diagnose(denoise, queries, heldout, sigmas, key, copies, sigma_tn, reference_train=train_images)
+    log(
+        f"diagnosing {workdir}: {num_levels} noise levels, {len(queries)} training / "
+        f"{len(heldout)} held-out images"
+    )
+    result = diagnose(
+        denoise, queries, heldout, sigmas, key, copies, sigma_tn, reference_train=train_images
+    )
     result["workdir"] = files.absolute(workdir)
     result["label"] = run_label(config, workdir)
     return result
@@ -231,19 +273,30 @@ def run_label(config, workdir):
 def markdown_table(result):
     """One row per noise level."""
     has_tn = "dist_noisy_copies" in result
-    head = "| sigma | n_eff | err train | err held-out | gap | dist to D*_S |" + (" dist to D*_tn |" if has_tn else "")
+    head = "| sigma | n_eff | err train | err held-out | gap | dist to D*_S |" + (
+        " dist to D*_tn |" if has_tn else ""
+    )
     lines = [head, "|---" * (7 if has_tn else 6) + "|"]
     for i, s in enumerate(result["sigma"]):
-        row = (f"| {s:.4g} | {result['effective_train_images'][i]:.3g} | {result['err_train'][i]:.4g} | "
-               f"{result['err_heldout'][i]:.4g} | {result['gap'][i]:.3g} | {result['dist_memorizing'][i]:.4g} |")
+        row = (
+            f"| {s:.4g} | {result['effective_train_images'][i]:.3g} | "
+            f"{result['err_train'][i]:.4g} | "
+            f"{result['err_heldout'][i]:.4g} | {result['gap'][i]:.3g} | "
+            f"{result['dist_memorizing'][i]:.4g} |"
+        )
         if has_tn:
             d = result["dist_noisy_copies"][i]
             row += " - |" if d is None else f" {d:.4g} |"
         lines.append(row)
-    note = ("\nn_eff: the effective number of training images the exact denoiser averages (1 = it snaps to one). "
-            "Per-pixel mean squared values; data in [-1, 1]. err: ||D(x0 + sigma n) - x0||^2 on training / held-out "
-            "images; gap = held-out - train; D*_S: the exact denoiser of the training set (copies); D*_tn: the exact "
-            "minimiser of the ambient loss over the noisy copies (memorizes them).\n")
+    note = (
+        "\nn_eff: the effective number of training images the exact denoiser averages (1 = it "
+        "snaps to one). "
+        "Per-pixel mean squared values; data in [-1, 1]. err: ||D(x0 + sigma n) - x0||^2 on "
+        "training / held-out "
+        "images; gap = held-out - train; D*_S: the exact denoiser of the training set (copies); "
+        "D*_tn: the exact "
+        "minimiser of the ambient loss over the noisy copies (memorizes them).\n"
+    )
     return "\n".join(lines) + "\n" + note
 
 
@@ -258,12 +311,15 @@ def summary_table(results):
 
 
 def write_diagnosis(workdir, results, log=print):
-    """Write eval/diagnose.json, diagnose.md and diagnose.png (all `results` as curves) into workdir."""
+    """Write eval/diagnose.json, diagnose.md and diagnose.png (all `results` as curves) into
+    workdir."""
     out = os.path.join(workdir, EVAL_DIR)
     files.makedirs(out)
     own = next(r for r in results if r["workdir"] == files.absolute(workdir))
     files.write_text_atomic(os.path.join(out, "diagnose.json"), json.dumps(own, indent=1))
-    files.write_text_atomic(os.path.join(out, "diagnose.md"), f"# Per-noise-level diagnosis: {own['label']}\n\n"
-                            + markdown_table(own))
+    files.write_text_atomic(
+        os.path.join(out, "diagnose.md"),
+        f"# Per-noise-level diagnosis: {own['label']}\n\n" + markdown_table(own),
+    )
     plots.save_diagnosis(results, os.path.join(out, "diagnose.png"))
     log(f"wrote {out}/diagnose.md and diagnose.png")

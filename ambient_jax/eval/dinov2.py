@@ -7,7 +7,8 @@ As in the original code (facebookresearch/dinov2, vision_transformer.py):
   L2-normalised. LayerNorm eps 1e-6, exact (erf) GELU, qkv one linear (rows q, k, v); ViT-g uses
   SwiGLU (w12 -> split -> silu(x1) * x2 -> w3).
 Position-embedding resizing, both rules of the original code (facebookresearch/dinov2):
-  * models without registers: scale_factor = ((h0 + 0.1) / M, (w0 + 0.1) / M), bicubic, no antialias;
+  * models without registers: scale_factor = ((h0 + 0.1) / M, (w0 + 0.1) / M), bicubic, no
+    antialias;
   * models with registers: size = (h0, w0), bicubic with antialias;
   PyTorch's kernels are reproduced exactly (`resize_matrix`): cubic A = -0.75 with border clamp,
   and for antialias the PIL-style widened cubic (A = -0.5), normalised.
@@ -48,13 +49,18 @@ VARIANTS = {
     "vitl14": ViTConfig(1024, 24, 16, 4096),
     "vitg14": ViTConfig(1536, 40, 24, 4096, swiglu=True),
 }
-VARIANTS.update({f"{k}_reg": dataclasses.replace(v, registers=4) for k, v in list(VARIANTS.items())})
+VARIANTS.update(
+    {f"{k}_reg": dataclasses.replace(v, registers=4) for k, v in list(VARIANTS.items())}
+)
 
 
 def _cubic(x, a):
     x = np.abs(x)
-    return np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                    np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+    return np.where(
+        x <= 1,
+        ((a + 2) * x - (a + 3)) * x * x + 1,
+        np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0),
+    )
 
 
 def resize_matrix(in_size, out_size, scale=None, antialias=False):
@@ -108,18 +114,23 @@ class Block(nn.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head), axis=-1)
         attn = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, width)
-        x = x + self.param("ls1", nn.initializers.ones, (width,)) * nn.Dense(width, name="proj")(attn)
+        x = x + self.param("ls1", nn.initializers.ones, (width,)) * nn.Dense(width, name="proj")(
+            attn
+        )
         h = nn.LayerNorm(epsilon=1e-6, name="norm2")(x)
         if c.swiglu:
             x1, x2 = jnp.split(nn.Dense(2 * c.mlp_hidden, name="w12")(h), 2, axis=-1)
             h = nn.Dense(width, name="w3")(jax.nn.silu(x1) * x2)
         else:
-            h = nn.Dense(width, name="fc2")(jax.nn.gelu(nn.Dense(c.mlp_hidden, name="fc1")(h), approximate=False))
+            h = nn.Dense(width, name="fc2")(
+                jax.nn.gelu(nn.Dense(c.mlp_hidden, name="fc1")(h), approximate=False)
+            )
         return x + self.param("ls2", nn.initializers.ones, (width,)) * h
 
 
 class DinoV2(nn.Module):
-    """[B, H, W, 3] (H, W multiples of 14, preprocessed) -> L2-normalised CLS features [B, width]."""
+    """[B, H, W, 3] (H, W multiples of 14, preprocessed) -> L2-normalised CLS features [B,
+    width]."""
 
     config: ViTConfig
 
@@ -128,16 +139,28 @@ class DinoV2(nn.Module):
         c = self.config
         b, height, width, _ = x.shape
         h0, w0 = height // PATCH, width // PATCH
-        x = nn.Conv(c.width, (PATCH, PATCH), strides=(PATCH, PATCH), padding="VALID", name="patch_embed")(x)
+        x = nn.Conv(
+            c.width, (PATCH, PATCH), strides=(PATCH, PATCH), padding="VALID", name="patch_embed"
+        )(x)
         x = x.reshape(b, h0 * w0, c.width)
         cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, c.width))
-        pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, c.grid * c.grid + 1, c.width))
-        patch_pos = pos[0, 1:] if (h0, w0) == (c.grid, c.grid) else resize_position_embedding(pos[0, 1:], c.grid, h0, w0, c.registers)
+        pos = self.param(
+            "pos_embed", nn.initializers.normal(0.02), (1, c.grid * c.grid + 1, c.width)
+        )
+        patch_pos = (
+            pos[0, 1:]
+            if (h0, w0) == (c.grid, c.grid)
+            else resize_position_embedding(pos[0, 1:], c.grid, h0, w0, c.registers)
+        )
         x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c.width)), x], axis=1)
         x = x + jnp.concatenate([pos[:, :1], patch_pos[None]], axis=1)
         if c.registers:
-            reg = self.param("register_tokens", nn.initializers.normal(1e-6), (1, c.registers, c.width))
-            x = jnp.concatenate([x[:, :1], jnp.broadcast_to(reg, (b, c.registers, c.width)), x[:, 1:]], axis=1)
+            reg = self.param(
+                "register_tokens", nn.initializers.normal(1e-6), (1, c.registers, c.width)
+            )
+            x = jnp.concatenate(
+                [x[:, :1], jnp.broadcast_to(reg, (b, c.registers, c.width)), x[:, 1:]], axis=1
+            )
         for i in range(c.depth):
             x = Block(c, name=f"blocks_{i}")(x)
         cls_out = nn.LayerNorm(epsilon=1e-6, name="norm")(x)[:, 0]
@@ -152,7 +175,9 @@ def preprocess(images_uint8, recipe):
     if recipe == "paper":
         _, height, width, _ = x.shape
         ph, pw = (-height) % PATCH, (-width) % PATCH
-        return jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="reflect")
+        return jnp.pad(
+            x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="reflect"
+        )
     if recipe == "standard":
         b = x.shape[0]
         x = jax.image.resize(x, (b, 224, 224, 3), "bicubic")

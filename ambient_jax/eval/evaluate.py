@@ -37,10 +37,16 @@ def load_samples(path, image_shape):
         keys = sorted(data)
         samples = data.get("samples")
     except Exception as err:  # numpy raises zipfile, pickle, value and OS errors for a damaged file
-        raise ValueError(f"samples file {path} is not a readable .npz ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"samples file {path} is not a readable .npz ({type(err).__name__}: {err})"
+        ) from err
     if samples is None:
         raise ValueError(f"samples file {path} has no array 'samples' (it has {keys})")
-    if samples.ndim != 4 or tuple(samples.shape[1:]) != tuple(image_shape) or samples.dtype != np.uint8:
+    if (
+        samples.ndim != 4
+        or tuple(samples.shape[1:]) != tuple(image_shape)
+        or samples.dtype != np.uint8
+    ):
         raise ValueError(
             f"samples file {path} holds {samples.dtype} {tuple(samples.shape)}; expected uint8 [N, "
             f"{', '.join(map(str, image_shape))}] (NHWC) for this run"
@@ -54,7 +60,8 @@ def cached_features(out_dir, name, images_u8, compute, log=print, shared=False):
     """Features of `images_u8` from a .npz that holds the same images (by content hash), else
     computed and saved, so an interrupted evaluation resumes. Samples go to
     <out_dir>/features_<name>.npz; real images (`shared`: training and held-out sets, the same for
-    every run of a sweep) go to the user's cache dir under their hash, computed once for all runs."""
+    every run of a sweep) go to the user's cache dir under their hash, computed once for all
+    runs."""
     digest = hashlib.sha256(np.ascontiguousarray(images_u8).tobytes()).hexdigest()
     if shared:
         path = os.path.join(convert.CACHE_DIR, "features", f"{name}_{digest[:16]}.npz")
@@ -68,7 +75,9 @@ def cached_features(out_dir, name, images_u8, compute, log=print, shared=False):
     start = time.perf_counter()
 
     def progress(done, total):
-        log(f"  {name}: {done}/{total} images ({done / (time.perf_counter() - start):.1f} images/s)")
+        log(
+            f"  {name}: {done}/{total} images ({done / (time.perf_counter() - start):.1f} images/s)"
+        )
 
     feats = compute(images_u8, progress)
     files.makedirs(os.path.dirname(path))
@@ -79,16 +88,31 @@ def cached_features(out_dir, name, images_u8, compute, log=print, shared=False):
 def dataset_reference_statistics(data_config, protocol, extract, log=print):
     """Inception (mu, sigma) of the whole data source (the paper's FID reference), cached in the
     user's cache dir, keyed by the source and the protocol."""
-    key = json.dumps([data_config.source, data_config.get("path", ""), data_config.get("tfds_name", ""),
-                      data_config.resolution, data_config.channels, protocol])
-    path = os.path.join(convert.CACHE_DIR, "reference_stats", hashlib.sha256(key.encode()).hexdigest()[:16] + ".npz")
+    key = json.dumps(
+        [
+            data_config.source,
+            data_config.get("path", ""),
+            data_config.get("tfds_name", ""),
+            data_config.resolution,
+            data_config.channels,
+            protocol,
+        ]
+    )
+    path = os.path.join(
+        convert.CACHE_DIR, "reference_stats", hashlib.sha256(key.encode()).hexdigest()[:16] + ".npz"
+    )
     if files.exists(path):
         data = files.load_npz(path)
         return data["mu"], data["sigma"], int(data["count"])
     images = to_uint8(load_source(data_config))
-    log(f"reference statistics: Inception features of all {len(images)} source images (cached in {path}) ...")
+    log(
+        f"reference statistics: Inception features of all {len(images)} source images (cached in "
+        f"{path}) ..."
+    )
     start = time.perf_counter()
-    progress = lambda done, total: log(f"  reference: {done}/{total} images ({done / (time.perf_counter() - start):.1f} images/s)")
+    progress = lambda done, total: log(
+        f"  reference: {done}/{total} images ({done / (time.perf_counter() - start):.1f} images/s)"
+    )
     mu, sigma = fid.feature_statistics(extract(images, progress))
     files.makedirs(os.path.dirname(path))
     files.save_npz(path, mu=mu, sigma=sigma, count=len(images), key=key)
@@ -104,7 +128,8 @@ class EmbeddingOptions:
     fid_reference: "heldout" (FID against as many held-out images) or also "dataset" (the whole
         source, as the paper reports it).
     fid_samples: > 0 computes the embedding metrics on that many samples and held-out images.
-    dinov2_weights / dinov2_heads / dinov2_recipe: DINOv2 similarity and FD_DINOv2 from a weight file.
+    dinov2_weights / dinov2_heads / dinov2_recipe: DINOv2 similarity and FD_DINOv2 from a weight
+    file.
     """
 
     inception_fid: bool = False
@@ -116,40 +141,85 @@ class EmbeddingOptions:
     dinov2_recipe: str = "paper"
 
 
-def embedding_metrics(out_dir, samples_u8, train_u8, heldout_u8, thresholds, options, log=print, data_config=None):
+def embedding_metrics(
+    out_dir, samples_u8, train_u8, heldout_u8, thresholds, options, log=print, data_config=None
+):
     """FID (Inception, vs held-out images or the whole data set) and memorization in Inception /
     DINOv2 space, as `options` asks."""
-    inception_fid, inception_protocol, fid_reference = options.inception_fid, options.inception_protocol, options.fid_reference
-    dinov2_weights, dinov2_heads, dinov2_recipe = options.dinov2_weights, options.dinov2_heads, options.dinov2_recipe
+    inception_fid, inception_protocol, fid_reference = (
+        options.inception_fid,
+        options.inception_protocol,
+        options.fid_reference,
+    )
+    dinov2_weights, dinov2_heads, dinov2_recipe = (
+        options.dinov2_weights,
+        options.dinov2_heads,
+        options.dinov2_recipe,
+    )
     out = {}
     if inception_fid:
         params = convert.load_inception_params()
-        extract = lambda x, progress=None: features.inception_features(params, x, inception_protocol, progress=progress)
-        f_samples = cached_features(out_dir, f"inception_{inception_protocol}_samples", samples_u8, extract, log)
-        f_heldout = cached_features(out_dir, f"inception_{inception_protocol}_heldout", heldout_u8, extract, log, shared=True)
-        f_train = cached_features(out_dir, f"inception_{inception_protocol}_train", train_u8, extract, log, shared=True)
+        extract = lambda x, progress=None: features.inception_features(
+            params, x, inception_protocol, progress=progress
+        )
+        f_samples = cached_features(
+            out_dir, f"inception_{inception_protocol}_samples", samples_u8, extract, log
+        )
+        f_heldout = cached_features(
+            out_dir,
+            f"inception_{inception_protocol}_heldout",
+            heldout_u8,
+            extract,
+            log,
+            shared=True,
+        )
+        f_train = cached_features(
+            out_dir, f"inception_{inception_protocol}_train", train_u8, extract, log, shared=True
+        )
         out[f"fid_inception_{inception_protocol}"] = fid.frechet_distance_of(f_samples, f_heldout)
         if fid_reference == "dataset":
-            mu, sigma, count = dataset_reference_statistics(data_config, inception_protocol, extract, log)
-            out[f"fid_inception_{inception_protocol}_dataset"] = fid.frechet_distance(*fid.feature_statistics(f_samples), mu, sigma)
+            mu, sigma, count = dataset_reference_statistics(
+                data_config, inception_protocol, extract, log
+            )
+            out[f"fid_inception_{inception_protocol}_dataset"] = fid.frechet_distance(
+                *fid.feature_statistics(f_samples), mu, sigma
+            )
             out["num_reference_images"] = count
         unit = lambda f: f / np.linalg.norm(f, axis=1, keepdims=True)
-        out["inception_similarity"] = memorization.similarity_report(unit(f_samples), unit(f_train), thresholds)[2]
-        out["heldout_inception_similarity"] = memorization.similarity_report(unit(f_heldout), unit(f_train), thresholds)[2]
+        out["inception_similarity"] = memorization.similarity_report(
+            unit(f_samples), unit(f_train), thresholds
+        )[2]
+        out["heldout_inception_similarity"] = memorization.similarity_report(
+            unit(f_heldout), unit(f_train), thresholds
+        )[2]
     if dinov2_weights:
         config, params = convert.load_dinov2(dinov2_weights, dinov2_heads)
 
         def extract(x, progress=None):
-            apply = lambda p, batch: dinov2.DinoV2(config).apply(p, dinov2.preprocess(batch, dinov2_recipe))
-            return features.extract(apply, params, features.to_rgb(x), batch_size=32, progress=progress)
+            apply = lambda p, batch: dinov2.DinoV2(config).apply(
+                p, dinov2.preprocess(batch, dinov2_recipe)
+            )
+            return features.extract(
+                apply, params, features.to_rgb(x), batch_size=32, progress=progress
+            )
 
-        d_samples = cached_features(out_dir, f"dinov2_{dinov2_recipe}_samples", samples_u8, extract, log)
+        d_samples = cached_features(
+            out_dir, f"dinov2_{dinov2_recipe}_samples", samples_u8, extract, log
+        )
         # The weight file's name keys the shared cache of real-image features: one per model.
-        model_key = f"dinov2_{dinov2_recipe}_{os.path.splitext(os.path.basename(dinov2_weights))[0]}"
-        d_heldout = cached_features(out_dir, f"{model_key}_heldout", heldout_u8, extract, log, shared=True)
-        d_train = cached_features(out_dir, f"{model_key}_train", train_u8, extract, log, shared=True)
+        model_key = (
+            f"dinov2_{dinov2_recipe}_{os.path.splitext(os.path.basename(dinov2_weights))[0]}"
+        )
+        d_heldout = cached_features(
+            out_dir, f"{model_key}_heldout", heldout_u8, extract, log, shared=True
+        )
+        d_train = cached_features(
+            out_dir, f"{model_key}_train", train_u8, extract, log, shared=True
+        )
         out["dinov2_similarity"] = memorization.similarity_report(d_samples, d_train, thresholds)[2]
-        out["heldout_dinov2_similarity"] = memorization.similarity_report(d_heldout, d_train, thresholds)[2]
+        out["heldout_dinov2_similarity"] = memorization.similarity_report(
+            d_heldout, d_train, thresholds
+        )[2]
         out["fd_dinov2"] = fid.frechet_distance_of(d_samples, d_heldout)
     return out
 
@@ -172,31 +242,58 @@ def evaluate_run(workdir, samples_path=None, options=EmbeddingOptions(), log=pri
     samples = to_unit_range(samples_u8)
     thresholds = tuple(config.eval.thresholds)
     if len(split.heldout) < 2:
-        raise ValueError(f"the data source has {len(split.heldout)} image(s) outside the training subset: evaluation "
-                         "compares samples with held-out images, so use a source with more images than data.n_train")
+        raise ValueError(
+            f"the data source has {len(split.heldout)} image(s) outside the training subset: "
+            "evaluation "
+            "compares samples with held-out images, so use a source with more images than "
+            "data.n_train"
+        )
     if len(split.train) <= config.eval.carlini_k:
-        raise ValueError(f"the extraction criterion averages over the eval.carlini_k = {config.eval.carlini_k} nearest "
-                         f"training images but the run has {len(split.train)}: set eval.carlini_k below that "
-                         f"(ambient-train --config.eval.carlini_k=N on a finished run only changes the evaluation)")
+        raise ValueError(
+            f"the extraction criterion averages over the eval.carlini_k = {config.eval.carlini_k} "
+            "nearest "
+            f"training images but the run has {len(split.train)}: set eval.carlini_k below that "
+            "(ambient-train --config.eval.carlini_k=N on a finished run only changes the "
+            "evaluation)"
+        )
 
     train_emb = memorization.pixel_embedding(split.train)
-    sims, nearest, similarity = memorization.similarity_report(memorization.pixel_embedding(samples), train_emb, thresholds)
-    heldout = split.heldout[np.random.RandomState(0).permutation(len(split.heldout))[: len(samples)]]
-    _, _, heldout_similarity = memorization.similarity_report(memorization.pixel_embedding(heldout), train_emb, thresholds)
+    sims, nearest, similarity = memorization.similarity_report(
+        memorization.pixel_embedding(samples), train_emb, thresholds
+    )
+    heldout = split.heldout[
+        np.random.RandomState(0).permutation(len(split.heldout))[: len(samples)]
+    ]
+    _, _, heldout_similarity = memorization.similarity_report(
+        memorization.pixel_embedding(heldout), train_emb, thresholds
+    )
     flat = lambda x: x.reshape(len(x), -1)
-    extracted, l2_train, _ = memorization.extraction_report(flat(samples), flat(split.train), config.eval.carlini_k)
-    heldout_extracted = memorization.extraction_report(flat(heldout), flat(split.train), config.eval.carlini_k)[0]
+    extracted, l2_train, _ = memorization.extraction_report(
+        flat(samples), flat(split.train), config.eval.carlini_k
+    )
+    heldout_extracted = memorization.extraction_report(
+        flat(heldout), flat(split.train), config.eval.carlini_k
+    )[0]
     l2_heldout, _ = memorization.blocked_topk(flat(samples), flat(split.heldout), k=1, metric="l2")
     # The noise-robust view: speckle in the samples does not hide a copy there.
-    robust = lambda x: memorization.robust_view(x, memorization.robust_sigma(config.data.resolution))
+    robust = lambda x: memorization.robust_view(
+        x, memorization.robust_sigma(config.data.resolution)
+    )
     robust_train = robust(split.train)
     robust_stats = {}
     for name, images in (("", samples), ("heldout_", heldout)):
         view = robust(images)
         robust_stats[f"{name}robust_pixel_similarity"] = memorization.similarity_report(
-            memorization.pixel_embedding(view), memorization.pixel_embedding(robust_train), thresholds)[2]
-        robust_stats[f"{name}robust_extraction_rate"] = float(100 * memorization.extraction_report(
-            flat(view), flat(robust_train), config.eval.carlini_k)[0].mean())
+            memorization.pixel_embedding(view),
+            memorization.pixel_embedding(robust_train),
+            thresholds,
+        )[2]
+        robust_stats[f"{name}robust_extraction_rate"] = float(
+            100
+            * memorization.extraction_report(flat(view), flat(robust_train), config.eval.carlini_k)[
+                0
+            ].mean()
+        )
 
     metrics = {
         "workdir": files.absolute(workdir),
@@ -223,11 +320,23 @@ def evaluate_run(workdir, samples_path=None, options=EmbeddingOptions(), log=pri
     count = min(fid_samples or len(samples_u8), len(samples_u8))
     if options.inception_fid or options.dinov2_weights:
         metrics["num_fid_samples"] = int(count)
-    metrics.update(embedding_metrics(
-        out, samples_u8[:count], to_uint8(split.train), to_uint8(heldout[:count]), thresholds, options, log, config.data))
+    metrics.update(
+        embedding_metrics(
+            out,
+            samples_u8[:count],
+            to_uint8(split.train),
+            to_uint8(heldout[:count]),
+            thresholds,
+            options,
+            log,
+            config.data,
+        )
+    )
     files.write_json_atomic(os.path.join(out, "metrics.json"), metrics)
     _eval_summaries(workdir, metrics)
-    files.write_text_atomic(os.path.join(out, "report.md"), markdown_table([metrics]) + diagnosis_link(workdir))
+    files.write_text_atomic(
+        os.path.join(out, "report.md"), markdown_table([metrics]) + diagnosis_link(workdir)
+    )
     save_nearest_figure(samples_u8, sims, nearest, split.train, os.path.join(out, "nearest.png"))
     save_histogram(sims, os.path.join(out, "similarity_histogram.png"), thresholds)
     log(markdown_table([metrics]))
@@ -238,7 +347,10 @@ ROWS = (
     ("FD-pixel (vs held-out, lower is better)", lambda m: m["fd_pixel"]),
     ("median L2 to nearest held-out", lambda m: m["median_l2_to_heldout"]),
     ("extraction rate % (Carlini)", lambda m: m["extraction_rate"]),
-    ("robust extraction rate % (noise-robust view)", lambda m: m.get("robust_extraction_rate", float("nan"))),
+    (
+        "robust extraction rate % (noise-robust view)",
+        lambda m: m.get("robust_extraction_rate", float("nan")),
+    ),
     ("median L2 to nearest training image", lambda m: m["median_l2_to_train"]),
 )
 
@@ -263,25 +375,50 @@ def markdown_table(runs):
         for key in runs[0][f"{space}_similarity"]:
             if key.startswith("S>"):
                 label = "pixel" if space == "pixel" else "robust"
-                lines.append(f"| {label} {key} % (held-out reals: {runs[0][f'heldout_{space}_similarity'][key]:.1f}) | "
-                             + " | ".join(f"{m[f'{space}_similarity'][key]:.1f}" for m in runs) + " |")
+                lines.append(
+                    f"| {label} {key} % (held-out reals: "
+                    f"{runs[0][f'heldout_{space}_similarity'][key]:.1f}) | "
+                    + " | ".join(f"{m[f'{space}_similarity'][key]:.1f}" for m in runs)
+                    + " |"
+                )
     if all("heldout_robust_extraction_rate" in m for m in runs):
-        lines.append(f"| held-out reals: extraction % / robust extraction % | {runs[0]['heldout_extraction_rate']:.1f} / "
-                     f"{runs[0]['heldout_robust_extraction_rate']:.1f} |" + " |" * (len(runs) - 1))
-    for name in ("fid_inception_edm", "fid_inception_pytorch_fid", "fid_inception_edm_dataset",
-                 "fid_inception_pytorch_fid_dataset", "fd_dinov2"):
+        lines.append(
+            "| held-out reals: extraction % / robust extraction % | "
+            f"{runs[0]['heldout_extraction_rate']:.1f} / "
+            f"{runs[0]['heldout_robust_extraction_rate']:.1f} |" + " |" * (len(runs) - 1)
+        )
+    for name in (
+        "fid_inception_edm",
+        "fid_inception_pytorch_fid",
+        "fid_inception_edm_dataset",
+        "fid_inception_pytorch_fid_dataset",
+        "fd_dinov2",
+    ):
         if all(name in m for m in runs):
-            lines.append(f"| {name} (vs held-out) | " + " | ".join(f"{m[name]:.2f}" for m in runs) + " |")
+            lines.append(
+                f"| {name} (vs held-out) | " + " | ".join(f"{m[name]:.2f}" for m in runs) + " |"
+            )
     for space in ("inception", "dinov2"):
         if all(f"{space}_similarity" in m for m in runs):
             for key in runs[0][f"{space}_similarity"]:
                 if key.startswith("S>"):
                     ref = runs[0][f"heldout_{space}_similarity"][key]
-                    lines.append(f"| {space} {key} % (held-out reals: {ref:.1f}) | "
-                                 + " | ".join(f"{m[f'{space}_similarity'][key]:.1f}" for m in runs) + " |")
+                    lines.append(
+                        f"| {space} {key} % (held-out reals: {ref:.1f}) | "
+                        + " | ".join(f"{m[f'{space}_similarity'][key]:.1f}" for m in runs)
+                        + " |"
+                    )
     if all("num_fid_samples" in m for m in runs):
-        lines.append("| samples / held-out images in FID | " + " | ".join(f"{m['num_fid_samples']} / {m['num_fid_samples']}" for m in runs) + " |")
-    lines.append("| samples / training images | " + " | ".join(f"{m['num_samples']} / {m['num_train']}" for m in runs) + " |")
+        lines.append(
+            "| samples / held-out images in FID | "
+            + " | ".join(f"{m['num_fid_samples']} / {m['num_fid_samples']}" for m in runs)
+            + " |"
+        )
+    lines.append(
+        "| samples / training images | "
+        + " | ".join(f"{m['num_samples']} / {m['num_train']}" for m in runs)
+        + " |"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -303,7 +440,10 @@ def diagnosis_link(workdir):
     """The report's pointer to the per-noise-level diagnosis (ambient_jax.eval.diagnose)."""
     if files.exists(os.path.join(workdir, EVAL_DIR, "diagnose.md")):
         return "\nPer-noise-level diagnosis: [diagnose.md](diagnose.md), ![curves](diagnose.png)\n"
-    return f"\nPer-noise-level diagnosis: run `ambient-diagnose --workdir={workdir}` (writes eval/diagnose.md and .png).\n"
+    return (
+        f"\nPer-noise-level diagnosis: run `ambient-diagnose --workdir={workdir}` (writes "
+        "eval/diagnose.md and .png).\n"
+    )
 
 
 def compare_runs(workdirs):
@@ -324,5 +464,11 @@ def save_nearest_figure(samples_u8, sims, nearest, train, path, count=16):
 
 
 def save_histogram(sims, path, thresholds):
-    plots.save_histogram(sims, path, "max cosine similarity to a training image (pixels)", "samples",
-                         value_range=(min(0.0, float(sims.min())), 1.0), marks=thresholds)
+    plots.save_histogram(
+        sims,
+        path,
+        "max cosine similarity to a training image (pixels)",
+        "samples",
+        value_range=(min(0.0, float(sims.min())), 1.0),
+        marks=thresholds,
+    )

@@ -41,10 +41,14 @@ def extract(apply_fn, params, images, batch_size=64, mesh=None, progress=None):
 def inception_features(params, images_uint8, protocol="edm", **kwargs):
     """2048-d Inception pool features of uint8 images [N, H, W, 1 or 3] under a named protocol."""
     if protocol not in inception.PROTOCOLS:
-        raise ValueError(f"Inception protocol must be one of {inception.PROTOCOLS}, got {protocol!r}")
+        raise ValueError(
+            f"Inception protocol must be one of {inception.PROTOCOLS}, got {protocol!r}"
+        )
     scale = 1.0 if protocol == "edm" else 1.0 / 255.0
 
     def apply(p, batch):
-        return inception.InceptionV3().apply(p, inception.preprocess(batch.astype(jnp.float32) * scale, protocol))
+        return inception.InceptionV3().apply(
+            p, inception.preprocess(batch.astype(jnp.float32) * scale, protocol)
+        )
 
     return extract(apply, params, to_rgb(images_uint8), **kwargs)

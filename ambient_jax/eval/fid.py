@@ -31,7 +31,8 @@ def trace_sqrt_product(sigma1, sigma2):
 
 
 def trace_sqrt_product_eigvals(sigma1, sigma2):
-    """Tr((S1 S2)^(1/2)) as the sum of square roots of the eigenvalues of S1 S2 (real, >= 0 in theory)."""
+    """Tr((S1 S2)^(1/2)) as the sum of square roots of the eigenvalues of S1 S2 (real, >= 0 in
+    theory)."""
     values = np.linalg.eigvals(sigma1 @ sigma2)
     return float(np.sum(np.sqrt(np.clip(values.real, 0, None))))
 
@@ -42,12 +43,21 @@ def trace_sqrt_product_scipy(sigma1, sigma2):
     return float(np.trace(root).real)
 
 
-SQRT_METHODS = {"eigh": trace_sqrt_product, "eigvals": trace_sqrt_product_eigvals, "scipy": trace_sqrt_product_scipy}
+SQRT_METHODS = {
+    "eigh": trace_sqrt_product,
+    "eigvals": trace_sqrt_product_eigvals,
+    "scipy": trace_sqrt_product_scipy,
+}
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, method="eigh"):
     diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
-    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * SQRT_METHODS[method](sigma1, sigma2)
+    value = (
+        diff @ diff
+        + np.trace(sigma1)
+        + np.trace(sigma2)
+        - 2.0 * SQRT_METHODS[method](sigma1, sigma2)
+    )
     return float(max(value, 0.0))
 
 

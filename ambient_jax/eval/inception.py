@@ -29,13 +29,20 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (*self.kernel, x.shape[-1], self.features))
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (*self.kernel, x.shape[-1], self.features)
+        )
         beta = self.param("beta", nn.initializers.zeros, (self.features,))
         mean = self.param("mean", nn.initializers.zeros, (self.features,))
         var = self.param("var", nn.initializers.ones, (self.features,))
         ph, pw = self.padding
-        y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), [(ph, ph), (pw, pw)],
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (self.stride, self.stride),
+            [(ph, ph), (pw, pw)],
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
         return jax.nn.relu((y - mean) * jax.lax.rsqrt(var + 1e-3) + beta)
 
 
@@ -59,9 +66,17 @@ class InceptionA(nn.Module):
     @nn.compact
     def __call__(self, x):
         a = ConvBN(64, name="conv")(x)
-        b = _seq(x, ConvBN(48, name="tower_conv"), ConvBN(64, (5, 5), padding=(2, 2), name="tower_conv_1"))
-        c = _seq(x, ConvBN(64, name="tower_1_conv"), ConvBN(96, (3, 3), padding=(1, 1), name="tower_1_conv_1"),
-                 ConvBN(96, (3, 3), padding=(1, 1), name="tower_1_conv_2"))
+        b = _seq(
+            x,
+            ConvBN(48, name="tower_conv"),
+            ConvBN(64, (5, 5), padding=(2, 2), name="tower_conv_1"),
+        )
+        c = _seq(
+            x,
+            ConvBN(64, name="tower_1_conv"),
+            ConvBN(96, (3, 3), padding=(1, 1), name="tower_1_conv_1"),
+            ConvBN(96, (3, 3), padding=(1, 1), name="tower_1_conv_2"),
+        )
         d = ConvBN(self.pool_features, name="tower_2_conv")(_avg3(x))
         return jnp.concatenate([a, b, c, d], -1)
 
@@ -70,8 +85,12 @@ class InceptionB(nn.Module):
     @nn.compact
     def __call__(self, x):
         a = ConvBN(384, (3, 3), stride=2, name="conv")(x)
-        b = _seq(x, ConvBN(64, name="tower_conv"), ConvBN(96, (3, 3), padding=(1, 1), name="tower_conv_1"),
-                 ConvBN(96, (3, 3), stride=2, name="tower_conv_2"))
+        b = _seq(
+            x,
+            ConvBN(64, name="tower_conv"),
+            ConvBN(96, (3, 3), padding=(1, 1), name="tower_conv_1"),
+            ConvBN(96, (3, 3), stride=2, name="tower_conv_2"),
+        )
         return jnp.concatenate([a, b, _max3(x)], -1)
 
 
@@ -83,10 +102,20 @@ class InceptionC(nn.Module):
         w = self.width
         row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
         a = ConvBN(192, name="conv")(x)
-        b = _seq(x, ConvBN(w, name="tower_conv"), ConvBN(w, **row, name="tower_conv_1"), ConvBN(192, **col, name="tower_conv_2"))
-        c = _seq(x, ConvBN(w, name="tower_1_conv"), ConvBN(w, **col, name="tower_1_conv_1"),
-                 ConvBN(w, **row, name="tower_1_conv_2"), ConvBN(w, **col, name="tower_1_conv_3"),
-                 ConvBN(192, **row, name="tower_1_conv_4"))
+        b = _seq(
+            x,
+            ConvBN(w, name="tower_conv"),
+            ConvBN(w, **row, name="tower_conv_1"),
+            ConvBN(192, **col, name="tower_conv_2"),
+        )
+        c = _seq(
+            x,
+            ConvBN(w, name="tower_1_conv"),
+            ConvBN(w, **col, name="tower_1_conv_1"),
+            ConvBN(w, **row, name="tower_1_conv_2"),
+            ConvBN(w, **col, name="tower_1_conv_3"),
+            ConvBN(192, **row, name="tower_1_conv_4"),
+        )
         d = ConvBN(192, name="tower_2_conv")(_avg3(x))
         return jnp.concatenate([a, b, c, d], -1)
 
@@ -94,10 +123,16 @@ class InceptionC(nn.Module):
 class InceptionD(nn.Module):
     @nn.compact
     def __call__(self, x):
-        a = _seq(x, ConvBN(192, name="tower_conv"), ConvBN(320, (3, 3), stride=2, name="tower_conv_1"))
-        b = _seq(x, ConvBN(192, name="tower_1_conv"), ConvBN(192, (1, 7), padding=(0, 3), name="tower_1_conv_1"),
-                 ConvBN(192, (7, 1), padding=(3, 0), name="tower_1_conv_2"),
-                 ConvBN(192, (3, 3), stride=2, name="tower_1_conv_3"))
+        a = _seq(
+            x, ConvBN(192, name="tower_conv"), ConvBN(320, (3, 3), stride=2, name="tower_conv_1")
+        )
+        b = _seq(
+            x,
+            ConvBN(192, name="tower_1_conv"),
+            ConvBN(192, (1, 7), padding=(0, 3), name="tower_1_conv_1"),
+            ConvBN(192, (7, 1), padding=(3, 0), name="tower_1_conv_2"),
+            ConvBN(192, (3, 3), stride=2, name="tower_1_conv_3"),
+        )
         return jnp.concatenate([a, b, _max3(x)], -1)
 
 
@@ -108,14 +143,23 @@ class InceptionE(nn.Module):
     def __call__(self, x):
         row, col = dict(kernel=(1, 3), padding=(0, 1)), dict(kernel=(3, 1), padding=(1, 0))
         a = ConvBN(384, name="tower_conv")(x)
-        b = _seq(x, ConvBN(448, name="tower_1_conv"), ConvBN(384, (3, 3), padding=(1, 1), name="tower_1_conv_1"))
+        b = _seq(
+            x,
+            ConvBN(448, name="tower_1_conv"),
+            ConvBN(384, (3, 3), padding=(1, 1), name="tower_1_conv_1"),
+        )
         pooled = _max3(x, stride=1, pad=1) if self.max_pool else _avg3(x)
-        return jnp.concatenate([
-            ConvBN(320, name="conv")(x),
-            ConvBN(384, **row, name="tower_mixed_conv")(a), ConvBN(384, **col, name="tower_mixed_conv_1")(a),
-            ConvBN(384, **row, name="tower_1_mixed_conv")(b), ConvBN(384, **col, name="tower_1_mixed_conv_1")(b),
-            ConvBN(192, name="tower_2_conv")(pooled),
-        ], -1)
+        return jnp.concatenate(
+            [
+                ConvBN(320, name="conv")(x),
+                ConvBN(384, **row, name="tower_mixed_conv")(a),
+                ConvBN(384, **col, name="tower_mixed_conv_1")(a),
+                ConvBN(384, **row, name="tower_1_mixed_conv")(b),
+                ConvBN(384, **col, name="tower_1_mixed_conv_1")(b),
+                ConvBN(192, name="tower_2_conv")(pooled),
+            ],
+            -1,
+        )
 
 
 class InceptionV3(nn.Module):

@@ -5,7 +5,8 @@
   the percentage of generated images whose score exceeds tau. In pixel space the embedding is
   the image with its mean removed, L2-normalised (cosine of centred pixels = Pearson
   correlation; without centring the shared background makes every pair of digits similar).
-* Extraction (Carlini et al. 2023, "Extracting training data from diffusion models"): a generated image is extracted
+* Extraction (Carlini et al. 2023, "Extracting training data from diffusion models"): a generated
+  image is extracted
   when its L2 distance to the nearest training image is below 1/3 of the mean L2 distance to
   its k nearest training images (k = 50, or all but one when there are fewer).
 
@@ -41,7 +42,9 @@ def robust_sigma(resolution):
 def robust_view(images, blur_px):
     """[N, H, W, C] in [-1, 1] -> tanh(ROBUST_GAIN * Gaussian blur of blur_px pixels over H and W)
     (borders: nearest pixel), float32."""
-    blurred = ndimage.gaussian_filter(np.asarray(images, np.float32), sigma=(0, blur_px, blur_px, 0), mode="nearest")
+    blurred = ndimage.gaussian_filter(
+        np.asarray(images, np.float32), sigma=(0, blur_px, blur_px, 0), mode="nearest"
+    )
     return np.tanh(ROBUST_GAIN * blurred)
 
 
@@ -69,7 +72,8 @@ def _best_k(scores, k):
 @functools.partial(jax.jit, static_argnames=("k", "largest"))
 def _query_block_topk(queries, ref_blocks, num_refs, k, largest):
     """Top-k of one query block over all ref blocks [nb, rb, D] in one call: a scan over the
-    blocks keeps a running top-k, so the refs move to the device once and no [q, N] matrix exists."""
+    blocks keeps a running top-k, so the refs move to the device once and no [q, N] matrix
+    exists."""
     block = ref_blocks.shape[1]
 
     def step(best, xs):
@@ -77,11 +81,17 @@ def _query_block_topk(queries, ref_blocks, num_refs, k, largest):
         scores = _scores(queries, refs, largest)
         valid = offset + jnp.arange(block) < num_refs  # the last block is padded
         values, index = _best_k(jnp.where(valid[None, :], scores, -jnp.inf), k)
-        values, index = jnp.concatenate([best[0], values], 1), jnp.concatenate([best[1], index + offset], 1)
+        values, index = (
+            jnp.concatenate([best[0], values], 1),
+            jnp.concatenate([best[1], index + offset], 1),
+        )
         merged, pos = _best_k(values, k)
         return (merged, jnp.take_along_axis(index, pos, 1)), None
 
-    start = (jnp.full((queries.shape[0], k), -jnp.inf, queries.dtype), jnp.zeros((queries.shape[0], k), jnp.int32))
+    start = (
+        jnp.full((queries.shape[0], k), -jnp.inf, queries.dtype),
+        jnp.zeros((queries.shape[0], k), jnp.int32),
+    )
     offsets = jnp.arange(ref_blocks.shape[0], dtype=jnp.int32) * block
     (values, index), _ = jax.lax.scan(step, start, (ref_blocks, offsets))
     return values, index
@@ -103,7 +113,9 @@ def blocked_topk(queries, refs, k=1, metric="cosine", query_block=4096, ref_bloc
     ref_blocks = jnp.asarray(padded.reshape(blocks, ref_block, refs.shape[1]))
     out_values, out_index = [], []
     for q0 in range(0, len(queries), query_block):
-        v, i = _query_block_topk(jnp.asarray(queries[q0 : q0 + query_block]), ref_blocks, len(refs), k, largest)
+        v, i = _query_block_topk(
+            jnp.asarray(queries[q0 : q0 + query_block]), ref_blocks, len(refs), k, largest
+        )
         out_values.append(np.asarray(v))
         out_index.append(np.asarray(i))
     values, index = np.concatenate(out_values), np.concatenate(out_index)
@@ -117,7 +129,12 @@ def similarity_report(sample_embeddings, train_embeddings, thresholds):
     sims, index = blocked_topk(sample_embeddings, train_embeddings, k=1, metric="cosine")
     sims, index = sims[:, 0], index[:, 0]
     summary = {f"S>{t:g}": float(100 * np.mean(sims > t)) for t in thresholds}
-    summary.update(mean=float(sims.mean()), std=float(sims.std()), max=float(sims.max()), median=float(np.median(sims)))
+    summary.update(
+        mean=float(sims.mean()),
+        std=float(sims.std()),
+        max=float(sims.max()),
+        median=float(np.median(sims)),
+    )
     return sims, index, summary
 
 

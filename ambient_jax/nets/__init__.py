@@ -8,7 +8,8 @@ EDM preconditioning (ambient_jax.precond) turns it into a denoiser. Presets:
   ncsnpp_cifar10  EDM's NCSN++ for CIFAR-10 32x32 (about 56.4M parameters)
   ncsnpp_ffhq64   the paper's FFHQ-64 NCSN++ (channel_mult [1,2,2,2], dropout 0.05, about 62.8M)
   mlp_small       residual MLP denoiser for low-resolution CPU experiments
-  local_cnn       small 3x3-conv denoiser with a 9x9 receptive field (the low-noise side of a split model)
+  local_cnn       small 3x3-conv denoiser with a 9x9 receptive field (the low-noise side of a split
+  model)
 """
 
 import dataclasses
@@ -23,13 +24,35 @@ from ambient_jax.nets.mlp import ResidualMLP
 from ambient_jax.nets.unet import SongUNet
 
 _DDPMPP = dict(
-    model_channels=128, channel_mult=(2, 2, 2), num_blocks=4, attn_resolutions=(16,),
-    embedding_type="positional", channel_mult_noise=1, encoder_type="standard", resample_filter=(1, 1),
+    model_channels=128,
+    channel_mult=(2, 2, 2),
+    num_blocks=4,
+    attn_resolutions=(16,),
+    embedding_type="positional",
+    channel_mult_noise=1,
+    encoder_type="standard",
+    resample_filter=(1, 1),
 )
-_NCSNPP = dict(_DDPMPP, embedding_type="fourier", channel_mult_noise=2, encoder_type="residual", resample_filter=(1, 3, 3, 1))
+_NCSNPP = dict(
+    _DDPMPP,
+    embedding_type="fourier",
+    channel_mult_noise=2,
+    encoder_type="residual",
+    resample_filter=(1, 3, 3, 1),
+)
 
 PRESETS = {
-    "tiny": (SongUNet, dict(_DDPMPP, model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0)),
+    "tiny": (
+        SongUNet,
+        dict(
+            _DDPMPP,
+            model_channels=16,
+            channel_mult=(1, 2),
+            num_blocks=1,
+            attn_resolutions=(8,),
+            dropout=0.0,
+        ),
+    ),
     "ddpmpp_cifar10": (SongUNet, dict(_DDPMPP, dropout=0.13)),
     "ncsnpp_cifar10": (SongUNet, dict(_NCSNPP, dropout=0.13)),
     "ncsnpp_ffhq64": (SongUNet, dict(_NCSNPP, channel_mult=(1, 2, 2, 2), dropout=0.05)),
@@ -62,7 +85,9 @@ def build_model(preset, out_channels, split_sigma=0.0, low_preset="", **override
     if split_sigma:
         high = _build_one(preset, out_channels, **overrides).clone(name="high")
         if low_preset:
-            low = _build_one(low_preset, out_channels, compute_dtype=overrides.get("compute_dtype", "float32")).clone(name="low")
+            low = _build_one(
+                low_preset, out_channels, compute_dtype=overrides.get("compute_dtype", "float32")
+            ).clone(name="low")
         else:
             low = _build_one(preset, out_channels, **overrides).clone(name="low")
         return SplitBySigma(low=low, high=high, boundary=float(split_sigma))
@@ -79,7 +104,8 @@ def _build_one(preset, out_channels, **overrides):
     unknown = set(overrides) - set(cls.__dataclass_fields__)
     if unknown:
         raise ValueError(
-            f"model overrides {sorted(unknown)} are not fields of {cls.__name__} (preset {preset!r}); "
+            f"model overrides {sorted(unknown)} are not fields of {cls.__name__} (preset "
+            f"{preset!r}); "
             f"valid: {sorted(f for f in cls.__dataclass_fields__ if f not in ('parent', 'name'))}"
         )
     kwargs = dict(fields, **overrides)
@@ -99,7 +125,9 @@ def override_fields():
     for cls, _ in PRESETS.values():
         for field in dataclasses.fields(cls):
             if field.name not in _NOT_OVERRIDES:
-                fields[field.name] = tuple if typing.get_origin(field.type) is not None else field.type
+                fields[field.name] = (
+                    tuple if typing.get_origin(field.type) is not None else field.type
+                )
     return fields
 
 
@@ -109,13 +137,19 @@ def init_params(model, image_shape, key):
 
 
 def build_network(config, channels):
-    """The run's network: model.preset with the model.overrides that are set (None = the preset's own)."""
+    """The run's network: model.preset with the model.overrides that are set (None = the preset's
+    own)."""
     overrides = {k: v for k, v in dict(config.model.overrides).items() if v is not None}
     overrides.setdefault("compute_dtype", compute_dtype(config.model.compute_dtype))
     if config.model.remat:
         overrides.setdefault("remat", True)
-    return build_model(config.model.preset, channels, split_sigma=split_sigma(config),
-                       low_preset=config.model.split_low_preset, **overrides)
+    return build_model(
+        config.model.preset,
+        channels,
+        split_sigma=split_sigma(config),
+        low_preset=config.model.split_low_preset,
+        **overrides,
+    )
 
 
 def split_sigma(config):
@@ -129,7 +163,8 @@ def split_sigma(config):
 
 
 def compute_dtype(name):
-    """"auto" -> bfloat16 on GPU/TPU (their matmul units run bf16 several times faster), else float32."""
+    """ "auto" -> bfloat16 on GPU/TPU (their matmul units run bf16 several times faster), else
+    float32."""
     if name == "auto":
         return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
     return name

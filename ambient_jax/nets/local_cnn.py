@@ -9,9 +9,11 @@ training image from any starting point. With the identity decided above the spli
 trained on noisy copies alone (the ambient objective), a local low-noise network keeps the
 decision.
 
-    h = Conv3(x); num_layers times: h = h + Conv3(SiLU(LN(h)) + Dense(emb)); out = Conv3(SiLU(LN(h)))
+    h = Conv3(x); num_layers times: h = h + Conv3(SiLU(LN(h)) + Dense(emb)); out =
+    Conv3(SiLU(LN(h)))
 receptive field 2 (num_layers + 2) + 1 pixels (LN normalises each pixel over its channels: a
-GroupNorm's image-wide statistics would let every output see the whole image); emb = MLP(positional(c_noise)); the last conv starts
+GroupNorm's image-wide statistics would let every output see the whole image); emb =
+MLP(positional(c_noise)); the last conv starts
 near zero (EDM's init), so D starts at c_skip x.
 """
 

@@ -32,7 +32,9 @@ class ResidualMLP(nn.Module):
     def __call__(self, x, noise_labels, train=False):
         dtype = jnp.dtype(self.compute_dtype)
         b, height, width, _ = x.shape
-        dense = lambda n, scale=1.0: nn.Dense(n, kernel_init=_xavier(scale), bias_init=nn.initializers.zeros, dtype=dtype)
+        dense = lambda n, scale=1.0: nn.Dense(
+            n, kernel_init=_xavier(scale), bias_init=nn.initializers.zeros, dtype=dtype
+        )
         emb = positional_embedding(noise_labels, self.emb_channels)
         emb = nn.silu(dense(self.emb_channels)(emb))
         emb = nn.silu(dense(self.emb_channels)(emb))

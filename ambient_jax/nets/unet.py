@@ -1,4 +1,5 @@
-"""The DDPM++ / NCSN++ U-Net family of EDM ("SongUNet", Karras et al. 2022, networks.py), in Flax linen.
+"""The DDPM++ / NCSN++ U-Net family of EDM ("SongUNet", Karras et al. 2022, networks.py), in Flax
+linen.
 
 Layout follows EDM's SongUNet, NHWC:
   noise embedding (positional for DDPM++, Fourier for NCSN++) -> 2-layer MLP (emb = 4 x channels);
@@ -22,7 +23,8 @@ import numpy as np
 
 
 def _xavier(scale=1.0):
-    """EDM's xavier_uniform init times `scale` (1e-5 for the "zero" init, sqrt(0.2) for attention)."""
+    """EDM's xavier_uniform init times `scale` (1e-5 for the "zero" init, sqrt(0.2) for
+    attention)."""
     base = nn.initializers.xavier_uniform()
     return lambda key, shape, dtype=jnp.float32: base(key, shape, dtype) * scale
 
@@ -44,8 +46,12 @@ def fir_downsample(x, resample_filter, padding):
     channels = x.shape[-1]
     kernel = jnp.tile(jnp.asarray(f)[:, :, None, None], (1, 1, 1, channels)).astype(x.dtype)
     return jax.lax.conv_general_dilated(
-        x, kernel, (2, 2), [(padding, padding)] * 2,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
+        x,
+        kernel,
+        (2, 2),
+        [(padding, padding)] * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=channels,
     )
 
 
@@ -59,8 +65,13 @@ def fir_upsample(x, resample_filter, padding):
     # (the filter is symmetric, so no flip is needed).
     pad = k - 1 - padding
     return jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), [(pad, pad)] * 2, lhs_dilation=(2, 2),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
+        x,
+        kernel,
+        (1, 1),
+        [(pad, pad)] * 2,
+        lhs_dilation=(2, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=channels,
     )
 
 
@@ -81,8 +92,12 @@ class Conv(nn.Module):
         f_pad = (len(self.resample_filter) - 1) // 2
         w_pad = self.kernel // 2
         conv = lambda pad: nn.Conv(
-            self.features, (self.kernel, self.kernel), padding=[(pad, pad)] * 2,
-            kernel_init=_xavier(self.init_scale), bias_init=nn.initializers.zeros, dtype=self.dtype,
+            self.features,
+            (self.kernel, self.kernel),
+            padding=[(pad, pad)] * 2,
+            kernel_init=_xavier(self.init_scale),
+            bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
         )
         if self.fused_resample and self.down and self.kernel:
             x = conv(w_pad + f_pad)(x)
@@ -111,10 +126,16 @@ class UNetBlock(nn.Module):
     def __call__(self, x, emb, train):
         skip_scale = float(np.sqrt(0.5))  # a Python float keeps bf16 activations bf16
         orig = x
-        res = dict(up=self.up, down=self.down, resample_filter=self.resample_filter, dtype=self.dtype)
+        res = dict(
+            up=self.up, down=self.down, resample_filter=self.resample_filter, dtype=self.dtype
+        )
         h = Conv(self.features, 3, **res)(nn.silu(group_norm(x.shape[-1], self.dtype)(x)))
-        shift = nn.Dense(self.features, kernel_init=_xavier(), bias_init=nn.initializers.zeros, dtype=self.dtype)(emb)
-        h = nn.silu(group_norm(self.features, self.dtype)(h + shift[:, None, None, :].astype(h.dtype)))
+        shift = nn.Dense(
+            self.features, kernel_init=_xavier(), bias_init=nn.initializers.zeros, dtype=self.dtype
+        )(emb)
+        h = nn.silu(
+            group_norm(self.features, self.dtype)(h + shift[:, None, None, :].astype(h.dtype))
+        )
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = Conv(self.features, 3, init_scale=1e-5, dtype=self.dtype)(h)
         if self.features != x.shape[-1] or self.up or self.down:
@@ -134,16 +155,21 @@ class SelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, height, width, c = x.shape
-        dense = lambda n, scale: nn.Dense(n, kernel_init=_xavier(scale), bias_init=nn.initializers.zeros, dtype=self.dtype)
+        dense = lambda n, scale: nn.Dense(
+            n, kernel_init=_xavier(scale), bias_init=nn.initializers.zeros, dtype=self.dtype
+        )
         qkv = dense(3 * c, np.sqrt(0.2))(group_norm(c, self.dtype)(x))
         q, k, v = jnp.split(qkv.reshape(b, height * width, 3 * c), 3, axis=-1)
-        weights = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) / np.sqrt(c), axis=-1)
+        weights = jax.nn.softmax(
+            jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) / np.sqrt(c), axis=-1
+        )
         a = jnp.einsum("bqk,bkc->bqc", weights.astype(v.dtype), v).reshape(b, height, width, c)
         return dense(c, 1e-5)(a)
 
 
 def positional_embedding(noise_labels, channels, max_positions=10000):
-    """EDM's PositionalEmbedding(endpoint=True), with the sin/cos halves swapped as SongUNet does."""
+    """EDM's PositionalEmbedding(endpoint=True), with the sin/cos halves swapped as SongUNet
+    does."""
     half = channels // 2
     freqs = (1.0 / max_positions) ** (jnp.arange(half, dtype=jnp.float32) / (half - 1))
     angles = noise_labels.astype(jnp.float32)[:, None] * freqs[None, :]
@@ -151,7 +177,8 @@ def positional_embedding(noise_labels, channels, max_positions=10000):
 
 
 def fourier_embedding(noise_labels, channels, scale=16.0, seed=0):
-    """EDM's FourierEmbedding: random frequencies fixed at construction (a constant, not a parameter)."""
+    """EDM's FourierEmbedding: random frequencies fixed at construction (a constant, not a
+    parameter)."""
     freqs = np.random.RandomState(seed).randn(channels // 2).astype(np.float32) * scale
     angles = noise_labels.astype(jnp.float32)[:, None] * (2 * np.pi * freqs)[None, :]
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
@@ -171,8 +198,11 @@ class SongUNet(nn.Module):
     channel_mult_noise: int = 1
     encoder_type: str = "standard"  # "standard" (DDPM++) | "residual" (NCSN++)
     resample_filter: Sequence[int] = (1, 1)
-    compute_dtype: str = "float32"  # bfloat16: convolutions and matmuls in bf16, parameters and norms' statistics f32
-    remat: bool = False  # recompute each block's activations in the backward pass (less memory, more FLOPs)
+    # bfloat16: convolutions and matmuls in bf16, parameters and norms' statistics f32
+    compute_dtype: str = "float32"
+    remat: bool = (
+        False  # recompute each block's activations in the backward pass (less memory, more FLOPs)
+    )
 
     @nn.compact
     def __call__(self, x, noise_labels, train=False):
@@ -180,7 +210,8 @@ class SongUNet(nn.Module):
         resolution = x.shape[1]
         if x.shape[1] != x.shape[2] or resolution % (2 ** (len(self.channel_mult) - 1)):
             raise ValueError(
-                f"SongUNet needs square images whose side divides by 2^(levels-1); got {x.shape[1:3]} "
+                "SongUNet needs square images whose side divides by 2^(levels-1); got "
+                f"{x.shape[1:3]} "
                 f"with channel_mult {tuple(self.channel_mult)}"
             )
         noise_channels = self.model_channels * self.channel_mult_noise
@@ -190,7 +221,9 @@ class SongUNet(nn.Module):
         elif self.embedding_type == "fourier":
             emb = fourier_embedding(noise_labels, noise_channels)
         else:
-            raise ValueError(f"embedding_type must be 'positional' or 'fourier', got {self.embedding_type!r}")
+            raise ValueError(
+                f"embedding_type must be 'positional' or 'fourier', got {self.embedding_type!r}"
+            )
         dense = lambda n: nn.Dense(n, kernel_init=_xavier(), bias_init=nn.initializers.zeros)
         emb = nn.silu(dense(emb_channels)(emb))
         emb = nn.silu(dense(emb_channels)(emb)).astype(dtype)
@@ -199,8 +232,12 @@ class SongUNet(nn.Module):
         block_cls = nn.remat(UNetBlock, static_argnums=(3,)) if self.remat else UNetBlock
         count = iter(range(1000))
         block = lambda features, **kw: block_cls(
-            features, dropout=self.dropout, resample_filter=tuple(self.resample_filter), dtype=dtype,
-            name=f"UNetBlock_{next(count)}", **kw
+            features,
+            dropout=self.dropout,
+            resample_filter=tuple(self.resample_filter),
+            dtype=dtype,
+            name=f"UNetBlock_{next(count)}",
+            **kw,
         )
         x = x.astype(dtype)
         aux = x
@@ -212,12 +249,20 @@ class SongUNet(nn.Module):
             else:
                 x = block(x.shape[-1], down=True)(x, emb, train)
                 if self.encoder_type == "residual":
-                    aux_conv = Conv(x.shape[-1], 3, down=True, fused_resample=True, resample_filter=tuple(self.resample_filter),
-                                    dtype=dtype)
+                    aux_conv = Conv(
+                        x.shape[-1],
+                        3,
+                        down=True,
+                        fused_resample=True,
+                        resample_filter=tuple(self.resample_filter),
+                        dtype=dtype,
+                    )
                     x = aux = (x + aux_conv(aux)) / float(np.sqrt(2))
             skips.append(x)
             for _ in range(self.num_blocks):
-                x = block(self.model_channels * mult, attention=res in self.attn_resolutions)(x, emb, train)
+                x = block(self.model_channels * mult, attention=res in self.attn_resolutions)(
+                    x, emb, train
+                )
                 skips.append(x)
 
         for level in reversed(range(len(self.channel_mult))):

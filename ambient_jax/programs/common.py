@@ -1,4 +1,5 @@
-"""What the programs share: the default config path and one clear error line instead of a traceback."""
+"""What the programs share: the default config path and one clear error line instead of a
+traceback."""
 
 import functools
 import os
@@ -13,12 +14,24 @@ from ambient_jax.eval.convert import ConversionError
 from ambient_jax.train import TrainingError
 from ambient_jax.workdir_lock import WorkdirLocked
 
-# The embedded MNIST experiment, inside the installed package (configs/ installs as ambient_jax.configs).
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(ambient_jax.configs.__file__)), "mnist.py")
+# The embedded MNIST experiment, inside the installed package (configs/ installs as
+# ambient_jax.configs).
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.abspath(ambient_jax.configs.__file__)), "mnist.py"
+)
 
 
 def user_errors():
-    return (DataError, TrainingError, CheckpointError, ConversionError, WorkdirLocked, ValueError, OSError, KeyError)
+    return (
+        DataError,
+        TrainingError,
+        CheckpointError,
+        ConversionError,
+        WorkdirLocked,
+        ValueError,
+        OSError,
+        KeyError,
+    )
 
 
 def clean_errors(main):
@@ -43,8 +56,16 @@ def log(message):
 
 
 def _unknown_field(err):
-    detail = " ".join(str(err.args[0] if err.args else err).strip("'\"").replace("\\n", " ").replace("\\'", "'").split())
-    print(f"error: a --config override names a field that does not exist: {detail}", file=sys.stderr)
+    detail = " ".join(
+        str(err.args[0] if err.args else err)
+        .strip("'\"")
+        .replace("\\n", " ")
+        .replace("\\'", "'")
+        .split()
+    )
+    print(
+        f"error: a --config override names a field that does not exist: {detail}", file=sys.stderr
+    )
     sys.exit(2)
 
 
@@ -56,9 +77,13 @@ def _parse_flags(argv):
         _unknown_field(err)
     except flags.Error as err:  # a missing, misspelt or ill-typed flag, or a config file that fails
         text = str(err)
-        if "Traceback (most recent call last)" in text:  # a config file raised: its own message is the last line
+        if (
+            "Traceback (most recent call last)" in text
+        ):  # a config file raised: its own message is the last line
             text = f"{text.split(':', 1)[0]}: {text.strip().splitlines()[-1]}"
-        print(f"error: {' '.join(text.split())} (--help lists this program's flags)", file=sys.stderr)
+        print(
+            f"error: {' '.join(text.split())} (--help lists this program's flags)", file=sys.stderr
+        )
         sys.exit(2)
 
 
@@ -69,8 +94,10 @@ def print_help(module_name):
     """The program's docstring and its own flags with their meaning and default, then exit 0.
     (absl's --help lists the flags of __main__ only: a console script's wrapper, which has none.)"""
     doc = (sys.modules[module_name].__doc__ or "").strip()
-    print(f"{doc}\n\nflags:\n{flags.FLAGS.module_help(module_name)}\n\n"
-          "(--helpfull lists the flags of every library too)")
+    print(
+        f"{doc}\n\nflags:\n{flags.FLAGS.module_help(module_name)}\n\n"
+        "(--helpfull lists the flags of every library too)"
+    )
     sys.exit(0)
 
 
@@ -78,10 +105,13 @@ def check_config_file_argument(argv):
     """--config=FILE.py[:ARG]: a FILE that does not exist is named before anything else happens."""
     for arg in argv[1:]:
         if arg.startswith("--config="):
-            path = arg[len("--config="):].split(":", 1)[0]
+            path = arg[len("--config=") :].split(":", 1)[0]
             if not os.path.isfile(path):
-                print(f"error: config file {path} does not exist (give --config=FILE.py[:ARG], e.g. configs/mnist.py)",
-                      file=sys.stderr)
+                print(
+                    f"error: config file {path} does not exist (give --config=FILE.py[:ARG], e.g. "
+                    "configs/mnist.py)",
+                    file=sys.stderr,
+                )
                 sys.exit(2)
 
 

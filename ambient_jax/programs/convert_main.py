@@ -21,13 +21,17 @@ FLAGS = flags.FLAGS
 @clean_errors
 def main(argv):
     if len(argv) != 2 or argv[1] not in ("inception", "dinov2"):
-        raise ValueError("log what to convert: ambient-convert inception [--source=FILE] | "
-                         "ambient-convert dinov2 --source=FILE.pth|.safetensors --heads=N")
+        raise ValueError(
+            "log what to convert: ambient-convert inception [--source=FILE] | "
+            "ambient-convert dinov2 --source=FILE.pth|.safetensors --heads=N"
+        )
     if argv[1] == "inception":
         log(f"converted the FID Inception to {convert.convert_inception(FLAGS.source, FLAGS.out)}")
         return
     if not FLAGS.source or not FLAGS.heads:
-        raise ValueError("ambient-convert dinov2 needs --source=FILE and --heads=N (ViT-S/B/L/g: 6/12/16/24)")
+        raise ValueError(
+            "ambient-convert dinov2 needs --source=FILE and --heads=N (ViT-S/B/L/g: 6/12/16/24)"
+        )
     log(f"converted DINOv2 to {convert.convert_dinov2(FLAGS.source, FLAGS.heads, FLAGS.out)}")
 
 

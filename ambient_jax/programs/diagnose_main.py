@@ -15,9 +15,13 @@ from absl import flags
 from ambient_jax.eval import diagnose
 from ambient_jax.programs.common import clean_errors, log, run_program
 
-flags.DEFINE_list("workdir", None, "one or more training work dirs (comma-separated)", required=True)
+flags.DEFINE_list(
+    "workdir", None, "one or more training work dirs (comma-separated)", required=True
+)
 flags.DEFINE_integer("levels", 24, "number of noise levels, log-spaced over the sampler's range")
-flags.DEFINE_integer("max_images", 500, "training / held-out images per level (a random subset when there are more)")
+flags.DEFINE_integer(
+    "max_images", 500, "training / held-out images per level (a random subset when there are more)"
+)
 flags.DEFINE_integer("seed", 0, "seed of the noise draws and of the image subsets")
 FLAGS = flags.FLAGS
 
@@ -30,7 +34,10 @@ def main(argv):
         raise ValueError(f"--levels must be >= 2, got {FLAGS.levels}")
     if FLAGS.max_images < 1:
         raise ValueError(f"--max_images must be >= 1, got {FLAGS.max_images}")
-    results = [diagnose.diagnose_run(w, FLAGS.levels, FLAGS.max_images, FLAGS.seed, log=log) for w in FLAGS.workdir]
+    results = [
+        diagnose.diagnose_run(w, FLAGS.levels, FLAGS.max_images, FLAGS.seed, log=log)
+        for w in FLAGS.workdir
+    ]
     for workdir in FLAGS.workdir:
         diagnose.write_diagnosis(workdir, results, log=log)
     log(diagnose.summary_table(results))

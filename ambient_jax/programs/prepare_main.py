@@ -13,9 +13,13 @@ from ambient_jax.data.images import DataError, list_image_files
 from ambient_jax.data.tfds_source import BUILDER_NAME, prepare_image_folder
 from ambient_jax.programs.common import clean_errors, log, run_program
 
-flags.DEFINE_string("folder", None, "folder of PNG/JPEG images (searched recursively)", required=True)
+flags.DEFINE_string(
+    "folder", None, "folder of PNG/JPEG images (searched recursively)", required=True
+)
 flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "tfds data dir to write into")
-flags.DEFINE_integer("resolution", 64, "side of the square images (shorter side resized, centre crop)")
+flags.DEFINE_integer(
+    "resolution", 64, "side of the square images (shorter side resized, centre crop)"
+)
 flags.DEFINE_integer("channels", 3, "1 (grey) or 3 (RGB)")
 FLAGS = flags.FLAGS
 

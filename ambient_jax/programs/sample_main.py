@@ -27,18 +27,29 @@ def main(argv):
     out = FLAGS.out or os.path.join(FLAGS.workdir, "samples.npz")
     folder = os.path.dirname(out) or "."
     if not files.exists(folder):  # before minutes of sampling, not after
-        raise FileNotFoundError(f"--out={out}: the folder {folder} does not exist; create it or choose another --out")
+        raise FileNotFoundError(
+            f"--out={out}: the folder {folder} does not exist; create it or choose another --out"
+        )
     if FLAGS.num_samples is not None and FLAGS.num_samples < 1:
         raise ValueError(f"--num_samples must be >= 1, got {FLAGS.num_samples}")
     config, model, params = checkpoint.load_ema_params(FLAGS.workdir)
     num = FLAGS.num_samples or config.sample.num_samples
     seed = config.sample.seed if FLAGS.seed is None else FLAGS.seed
     start = time.perf_counter()
-    progress = lambda done, total: log(f"sampled {done}/{total} ({done / (time.perf_counter() - start):.0f} img/s)")
+    progress = lambda done, total: log(
+        f"sampled {done}/{total} ({done / (time.perf_counter() - start):.0f} img/s)"
+    )
     images = generate.generate(config, model, params, num, seed, progress=progress)
     files.save_npz(out, compressed=True, samples=images, seed=seed)
-    plots.save_grid(images[: config.sample.grid_size**2], os.path.splitext(out)[0] + ".png", config.sample.grid_size)
-    log(f"wrote {out} ({images.shape[0]} images, {config.sample.sampler}, {config.sample.num_steps} steps)")
+    plots.save_grid(
+        images[: config.sample.grid_size**2],
+        os.path.splitext(out)[0] + ".png",
+        config.sample.grid_size,
+    )
+    log(
+        f"wrote {out} ({images.shape[0]} images, {config.sample.sampler}, "
+        f"{config.sample.num_steps} steps)"
+    )
 
 
 def run():

@@ -19,7 +19,9 @@ flags.DEFINE_list("sigma_tn", ["0", "0.5", "1", "1.5", "2"], "noise levels; 0 = 
 flags.DEFINE_list("n_train", ["100"], "training-set sizes")
 flags.DEFINE_list("seeds", ["0"], "train.seed values")
 flags.DEFINE_multi_string("set", [], "extra --config.a.b=v overrides for every run")
-flags.DEFINE_integer("jobs", 1, "run: how many runs at once (each run's output then goes to its sweep.log)")
+flags.DEFINE_integer(
+    "jobs", 1, "run: how many runs at once (each run's output then goes to its sweep.log)"
+)
 flags.DEFINE_bool("fid", False, "evaluate with --fid (Inception) as well")
 flags.DEFINE_string("quality", None, "report: the y metric (default: the first quality row)")
 flags.DEFINE_string("memorization", None, "report: the x metric (default: extraction_rate)")
@@ -34,8 +36,15 @@ def main(argv):
         log(sweep.report(FLAGS.root, FLAGS.quality, FLAGS.memorization))
         log(f"wrote {FLAGS.root}/table.md and {FLAGS.root}/pareto.png")
         return
-    runs = sweep.commands(FLAGS.config, FLAGS.root, [float(s) for s in FLAGS.sigma_tn], [int(n) for n in FLAGS.n_train],
-                          [int(s) for s in FLAGS.seeds], FLAGS.set, () if FLAGS.fid else ("--nofid",))
+    runs = sweep.commands(
+        FLAGS.config,
+        FLAGS.root,
+        [float(s) for s in FLAGS.sigma_tn],
+        [int(n) for n in FLAGS.n_train],
+        [int(s) for s in FLAGS.seeds],
+        FLAGS.set,
+        () if FLAGS.fid else ("--nofid",),
+    )
     if argv[1] == "commands":
         for _, steps in runs:
             log(" && ".join(" ".join(step) for step in steps))

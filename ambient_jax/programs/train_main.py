@@ -1,6 +1,7 @@
 """ambient-train: train (or resume) one run.
 
-    ambient-train --config=configs/mnist.py --workdir=runs/mnist_ambient [--config.loss.sigma_tn=2.0]
+    ambient-train --config=configs/mnist.py --workdir=runs/mnist_ambient \\
+        [--config.loss.sigma_tn=2.0]
 
 Re-running the same command resumes from the latest checkpoint in the work dir.
 
@@ -22,11 +23,26 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     # The config file is loaded (and --config.a.b overrides applied) when its flag is defined.
-    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file (FILE.py or FILE.py:ARG)", lock_config=True)
-    flags.DEFINE_string("workdir", None, "folder of the run: config, subset record, checkpoints, metrics, samples")
-    flags.DEFINE_bool("allow_config_change", False, "resume a work dir although its config differs from --config")
-    flags.DEFINE_bool("restart", False, "train the work dir from step 0: delete its checkpoints, set its metrics.jsonl aside")
-    flags.DEFINE_bool("print_config", False, "print the full config (every field and its value) and exit")
+    config_flags.DEFINE_config_file(
+        "config",
+        DEFAULT_CONFIG,
+        "ml_collections config file (FILE.py or FILE.py:ARG)",
+        lock_config=True,
+    )
+    flags.DEFINE_string(
+        "workdir", None, "folder of the run: config, subset record, checkpoints, metrics, samples"
+    )
+    flags.DEFINE_bool(
+        "allow_config_change", False, "resume a work dir although its config differs from --config"
+    )
+    flags.DEFINE_bool(
+        "restart",
+        False,
+        "train the work dir from step 0: delete its checkpoints, set its metrics.jsonl aside",
+    )
+    flags.DEFINE_bool(
+        "print_config", False, "print the full config (every field and its value) and exit"
+    )
 
 
 @clean_errors
@@ -37,10 +53,17 @@ def main(argv):
         log(FLAGS.config)
         return
     if not FLAGS.workdir:
-        raise ValueError("give --workdir=DIR, the folder of the run (it is created, or resumed when it exists)")
+        raise ValueError(
+            "give --workdir=DIR, the folder of the run (it is created, or resumed when it exists)"
+        )
 
-    train.train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change, log=log,
-                restart=FLAGS.restart)
+    train.train(
+        FLAGS.config,
+        FLAGS.workdir,
+        allow_config_change=FLAGS.allow_config_change,
+        log=log,
+        restart=FLAGS.restart,
+    )
     log(f"done: {FLAGS.workdir}")
 
 

@@ -28,8 +28,15 @@ from ambient_jax.data.sources import load_mnist
 
 def init_mlp(key, sizes):
     params = []
-    for k, (fan_in, fan_out) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
-        params.append({"w": jax.random.normal(k, (fan_in, fan_out)) * jnp.sqrt(2.0 / fan_in), "b": jnp.zeros(fan_out)})
+    for k, (fan_in, fan_out) in zip(
+        jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])
+    ):
+        params.append(
+            {
+                "w": jax.random.normal(k, (fan_in, fan_out)) * jnp.sqrt(2.0 / fan_in),
+                "b": jnp.zeros(fan_out),
+            }
+        )
     return params
 
 
@@ -50,13 +57,19 @@ def subset_masks(key, num_models, num_examples, fraction):
     return jax.vmap(one)(jax.random.split(key, num_models))
 
 
-def train_models(x, y, masks, num_classes, key, hidden=(256,), steps=500, lr=1e-3, batch_size=128, mesh=None):
+def train_models(
+    x, y, masks, num_classes, key, hidden=(256,), steps=500, lr=1e-3, batch_size=128, mesh=None
+):
     """Train len(masks) MLPs, model k on the examples where masks[k] == 1. Returns stacked params.
 
     Each step model k draws batch_size examples from its own subset (uniformly, with
     replacement) and takes an Adam step on the cross-entropy.
     """
-    x, y, masks = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32), jnp.asarray(masks, jnp.float32)
+    x, y, masks = (
+        jnp.asarray(x, jnp.float32),
+        jnp.asarray(y, jnp.int32),
+        jnp.asarray(masks, jnp.float32),
+    )
     num_models = masks.shape[0]
     sizes = [x.shape[1], *hidden, num_classes]
     optimizer = optax.adam(lr)
@@ -73,13 +86,17 @@ def train_models(x, y, masks, num_classes, key, hidden=(256,), steps=500, lr=1e-
             index = members[jax.random.randint(k_step, (batch_size,), 0, size)]
 
             def loss(p):
-                return optax.softmax_cross_entropy_with_integer_labels(mlp_logits(p, x[index]), y[index]).mean()
+                return optax.softmax_cross_entropy_with_integer_labels(
+                    mlp_logits(p, x[index]), y[index]
+                ).mean()
 
             grads = jax.grad(loss)(params)
             updates, opt_state = optimizer.update(grads, opt_state)
             return (optax.apply_updates(params, updates), opt_state), None
 
-        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(k_steps, steps))
+        (params, _), _ = jax.lax.scan(
+            step, (params, optimizer.init(params)), jax.random.split(k_steps, steps)
+        )
         return params
 
     keys = jax.random.split(key, num_models)
@@ -104,14 +121,28 @@ def in_out_difference(correct, masks):
     k_in = masks.sum(0)[:, None]
     k_out = (1 - masks).sum(0)[:, None]
     if np.any(k_in == 0) or np.any(k_out == 0):
-        raise ValueError("every example must be in some subsets and out of others: use more models or 0 < fraction < 1")
+        raise ValueError(
+            "every example must be in some subsets and out of others: use more models or 0 < "
+            "fraction < 1"
+        )
     p_in = masks.T @ correct / k_in
     p_out = (1 - masks).T @ correct / k_out
     stderr = np.sqrt(p_in * (1 - p_in) / k_in + p_out * (1 - p_out) / k_out)
     return p_in - p_out, stderr
 
 
-def estimate(x, y, num_classes, num_models=200, fraction=0.7, seed=0, test_x=None, test_y=None, mesh=None, **train_kwargs):
+def estimate(
+    x,
+    y,
+    num_classes,
+    num_models=200,
+    fraction=0.7,
+    seed=0,
+    test_x=None,
+    test_y=None,
+    mesh=None,
+    **train_kwargs,
+):
     """Memorization (and, with a test set, influence) estimates of every training example.
 
     Returns a dict: mem [n], mem_stderr [n], and with test data infl [n, m], infl_stderr,
@@ -119,7 +150,9 @@ def estimate(x, y, num_classes, num_models=200, fraction=0.7, seed=0, test_x=Non
     """
     k_masks, k_train = jax.random.split(jax.random.key(seed))
     masks = subset_masks(k_masks, num_models, len(x), fraction)
-    train = functools.partial(train_models, x, y, masks, num_classes, k_train, mesh=mesh, **train_kwargs)
+    train = functools.partial(
+        train_models, x, y, masks, num_classes, k_train, mesh=mesh, **train_kwargs
+    )
     params = jax.block_until_ready(train())  # includes the compile
     start = time.perf_counter()
     params = jax.block_until_ready(train())
@@ -127,10 +160,17 @@ def estimate(x, y, num_classes, num_models=200, fraction=0.7, seed=0, test_x=Non
     train_correct = _correct(params, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32))
     mem_all, se_all = in_out_difference(train_correct, masks)
     idx = np.arange(len(x))
-    result = {"mem": mem_all[idx, idx], "mem_stderr": se_all[idx, idx], "models_per_second": num_models / seconds,
-              "train_seconds": seconds, "masks": np.asarray(masks)}
+    result = {
+        "mem": mem_all[idx, idx],
+        "mem_stderr": se_all[idx, idx],
+        "models_per_second": num_models / seconds,
+        "train_seconds": seconds,
+        "masks": np.asarray(masks),
+    }
     if test_x is not None:
-        test_correct = _correct(params, jnp.asarray(test_x, jnp.float32), jnp.asarray(test_y, jnp.int32))
+        test_correct = _correct(
+            params, jnp.asarray(test_x, jnp.float32), jnp.asarray(test_y, jnp.int32)
+        )
         result["infl"], result["infl_stderr"] = in_out_difference(test_correct, masks)
     return result
 
@@ -144,25 +184,54 @@ def mnist_study(workdir, n_train=1000, num_models=200, fraction=0.7, steps=400, 
     train_idx, test_idx = np.sort(order[:n_train]), np.sort(order[n_train:])
     flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
     mesh = parallel.make_mesh() if len(jax.devices()) > 1 else None
-    result = estimate(flat[train_idx], labels[train_idx], 10, num_models=num_models, fraction=fraction, seed=seed,
-                      test_x=flat[test_idx], test_y=labels[test_idx], mesh=mesh, steps=steps)
+    result = estimate(
+        flat[train_idx],
+        labels[train_idx],
+        10,
+        num_models=num_models,
+        fraction=fraction,
+        seed=seed,
+        test_x=flat[test_idx],
+        test_y=labels[test_idx],
+        mesh=mesh,
+        steps=steps,
+    )
     mem, stderr = result["mem"], result["mem_stderr"]
     files.makedirs(workdir)
-    files.save_npz(os.path.join(workdir, "scores.npz"), compressed=True, mem=mem, mem_stderr=stderr,
-                   train_indices=train_idx, test_indices=test_idx, top_influence=result["infl"].max(axis=1),
-                   top_influence_test_index=test_idx[result["infl"].argmax(axis=1)])
+    files.save_npz(
+        os.path.join(workdir, "scores.npz"),
+        compressed=True,
+        mem=mem,
+        mem_stderr=stderr,
+        train_indices=train_idx,
+        test_indices=test_idx,
+        top_influence=result["infl"].max(axis=1),
+        top_influence_test_index=test_idx[result["infl"].argmax(axis=1)],
+    )
     ranked = np.argsort(-mem)
     summary = {
-        "n_train": n_train, "num_models": num_models, "fraction": fraction, "steps": steps,
-        "models_per_second": result["models_per_second"], "train_seconds": result["train_seconds"],
-        "mean_mem": float(mem.mean()), "share_mem_above_0.5": float(np.mean(mem > 0.5)),
+        "n_train": n_train,
+        "num_models": num_models,
+        "fraction": fraction,
+        "steps": steps,
+        "models_per_second": result["models_per_second"],
+        "train_seconds": result["train_seconds"],
+        "mean_mem": float(mem.mean()),
+        "share_mem_above_0.5": float(np.mean(mem > 0.5)),
         "median_stderr": float(np.median(stderr)),
-        "most_memorized": [{"index": int(train_idx[i]), "label": int(labels[train_idx[i]]), "mem": float(mem[i])}
-                           for i in ranked[:10]],
+        "most_memorized": [
+            {"index": int(train_idx[i]), "label": int(labels[train_idx[i]]), "mem": float(mem[i])}
+            for i in ranked[:10]
+        ],
     }
     files.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     picture = np.concatenate([images[train_idx[ranked[:16]]], images[train_idx[ranked[-16:]]]])
     plots.save_grid(picture, os.path.join(workdir, "most_least_memorized.png"), cols=16)
-    plots.save_histogram(mem, os.path.join(workdir, "memorization_histogram.png"),
-                         "estimated label memorization mem(A, S, i)", "training examples", bins=40)
+    plots.save_histogram(
+        mem,
+        os.path.join(workdir, "memorization_histogram.png"),
+        "estimated label memorization mem(A, S, i)",
+        "training examples",
+        bins=40,
+    )
     return summary

@@ -44,7 +44,8 @@ def zipf_prior(num_elements, exponent=1.0):
 
 
 def marginal_mean_field(prior):
-    """pi_bar for large N: D(x) = p_x / sum_y p_y with the sum replaced by its mean, p_x + (N-1) E[p].
+    """pi_bar for large N: D(x) = p_x / sum_y p_y with the sum replaced by its mean, p_x + (N-1)
+    E[p].
 
     The relative error of the sum is O(1/sqrt(N)) for a prior of bounded spread; use
     `marginal_exact` for small N.
@@ -113,29 +114,33 @@ def tau(marginal, n, multiplicities=None, max_atoms=None):
     log_1ma = np.log1p(-np.minimum(marginal.atoms[keep], 1.0))
     out = np.empty(len(ls))
     chunk = max(1, 2**22 // max(1, int(keep.sum())))
-    for start in range(0, len(ls), chunk):  # [l, atoms] blocks: never an n x atoms matrix at once
-        l = ls[start : start + chunk, None].astype(np.float64)
-        base = log_w[None, :] + l * log_a[None, :] + (n - l) * log_1ma[None, :]
-        out[start : start + chunk] = np.exp(logsumexp(base + log_a[None, :], axis=1) - logsumexp(base, axis=1))
+    for start in range(0, len(ls), chunk):  # [ell, atoms] blocks: never an n x atoms matrix at once
+        ell = ls[start : start + chunk, None].astype(np.float64)
+        base = log_w[None, :] + ell * log_a[None, :] + (n - ell) * log_1ma[None, :]
+        out[start : start + chunk] = np.exp(
+            logsumexp(base + log_a[None, :], axis=1) - logsumexp(base, axis=1)
+        )
     return out
 
 
 def heavy_tail_weight(marginal, n):
-    """weight(pi_bar, [1/(2n), 1/n]) = N E[a 1(1/(2n) <= a <= 1/n)]: the expected mass of ~1/n elements."""
+    """weight(pi_bar, [1/(2n), 1/n]) = N E[a 1(1/(2n) <= a <= 1/n)]: the expected mass of ~1/n
+    elements."""
     inside = (marginal.atoms >= 1 / (2 * n)) & (marginal.atoms <= 1 / n)
     return float(marginal.population * np.sum(marginal.weights * marginal.atoms * inside))
 
 
 def theorem1_lower_bound(taus, errors_by_multiplicity, opt=0.0):
     """opt + sum_l tau_l errn_Z(A, l): Theorem 1's bound on the expected error of a learner whose
-    expected number of mislabelled elements among those seen l times is errors_by_multiplicity[l-1]."""
+    expected number of mislabelled elements among those seen l times is
+    errors_by_multiplicity[l-1]."""
     errors = np.asarray(errors_by_multiplicity, np.float64)
     return float(opt + np.dot(np.asarray(taus)[: len(errors)], errors))
 
 
-def tau_brute_force(prior, n, l=1):
+def tau_brute_force(prior, n, ell=1):
     """tau_l from the definition, for tiny N: enumerate every assignment (p_1..p_N) of the prior,
-    and average D(x_1) over instances weighted by P(x_1 is seen exactly l times in n draws)."""
+    and average D(x_1) over instances weighted by P(x_1 is seen exactly ell times in n draws)."""
     prior = np.asarray(prior, np.float64)
     n_elements = len(prior)
 
@@ -143,7 +148,7 @@ def tau_brute_force(prior, n, l=1):
     for assignment in itertools.product(prior, repeat=n_elements):
         d = np.asarray(assignment) / np.sum(assignment)
         a = d[0]
-        seen_l = comb(n, l) * a**l * (1 - a) ** (n - l)
+        seen_l = comb(n, ell) * a**ell * (1 - a) ** (n - ell)
         num += a * seen_l
         den += seen_l
     return num / den
@@ -177,7 +182,9 @@ def simulate_theorem1(prior, n, num_labels=2, trials=2000, seed=0):
     for _ in range(max(1, 200_000 // n_elements)):  # independent instances for pi_bar
         d = rng.choice(prior, n_elements)
         frequencies.append(d / d.sum())
-    tau_1 = tau(marginal_from_samples(np.concatenate(frequencies), n_elements), n, [1], max_atoms=4096)[0]
+    tau_1 = tau(
+        marginal_from_samples(np.concatenate(frequencies), n_elements), n, [1], max_atoms=4096
+    )[0]
     return {
         "gap": float(gaps.mean()),
         "gap_stderr": float(gaps.std(ddof=1) / np.sqrt(trials)),
