@@ -42,6 +42,10 @@ def base_config():
     c.data.n_train = 100
     c.data.subset_seed = 0
     c.data.augment_flip = False  # horizontal flips (off for digits)
+    # EDM's augmentation pipeline (ambient_jax.augment) inside the train step, with its labels fed
+    # to the network: each transform's probability is its multiplier times augment_p (0 = off).
+    c.data.augment_p = 0.0
+    c.data.augment_pipe = "edm"  # edm (geometric, 9 labels) | edm_colour (+ colour, 15 labels)
     # tfds source (data.source = "tfds"): ArrayRecord data read without TensorFlow.
     c.data.tfds_name = ""  # "ambient_image_folder" (ambient-prepare) or a catalog name (cifar10)
     c.data.tfds_data_dir = ""  # default: ~/tensorflow_datasets
@@ -90,6 +94,9 @@ def base_config():
     c.loss.p_mean = -1.2
     c.loss.p_std = 1.2
     c.loss.sigma_data = 0.5
+    # The fixed noise of S_tn is keyed by (noise_seed, the image's source index) alone: an image's
+    # noisy copy is the same in every run, train seed and subset that holds it.
+    c.loss.noise_seed = 0
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3
@@ -256,6 +263,13 @@ def load_config(workdir):
     # Fields added to the base after the run was made read as their defaults, which reproduce
     # the behaviour the run was trained with.
     return complete(_tuples(files.read_json(path)))
+
+
+def noise_keyed_by_source(workdir):
+    """Whether the run's noisy copies are keyed by (loss.noise_seed, source index). Runs saved
+    before loss.noise_seed existed keyed them by train.seed and the image's subset position."""
+    saved = files.read_json(os.path.join(workdir, CONFIG_NAME))
+    return "noise_seed" in saved.get("loss", {})
 
 
 def complete(config):

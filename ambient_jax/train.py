@@ -145,14 +145,16 @@ def batch_indices(step_root, step, batch_size, num_images):
 
 
 def noise_tn_key(config):
-    """The key of the fixed noise of S_tn (losses.fixed_noise)."""
-    return jax.random.fold_in(root_key(config), KEY_NOISE_TN)
+    """The key of the fixed noise of S_tn (losses.fixed_noise): loss.noise_seed alone, so an
+    image's noisy copy is the same in every run, train seed and subset (with the image's source
+    index, as the paper's code seeds it by the raw image index)."""
+    return jax.random.fold_in(jax.random.key(config.loss.noise_seed), KEY_NOISE_TN)
 
 
-def noisy_training_copies(config, images):
-    """S_tn as the run trains on it: x_tn for every training image (position i in the subset)."""
+def noisy_training_copies(config, images, source_indices):
+    """S_tn as the run trains on it: x_tn for every training image, keyed by its source index."""
     images = jnp.asarray(images, jnp.float32)
-    index = jnp.arange(images.shape[0])
+    index = jnp.asarray(source_indices, jnp.int32)
     return losses.noisy_copy(
         images, index, config_lib.effective_sigma_tn(config), noise_tn_key(config)
     )
@@ -163,10 +165,11 @@ def flip_rows(x0, flip):
     return jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
 
 
-def gather_batch(step_root, step, images, batch_size):
-    """The global batch of `step` from the training images held on device: (x0, index)."""
-    index = batch_indices(step_root, step, batch_size, images.shape[0])
-    return images[index], index
+def gather_batch(step_root, step, images, source_indices, batch_size):
+    """The global batch of `step` from the training images held on device: (x0, the images'
+    source indices)."""
+    positions = batch_indices(step_root, step, batch_size, images.shape[0])
+    return images[positions], source_indices[positions]
 
 
 def make_row_loss(config):
@@ -276,8 +279,9 @@ class Trainer:
             body = functools.partial(
                 make_step_body(config, model, optimizer, schedule), batch_sharding=rows
             )
-            on_device = lambda state, images: body(
-                state, *gather_batch(step_root, state.step, images, batch_size)
+            # held = (training images, their source indices), replicated on every device
+            on_device = lambda state, held: body(
+                state, *gather_batch(step_root, state.step, *held, batch_size)
             )
             compile_ = functools.partial(jax.jit, out_shardings=(repl, repl), donate_argnums=0)
             if config.data.streaming:
@@ -299,9 +303,9 @@ class Trainer:
             )
             rows_per_device = batch_size // mesh.size
 
-            def per_device(state, images):
+            def per_device(state, held):
                 shard = jax.lax.axis_index(parallel.DATA_AXIS)
-                x0, index = gather_batch(step_root, state.step, images, batch_size)
+                x0, index = gather_batch(step_root, state.step, *held, batch_size)
                 mine = lambda a: jax.lax.dynamic_slice_in_dim(
                     a, shard * rows_per_device, rows_per_device
                 )
@@ -339,12 +343,12 @@ class PmapStep:
         )
         self.add_axis = jax.jit(lambda leaves: [a[None] for a in leaves])
         self.drop_axis = jax.jit(lambda leaves: [a[0] for a in leaves])
-        self.images = (None, None)  # the last images given and their per-device form
+        self.held = (None, None)  # the last training data given and its per-device form
 
-    def __call__(self, state, images):
-        if self.images[0] is not images:
-            self.images = (images, self.per_device_copies(images))
-        state, metrics = self.run(self.per_device_copies(state), self.images[1])
+    def __call__(self, state, held):
+        if self.held[0] is not held:
+            self.held = (held, self.per_device_copies(held))
+        state, metrics = self.run(self.per_device_copies(state), self.held[1])
         return self.replicated(state), jax.tree_util.tree_map(lambda m: m[0], metrics)
 
     def _regroup(self, tree, convert, shape, sharding):
@@ -405,11 +409,17 @@ def has_checkpoint(workdir):
     return checkpoint.make_manager(workdir, create=False).latest_step() is not None
 
 
-def check_workdir(config, workdir, allow_config_change=False):
+def check_workdir(config, workdir, allow_config_change=False, restart=False):
     """Refuse to resume a run of another config unless told; writes nothing. A saved config binds
     only once a checkpoint exists: a run that failed before its first one did not train under it."""
     config_lib.check_config(config)
     if files.exists(os.path.join(workdir, config_lib.CONFIG_NAME)) and has_checkpoint(workdir):
+        if not restart and not config_lib.noise_keyed_by_source(workdir):
+            raise TrainingError(
+                f"work dir {workdir!r} holds a run whose noisy copies were keyed by train.seed and "
+                "subset position (before loss.noise_seed): this version keys them by source "
+                "index, so resuming would train on other copies. Use a new --workdir or --restart."
+            )
         changed = config_lib.config_differences(config_lib.load_config(workdir), config)
         if changed and not allow_config_change:
             raise TrainingError(
@@ -459,7 +469,7 @@ class TrainingData:
     def place(self, trainer):
         """Put the images on the step's devices, or open the stream of batches."""
         if self.images is not None:
-            self.on_device = trainer.place(self.images)
+            self.on_device = trainer.place((self.images, self.train_indices.astype(np.int32)))
             return
 
         root, batch, n = (
@@ -479,8 +489,8 @@ class TrainingData:
         )
 
     def for_step(self, step):
-        """The step's arguments after the state: (images,) held on device, or the streamed (x0,
-        index)."""
+        """The step's arguments after the state: the training data held on device, or the
+        streamed global batch (x0, source indices)."""
         if self.images is not None:
             return (self.on_device,)
         x0, index = self.stream.rows_for(step)
@@ -678,7 +688,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
     config = config_lib.complete(config)
     parallel.initialize(config.parallel)
     lead = jax.process_index() == 0  # only one process writes the run's files
-    check_workdir(config, workdir, allow_config_change or restart)
+    check_workdir(config, workdir, allow_config_change or restart, restart)
     data = TrainingData(config)  # bad data fails here, before anything is written
     resuming = not restart and has_checkpoint(workdir)
     # A changed config (--allow_config_change) is recorded once a checkpoint exists under it, so a

@@ -351,9 +351,23 @@ MUTANTS = [
     (
         "noise_key_purpose",
         TRAIN,
-        "return jax.random.fold_in(root_key(config), KEY_NOISE_TN)",
-        "return jax.random.fold_in(root_key(config), KEY_STEP)",
+        "return jax.random.fold_in(jax.random.key(config.loss.noise_seed), KEY_NOISE_TN)",
+        "return jax.random.fold_in(jax.random.key(config.loss.noise_seed), KEY_STEP)",
         [M],
+    ),
+    (
+        "noise_keyed_by_train_seed",
+        TRAIN,
+        "return jax.random.fold_in(jax.random.key(config.loss.noise_seed), KEY_NOISE_TN)",
+        "return jax.random.fold_in(root_key(config), KEY_NOISE_TN)",
+        [M, f"{T}::test_noisy_copies_belong_to_the_image"],
+    ),
+    (
+        "noise_keyed_by_subset_position",
+        TRAIN,
+        "return images[positions], source_indices[positions]",
+        "return images[positions], positions",
+        [M, f"{T}::test_noisy_copies_belong_to_the_image"],
     ),
     # memorization criteria and FID
     ("mem_no_centring", MEM, "x = x - x.mean(axis=1, keepdims=True)", "x = x", [E, M]),

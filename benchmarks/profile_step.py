@@ -86,8 +86,12 @@ def main():
     optimizer, schedule = train.make_optimizer(config.optim, args.batch)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
     res = config.data.resolution
+    # the step takes the training images and their source indices, held on device
     images = trainer.place(
-        np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32)
+        (
+            np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32),
+            np.arange(256, dtype=np.int32),
+        )
     )
     state = trainer.place(train.init_state(config, model, optimizer))
     state, metrics = trainer.step(state, images)

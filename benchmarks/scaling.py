@@ -34,8 +34,12 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     model = nets.build_network(config, 1)
     optimizer, schedule = train.make_optimizer(config.optim, batch)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
+    # the step takes the training images and their source indices, held on device
     images = trainer.place(
-        np.random.RandomState(0).uniform(-1, 1, (100, 16, 16, 1)).astype(np.float32)
+        (
+            np.random.RandomState(0).uniform(-1, 1, (100, 16, 16, 1)).astype(np.float32),
+            np.arange(100, dtype=np.int32),
+        )
     )
     state = trainer.place(train.init_state(config, model, optimizer))
     start = time.perf_counter()

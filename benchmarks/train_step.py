@@ -58,8 +58,12 @@ def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False):
     optimizer, schedule = train.make_optimizer(config.optim, batch)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
     res = config.data.resolution
+    # the step takes the training images and their source indices, held on device
     images = trainer.place(
-        np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32)
+        (
+            np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32),
+            np.arange(256, dtype=np.int32),
+        )
     )
     state = trainer.place(train.init_state(config, model, optimizer))
     start = time.perf_counter()

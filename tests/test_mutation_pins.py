@@ -102,13 +102,14 @@ def test_batches_draw_every_image_uniformly():
     assert len(counts) == 5 and counts.min() > 0.8 * len(drawn) / 5
 
 
-def test_fixed_copies_use_the_noise_purpose_key_and_the_image_position():
-    c = tiny_config()
+def test_fixed_copies_use_the_noise_seed_and_the_source_index():
+    c = tiny_config(**{"train.seed": 7, "loss.noise_seed": 3})
     images = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (3, 16, 16, 1)).astype(np.float32))
-    copies = train.noisy_training_copies(c, images)
-    key = jax.random.fold_in(jax.random.key(c.train.seed), train.KEY_NOISE_TN)
-    for i in range(3):
-        eps = jax.random.normal(jax.random.fold_in(key, i), (16, 16, 1))
+    source = [5, 17, 2]
+    copies = train.noisy_training_copies(c, images, source)
+    key = jax.random.fold_in(jax.random.key(3), train.KEY_NOISE_TN)
+    for i, s in enumerate(source):
+        eps = jax.random.normal(jax.random.fold_in(key, s), (16, 16, 1))
         np.testing.assert_allclose(copies[i], images[i] + c.loss.sigma_tn * eps, rtol=1e-6)
 
 
@@ -123,10 +124,12 @@ def one_step():
     images = jnp.asarray(
         np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
     )
+    source = 100 + 7 * jnp.arange(16)  # source indices, unlike the subset positions 0..15
     state = train.init_state(c, model, optimizer)
     new_state, metrics = jax.jit(
         lambda st, im: body(
-            st, *train.gather_batch(train.step_root_key(c), st.step, im, c.train.batch_size)
+            st,
+            *train.gather_batch(train.step_root_key(c), st.step, im, source, c.train.batch_size),
         )
     )(state, images)
     return c, model, optimizer, state, new_state, jax.device_get(metrics), images
@@ -152,7 +155,7 @@ def test_logged_loss_is_the_batch_mean_and_each_branch_the_mean_over_its_rows(on
     raw = lambda x, cn: model.apply(state.params, x, cn, train=True, rngs={"dropout": k_dropout})
     from ambient_jax.precond import edm_denoiser
 
-    per_row, _ = objective(edm_denoiser(raw), images[index], index, row_keys)
+    per_row, _ = objective(edm_denoiser(raw), images[index], 100 + 7 * index, row_keys)
     np.testing.assert_allclose(m["loss"], float(jnp.mean(per_row)), rtol=1e-5)
 
 

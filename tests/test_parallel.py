@@ -26,8 +26,12 @@ def run_steps(mode, num_devices, steps=STEPS):
     model = nets.build_network(config, 1)
     optimizer, schedule = train.make_optimizer(config.optim, config.train.batch_size)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
+    # the training images and their source indices (any: the noisy copies are keyed by them)
     images = trainer.place(
-        np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
+        (
+            np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32),
+            np.arange(100, 116, dtype=np.int32),
+        )
     )
     state = trainer.place(train.init_state(config, model, optimizer))
     logged = []

@@ -45,9 +45,8 @@ def test_streaming_trains_the_same_model_as_the_resident_path(prepared, tmp_path
     )
     streaming_config = tfds_config(prepared, **{"train.num_steps": 3})
     streaming_config.data.streaming = True
-    with pytest.raises(
-        ValueError, match="train.track_every"
-    ):  # tracking needs the images on device
+    # tracking needs the images on device
+    with pytest.raises(ValueError, match="train.track_every"):
         train.train(streaming_config, str(tmp_path / "refused"), log=quiet)
     streaming_config.train.track_every = 0
     streamed = train.train(streaming_config, str(tmp_path / "streamed"), log=quiet)
@@ -70,7 +69,7 @@ def test_each_host_reads_its_own_rows(prepared):
     ]
     np.testing.assert_array_equal(np.concatenate([h[0] for h in halves]), whole[0])
     np.testing.assert_array_equal(np.concatenate([h[1] for h in halves]), whole[1])
-    np.testing.assert_array_equal(whole[1], index_fn(3))
+    np.testing.assert_array_equal(whole[1], subset[index_fn(3)])  # the rows' source indices
 
 
 def test_unprepared_sources_say_what_to_do(tmp_path, prepared):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -347,6 +348,12 @@ def test_work_dir_of_another_config_is_refused_and_bad_samples_are_named(tmp_pat
         )
     )
     assert "loss.sigma_tn" in line and "--allow_config_change" in line
+    # a run saved before noisy copies were keyed by source index is not resumed onto other copies
+    saved = json.load(open(os.path.join(wd, "config.json")))
+    del saved["loss"]["noise_seed"]
+    json.dump(saved, open(os.path.join(wd, "config.json"), "w"))
+    with pytest.raises(train.TrainingError, match="keyed by train.seed and subset position"):
+        train.train(tiny_config(**{"train.num_steps": 3}), wd, log=lambda _: None)
     np.savez(str(tmp_path / "bad.npz"), samples=np.zeros((4, 8, 8, 1), np.uint8))
     line = error_line(cli("eval", f"--workdir={wd}", f"--samples={tmp_path}/bad.npz"))
     assert "(4, 8, 8, 1)" in line and "16, 16, 1" in line
@@ -538,3 +545,30 @@ def test_damaged_run_files_and_bad_sample_requests_are_named(tmp_path):
         open(path, "w").write(good[: len(good) // 2])
         assert f"{name} is not valid JSON" in error_line(cli("eval", f"--workdir={wd}", "--nofid"))
         open(path, "w").write(good)
+
+
+def test_noisy_copies_belong_to_the_image():
+    """An image's noisy copy is a function of (loss.noise_seed, its source index) alone: the same
+    in two runs with other train seeds and other subsets that both hold the image, and in the
+    batches the step gathers; another noise seed gives another copy. (Device counts and restarts:
+    test_parallel's equal losses on 1/2/8 devices and bit-identical resumes.)"""
+    a = tiny_config(**{"train.seed": 0})
+    b = tiny_config(**{"train.seed": 5})
+    b.data.n_train, b.data.subset_seed = 1500, 3
+    data_a, data_b = train.TrainingData(a), train.TrainingData(b)
+    shared = np.intersect1d(data_a.train_indices, data_b.train_indices)
+    assert len(shared) >= 2
+    pick = lambda data: np.searchsorted(data.train_indices, shared)
+    copies_a = train.noisy_training_copies(a, data_a.images, data_a.train_indices)[pick(data_a)]
+    copies_b = train.noisy_training_copies(b, data_b.images, data_b.train_indices)[pick(data_b)]
+    np.testing.assert_array_equal(copies_a, copies_b)
+    # the step's gathered rows carry the source indices the copies are keyed by
+    root = train.step_root_key(a)
+    x0, index = train.gather_batch(root, 3, jnp.asarray(data_a.images), data_a.train_indices, 8)
+    positions = train.batch_indices(root, 3, 8, len(data_a.images))
+    np.testing.assert_array_equal(index, data_a.train_indices[np.asarray(positions)])
+    other = tiny_config(**{"loss.noise_seed": 1})
+    moved = train.noisy_training_copies(other, data_a.images, data_a.train_indices)
+    assert not np.allclose(
+        moved, train.noisy_training_copies(a, data_a.images, data_a.train_indices)
+    )

@@ -145,7 +145,7 @@ class StreamingBatches:
     """This host's rows of each step's global batch, read from a tfds source through grain.
 
     rows_for(step) -> (images float32 [rows, R, R, C] in [-1, 1], source indices [rows]).
-    `index_fn(step)` gives the global batch's source indices (train.batch_indices), so the
+    `index_fn(step)` gives the global batch's positions in the subset (train.batch_indices), so the
     draws match the resident path's; `subset` maps training-subset positions to source records.
     """
 
@@ -165,7 +165,7 @@ class StreamingBatches:
     def _read(self, step):
         positions = np.asarray(self._index_fn(step))[self._rows]
         images = list(self._readers.map(lambda p: self._dataset[int(self._subset[p])], positions))
-        return np.stack(images).astype(np.float32) / 127.5 - 1.0, positions
+        return np.stack(images).astype(np.float32) / 127.5 - 1.0, self._subset[positions]
 
     def rows_for(self, step):
         future = self._pending.pop(step, None) or self._batches.submit(self._read, step)

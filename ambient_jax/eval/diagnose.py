@@ -237,10 +237,13 @@ def diagnose_run(workdir, num_levels=DEFAULT_NUM_LEVELS, max_images=500, seed=0,
     ]
     train_images = split.train
     sigma_tn = config_lib.effective_sigma_tn(config)
-    copies = train_lib.noisy_training_copies(config, train_images) if sigma_tn > 0 else None
-    if (
-        len(train_images) > max_images
-    ):  # the reference sets stay whole; only the queries are subsampled
+    copies = None
+    if sigma_tn > 0 and not config_lib.noise_keyed_by_source(workdir):
+        log(f"{workdir}: trained before noisy copies were keyed by source index; no D*_tn curve")
+    elif sigma_tn > 0:
+        copies = train_lib.noisy_training_copies(config, train_images, split.train_indices)
+    # The reference sets stay whole; only the queries are subsampled.
+    if len(train_images) > max_images:
         queries = train_images[
             np.random.RandomState(seed).permutation(len(train_images))[:max_images]
         ]

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ambient_jax import augment
 from ambient_jax.nets.local_cnn import LocalCNN
 from ambient_jax.nets.mlp import ResidualMLP
 from ambient_jax.nets.unet import SongUNet
@@ -72,9 +73,10 @@ class SplitBySigma(nn.Module):
     boundary: float
 
     @nn.compact
-    def __call__(self, x, noise_labels, train=False):
+    def __call__(self, x, noise_labels, train=False, **conditioning):
         above = noise_labels >= jnp.log(self.boundary) / 4.0  # EDM's c_noise = ln(sigma) / 4
-        low, high = self.low(x, noise_labels, train), self.high(x, noise_labels, train)
+        low = self.low(x, noise_labels, train, **conditioning)
+        high = self.high(x, noise_labels, train, **conditioning)
         return jnp.where(above.reshape(-1, *([1] * (x.ndim - 1))), high, low)
 
 
@@ -85,9 +87,8 @@ def build_model(preset, out_channels, split_sigma=0.0, low_preset="", **override
     if split_sigma:
         high = _build_one(preset, out_channels, **overrides).clone(name="high")
         if low_preset:
-            low = _build_one(
-                low_preset, out_channels, compute_dtype=overrides.get("compute_dtype", "float32")
-            ).clone(name="low")
+            shared = {k: overrides[k] for k in ("compute_dtype", "augment_dim") if k in overrides}
+            low = _build_one(low_preset, out_channels, **shared).clone(name="low")
         else:
             low = _build_one(preset, out_channels, **overrides).clone(name="low")
         return SplitBySigma(low=low, high=high, boundary=float(split_sigma))
@@ -116,7 +117,7 @@ def _build_one(preset, out_channels, **overrides):
 
 
 # Set by their own config fields (model.compute_dtype, model.remat) or by the trainer.
-_NOT_OVERRIDES = ("parent", "name", "out_channels", "compute_dtype", "remat")
+_NOT_OVERRIDES = ("parent", "name", "out_channels", "compute_dtype", "remat", "augment_dim")
 
 
 def override_fields():
@@ -143,6 +144,8 @@ def build_network(config, channels):
     overrides.setdefault("compute_dtype", compute_dtype(config.model.compute_dtype))
     if config.model.remat:
         overrides.setdefault("remat", True)
+    if config.data.augment_p:
+        overrides["augment_dim"] = augment_pipe(config).label_dim
     return build_model(
         config.model.preset,
         channels,
@@ -150,6 +153,16 @@ def build_network(config, channels):
         low_preset=config.model.split_low_preset,
         **overrides,
     )
+
+
+def takes_augment_labels(preset):
+    """Whether the preset's network has EDM's augment-label input (the U-Nets)."""
+    return "augment_dim" in PRESETS[preset][0].__dataclass_fields__
+
+
+def augment_pipe(config):
+    """The run's augmentation pipeline (data.augment_pipe, at probability data.augment_p)."""
+    return augment.RECIPES[config.data.augment_pipe]
 
 
 def split_sigma(config):

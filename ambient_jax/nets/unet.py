@@ -198,14 +198,17 @@ class SongUNet(nn.Module):
     channel_mult_noise: int = 1
     encoder_type: str = "standard"  # "standard" (DDPM++) | "residual" (NCSN++)
     resample_filter: Sequence[int] = (1, 1)
+    # > 0: EDM's augment-label input (map_augment, a bias-free linear layer into the noise
+    # embedding) for that many labels (ambient_jax.augment; 9 for EDM's recipe)
+    augment_dim: int = 0
     # bfloat16: convolutions and matmuls in bf16, parameters and norms' statistics f32
     compute_dtype: str = "float32"
-    remat: bool = (
-        False  # recompute each block's activations in the backward pass (less memory, more FLOPs)
-    )
+    # recompute each block's activations in the backward pass (less memory, more FLOPs)
+    remat: bool = False
 
     @nn.compact
-    def __call__(self, x, noise_labels, train=False):
+    def __call__(self, x, noise_labels, train=False, augment_labels=None):
+        """augment_labels [B, augment_dim]: what augmentation did to x; None = zeros (sampling)."""
         dtype = jnp.dtype(self.compute_dtype)
         resolution = x.shape[1]
         if x.shape[1] != x.shape[2] or resolution % (2 ** (len(self.channel_mult) - 1)):
@@ -224,6 +227,13 @@ class SongUNet(nn.Module):
             raise ValueError(
                 f"embedding_type must be 'positional' or 'fourier', got {self.embedding_type!r}"
             )
+        if self.augment_dim:  # zero labels add nothing: the sampler's un-augmented images
+            if augment_labels is None:
+                augment_labels = jnp.zeros((x.shape[0], self.augment_dim), emb.dtype)
+            map_augment = nn.Dense(
+                noise_channels, use_bias=False, kernel_init=_xavier(), name="map_augment"
+            )
+            emb = emb + map_augment(augment_labels)
         dense = lambda n: nn.Dense(n, kernel_init=_xavier(), bias_init=nn.initializers.zeros)
         emb = nn.silu(dense(emb_channels)(emb))
         emb = nn.silu(dense(emb_channels)(emb)).astype(dtype)
