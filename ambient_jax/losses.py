@@ -218,8 +218,10 @@ def make_objective(
 ):
     """Build the training objective as a pure function.
 
-    Returns objective_fn(denoise, x0 [B,H,W,C], image_index [B], example_keys [B]) ->
-    (loss [B], aux) where aux has "is_ambient" [B] (bool) and "sigma" [B] (VE noise level).
+    Returns objective_fn(denoise, x0 [B,H,W,C], image_index [B], example_keys [B], x_tn=None)
+    -> (loss [B], aux) where aux has "is_ambient" [B] (bool) and "sigma" [B] (VE noise level).
+    x_tn: the rows' noisy copies when the caller made them (the trainer augments them with their
+    clean images); None = noisy_copy(x0, image_index, sigma_tn, noise_key).
     Every random draw of row b comes from example_keys[b], so a row's loss does not depend on
     how the batch is split over devices. `objective="ddpm"` is the plain denoising objective.
     sigma_switch (paper rule; 0 = sigma_tn) is where the ambient branch begins and rescale_cap
@@ -299,6 +301,7 @@ def _paper_rule(
     x0,
     image_index,
     example_keys,
+    x_tn=None,
     *,
     sigma_tn,
     weighting,
@@ -321,7 +324,8 @@ def _paper_rule(
         sigma = _truncated_log_normal(normal, is_ambient, sigma_switch, p_mean, p_std)
     else:
         is_ambient = sigma >= sigma_switch
-    x_tn = noisy_copy(x0, image_index, sigma_tn, noise_key)
+    if x_tn is None:
+        x_tn = noisy_copy(x0, image_index, sigma_tn, noise_key)
     target = jnp.where(_expand(is_ambient, x0), x_tn, x0)
     level = jnp.where(is_ambient, sigma_tn, 0.0)
     loss = _two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting, rescale_cap)
@@ -347,6 +351,7 @@ def _lecture_rule(
     x0,
     image_index,
     example_keys,
+    x_tn=None,
     *,
     sigma_tn,
     weighting,
@@ -367,7 +372,9 @@ def _lecture_rule(
     t = jnp.where(is_ambient, t_n + uniform * (t_max - t_n), t_min + uniform * (t_n - t_min))
     s = schedules.vp_s_of_t(t)
     if sigma_tn > 0:
-        x_tn_vp = schedules.ve_to_vp_x(noisy_copy(x0, image_index, sigma_tn, noise_key), sigma_tn)
+        if x_tn is None:
+            x_tn = noisy_copy(x0, image_index, sigma_tn, noise_key)
+        x_tn_vp = schedules.ve_to_vp_x(x_tn, sigma_tn)
         target = jnp.where(_expand(is_ambient, x0), x_tn_vp, x0)
     else:
         target = x0

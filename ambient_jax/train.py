@@ -27,6 +27,7 @@ import optax
 from etils import epath
 
 from ambient_jax import (
+    augment,
     checkpoint,
     files,
     generate,
@@ -48,7 +49,7 @@ from ambient_jax.precond import edm_denoiser
 KEY_INIT, KEY_STEP, KEY_NOISE_TN = 0, 1, 2
 # fold_in purposes of a step's key (fold_in(fold_in(root, KEY_STEP), step)): the batch's image
 # indices, the per-row keys of the objective (sigma and noise draws), dropout, horizontal flips
-STEP_BATCH, STEP_ROWS, STEP_DROPOUT, STEP_FLIP = 0, 1, 2, 3
+STEP_BATCH, STEP_ROWS, STEP_DROPOUT, STEP_FLIP, STEP_AUGMENT = 0, 1, 2, 3, 4
 
 
 class TrainingError(RuntimeError):
@@ -165,6 +166,40 @@ def flip_rows(x0, flip):
     return jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
 
 
+def prepare_rows(config, x0, index, rows, step_key):
+    """The rows as the loss sees them: (x0, x_tn or None, the network's conditioning).
+
+    Each image's noisy copy is made from the image as stored (keyed by its source index), then
+    flips (data.augment_flip) and EDM's augmentation (data.augment_p) act on the image and its
+    copy with the same draws: the copy is the image's one noisy observation, augmented as it
+    is, and never a fresh noise on an augmented image. The draws come from fold_in(step key,
+    purpose, row of the global batch); the augment labels go to the network."""
+    sigma_tn = config_lib.effective_sigma_tn(config)
+    x_tn = losses.noisy_copy(x0, index, sigma_tn, noise_tn_key(config)) if sigma_tn > 0 else None
+    both = lambda f: (f(x0), None if x_tn is None else f(x_tn))
+    if config.data.augment_flip:
+        coin = jax.random.bernoulli(
+            jax.random.fold_in(step_key, STEP_FLIP), 0.5, (config.train.batch_size,)
+        )
+        x0, x_tn = both(lambda x: flip_rows(x, coin[rows]))
+    if not config.data.augment_p:
+        return x0, x_tn, {}
+    k_augment = jax.random.fold_in(step_key, STEP_AUGMENT)
+    keys = jax.vmap(lambda b: jax.random.fold_in(k_augment, b))(rows)
+    pipe, p = nets.augment_pipe(config), config.data.augment_p
+    if x_tn is None:
+        x0, labels = augment.augment_batch(x0, keys, p, pipe)
+        return x0, None, {"augment_labels": labels}
+    # One pipeline over the images and their copies. (Two copies of the pipeline with the same
+    # draws in one program were miscompiled by XLA's CPU backend, jax 0.10: the resampling of
+    # one of them read wrong pixels; tests/test_augment.py checks the step's rows.)
+    out, labels = augment.augment_batch(
+        jnp.concatenate([x0, x_tn]), jnp.concatenate([keys, keys]), p, pipe
+    )
+    n = x0.shape[0]
+    return out[:n], out[n:], {"augment_labels": labels[:n]}
+
+
 def gather_batch(step_root, step, images, source_indices, batch_size):
     """The global batch of `step` from the training images held on device: (x0, the images'
     source indices)."""
@@ -205,21 +240,21 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
 
     def body(state, x0, index, shard=0, batch_sharding=None):
         step_key = jax.random.fold_in(step_root, state.step)
-        k_rows, k_dropout, k_flip = (
-            jax.random.fold_in(step_key, p) for p in (STEP_ROWS, STEP_DROPOUT, STEP_FLIP)
-        )
+        k_rows, k_dropout = (jax.random.fold_in(step_key, p) for p in (STEP_ROWS, STEP_DROPOUT))
         rows = shard * rows_per_shard + jnp.arange(rows_per_shard)  # positions in the global batch
         row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)
         if num_shards > 1:
             k_dropout = jax.random.fold_in(k_dropout, shard)
-        if config.data.augment_flip:
-            x0 = flip_rows(x0, jax.random.bernoulli(k_flip, 0.5, (batch_size,))[rows])
+        x0, x_tn, conditioning = prepare_rows(config, x0, index, rows, step_key)
         if batch_sharding is not None:
             x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
 
         def loss_fn(params):
-            raw = lambda x, c: model.apply(params, x, c, train=True, rngs={"dropout": k_dropout})
-            per_row, aux = row_loss(edm_denoiser(raw, config.loss.sigma_data), x0, index, row_keys)
+            raw = lambda x, c: model.apply(
+                params, x, c, train=True, rngs={"dropout": k_dropout}, **conditioning
+            )
+            denoise = edm_denoiser(raw, config.loss.sigma_data)
+            per_row, aux = row_loss(denoise, x0, index, row_keys, x_tn)
             return jnp.mean(per_row), (per_row, aux)
 
         (loss, (per_row, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -41,18 +41,19 @@ GPU_DEFAULTS = dict(
 )
 
 
-def bench_config(preset, batch, dtype, steps_per_dispatch=1, remat=False):
+def bench_config(preset, batch, dtype, steps_per_dispatch=1, remat=False, augment_p=0.0):
     c = config_lib.base_config()
     c.data.resolution, c.data.channels, c.data.n_train = RESOLUTION[preset], 3, 256
-    c.data.augment_flip = True
+    c.data.augment_flip = not augment_p  # EDM's pipe flips itself
+    c.data.augment_p = augment_p
     c.model.preset, c.model.compute_dtype, c.model.remat = preset, dtype, remat
     c.train.batch_size, c.train.steps_per_dispatch = batch, steps_per_dispatch
     c.loss.objective, c.loss.sigma_tn = "ambient", 0.5
     return c
 
 
-def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False):
-    config = bench_config(preset, batch, dtype, steps_per_dispatch, remat)
+def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False, augment_p=0.0):
+    config = bench_config(preset, batch, dtype, steps_per_dispatch, remat, augment_p)
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     model = nets.build_network(config, 3)
     optimizer, schedule = train.make_optimizer(config.optim, batch)
@@ -70,9 +71,8 @@ def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False):
     compiled = (trainer.multi_step or trainer.step).lower(state, images).compile()
     compile_s = time.perf_counter() - start
     flops, peak = common.compiled_figures(compiled)
-    if (
-        steps_per_dispatch > 1
-    ):  # XLA's cost analysis counts a scan's body once: count one step, times k
+    # XLA's cost analysis counts a scan's body once: count one step, times k
+    if steps_per_dispatch > 1:
         flops = (
             common.compiled_figures(trainer.step.lower(state, images).compile())[0]
             * steps_per_dispatch
@@ -92,6 +92,7 @@ def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False):
         "dtype": dtype,
         "steps_per_dispatch": steps_per_dispatch,
         "remat": remat,
+        "augment_p": augment_p,
         "resolution": res,
         "images_per_s": done * batch / seconds,
         "step_s": seconds / done,
@@ -159,9 +160,8 @@ def main():
                     f"{r['compile_s']:9.1f} {peak / 2**20:9.0f}",
                     flush=True,
                 )
-    for dtype in results[
-        "matmul_flops_per_s"
-    ]:  # again at the end: the best rate is the denominator
+    # again at the end: the best rate is the denominator
+    for dtype in results["matmul_flops_per_s"]:
         common.best_peak(results["matmul_flops_per_s"], dtype)
     print("utilisation = achieved FLOP/s / best dense matmul FLOP/s of this run, same dtype:")
     for r in results["runs"]:

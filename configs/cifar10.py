@@ -4,8 +4,9 @@ ARG is OBJECTIVE,SIZE: `configs/cifar10.py:ddpm,300` ... `configs/cifar10.py:amb
 Hyper-parameters are EDM's CIFAR-10 recipe that the paper's code starts from (batch 512, Adam
 lr 1e-3 with a 10 Mimg linear warm-up, EMA half-life 500 kimg with ramp-up 0.05, dropout 0.13,
 fp32, 200 Mimg), the paper's committed sigma_tn = 0.5 with the EDM weight, and the 18-step Heun
-sampler (35 network calls). Augmentation: horizontal flips only; EDM's augment pipe
-(probability 0.12, with augment labels fed to the network) is not implemented here.
+sampler (35 network calls). Augmentation: EDM's augment pipe (x/y flips, scaling, rotation,
+anisotropic scaling, translation; ambient_jax.augment) at probability 0.12, with its 9 augment
+labels fed to the network (the sampler gives zero labels).
 
 Data: CIFAR-10 through tensorflow-datasets, prepared once as ArrayRecord (needs TensorFlow and
 the internet the first time: `pip install -e .[tfds-prepare]`). The held-out images are the
@@ -40,13 +41,16 @@ from ambient_jax.configs.paper import paper_config
 def get_config(arg="ambient,1k"):
     c = paper_config(
         arg,
-        preset="ddpmpp_cifar10",
+        preset="ddpmpp_cifar10",  # dropout 0.13
         resolution=32,
         batch_size=512,
         lr=1e-3,
-        mimg=200,  # dropout 0.13
+        mimg=200,
         sample_steps=18,
         thresholds=(0.9, 0.925, 0.95),
+        # The paper's train.py line 73 default, which repeats EDM's (its train.py line 59,
+        # --augment 0.12); no CIFAR-10 script of the paper passes another value.
+        augment_p=0.12,
     )
     c.data.tfds_name = "cifar10"
     c.train.sample_every = 20_000

@@ -4,8 +4,9 @@ ARG is OBJECTIVE,SIZE: `configs/imagenet64.py:ddpm,1k` ... `configs/imagenet64.p
 The paper trains on Tiny-ImageNet (64x64); no separate ImageNet script is at hand, so this uses
 the paper's 64x64 (FFHQ-64) settings: NCSN++ with channel_mult [1, 2, 2, 2], dropout 0.05,
 batch 256, Adam lr 1e-4 with a 10 Mimg warm-up, EMA half-life 500 kimg, fp32, 30 Mimg,
-sigma_tn = 0.5 with the EDM weight, 40 Heun steps. Horizontal flips only (EDM's augment pipe
-is not implemented here). Memorization thresholds 0.9 / 0.925 / 0.95 as in the paper's table.
+sigma_tn = 0.5 with the EDM weight, 40 Heun steps, EDM's augment pipe at that script's
+probability 0.15 with its 9 labels fed to the network. Memorization thresholds 0.9 / 0.925 /
+0.95 as in the paper's table.
 
 Data: Tiny-ImageNet (tiny-imagenet-200/train, 100k JPEGs of 64x64) prepared once from its folder:
 

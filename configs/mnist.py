@@ -37,6 +37,8 @@ def get_config(arg="ambient"):
     c.optim.grad_clip = 1.0
     c.ema.halflife_kimg = 50.0
 
+    # No augmentation (data.augment_p and data.augment_flip stay 0 / False): digits are not flip or
+    # rotation invariant, a turned 6 is a 9 and a mirrored 2 is no digit.
     c.train.num_steps = 3000
     c.train.track_every = 250  # memorization during training: metrics.jsonl and tracking.png
     return c

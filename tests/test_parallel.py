@@ -19,8 +19,11 @@ DRIVER = os.path.join(HERE, "train_driver.py")
 STEPS = 3
 
 
-def run_steps(mode, num_devices, steps=STEPS):
-    config = tiny_config()
+def run_steps(mode, num_devices, steps=STEPS, changes=None):
+    config = tiny_config(**(changes or {}))
+    if config.model.preset != "mlp_small":  # the tiny MLP's sizes belong to mlp_small only
+        for name in config.model.overrides:
+            config.model.overrides[name] = None
     config.parallel.mode = mode
     mesh = parallel.make_mesh(devices=jax.devices()[:num_devices])
     model = nets.build_network(config, 1)
