@@ -62,13 +62,14 @@ same noisy copy in every epoch, after every restart and on any device count.
 """
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtr, ndtri
 
 from ambient_jax import schedules
-from ambient_jax.precond import SIGMA_DATA, vp_denoiser
+from ambient_jax.precond import SIGMA_DATA, Denoiser, vp_denoiser
 from ambient_jax.schedules import _expand
 
 WEIGHTINGS = ("edm", "rescaled", "normalized", "none")
@@ -76,23 +77,23 @@ BRANCH_RULES = ("paper", "lecture")
 OBJECTIVES = ("ddpm", "ambient")
 
 
-def effective_sigma_tn(objective, sigma_tn):
+def effective_sigma_tn(objective: str, sigma_tn: float) -> float:
     """The noise level of the fixed noisy copies an objective trains on: the one place that says
     "ddpm is sigma_tn = 0" (a sweep's sigma_tn = 0 column is the ddpm run)."""
     return float(sigma_tn) if objective == "ambient" else 0.0
 
 
-def objective_for(sigma_tn):
+def objective_for(sigma_tn: float) -> str:
     """The objective of a sweep point: ddpm at sigma_tn = 0, ambient above."""
     return "ambient" if sigma_tn > 0 else "ddpm"
 
 
-def sigma_tn_label(sigma_tn):
+def sigma_tn_label(sigma_tn: float) -> str:
     """How tables and plots name a run's objective: "ddpm" or "s_tn=0.5"."""
     return f"s_tn={sigma_tn:g}" if sigma_tn > 0 else "ddpm"
 
 
-def edm_weight(sigma, sigma_data=SIGMA_DATA):
+def edm_weight(sigma: float | jax.Array, sigma_data: float = SIGMA_DATA) -> jax.Array:
     """lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 (EDM's loss weight)."""
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
@@ -137,15 +138,28 @@ def _two_regime_ve(denoise, target, sigma, sigma_tn, noise, sigma_data, weightin
     return loss
 
 
-def denoising_loss(denoise, x0, sigma, noise, sigma_data=SIGMA_DATA):
+def denoising_loss(
+    denoise: Denoiser,
+    x0: jax.Array,
+    sigma: float | jax.Array,
+    noise: jax.Array,
+    sigma_data: float = SIGMA_DATA,
+) -> jax.Array:
     """Per-example EDM denoising loss lambda(sigma) ||D(x0 + sigma n, sigma) - x0||^2, shape [B]."""
     zeros = jnp.zeros(jnp.shape(sigma), x0.dtype)
     return _two_regime_ve(denoise, x0, sigma, zeros, noise, sigma_data, "edm")
 
 
 def ambient_loss(
-    denoise, x_tn, sigma, sigma_tn, noise, sigma_data=SIGMA_DATA, weighting="edm", rescale_cap=0.0
-):
+    denoise: Denoiser,
+    x_tn: jax.Array,
+    sigma: float | jax.Array,
+    sigma_tn: float,
+    noise: jax.Array,
+    sigma_data: float = SIGMA_DATA,
+    weighting: str = "edm",
+    rescale_cap: float = 0.0,
+) -> jax.Array:
     """Per-example ambient score-matching loss (VE form) for sigma >= sigma_tn, shape [B].
 
     x_tn is the fixed noisy copy x0 + sigma_tn eps; noise is fresh N(0, I) of x_tn's shape.
@@ -157,7 +171,9 @@ def ambient_loss(
 # ----------------------------------------------------------------------------- VP form
 
 
-def ambient_loss_vp(h, x_tn, s, s_tn, noise):
+def ambient_loss_vp(
+    h: Denoiser, x_tn: jax.Array, s: float | jax.Array, s_tn: float, noise: jax.Array
+) -> jax.Array:
     """The lecture's eq. (5) literally (VP form, unweighted), per example, for s >= s_tn.
 
     x_t = sqrt((1-s^2)/(1-s_tn^2)) x_tn + sqrt((s^2-s_tn^2)/(1-s_tn^2)) n
@@ -179,7 +195,9 @@ def ambient_loss_vp(h, x_tn, s, s_tn, noise):
     return _sum_sq(prediction - x_tn)
 
 
-def denoising_loss_vp(h, x0, s, noise):
+def denoising_loss_vp(
+    h: Denoiser, x0: jax.Array, s: float | jax.Array, noise: jax.Array
+) -> jax.Array:
     """The lecture's plain VP denoising loss ||h(sqrt(1-s^2) x0 + s n, s) - x0||^2, per example."""
     return ambient_loss_vp(h, x0, s, jnp.zeros(jnp.shape(s), x0.dtype), noise)
 
@@ -187,7 +205,9 @@ def denoising_loss_vp(h, x0, s, noise):
 # ----------------------------------------------------------------------------- fixed noise of S_tn
 
 
-def fixed_noise(noise_key, image_index, image_shape, dtype=jnp.float32):
+def fixed_noise(
+    noise_key: jax.Array, image_index: jax.Array, image_shape: tuple[int, ...], dtype=jnp.float32
+) -> jax.Array:
     """eps_i for each image index: N(0, I) drawn from fold_in(noise_key, i); shape [B,
     *image_shape]."""
     image_index = jnp.asarray(image_index, jnp.uint32)
@@ -195,7 +215,9 @@ def fixed_noise(noise_key, image_index, image_shape, dtype=jnp.float32):
     return jax.vmap(draw)(image_index)
 
 
-def noisy_copy(x0, image_index, sigma_tn, noise_key):
+def noisy_copy(
+    x0: jax.Array, image_index: jax.Array, sigma_tn: float, noise_key: jax.Array
+) -> jax.Array:
     """The element of S_tn for each image: x_tn = x0 + sigma_tn eps_i (VE form)."""
     return x0 + sigma_tn * fixed_noise(noise_key, image_index, x0.shape[1:], x0.dtype)
 
@@ -204,18 +226,18 @@ def noisy_copy(x0, image_index, sigma_tn, noise_key):
 
 
 def make_objective(
-    objective="ambient",
-    sigma_tn=0.5,
-    branch_rule="paper",
-    weighting="edm",
-    noise_key=None,
-    p_mean=-1.2,
-    p_std=1.2,
-    sigma_data=SIGMA_DATA,
-    sigma_switch=0.0,
-    rescale_cap=0.0,
-    ambient_fraction=0.0,
-):
+    objective: str = "ambient",
+    sigma_tn: float = 0.5,
+    branch_rule: str = "paper",
+    weighting: str = "edm",
+    noise_key: jax.Array | None = None,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    sigma_data: float = SIGMA_DATA,
+    sigma_switch: float = 0.0,
+    rescale_cap: float = 0.0,
+    ambient_fraction: float = 0.0,
+) -> Callable[..., tuple[jax.Array, dict]]:
     """Build the training objective as a pure function.
 
     Returns objective_fn(denoise, x0 [B,H,W,C], image_index [B], example_keys [B], x_tn=None)

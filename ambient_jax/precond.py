@@ -12,6 +12,9 @@ with sd = sigma_data = 0.5 for data scaled to [-1, 1]. The scalings keep F's inp
 training target at unit variance for every sigma.
 """
 
+from typing import Callable
+
+import jax
 import jax.numpy as jnp
 
 from ambient_jax import schedules
@@ -19,8 +22,14 @@ from ambient_jax.schedules import _expand
 
 SIGMA_DATA = 0.5
 
+# raw_net(x_in [B,H,W,C], c_noise [B]) -> F; denoise(x [B,H,W,C], sigma [B] or scalar) -> x0_hat
+RawNet = Callable[[jax.Array, jax.Array], jax.Array]
+Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
-def edm_coefficients(sigma, sigma_data=SIGMA_DATA):
+
+def edm_coefficients(
+    sigma: float | jax.Array, sigma_data: float = SIGMA_DATA
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(c_skip, c_out, c_in, c_noise) for noise levels sigma (any shape)."""
     sigma = jnp.asarray(sigma)
     total = sigma**2 + sigma_data**2
@@ -31,7 +40,7 @@ def edm_coefficients(sigma, sigma_data=SIGMA_DATA):
     return c_skip, c_out, c_in, c_noise
 
 
-def edm_denoiser(raw_net, sigma_data=SIGMA_DATA):
+def edm_denoiser(raw_net: RawNet, sigma_data: float = SIGMA_DATA) -> Denoiser:
     """Turn raw_net(x_in [B,H,W,C], c_noise [B]) -> F into denoise(x, sigma [B]) -> x0_hat.
 
     raw_net is usually `functools.partial(model.apply, params, ...)`; the returned callable
@@ -47,7 +56,7 @@ def edm_denoiser(raw_net, sigma_data=SIGMA_DATA):
     return denoise
 
 
-def vp_denoiser(denoise):
+def vp_denoiser(denoise: Denoiser) -> Denoiser:
     """The lecture's h(x_t, s_t) -> x0 estimate from a VE denoiser D: h(x, s) = D(x / sqrt(1-s^2),
     sigma(s))."""
 

@@ -17,24 +17,24 @@ import jax
 import jax.numpy as jnp
 
 from ambient_jax import schedules
-from ambient_jax.precond import vp_denoiser
+from ambient_jax.precond import Denoiser, vp_denoiser
 
 
 def edm_sampler(
-    denoise,
-    latents,
-    num_steps=18,
-    sigma_min=0.002,
-    sigma_max=80.0,
-    rho=7.0,
+    denoise: Denoiser,
+    latents: jax.Array,
+    num_steps: int = 18,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
     *,
-    heun=True,
-    key=None,
-    s_churn=0.0,
-    s_min=0.0,
-    s_max=float("inf"),
-    s_noise=1.0,
-):
+    heun: bool = True,
+    key: jax.Array | None = None,
+    s_churn: float = 0.0,
+    s_min: float = 0.0,
+    s_max: float = float("inf"),
+    s_noise: float = 1.0,
+) -> jax.Array:
     """EDM sampler; `latents` are N(0, I) and are scaled by sigma_max here. Returns x at sigma = 0.
 
     `key` is needed only with s_churn > 0 (stochastic sampling).
@@ -73,15 +73,25 @@ def edm_sampler(
 
 
 def edm_euler_sampler(
-    denoise, latents, num_steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, **kwargs
-):
+    denoise: Denoiser,
+    latents: jax.Array,
+    num_steps: int = 18,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    **kwargs,
+) -> jax.Array:
     """First-order (Euler) variant of edm_sampler on the same sigma grid."""
     return edm_sampler(denoise, latents, num_steps, sigma_min, sigma_max, rho, heun=False, **kwargs)
 
 
 def ddim_vp_sampler(
-    denoise, latents, num_steps=50, t_min=schedules.VP_T_MIN, t_max=schedules.VP_T_MAX
-):
+    denoise: Denoiser,
+    latents: jax.Array,
+    num_steps: int = 50,
+    t_min: float = schedules.VP_T_MIN,
+    t_max: float = schedules.VP_T_MAX,
+) -> jax.Array:
     """Deterministic DDIM in the lecture's VP form; latents ~ N(0, I) are x_T. Returns x at t_min.
 
     x0^ = h(x_t, s_t), eps^ = (x_t - sqrt(1 - s_t^2) x0^) / s_t,

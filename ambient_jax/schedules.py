@@ -27,49 +27,55 @@ VP_T_MIN = 1e-5  # smallest diffusion time, as in EDM's VP set-up
 VP_T_MAX = 1.0
 
 
-def ve_perturb(x0, sigma, noise):
+def ve_perturb(x0: jax.Array, sigma: float | jax.Array, noise: jax.Array) -> jax.Array:
     """x_sigma = x0 + sigma * noise; sigma broadcast over [B] -> [B, 1, 1, 1]."""
     return x0 + _expand(sigma, x0) * noise
 
 
-def vp_perturb(x0, s, noise):
+def vp_perturb(x0: jax.Array, s: float | jax.Array, noise: jax.Array) -> jax.Array:
     """x_t = sqrt(1 - s^2) x0 + s noise (the lecture's forward process)."""
     s = _expand(s, x0)
     return jnp.sqrt(1.0 - s**2) * x0 + s * noise
 
 
-def ve_sigma_to_vp(sigma):
+def ve_sigma_to_vp(sigma: float | jax.Array) -> jax.Array:
     """VE noise level sigma -> VP noise level s = sigma / sqrt(1 + sigma^2)."""
     return sigma / jnp.sqrt(1.0 + sigma**2)
 
 
-def vp_to_ve_sigma(s):
+def vp_to_ve_sigma(s: float | jax.Array) -> jax.Array:
     """VP noise level s -> VE noise level sigma = s / sqrt(1 - s^2)."""
     return s / jnp.sqrt(1.0 - s**2)
 
 
-def ve_to_vp_x(x_ve, sigma):
+def ve_to_vp_x(x_ve: jax.Array, sigma: float | jax.Array) -> jax.Array:
     """Rescale a VE state at level sigma into the VP state at the same level."""
     return x_ve / jnp.sqrt(1.0 + _expand(sigma, x_ve) ** 2)
 
 
-def vp_to_ve_x(x_vp, s):
+def vp_to_ve_x(x_vp: jax.Array, s: float | jax.Array) -> jax.Array:
     """Rescale a VP state at level s into the VE state at the same level."""
     return x_vp / jnp.sqrt(1.0 - _expand(s, x_vp) ** 2)
 
 
-def vp_s_of_t(t, beta_min=VP_BETA_MIN, beta_d=VP_BETA_D):
+def vp_s_of_t(
+    t: float | jax.Array, beta_min: float = VP_BETA_MIN, beta_d: float = VP_BETA_D
+) -> jax.Array:
     """s_t of the VP SDE at time t: s_t^2 = 1 - exp(-(beta_d t^2 / 2 + beta_min t))."""
     return jnp.sqrt(-jnp.expm1(-(0.5 * beta_d * t**2 + beta_min * t)))
 
 
-def vp_t_of_s(s, beta_min=VP_BETA_MIN, beta_d=VP_BETA_D):
+def vp_t_of_s(
+    s: float | jax.Array, beta_min: float = VP_BETA_MIN, beta_d: float = VP_BETA_D
+) -> jax.Array:
     """Inverse of vp_s_of_t: the time at which the VP noise level equals s."""
     log_term = -jnp.log1p(-(s**2))  # beta_d t^2 / 2 + beta_min t
     return (jnp.sqrt(beta_min**2 + 2.0 * beta_d * log_term) - beta_min) / beta_d
 
 
-def edm_sigma_grid(num_steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+def edm_sigma_grid(
+    num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> jax.Array:
     """The EDM sampler's noise levels, num_steps of them, plus a final 0 (length num_steps+1)."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -80,7 +86,9 @@ def edm_sigma_grid(num_steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0):
     return jnp.concatenate([sigmas, jnp.zeros((1,), jnp.float32)])
 
 
-def sample_log_normal_sigma(key, shape, p_mean=-1.2, p_std=1.2):
+def sample_log_normal_sigma(
+    key: jax.Array, shape: tuple[int, ...], p_mean: float = -1.2, p_std: float = 1.2
+) -> jax.Array:
     """EDM's training noise levels: ln sigma ~ N(p_mean, p_std^2)."""
     return jnp.exp(p_mean + p_std * jax.random.normal(key, shape))
 

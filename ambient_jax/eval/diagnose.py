@@ -32,6 +32,7 @@ The softmax is computed in blocks of reference images with a running log-sum-exp
 import functools
 import json
 import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,17 +43,21 @@ from ambient_jax import config as config_lib
 from ambient_jax import train as train_lib
 from ambient_jax.data import load_split
 from ambient_jax.eval.evaluate import EVAL_DIR
-from ambient_jax.precond import edm_denoiser
+from ambient_jax.precond import Denoiser, edm_denoiser
 
 DEFAULT_NUM_LEVELS = 24
 
 
-def sigma_grid(num_levels=DEFAULT_NUM_LEVELS, sigma_min=0.002, sigma_max=80.0):
+def sigma_grid(
+    num_levels: int = DEFAULT_NUM_LEVELS, sigma_min: float = 0.002, sigma_max: float = 80.0
+) -> np.ndarray:
     """num_levels noise levels, log-spaced from sigma_min to sigma_max (the sampler's range)."""
     return np.geomspace(sigma_min, sigma_max, num_levels)
 
 
-def posterior_mean(x, refs, variance, ref_block=None):
+def posterior_mean(
+    x: jax.Array, refs: jax.Array, variance: jax.Array, ref_block: int | None = None
+) -> jax.Array:
     """sum_i softmax_i(-||x - r_i||^2 / (2 variance)) r_i for each row of x.
 
     x [B, ...], refs [N, ...] (same trailing shape), variance [B] > 0. With ref_block set, the
@@ -92,7 +97,9 @@ def posterior_mean(x, refs, variance, ref_block=None):
     return (acc / total[:, None]).reshape(x.shape)
 
 
-def effective_references(x, refs, variance, ref_block=1024):
+def effective_references(
+    x: jax.Array, refs: jax.Array, variance: jax.Array, ref_block: int = 1024
+) -> jax.Array:
     """1 / sum_i w_i^2 of the softmax weights w of posterior_mean, per row of x: from 1 (one
     reference dominates) to len(refs) (all weigh the same). Log-sum-exps combined over blocks."""
     xf = x.reshape(x.shape[0], -1)
@@ -107,12 +114,14 @@ def effective_references(x, refs, variance, ref_block=1024):
     return jnp.exp(2 * lse1 - lse2)
 
 
-def memorizing_denoiser(train, ref_block=None):
+def memorizing_denoiser(train: jax.Array, ref_block: int | None = None) -> Denoiser:
     """D*_S(x, sigma): the exact minimiser of the denoising loss over the training images."""
     return lambda x, sigma: posterior_mean(x, train, sigma**2, ref_block)
 
 
-def noisy_copy_denoiser(noisy_copies, sigma_tn, ref_block=None):
+def noisy_copy_denoiser(
+    noisy_copies: jax.Array, sigma_tn: float, ref_block: int | None = None
+) -> Denoiser:
     """D*_tn(x, sigma), sigma > sigma_tn: the exact minimiser of the ambient loss over S_tn."""
 
     def denoise(x, sigma):
@@ -137,7 +146,14 @@ def _level_errors(denoise, references, x0, noise, sigma):
     return _per_pixel_sq(d, x0), tuple(_per_pixel_sq(d, ref(x, s)) for ref in references)
 
 
-def denoising_errors(denoise, images, sigmas, key, batch_size=256, references=()):
+def denoising_errors(
+    denoise: Denoiser,
+    images: np.ndarray,
+    sigmas: np.ndarray,
+    key: jax.Array,
+    batch_size: int = 256,
+    references: tuple = (),
+) -> dict:
     """Per level: mean per-pixel ||D(x0 + sigma n) - x0||^2 over `images`, and the mean per-pixel
     distance of D to each reference denoiser on the same inputs. Returns (err [L], dists [R, L]).
 
@@ -164,17 +180,17 @@ def denoising_errors(denoise, images, sigmas, key, batch_size=256, references=()
 
 
 def diagnose(
-    denoise,
-    train,
-    heldout,
-    sigmas,
-    key,
-    noisy_copies=None,
-    sigma_tn=0.0,
-    batch_size=256,
-    ref_block=1024,
-    reference_train=None,
-):
+    denoise: Denoiser,
+    train: np.ndarray,
+    heldout: np.ndarray,
+    sigmas: np.ndarray,
+    key: jax.Array,
+    noisy_copies: np.ndarray | None = None,
+    sigma_tn: float = 0.0,
+    batch_size: int = 256,
+    ref_block: int = 1024,
+    reference_train: np.ndarray | None = None,
+) -> dict:
     """The per-level curves of one denoiser (see the module docstring), as a dict of lists.
 
     train [N, H, W, C] are the training images whose denoising error is measured, heldout
@@ -228,7 +244,13 @@ def diagnose(
 # ----------------------------------------------------------------------------- runs
 
 
-def diagnose_run(workdir, num_levels=DEFAULT_NUM_LEVELS, max_images=500, seed=0, log=print):
+def diagnose_run(
+    workdir: str,
+    num_levels: int = DEFAULT_NUM_LEVELS,
+    max_images: int = 500,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Diagnose the run in `workdir` with its EMA parameters; returns the curves (not written)."""
     config, model, params = checkpoint.load_ema_params(workdir)
     split = load_split(config.data)
@@ -313,7 +335,7 @@ def summary_table(results):
     return "\n".join(lines) + "\n"
 
 
-def write_diagnosis(workdir, results, log=print):
+def write_diagnosis(workdir: str, results: list[dict], log: Callable[[str], None] = print) -> None:
     """Write eval/diagnose.json, diagnose.md and diagnose.png (all `results` as curves) into
     workdir."""
     out = os.path.join(workdir, EVAL_DIR)

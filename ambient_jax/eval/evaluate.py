@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from ambient_jax.eval import convert, dinov2, features, fid, memorization
 EVAL_DIR = "eval"
 
 
-def load_samples(path, image_shape):
+def load_samples(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
     """uint8 [N, H, W, C] from an .npz under key "samples"; one clear error for anything else."""
     if not files.exists(path):
         raise FileNotFoundError(f"samples file {path} does not exist: run ambient-sample first")
@@ -228,7 +229,12 @@ def inception_available():
     return files.exists(os.path.join(convert.CACHE_DIR, convert.INCEPTION_FILE))
 
 
-def evaluate_run(workdir, samples_path=None, options=EmbeddingOptions(), log=print):
+def evaluate_run(
+    workdir: str,
+    samples_path: str | None = None,
+    options: EmbeddingOptions = EmbeddingOptions(),
+    log: Callable[[str], None] = print,
+) -> dict:
     """Evaluate a run's samples (see the module docstring): the pixel-space metrics always, the
     embedding metrics that `options` asks for (options.fid_samples > 0: on the first fid_samples
     samples and as many held-out images, for equal-count comparisons at a lower cost)."""
@@ -446,7 +452,7 @@ def diagnosis_link(workdir):
     )
 
 
-def compare_runs(workdirs):
+def compare_runs(workdirs: list[str]) -> str:
     runs = []
     for w in workdirs:
         path = os.path.join(w, EVAL_DIR, "metrics.json")

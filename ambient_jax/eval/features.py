@@ -4,6 +4,8 @@ Images go through in fixed-size batches (the last one padded, so one compile), e
 over the mesh's "data" axis; features come back in input order.
 """
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,13 +14,20 @@ from ambient_jax import parallel
 from ambient_jax.eval import inception
 
 
-def to_rgb(images):
+def to_rgb(images: np.ndarray) -> np.ndarray:
     """Grey [N, H, W, 1] -> [N, H, W, 3] by repetition; RGB unchanged."""
     images = np.asarray(images)
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def extract(apply_fn, params, images, batch_size=64, mesh=None, progress=None):
+def extract(
+    apply_fn: Callable,
+    params: dict,
+    images: np.ndarray,
+    batch_size: int = 64,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """apply_fn(params, batch) -> [b, D] over `images` [N, ...]; returns float32 [N, D]."""
     mesh = mesh or parallel.make_mesh()
     batch_size = parallel.round_up_to_devices(batch_size, mesh)
@@ -38,7 +47,9 @@ def extract(apply_fn, params, images, batch_size=64, mesh=None, progress=None):
     return np.concatenate(out).astype(np.float32)
 
 
-def inception_features(params, images_uint8, protocol="edm", **kwargs):
+def inception_features(
+    params: dict, images_uint8: np.ndarray, protocol: str = "edm", **kwargs
+) -> np.ndarray:
     """2048-d Inception pool features of uint8 images [N, H, W, 1 or 3] under a named protocol."""
     if protocol not in inception.PROTOCOLS:
         raise ValueError(

@@ -11,33 +11,33 @@ import numpy as np
 from scipy import linalg
 
 
-def feature_statistics(features):
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(features, np.float64).reshape(len(features), -1)
     if len(x) < 2:
         raise ValueError(f"need at least 2 feature vectors for statistics, got {len(x)}")
     return x.mean(axis=0), np.cov(x, rowvar=False, ddof=1)
 
 
-def sqrt_psd(matrix):
+def sqrt_psd(matrix: np.ndarray) -> np.ndarray:
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
     return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
 
 
-def trace_sqrt_product(sigma1, sigma2):
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """Tr((S1 S2)^(1/2)) for symmetric PSD S1, S2."""
     root = sqrt_psd(sigma1)
     values = np.linalg.eigvalsh(root @ sigma2 @ root)
     return float(np.sum(np.sqrt(np.clip(values, 0, None))))
 
 
-def trace_sqrt_product_eigvals(sigma1, sigma2):
+def trace_sqrt_product_eigvals(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """Tr((S1 S2)^(1/2)) as the sum of square roots of the eigenvalues of S1 S2 (real, >= 0 in
     theory)."""
     values = np.linalg.eigvals(sigma1 @ sigma2)
     return float(np.sum(np.sqrt(np.clip(values.real, 0, None))))
 
 
-def trace_sqrt_product_scipy(sigma1, sigma2):
+def trace_sqrt_product_scipy(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """Tr(sqrtm(S1 S2)) with scipy's Schur square root (pytorch-fid's method), for checking."""
     root = linalg.sqrtm(sigma1 @ sigma2)
     return float(np.trace(root).real)
@@ -50,7 +50,9 @@ SQRT_METHODS = {
 }
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, method="eigh"):
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, method: str = "eigh"
+) -> float:
     diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
     value = (
         diff @ diff
@@ -61,5 +63,5 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, method="eigh"):
     return float(max(value, 0.0))
 
 
-def frechet_distance_of(features1, features2):
+def frechet_distance_of(features1: np.ndarray, features2: np.ndarray) -> float:
     return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))

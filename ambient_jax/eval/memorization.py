@@ -34,12 +34,12 @@ from scipy import ndimage
 ROBUST_GAIN = 3.0
 
 
-def robust_sigma(resolution):
+def robust_sigma(resolution: int) -> float:
     """The robust view's blur in pixels: 0.5 pixel per 16 pixels of image size."""
     return 0.5 * resolution / 16.0
 
 
-def robust_view(images, blur_px):
+def robust_view(images: np.ndarray, blur_px: float) -> np.ndarray:
     """[N, H, W, C] in [-1, 1] -> tanh(ROBUST_GAIN * Gaussian blur of blur_px pixels over H and W)
     (borders: nearest pixel), float32."""
     blurred = ndimage.gaussian_filter(
@@ -48,7 +48,7 @@ def robust_view(images, blur_px):
     return np.tanh(ROBUST_GAIN * blurred)
 
 
-def pixel_embedding(images):
+def pixel_embedding(images: np.ndarray) -> np.ndarray:
     """[N, H, W, C] (any range) -> centred, L2-normalised pixel vectors [N, D], float32."""
     x = np.asarray(images, np.float32).reshape(len(images), -1)
     x = x - x.mean(axis=1, keepdims=True)
@@ -97,7 +97,14 @@ def _query_block_topk(queries, ref_blocks, num_refs, k, largest):
     return values, index
 
 
-def blocked_topk(queries, refs, k=1, metric="cosine", query_block=4096, ref_block=65536):
+def blocked_topk(
+    queries: np.ndarray,
+    refs: np.ndarray,
+    k: int = 1,
+    metric: str = "cosine",
+    query_block: int = 4096,
+    ref_block: int = 65536,
+) -> tuple[np.ndarray, np.ndarray]:
     """k nearest refs of every query: (scores [M, k], indices [M, k]).
 
     metric "cosine": inputs are unit vectors, scores are similarities, largest first.
@@ -124,7 +131,9 @@ def blocked_topk(queries, refs, k=1, metric="cosine", query_block=4096, ref_bloc
     return values, index
 
 
-def similarity_report(sample_embeddings, train_embeddings, thresholds):
+def similarity_report(
+    sample_embeddings: np.ndarray, train_embeddings: np.ndarray, thresholds: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Max cosine similarity per sample, its nearest training index, and summary statistics."""
     sims, index = blocked_topk(sample_embeddings, train_embeddings, k=1, metric="cosine")
     sims, index = sims[:, 0], index[:, 0]
@@ -138,7 +147,7 @@ def similarity_report(sample_embeddings, train_embeddings, thresholds):
     return sims, index, summary
 
 
-def extraction_report(samples_flat, train_flat, k=50):
+def extraction_report(samples_flat: np.ndarray, train_flat: np.ndarray, k: int = 50) -> dict:
     """Carlini et al. extraction per sample and the nearest-training L2 distance."""
     k = max(1, min(k, len(train_flat) - 1))
     dist, index = blocked_topk(samples_flat, train_flat, k=k, metric="l2")

@@ -18,6 +18,7 @@ import typing
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from ambient_jax import augment
 from ambient_jax.nets.local_cnn import LocalCNN
@@ -80,7 +81,9 @@ class SplitBySigma(nn.Module):
         return jnp.where(above.reshape(-1, *([1] * (x.ndim - 1))), high, low)
 
 
-def build_model(preset, out_channels, split_sigma=0.0, low_preset="", **overrides):
+def build_model(
+    preset: str, out_channels: int, split_sigma: float = 0.0, low_preset: str = "", **overrides
+) -> nn.Module:
     """The linen module for `preset` with `overrides` applied to its fields (e.g. dropout=0.1);
     split_sigma > 0: two networks split at that noise level (SplitBySigma), the low-noise one of
     `low_preset` with its own defaults when given, else a second `preset` network."""
@@ -120,7 +123,7 @@ def _build_one(preset, out_channels, **overrides):
 _NOT_OVERRIDES = ("parent", "name", "out_channels", "compute_dtype", "remat", "augment_dim")
 
 
-def override_fields():
+def override_fields() -> dict[str, type]:
     """name -> type of every field that model.overrides may set, over all presets' networks."""
     fields = {}
     for cls, _ in PRESETS.values():
@@ -132,12 +135,12 @@ def override_fields():
     return fields
 
 
-def init_params(model, image_shape, key):
+def init_params(model: nn.Module, image_shape: tuple[int, int, int], key: jax.Array) -> dict:
     """The network's variables, initialised on one zero image of `image_shape` at c_noise 0."""
     return model.init(key, jnp.zeros((1, *image_shape)), jnp.zeros((1,)))
 
 
-def build_network(config, channels):
+def build_network(config: ml_collections.ConfigDict, channels: int) -> nn.Module:
     """The run's network: model.preset with the model.overrides that are set (None = the preset's
     own)."""
     overrides = {k: v for k, v in dict(config.model.overrides).items() if v is not None}
@@ -155,17 +158,17 @@ def build_network(config, channels):
     )
 
 
-def takes_augment_labels(preset):
+def takes_augment_labels(preset: str) -> bool:
     """Whether the preset's network has EDM's augment-label input (the U-Nets)."""
     return "augment_dim" in PRESETS[preset][0].__dataclass_fields__
 
 
-def augment_pipe(config):
+def augment_pipe(config: ml_collections.ConfigDict) -> augment.AugmentPipe:
     """The run's augmentation pipeline (data.augment_pipe, at probability data.augment_p)."""
     return augment.RECIPES[config.data.augment_pipe]
 
 
-def split_sigma(config):
+def split_sigma(config: ml_collections.ConfigDict) -> float:
     """model.split_sigma: -1 splits at the ambient branch's start, max(loss.sigma_switch,
     loss.sigma_tn), for the ddpm objective too (so both objectives train the same network); a
     positive value splits at that sigma; 0 = one network."""
@@ -175,7 +178,7 @@ def split_sigma(config):
     return value
 
 
-def compute_dtype(name):
+def compute_dtype(name: str) -> str:
     """ "auto" -> bfloat16 on GPU/TPU (their matmul units run bf16 several times faster), else
     float32."""
     if name == "auto":
