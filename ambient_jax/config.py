@@ -10,7 +10,7 @@ import os
 
 import ml_collections
 
-from ambient_jax import files, losses, nets, sampling
+from ambient_jax import augment, files, losses, nets, sampling
 
 CONFIG_NAME = "config.json"
 
@@ -194,6 +194,21 @@ def check_config(config):
         "model.split_low_preset",
         "needs model.split_sigma (-1 or a level)",
     )
+    need(0 <= config.data.augment_p <= 1, "data.augment_p", "must lie in [0, 1] (0 = off)")
+    need(
+        config.data.augment_pipe in augment.RECIPES,
+        "data.augment_pipe",
+        f"must be one of {sorted(augment.RECIPES)}",
+    )
+    for field in ("model.preset", "model.split_low_preset"):
+        section, name = field.split(".")
+        preset = config[section][name]
+        need(
+            not config.data.augment_p or not preset or nets.takes_augment_labels(preset),
+            field,
+            f"{preset} has no augment-label input: data.augment_p > 0 needs a U-Net preset "
+            "(tiny, ddpmpp_cifar10, ncsnpp_cifar10, ncsnpp_ffhq64)",
+        )
     need(
         config.sample.sampler in sampling.SAMPLERS,
         "sample.sampler",

@@ -195,13 +195,6 @@ def ambient_loss_vp(
     return _sum_sq(prediction - x_tn)
 
 
-def denoising_loss_vp(
-    h: Denoiser, x0: jax.Array, s: float | jax.Array, noise: jax.Array
-) -> jax.Array:
-    """The lecture's plain VP denoising loss ||h(sqrt(1-s^2) x0 + s n, s) - x0||^2, per example."""
-    return ambient_loss_vp(h, x0, s, jnp.zeros(jnp.shape(s), x0.dtype), noise)
-
-
 # ----------------------------------------------------------------------------- fixed noise of S_tn
 
 

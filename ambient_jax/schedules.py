@@ -27,17 +27,6 @@ VP_T_MIN = 1e-5  # smallest diffusion time, as in EDM's VP set-up
 VP_T_MAX = 1.0
 
 
-def ve_perturb(x0: jax.Array, sigma: float | jax.Array, noise: jax.Array) -> jax.Array:
-    """x_sigma = x0 + sigma * noise; sigma broadcast over [B] -> [B, 1, 1, 1]."""
-    return x0 + _expand(sigma, x0) * noise
-
-
-def vp_perturb(x0: jax.Array, s: float | jax.Array, noise: jax.Array) -> jax.Array:
-    """x_t = sqrt(1 - s^2) x0 + s noise (the lecture's forward process)."""
-    s = _expand(s, x0)
-    return jnp.sqrt(1.0 - s**2) * x0 + s * noise
-
-
 def ve_sigma_to_vp(sigma: float | jax.Array) -> jax.Array:
     """VE noise level sigma -> VP noise level s = sigma / sqrt(1 + sigma^2)."""
     return sigma / jnp.sqrt(1.0 + sigma**2)
@@ -84,13 +73,6 @@ def edm_sigma_grid(
     inv_rho = 1.0 / rho
     sigmas = (sigma_max**inv_rho + i / denom * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
     return jnp.concatenate([sigmas, jnp.zeros((1,), jnp.float32)])
-
-
-def sample_log_normal_sigma(
-    key: jax.Array, shape: tuple[int, ...], p_mean: float = -1.2, p_std: float = 1.2
-) -> jax.Array:
-    """EDM's training noise levels: ln sigma ~ N(p_mean, p_std^2)."""
-    return jnp.exp(p_mean + p_std * jax.random.normal(key, shape))
 
 
 def _expand(v, x):

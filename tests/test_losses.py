@@ -62,7 +62,7 @@ def test_empirical_optimum_has_lower_loss_than_perturbations(key):
     b = 32768
     k_idx, k_sigma, k_noise, k_dir = jax.random.split(jax.random.key(3), 4)
     x0 = points[jax.random.randint(k_idx, (b,), 0, len(points))]
-    sigma = schedules.sample_log_normal_sigma(k_sigma, (b,))
+    sigma = jnp.exp(-1.2 + 1.2 * jax.random.normal(k_sigma, (b,)))  # EDM's log-normal levels
     noise = jax.random.normal(k_noise, x0.shape)
     loss = lambda d: float(jnp.mean(losses.denoising_loss(d, x0, sigma, noise)))
     best_loss = loss(best)
@@ -102,13 +102,13 @@ def test_ve_and_vp_ambient_losses_agree_after_change_of_variables(key):
     ve = losses.ambient_loss(denoise, x_tn_ve, sigma, sigma_tn, noise, weighting="none")
 
     s, s_tn = schedules.ve_sigma_to_vp(sigma), schedules.ve_sigma_to_vp(sigma_tn)
-    x_tn_vp = schedules.vp_perturb(x0, jnp.full((b,), s_tn), eps)
+    x_tn_vp = jnp.sqrt(1 - s_tn**2) * x0 + s_tn * eps  # the VP process at s_tn
     vp = losses.ambient_loss_vp(precond.vp_denoiser(denoise), x_tn_vp, s, s_tn, noise)
     np.testing.assert_allclose(vp * (1 + sigma_tn**2), ve, rtol=2e-5)
 
     # The clean branch: the VP and VE denoising losses are the same number.
     ve_clean = losses.ambient_loss(denoise, x0, sigma, 0.0, noise, weighting="none")
-    vp_clean = losses.denoising_loss_vp(precond.vp_denoiser(denoise), x0, s, noise)
+    vp_clean = losses.ambient_loss_vp(precond.vp_denoiser(denoise), x0, s, jnp.zeros_like(s), noise)
     np.testing.assert_allclose(vp_clean, ve_clean, rtol=2e-5)
 
 

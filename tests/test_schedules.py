@@ -5,6 +5,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from ambient_jax import precond, schedules
+from ambient_jax.schedules import _expand
+
+
+def ve_perturb(x0, sigma, noise):
+    """The VE (EDM) forward process by its definition: x_sigma = x0 + sigma noise."""
+    return x0 + _expand(sigma, x0) * noise
+
+
+def vp_perturb(x0, s, noise):
+    """The lecture's VP forward process by its definition: x_t = sqrt(1 - s^2) x0 + s noise."""
+    s = _expand(s, x0)
+    return jnp.sqrt(1.0 - s**2) * x0 + s * noise
 
 
 def test_ve_and_vp_processes_are_the_same_up_to_scale(key):
@@ -12,8 +24,8 @@ def test_ve_and_vp_processes_are_the_same_up_to_scale(key):
     noise = jax.random.normal(jax.random.key(1), x0.shape)
     sigma = jnp.array([0.01, 0.5, 1.0, 4.0, 80.0])
     s = schedules.ve_sigma_to_vp(sigma)
-    x_ve = schedules.ve_perturb(x0, sigma, noise)
-    x_vp = schedules.vp_perturb(x0, s, noise)
+    x_ve = ve_perturb(x0, sigma, noise)
+    x_vp = vp_perturb(x0, s, noise)
     np.testing.assert_allclose(schedules.ve_to_vp_x(x_ve, sigma), x_vp, rtol=1e-4, atol=1e-5)
     # VP -> VE divides by sqrt(1 - s^2), which float32 resolves only for moderate sigma.
     moderate = slice(0, 4)

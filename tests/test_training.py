@@ -218,6 +218,8 @@ def test_bad_input_gets_one_clear_error(tmp_path):
         ("--config.train.checkpoint_every=0", "train.checkpoint_every"),
         ("--config.eval.carlini_k=-1", "eval.carlini_k"),
         ("--config.sample.num_samples=0", "sample.num_samples"),
+        # EDM's augmentation needs a network with the augment-label input (the U-Nets)
+        ("--config.data.augment_p=0.12", "mlp_small has no augment-label input"),
         (
             "--config.data.channels=3",
             "data.channels=1",
