@@ -13,6 +13,8 @@
 All are jit-compatible: the step loop is a lax.fori_loop over a precomputed grid.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -72,17 +74,8 @@ def edm_sampler(
     return jax.lax.fori_loop(0, num_steps, step, latents * sigmas[0])
 
 
-def edm_euler_sampler(
-    denoise: Denoiser,
-    latents: jax.Array,
-    num_steps: int = 18,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
-    **kwargs,
-) -> jax.Array:
-    """First-order (Euler) variant of edm_sampler on the same sigma grid."""
-    return edm_sampler(denoise, latents, num_steps, sigma_min, sigma_max, rho, heun=False, **kwargs)
+# First-order (Euler) variant of edm_sampler on the same sigma grid.
+edm_euler_sampler = functools.partial(edm_sampler, heun=False)
 
 
 def ddim_vp_sampler(

@@ -75,25 +75,10 @@ def main():
 
     import common  # noqa: F401
     import jax
-    import numpy as np
-    from train_step import bench_config
-
-    from ambient_jax import nets, parallel, train
+    from train_step import bench_config, step_inputs
 
     config = bench_config(args.preset, args.batch, args.dtype)
-    mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    model = nets.build_network(config, 3)
-    optimizer, schedule = train.make_optimizer(config.optim, args.batch)
-    trainer = train.Trainer(config, model, optimizer, schedule, mesh)
-    res = config.data.resolution
-    # the step takes the training images and their source indices, held on device
-    images = trainer.place(
-        (
-            np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32),
-            np.arange(256, dtype=np.int32),
-        )
-    )
-    state = trainer.place(train.init_state(config, model, optimizer))
+    trainer, state, images = step_inputs(config)
     state, metrics = trainer.step(state, images)
     jax.block_until_ready(metrics)
     trace_dir = tempfile.mkdtemp()

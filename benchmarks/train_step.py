@@ -52,21 +52,23 @@ def bench_config(preset, batch, dtype, steps_per_dispatch=1, remat=False, augmen
     return c
 
 
-def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False, augment_p=0.0):
-    config = bench_config(preset, batch, dtype, steps_per_dispatch, remat, augment_p)
+def step_inputs(config):
+    """(the compiled step on one device, its initial state, 256 random training images with their
+    source indices, held on device as the step takes them)."""
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     model = nets.build_network(config, 3)
-    optimizer, schedule = train.make_optimizer(config.optim, batch)
+    optimizer, schedule = train.make_optimizer(config.optim, config.train.batch_size)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
     res = config.data.resolution
-    # the step takes the training images and their source indices, held on device
-    images = trainer.place(
-        (
-            np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32),
-            np.arange(256, dtype=np.int32),
-        )
-    )
-    state = trainer.place(train.init_state(config, model, optimizer))
+    images = np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32)
+    held = trainer.place((images, np.arange(256, dtype=np.int32)))
+    return trainer, trainer.place(train.init_state(config, model, optimizer)), held
+
+
+def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False, augment_p=0.0):
+    config = bench_config(preset, batch, dtype, steps_per_dispatch, remat, augment_p)
+    trainer, state, images = step_inputs(config)
+    res = config.data.resolution
     start = time.perf_counter()
     compiled = (trainer.multi_step or trainer.step).lower(state, images).compile()
     compile_s = time.perf_counter() - start

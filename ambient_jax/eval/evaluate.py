@@ -369,24 +369,27 @@ def run_label(metrics):
     return kind if name in ("ddpm", "ambient") else f"{name} ({kind})"
 
 
+def _similarity_rows(runs, space, label):
+    """The "S > tau" rows of one embedding space, with the held-out reals' share as reference."""
+    if not all(f"{space}_similarity" in m for m in runs):
+        return []
+    return [
+        f"| {label} {key} % (held-out reals: {runs[0][f'heldout_{space}_similarity'][key]:.1f}) | "
+        + " | ".join(f"{m[f'{space}_similarity'][key]:.1f}" for m in runs)
+        + " |"
+        for key in runs[0][f"{space}_similarity"]
+        if key.startswith("S>")
+    ]
+
+
 def markdown_table(runs):
     """The paper's Table 1 layout: rows are metrics, columns are runs."""
     names = [run_label(m) for m in runs]
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(runs)]
     for label, get in ROWS:
         lines.append(f"| {label} | " + " | ".join(f"{get(m):.2f}" for m in runs) + " |")
-    for space in ("pixel", "robust_pixel"):
-        if not all(f"{space}_similarity" in m for m in runs):
-            continue
-        for key in runs[0][f"{space}_similarity"]:
-            if key.startswith("S>"):
-                label = "pixel" if space == "pixel" else "robust"
-                lines.append(
-                    f"| {label} {key} % (held-out reals: "
-                    f"{runs[0][f'heldout_{space}_similarity'][key]:.1f}) | "
-                    + " | ".join(f"{m[f'{space}_similarity'][key]:.1f}" for m in runs)
-                    + " |"
-                )
+    for space, label in (("pixel", "pixel"), ("robust_pixel", "robust")):
+        lines += _similarity_rows(runs, space, label)
     if all("heldout_robust_extraction_rate" in m for m in runs):
         lines.append(
             "| held-out reals: extraction % / robust extraction % | "
@@ -405,15 +408,7 @@ def markdown_table(runs):
                 f"| {name} (vs held-out) | " + " | ".join(f"{m[name]:.2f}" for m in runs) + " |"
             )
     for space in ("inception", "dinov2"):
-        if all(f"{space}_similarity" in m for m in runs):
-            for key in runs[0][f"{space}_similarity"]:
-                if key.startswith("S>"):
-                    ref = runs[0][f"heldout_{space}_similarity"][key]
-                    lines.append(
-                        f"| {space} {key} % (held-out reals: {ref:.1f}) | "
-                        + " | ".join(f"{m[f'{space}_similarity'][key]:.1f}" for m in runs)
-                        + " |"
-                    )
+        lines += _similarity_rows(runs, space, space)
     if all("num_fid_samples" in m for m in runs):
         lines.append(
             "| samples / held-out images in FID | "
