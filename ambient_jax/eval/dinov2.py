@@ -63,7 +63,9 @@ def _cubic(x, a):
     )
 
 
-def resize_matrix(in_size, out_size, scale=None, antialias=False):
+def resize_matrix(
+    in_size: int, out_size: int, scale: float | None = None, antialias: bool = False
+) -> np.ndarray:
     """The [out, in] matrix of torch.nn.functional.interpolate(mode="bicubic", align_corners=False).
 
     scale: the scale_factor passed to torch (coordinates use 1/scale); None: size-based (in/out).
@@ -89,7 +91,9 @@ def resize_matrix(in_size, out_size, scale=None, antialias=False):
     return matrix
 
 
-def resize_position_embedding(patch_pos, grid, h0, w0, registers):
+def resize_position_embedding(
+    patch_pos: jax.Array, grid: int, h0: int, w0: int, registers: int
+) -> jax.Array:
     """[grid*grid, C] -> [h0*w0, C] by the original code's rule for this model kind."""
     if registers:  # size=(h0, w0), antialias on
         mh, mw = resize_matrix(grid, h0, antialias=True), resize_matrix(grid, w0, antialias=True)
@@ -169,7 +173,7 @@ class DinoV2(nn.Module):
         return cls_out
 
 
-def preprocess(images_uint8, recipe):
+def preprocess(images_uint8: jax.Array, recipe: str) -> jax.Array:
     """uint8 [B, H, W, 3] -> the network input under a named recipe."""
     x = jnp.asarray(images_uint8, jnp.float32) / 255.0
     if recipe == "paper":

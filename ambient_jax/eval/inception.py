@@ -196,7 +196,7 @@ def _legacy_bilinear_axis(x, axis, out_size):
     return jnp.take(x, low, axis) * (1 - frac) + jnp.take(x, high, axis) * frac
 
 
-def preprocess(images, protocol):
+def preprocess(images: jax.Array, protocol: str) -> jax.Array:
     """Images [B, H, W, 3] -> the network's [B, 299, 299, 3] input, by the named protocol."""
     if protocol == "edm":  # uint8 values 0..255
         x = jnp.asarray(images, jnp.float32)
