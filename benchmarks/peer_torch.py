@@ -216,7 +216,7 @@ class TorchStep:
         self.optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_(self.ema, self.leaves, 1 - 0.999)
-        return float(loss)
+        return float(loss.detach())
 
 
 def time_peer(preset, batch, steps):
@@ -235,6 +235,124 @@ def time_peer(preset, batch, steps):
     return (time.perf_counter() - start) / steps
 
 
+# ----------------------------------------------------------------------------- per layer kind
+
+
+def layer_cases(batch):
+    """(name, Flax module or function, its input shapes NHWC, the torch function on NCHW and
+    the torch tensors of the same parameters) for each layer kind of ddpmpp_cifar10 at each
+    resolution: forward and backward of sum(out * weights) are timed on both sides."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from ambient_jax.nets import unet
+
+    cases = []
+
+    def module_case(name, module, shapes, torch_fn):
+        inputs = [
+            jnp.asarray(np.random.RandomState(i).randn(*s), jnp.float32)
+            for i, s in enumerate(shapes)
+        ]
+        params = module.init(jax.random.key(0), *inputs) if module is not None else None
+        cases.append((name, module, params, inputs, torch_fn))
+
+    for res in (32, 16, 8):
+        c = 256
+        x = (batch, res, res, c)
+        module_case(f"3x3 conv {c}->{c} at {res}", unet.Conv(c, 3), [x], lambda p, x: conv(p, x, 3))
+        module_case(
+            f"3x3 conv {2 * c}->{c} at {res} (decoder)",
+            unet.Conv(c, 3),
+            [(batch, res, res, 2 * c)],
+            lambda p, x: conv(p, x, 3),
+        )
+        module_case(
+            f"1x1 skip conv {2 * c}->{c} at {res}",
+            unet.Conv(c, 1),
+            [(batch, res, res, 2 * c)],
+            lambda p, x: conv(p, x, 1),
+        )
+        module_case(
+            f"GroupNorm+SiLU {c} at {res}",
+            nn.GroupNorm(num_groups=32, epsilon=1e-6),
+            [x],
+            lambda p, x: F.silu(group_norm(p["params"], x)),
+        )
+        module_case(
+            f"skip concatenation 2x{c} at {res}",
+            None,
+            [x, x],
+            lambda p, a, b: torch.cat([a, b], dim=1),
+        )
+    for res in (32, 16):
+        x = (batch, res, res, 256)
+        module_case(
+            f"FIR down [1,1] {res}->{res // 2}", None, [x], lambda p, x: fir_down(x, (1, 1), 0)
+        )
+        module_case(
+            f"FIR up [1,1] {res // 2}->{res}",
+            None,
+            [(batch, res // 2, res // 2, 256)],
+            lambda p, x: fir_up(x, (1, 1), 0),
+        )
+    module_case(
+        "attention 256 at 16",
+        unet.SelfAttention(256),
+        [(batch, 16, 16, 256)],
+        lambda p, x: attention(p["params"], x),
+    )
+    return cases
+
+
+def _flax_fn(name, module):
+    from ambient_jax.nets import unet
+
+    if module is not None:
+        return lambda params, *xs: module.apply(params, *xs)
+    if name.startswith("skip concatenation"):
+        return lambda params, a, b: jax.numpy.concatenate([a, b], axis=-1)
+    if name.startswith("FIR down"):
+        return lambda params, x: unet.fir_downsample(x, (1, 1), 0)
+    return lambda params, x: unet.fir_upsample(x, (1, 1), 0)
+
+
+def layer_table(batch, repeat=5):
+    rows = []
+    for name, module, params, inputs, torch_fn in layer_cases(batch):
+        fn = _flax_fn(name, module)
+        out = fn(params, *inputs)
+        w = jax.numpy.asarray(np.random.RandomState(9).randn(*out.shape), out.dtype)
+        grad = jax.jit(
+            jax.grad(
+                lambda p, *xs: jax.numpy.sum(fn(p, *xs) * w), argnums=tuple(range(len(inputs) + 1))
+            )
+        )
+        ours = common.timed(lambda: jax.block_until_ready(grad(params, *inputs)), repeat)
+        tparams = torch_params(params) if params is not None else None
+        if tparams is not None:
+            for t in jax.tree_util.tree_leaves(tparams):
+                t.requires_grad_()
+        txs = [torch.tensor(np.asarray(x).transpose(0, 3, 1, 2)).requires_grad_() for x in inputs]
+        tw = torch.tensor(np.asarray(w).transpose(0, 3, 1, 2))
+
+        def torch_once():
+            for t in txs:
+                t.grad = None
+            (torch_fn(tparams, *txs) * tw).sum().backward()
+
+        theirs = common.timed(torch_once, repeat)
+        rows.append(
+            {"layer": name, "ours_ms": ours * 1e3, "peer_ms": theirs * 1e3, "ratio": theirs / ours}
+        )
+        print(
+            f"  {name:38} ours {ours * 1e3:8.2f} ms  peer {theirs * 1e3:8.2f} ms  "
+            f"ours/peer {theirs / ours:5.2f}",
+            flush=True,
+        )
+    return rows
+
+
 def main():
     import train_step
 
@@ -243,6 +361,8 @@ def main():
         "--runs", default="ddpmpp_cifar10:8,ncsnpp_ffhq64:4", help="PRESET:BATCH,..."
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side")
+    parser.add_argument("--layers", action="store_true", help="also the per-layer table (batch 8)")
+    parser.add_argument("--only_layers", action="store_true", help="the per-layer table alone")
     args = parser.parse_args()
     torch.manual_seed(0)
     result = {
@@ -253,7 +373,10 @@ def main():
     }
     print(f"{result['device']}; torch {torch.__version__} with {torch.get_num_threads()} threads")
     result["matmul_flops_per_s"] = common.matmul_peak("float32")
-    for item in args.runs.split(","):
+    if args.layers or args.only_layers:
+        print("per layer kind, ddpmpp_cifar10 shapes at batch 8, forward + backward:")
+        result["layers"] = layer_table(8)
+    for item in [] if args.only_layers else args.runs.split(","):
         preset, batch = item.split(":")
         batch = int(batch)
         ours = train_step.measure(preset, batch, "float32", args.steps)
