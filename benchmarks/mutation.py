@@ -38,6 +38,7 @@ LOSSES, PRECOND, SCHED, SAMPLING = (
     "ambient_jax/schedules.py",
     "ambient_jax/sampling.py",
 )
+AUG, A = "ambient_jax/augment.py", "tests/test_augment.py"
 TRAIN, MEM, FID = (
     "ambient_jax/train.py",
     "ambient_jax/eval/memorization.py",
@@ -510,6 +511,57 @@ MUTANTS = [
         [D],
     ),
     ("track_gap_sign", "ambient_jax/tracking.py", "float(h - t)", "float(t - h)", [D]),
+    # EDM's augmentation pipeline, the step's use of it, and the CPU resampling
+    (
+        "aug_yflip_flips_width",
+        AUG,
+        "image = jnp.where(flip, image[::-1], image)",
+        "image = jnp.where(flip, image[:, ::-1], image)",
+        [A],
+    ),
+    (
+        "aug_translate_int_sign",
+        AUG,
+        "jnp.mod(jnp.arange(w) - tx, 2 * w - 2)",
+        "jnp.mod(jnp.arange(w) + tx, 2 * w - 2)",
+        [A],
+    ),
+    (
+        "aug_scale_not_inverted",
+        AUG,
+        "g_inv = g_inv @ _scale2d(1 / s, 1 / s)",
+        "g_inv = g_inv @ _scale2d(s, s)",
+        [A],
+    ),
+    (
+        "aug_aniso_label_swapped",
+        AUG,
+        "jnp.stack([z * jnp.cos(r), z * jnp.sin(r)])",
+        "jnp.stack([z * jnp.sin(r), z * jnp.cos(r)])",
+        [A],
+    ),
+    (
+        "aug_brightness_std",
+        AUG,
+        "b = z * pipe.brightness_std",
+        "b = z * pipe.brightness_std * 2",
+        [A],
+    ),
+    (
+        "aug_contrast_base",
+        AUG,
+        "c = jnp.exp2(z * pipe.contrast_std)",
+        "c = jnp.exp(z * pipe.contrast_std)",
+        [A],
+    ),
+    ("aug_copy_not_augmented", TRAIN, "return out[:n], out[n:], {", "return out[:n], x_tn, {", [A]),
+    (
+        "fir_shifted_up_taps",
+        "ambient_jax/nets/unet.py",
+        "taps = [2 * t for t in _taps(resample_filter)]",
+        "taps = [t for t in _taps(resample_filter)]",
+        ["tests/test_nets.py"],
+    ),
 ]
 
 

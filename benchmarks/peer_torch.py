@@ -30,14 +30,14 @@ from ambient_jax import nets
 # ----------------------------------------------------------------------------- the network
 
 
-def torch_params(flax_params):
+def torch_params(flax_params, device="cpu"):
     """The Flax variables as torch tensors: conv kernels HWIO -> OIHW, everything else as is."""
 
     def convert(leaf):
         a = np.asarray(leaf, np.float32)
         if a.ndim == 4:
             a = a.transpose(3, 2, 0, 1)
-        return torch.tensor(np.ascontiguousarray(a))
+        return torch.tensor(np.ascontiguousarray(a), device=device)
 
     return jax.tree_util.tree_map(convert, flax_params)
 
@@ -55,7 +55,7 @@ class Scope:
 
 
 def _fir(resample_filter, channels, x):
-    f = torch.tensor(resample_filter, dtype=x.dtype)
+    f = torch.tensor(resample_filter, dtype=x.dtype, device=x.device)
     f = torch.outer(f, f)
     return (f / f.sum()).expand(channels, 1, *f.shape)
 
@@ -136,10 +136,11 @@ class TorchSongUNet:
         if f["embedding_type"] == "positional":
             half = noise_channels // 2
             freqs = (1.0 / 10000) ** (torch.arange(half, dtype=torch.float32) / (half - 1))
+            freqs = freqs.to(x.device)
         else:
             freqs = torch.tensor(
                 np.random.RandomState(0).randn(noise_channels // 2).astype(np.float32) * 16.0
-            ) * (2 * np.pi)
+            ).to(x.device) * (2 * np.pi)
         angles = noise_labels[:, None] * freqs[None, :]
         emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
         emb = F.silu(dense(top.next("Dense"), emb))
@@ -204,7 +205,9 @@ class TorchStep:
 
     def __call__(self, x0):
         sd = self.sigma_data
-        sigma = torch.exp(torch.randn(x0.shape[0]) * 1.2 - 1.2)[:, None, None, None]
+        sigma = torch.exp(torch.randn(x0.shape[0], device=x0.device) * 1.2 - 1.2)[
+            :, None, None, None
+        ]
         x = x0 + torch.randn_like(x0) * sigma
         total = sigma**2 + sd**2
         out = self.net(x / total.sqrt(), sigma.flatten().log() / 4, train=True)
@@ -220,18 +223,22 @@ class TorchStep:
 
 
 def time_peer(preset, batch, steps):
+    """Seconds per train step of the peer (on the GPU when torch has CUDA)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     fields = preset_fields(preset)
     res = 64 if preset == "ncsnpp_ffhq64" else 32
     model = nets.build_model(preset, 3)
     params = nets.init_params(model, (res, res, 3), jax.random.key(0))
-    step = TorchStep(TorchSongUNet(torch_params(params), **fields))
-    x0 = torch.tensor(
-        np.random.RandomState(0).uniform(-1, 1, (batch, 3, res, res)), dtype=torch.float32
-    )
+    step = TorchStep(TorchSongUNet(torch_params(params, device), **fields))
+    x0 = np.random.RandomState(0).uniform(-1, 1, (batch, 3, res, res))
+    x0 = torch.tensor(x0, dtype=torch.float32, device=device)
     step(x0)  # warm-up
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         step(x0)
+    sync()
     return (time.perf_counter() - start) / steps
 
 
@@ -260,18 +267,19 @@ def layer_cases(batch):
     for res in (32, 16, 8):
         c = 256
         x = (batch, res, res, c)
-        module_case(f"3x3 conv {c}->{c} at {res}", unet.Conv(c, 3), [x], lambda p, x: conv(p, x, 3))
+        conv3 = lambda p, x: conv(p["params"], x, 3)
+        module_case(f"3x3 conv {c}->{c} at {res}", unet.Conv(c, 3), [x], conv3)
         module_case(
             f"3x3 conv {2 * c}->{c} at {res} (decoder)",
             unet.Conv(c, 3),
             [(batch, res, res, 2 * c)],
-            lambda p, x: conv(p, x, 3),
+            lambda p, x: conv(p["params"], x, 3),
         )
         module_case(
             f"1x1 skip conv {2 * c}->{c} at {res}",
             unet.Conv(c, 1),
             [(batch, res, res, 2 * c)],
-            lambda p, x: conv(p, x, 1),
+            lambda p, x: conv(p["params"], x, 1),
         )
         module_case(
             f"GroupNorm+SiLU {c} at {res}",
@@ -353,6 +361,26 @@ def layer_table(batch, repeat=5):
     return rows
 
 
+# (name, FIR resampling as shifted views) on the CPU backend. Also tried, and dropped for no
+# gain: 1x1 convolutions as matmuls over the pixels (ddpmpp b8 1.055 -> 1.050 img/s, ncsnpp_ffhq64
+# b4 0.337 -> 0.336, 2-core AMD EPYC).
+LOWERINGS = (
+    ("depthwise convolutions (GPU/TPU)", False),
+    ("shifted views (the CPU default)", True),
+)
+
+
+def measure_with(train_step, preset, batch, steps, shifted):
+    from ambient_jax.nets import unet
+
+    saved = unet.SHIFTED_RESAMPLING_ON_CPU
+    unet.SHIFTED_RESAMPLING_ON_CPU = shifted
+    try:
+        return train_step.measure(preset, batch, "float32", steps)
+    finally:
+        unet.SHIFTED_RESAMPLING_ON_CPU = saved
+
+
 def main():
     import train_step
 
@@ -362,6 +390,11 @@ def main():
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side")
     parser.add_argument("--layers", action="store_true", help="also the per-layer table (batch 8)")
+    parser.add_argument(
+        "--lowerings",
+        action="store_true",
+        help="our step with the FIR resampling as depthwise convolutions and as shifted views",
+    )
     parser.add_argument("--only_layers", action="store_true", help="the per-layer table alone")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -379,6 +412,18 @@ def main():
     for item in [] if args.only_layers else args.runs.split(","):
         preset, batch = item.split(":")
         batch = int(batch)
+        if args.lowerings:
+            for name, shifted in LOWERINGS:
+                r = measure_with(train_step, preset, batch, args.steps, shifted)
+                result.setdefault("lowerings", []).append(
+                    {
+                        "preset": preset,
+                        "batch": batch,
+                        "lowering": name,
+                        "img_s": batch / r["step_s"],
+                    }
+                )
+                print(f"  {name:34} {batch / r['step_s']:.3f} img/s", flush=True)
         ours = train_step.measure(preset, batch, "float32", args.steps)
         peer_s = time_peer(preset, batch, args.steps)
         row = {

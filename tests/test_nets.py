@@ -158,3 +158,46 @@ def test_local_cnn_sees_a_9x9_window_only():
         and int(cols.min()) == 4
         and int(cols.max()) == 12
     )
+
+
+@pytest.mark.parametrize("resample_filter", [(1, 1), (1, 3, 3, 1)], ids=["ddpmpp", "ncsnpp"])
+def test_cpu_resampling_as_shifted_views_is_the_same_function(resample_filter):
+    """The FIR up/down sampling the CPU backend runs as shifted views equals the depthwise
+    convolutions (kept on GPU/TPU), forward and backward, at every padding the U-Net uses."""
+    from ambient_jax.nets import unet
+
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 5))
+    f_pad = (len(resample_filter) - 1) // 2
+    for pad in sorted({0, f_pad}):
+        for conv_form, shifted in (
+            (unet.fir_downsample_conv, unet.fir_downsample_shifted),
+            (unet.fir_upsample_conv, unet.fir_upsample_shifted),
+        ):
+            a, b = conv_form(x, resample_filter, pad), shifted(x, resample_filter, pad)
+            np.testing.assert_allclose(b, a, atol=1e-6)
+            w = jax.random.normal(jax.random.key(2), a.shape)
+            grad = lambda fn: jax.grad(lambda v: jnp.sum(fn(v, resample_filter, pad) * w))(x)
+            np.testing.assert_allclose(grad(shifted), grad(conv_form), atol=1e-5)
+
+
+def test_the_cpu_resampling_trains_the_same_loss_curve():
+    """Three train steps of the tiny U-Net with the CPU's shifted-view resampling and with the
+    convolutions the other backends run."""
+    from test_parallel import run_steps
+
+    from ambient_jax.nets import unet
+
+    changes = {"model.preset": "tiny"}
+    assert unet.SHIFTED_RESAMPLING_ON_CPU
+    shifted, shifted_params = run_steps("jit", 1, changes=changes)
+    unet.SHIFTED_RESAMPLING_ON_CPU = False
+    try:
+        conv, conv_params = run_steps("jit", 1, changes=changes)
+    finally:
+        unet.SHIFTED_RESAMPLING_ON_CPU = True
+    np.testing.assert_allclose(shifted, conv, rtol=2e-5, atol=1e-6)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        shifted_params,
+        conv_params,
+    )

@@ -40,8 +40,73 @@ def _fir(resample_filter):
     return f / f.sum()
 
 
+# XLA's CPU backend runs the depthwise (one channel per group) convolutions of the FIR resampling
+# far below its dense-convolution speed; there the same filters run as sums of shifted, strided
+# views of the input, which XLA fuses into one loop. Other backends keep the convolutions.
+SHIFTED_RESAMPLING_ON_CPU = True
+
+
+def _shifted_views():
+    return SHIFTED_RESAMPLING_ON_CPU and jax.default_backend() == "cpu"
+
+
+def _taps(resample_filter):
+    """The 1-D filter whose outer product with itself is _fir(resample_filter)."""
+    g = np.asarray(resample_filter, np.float64)
+    return (g / g.sum()).tolist()
+
+
+def _filter_axis(x, taps, axis, stride, pad):
+    """sum_k taps[k] x_padded[stride i + k] along `axis` (1 = H, 2 = W of NHWC), zero padding."""
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (pad, pad)
+    x = jnp.pad(x, widths)
+    n_out = (x.shape[axis] - len(taps)) // stride + 1
+    out = 0
+    for k, tap in enumerate(taps):
+        view = jax.lax.slice_in_dim(x, k, k + stride * (n_out - 1) + 1, stride, axis)
+        out = out + view * jnp.asarray(tap, x.dtype)
+    return out
+
+
+def _interleave_zeros(x, axis):
+    """A zero after every sample but the last along `axis` (n -> 2n - 1): lhs dilation 2."""
+    stacked = jnp.stack([x, jnp.zeros_like(x)], axis=axis + 1)
+    shape = list(x.shape)
+    shape[axis] *= 2
+    return jax.lax.slice_in_dim(stacked.reshape(shape), 0, shape[axis] - 1, axis=axis)
+
+
+def fir_downsample_shifted(x, resample_filter, padding):
+    """fir_downsample as shifted views: the separable filter along H, then W, stride 2."""
+    taps = _taps(resample_filter)
+    for axis in (1, 2):
+        x = _filter_axis(x, taps, axis, 2, padding)
+    return x
+
+
+def fir_upsample_shifted(x, resample_filter, padding):
+    """fir_upsample as shifted views: zeros interleaved, then twice the separable filter."""
+    taps = [2 * t for t in _taps(resample_filter)]  # outer product: 4 x the 2-D filter
+    for axis in (1, 2):
+        x = _filter_axis(_interleave_zeros(x, axis), taps, axis, 1, len(taps) - 1 - padding)
+    return x
+
+
 def fir_downsample(x, resample_filter, padding):
     """Depthwise FIR filter with stride 2 (EDM Conv2d(down=True) without weights)."""
+    resample = fir_downsample_shifted if _shifted_views() else fir_downsample_conv
+    return resample(x, resample_filter, padding)
+
+
+def fir_upsample(x, resample_filter, padding):
+    """Depthwise transposed FIR filter with stride 2 (EDM Conv2d(up=True) without weights)."""
+    resample = fir_upsample_shifted if _shifted_views() else fir_upsample_conv
+    return resample(x, resample_filter, padding)
+
+
+def fir_downsample_conv(x, resample_filter, padding):
+    """fir_downsample as one depthwise convolution."""
     f = _fir(resample_filter)
     channels = x.shape[-1]
     kernel = jnp.tile(jnp.asarray(f)[:, :, None, None], (1, 1, 1, channels)).astype(x.dtype)
@@ -55,8 +120,8 @@ def fir_downsample(x, resample_filter, padding):
     )
 
 
-def fir_upsample(x, resample_filter, padding):
-    """Depthwise transposed FIR filter with stride 2 (EDM Conv2d(up=True) without weights)."""
+def fir_upsample_conv(x, resample_filter, padding):
+    """fir_upsample as one depthwise convolution of the input with zeros interleaved."""
     f = _fir(resample_filter) * 4.0
     channels = x.shape[-1]
     kernel = jnp.tile(jnp.asarray(f)[:, :, None, None], (1, 1, 1, channels)).astype(x.dtype)
