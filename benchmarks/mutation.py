@@ -534,6 +534,13 @@ MUTANTS = [
         [A],
     ),
     (
+        "aug_rotate_direction",
+        AUG,
+        "g_inv = g_inv @ _rotate2d(theta)  # EDM",
+        "g_inv = g_inv @ _rotate2d(-theta)  # EDM",
+        [A],
+    ),
+    (
         "aug_aniso_label_swapped",
         AUG,
         "jnp.stack([z * jnp.cos(r), z * jnp.sin(r)])",

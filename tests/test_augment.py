@@ -234,3 +234,42 @@ def test_the_step_augments_each_image_and_its_noisy_copy_by_one_transform():
     untouched = ~np.any(np.asarray(labels) != 0, axis=1)
     assert untouched.any() and (~untouched).any()
     np.testing.assert_allclose(np.asarray(out)[untouched], np.asarray(x0)[untouched], atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["scale", "rotate_frac", "translate_frac"])
+def test_geometric_transforms_move_pixels_as_their_labels_say(kind):
+    """output(u) = input(G_inv u) about the image centre (x across, y down), with G_inv built
+    from the labels alone: scale 2^(0.2 z) shrinks coordinates by s, rotate_frac turns them by
+    theta, translate_frac shifts them back by z * size / 8. Checked against scipy's bilinear
+    resampling of a smooth image, away from the borders."""
+    from scipy import ndimage
+
+    size = 32
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+
+    def smooth(x, y):
+        return np.sin(2 * np.pi * x / 40 + 0.3) * np.cos(2 * np.pi * y / 50 - 0.2)
+
+    image = smooth(xx, yy)[..., None].astype(np.float32)
+    pipe = aug.AugmentPipe(**{kind: 1})
+    out, labels = aug.augment_batch(
+        jnp.broadcast_to(image, (12, size, size, 1)), keys(12, 4), 1.0, pipe
+    )
+    c = (size - 1) / 2
+    for o, lab in zip(np.asarray(out), np.asarray(labels)):
+        u, v = xx - c, yy - c
+        if kind == "scale":
+            s = 2 ** (0.2 * lab[0])
+            src_x, src_y = u / s, v / s
+        elif kind == "rotate_frac":
+            theta = np.arctan2(lab[1], lab[0] + 1)
+            src_x = np.cos(theta) * u - np.sin(theta) * v
+            src_y = np.sin(theta) * u + np.cos(theta) * v
+        else:
+            src_x, src_y = u - lab[0] * size * 0.125, v - lab[1] * size * 0.125
+        expect = ndimage.map_coordinates(
+            image[..., 0], [src_y + c, src_x + c], order=1, mode="mirror"
+        )
+        inner = (slice(8, -8), slice(8, -8))
+        np.testing.assert_allclose(o[..., 0][inner], expect[inner], atol=0.03)
+    assert np.abs(labels).max() > 0.3
