@@ -33,9 +33,9 @@ def initialize(parallel_config):
     """Start jax.distributed when the job spans several processes; a no-op otherwise."""
     if jax.distributed.is_initialized():
         return
-    explicit = parallel_config.get("coordinator_address", "")
+    explicit = parallel_config.coordinator_address
     if explicit:
-        if parallel_config.get("cpu_collectives", ""):
+        if parallel_config.cpu_collectives:
             jax.config.update("jax_cpu_collectives_implementation", parallel_config.cpu_collectives)
         jax.distributed.initialize(
             coordinator_address=explicit,
@@ -50,7 +50,7 @@ def make_mesh(parallel_config=None, devices=None):
     """A 1-D ("data",) mesh over `devices` (default: all, or the first parallel.num_devices)."""
     if devices is None:
         devices = jax.devices()
-        wanted = int(parallel_config.get("num_devices", 0)) if parallel_config is not None else 0
+        wanted = int(parallel_config.num_devices) if parallel_config is not None else 0
         if wanted:
             if wanted > len(devices):
                 raise ValueError(

@@ -48,7 +48,7 @@ def record_subset(workdir, data_config, train_indices, num_source_images):
     """Write subset.json atomically."""
     record = {
         "source": data_config.source,
-        "path": data_config.get("path", ""),
+        "path": data_config.path,
         "resolution": data_config.resolution,
         "n_train": int(data_config.n_train),
         "subset_seed": int(data_config.subset_seed),

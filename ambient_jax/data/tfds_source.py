@@ -91,8 +91,8 @@ def open_source(data_config):
     """A random-access tfds data source of the configured split."""
     import tensorflow_datasets as tfds  # seconds to import: see _builder_class
 
-    name, split = data_config.tfds_name, data_config.get("tfds_split", "train")
-    data_dir = os.path.expanduser(data_config.get("tfds_data_dir", "")) or None
+    name, split = data_config.tfds_name, data_config.tfds_split
+    data_dir = os.path.expanduser(data_config.tfds_data_dir) or None
     # A prepared data set describes itself (features, shapes): read it from its folder, so no
     # builder class (and no TensorFlow) is needed.
     root = data_dir or os.path.expanduser("~/tensorflow_datasets")
@@ -123,7 +123,7 @@ def open_source(data_config):
 
 def record_image(record, data_config):
     """The uint8 [R, R, C] image of one record, checked against the config."""
-    image = np.asarray(record[data_config.get("tfds_image_key", "image")], np.uint8)
+    image = np.asarray(record[data_config.tfds_image_key], np.uint8)
     if image.ndim == 2:
         image = image[..., None]
     want = (data_config.resolution, data_config.resolution, data_config.channels)

@@ -273,9 +273,7 @@ def diagnose_run(
         queries = train_images
     raw = functools.partial(model.apply, params, train=False)
     denoise = edm_denoiser(raw, config.loss.sigma_data)
-    sigmas = sigma_grid(
-        num_levels, config.sample.get("sigma_min", 0.002), config.sample.get("sigma_max", 80.0)
-    )
+    sigmas = sigma_grid(num_levels)  # the EDM sampler's range, 0.002 to 80
     key = jax.random.key(seed)
     log(
         f"diagnosing {workdir}: {num_levels} noise levels, {len(queries)} training / "

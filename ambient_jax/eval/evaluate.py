@@ -92,8 +92,8 @@ def dataset_reference_statistics(data_config, protocol, extract, log=print):
     key = json.dumps(
         [
             data_config.source,
-            data_config.get("path", ""),
-            data_config.get("tfds_name", ""),
+            data_config.path,
+            data_config.tfds_name,
             data_config.resolution,
             data_config.channels,
             protocol,
