@@ -52,6 +52,24 @@ SYM6 = np.asarray(
 LUMA_AXIS = np.asarray([1, 1, 1, 0], np.float32) / np.sqrt(3)
 
 
+# Every transform in EDM's order (the order of the labels), with its number of labels.
+LABEL_WIDTHS = (
+    ("xflip", 1),
+    ("yflip", 1),
+    ("rotate_int", 2),
+    ("translate_int", 2),
+    ("scale", 1),
+    ("rotate_frac", 2),
+    ("aniso", 2),
+    ("translate_frac", 2),
+    ("brightness", 1),
+    ("contrast", 1),
+    ("lumaflip", 1),
+    ("hue", 2),
+    ("saturation", 1),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentPipe:
     """Probability multipliers (0 = off) and parameter spreads, EDM's names and defaults."""
@@ -82,22 +100,7 @@ class AugmentPipe:
 
     @property
     def label_dim(self):
-        widths = (
-            ("xflip", 1),
-            ("yflip", 1),
-            ("rotate_int", 2),
-            ("translate_int", 2),
-            ("scale", 1),
-            ("rotate_frac", 2),
-            ("aniso", 2),
-            ("translate_frac", 2),
-            ("brightness", 1),
-            ("contrast", 1),
-            ("lumaflip", 1),
-            ("hue", 2),
-            ("saturation", 1),
-        )
-        return sum(width for name, width in widths if getattr(self, name) > 0)
+        return sum(width for name, width in LABEL_WIDTHS if getattr(self, name) > 0)
 
     @property
     def geometric(self):
@@ -117,26 +120,7 @@ EDM_COLOUR_RECIPE = dataclasses.replace(
 RECIPES = {"edm": EDM_RECIPE, "edm_colour": EDM_COLOUR_RECIPE}
 
 # Sub-key of each transform (fold_in of the image's key).
-_KEYS = {
-    name: i
-    for i, name in enumerate(
-        (
-            "xflip",
-            "yflip",
-            "rotate_int",
-            "translate_int",
-            "scale",
-            "rotate_frac",
-            "aniso",
-            "translate_frac",
-            "brightness",
-            "contrast",
-            "lumaflip",
-            "hue",
-            "saturation",
-        )
-    )
-}
+_KEYS = {name: i for i, (name, _) in enumerate(LABEL_WIDTHS)}
 
 
 def _draw(key, name, multiplier, p):
