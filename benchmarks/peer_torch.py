@@ -103,6 +103,24 @@ def attention(p, x):
     return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
+def noise_embedding(noise_labels, channels, embedding_type):
+    """SongUNet's positional (DDPM++) or Fourier (NCSN++) embedding of the noise labels."""
+    if embedding_type == "positional":
+        half = channels // 2
+        freqs = (1.0 / 10000) ** (torch.arange(half, dtype=torch.float32) / (half - 1))
+        freqs = freqs.to(noise_labels.device)
+    else:
+        freqs = torch.tensor(
+            np.random.RandomState(0).randn(channels // 2).astype(np.float32) * 16.0
+        ).to(noise_labels.device) * (2 * np.pi)
+    angles = noise_labels[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+def embedding_mlp(p0, p1, emb):
+    return F.silu(dense(p1, F.silu(dense(p0, emb))))
+
+
 def block(p, x, emb, features, train, dropout, resample_filter, up=False, down=False, attn=False):
     """EDM's UNetBlock as ambient_jax.nets.unet.UNetBlock."""
     s = Scope(p)
@@ -133,18 +151,8 @@ class TorchSongUNet:
         f, p = self.f, self.params["params"]
         top = Scope(p)
         noise_channels = f["model_channels"] * f["channel_mult_noise"]
-        if f["embedding_type"] == "positional":
-            half = noise_channels // 2
-            freqs = (1.0 / 10000) ** (torch.arange(half, dtype=torch.float32) / (half - 1))
-            freqs = freqs.to(x.device)
-        else:
-            freqs = torch.tensor(
-                np.random.RandomState(0).randn(noise_channels // 2).astype(np.float32) * 16.0
-            ).to(x.device) * (2 * np.pi)
-        angles = noise_labels[:, None] * freqs[None, :]
-        emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-        emb = F.silu(dense(top.next("Dense"), emb))
-        emb = F.silu(dense(top.next("Dense"), emb))
+        emb = noise_embedding(noise_labels, noise_channels, f["embedding_type"])
+        emb = embedding_mlp(top.next("Dense"), top.next("Dense"), emb)
         count = iter(range(1000))
         filt = tuple(f["resample_filter"])
 
@@ -256,6 +264,17 @@ def layer_cases(batch):
 
     cases = []
 
+    class EmbeddingMLP(nn.Module):
+        """SongUNet's noise embedding (positional) and its 2-layer MLP."""
+
+        channels: int
+        features: int
+
+        @nn.compact
+        def __call__(self, noise_labels):
+            emb = unet.positional_embedding(noise_labels, self.channels)
+            return nn.silu(nn.Dense(self.features)(nn.silu(nn.Dense(self.features)(emb))))
+
     def module_case(name, module, shapes, torch_fn):
         inputs = [
             jnp.asarray(np.random.RandomState(i).randn(*s), jnp.float32)
@@ -305,6 +324,16 @@ def layer_cases(batch):
             lambda p, x: fir_up(x, (1, 1), 0),
         )
     module_case(
+        "embedding MLP 128->512->512",
+        EmbeddingMLP(128, 512),
+        [(batch,)],
+        lambda p, labels: embedding_mlp(
+            p["params"]["Dense_0"],
+            p["params"]["Dense_1"],
+            noise_embedding(labels, 128, "positional"),
+        ),
+    )
+    module_case(
         "attention 256 at 16",
         unet.SelfAttention(256),
         [(batch, 16, 16, 256)],
@@ -325,14 +354,22 @@ def _flax_fn(name, module):
     return lambda params, x: unet.fir_upsample(x, (1, 1), 0)
 
 
+def _nchw(a):
+    """Images NHWC -> NCHW for torch; other arrays as they are."""
+    a = np.asarray(a)
+    return np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
+
+
 def layer_table(batch, repeat=5):
     rows = []
     for name, module, params, inputs, torch_fn in layer_cases(batch):
         fn = _flax_fn(name, module)
         out = fn(params, *inputs)
         w = jax.numpy.asarray(np.random.RandomState(9).randn(*out.shape), out.dtype)
+        # value_and_grad, not grad: for a linear layer the gradient needs no forward output, and
+        # XLA would drop the forward as dead code while PyTorch computes it.
         grad = jax.jit(
-            jax.grad(
+            jax.value_and_grad(
                 lambda p, *xs: jax.numpy.sum(fn(p, *xs) * w), argnums=tuple(range(len(inputs) + 1))
             )
         )
@@ -341,8 +378,8 @@ def layer_table(batch, repeat=5):
         if tparams is not None:
             for t in jax.tree_util.tree_leaves(tparams):
                 t.requires_grad_()
-        txs = [torch.tensor(np.asarray(x).transpose(0, 3, 1, 2)).requires_grad_() for x in inputs]
-        tw = torch.tensor(np.asarray(w).transpose(0, 3, 1, 2))
+        txs = [torch.tensor(_nchw(x)).requires_grad_() for x in inputs]
+        tw = torch.tensor(_nchw(w))
 
         def torch_once():
             for t in txs:
