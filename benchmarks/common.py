@@ -17,6 +17,10 @@ sys.path.insert(
     0, os.path.dirname(HERE)
 )  # the repository root: configs/ and an uninstalled ambient_jax
 
+from ambient_jax import xla_cpu  # noqa: E402
+
+xla_cpu.use_cpu_flags()  # the programs' CPU flags, before JAX starts a backend
+
 
 def timed(fn, repeat=3):
     """Best wall time of `repeat` calls after one warm-up call (compilation)."""

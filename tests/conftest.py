@@ -1,4 +1,5 @@
-"""Test set-up: 8 fake CPU devices (set before jax is imported) and small shared helpers."""
+"""Test set-up: 8 fake CPU devices and the programs' CPU flags (set before JAX starts a backend),
+and small shared helpers."""
 
 import os
 
@@ -6,6 +7,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from ambient_jax import xla_cpu  # noqa: E402
+
+xla_cpu.use_cpu_flags()  # as the programs start JAX
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

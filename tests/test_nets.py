@@ -1,5 +1,7 @@
 """The score networks: parameter counts of the presets, shapes, determinism, dropout."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,6 +180,78 @@ def test_cpu_resampling_as_shifted_views_is_the_same_function(resample_filter):
             w = jax.random.normal(jax.random.key(2), a.shape)
             grad = lambda fn: jax.grad(lambda v: jnp.sum(fn(v, resample_filter, pad) * w))(x)
             np.testing.assert_allclose(grad(shifted), grad(conv_form), atol=1e-5)
+
+
+# XLA's default list of YNNPACK fusion types with the convolutions put back: this compilation's
+# convolutions run in YNNPACK, as they do without ambient_jax.xla_cpu's flag.
+YNNPACK_CONVOLUTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+}
+
+
+def _conv(x, k):
+    return jax.lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def test_cpu_convolutions_run_in_xla_not_ynnpack():
+    """The test process starts JAX as the programs do (ambient_jax.xla_cpu's flags): a
+    convolution compiles to XLA's own kernel, and the per-compilation option the other tests use
+    puts it back into YNNPACK."""
+    x, k = jnp.ones((2, 8, 8, 32)), jnp.ones((3, 3, 32, 32))  # YNNPACK takes 32 channels, not 16
+    lowered = jax.jit(_conv).lower(x, k)
+    assert "__ynn_fusion" not in lowered.compile().as_text()
+    assert "__ynn_fusion" in lowered.compile(compiler_options=YNNPACK_CONVOLUTIONS).as_text()
+
+
+def test_cpu_convolutions_outside_ynnpack_are_the_same_function():
+    """A 3x3 convolution and its gradients with XLA's kernels and with YNNPACK's."""
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 32, 32)) / 17
+    w = jax.random.normal(jax.random.key(2), (2, 8, 8, 32))
+    value_and_grads = jax.jit(
+        jax.value_and_grad(lambda x, k: jnp.sum(_conv(x, k) * w), argnums=(0, 1))
+    ).lower(x, k)
+    xla_compiled = value_and_grads.compile()
+    ynn_compiled = value_and_grads.compile(compiler_options=YNNPACK_CONVOLUTIONS)
+    assert "__ynn_fusion" in ynn_compiled.as_text()  # two kernels compared, not one
+    xla, ynn = xla_compiled(x, k), ynn_compiled(x, k)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), xla, ynn
+    )
+
+
+def test_cpu_convolutions_outside_ynnpack_train_the_same_loss_curve():
+    """Three train steps of the tiny U-Net with XLA's convolutions (the programs' CPU setting)
+    and with YNNPACK's (XLA's default)."""
+    from test_parallel import run_steps
+
+    changes = {"model.preset": "tiny"}
+    xla, xla_params = run_steps("jit", 1, changes=changes)
+    ynn, ynn_params = run_steps("jit", 1, changes=changes, compiler_options=YNNPACK_CONVOLUTIONS)
+    np.testing.assert_allclose(xla, ynn, rtol=2e-5, atol=1e-6)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), xla_params, ynn_params
+    )
+
+
+def test_cpu_flags_join_the_users_xla_flags():
+    """ambient_jax.xla_cpu adds its flags to XLA_FLAGS, leaves a flag the user set as set, and adds
+    nothing on a jaxlib release whose XLA may not know them (XLA stops on unknown flags)."""
+    from ambient_jax import xla_cpu
+
+    ours = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+    assert xla_cpu.with_cpu_flags("", "0.10.2") == ours
+    assert (
+        xla_cpu.with_cpu_flags("--xla_force_host_platform_device_count=8 ", "0.11.0")
+        == f"--xla_force_host_platform_device_count=8 {ours}"
+    )
+    users = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    assert xla_cpu.with_cpu_flags(users, "0.10.2") == users
+    assert xla_cpu.with_cpu_flags("--xla_dump_to=/tmp/x", "0.12.0") == "--xla_dump_to=/tmp/x"
+    assert xla_cpu.with_cpu_flags("", "0.9.1") == ""
+    assert ours in os.environ["XLA_FLAGS"]  # conftest started JAX with them, as the programs do
 
 
 def test_the_cpu_resampling_trains_the_same_loss_curve():

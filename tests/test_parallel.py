@@ -19,7 +19,7 @@ DRIVER = os.path.join(HERE, "train_driver.py")
 STEPS = 3
 
 
-def run_steps(mode, num_devices, steps=STEPS, changes=None):
+def run_steps(mode, num_devices, steps=STEPS, changes=None, compiler_options=None):
     config = tiny_config(**(changes or {}))
     if config.model.preset != "mlp_small":  # the tiny MLP's sizes belong to mlp_small only
         for name in config.model.overrides:
@@ -37,9 +37,12 @@ def run_steps(mode, num_devices, steps=STEPS, changes=None):
         )
     )
     state = trainer.place(train.init_state(config, model, optimizer))
+    step = trainer.step
+    if compiler_options is not None:  # XLA options for this compilation only
+        step = step.lower(state, images).compile(compiler_options=compiler_options)
     logged = []
     for _ in range(steps):
-        state, m = trainer.step(state, images)
+        state, m = step(state, images)
         logged.append(
             [
                 float(m[k])

@@ -17,9 +17,19 @@ def console_scripts():
     return [tuple(part.strip() for part in line.split("=")) for line in lines]
 
 
-def run(target, *args):
+def run(target, *args, report_start=False):
     module, function = target.split(":")
     code = f"import sys; sys.argv[0] = 'prog'; from {module} import {function}; {function}()"
+    if report_start:  # stderr also says whether importing the program started a JAX backend
+        # (then the program's CPU flags could not reach XLA) and the XLA_FLAGS it ends with
+        code = (
+            "import atexit, os, sys; sys.argv[0] = 'prog'; "
+            "atexit.register(lambda: print('XLA_FLAGS at exit:', os.environ['XLA_FLAGS'], "
+            "file=sys.stderr)); "
+            f"from {module} import {function}; from jax._src import xla_bridge; "
+            "print('backend started by the import:', xla_bridge.backends_are_initialized(), "
+            f"file=sys.stderr); {function}()"
+        )
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     return subprocess.run(
         [sys.executable, "-c", code, *args],
@@ -33,11 +43,14 @@ def run(target, *args):
 
 @pytest.mark.parametrize("name, target", console_scripts())
 def test_help_says_what_the_program_does_and_lists_its_flags(name, target):
-    result = run(target, "--help")
+    result = run(target, "--help", report_start=True)
     assert result.returncode == 0, result.stderr[-500:]
     assert result.stdout.startswith(name + ":"), result.stdout[:200]  # the docstring first
     assert "flags:" in result.stdout and "(default:" in result.stdout
     assert "Try --helpfull" not in result.stdout
+    # the program sets its CPU flags (ambient_jax.xla_cpu) before JAX starts a backend
+    assert "backend started by the import: False" in result.stderr
+    assert "XLA_FLAGS at exit: --xla_cpu_experimental_ynn_fusion_type=" in result.stderr
 
 
 def test_train_help_explains_config_files_and_overrides():

@@ -8,6 +8,7 @@ import sys
 from absl import app, flags, logging
 
 import ambient_jax.configs
+from ambient_jax import xla_cpu
 from ambient_jax.checkpoint import CheckpointError
 from ambient_jax.data import DataError
 from ambient_jax.eval.convert import ConversionError
@@ -117,6 +118,7 @@ def check_config_file_argument(argv):
 
 def run_program(main, define_flags=None):
     """Define the program's flags (config overrides are applied here), then run main."""
+    xla_cpu.use_cpu_flags()  # before JAX starts a backend
     check_config_file_argument(sys.argv)
     if define_flags is not None:
         try:
