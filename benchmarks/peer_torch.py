@@ -273,7 +273,8 @@ def layer_cases(batch):
         @nn.compact
         def __call__(self, noise_labels):
             emb = unet.positional_embedding(noise_labels, self.channels)
-            return nn.silu(nn.Dense(self.features)(nn.silu(nn.Dense(self.features)(emb))))
+            emb = nn.silu(nn.Dense(self.features)(emb))  # Dense_0
+            return nn.silu(nn.Dense(self.features)(emb))  # Dense_1
 
     def module_case(name, module, shapes, torch_fn):
         inputs = [

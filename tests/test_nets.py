@@ -222,18 +222,33 @@ def test_cpu_convolutions_outside_ynnpack_are_the_same_function():
     )
 
 
-def test_cpu_convolutions_outside_ynnpack_train_the_same_loss_curve():
+@pytest.fixture(scope="module")
+def tiny_unet_cpu_run():
+    """(logged metrics, params) of three train steps of the tiny U-Net as the programs run it on
+    a CPU: FIR resampling as shifted views, convolutions in XLA's kernels."""
+    from test_parallel import run_steps
+
+    from ambient_jax.nets import unet
+
+    assert unet.SHIFTED_RESAMPLING_ON_CPU
+    return run_steps("jit", 1, changes={"model.preset": "tiny"})
+
+
+def assert_same_loss_curve(run, reference):
+    np.testing.assert_allclose(run[0], reference[0], rtol=2e-5, atol=1e-6)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), run[1], reference[1]
+    )
+
+
+def test_cpu_convolutions_outside_ynnpack_train_the_same_loss_curve(tiny_unet_cpu_run):
     """Three train steps of the tiny U-Net with XLA's convolutions (the programs' CPU setting)
     and with YNNPACK's (XLA's default)."""
     from test_parallel import run_steps
 
     changes = {"model.preset": "tiny"}
-    xla, xla_params = run_steps("jit", 1, changes=changes)
-    ynn, ynn_params = run_steps("jit", 1, changes=changes, compiler_options=YNNPACK_CONVOLUTIONS)
-    np.testing.assert_allclose(xla, ynn, rtol=2e-5, atol=1e-6)
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), xla_params, ynn_params
-    )
+    ynn = run_steps("jit", 1, changes=changes, compiler_options=YNNPACK_CONVOLUTIONS)
+    assert_same_loss_curve(ynn, tiny_unet_cpu_run)
 
 
 def test_cpu_flags_join_the_users_xla_flags():
@@ -254,24 +269,16 @@ def test_cpu_flags_join_the_users_xla_flags():
     assert ours in os.environ["XLA_FLAGS"]  # conftest started JAX with them, as the programs do
 
 
-def test_the_cpu_resampling_trains_the_same_loss_curve():
+def test_the_cpu_resampling_trains_the_same_loss_curve(tiny_unet_cpu_run):
     """Three train steps of the tiny U-Net with the CPU's shifted-view resampling and with the
     convolutions the other backends run."""
     from test_parallel import run_steps
 
     from ambient_jax.nets import unet
 
-    changes = {"model.preset": "tiny"}
-    assert unet.SHIFTED_RESAMPLING_ON_CPU
-    shifted, shifted_params = run_steps("jit", 1, changes=changes)
     unet.SHIFTED_RESAMPLING_ON_CPU = False
     try:
-        conv, conv_params = run_steps("jit", 1, changes=changes)
+        conv = run_steps("jit", 1, changes={"model.preset": "tiny"})
     finally:
         unet.SHIFTED_RESAMPLING_ON_CPU = True
-    np.testing.assert_allclose(shifted, conv, rtol=2e-5, atol=1e-6)
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-        shifted_params,
-        conv_params,
-    )
+    assert_same_loss_curve(conv, tiny_unet_cpu_run)
