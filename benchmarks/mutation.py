@@ -32,6 +32,11 @@ L, P, S, T, M, E, D = (
     "tests/test_eval.py",
     "tests/test_diagnose.py",
 )
+XLA_CPU = "ambient_jax/xla_cpu.py"
+XLA_CPU_TESTS = [
+    "tests/test_nets.py::test_cpu_flags_join_the_users_xla_flags",
+    "tests/test_nets.py::test_cpu_convolutions_run_in_xla_not_ynnpack",
+]
 LOSSES, PRECOND, SCHED, SAMPLING = (
     "ambient_jax/losses.py",
     "ambient_jax/precond.py",
@@ -568,6 +573,28 @@ MUTANTS = [
         "taps = [2 * t for t in _taps(resample_filter)]",
         "taps = [t for t in _taps(resample_filter)]",
         ["tests/test_nets.py"],
+    ),
+    # the programs' CPU flags (ambient_jax.xla_cpu)
+    (
+        "xla_cpu_flag_value",
+        XLA_CPU,
+        '"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"',
+        '"xla_cpu_experimental_ynn_fusion_type": "-individual_dot"',
+        XLA_CPU_TESTS,
+    ),
+    (
+        "xla_cpu_user_flag_wins",
+        XLA_CPU,
+        "for flag, value in CPU_FLAGS.items() if flag not in present]",
+        "for flag, value in CPU_FLAGS.items()]",
+        XLA_CPU_TESTS,
+    ),
+    (
+        "xla_cpu_release_gate",
+        XLA_CPU,
+        "if jaxlib_release(jaxlib_version) not in JAXLIB_RELEASES:",
+        "if jaxlib_release(jaxlib_version) < (0, 10):",
+        XLA_CPU_TESTS,
     ),
 ]
 
