@@ -2,11 +2,11 @@
 
 XLA's CPU compiler (jaxlib 0.10) hands convolutions to YNNPACK by default. On the CPU where this
 was measured (a 2-core AMD EPYC), XLA's own convolutions (Eigen's) run the networks faster: the
-`ddpmpp_cifar10` train step at batch 8 by 16-19% (0.69-0.73x -> 0.80-0.88x the same step in
-PyTorch, `python benchmarks/peer_torch.py`), `ncsnpp_ffhq64` by 14%, the EDM sampler on the tiny
-U-Net by 50-60%, Inception features by 1.8x (docs/performance.md). So the programs turn YNNPACK's
-convolutions off and keep YNNPACK for matmuls and reductions (turning its reductions off too made
-the step 1.6x slower).
+`ddpmpp_cifar10` train step at batch 8 by 17% (median of alternated runs: 0.75x -> 0.86x the
+same step in PyTorch, `python benchmarks/peer_torch.py`), `ncsnpp_ffhq64` by 11%, the EDM sampler
+on the tiny U-Net by 50-60%, Inception features by 1.8x (figures in docs/performance.md). So the
+programs turn YNNPACK's convolutions off and keep YNNPACK for matmuls and reductions (turning its
+reductions off too made the step 1.6x slower).
 
 Only XLA's CPU compiler reads `xla_cpu_*` flags: GPU and TPU programs compile as before. XLA reads
 XLA_FLAGS once, when JAX starts its first backend, so `use_cpu_flags()` must run before the first
