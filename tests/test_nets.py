@@ -182,6 +182,41 @@ def test_cpu_resampling_as_shifted_views_is_the_same_function(resample_filter):
             np.testing.assert_allclose(grad(shifted), grad(conv_form), atol=1e-5)
 
 
+def test_cpu_explicit_padding_of_the_residual_input_conv_is_the_same_function():
+    """The residual encoder's conv + FIR downsampling with its extra padding as a separate pad
+    (the CPU form) equals the padded convolution the other backends run, forward and backward."""
+    from ambient_jax.nets import unet
+
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 5))
+    module = unet.Conv(7, 3, down=True, fused_resample=True, resample_filter=(1, 3, 3, 1))
+    params = module.init(jax.random.key(1), x)
+    w = jax.random.normal(jax.random.key(2), (2, 8, 8, 7))
+
+    def with_form(explicit, fn):
+        unet.EXPLICIT_PADDING_ON_CPU = explicit
+        try:
+            return fn()
+        finally:
+            unet.EXPLICIT_PADDING_ON_CPU = True
+
+    loss = lambda p, x: jnp.sum(module.apply(p, x) * w)
+    value_and_grads = lambda: jax.value_and_grad(loss, argnums=(0, 1))(params, x)
+    explicit, padded = with_form(True, value_and_grads), with_form(False, value_and_grads)
+    # two forms compared, not one: the CPU form's forward has one more pad, before the conv
+    pads = lambda: str(jax.make_jaxpr(lambda x: module.apply(params, x))(x)).count(" pad[")
+    assert with_form(True, pads) == with_form(False, pads) + 1
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), explicit, padded
+    )
+    # and both are the definition: zero-pad by 2, 3x3 conv, then the stride-2 FIR filter
+    kernel, bias = params["params"]["Conv_0"]["kernel"], params["params"]["Conv_0"]["bias"]
+    conv = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), [(2, 2)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    expected = unet.fir_downsample_conv(conv + bias, (1, 3, 3, 1), 0)
+    np.testing.assert_allclose(module.apply(params, x), expected, rtol=1e-5, atol=1e-5)
+
+
 # XLA's default list of YNNPACK fusion types with the convolutions put back: this compilation's
 # convolutions run in YNNPACK, as they do without ambient_jax.xla_cpu's flag.
 YNNPACK_CONVOLUTIONS = {
@@ -282,3 +317,22 @@ def test_the_cpu_resampling_trains_the_same_loss_curve(tiny_unet_cpu_run):
     finally:
         unet.SHIFTED_RESAMPLING_ON_CPU = True
     assert_same_loss_curve(conv, tiny_unet_cpu_run)
+
+
+def test_the_cpu_explicit_padding_trains_the_same_loss_curve():
+    """Three train steps of a tiny U-Net with NCSN++'s residual encoder and [1,3,3,1] filter,
+    with the residual input's extra padding as a separate pad (the CPU form) and in the
+    convolution (the other backends' form)."""
+    from test_parallel import run_steps
+
+    from ambient_jax.nets import unet
+
+    ncsnpp = {"encoder_type": "residual", "resample_filter": (1, 3, 3, 1)}
+    run = lambda: run_steps("jit", 1, changes={"model.preset": "tiny"}, overrides=ncsnpp)
+    explicit = run()
+    unet.EXPLICIT_PADDING_ON_CPU = False
+    try:
+        padded = run()
+    finally:
+        unet.EXPLICIT_PADDING_ON_CPU = True
+    assert_same_loss_curve(padded, explicit)

@@ -19,11 +19,13 @@ DRIVER = os.path.join(HERE, "train_driver.py")
 STEPS = 3
 
 
-def run_steps(mode, num_devices, steps=STEPS, changes=None, compiler_options=None):
+def run_steps(mode, num_devices, steps=STEPS, changes=None, compiler_options=None, overrides=None):
     config = tiny_config(**(changes or {}))
     if config.model.preset != "mlp_small":  # the tiny MLP's sizes belong to mlp_small only
         for name in config.model.overrides:
             config.model.overrides[name] = None
+    for name, value in (overrides or {}).items():  # network fields, e.g. encoder_type
+        config.model.overrides[name] = value
     config.parallel.mode = mode
     mesh = parallel.make_mesh(devices=jax.devices()[:num_devices])
     model = nets.build_network(config, 1)
