@@ -37,6 +37,9 @@ XLA_CPU_TESTS = [
     "tests/test_nets.py::test_cpu_flags_join_the_users_xla_flags",
     "tests/test_nets.py::test_cpu_convolutions_run_in_xla_not_ynnpack",
 ]
+EXPLICIT_PADDING_TEST = (
+    "tests/test_nets.py::test_cpu_explicit_padding_of_the_residual_input_conv_is_the_same_function"
+)
 LOSSES, PRECOND, SCHED, SAMPLING = (
     "ambient_jax/losses.py",
     "ambient_jax/precond.py",
@@ -573,6 +576,20 @@ MUTANTS = [
         "taps = [2 * t for t in _taps(resample_filter)]",
         "taps = [t for t in _taps(resample_filter)]",
         ["tests/test_nets.py"],
+    ),
+    (
+        "explicit_padding_one_sided",
+        "ambient_jax/nets/unet.py",
+        "x = jnp.pad(x, ((0, 0), (f_pad, f_pad), (f_pad, f_pad), (0, 0)))",
+        "x = jnp.pad(x, ((0, 0), (2 * f_pad, 0), (f_pad, f_pad), (0, 0)))",
+        [EXPLICIT_PADDING_TEST],
+    ),
+    (
+        "explicit_padding_off_on_cpu",
+        "ambient_jax/nets/unet.py",
+        'return EXPLICIT_PADDING_ON_CPU and jax.default_backend() == "cpu"',
+        "return False",
+        [EXPLICIT_PADDING_TEST],
     ),
     # the programs' CPU flags (ambient_jax.xla_cpu)
     (
