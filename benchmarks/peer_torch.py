@@ -4,6 +4,7 @@ a test dependency, CPU build).
 
     python benchmarks/peer_torch.py                          # ddpmpp_cifar10 b8, ncsnpp_ffhq64 b4
     python benchmarks/peer_torch.py --runs=ddpmpp_cifar10:8 --steps=5
+    python benchmarks/peer_torch.py --only_layers          # per layer kind, each preset's shapes
 
 The PyTorch side (`TorchSongUNet`) is written here from the architecture of
 ambient_jax.nets.unet (EDM's SongUNet, NCHW) and runs on the Flax network's own weights, so it
@@ -11,7 +12,9 @@ computes the same function (tests/test_peer.py checks it to 1e-5). One train ste
 EDM's preconditioned denoiser, the EDM-weighted denoising loss at log-normal noise levels (the
 ambient objective costs the same network calls), backward, Adam and the EMA update; dropout as
 the preset says. Prints images/s of both and ours/peer; writes
-benchmarks/results/peer_torch_<platform>.json.
+benchmarks/results/peer_torch_<platform>.json. The per-layer tables (--layers, --only_layers)
+time the forward and backward pass of each layer kind at each run's shapes and batch, after
+checking that both sides give the same output (1e-4).
 """
 
 import argparse
@@ -253,106 +256,125 @@ def time_peer(preset, batch, steps):
 # ----------------------------------------------------------------------------- per layer kind
 
 
-def layer_cases(batch):
-    """(name, Flax module or function, its input shapes NHWC, the torch function on NCHW and
-    the torch tensors of the same parameters) for each layer kind of ddpmpp_cifar10 at each
-    resolution: forward and backward of sum(out * weights) are timed on both sides."""
+def layer_cases(preset, batch):
+    """(name, our function (params, *inputs), its parameters or None, inputs NHWC, the torch
+    function (params, *inputs) on NCHW) for each layer kind of a SongUNet preset at each
+    resolution, at the preset's channel widths: the forward and backward of sum(out * weights)
+    are timed on both sides."""
     import flax.linen as nn
     import jax.numpy as jnp
 
     from ambient_jax.nets import unet
 
+    fields = preset_fields(preset)
+    resolution = 64 if preset == "ncsnpp_ffhq64" else 32
+    filt = tuple(fields["resample_filter"])
+    f_pad = (len(filt) - 1) // 2
+    taps = ",".join(str(t) for t in filt)
+    widths = [fields["model_channels"] * m for m in fields["channel_mult"]]
+    resolutions = [resolution >> level for level in range(len(widths))]
+    noise_channels = fields["model_channels"] * fields["channel_mult_noise"]
+    emb_channels = fields["model_channels"] * 4  # channel_mult_emb
+    embed = (
+        unet.positional_embedding
+        if fields["embedding_type"] == "positional"
+        else unet.fourier_embedding
+    )
     cases = []
 
     class EmbeddingMLP(nn.Module):
-        """SongUNet's noise embedding (positional) and its 2-layer MLP."""
-
-        channels: int
-        features: int
+        """SongUNet's noise embedding and its 2-layer MLP."""
 
         @nn.compact
         def __call__(self, noise_labels):
-            emb = unet.positional_embedding(noise_labels, self.channels)
-            emb = nn.silu(nn.Dense(self.features)(emb))  # Dense_0
-            return nn.silu(nn.Dense(self.features)(emb))  # Dense_1
+            emb = embed(noise_labels, noise_channels)
+            emb = nn.silu(nn.Dense(emb_channels)(emb))  # Dense_0
+            return nn.silu(nn.Dense(emb_channels)(emb))  # Dense_1
 
-    def module_case(name, module, shapes, torch_fn):
+    def case(name, module, shapes, torch_fn, flax_fn=None):
         inputs = [
             jnp.asarray(np.random.RandomState(i).randn(*s), jnp.float32)
             for i, s in enumerate(shapes)
         ]
         params = module.init(jax.random.key(0), *inputs) if module is not None else None
-        cases.append((name, module, params, inputs, torch_fn))
+        if flax_fn is None:
+            flax_fn = lambda params, *xs: module.apply(params, *xs)  # noqa: E731
+        cases.append((name, flax_fn, params, inputs, torch_fn))
 
-    for res in (32, 16, 8):
-        c = 256
+    conv_fn = lambda kernel, **kw: lambda p, x: conv(p["params"], x, kernel, **kw)  # noqa: E731
+    for res, c in zip(resolutions, widths):
         x = (batch, res, res, c)
-        conv3 = lambda p, x: conv(p["params"], x, 3)
-        module_case(f"3x3 conv {c}->{c} at {res}", unet.Conv(c, 3), [x], conv3)
-        module_case(
+        case(f"3x3 conv {c}->{c} at {res}", unet.Conv(c, 3), [x], conv_fn(3))
+        case(
             f"3x3 conv {2 * c}->{c} at {res} (decoder)",
             unet.Conv(c, 3),
             [(batch, res, res, 2 * c)],
-            lambda p, x: conv(p["params"], x, 3),
+            conv_fn(3),
         )
-        module_case(
+        case(
             f"1x1 skip conv {2 * c}->{c} at {res}",
             unet.Conv(c, 1),
             [(batch, res, res, 2 * c)],
-            lambda p, x: conv(p["params"], x, 1),
+            conv_fn(1),
         )
-        module_case(
+        norm = unet.group_norm(c)
+        case(
             f"GroupNorm+SiLU {c} at {res}",
-            nn.GroupNorm(num_groups=32, epsilon=1e-6),
+            norm,
             [x],
             lambda p, x: F.silu(group_norm(p["params"], x)),
+            lambda params, x, norm=norm: nn.silu(norm.apply(params, x)),
         )
-        module_case(
+        case(
             f"skip concatenation 2x{c} at {res}",
             None,
             [x, x],
             lambda p, a, b: torch.cat([a, b], dim=1),
+            lambda params, a, b: jnp.concatenate([a, b], axis=-1),
         )
-    for res in (32, 16):
-        x = (batch, res, res, 256)
-        module_case(
-            f"FIR down [1,1] {res}->{res // 2}", None, [x], lambda p, x: fir_down(x, (1, 1), 0)
-        )
-        module_case(
-            f"FIR up [1,1] {res // 2}->{res}",
+    for level, (res, c) in enumerate(zip(resolutions[:-1], widths)):
+        case(
+            f"FIR down [{taps}] {c} ch, {res}->{res // 2}",
             None,
-            [(batch, res // 2, res // 2, 256)],
-            lambda p, x: fir_up(x, (1, 1), 0),
+            [(batch, res, res, c)],
+            lambda p, x: fir_down(x, filt, f_pad),
+            lambda params, x: unet.fir_downsample(x, filt, f_pad),
         )
-    module_case(
-        "embedding MLP 128->512->512",
-        EmbeddingMLP(128, 512),
+        c_up = widths[level + 1]  # the decoder comes up with the lower level's width
+        case(
+            f"FIR up [{taps}] {c_up} ch, {res // 2}->{res}",
+            None,
+            [(batch, res // 2, res // 2, c_up)],
+            lambda p, x: fir_up(x, filt, f_pad),
+            lambda params, x: unet.fir_upsample(x, filt, f_pad),
+        )
+        if fields["encoder_type"] == "residual":  # the input branch's conv, then FIR down
+            c_in = 3 if level == 0 else widths[level - 1]
+            case(
+                f"3x3 conv + FIR down {c_in}->{c}, {res}->{res // 2} (residual input)",
+                unet.Conv(c, 3, down=True, fused_resample=True, resample_filter=filt),
+                [(batch, res, res, c_in)],
+                conv_fn(3, down=True, fused=True, resample_filter=filt),
+            )
+    case(
+        f"embedding MLP {noise_channels}->{emb_channels}->{emb_channels}",
+        EmbeddingMLP(),
         [(batch,)],
         lambda p, labels: embedding_mlp(
             p["params"]["Dense_0"],
             p["params"]["Dense_1"],
-            noise_embedding(labels, 128, "positional"),
+            noise_embedding(labels, noise_channels, fields["embedding_type"]),
         ),
     )
-    module_case(
-        "attention 256 at 16",
-        unet.SelfAttention(256),
-        [(batch, 16, 16, 256)],
-        lambda p, x: attention(p["params"], x),
-    )
+    for res, c in zip(resolutions, widths):
+        if res in fields["attn_resolutions"]:
+            case(
+                f"attention {c} at {res}",
+                unet.SelfAttention(c),
+                [(batch, res, res, c)],
+                lambda p, x: attention(p["params"], x),
+            )
     return cases
-
-
-def _flax_fn(name, module):
-    from ambient_jax.nets import unet
-
-    if module is not None:
-        return lambda params, *xs: module.apply(params, *xs)
-    if name.startswith("skip concatenation"):
-        return lambda params, a, b: jax.numpy.concatenate([a, b], axis=-1)
-    if name.startswith("FIR down"):
-        return lambda params, x: unet.fir_downsample(x, (1, 1), 0)
-    return lambda params, x: unet.fir_upsample(x, (1, 1), 0)
 
 
 def _nchw(a):
@@ -361,10 +383,9 @@ def _nchw(a):
     return np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
 
 
-def layer_table(batch, repeat=5):
+def layer_table(preset, batch, repeat=5):
     rows = []
-    for name, module, params, inputs, torch_fn in layer_cases(batch):
-        fn = _flax_fn(name, module)
+    for name, fn, params, inputs, torch_fn in layer_cases(preset, batch):
         out = fn(params, *inputs)
         w = jax.numpy.asarray(np.random.RandomState(9).randn(*out.shape), out.dtype)
         # value_and_grad, not grad: for a linear layer the gradient needs no forward output, and
@@ -381,6 +402,10 @@ def layer_table(batch, repeat=5):
                 t.requires_grad_()
         txs = [torch.tensor(_nchw(x)).requires_grad_() for x in inputs]
         tw = torch.tensor(_nchw(w))
+        # a row only compares equal work: both sides compute the same function
+        np.testing.assert_allclose(
+            torch_fn(tparams, *txs).detach().numpy(), _nchw(out), rtol=1e-4, atol=1e-4, err_msg=name
+        )
 
         def torch_once():
             for t in txs:
@@ -392,31 +417,33 @@ def layer_table(batch, repeat=5):
             {"layer": name, "ours_ms": ours * 1e3, "peer_ms": theirs * 1e3, "ratio": theirs / ours}
         )
         print(
-            f"  {name:38} ours {ours * 1e3:8.2f} ms  peer {theirs * 1e3:8.2f} ms  "
+            f"  {name:52} ours {ours * 1e3:8.2f} ms  peer {theirs * 1e3:8.2f} ms  "
             f"ours/peer {theirs / ours:5.2f}",
             flush=True,
         )
     return rows
 
 
-# (name, FIR resampling as shifted views) on the CPU backend. Also tried, and dropped for no
-# gain: 1x1 convolutions as matmuls over the pixels (ddpmpp b8 1.055 -> 1.050 img/s, ncsnpp_ffhq64
-# b4 0.337 -> 0.336, 2-core AMD EPYC).
+# (name, FIR resampling as shifted views, the residual input's padding as a separate pad) on the
+# CPU backend: the CPU lowerings of ambient_jax.nets.unet, each added to the one before. Also
+# tried, and dropped for no gain: 1x1 convolutions as matmuls over the pixels (ddpmpp b8 1.055 ->
+# 1.050 img/s, ncsnpp_ffhq64 b4 0.337 -> 0.336, 2-core AMD EPYC).
 LOWERINGS = (
-    ("depthwise convolutions (GPU/TPU)", False),
-    ("shifted views (the CPU default)", True),
+    ("GPU/TPU form: depthwise FIR, padded conv", False, False),
+    ("FIR as shifted views", True, False),
+    ("and explicit padding (the CPU default)", True, True),
 )
 
 
-def measure_with(train_step, preset, batch, steps, shifted):
+def measure_with(train_step, preset, batch, steps, shifted, explicit):
     from ambient_jax.nets import unet
 
-    saved = unet.SHIFTED_RESAMPLING_ON_CPU
-    unet.SHIFTED_RESAMPLING_ON_CPU = shifted
+    saved = unet.SHIFTED_RESAMPLING_ON_CPU, unet.EXPLICIT_PADDING_ON_CPU
+    unet.SHIFTED_RESAMPLING_ON_CPU, unet.EXPLICIT_PADDING_ON_CPU = shifted, explicit
     try:
         return train_step.measure(preset, batch, "float32", steps)
     finally:
-        unet.SHIFTED_RESAMPLING_ON_CPU = saved
+        unet.SHIFTED_RESAMPLING_ON_CPU, unet.EXPLICIT_PADDING_ON_CPU = saved
 
 
 def main():
@@ -427,13 +454,17 @@ def main():
         "--runs", default="ddpmpp_cifar10:8,ncsnpp_ffhq64:4", help="PRESET:BATCH,..."
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side")
-    parser.add_argument("--layers", action="store_true", help="also the per-layer table (batch 8)")
+    parser.add_argument(
+        "--layers", action="store_true", help="also the per-layer table of each run's preset"
+    )
     parser.add_argument(
         "--lowerings",
         action="store_true",
-        help="our step with the FIR resampling as depthwise convolutions and as shifted views",
+        help="also our step with each CPU lowering of the U-Net added in turn (LOWERINGS)",
     )
-    parser.add_argument("--only_layers", action="store_true", help="the per-layer table alone")
+    parser.add_argument(
+        "--only_layers", action="store_true", help="the per-layer tables alone (no whole steps)"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     result = {
@@ -445,14 +476,18 @@ def main():
     print(f"{result['device']}; torch {torch.__version__} with {torch.get_num_threads()} threads")
     result["matmul_flops_per_s"] = common.matmul_peak("float32")
     if args.layers or args.only_layers:
-        print("per layer kind, ddpmpp_cifar10 shapes at batch 8, forward + backward:")
-        result["layers"] = layer_table(8)
+        result["layers"] = []
+        for item in args.runs.split(","):
+            preset, batch = item.split(":")
+            print(f"per layer kind, {preset} shapes at batch {batch}, forward + backward:")
+            for row in layer_table(preset, int(batch)):
+                result["layers"].append({"preset": preset, "batch": int(batch), **row})
     for item in [] if args.only_layers else args.runs.split(","):
         preset, batch = item.split(":")
         batch = int(batch)
         if args.lowerings:
-            for name, shifted in LOWERINGS:
-                r = measure_with(train_step, preset, batch, args.steps, shifted)
+            for name, shifted, explicit in LOWERINGS:
+                r = measure_with(train_step, preset, batch, args.steps, shifted, explicit)
                 result.setdefault("lowerings", []).append(
                     {
                         "preset": preset,
@@ -461,7 +496,7 @@ def main():
                         "img_s": batch / r["step_s"],
                     }
                 )
-                print(f"  {name:34} {batch / r['step_s']:.3f} img/s", flush=True)
+                print(f"  {name:42} {batch / r['step_s']:.3f} img/s", flush=True)
         ours = train_step.measure(preset, batch, "float32", args.steps)
         peer_s = time_peer(preset, batch, args.steps)
         row = {

@@ -8,8 +8,9 @@ the network presets at a few batch sizes, against the dense matmul rate measured
 FLOPs come from XLA's own cost analysis of the compiled step (forward, backward, Adam and EMA);
 utilisation = achieved FLOP/s / matmul FLOP/s in the same compute dtype. Also reported: compile
 time of the step, peak memory (XLA's memory analysis; on GPUs also the allocator's peak) and
-steps per dispatch (train.steps_per_dispatch: several steps fused with lax.scan). Prints a table
-and writes benchmarks/results/train_step_<platform>.json.
+steps per dispatch (train.steps_per_dispatch: several steps fused with lax.scan). With --parts
+also the parameter update (Adam + EMA) timed alone. Prints a table and writes
+benchmarks/results/train_step_<platform>.json.
 """
 
 import argparse
@@ -106,6 +107,33 @@ def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False, augm
     }
 
 
+def update_seconds(preset, batch, steps):
+    """Seconds of the step's parameter update alone: Adam (the run's optax chain) and the EMA
+    over every parameter, compiled with the state donated as the step has it. The rest of the
+    step is the forward and backward pass."""
+    import optax
+
+    config = bench_config(preset, batch, "float32")
+    trainer, state, _ = step_inputs(config)
+    optimizer, _ = train.make_optimizer(config.optim, batch)
+    grads = jax.tree_util.tree_map(lambda p: p * 1e-3, state.params)
+
+    def update(state, grads):
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        state = state.replace(
+            params=optax.apply_updates(state.params, updates), opt_state=opt_state
+        )
+        return train.update_ema(state, batch, config.ema)
+
+    compiled = jax.jit(update, donate_argnums=0).lower(state, grads).compile()
+    state = jax.block_until_ready(compiled(state, grads))  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        state = compiled(state, grads)
+    jax.block_until_ready(state)
+    return (time.perf_counter() - start) / steps
+
+
 def parse_batches(spec, presets):
     """ "128,ffhq:64" -> {preset: [batches]}: a bare number applies to every preset without its
     own."""
@@ -133,6 +161,12 @@ def main():
     )
     parser.add_argument("--steps_per_dispatch", type=int, default=1)
     parser.add_argument("--remat", action="store_true")
+    parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="also time the parameter update (Adam + EMA) alone: its share of the step, and the "
+        "utilisation of the rest (forward + backward)",
+    )
     parser.add_argument("--out", default="train_step")
     args = parser.parse_args()
 
@@ -153,6 +187,8 @@ def main():
         for batch in parse_batches(args.batches, presets)[preset]:
             for dtype in args.dtypes.split(","):
                 r = measure(preset, batch, dtype, args.steps, args.steps_per_dispatch, args.remat)
+                if args.parts:
+                    r["update_s"] = update_seconds(preset, batch, max(args.steps, 10))
                 results["runs"].append(r)
                 peak = r["device_peak_bytes"] or r["peak_bytes"] or 0
                 print(
@@ -172,6 +208,15 @@ def main():
             f"  {r['preset']:16} batch {r['batch']:4d} {r['dtype']:9} "
             f"k={r['steps_per_dispatch']}: {r['utilisation']:.2f}"
         )
+        if "update_s" in r:
+            # the update's own FLOPs are a few per parameter: all but nothing of the count
+            rest = r["flops_per_step"] / (r["step_s"] - r["update_s"])
+            r["forward_backward_utilisation"] = rest / results["matmul_flops_per_s"][r["dtype"]]
+            print(
+                f"    Adam + EMA alone {r['update_s'] * 1e3:.1f} ms = "
+                f"{r['update_s'] / r['step_s']:.0%} of the step; forward + backward at "
+                f"{r['forward_backward_utilisation']:.2f} of the matmul rate"
+            )
     for dtype, peak in results["matmul_flops_per_s"].items():
         print(f"  dense matmul ({dtype}), best of start and end: {peak / 1e9:.1f} GFLOP/s")
     common.write_results(args.out, results)
