@@ -1,12 +1,21 @@
-"""Test set-up: 8 fake CPU devices and the programs' CPU flags (set before JAX starts a backend),
-and small shared helpers."""
+"""Test set-up: 8 fake CPU devices, the programs' CPU flags (set before JAX starts a backend), a
+compilation cache shared by the test processes, and small shared helpers."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One fresh on-disk compilation cache for this session, inherited by the programs the tests start
+# in subprocesses: a resumed or repeated run of the same configuration then loads its compiled
+# step instead of compiling it again (XLA's compiles are most of those tests' time on 2 cores).
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="ambient-jax-tests-xla-cache-")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
 
 from ambient_jax import xla_cpu  # noqa: E402
 
