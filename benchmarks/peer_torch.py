@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import torch
 import torch.nn.functional as F
+import train_step
 
 from ambient_jax import nets
 
@@ -237,7 +238,7 @@ def time_peer(preset, batch, steps):
     """Seconds per train step of the peer (on the GPU when torch has CUDA)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     fields = preset_fields(preset)
-    res = 64 if preset == "ncsnpp_ffhq64" else 32
+    res = train_step.RESOLUTION[preset]
     model = nets.build_model(preset, 3)
     params = nets.init_params(model, (res, res, 3), jax.random.key(0))
     step = TorchStep(TorchSongUNet(torch_params(params, device), **fields))
@@ -266,19 +267,17 @@ def layer_cases(preset, batch):
 
     from ambient_jax.nets import unet
 
-    fields = preset_fields(preset)
-    resolution = 64 if preset == "ncsnpp_ffhq64" else 32
-    filt = tuple(fields["resample_filter"])
+    net = nets.build_model(preset, 3)  # the preset's fields, defaults included
+    resolution = train_step.RESOLUTION[preset]
+    filt = tuple(net.resample_filter)
     f_pad = (len(filt) - 1) // 2
     taps = ",".join(str(t) for t in filt)
-    widths = [fields["model_channels"] * m for m in fields["channel_mult"]]
+    widths = [net.model_channels * m for m in net.channel_mult]
     resolutions = [resolution >> level for level in range(len(widths))]
-    noise_channels = fields["model_channels"] * fields["channel_mult_noise"]
-    emb_channels = fields["model_channels"] * 4  # channel_mult_emb
+    noise_channels = net.model_channels * net.channel_mult_noise
+    emb_channels = net.model_channels * net.channel_mult_emb
     embed = (
-        unet.positional_embedding
-        if fields["embedding_type"] == "positional"
-        else unet.fourier_embedding
+        unet.positional_embedding if net.embedding_type == "positional" else unet.fourier_embedding
     )
     cases = []
 
@@ -348,7 +347,7 @@ def layer_cases(preset, batch):
             lambda p, x: fir_up(x, filt, f_pad),
             lambda params, x: unet.fir_upsample(x, filt, f_pad),
         )
-        if fields["encoder_type"] == "residual":  # the input branch's conv, then FIR down
+        if net.encoder_type == "residual":  # the input branch's conv, then FIR down
             c_in = 3 if level == 0 else widths[level - 1]
             case(
                 f"3x3 conv + FIR down {c_in}->{c}, {res}->{res // 2} (residual input)",
@@ -363,11 +362,11 @@ def layer_cases(preset, batch):
         lambda p, labels: embedding_mlp(
             p["params"]["Dense_0"],
             p["params"]["Dense_1"],
-            noise_embedding(labels, noise_channels, fields["embedding_type"]),
+            noise_embedding(labels, noise_channels, net.embedding_type),
         ),
     )
     for res, c in zip(resolutions, widths):
-        if res in fields["attn_resolutions"]:
+        if res in net.attn_resolutions:
             case(
                 f"attention {c} at {res}",
                 unet.SelfAttention(c),
@@ -447,8 +446,6 @@ def measure_with(train_step, preset, batch, steps, shifted, explicit):
 
 
 def main():
-    import train_step
-
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "--runs", default="ddpmpp_cifar10:8,ncsnpp_ffhq64:4", help="PRESET:BATCH,..."

@@ -114,8 +114,8 @@ def update_seconds(preset, batch, steps):
     import optax
 
     config = bench_config(preset, batch, "float32")
-    trainer, state, _ = step_inputs(config)
     optimizer, _ = train.make_optimizer(config.optim, batch)
+    state = train.init_state(config, nets.build_network(config, 3), optimizer)
     grads = jax.tree_util.tree_map(lambda p: p * 1e-3, state.params)
 
     def update(state, grads):

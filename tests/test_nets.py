@@ -182,7 +182,7 @@ def test_cpu_resampling_as_shifted_views_is_the_same_function(resample_filter):
             np.testing.assert_allclose(grad(shifted), grad(conv_form), atol=1e-5)
 
 
-def test_cpu_explicit_padding_of_the_residual_input_conv_is_the_same_function():
+def test_cpu_explicit_padding_of_the_residual_input_conv_is_the_same_function(monkeypatch):
     """The residual encoder's conv + FIR downsampling with its extra padding as a separate pad
     (the CPU form) equals the padded convolution the other backends run, forward and backward."""
     from ambient_jax.nets import unet
@@ -193,11 +193,8 @@ def test_cpu_explicit_padding_of_the_residual_input_conv_is_the_same_function():
     w = jax.random.normal(jax.random.key(2), (2, 8, 8, 7))
 
     def with_form(explicit, fn):
-        unet.EXPLICIT_PADDING_ON_CPU = explicit
-        try:
-            return fn()
-        finally:
-            unet.EXPLICIT_PADDING_ON_CPU = True
+        monkeypatch.setattr(unet, "EXPLICIT_PADDING_ON_CPU", explicit)
+        return fn()
 
     loss = lambda p, x: jnp.sum(module.apply(p, x) * w)
     value_and_grads = lambda: jax.value_and_grad(loss, argnums=(0, 1))(params, x)
@@ -214,7 +211,8 @@ def test_cpu_explicit_padding_of_the_residual_input_conv_is_the_same_function():
         x, kernel, (1, 1), [(2, 2)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
     expected = unet.fir_downsample_conv(conv + bias, (1, 3, 3, 1), 0)
-    np.testing.assert_allclose(module.apply(params, x), expected, rtol=1e-5, atol=1e-5)
+    cpu_form = with_form(True, lambda: module.apply(params, x))
+    np.testing.assert_allclose(cpu_form, expected, rtol=1e-5, atol=1e-5)
 
 
 # XLA's default list of YNNPACK fusion types with the convolutions put back: this compilation's
@@ -304,22 +302,19 @@ def test_cpu_flags_join_the_users_xla_flags():
     assert ours in os.environ["XLA_FLAGS"]  # conftest started JAX with them, as the programs do
 
 
-def test_the_cpu_resampling_trains_the_same_loss_curve(tiny_unet_cpu_run):
+def test_the_cpu_resampling_trains_the_same_loss_curve(tiny_unet_cpu_run, monkeypatch):
     """Three train steps of the tiny U-Net with the CPU's shifted-view resampling and with the
     convolutions the other backends run."""
     from test_parallel import run_steps
 
     from ambient_jax.nets import unet
 
-    unet.SHIFTED_RESAMPLING_ON_CPU = False
-    try:
-        conv = run_steps("jit", 1, changes={"model.preset": "tiny"})
-    finally:
-        unet.SHIFTED_RESAMPLING_ON_CPU = True
+    monkeypatch.setattr(unet, "SHIFTED_RESAMPLING_ON_CPU", False)
+    conv = run_steps("jit", 1, changes={"model.preset": "tiny"})
     assert_same_loss_curve(conv, tiny_unet_cpu_run)
 
 
-def test_the_cpu_explicit_padding_trains_the_same_loss_curve():
+def test_the_cpu_explicit_padding_trains_the_same_loss_curve(monkeypatch):
     """Three train steps of a tiny U-Net with NCSN++'s residual encoder and [1,3,3,1] filter,
     with the residual input's extra padding as a separate pad (the CPU form) and in the
     convolution (the other backends' form)."""
@@ -330,9 +325,5 @@ def test_the_cpu_explicit_padding_trains_the_same_loss_curve():
     ncsnpp = {"encoder_type": "residual", "resample_filter": (1, 3, 3, 1)}
     run = lambda: run_steps("jit", 1, changes={"model.preset": "tiny"}, overrides=ncsnpp)
     explicit = run()
-    unet.EXPLICIT_PADDING_ON_CPU = False
-    try:
-        padded = run()
-    finally:
-        unet.EXPLICIT_PADDING_ON_CPU = True
-    assert_same_loss_curve(padded, explicit)
+    monkeypatch.setattr(unet, "EXPLICIT_PADDING_ON_CPU", False)
+    assert_same_loss_curve(run(), explicit)
