@@ -46,7 +46,7 @@ def test_paper_configs_carry_the_paper_settings(name, objective, size, n_train):
     assert c.data.source == "tfds" and c.data.resolution == (32 if name == "cifar10" else 64)
 
 
-@pytest.mark.parametrize("name", ["mnist", *sorted(PAPER)])
+@pytest.mark.parametrize("name", ["mnist", "mnist_unet", *sorted(PAPER)])
 def test_default_argument_loads(name):
     check_config(load(name))
 
@@ -133,3 +133,26 @@ def test_restated_preset_values_are_not_a_config_change():
     assert config_differences(old, new) == []
     old.model.overrides.width = 512
     assert config_differences(old, new) == ["model.overrides.width"]
+
+
+@pytest.mark.parametrize("objective", ["ddpm", "ambient"])
+def test_mnist_unet_is_mnist_with_the_unet_and_its_own_learning_rate(objective):
+    """configs/mnist_unet.py changes the network and what goes with it, nothing else."""
+    base, unet = load("mnist", objective).to_dict(), load("mnist_unet", objective).to_dict()
+    changed = {
+        (section, field)
+        for section in base
+        for field in base[section]
+        if base[section][field] != unet[section][field]
+    }
+    assert changed == {
+        ("model", "preset"),
+        ("optim", "lr"),
+        ("eval", "carlini_k"),
+        ("train", "checkpoint_every"),
+    }
+    assert (unet["model"]["preset"], unet["optim"]["lr"], unet["eval"]["carlini_k"]) == (
+        "unet_digits",
+        1e-3,
+        20,
+    )

@@ -2,6 +2,7 @@
 
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -327,3 +328,59 @@ def test_the_cpu_explicit_padding_trains_the_same_loss_curve(monkeypatch):
     explicit = run()
     monkeypatch.setattr(unet, "EXPLICIT_PADDING_ON_CPU", False)
     assert_same_loss_curve(run(), explicit)
+
+
+class _FrozenStatisticsGroupNorm(nn.Module):
+    """GroupNorm whose mean and variance are constants to differentiation: the Jacobian then
+    follows the convolutions alone (the statistics couple every pixel with every other)."""
+
+    num_groups: int
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        g = x.reshape(*x.shape[:-1], self.num_groups, c // self.num_groups)
+        mean = jax.lax.stop_gradient(g.mean(axis=(1, 2, 4), keepdims=True))
+        var = jax.lax.stop_gradient(g.var(axis=(1, 2, 4), keepdims=True))
+        g = (g - mean) / jnp.sqrt(var + self.epsilon)
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        return g.reshape(x.shape) * scale + self.param("bias", nn.initializers.zeros, (c,))
+
+
+def _support(jac):
+    """(first row, last row, first column, last column) where the 2-D Jacobian is not zero."""
+    rows, cols = np.nonzero(np.abs(np.asarray(jac)) > 0)
+    return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+
+
+def test_unet_digits_preset_size_and_receptive_field_by_level(monkeypatch):
+    """The digits U-Net: 1.26M parameters; through its convolutions a feature at 16x16 sees 3x3
+    (input conv) and 7x7 (after the level's block) pixels, a feature at 8x8 the whole 16x16 image,
+    and so does the output (the decoder adds the upsampled coarse levels to every pixel)."""
+    from ambient_jax.nets import unet
+
+    assert param_count(build_model("unet_digits", 1), (1, 16, 16, 1)) == 1_259_393
+    monkeypatch.setattr(
+        unet, "group_norm", lambda c, dtype=None: _FrozenStatisticsGroupNorm(min(32, c // 4))
+    )
+    model = build_model("unet_digits", 1)
+    x = jax.random.normal(jax.random.key(0), (1, 16, 16, 1))
+    c_noise = jnp.zeros((1,))
+    params = jax.jit(model.init)(jax.random.key(1), x, c_noise)
+    params = jax.tree_util.tree_map(lambda p: p + 0.05, params)  # lift the near-zero layers
+
+    names = ("Conv_0", "UNetBlock_0", "UNetBlock_2", "output")
+
+    @jax.jit
+    @jax.jacrev
+    def centres(v):
+        out, state = model.apply(params, v, c_noise, capture_intermediates=True)
+        features = [state["intermediates"][n]["__call__"][0] for n in names[:-1]] + [out]
+        return jnp.stack([f[0, f.shape[1] // 2, f.shape[2] // 2].sum() for f in features])
+
+    jac = dict(zip(names, centres(x)[:, 0, :, :, 0]))
+    assert _support(jac["Conv_0"]) == (7, 9, 7, 9)  # the input conv: 3x3 around pixel (8, 8)
+    assert _support(jac["UNetBlock_0"]) == (5, 11, 5, 11)  # plus the block's two 3x3 convs: 7x7
+    assert _support(jac["UNetBlock_2"]) == (0, 15, 0, 15)  # level 8x8, pixel (4, 4): all of it
+    assert _support(jac["output"]) == (0, 15, 0, 15)
