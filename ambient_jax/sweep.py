@@ -164,6 +164,13 @@ def table_rows(groups):
         "fd_pixel_train_vs_heldout" in first
     ):  # what a model that only replays its training set scores
         rows.append(("  training images themselves: fd_pixel", "fd_pixel_train_vs_heldout"))
+    if "fd_digits" in first:  # the digit classifier's view (eval.digits), with real digits' values
+        rows += [
+            ("fd_digits", "fd_digits"),
+            ("  held-out reals: fd_digits", "fd_digits_heldout_vs_heldout"),
+            ("confident digits %", "confident_digits"),
+            ("  held-out reals: confident digits %", "heldout_confident_digits"),
+        ]
     rows.append(("extraction rate %", "extraction_rate"))
     if "robust_extraction_rate" in first:
         rows.append(("robust extraction rate % (noise-robust view)", "robust_extraction_rate"))

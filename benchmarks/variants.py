@@ -2,6 +2,8 @@
 
     python benchmarks/variants.py run --root=runs/variants --variants=ddpm,rescaled --seeds=0
     python benchmarks/variants.py table --root=runs/variants > docs/variants.md
+    python benchmarks/variants.py run --root=runs/unet --variants=unet_ddpm,unet_edm_0.5 \
+        --set=--config.data.n_train=30 --set=--config.train.num_steps=4000
 
 Every variant trains configs/mnist.py (100 digits at 16x16, 3,000 steps of batch 128, the
 quickstart's budget) with its own overrides, draws 1,000 samples (seed 1), and is evaluated with
@@ -144,9 +146,37 @@ VARIANTS = {
     ),
 }
 
+# The U-Net grid (configs/mnist_unet.py): ddpm, and the ambient objective at four sigma_tn with
+# the paper's weight ("edm": its code regresses the prediction of x_tn with EDM's weight), the
+# rescaled and the inverse-variance weights, and the gate of the group's later code (Ambient
+# Diffusion Omni: the EDM weight on the x0 error, i.e. "rescaled", used on the ambient branch only
+# for sigma > sigma_tn sqrt(1 + 1 / (s_max - 1)), s_max = 4, here plus a buffer of 0.05).
+UNET_CONFIG = "configs/mnist_unet.py"
+GATE = (1 + 1 / (4 - 1)) ** 0.5
+UNET_VARIANTS = {"unet_ddpm": ("ddpm", [], "plain denoising with the digits U-Net (reference)")}
+for _s in (0.3, 0.5, 1.0, 1.5):
+    for _w in ("edm", "rescaled", "normalized"):
+        UNET_VARIANTS[f"unet_{_w}_{_s:g}"] = (
+            "ambient",
+            [f"--config.loss.weighting={_w}", f"--config.loss.sigma_tn={_s:g}"],
+            f"U-Net, {_w} weight, sigma_tn {_s:g}",
+        )
+    UNET_VARIANTS[f"unet_gate_{_s:g}"] = (
+        "ambient",
+        [
+            "--config.loss.weighting=rescaled",
+            f"--config.loss.sigma_tn={_s:g}",
+            f"--config.loss.sigma_switch={GATE * _s + 0.05:.4g}",
+        ],
+        f"U-Net, rescaled weight, sigma_tn {_s:g}, ambient rows only above {GATE:.4g} sigma_tn "
+        "+ 0.05",
+    )
+VARIANTS.update(UNET_VARIANTS)
+
 
 def run_variant(root, name, seed, fid_samples, extra):
     objective, overrides, _ = VARIANTS[name]
+    config = UNET_CONFIG if name in UNET_VARIANTS else CONFIG
     workdir = os.path.join(root, f"{name}_seed{seed}")
     if os.path.exists(os.path.join(workdir, "eval", "metrics.json")):
         print(f"skip {workdir} (evaluated)", flush=True)
@@ -155,7 +185,7 @@ def run_variant(root, name, seed, fid_samples, extra):
     steps = [
         [
             "ambient-train",
-            f"--config={CONFIG}:{objective}",
+            f"--config={config}:{objective}",
             f"--workdir={workdir}",
             "--config.train.log_every=500",
             f"--config.train.seed={seed}",
@@ -196,6 +226,8 @@ def rows(root):
 COLUMNS = (
     ("FD-pixel", lambda m: m["fd_pixel"], ".2f"),
     ("Inception FID (500)", lambda m: m.get("fid_inception_edm", float("nan")), ".1f"),
+    ("FD-digits", lambda m: m.get("fd_digits", float("nan")), ".2f"),
+    ("confident digits %", lambda m: m.get("confident_digits", float("nan")), ".1f"),
     ("extraction %", lambda m: m["extraction_rate"], ".1f"),
     ("robust extraction %", lambda m: m.get("robust_extraction_rate", float("nan")), ".1f"),
     ("pixel S>0.95 %", lambda m: m["pixel_similarity"]["S>0.95"], ".1f"),
@@ -248,10 +280,17 @@ def table(root, mean=False):
             f"{ref['heldout_robust_extraction_rate']:.1f}%, "
             f"pixel S>0.95 {ref['heldout_pixel_similarity']['S>0.95']:.1f}%, robust S>0.95 "
             f"{ref['heldout_robust_pixel_similarity']['S>0.95']:.1f}%."
+            + (
+                f" FD-digits of {ref['num_other_heldout']} other held-out digits: "
+                f"{ref['fd_digits_heldout_vs_heldout']:.2f}; their confident-digit share "
+                f"{ref['heldout_confident_digits']:.1f}%."
+                if "fd_digits_heldout_vs_heldout" in ref
+                else ""
+            )
         )
     print(
-        f"\nEvery variant is configs/mnist.py with the base settings {' '.join(BASE)} and then "
-        "its own overrides:\n"
+        f"\nEvery variant is configs/mnist.py (unet_*: {UNET_CONFIG}) with the base settings "
+        f"{' '.join(BASE)} and then its own overrides:\n"
     )
     for name, (_, overrides, what) in VARIANTS.items():
         if any(n == name for n, _, _ in found):

@@ -106,12 +106,17 @@ def test_train_resume_sample_eval_through_the_programs(tmp_path):
     metrics = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
     assert metrics["num_samples"] == 12 and metrics["num_train"] == 16
     assert 0 <= metrics["extraction_rate"] <= 100 and metrics["fd_pixel"] > 0
+    # the digit classifier's view: its samples, and real digits as the reference
+    assert metrics["fd_digits"] > 0 and 0 <= metrics["confident_digits"] <= 100
+    assert metrics["heldout_confident_digits"] >= 85 and sum(metrics["class_histogram"]) == 12
+    assert metrics["fd_digits_heldout_vs_heldout"] < metrics["fd_digits"]
     sims = metrics["pixel_similarity"]
     assert -1 <= sims["mean"] <= sims["max"] <= 1 and 0 <= sims["S>0.9"] <= 100
     for name in ("report.md", "nearest.png", "similarity_histogram.png"):
         assert os.path.getsize(os.path.join(workdir, "eval", name)) > 0
     compared = cli("eval", f"--compare={workdir},{workdir}")
     assert compared.returncode == 0 and "| FD-pixel" in compared.stdout
+    assert "| FD-digits" in compared.stdout and "| confident digits %" in compared.stdout
 
 
 def test_resume_is_bit_identical(tmp_path):
@@ -413,11 +418,13 @@ def test_sweep_runs_the_grid_and_writes_table_and_pareto_plot(tmp_path):
     assert "n=16 ddpm" in table and "n=16 s_tn=1.5" in table and "extraction rate %" in table
     assert "held-out reals: pixel S>0.9 %" in table and "training minutes" in table
     assert "robust extraction rate %" in table and "diagnose.png" in table
+    assert "| fd_digits |" in table and "held-out reals: confident digits %" in table
     diagnosis = json.load(open(os.path.join(root, "n16_s1.5_seed0", "eval", "diagnose.json")))
     assert (
         len(diagnosis["sigma"]) == 24
         and diagnosis["sigma_tn"] == 1.5
         and "dist_noisy_copies" in diagnosis
+        and len(diagnosis["globality"]) == len(diagnosis["globality_memorizing"]) == 24
     )
     assert os.path.getsize(os.path.join(root, "pareto.png")) > 0
     again = cli(

@@ -7,6 +7,9 @@ Pixel space (always available):
   * quality: the Fréchet distance of pixel vectors to the held-out images ("FD-pixel", a crude
     stand-in for FID: equal sample counts only) and the median L2 distance of each sample to its
     nearest held-out image.
+Digit space (the embedded MNIST source): FD-digits, the Fréchet distance in the features of a
+digit classifier trained once on the embedded digits, and the share of samples it reads as a digit
+with confidence (eval.digits), beside the real digits' own values.
 As a reference point the same similarity shares are computed for held-out real images (how
 close a new real digit is to the training set without any copying).
 """
@@ -24,7 +27,7 @@ from ambient_jax import config as config_lib
 from ambient_jax import files, losses, plots, summaries
 from ambient_jax.data import check_subset_record, load_source, load_split, to_uint8
 from ambient_jax.data.images import to_unit_range
-from ambient_jax.eval import convert, dinov2, features, fid, memorization
+from ambient_jax.eval import convert, digits, dinov2, features, fid, memorization
 
 EVAL_DIR = "eval"
 
@@ -267,9 +270,10 @@ def evaluate_run(
     sims, nearest, similarity = memorization.similarity_report(
         memorization.pixel_embedding(samples), train_emb, thresholds
     )
-    heldout = split.heldout[
-        np.random.RandomState(0).permutation(len(split.heldout))[: len(samples)]
-    ]
+    order = np.random.RandomState(0).permutation(len(split.heldout))
+    heldout = split.heldout[order[: len(samples)]]
+    # Real digits disjoint from `heldout`, as many as the samples: the floor of FD-digits.
+    other_heldout = split.heldout[order[len(samples) : 2 * len(samples)]]
     _, _, heldout_similarity = memorization.similarity_report(
         memorization.pixel_embedding(heldout), train_emb, thresholds
     )
@@ -319,6 +323,16 @@ def evaluate_run(
         "fd_pixel": fid.frechet_distance_of(flat(samples), flat(heldout)),
         "fd_pixel_train_vs_heldout": fid.frechet_distance_of(flat(split.train), flat(heldout)),
     }
+    if config.data.source == "mnist":
+        metrics.update(
+            digits.digit_metrics(
+                samples_u8,
+                to_uint8(heldout),
+                to_uint8(split.train),
+                to_uint8(other_heldout) if len(other_heldout) == len(samples) else None,
+                log,
+            )
+        )
     out = os.path.join(workdir, EVAL_DIR)
     files.makedirs(out)
     if fid_samples < 0:
@@ -382,12 +396,29 @@ def _similarity_rows(runs, space, label):
     ]
 
 
+def _digit_rows(runs):
+    """FD-digits and the confident-digit share (eval.digits), with the real digits' values."""
+    if not all("fd_digits" in m for m in runs):
+        return []
+    first = runs[0]
+    floor = first.get("fd_digits_heldout_vs_heldout")
+    reals = f"held-out reals: {floor:.2f}, " if floor is not None else ""
+    cells = lambda key, fmt: " | ".join(f"{m[key]:{fmt}}" for m in runs)
+    return [
+        f"| FD-digits (digit-classifier features; {reals}training images: "
+        f"{first['fd_digits_train_vs_heldout']:.2f}) | {cells('fd_digits', '.2f')} |",
+        f"| confident digits % (classifier p >= {digits.CONFIDENCE}; held-out reals: "
+        f"{first['heldout_confident_digits']:.1f}) | {cells('confident_digits', '.1f')} |",
+    ]
+
+
 def markdown_table(runs):
     """The paper's Table 1 layout: rows are metrics, columns are runs."""
     names = [run_label(m) for m in runs]
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(runs)]
     for label, get in ROWS:
         lines.append(f"| {label} | " + " | ".join(f"{get(m):.2f}" for m in runs) + " |")
+    lines += _digit_rows(runs)
     for space, label in (("pixel", "pixel"), ("robust_pixel", "robust")):
         lines += _similarity_rows(runs, space, label)
     if all("heldout_robust_extraction_rate" in m for m in runs):
