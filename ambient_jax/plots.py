@@ -24,15 +24,16 @@ def _subplots(*grid, figsize):
 
 def save_diagnosis(results, path):
     """The per-noise-level diagnosis (ambient_jax.eval.diagnose): a curve per run (one colour per
-    run in every panel) in four panels, each run's sigma_tn marked by a dotted line of its
+    run in every panel) in five panels, each run's sigma_tn marked by a dotted line of its
     colour."""
 
-    fig, axes = _subplots(1, 4, figsize=(20, 4.2))
+    fig, axes = _subplots(1, 5, figsize=(25, 4.2))
     panels = (
         ("err_heldout", "denoising error (held-out solid, train dashed)"),
         ("gap", "generalization gap: err held-out - err train"),
         ("dist_memorizing", "distance to D*_S (copies the training set)"),
         ("dist_noisy_copies", "distance to D*_tn (memorizes the noisy copies)"),
+        ("globality", "globality (0 = local; D*_S dashed)"),
     )
     colours = {r["label"]: f"C{i}" for i, r in enumerate(results)}
     for ax, (key, title) in zip(axes, panels):
@@ -48,12 +49,16 @@ def save_diagnosis(results, path):
             ax.plot(r["sigma"], values, marker=".", color=colour, label=r["label"])
             if key == "err_heldout":
                 ax.plot(r["sigma"], r["err_train"], ls="--", color=colour)
+            if key == "globality":
+                ax.plot(r["sigma"], r["globality_memorizing"], ls="--", color=colour)
             if r["sigma_tn"] > 0:
                 ax.axvline(r["sigma_tn"], color=colour, lw=0.8, ls=":")
         ax.set_xscale("log")
-        ax.set_yscale(
-            "symlog" if key == "gap" else "log", **({"linthresh": 1e-3} if key == "gap" else {})
-        )
+        if key != "globality":  # a share from 0 to about 1: linear
+            ax.set_yscale(
+                "symlog" if key == "gap" else "log",
+                **({"linthresh": 1e-3} if key == "gap" else {}),
+            )
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("sigma")
         ax.grid(alpha=0.3)
@@ -80,12 +85,19 @@ def save_tracking(history, path):
     left.set_ylabel("per-pixel mean squared value")
     left.legend(fontsize=8)
     for key, label in (
-        ("track_extraction", "pixels"),
-        ("track_robust_extraction", "noise-robust view"),
+        ("track_extraction", "extraction, pixels"),
+        ("track_robust_extraction", "extraction, noise-robust view"),
+        ("track_s95", "S>0.95, pixels"),
+        ("track_robust_s95", "S>0.95, noise-robust view"),
     ):
         if key in history[-1]:
-            right.plot(steps, [r.get(key, float("nan")) for r in history], marker=".", label=label)
-    right.set_title("samples within the extraction criterion (%)", fontsize=10)
+            (line,) = right.plot(
+                steps, [r.get(key, float("nan")) for r in history], marker=".", label=label
+            )
+            reference = history[-1].get(key.replace("track_", "track_heldout_"))
+            if reference is not None:  # the held-out reals' share: no copying
+                right.axhline(reference, color=line.get_color(), ls=":", lw=1)
+    right.set_title("samples that copy (%; dotted: held-out reals)", fontsize=10)
     right.set_ylim(-2, 102)
     right.legend(fontsize=8)
     for ax in (left, right):

@@ -7,7 +7,10 @@ At each tracking step, with the EMA parameters:
     (fixed images and fixed noise for the whole run, so the curve moves only with the model);
   * the extraction share: train.track_samples samples (fixed latents, the sampler of the run)
     checked with the Carlini et al. criterion against the training set, in pixels and in the
-    noise-robust view of ambient_jax.eval.memorization.
+    noise-robust view of ambient_jax.eval.memorization, and their S > 0.95 shares (max cosine
+    similarity to a training image) in both views;
+  * the same four shares for as many held-out real images (the same at every event): the level of
+    a model that does not copy.
 """
 
 import functools
@@ -68,8 +71,29 @@ class Tracker:
         self.errors = _gap_fn(model, config.loss.sigma_data)
         self.robust_px = memorization.robust_sigma(config.data.resolution)
         # The training set's two views are the same at every event: computed once here.
-        self.train_flat = _flat(self.train_all)
-        self.train_robust_flat = _flat(memorization.robust_view(self.train_all, self.robust_px))
+        self.train_views = self._views(self.train_all)
+        count = min(int(config.train.track_samples), len(heldout_images))
+        self.heldout_shares = {
+            f"track_heldout_{k[len('track_') :]}": v
+            for k, v in self._copy_shares(pick(np.asarray(heldout_images))[:count]).items()
+        }
+
+    def _views(self, images):
+        """Flat pixel and noise-robust views of float images [N, H, W, C]."""
+        return _flat(images), _flat(memorization.robust_view(images, self.robust_px))
+
+    def _copy_shares(self, images):
+        """% of `images` within the extraction criterion and with S > 0.95, in both views."""
+        k = self.config.eval.carlini_k
+        out = {}
+        for view, name, train in zip(self._views(images), ("", "robust_"), self.train_views):
+            out[f"track_{name}extraction"] = float(
+                100 * memorization.extraction_report(view, train, k)[0].mean()
+            )
+            out[f"track_{name}s95"] = memorization.similarity_report(
+                memorization.pixel_embedding(view), memorization.pixel_embedding(train), (0.95,)
+            )[2]["S>0.95"]
+        return out
 
     def __call__(self, ema_params, step):
         del step  # the record is the same function of the parameters at any step
@@ -94,15 +118,8 @@ class Tracker:
                 sample_fn=self.sample_fn,
                 mesh=self.mesh,
             )
-            samples = to_unit_range(samples)
-            k = self.config.eval.carlini_k
-            record["track_extraction"] = float(
-                100 * memorization.extraction_report(_flat(samples), self.train_flat, k)[0].mean()
-            )
-            robust = _flat(memorization.robust_view(samples, self.robust_px))
-            record["track_robust_extraction"] = float(
-                100 * memorization.extraction_report(robust, self.train_robust_flat, k)[0].mean()
-            )
+            record.update(self._copy_shares(to_unit_range(samples)))
+            record.update(self.heldout_shares)
         record["track_seconds"] = time.perf_counter() - start
         return record
 

@@ -146,6 +146,15 @@ def test_tracker_gap_is_heldout_minus_train_error_and_extraction_is_counted(tmp_
         0.0 <= record["track_extraction"] <= 100.0
         and 0.0 <= record["track_robust_extraction"] <= 100.0
     )
+    # The shares by definition: training images copy themselves (distance 0, similarity 1).
+    assert tracker._copy_shares(split.train) == {
+        "track_extraction": 100.0,
+        "track_s95": 100.0,
+        "track_robust_extraction": 100.0,
+        "track_robust_s95": 100.0,
+    }
+    assert {k: record[k] for k in tracker.heldout_shares} == tracker.heldout_shares
+    assert tracker.heldout_shares["track_heldout_s95"] < 100.0
     # the same parameters give the same record (fixed images, noise and latents)
     again = tracker(params, 10)
     assert {k: v for k, v in again.items() if k != "track_seconds"} == {
@@ -168,3 +177,38 @@ def test_effective_references_from_the_definition_and_its_limits(key):
     np.testing.assert_allclose(
         at_ref, 1.0, rtol=1e-6
     )  # an input on a reference at tiny variance: one
+
+
+def test_globality_is_zero_for_local_denoisers_and_follows_its_definition_for_a_global_one():
+    """G(sigma) = E ||D(c)_P - D(x_a)_P||^2 / E ||D(x_b)_P - D(x_a)_P||^2, c = x_a near P, x_b
+    beyond: 0 for a pixelwise (Gaussian data's exact denoiser) and a 9x9 denoiser; for D = the
+    image mean everywhere, the share of the pair's mean difference that lies beyond the margin."""
+    patch, window = diagnose._window_mask((16, 16, 1), 4, 4)
+    rows, cols = np.nonzero(patch[..., 0])
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (6, 9, 6, 9)
+    rows, cols = np.nonzero(window[..., 0])
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (2, 13, 2, 13)
+
+    images = np.asarray(jax.random.normal(jax.random.key(3), (12, 16, 16, 1)))
+    sigmas = np.array([0.05, 1.0, 20.0])
+    key = jax.random.key(4)
+    pixelwise = gaussian_denoiser(0.1, 0.7)
+    blur = lambda x, s: jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 9, 9, 1), (1,) * 4, "SAME")
+    # Zero up to rounding: XLA may fuse the chimera's selection into D's arithmetic.
+    for local in (pixelwise, blur):
+        np.testing.assert_allclose(
+            diagnose.globality(local, images, sigmas, key, batch_size=5), 0.0, atol=1e-12
+        )
+
+    mean = lambda x, s: jnp.broadcast_to(x.mean(axis=(1, 2, 3), keepdims=True), x.shape)
+    got = diagnose.globality(mean, images, sigmas, key, batch_size=5)
+    for level, sigma in enumerate(sigmas):
+        level_key = jax.random.fold_in(key, level)
+        noise = np.stack(
+            [jax.random.normal(jax.random.fold_in(level_key, j), (16, 16, 1)) for j in range(12)]
+        )
+        x = images + sigma * noise
+        diff = np.roll(x, -1, axis=0) - x
+        far = (diff * ~window).sum(axis=(1, 2, 3)) / 256
+        whole = diff.sum(axis=(1, 2, 3)) / 256
+        np.testing.assert_allclose(got[level], np.sum(far**2) / np.sum(whole**2), rtol=1e-4)

@@ -19,6 +19,14 @@ For a log-spaced grid of noise levels sigma and the run's EMA denoiser D, with x
     the denoiser that memorizes the noisy copies (x_tn_hat = E_tn[x_tn | x] minimises
     ||x_tn_hat - x_tn||^2, and D is that x_tn_hat solved for).
 
+  * the globality of D: how much its output on a central patch P (4x4) depends on the pixels
+    farther than 4 from P, on pairs of held-out inputs x_a, x_b and the chimera c that is x_a
+    within that margin and x_b outside it,
+        G(sigma) = E ||D(c)_P - D(x_a)_P||^2 / E ||D(x_b)_P - D(x_a)_P||^2;
+    0 when P is decided by its neighbourhood alone (a local denoiser, as the paper's premise needs
+    at low noise), about 1 when the far pixels move it as much as a whole other image does; the
+    same for D*_S as the reference (a denoiser that copies is global wherever it snaps);
+
   * the effective number of training images the exact denoiser averages at each level,
     n_eff(sigma) = E 1 / sum_i w_i^2 with w = the softmax above, on held-out inputs: a property of
     the data alone. Where n_eff is near 1, a denoiser that copies snaps every input to one training
@@ -179,6 +187,58 @@ def denoising_errors(
     return err / n, dist / n
 
 
+def _window_mask(shape, patch, margin):
+    """(patch mask, window mask) [H, W, 1]: the central patch x patch pixels, and the pixels
+    within `margin` of it."""
+    height, width = shape[:2]
+    rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
+    top, left = (height - patch) // 2, (width - patch) // 2
+    inside = lambda lo, hi: (rows >= top + lo) & (rows < top + patch + hi)
+    across = lambda lo, hi: (cols >= left + lo) & (cols < left + patch + hi)
+    return (inside(0, 0) & across(0, 0))[..., None], (
+        inside(-margin, margin) & across(-margin, margin)
+    )[..., None]
+
+
+@functools.partial(jax.jit, static_argnames=("denoise",))
+def _patch_changes(denoise, x_a, x_b, patch, window, sigma):
+    """Summed squared change of D on the patch: chimera vs x_a, and x_b vs x_a."""
+    s = jnp.full((x_a.shape[0],), sigma, x_a.dtype)
+    d_a = denoise(x_a, s)
+    change = lambda x: jnp.sum(jnp.square((denoise(x, s) - d_a) * patch))
+    return change(jnp.where(window, x_a, x_b)), change(x_b)
+
+
+def globality(
+    denoise: Denoiser,
+    images: np.ndarray,
+    sigmas: np.ndarray,
+    key: jax.Array,
+    patch: int = 4,
+    margin: int = 4,
+    batch_size: int = 256,
+) -> list[float]:
+    """G(sigma) of the module docstring on the pairs (images[j], images[j + 1 mod N]), each with
+    its own noise (image j's noise at level l from fold_in(fold_in(key, l), j))."""
+    images = jnp.asarray(images, jnp.float32)
+    patch_mask, window = (jnp.asarray(m) for m in _window_mask(images.shape[1:], patch, margin))
+    out = []
+    for level, sigma in enumerate(sigmas):
+        level_key = jax.random.fold_in(key, level)
+        noise = jax.vmap(
+            lambda j: jax.random.normal(jax.random.fold_in(level_key, j), images.shape[1:])
+        )(jnp.arange(images.shape[0], dtype=jnp.uint32))
+        x = images + float(sigma) * noise
+        others = jnp.roll(x, -1, axis=0)
+        far = whole = 0.0
+        for first in range(0, x.shape[0], batch_size):
+            rows = slice(first, first + batch_size)
+            f, w = _patch_changes(denoise, x[rows], others[rows], patch_mask, window, float(sigma))
+            far, whole = far + float(f), whole + float(w)
+        out.append(far / whole)
+    return out
+
+
 def diagnose(
     denoise: Denoiser,
     train: np.ndarray,
@@ -223,7 +283,10 @@ def diagnose(
                 )
             )
         )
+    far_key = jax.random.fold_in(key, 2)
     out = {
+        "globality": globality(denoise, heldout, sigmas, far_key),
+        "globality_memorizing": globality(memorizing, heldout, sigmas, far_key),
         "sigma": [float(s) for s in sigmas],
         "err_train": err_train.tolist(),
         "err_heldout": err_heldout.tolist(),
@@ -299,7 +362,9 @@ def markdown_table(result):
     head = "| sigma | n_eff | err train | err held-out | gap | dist to D*_S |" + (
         " dist to D*_tn |" if has_tn else ""
     )
-    lines = [head, "|---" * (7 if has_tn else 6) + "|"]
+    has_g = "globality" in result
+    head += " globality D / D*_S |" if has_g else ""
+    lines = [head, "|---" * (6 + has_tn + has_g) + "|"]
     for i, s in enumerate(result["sigma"]):
         row = (
             f"| {s:.4g} | {result['effective_train_images'][i]:.3g} | "
@@ -310,6 +375,8 @@ def markdown_table(result):
         if has_tn:
             d = result["dist_noisy_copies"][i]
             row += " - |" if d is None else f" {d:.4g} |"
+        if has_g:
+            row += f" {result['globality'][i]:.3g} / {result['globality_memorizing'][i]:.3g} |"
         lines.append(row)
     note = (
         "\nn_eff: the effective number of training images the exact denoiser averages (1 = it "
@@ -318,7 +385,9 @@ def markdown_table(result):
         "training / held-out "
         "images; gap = held-out - train; D*_S: the exact denoiser of the training set (copies); "
         "D*_tn: the exact "
-        "minimiser of the ambient loss over the noisy copies (memorizes them).\n"
+        "minimiser of the ambient loss over the noisy copies (memorizes them). globality: how much "
+        "the output on the central 4x4 patch moves when the pixels farther than 4 from it come "
+        "from another image, relative to a whole other image (0 = local).\n"
     )
     return "\n".join(lines) + "\n" + note
 
