@@ -2,7 +2,7 @@
 number of training images seen, for several training-set sizes.
 
     python benchmarks/onset.py run --root=runs/onset --sizes=30,100 --steps=8000
-    python benchmarks/onset.py table --root=runs/onset      # markdown table and onset.png
+    python benchmarks/onset.py table --root=runs/onset      # markdown table, onset.png, onset.json
 
 Each run trains configs/mnist_unet.py:ddpm (or --config) on n digits with train.track_every=250
 and train.track_samples=128: every 250 steps the tracker draws the same 128 samples and logs the
@@ -117,6 +117,8 @@ def table(root):
             )
         )
     plot(found, os.path.join(root, "onset.png"))
+    with open(os.path.join(root, "onset.json"), "w") as f:  # the raw records behind the table
+        json.dump({name: records for _, name, records in found}, f, indent=1)
 
 
 def plot(found, path):

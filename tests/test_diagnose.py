@@ -181,19 +181,20 @@ def test_effective_references_from_the_definition_and_its_limits(key):
 
 def test_globality_is_zero_for_local_denoisers_and_follows_its_definition_for_a_global_one():
     """G(sigma) = E ||D(c)_P - D(x_a)_P||^2 / E ||D(x_b)_P - D(x_a)_P||^2, c = x_a near P, x_b
-    beyond: 0 for a pixelwise (Gaussian data's exact denoiser) and a 9x9 denoiser; for D = the
-    image mean everywhere, the share of the pair's mean difference that lies beyond the margin."""
-    patch, window = diagnose._window_mask((16, 16, 1), 4, 4)
+    beyond: 0 for a pixelwise (Gaussian data's exact denoiser) and a 5x5 denoiser (the margin is
+    2 at 16x16); for D = the image mean everywhere, the share of the pair's mean difference that
+    lies beyond the margin; near 1 for the exact denoiser of a few images at low noise."""
+    patch, window = diagnose._window_mask((16, 16, 1), 4, 2)
     rows, cols = np.nonzero(patch[..., 0])
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (6, 9, 6, 9)
     rows, cols = np.nonzero(window[..., 0])
-    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (2, 13, 2, 13)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (4, 11, 4, 11)
 
     images = np.asarray(jax.random.normal(jax.random.key(3), (12, 16, 16, 1)))
     sigmas = np.array([0.05, 1.0, 20.0])
     key = jax.random.key(4)
     pixelwise = gaussian_denoiser(0.1, 0.7)
-    blur = lambda x, s: jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 9, 9, 1), (1,) * 4, "SAME")
+    blur = lambda x, s: jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 5, 5, 1), (1,) * 4, "SAME")
     # Zero up to rounding: XLA may fuse the chimera's selection into D's arithmetic.
     for local in (pixelwise, blur):
         np.testing.assert_allclose(
@@ -212,3 +213,9 @@ def test_globality_is_zero_for_local_denoisers_and_follows_its_definition_for_a_
         far = (diff * ~window).sum(axis=(1, 2, 3)) / 256
         whole = diff.sum(axis=(1, 2, 3)) / 256
         np.testing.assert_allclose(got[level], np.sum(far**2) / np.sum(whole**2), rtol=1e-4)
+    # Copying is global: the exact denoiser of 6 of the images snaps the chimera (three quarters
+    # x_b) to x_b's training image, not x_a's.
+    copying = diagnose.globality(
+        empirical_denoiser(jnp.asarray(images[:6])), images[:6], [1e-3], key
+    )
+    assert copying[0] > 0.9

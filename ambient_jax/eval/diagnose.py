@@ -19,9 +19,10 @@ For a log-spaced grid of noise levels sigma and the run's EMA denoiser D, with x
     the denoiser that memorizes the noisy copies (x_tn_hat = E_tn[x_tn | x] minimises
     ||x_tn_hat - x_tn||^2, and D is that x_tn_hat solved for).
 
-  * the globality of D: how much its output on a central patch P (4x4) depends on the pixels
-    farther than 4 from P, on pairs of held-out inputs x_a, x_b and the chimera c that is x_a
-    within that margin and x_b outside it,
+  * the globality of D: how much its output on the central patch P (R/4 x R/4 pixels of an R x R
+    image) depends on the pixels farther than R/8 from P, i.e. outside the central R/2 x R/2
+    window (three quarters of the image), on pairs of held-out inputs x_a, x_b and the chimera c
+    that is x_a within the window and x_b outside it,
         G(sigma) = E ||D(c)_P - D(x_a)_P||^2 / E ||D(x_b)_P - D(x_a)_P||^2;
     0 when P is decided by its neighbourhood alone (a local denoiser, as the paper's premise needs
     at low noise), about 1 when the far pixels move it as much as a whole other image does; the
@@ -214,13 +215,16 @@ def globality(
     images: np.ndarray,
     sigmas: np.ndarray,
     key: jax.Array,
-    patch: int = 4,
-    margin: int = 4,
+    patch: int | None = None,
+    margin: int | None = None,
     batch_size: int = 256,
 ) -> list[float]:
     """G(sigma) of the module docstring on the pairs (images[j], images[j + 1 mod N]), each with
-    its own noise (image j's noise at level l from fold_in(fold_in(key, l), j))."""
+    its own noise (image j's noise at level l from fold_in(fold_in(key, l), j)); patch and margin
+    default to R/4 and R/8 pixels."""
     images = jnp.asarray(images, jnp.float32)
+    patch = patch or max(1, images.shape[1] // 4)
+    margin = margin or max(1, images.shape[1] // 8)
     patch_mask, window = (jnp.asarray(m) for m in _window_mask(images.shape[1:], patch, margin))
     out = []
     for level, sigma in enumerate(sigmas):
@@ -386,8 +390,8 @@ def markdown_table(result):
         "images; gap = held-out - train; D*_S: the exact denoiser of the training set (copies); "
         "D*_tn: the exact "
         "minimiser of the ambient loss over the noisy copies (memorizes them). globality: how much "
-        "the output on the central 4x4 patch moves when the pixels farther than 4 from it come "
-        "from another image, relative to a whole other image (0 = local).\n"
+        "the output on the central R/4 x R/4 patch moves when the pixels outside the central "
+        "R/2 x R/2 window come from another image, relative to a whole other image (0 = local).\n"
     )
     return "\n".join(lines) + "\n" + note
 
