@@ -2,6 +2,7 @@
 
     python benchmarks/variants.py run --root=runs/variants --variants=ddpm,rescaled --seeds=0
     python benchmarks/variants.py table --root=runs/variants > docs/variants.md
+    python benchmarks/variants.py table --root=runs/variants --json=raw.json   # + raw results
     python benchmarks/variants.py run --root=runs/unet --variants=unet_ddpm,unet_edm_0.5 \
         --set=--config.data.n_train=30 --set=--config.train.num_steps=4000
 
@@ -241,10 +242,19 @@ COLUMNS = (
 )
 
 
-def table(root, mean=False):
+def table(root, mean=False, json_path=None):
     import numpy as np
 
     found = rows(root)
+    if json_path:  # the raw metrics and per-noise-level curves behind the table
+        raw = {}
+        for name, seed, m in found:
+            diagnosis = os.path.join(root, f"{name}_seed{seed}", "eval", "diagnose.json")
+            if os.path.exists(diagnosis):
+                m = dict(m, diagnosis=json.load(open(diagnosis)))
+            raw[f"{name}_seed{seed}"] = m
+        with open(json_path, "w") as f:
+            json.dump(raw, f, indent=1)
     head = (
         "| variant | "
         + ("seeds" if mean else "seed")
@@ -308,9 +318,10 @@ def main():
     parser.add_argument(
         "--mean", action="store_true", help="table: mean ± std over seeds, a row per variant"
     )
+    parser.add_argument("--json", default=None, help="table: also write the raw results here")
     args = parser.parse_args()
     if args.command == "table":
-        table(args.root, args.mean)
+        table(args.root, args.mean, args.json)
         return
     for name in args.variants.split(","):
         if name not in VARIANTS:
