@@ -146,12 +146,14 @@ def load_classifier(resolution: int, log: Callable[[str], None] = print) -> tupl
     """(parameters, test accuracy) of the digit classifier at `resolution` (16, 28 or 32): read
     from the cache, else trained on the embedded digits (tens of seconds on a CPU) and cached."""
     path = cache_path(resolution)
-    images_u8, labels = load_mnist(resolution)
-    template = DigitClassifier().init(jax.random.key(0), jnp.zeros((1, resolution, resolution, 1)))
     if files.exists(path):
+        template = jax.eval_shape(
+            DigitClassifier().init, jax.random.key(0), jnp.zeros((1, resolution, resolution, 1))
+        )
         stored = serialization.msgpack_restore(files.read_bytes(path))
         params = serialization.from_state_dict(template, stored["params"])
         return params, float(stored["test_accuracy"])
+    images_u8, labels = load_mnist(resolution)
     train, test = classifier_split(labels)
     log(
         f"training the digit classifier at {resolution}x{resolution} on {len(train)} embedded "
