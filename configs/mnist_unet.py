@@ -11,7 +11,7 @@ downsampling and attention global at high noise: the case the paper's claim is a
     ambient-sample --workdir=runs/unet_ddpm && ambient-eval --workdir=runs/unet_ddpm
 
 ARG picks the objective as in configs/mnist.py. A step of batch 128 takes about 0.65 s on 2 CPU
-cores (11x the MLP's), so these runs are long: see docs/ambient_quality.md for the budgets.
+cores (about 15x the MLP's step), so these runs are long: see docs/ambient_quality.md, section 6.
 """
 
 from ambient_jax.configs import mnist
