@@ -35,6 +35,7 @@ import optax
 from flax import serialization
 
 from ambient_jax import files
+from ambient_jax.data.images import to_unit_range
 from ambient_jax.data.sources import load_mnist
 from ambient_jax.eval import convert, fid
 
@@ -126,8 +127,7 @@ def _apply(params, images_u8, batch_size=500):
     """(features, class probabilities) of uint8 images [N, R, R, 1], in batches."""
     feats, probs = [], []
     for start in range(0, len(images_u8), batch_size):
-        x = jnp.asarray(images_u8[start : start + batch_size], jnp.float32) / 127.5 - 1.0
-        f, logits = _classify(params, x)
+        f, logits = _classify(params, to_unit_range(images_u8[start : start + batch_size]))
         feats.append(np.asarray(f, np.float64))
         probs.append(np.asarray(jax.nn.softmax(logits), np.float64))
     return np.concatenate(feats), np.concatenate(probs)
@@ -160,8 +160,7 @@ def load_classifier(resolution: int, log: Callable[[str], None] = print) -> tupl
         f"digits (once; cached in {path}) ..."
     )
     start = time.perf_counter()
-    images = images_u8.astype(np.float32) / 127.5 - 1.0
-    params = train_classifier(images[train], labels[train], **RECIPE)
+    params = train_classifier(to_unit_range(images_u8[train]), labels[train], **RECIPE)
     accuracy = float((_apply(params, images_u8[test])[1].argmax(axis=1) == labels[test]).mean())
     seconds = time.perf_counter() - start
     log(f"  test accuracy {100 * accuracy:.2f}% on {len(test)} held-out digits ({seconds:.0f} s)")
