@@ -72,6 +72,7 @@ class Tracker:
         self.robust_px = memorization.robust_sigma(config.data.resolution)
         # The training set's two views are the same at every event: computed once here.
         self.train_views = self._views(self.train_all)
+        self.train_embeddings = [memorization.pixel_embedding(v) for v in self.train_views]
         count = min(int(config.train.track_samples), len(heldout_images))
         self.heldout_shares = {
             f"track_heldout_{k[len('track_') :]}": v
@@ -86,12 +87,14 @@ class Tracker:
         """% of `images` within the extraction criterion and with S > 0.95, in both views."""
         k = self.config.eval.carlini_k
         out = {}
-        for view, name, train in zip(self._views(images), ("", "robust_"), self.train_views):
+        for view, name, train, train_embedding in zip(
+            self._views(images), ("", "robust_"), self.train_views, self.train_embeddings
+        ):
             out[f"track_{name}extraction"] = float(
                 100 * memorization.extraction_report(view, train, k)[0].mean()
             )
             out[f"track_{name}s95"] = memorization.similarity_report(
-                memorization.pixel_embedding(view), memorization.pixel_embedding(train), (0.95,)
+                memorization.pixel_embedding(view), train_embedding, (0.95,)
             )[2]["S>0.95"]
         return out
 
