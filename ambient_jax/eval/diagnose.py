@@ -155,6 +155,13 @@ def _level_errors(denoise, references, x0, noise, sigma):
     return _per_pixel_sq(d, x0), tuple(_per_pixel_sq(d, ref(x, s)) for ref in references)
 
 
+def level_noise(level_key: jax.Array, first: int, count: int, shape: tuple) -> jax.Array:
+    """N(0, I) of `shape` for images first .. first + count - 1 at one level: image j's noise is
+    drawn from fold_in(level_key, j), so it does not depend on how the images are batched."""
+    draw = lambda j: jax.random.normal(jax.random.fold_in(level_key, j), shape)
+    return jax.vmap(draw)(jnp.arange(first, first + count, dtype=jnp.uint32))
+
+
 def denoising_errors(
     denoise: Denoiser,
     images: np.ndarray,
@@ -177,10 +184,7 @@ def denoising_errors(
         level_key = jax.random.fold_in(key, level)
         for first in range(0, n, batch_size):
             x0 = images[first : first + batch_size]
-            idx = jnp.arange(first, first + x0.shape[0], dtype=jnp.uint32)
-            noise = jax.vmap(
-                lambda j: jax.random.normal(jax.random.fold_in(level_key, j), x0.shape[1:])
-            )(idx)
+            noise = level_noise(level_key, first, x0.shape[0], x0.shape[1:])
             e, ds = _level_errors(denoise, tuple(references), x0, noise, float(sigma))
             err[level] += float(jnp.sum(e))
             for r, d in enumerate(ds):
@@ -229,10 +233,7 @@ def globality(
     out = []
     for level, sigma in enumerate(sigmas):
         level_key = jax.random.fold_in(key, level)
-        noise = jax.vmap(
-            lambda j: jax.random.normal(jax.random.fold_in(level_key, j), images.shape[1:])
-        )(jnp.arange(images.shape[0], dtype=jnp.uint32))
-        x = images + float(sigma) * noise
+        x = images + float(sigma) * level_noise(level_key, 0, images.shape[0], images.shape[1:])
         others = jnp.roll(x, -1, axis=0)
         far = whole = 0.0
         for first in range(0, x.shape[0], batch_size):
@@ -274,10 +275,7 @@ def diagnose(
     held = jnp.asarray(heldout, jnp.float32)
     for level, sigma in enumerate(sigmas):  # the same noisy held-out inputs as above
         level_key = jax.random.fold_in(jax.random.fold_in(key, 1), level)
-        noise = jax.vmap(
-            lambda j: jax.random.normal(jax.random.fold_in(level_key, j), held.shape[1:])
-        )(jnp.arange(held.shape[0], dtype=jnp.uint32))
-        x = held + float(sigma) * noise
+        x = held + float(sigma) * level_noise(level_key, 0, held.shape[0], held.shape[1:])
         n_eff.append(
             float(
                 jnp.mean(
