@@ -67,23 +67,76 @@ def device_description():
     return f"{device.device_kind} x{len(jax.devices())} ({device.platform}, jax {jax.__version__})"
 
 
-def compiled_figures(compiled):
-    """(FLOPs per call from XLA's cost analysis, peak bytes from its memory analysis)."""
+def step_flops(jitted, *args):
+    """FLOPs of one call of `jitted` on `args`, counted by XLA on the program as lowered, before
+    any backend compiles it.
+
+    A compiled executable's cost analysis is no count to compare across backends: a GPU backend
+    turns convolutions (and many matmuls) into library calls whose FLOPs it does not count, so the
+    `ddpmpp_cifar10` step read about 47x too few FLOPs on an H200. In the lowered program a
+    convolution is still a convolution, whatever the backend does with it later, so one step
+    counts the same on every backend. XLA counts a convolution's in-bounds taps only: a 3x3
+    'SAME' convolution of an H x W image costs 2 C_in C_out (3H - 2)(3W - 2), not 2 * 9 C_in C_out
+    H W (tests/test_benchmarks.py checks both). A loop's body (lax.scan, fori_loop) is counted
+    once."""
+    cost = jitted.lower(*args).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def matmul_flops(fn, *args):
+    """A hand count of `fn`'s FLOPs from its jaxpr, independent of XLA: 2 multiply-adds for every
+    tap of every convolution (padding taps included) and every term of every matrix product;
+    elementwise work is left out. Differentiated functions count their backward passes, as traced.
+    A check of `step_flops` from outside XLA: the two agree to the padding border and the
+    elementwise work."""
+
+    def count(jaxpr):
+        total = 0.0
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            if name == "conv_general_dilated":
+                rhs, out = eqn.invars[1].aval, eqn.outvars[0].aval
+                spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in / groups, spatial...)
+                taps = np.prod([rhs.shape[d] for d in spec[1:]])
+                total += 2.0 * np.prod(out.shape) * taps
+            elif name == "dot_general":
+                (contract, _), _ = eqn.params["dimension_numbers"]
+                lhs = eqn.invars[0].aval
+                size = np.prod([lhs.shape[d] for d in contract]) if contract else 1
+                total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * size
+            for value in eqn.params.values():  # nested programs: jit, remat, custom_vjp, cond
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                        total += count(sub.jaxpr)
+                    elif isinstance(sub, jax.extend.core.Jaxpr):
+                        total += count(sub)
+        return total
+
+    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def compiled_step_flops(compiled):
+    """The compiled executable's own FLOP count: the true count on a CPU, too few wherever the
+    backend hands convolutions to a library (GPUs). Recorded beside `step_flops` to show which."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    peak = None
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def compiled_peak_bytes(compiled):
+    """Peak bytes of a compiled call from XLA's memory analysis (None where the backend does not
+    report it). Its FLOPs come from `step_flops`, never from the compiled executable."""
     try:
         mem = compiled.memory_analysis()
-        peak = int(
+        return int(
             mem.argument_size_in_bytes
             + mem.output_size_in_bytes
             + mem.temp_size_in_bytes
             - mem.alias_size_in_bytes
         )
     except Exception:  # not every backend reports it
-        pass
-    return flops, peak
+        return None
 
 
 def device_peak_bytes():
@@ -91,9 +144,17 @@ def device_peak_bytes():
     return stats.get("peak_bytes_in_use")
 
 
+def results_dir():
+    """benchmarks/results/, or $AMBIENT_RESULTS_DIR when it is set (a trial run that must not
+    overwrite the committed figures)."""
+    folder = os.environ.get("AMBIENT_RESULTS_DIR") or os.path.join(HERE, "results")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
 def write_results(name, results):
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", f"{name}_{jax.devices()[0].platform}.json")
+    """results_dir()/NAME_PLATFORM.json."""
+    path = os.path.join(results_dir(), f"{name}_{jax.devices()[0].platform}.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
     print(f"wrote {path}")

@@ -1,7 +1,6 @@
 """Sampler throughput: images/s of the EDM Heun sampler at 18 and 40 steps (35 and 79 network
-calls), with the FLOPs of the network calls (XLA's cost analysis of one call, times the calls)
-against the matmul
-rate measured in this run.
+calls), with the FLOPs of the network calls (XLA's cost analysis of one call as lowered, times the
+calls) against the matmul rate measured in this run.
 
     python benchmarks/sampling.py                                   # CPU-sized defaults
     python benchmarks/sampling.py --presets=ddpmpp_cifar10 --batch=512 --dtypes=bfloat16,float32
@@ -20,25 +19,32 @@ from train_step import RESOLUTION, bench_config
 from ambient_jax import generate, nets
 
 
-def measure(preset, batch, dtype, num_steps):
+def network_inputs(preset, batch, dtype):
+    """(config, model, params, latents at sigma 80) of a preset's sampler at this batch."""
     config = bench_config(preset, batch, dtype)
-    config.sample.num_steps = num_steps
     res = config.data.resolution
     model = nets.build_network(config, 3)
     x = np.zeros((1, res, res, 3), np.float32)
     params = jax.jit(model.init)(jax.random.key(0), x, np.zeros((1,), np.float32))
-    latents = generate.latents_for(0, 0, batch, (res, res, 3)) * 80.0
+    return config, model, params, generate.latents_for(0, 0, batch, (res, res, 3)) * 80.0
+
+
+def call_flops(model, params, latents):
+    """FLOPs of one network call on the batch (common.step_flops: the same on every backend)."""
+    labels = np.zeros((latents.shape[0],), np.float32)
+    return common.step_flops(jax.jit(model.apply), params, latents, labels)
+
+
+def measure(preset, batch, dtype, num_steps):
+    config, model, params, latents = network_inputs(preset, batch, dtype)
+    config.sample.num_steps = num_steps
     sample = generate.make_sample_fn(config, model)
     start = time.perf_counter()
     compiled = sample.lower(params, latents).compile()
     compile_s = time.perf_counter() - start
     # The step loop is a lax.fori_loop, whose body XLA's cost analysis counts once: count one
     # network call and multiply by the calls the sampler makes.
-    labels = np.zeros((batch,), np.float32)
-    call_flops, _ = common.compiled_figures(
-        jax.jit(model.apply).lower(params, latents, labels).compile()
-    )
-    flops = call_flops * (2 * num_steps - 1)
+    flops = call_flops(model, params, latents) * (2 * num_steps - 1)
     seconds = common.timed(lambda: jax.block_until_ready(compiled(params, latents)), repeat=2)
     return {
         "preset": preset,

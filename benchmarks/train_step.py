@@ -5,7 +5,8 @@ the network presets at a few batch sizes, against the dense matmul rate measured
     python benchmarks/train_step.py --presets=ddpmpp_cifar10 --batches=128,512 \\
         --dtypes=bfloat16,float32
 
-FLOPs come from XLA's own cost analysis of the compiled step (forward, backward, Adam and EMA);
+FLOPs come from XLA's cost analysis of the step as lowered, before backend compilation (forward,
+backward, Adam and EMA; the same count on every backend, see common.step_flops);
 utilisation = achieved FLOP/s / matmul FLOP/s in the same compute dtype. Also reported: compile
 time of the step, peak memory (XLA's memory analysis; on GPUs also the allocator's peak) and
 steps per dispatch (train.steps_per_dispatch: several steps fused with lax.scan). With --parts
@@ -53,16 +54,17 @@ def bench_config(preset, batch, dtype, steps_per_dispatch=1, remat=False, augmen
     return c
 
 
-def step_inputs(config):
-    """(the compiled step on one device, its initial state, 256 random training images with their
-    source indices, held on device as the step takes them)."""
+def step_inputs(config, images=256):
+    """(the compiled step on one device, its initial state, `images` random training images with
+    their source indices, held on device as the step takes them)."""
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     model = nets.build_network(config, 3)
     optimizer, schedule = train.make_optimizer(config.optim, config.train.batch_size)
     trainer = train.Trainer(config, model, optimizer, schedule, mesh)
     res = config.data.resolution
-    images = np.random.RandomState(0).uniform(-1, 1, (256, res, res, 3)).astype(np.float32)
-    held = trainer.place((images, np.arange(256, dtype=np.int32)))
+    count = images
+    images = np.random.RandomState(0).uniform(-1, 1, (count, res, res, 3)).astype(np.float32)
+    held = trainer.place((images, np.arange(count, dtype=np.int32)))
     return trainer, trainer.place(train.init_state(config, model, optimizer)), held
 
 
@@ -73,13 +75,10 @@ def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False, augm
     start = time.perf_counter()
     compiled = (trainer.multi_step or trainer.step).lower(state, images).compile()
     compile_s = time.perf_counter() - start
-    flops, peak = common.compiled_figures(compiled)
-    # XLA's cost analysis counts a scan's body once: count one step, times k
-    if steps_per_dispatch > 1:
-        flops = (
-            common.compiled_figures(trainer.step.lower(state, images).compile())[0]
-            * steps_per_dispatch
-        )
+    peak = common.compiled_peak_bytes(compiled)
+    # counted before backend compilation (the same on every backend); a scan's body is counted
+    # once, so count one step, times k
+    flops = common.step_flops(trainer.step, state, images) * steps_per_dispatch
     state, metrics = compiled(state, images)  # warm-up
     jax.block_until_ready(metrics)
     calls = max(1, steps // steps_per_dispatch)
@@ -100,6 +99,10 @@ def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False, augm
         "images_per_s": done * batch / seconds,
         "step_s": seconds / done,
         "flops_per_step": flops / steps_per_dispatch,
+        # the executable's own count, for comparison only (too few on a GPU: library calls)
+        "compiled_flops_per_step": common.compiled_step_flops(
+            trainer.step.lower(state, images).compile() if steps_per_dispatch > 1 else compiled
+        ),
         "flops_per_s": flops * calls / seconds,
         "compile_s": compile_s,
         "peak_bytes": peak,
