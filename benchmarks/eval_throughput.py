@@ -49,6 +49,9 @@ def main():
     parser.add_argument("--dinov2", default="vits14,vitg14")
     parser.add_argument("--images", type=int, default=512 if gpu else 64)
     parser.add_argument("--batch", type=int, default=256 if gpu else 32)
+    parser.add_argument(
+        "--nn", default="4096,16384", help="nearest-neighbour search: QUERIES,REFERENCES"
+    )
     args = parser.parse_args()
     rng = np.random.RandomState(0)
     peak = common.matmul_peak("float32")
@@ -95,7 +98,8 @@ def main():
                 f"{args.images / seconds:10.1f} images/s"
             )
             del dparams  # free the ViT-g weights before the next variant
-    pairs, flops = nn_search()
+    queries, references = (int(n) for n in args.nn.split(","))
+    pairs, flops = nn_search(m=queries, n=references)
     peak = results["matmul_flops_per_s"] = max(
         peak, common.matmul_peak("float32")
     )  # the best of start and end

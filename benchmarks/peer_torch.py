@@ -207,25 +207,30 @@ def preset_fields(preset):
 
 class TorchStep:
     """One train step of the peer: EDM preconditioning, the EDM-weighted denoising loss at
-    log-normal noise levels, backward, Adam (lr 1e-3) and the EMA update (decay 0.999)."""
+    log-normal noise levels, backward, Adam (lr 1e-3) and the EMA update (decay 0.999). `bf16`:
+    the forward pass under bf16 autocast (parameters, gradients and Adam stay f32, as ours);
+    `compile`: the loss through torch.compile."""
 
-    def __init__(self, net, sigma_data=0.5):
-        self.net, self.sigma_data = net, sigma_data
+    def __init__(self, net, sigma_data=0.5, bf16=False, compile=False):
+        self.net, self.sigma_data, self.bf16 = net, sigma_data, bf16
         self.leaves = [t.requires_grad_() for t in jax.tree_util.tree_leaves(net.params)]
         self.ema = [t.detach().clone() for t in self.leaves]
         self.optimizer = torch.optim.Adam(self.leaves, lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+        self.loss = torch.compile(self._loss) if compile else self._loss
+
+    def _loss(self, x0, sigma, noise):
+        sd = self.sigma_data
+        x = x0 + noise * sigma
+        total = sigma**2 + sd**2
+        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.net(x / total.sqrt(), sigma.flatten().log() / 4, train=True)
+        denoised = sd**2 / total * x + sigma * sd / total.sqrt() * out.float()
+        weight = total / (sigma * sd) ** 2
+        return (weight * (denoised - x0) ** 2).sum(dim=(1, 2, 3)).mean()
 
     def __call__(self, x0):
-        sd = self.sigma_data
-        sigma = torch.exp(torch.randn(x0.shape[0], device=x0.device) * 1.2 - 1.2)[
-            :, None, None, None
-        ]
-        x = x0 + torch.randn_like(x0) * sigma
-        total = sigma**2 + sd**2
-        out = self.net(x / total.sqrt(), sigma.flatten().log() / 4, train=True)
-        denoised = sd**2 / total * x + sigma * sd / total.sqrt() * out
-        weight = total / (sigma * sd) ** 2
-        loss = (weight * (denoised - x0) ** 2).sum(dim=(1, 2, 3)).mean()
+        sigma = torch.exp(torch.randn(x0.shape[0], device=x0.device) * 1.2 - 1.2)
+        loss = self.loss(x0, sigma[:, None, None, None], torch.randn_like(x0))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -234,24 +239,44 @@ class TorchStep:
         return float(loss.detach())
 
 
-def time_peer(preset, batch, steps):
-    """Seconds per train step of the peer (on the GPU when torch has CUDA)."""
+def time_peer(preset, batch, steps, dtype="float32", channels_last=False, compile=False):
+    """(seconds per train step of the peer, whether torch.compile was used), on the GPU when
+    torch has CUDA. torch.compile is tried when asked and left out, with a printed reason, where
+    it fails (e.g. no compiler toolchain)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     fields = preset_fields(preset)
     res = train_step.RESOLUTION[preset]
     model = nets.build_model(preset, 3)
     params = nets.init_params(model, (res, res, 3), jax.random.key(0))
-    step = TorchStep(TorchSongUNet(torch_params(params, device), **fields))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     x0 = np.random.RandomState(0).uniform(-1, 1, (batch, 3, res, res))
-    x0 = torch.tensor(x0, dtype=torch.float32, device=device)
-    step(x0)  # warm-up
+    x0 = torch.tensor(x0, dtype=torch.float32, device=device).contiguous(memory_format=layout)
+
+    def make(compile):
+        weights = jax.tree_util.tree_map(
+            lambda t: t.contiguous(memory_format=layout) if t.ndim == 4 else t,
+            torch_params(params, device),
+        )
+        step = TorchStep(
+            TorchSongUNet(weights, **fields), bf16=dtype == "bfloat16", compile=compile
+        )
+        step(x0)  # warm-up (and compilation)
+        return step
+
+    try:
+        step = make(compile)
+    except Exception as error:  # torch.compile's toolchain is missing or fails on this machine
+        if not compile:
+            raise
+        print(f"  torch.compile failed here ({type(error).__name__}); the peer runs eagerly")
+        step, compile = make(False), False
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
     for _ in range(steps):
         step(x0)
     sync()
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, compile
 
 
 # ----------------------------------------------------------------------------- per layer kind
@@ -462,6 +487,13 @@ def main():
     parser.add_argument(
         "--only_layers", action="store_true", help="the per-layer tables alone (no whole steps)"
     )
+    parser.add_argument("--dtypes", default="float32", help="float32 and/or bfloat16 (autocast)")
+    parser.add_argument(
+        "--channels_last", action="store_true", help="the peer's images and kernels NHWC in memory"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="the peer's loss through torch.compile"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     result = {
@@ -471,7 +503,8 @@ def main():
         "runs": [],
     }
     print(f"{result['device']}; torch {torch.__version__} with {torch.get_num_threads()} threads")
-    result["matmul_flops_per_s"] = common.matmul_peak("float32")
+    dtypes = args.dtypes.split(",")
+    result["matmul_flops_per_s"] = {d: common.matmul_peak(d) for d in dtypes}
     if args.layers or args.only_layers:
         result["layers"] = []
         for item in args.runs.split(","):
@@ -494,26 +527,39 @@ def main():
                     }
                 )
                 print(f"  {name:42} {batch / r['step_s']:.3f} img/s", flush=True)
-        ours = train_step.measure(preset, batch, "float32", args.steps)
-        peer_s = time_peer(preset, batch, args.steps)
-        row = {
-            "preset": preset,
-            "batch": batch,
-            "ours_img_s": batch / ours["step_s"],
-            "peer_img_s": batch / peer_s,
-            "ratio": peer_s / ours["step_s"],
-            "ours_flops_per_s": ours["flops_per_s"],
-            "ours_utilisation": ours["flops_per_s"] / result["matmul_flops_per_s"],
-            "ours_compile_s": ours["compile_s"],
-        }
-        result["runs"].append(row)
-        print(
-            f"{preset} batch {batch} f32: ours {row['ours_img_s']:.2f} img/s, peer "
-            f"{row['peer_img_s']:.2f} img/s, ours/peer {row['ratio']:.2f}; ours at "
-            f"{row['ours_utilisation']:.2f} of the matmul rate, compile "
-            f"{row['ours_compile_s']:.0f} s",
-            flush=True,
-        )
+        for dtype in dtypes:
+            ours = train_step.measure(preset, batch, dtype, args.steps)
+            peer_s, compiled = time_peer(
+                preset, batch, args.steps, dtype, args.channels_last, args.compile
+            )
+            peak = result["matmul_flops_per_s"][dtype]
+            row = {
+                "preset": preset,
+                "batch": batch,
+                "dtype": dtype,
+                "peer_channels_last": args.channels_last,
+                "peer_compiled": compiled,
+                "ours_img_s": batch / ours["step_s"],
+                "peer_img_s": batch / peer_s,
+                "ratio": peer_s / ours["step_s"],
+                "flops_per_step": ours["flops_per_step"],
+                "ours_flops_per_s": ours["flops_per_s"],
+                "ours_utilisation": ours["flops_per_s"] / peak,
+                "peer_utilisation": ours["flops_per_step"] / peer_s / peak,
+                "ours_compile_s": ours["compile_s"],
+            }
+            result["runs"].append(row)
+            setting = ", ".join(
+                ["channels-last"] * args.channels_last + ["torch.compile"] * compiled
+            )
+            print(
+                f"{preset} batch {batch} {dtype}: ours {row['ours_img_s']:.2f} img/s, peer "
+                f"({setting or 'eager'}) {row['peer_img_s']:.2f} img/s, ours/peer "
+                f"{row['ratio']:.2f}; of the {dtype} matmul rate: ours "
+                f"{row['ours_utilisation']:.2f}, peer {row['peer_utilisation']:.2f}; our "
+                f"compile {row['ours_compile_s']:.0f} s",
+                flush=True,
+            )
     common.write_results("peer_torch", result)
 
 

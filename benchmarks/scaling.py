@@ -78,6 +78,9 @@ def main():
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--preset", default="mlp_small")
+    parser.add_argument(
+        "--runs", default=None, help="DEVICES:MODE,... (default: 1, 2, 4, 8(, 16) jit and pmap)"
+    )
     parser.add_argument("--worker", nargs=2)
     args = parser.parse_args()
     if args.worker:
@@ -102,6 +105,8 @@ def main():
 
         count = len(jax.devices())
         runs = [(n, "jit") for n in (1, 2, 4, 8, 16) if n <= count] + [(count, "pmap")]
+    if args.runs:
+        runs = [(int(n), mode) for n, mode in (item.split(":") for item in args.runs.split(","))]
     results = []
     for devices, mode in runs:
         env = dict(os.environ)
@@ -140,9 +145,10 @@ def main():
             f"{r['devices']:>8} {r['mode']:>5} {r['images_per_s']:>10.0f} "
             f"{r['images_per_s'] / base:>12.2f} {r['first_step_s']:>13.1f}"
         )
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    import common  # here, not above: it imports JAX, which this parent leaves to its workers
+
     with open(
-        os.path.join(HERE, "results", f"scaling_{args.platform}_{args.preset}.json"), "w"
+        os.path.join(common.results_dir(), f"scaling_{args.platform}_{args.preset}.json"), "w"
     ) as f:
         json.dump(results, f, indent=1)
 
