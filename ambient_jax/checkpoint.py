@@ -6,8 +6,12 @@ Keep policy: the two latest checkpoints always (so an unreadable latest one has 
 predecessor to fall back to), plus every step divisible by `keep_every` when set.
 """
 
+import contextlib
 import functools
+import logging
 import os
+import sys
+import threading
 
 import jax
 import orbax.checkpoint as ocp
@@ -28,22 +32,29 @@ def make_manager(workdir, keep_every=0, create=True):
         enable_async_checkpointing=True,
         create=create,
     )
-    return ocp.CheckpointManager(
-        os.path.join(files.absolute(workdir), "checkpoints"), options=options
-    )
+    with _orbax_errors_unlogged():  # it reads every step's metadata; restore_latest says more
+        return ocp.CheckpointManager(
+            os.path.join(files.absolute(workdir), "checkpoints"), options=options
+        )
 
 
 def save(manager, step, state):
     manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
 
 
-def restore_latest(manager, target, partial=False, log=print):
+def restore_latest(manager, target, partial=False, log=print, set_aside=None):
     """The latest restorable checkpoint in `target`'s structure, shapes and shardings; None if there
     is none. An unreadable latest checkpoint (truncated, corrupt) is skipped with a warning naming
     it and the step restored instead; CheckpointError when none can be restored.
 
     partial=True restores only the entries `target` names (e.g. a dict holding just
     "ema_params" for sampling), whatever else the checkpoint holds.
+
+    set_aside (the trainer's, a folder): the unreadable steps above the restored one are moved
+    there, never deleted, so the steps retrained after them are saved again and become the latest
+    (left in place, a corrupt step stays the latest forever: every later run would retrain the
+    same steps, and sampling would keep using the older one). Readers pass nothing and change
+    nothing.
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
@@ -60,8 +71,10 @@ def restore_latest(manager, target, partial=False, log=print):
         else:
             restore = ocp.args.StandardRestore(abstract)
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(state=restore))
+            with _orbax_errors_unlogged():
+                restored = manager.restore(step, args=ocp.args.Composite(state=restore))
         except Exception as err:  # orbax raises many types for a corrupt or foreign checkpoint
+            _ignore_reads_finishing_after_their_loop()
             detail = " ".join(str(err).split())
             failures.append((step, detail if len(detail) < 300 else detail[:300] + " ..."))
             continue
@@ -69,8 +82,10 @@ def restore_latest(manager, target, partial=False, log=print):
             log(
                 f"warning: checkpoint step {failures[0][0]} in {manager.directory} cannot be "
                 "restored "
-                f"({failures[0][1]}); resuming from step {step} instead"
+                f"({failures[0][1]}); using step {step} instead"
             )
+            if set_aside:
+                _set_aside(manager, [s for s, _ in failures], set_aside, log)
         return restored.state
     raise CheckpointError(
         f"no checkpoint in {manager.directory} can be restored (steps "
@@ -79,6 +94,71 @@ def restore_latest(manager, target, partial=False, log=print):
         "start this one over, "
         "re-run with --restart."
     )
+
+
+@contextlib.contextmanager
+def _orbax_errors_unlogged():
+    """orbax logs its own error lines for a corrupt checkpoint; the warning above says it once."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _is_closed_loop_error(exc_type, exc_value):
+    return exc_type is RuntimeError and str(exc_value) == "Event loop is closed"
+
+
+def _ignore_reads_finishing_after_their_loop():
+    """After a failed restore, orbax's other reads of that checkpoint still finish in
+    tensorstore's threads and report to the event loop orbax already closed: tens of "RuntimeError:
+    Event loop is closed" tracebacks on stderr, at any later moment. Those and only those are
+    dropped, from here on."""
+    if getattr(sys.excepthook, "drops_closed_loop_errors", False):
+        return
+    previous = sys.excepthook, threading.excepthook, sys.unraisablehook
+
+    def excepthook(exc_type, exc_value, tb):
+        if not _is_closed_loop_error(exc_type, exc_value):
+            previous[0](exc_type, exc_value, tb)
+
+    def thread_hook(args):
+        if not _is_closed_loop_error(args.exc_type, args.exc_value):
+            previous[1](args)
+
+    def unraisable_hook(args):
+        if not _is_closed_loop_error(args.exc_type, args.exc_value):
+            previous[2](args)
+
+    excepthook.drops_closed_loop_errors = True
+    sys.excepthook, threading.excepthook, sys.unraisablehook = (
+        excepthook,
+        thread_hook,
+        unraisable_hook,
+    )
+
+
+def _set_aside(manager, steps, folder, log):
+    """Move the step folders `steps` into `folder` (lead process) and make every process's manager
+    forget them."""
+    if jax.process_index() == 0:
+        files.makedirs(folder)
+        for step in steps:
+            source = os.path.join(str(manager.directory), str(step))
+            target = os.path.join(folder, str(step))
+            suffix = 1
+            while files.exists(target):  # set aside before: keep both
+                target, suffix = os.path.join(folder, f"{step}.{suffix}"), suffix + 1
+            files.rename(source, target)
+            log(f"moved the unreadable checkpoint step {step} to {target}")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("checkpoints set aside")
+    manager.reload()
 
 
 def load_ema_params(workdir, config=None):

@@ -28,6 +28,11 @@ def makedirs(path):
     epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
+def rename(source, target):
+    """Move a file or folder (a bucket moves folders by copying; local folders are renamed)."""
+    epath.Path(source).rename(target)
+
+
 def read_text(path):
     return epath.Path(path).read_text()
 

@@ -678,11 +678,17 @@ class Run:
             self.events.close()
 
 
+# where the trainer moves checkpoint steps it cannot restore (never deleted)
+UNREADABLE_CHECKPOINTS = "unreadable_checkpoints"
+
+
 def restore_or_init(config, workdir, model, optimizer, mesh, manager, lead, log):
     """The latest checkpoint's state (metrics.jsonl rows logged after it are dropped), or a fresh
     one."""
     fresh = parallel.place_replicated(init_state(config, model, optimizer), mesh)
-    restored = checkpoint.restore_latest(manager, fresh, log=log)
+    restored = checkpoint.restore_latest(
+        manager, fresh, log=log, set_aside=os.path.join(workdir, UNREADABLE_CHECKPOINTS)
+    )
     if restored is None:
         return fresh
     step = int(restored.step)

@@ -150,7 +150,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_with_a_warni
     previous = latest - 2
     assert (
         f"warning: checkpoint step {latest}" in result.stdout
-        and f"resuming from step {previous} instead" in result.stdout
+        and f"using step {previous} instead" in result.stdout
     )
     assert f"resumed from step {previous}" in result.stdout
     steps = [
