@@ -490,6 +490,14 @@ class TrainingData:
                     f"{self.images.shape[-1]} or use a source with {want[-1]}-channel images"
                 )
             self.num_source_images = len(split.train) + len(split.heldout)
+            if config.train.track_every and len(self.heldout) < 2:
+                raise DataError(
+                    f"config field train.track_every: tracking compares the model on training "
+                    f"and held-out images, but data.n_train = {len(self.images)} leaves "
+                    f"{len(self.heldout)} of the {config.data.source} source's "
+                    f"{self.num_source_images} images held out: lower data.n_train or set "
+                    "train.track_every=0"
+                )
             return
         if config.data.source != "tfds":
             raise ValueError(
@@ -717,6 +725,20 @@ def check_no_orphan_metrics(workdir):
         )
 
 
+def warn_if_few_heldout(config, training, log):
+    """The evaluation compares the sample.num_samples samples with as many held-out images (FD,
+    FID, the held-out reference rows): say up front when fewer remain."""
+    if training.heldout is None or len(training.heldout) >= config.sample.num_samples:
+        return
+    log(
+        f"warning: data.n_train = {len(training.images)} leaves {len(training.heldout)} of the "
+        f"source's {training.num_source_images} images held out, fewer than the "
+        f"{config.sample.num_samples} samples the evaluation compares with as many held-out "
+        f"images: its FD and FID will use {len(training.heldout)}"
+        + ("" if len(training.heldout) >= 2 else ", and it cannot run without two")
+    )
+
+
 def train(config, workdir, allow_config_change=False, log=print, restart=False):
     """Train (or resume) the run in `workdir`; returns the final TrainState (as checkpoints hold
     it).
@@ -733,6 +755,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
     lead = jax.process_index() == 0  # only one process writes the run's files
     check_workdir(config, workdir, allow_config_change or restart, restart)
     training = TrainingData(config)  # bad data fails here, before anything is written
+    warn_if_few_heldout(config, training, log if lead else lambda _: None)
     resuming = not restart and has_checkpoint(workdir)
     # A changed config (--allow_config_change) is recorded once a checkpoint exists under it, so a
     # failed attempt leaves the work dir with the settings that worked.

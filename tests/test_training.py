@@ -205,6 +205,38 @@ def _model_and_optimizer(config):
     return model, train.make_optimizer(config.optim, config.train.batch_size)[0]
 
 
+def test_training_on_every_image_tells_what_needs_held_out_images(tmp_path):
+    """Before: tracking crashed with ZeroDivisionError at its first step (and the rerun was refused
+    with "were they deleted?"), ambient-diagnose crashed the same way, and the report's FID row
+    claimed as many held-out images as samples. Now: tracking without held-out images is refused
+    up front with one line and nothing written; training with few held out warns at the start;
+    the diagnosis refuses with one line; the report states the counts it used."""
+    wd = str(tmp_path / "all")
+    every = ("--config.data.n_train=5000", "--config.train.num_steps=2")
+    line = error_line(
+        cli("train", f"--workdir={wd}", *TINY, *every, "--config.train.track_every=2")
+    )
+    assert "train.track_every" in line and "leaves 0 of the mnist source's 5000" in line, line
+    assert not os.path.exists(wd)
+    trained = cli("train", f"--workdir={wd}", *TINY, *every, "--config.train.track_every=0")
+    assert trained.returncode == 0, trained.stderr
+    assert "warning: data.n_train = 5000 leaves 0 of the source's 5000 images" in trained.stdout
+    line = error_line(cli("diagnose", f"--workdir={wd}"))
+    assert "holds out 0" in line and "data.n_train" in line, line
+    # five held out, twelve samples: the report says 12 / 5, not 12 / 12
+    wd = str(tmp_path / "five")
+    few = (
+        "--config.data.n_train=4995",
+        "--config.train.num_steps=2",
+        "--config.train.track_every=0",
+    )
+    assert cli("train", f"--workdir={wd}", *TINY, *few).returncode == 0
+    assert cli("sample", f"--workdir={wd}").returncode == 0
+    assert cli("eval", f"--workdir={wd}", "--nofid").returncode == 0
+    report = open(os.path.join(wd, "eval", "report.md")).read()
+    assert "| samples / held-out images in FD-pixel | 12 / 5 |" in report, report
+
+
 def test_a_diverged_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     workdir = str(tmp_path / "run")
     good = train.train(tiny_config(**{"train.num_steps": 2}), workdir, log=lambda _: None)

@@ -319,6 +319,13 @@ def diagnose_run(
     """Diagnose the run in `workdir` with its EMA parameters; returns the curves (not written)."""
     config, model, params = checkpoint.load_ema_params(workdir)
     split = load_split(config.data)
+    if len(split.heldout) < 2:
+        raise ValueError(
+            f"the diagnosis compares the denoiser on training and held-out images, but the run "
+            f"trains on {len(split.train)} of the source's "
+            f"{len(split.train) + len(split.heldout)} images and holds out "
+            f"{len(split.heldout)}: diagnose a run with data.n_train below the source's size"
+        )
     heldout = split.heldout[
         np.random.RandomState(seed).permutation(len(split.heldout))[:max_images]
     ]

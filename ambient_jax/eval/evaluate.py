@@ -340,6 +340,7 @@ def evaluate_run(
     count = min(fid_samples or len(samples_u8), len(samples_u8))
     if options.inception_fid or options.dinov2_weights:
         metrics["num_fid_samples"] = int(count)
+        metrics["num_fid_heldout"] = int(len(heldout[:count]))  # fewer where few are held out
     metrics.update(
         embedding_metrics(
             out,
@@ -440,10 +441,19 @@ def markdown_table(runs):
             )
     for space in ("inception", "dinov2"):
         lines += _similarity_rows(runs, space, space)
+    if all("num_heldout_for_fd" in m for m in runs):  # older metrics.json files lack it
+        lines.append(
+            "| samples / held-out images in FD-pixel | "
+            + " | ".join(f"{m['num_samples']} / {m['num_heldout_for_fd']}" for m in runs)
+            + " |"
+        )
     if all("num_fid_samples" in m for m in runs):
         lines.append(
             "| samples / held-out images in FID | "
-            + " | ".join(f"{m['num_fid_samples']} / {m['num_fid_samples']}" for m in runs)
+            + " | ".join(
+                f"{m['num_fid_samples']} / {m.get('num_fid_heldout', m['num_fid_samples'])}"
+                for m in runs
+            )
             + " |"
         )
     lines.append(
