@@ -180,4 +180,21 @@ def load_ema_params(workdir, config=None):
     )
     if restored is None:
         raise FileNotFoundError(missing)
+    check_shapes(restored["ema_params"], target, workdir)
     return config, model, restored["ema_params"]
+
+
+def check_shapes(restored, target, workdir):
+    """CheckpointError naming the first parameter whose saved shape is not the one the config's
+    network has (config.json edited after training: a flax shape traceback otherwise)."""
+    saved = jax.tree_util.tree_flatten_with_path(restored)[0]
+    wanted = jax.tree_util.tree_leaves(target)
+    for (path, leaf), want in zip(saved, wanted):
+        if tuple(leaf.shape) != tuple(want.shape):
+            name = "/".join(str(getattr(k, "key", k)) for k in path)
+            raise CheckpointError(
+                f"the checkpoint in {workdir}/checkpoints does not fit the network of "
+                f"{workdir}/config.json (parameter {name}: saved {tuple(leaf.shape)}, the config "
+                f"gives {tuple(want.shape)}): data.resolution, data.channels or a model field "
+                "was changed after training; restore it"
+            )

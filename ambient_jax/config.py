@@ -277,7 +277,13 @@ def load_config(workdir):
         )
     # Fields added to the base after the run was made read as their defaults, which reproduce
     # the behaviour the run was trained with.
-    return complete(_tuples(files.read_json(path)))
+    config = complete(_tuples(files.read_json(path)))
+    try:  # a hand-edited file gets the command line's checks
+        check_types(config)
+        check_config(config)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {err}") from None
+    return config
 
 
 def noise_keyed_by_source(workdir):
@@ -343,6 +349,35 @@ def _flatten(tree, prefix=""):
         else:
             out[name] = value
     return out
+
+
+def check_types(config):
+    """ValueError naming the first field whose value is not of its default's type (an int where a
+    float is expected is fine; the command line converts its strings, a saved file does not)."""
+
+    def walk(given, default, prefix):
+        for key, value in default.items():
+            field = f"{prefix}{key}"
+            if key not in given:
+                continue
+            got = given[key]
+            if isinstance(value, dict):
+                if isinstance(got, dict):
+                    walk(got, value, field + ".")
+                continue
+            want = type(value)
+            ok = (
+                value is None
+                or isinstance(got, want)
+                and not (want is int and isinstance(got, bool))
+                or (want is float and isinstance(got, int) and not isinstance(got, bool))
+                or (want is tuple and isinstance(got, (tuple, list)))
+            )
+            if not ok:
+                raise ValueError(f"config field {field}: expected {want.__name__}, got {got!r}")
+
+    given = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    walk(given, base_config().to_dict(), "")
 
 
 def _tuples(tree):

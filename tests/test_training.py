@@ -237,6 +237,32 @@ def test_training_on_every_image_tells_what_needs_held_out_images(tmp_path):
     assert "| samples / held-out images in FD-pixel | 12 / 5 |" in report, report
 
 
+def test_a_hand_edited_config_json_gets_the_command_lines_checks(tmp_path):
+    """Before: sample.sampler="bogus" printed "error: bogus"; eval.carlini_k=-3 was clamped to 1
+    and every extraction rate read 0%; data.resolution=28 died in a flax shape traceback. Now each
+    program checks the config it loads as the command line is checked: one line naming the field
+    (the parameter whose shape no longer fits, for a changed network)."""
+    wd = str(tmp_path / "run")
+    assert cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2").returncode == 0
+    path = os.path.join(wd, "config.json")
+    saved = open(path).read()
+
+    def edited(section, name, value, program="sample"):
+        config = json.loads(saved)
+        config[section][name] = value
+        with open(path, "w") as f:
+            json.dump(config, f)
+        return error_line(cli(program, f"--workdir={wd}"))
+
+    assert "sample.sampler: must be one of" in edited("sample", "sampler", "bogus")
+    for program in ("sample", "eval", "diagnose"):
+        line = edited("eval", "carlini_k", -3, program)
+        assert "config.json: config field eval.carlini_k: must be >= 1" in line, line
+    assert "train.batch_size: expected int, got 'x'" in edited("train", "batch_size", "x")
+    line = edited("data", "resolution", 28)
+    assert "does not fit the network" in line and "saved (256, 64)" in line, line
+
+
 def test_a_diverged_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     workdir = str(tmp_path / "run")
     good = train.train(tiny_config(**{"train.num_steps": 2}), workdir, log=lambda _: None)
