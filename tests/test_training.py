@@ -263,6 +263,38 @@ def test_a_hand_edited_config_json_gets_the_command_lines_checks(tmp_path):
     assert "does not fit the network" in line and "saved (256, 64)" in line, line
 
 
+def test_messages_name_what_is_wrong(tmp_path):
+    """Before: a missing work dir blamed --out (never given); a PNG or text file given as samples
+    showed numpy's allow_pickle hint; ambient-convert and ambient-sweep began "log what to ...";
+    Ctrl-C ended with "done:" though the run was unfinished."""
+    import signal
+
+    line = error_line(cli("sample", f"--workdir={tmp_path / 'nowhere'}"))
+    assert "--out" not in line and "is not a training work dir" in line, line
+    wd = str(tmp_path / "run")
+    assert cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2").returncode == 0
+    for name, data in (("grid.png", b"\x89PNG\r\n\x1a\n...."), ("notes.txt", b"hello")):
+        (tmp_path / name).write_bytes(data)
+        line = error_line(cli("eval", f"--workdir={wd}", f"--samples={tmp_path / name}"))
+        assert "is not an .npz archive" in line and "pickle" not in line, line
+    for program, flag in (("convert", "--heads=6"), ("sweep", "--root=x")):
+        line = error_line(cli(program, "bogus", flag))
+        assert line.startswith("error: name the") and "log what" not in line, line
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    code = "from ambient_jax.programs.train_main import run; run()"
+    args = [f"--workdir={wd}", *TINY, "--config.train.num_steps=100000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    for out in proc.stdout:  # under way past the resumed step
+        if out.startswith("step 6/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0 and "done:" not in out, out
+    assert "stopped at step" in out and "of 100000" in out and "run the same command" in out, out
+
+
 def test_a_diverged_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     workdir = str(tmp_path / "run")
     good = train.train(tiny_config(**{"train.num_steps": 2}), workdir, log=lambda _: None)
@@ -657,7 +689,7 @@ def test_damaged_run_files_and_bad_sample_requests_are_named(tmp_path):
     assert cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=2").returncode == 0
     # a corrupt samples file: garbage bytes, and an .npz without the samples array
     (tmp_path / "garbage.npz").write_bytes(b"not an npz at all")
-    assert "garbage.npz is not a readable .npz" in error_line(
+    assert "garbage.npz is not an .npz archive" in error_line(
         cli("eval", f"--workdir={wd}", f"--samples={tmp_path}/garbage.npz")
     )
     np.savez(str(tmp_path / "nokey.npz"), images=np.zeros((4, 16, 16, 1), np.uint8))

@@ -36,6 +36,11 @@ def load_samples(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
     """uint8 [N, H, W, C] from an .npz under key "samples"; one clear error for anything else."""
     if not files.exists(path):
         raise FileNotFoundError(f"samples file {path} does not exist: run ambient-sample first")
+    if files.read_bytes(path)[:4] != b"PK\x03\x04":  # every .npz is a zip archive
+        raise ValueError(
+            f"samples file {path} is not an .npz archive: pass the .npz that ambient-sample "
+            "writes (a 'samples' array, uint8 [N, H, W, C]), not its .png grid or another file"
+        )
     try:
         data = files.load_npz(path)
         keys = sorted(data)

@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) != 2 or argv[1] not in ("inception", "dinov2"):
         raise ValueError(
-            "log what to convert: ambient-convert inception [--source=FILE] | "
+            "name the weights to convert: ambient-convert inception [--source=FILE] | "
             "ambient-convert dinov2 --source=FILE.pth|.safetensors --heads=N"
         )
     if argv[1] == "inception":

@@ -11,6 +11,7 @@ import time
 from absl import flags
 
 from ambient_jax import checkpoint, files, generate, plots
+from ambient_jax import config as config_lib
 from ambient_jax.programs.common import clean_errors, log, run_program
 
 flags.DEFINE_string("workdir", None, "a training work dir", required=True)
@@ -24,6 +25,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
 
+    if not files.exists(os.path.join(FLAGS.workdir, "config.json")):
+        config_lib.load_config(FLAGS.workdir)  # the error that names the work dir
     out = FLAGS.out or os.path.join(FLAGS.workdir, "samples.npz")
     folder = os.path.dirname(out) or "."
     if not files.exists(folder):  # before minutes of sampling, not after

@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 @clean_errors
 def main(argv):
     if len(argv) != 2 or argv[1] not in ("run", "commands", "report"):
-        raise ValueError("log what to do: ambient-sweep run | commands | report --root=DIR ...")
+        raise ValueError("name the command: ambient-sweep run | commands | report --root=DIR ...")
     if argv[1] == "report":
         log(sweep.report(FLAGS.root, FLAGS.quality, FLAGS.memorization))
         log(f"wrote {FLAGS.root}/table.md and {FLAGS.root}/pareto.png")

@@ -57,14 +57,20 @@ def main(argv):
             "give --workdir=DIR, the folder of the run (it is created, or resumed when it exists)"
         )
 
-    train.train(
+    state = train.train(
         FLAGS.config,
         FLAGS.workdir,
         allow_config_change=FLAGS.allow_config_change,
         log=log,
         restart=FLAGS.restart,
     )
-    log(f"done: {FLAGS.workdir}")
+    step, total = int(state.step), int(FLAGS.config.train.num_steps)
+    if step < total:  # stopped by SIGTERM or Ctrl-C: saved, not finished
+        log(
+            f"stopped at step {step} of {total}: {FLAGS.workdir} (run the same command to continue)"
+        )
+    else:
+        log(f"done: {FLAGS.workdir}")
 
 
 def run():
