@@ -31,6 +31,15 @@ RESUMABLE_CHANGES = (
 )
 
 
+INTERVALS = (
+    "train.log_every",
+    "train.sample_every",
+    "train.checkpoint_every",
+    "train.keep_every",
+    "train.track_every",
+)
+
+
 def base_config():
     c = ml_collections.ConfigDict()
 
@@ -111,6 +120,10 @@ def base_config():
     c.ema.halflife_kimg = 500.0
     c.ema.rampup_ratio = 0.05  # half-life <= rampup_ratio * images seen (EDM)
 
+    # Intervals (INTERVALS) count steps; 0 turns the periodic action off. Whatever the interval,
+    # the last step logs, draws a sample grid and saves a checkpoint (so does a SIGTERM or
+    # Ctrl-C); tracking happens only at its interval. Limits (optim.grad_clip, loss.rescale_cap)
+    # are off at 0 too.
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 128
     c.train.num_steps = 2000
@@ -224,9 +237,6 @@ def check_config(config):
     for field in (
         "train.batch_size",
         "train.num_steps",
-        "train.log_every",
-        "train.sample_every",
-        "train.checkpoint_every",
         "sample.num_steps",
         "sample.batch_size",
         "sample.num_samples",
@@ -244,7 +254,11 @@ def check_config(config):
         "eval.thresholds",
         "must lie between 0 and 1",
     )
-    need(int(config.train.track_every) >= 0, "train.track_every", "must be >= 0 (0 = off)")
+    # One convention for every interval: a step count, 0 = the periodic action off (the log line,
+    # the sample grid and the checkpoint still come at the last step; see INTERVALS).
+    for field in INTERVALS:
+        section, name = field.split(".")
+        need(int(config[section][name]) >= 0, field, "must be >= 0 (0 = off)")
     need(int(config.train.track_samples) >= 0, "train.track_samples", "must be >= 0")
     need(
         len(config.train.track_sigmas) >= 1 and all(s > 0 for s in config.train.track_sigmas),

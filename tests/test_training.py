@@ -295,6 +295,20 @@ def test_messages_name_what_is_wrong(tmp_path):
     assert "stopped at step" in out and "of 100000" in out and "run the same command" in out, out
 
 
+def test_every_interval_at_zero_is_off_and_the_last_step_still_logs_samples_and_saves(tmp_path):
+    """Before: sample_every=0 and checkpoint_every=0 were refused while track_every=0 and
+    keep_every=0 meant off. Now 0 is off for every interval; the last step always logs, draws a
+    grid and saves."""
+    from ambient_jax import config as config_lib
+
+    changes = {f"{f.split('.')[0]}.{f.split('.')[1]}": 0 for f in config_lib.INTERVALS}
+    wd = str(tmp_path / "run")
+    train.train(tiny_config(**changes, **{"train.num_steps": 3}), wd, log=lambda _: None)
+    assert [json.loads(line)["step"] for line in open(os.path.join(wd, "metrics.jsonl"))] == [3]
+    assert os.listdir(os.path.join(wd, "checkpoints")) == ["3"]
+    assert os.listdir(os.path.join(wd, "samples")) == ["grid_0000003.png"]
+
+
 def test_a_diverged_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     workdir = str(tmp_path / "run")
     good = train.train(tiny_config(**{"train.num_steps": 2}), workdir, log=lambda _: None)
@@ -379,7 +393,7 @@ def test_bad_input_gets_one_clear_error(tmp_path):
 @pytest.mark.parametrize(
     "flag, says",
     [
-        ("--config.train.checkpoint_every=0", "train.checkpoint_every"),
+        ("--config.train.checkpoint_every=-1", "train.checkpoint_every: must be >= 0 (0 = off)"),
         ("--config.eval.carlini_k=-1", "eval.carlini_k"),
         ("--config.sample.num_samples=0", "sample.num_samples"),
         # EDM's augmentation needs a network with the augment-label input (the U-Nets)
