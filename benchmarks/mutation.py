@@ -32,6 +32,10 @@ L, P, S, T, M, E, D = (
     "tests/test_eval.py",
     "tests/test_diagnose.py",
 )
+KEYS = (
+    "tests/test_training.py::"
+    "test_each_step_draws_its_batch_noise_and_dropout_by_the_documented_keys"
+)
 XLA_CPU = "ambient_jax/xla_cpu.py"
 XLA_CPU_TESTS = [
     "tests/test_nets.py::test_cpu_flags_join_the_users_xla_flags",
@@ -282,6 +286,28 @@ MUTANTS = [
         "jax.lax.cond(i < num_steps - 1, correct",
         "jax.lax.cond(i < num_steps, correct",
         [S],
+    ),
+    # the step's randomness: each draw by its documented key
+    (
+        "batch_key_ignores_step",
+        TRAIN,
+        "key = jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_BATCH)",
+        "key = jax.random.fold_in(step_root, STEP_BATCH)",
+        [KEYS],
+    ),
+    (
+        "row_keys_ignore_row",
+        TRAIN,
+        "row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)",
+        "row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, 0 * b))(rows)",
+        [KEYS],
+    ),
+    (
+        "dropout_key_is_the_row_key",
+        TRAIN,
+        "for p in (STEP_ROWS, STEP_DROPOUT))",
+        "for p in (STEP_ROWS, STEP_ROWS))",
+        [KEYS],
     ),
     # EMA and learning rate
     (

@@ -309,6 +309,75 @@ def test_every_interval_at_zero_is_off_and_the_last_step_still_logs_samples_and_
     assert os.listdir(os.path.join(wd, "samples")) == ["grid_0000003.png"]
 
 
+def test_each_step_draws_its_batch_noise_and_dropout_by_the_documented_keys(monkeypatch):
+    """Before: a batch key that ignored the step (every step training on the same rows) passed the
+    whole suite. The step's draws, recorded from inside the compiled step, equal their documented
+    keys computed here by hand, with the purposes as literal numbers: step key
+    fold_in(fold_in(key(seed), 1), step); batch positions randint(fold_in(step key, 0)); row b's
+    key (its noise level and noise) fold_in(fold_in(step key, 1), b); dropout fold_in(step key,
+    2). So consecutive steps draw different rows and keys, and a resumed run (a state at step s)
+    draws step s's."""
+    from ambient_jax import losses, nets, parallel
+
+    config = tiny_config(**{"train.seed": 7})
+    drawn = []
+    record = lambda name: lambda *values: drawn.append((name, [np.asarray(v) for v in values]))
+
+    real_body, real_objective = train.make_step_body, losses.make_objective
+
+    def spy_body(*args, **kwargs):
+        body = real_body(*args, **kwargs)
+
+        def spied(state, x0, index, *rest, **kw):
+            jax.debug.callback(record("index"), index)
+            return body(state, x0, index, *rest, **kw)
+
+        return spied
+
+    def spy_objective(*args, **kwargs):
+        objective = real_objective(*args, **kwargs)
+
+        def spied(denoise, x0, index, row_keys, x_tn):
+            jax.debug.callback(record("rows"), jax.random.key_data(row_keys))
+            return objective(denoise, x0, index, row_keys, x_tn)
+
+        return spied
+
+    monkeypatch.setattr(train, "make_step_body", spy_body)
+    monkeypatch.setattr(losses, "make_objective", spy_objective)
+    network = nets.build_network(config, 1)
+
+    class SpyNetwork:  # the network, recording the dropout key it is given
+        def apply(self, params, *args, rngs, **kwargs):
+            jax.debug.callback(record("dropout"), jax.random.key_data(rngs["dropout"]))
+            return network.apply(params, *args, rngs=rngs, **kwargs)
+
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    optimizer, schedule = train.make_optimizer(config.optim, config.train.batch_size)
+    trainer = train.Trainer(config, SpyNetwork(), optimizer, schedule, mesh)
+    images = np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
+    held = trainer.place((images, np.arange(16, dtype=np.int32) + 100))
+    state = trainer.place(train.init_state(config, network, optimizer))
+    batch = config.train.batch_size
+    seen = []
+    for step in range(3):
+        drawn.clear()
+        state, _ = trainer.step(state, held)
+        jax.effects_barrier()
+        got = {name: values for name, values in drawn}
+        step_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(7), 1), step)
+        positions = jax.random.randint(jax.random.fold_in(step_key, 0), (batch,), 0, 16)
+        np.testing.assert_array_equal(got["index"][0], np.asarray(positions) + 100)
+        row_key = jax.random.fold_in(step_key, 1)
+        rows = jax.vmap(lambda b: jax.random.fold_in(row_key, b))(jnp.arange(batch))
+        np.testing.assert_array_equal(got["rows"][0], jax.random.key_data(rows))
+        dropout = jax.random.key_data(jax.random.fold_in(step_key, 2))
+        np.testing.assert_array_equal(got["dropout"][0], dropout)
+        seen.append((tuple(got["index"][0]), got["rows"][0].tobytes(), got["dropout"][0].tobytes()))
+    for a, b in zip(seen, seen[1:]):  # every draw changes from step to step
+        assert a[0] != b[0] and a[1] != b[1] and a[2] != b[2]
+
+
 def test_a_diverged_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     workdir = str(tmp_path / "run")
     good = train.train(tiny_config(**{"train.num_steps": 2}), workdir, log=lambda _: None)
