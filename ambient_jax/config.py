@@ -248,6 +248,39 @@ def check_config(config):
         section, name = field.split(".")
         need(int(config[section][name]) >= 1, field, "must be >= 1")
     need(config.optim.lr > 0, "optim.lr", "must be > 0")
+    # (comparisons written so that NaN fails them)
+    for field, ok, says in (
+        ("ema.halflife_kimg", lambda v: v > 0, "must be > 0"),
+        ("ema.rampup_ratio", lambda v: v >= 0, "must be >= 0 (0 = no ramp-up)"),
+        ("loss.ambient_fraction", lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
+        ("loss.p_mean", lambda v: abs(v) < 1e3, "must be a finite log-sigma"),
+        ("loss.p_std", lambda v: v > 0, "must be > 0"),
+        ("loss.rescale_cap", lambda v: v >= 0, "must be >= 0 (0 = off)"),
+        ("loss.sigma_data", lambda v: v > 0, "must be > 0"),
+        ("loss.sigma_switch", lambda v: v >= 0, "must be >= 0 (0 = sigma_tn)"),
+        ("model.split_sigma", lambda v: v >= 0 or v == -1, "must be 0 (off), -1 or a level > 0"),
+        ("optim.b1", lambda v: 0 <= v < 1, "must lie in [0, 1)"),
+        ("optim.b2", lambda v: 0 <= v < 1, "must lie in [0, 1)"),
+        ("optim.eps", lambda v: v > 0, "must be > 0"),
+        ("optim.grad_clip", lambda v: v >= 0, "must be >= 0 (0 = off)"),
+        ("optim.warmup_kimg", lambda v: v >= 0, "must be >= 0 (0 = off)"),
+        ("optim.weight_decay", lambda v: v >= 0, "must be >= 0"),
+        ("parallel.num_devices", lambda v: v >= 0, "must be >= 0 (0 = every device)"),
+        ("parallel.num_processes", lambda v: v >= 0, "must be >= 0"),
+        ("parallel.process_id", lambda v: v >= 0, "must be >= 0"),
+    ):
+        section, name = field.split(".")
+        if name in config[section]:
+            need(ok(config[section][name]), field, f"{says}, got {config[section][name]}")
+    for name, value in config.model.overrides.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            need(value >= 1, f"model.overrides.{name}", f"must be >= 1, got {value}")
+    dropout = config.model.overrides.get("dropout")
+    need(
+        dropout is None or 0 <= dropout < 1,
+        "model.overrides.dropout",
+        f"must lie in [0, 1), got {dropout}",
+    )
     need(config.data.channels in (1, 3), "data.channels", "must be 1 or 3")
     need(
         all(0 < t < 1 for t in config.eval.thresholds),
@@ -392,6 +425,10 @@ def check_types(config):
 
     given = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     walk(given, base_config().to_dict(), "")
+    kinds = nets.override_fields()  # None-valued placeholders above: their types are here
+    for name, value in given.get("model", {}).get("overrides", {}).items():
+        if value is not None and name in kinds:
+            walk({name: value}, {name: kinds[name]()}, "model.overrides.")
 
 
 def _tuples(tree):

@@ -378,6 +378,76 @@ def test_each_step_draws_its_batch_noise_and_dropout_by_the_documented_keys(monk
         assert a[0] != b[0] and a[1] != b[1] and a[2] != b[2]
 
 
+FUZZ_VALUES = ["zz", -7, 0, 2.5, None, [1, 2], True, float("nan"), -1.0, "", {"a": 1}]
+
+
+def _config_leaves(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _config_leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _fuzz_cases(seed, count):
+    """`count` (field, value) pairs, drawn by `seed` from every field x FUZZ_VALUES."""
+    from ambient_jax import config as config_lib
+
+    fields = [f for f, _ in _config_leaves(config_lib.complete(tiny_config()).to_dict())]
+    rng = np.random.RandomState(seed)
+    return [(fields[i], FUZZ_VALUES[j]) for i, j in zip(
+        rng.randint(len(fields), size=count), rng.randint(len(FUZZ_VALUES), size=count)
+    )]  # fmt: skip
+
+
+def _one_line_or_runs(result):
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    if result.returncode != 0:
+        error_line(result)  # exit 2 and one error line
+
+
+def test_fuzzed_config_fields_end_in_one_line_or_run(tmp_path):
+    """Every field of a saved config.json set to each of FUZZ_VALUES (wrong type, range or shape)
+    is refused with the command line's error naming that field, or accepted; a seeded few of the
+    accepted files and of the values on the command line go through the programs: exit 2 with
+    one line, or a run, never a traceback."""
+    from ambient_jax import config as config_lib
+
+    base = config_lib.complete(tiny_config(**{"train.num_steps": 1})).to_dict()
+    wd = str(tmp_path / "run")
+    assert cli("train", f"--workdir={wd}", *TINY, "--config.train.num_steps=1").returncode == 0
+    path = os.path.join(wd, "config.json")
+    saved, accepted = open(path).read(), []
+    for field, _ in _config_leaves(base):
+        for value in FUZZ_VALUES:
+            config = json.loads(saved)
+            *sections, name = field.split(".")
+            section = config
+            for key in sections:
+                section = section.setdefault(key, {})
+            section[name] = value
+            with open(path, "w") as f:
+                json.dump(config, f)
+            try:
+                config_lib.load_config(wd)
+                accepted.append(config)
+            except ValueError as err:
+                assert f"config field {field}" in str(err) or field in str(err), (field, err)
+    assert len(accepted) < 0.4 * len(list(_config_leaves(base))) * len(FUZZ_VALUES)
+    for i in np.random.RandomState(0).permutation(len(accepted))[:2]:
+        with open(path, "w") as f:
+            json.dump(accepted[i], f)
+        _one_line_or_runs(cli("sample", f"--workdir={wd}", "--num_samples=2"))
+    with open(path, "w") as f:
+        f.write(saved)
+    for k, (field, value) in enumerate(_fuzz_cases(seed=1, count=4)):
+        flag = f"--config.{field}={json.dumps(value) if not isinstance(value, str) else value}"
+        run_dir = str(tmp_path / f"cli{k}")
+        _one_line_or_runs(
+            cli("train", f"--workdir={run_dir}", *TINY, "--config.train.num_steps=1", flag)
+        )
+
+
 def test_a_diverged_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     workdir = str(tmp_path / "run")
     good = train.train(tiny_config(**{"train.num_steps": 2}), workdir, log=lambda _: None)
