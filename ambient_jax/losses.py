@@ -230,6 +230,8 @@ def make_objective(
     sigma_switch: float = 0.0,
     rescale_cap: float = 0.0,
     ambient_fraction: float = 0.0,
+    switch_ratio: float = 1.0,
+    switch_offset: float = 0.0,
 ) -> Callable[..., tuple[jax.Array, dict]]:
     """Build the training objective as a pure function.
 
@@ -241,6 +243,11 @@ def make_objective(
     how the batch is split over devices. `objective="ddpm"` is the plain denoising objective.
     sigma_switch (paper rule; 0 = sigma_tn) is where the ambient branch begins and rescale_cap
     (0 = none) caps the rescaled weight: the bounded-variance variants of the module docstring.
+
+    Per-image sigma_tn (paper rule): objective_fn(..., x_tn, image_sigma_tn [B], image_clean [B])
+    gives each row its image's own level and whether its clean version is at hand; each row's
+    branch boundary is then image_sigma_tn * switch_ratio + switch_offset (the group's gate:
+    switch_ratio sqrt(1 + 1 / (s_max - 1)), 1.155 at s_max = 4). See _per_image_rows.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -262,6 +269,11 @@ def make_objective(
         )
     if rescale_cap < 0:
         raise ValueError(f"loss.rescale_cap must be >= 0 (0 = no cap), got {rescale_cap}")
+    if switch_ratio < 1.0 or switch_offset < 0.0:
+        raise ValueError(
+            f"loss.switch_ratio must be >= 1 and loss.switch_offset >= 0, got {switch_ratio} and "
+            f"{switch_offset}"
+        )
     if not 0.0 <= ambient_fraction < 1.0:
         raise ValueError(
             "loss.ambient_fraction must be in [0, 1) (0 = the log-normal decides), got "
@@ -287,6 +299,8 @@ def make_objective(
         sigma_switch=max(float(sigma_switch), sigma_tn),
         rescale_cap=float(rescale_cap),
         ambient_fraction=float(ambient_fraction),
+        switch_ratio=float(switch_ratio),
+        switch_offset=float(switch_offset),
         sigma_tn=sigma_tn,
         weighting=weighting,
         noise_key=noise_key,
@@ -317,6 +331,8 @@ def _paper_rule(
     image_index,
     example_keys,
     x_tn=None,
+    image_sigma_tn=None,
+    image_clean=None,
     *,
     sigma_tn,
     weighting,
@@ -327,9 +343,18 @@ def _paper_rule(
     sigma_switch,
     rescale_cap,
     ambient_fraction,
+    switch_ratio=1.0,
+    switch_offset=0.0,
 ):
     normal, uniform, coin, noise = _row_draws(example_keys, x0.shape[1:], x0.dtype)
     sigma = jnp.exp(p_mean + p_std * normal)
+    if image_sigma_tn is not None:
+        return _per_image_rows(
+            denoise, x0, image_index, x_tn, image_sigma_tn, image_clean, sigma, normal, noise,
+            noise_key=noise_key, weighting=weighting, p_mean=p_mean, p_std=p_std,
+            sigma_data=sigma_data, rescale_cap=rescale_cap, switch_ratio=switch_ratio,
+            switch_offset=switch_offset,
+        )  # fmt: skip
     if sigma_tn == 0.0:
         is_ambient = jnp.zeros(sigma.shape, bool)
         loss = _two_regime_ve(denoise, x0, sigma, 0.0, noise, sigma_data, weighting)
@@ -341,6 +366,47 @@ def _paper_rule(
         is_ambient = sigma >= sigma_switch
     if x_tn is None:
         x_tn = noisy_copy(x0, image_index, sigma_tn, noise_key)
+    target = jnp.where(_expand(is_ambient, x0), x_tn, x0)
+    level = jnp.where(is_ambient, sigma_tn, 0.0)
+    loss = _two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting, rescale_cap)
+    return loss, {"is_ambient": is_ambient, "sigma": sigma}
+
+
+def _per_image_rows(
+    denoise, x0, image_index, x_tn, image_sigma_tn, image_clean, sigma, normal, noise, *, noise_key,
+    weighting, p_mean, p_std, sigma_data, rescale_cap, switch_ratio, switch_offset,
+):  # fmt: skip
+    """Rows that carry their image's own sigma_tn (Daras et al. 2025, Ambient Diffusion Omni).
+
+    image_sigma_tn [B]: the level above which row b's image is usable; image_clean [B]: whether
+    its clean version is at hand. Each row's branch boundary is its own,
+        s_b = image_sigma_tn[b] * switch_ratio + switch_offset   (>= image_sigma_tn[b]).
+      * clean image, sigma_tn 0: plain denoising at every level (a ddpm row);
+      * clean image, sigma_tn > 0: today's ambient row, denoising on x0 below s_b and the ambient
+        loss on its fixed noisy copy x0 + sigma_tn eps_i above it;
+      * corrupted image (image_clean False): the image as given is its noisy observation x_tn; it
+        trains only the levels sigma >= s_b, with the ambient loss on it. Its sigma is drawn from
+        the log-normal conditioned on sigma >= s_b (the same normal draw through the truncated
+        inverse CDF), never weighted 0: at a boundary of 1.2 under ln sigma ~ N(-1.2, 1.2^2), 87%
+        of a corrupted image's rows would otherwise carry no gradient. So each level above s_b
+        keeps the minimiser of the clean objective (D = E[x0 | x_sigma] for every row drawn
+        there; the lecture's Exercise 1 for the ambient rows), and a corrupted image's rows are
+        spread over its usable levels only, as the group's training loop does.
+    With every image clean at one sigma_tn (switch_ratio 1, switch_offset 0) this is the paper
+    rule's loss exactly, draw for draw.
+    """
+    dtype = x0.dtype
+    sigma_tn = jnp.asarray(image_sigma_tn, dtype)
+    clean = jnp.asarray(image_clean, bool)
+    boundary = jnp.maximum(sigma_tn * switch_ratio + switch_offset, sigma_tn)
+    # a corrupted row at a level it cannot train: the same draw, conditioned above its boundary
+    redrawn = _truncated_log_normal(normal, True, jnp.maximum(boundary, 1e-6), p_mean, p_std)
+    sigma = jnp.where(clean, sigma, redrawn)
+    noisy = sigma_tn > 0
+    is_ambient = noisy & (~clean | (sigma >= boundary))
+    if x_tn is None:  # a clean image's fixed noisy copy at its own level
+        x_tn = x0 + _expand(sigma_tn, x0) * fixed_noise(noise_key, image_index, x0.shape[1:], dtype)
+    x_tn = jnp.where(_expand(clean, x0), x_tn, x0)  # a corrupted image is its own observation
     target = jnp.where(_expand(is_ambient, x0), x_tn, x0)
     level = jnp.where(is_ambient, sigma_tn, 0.0)
     loss = _two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting, rescale_cap)

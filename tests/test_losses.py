@@ -361,3 +361,108 @@ def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(
 def test_bad_objective_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         losses.make_objective(**kwargs)
+
+
+# ----------------------------------------------------------------------------- per-image sigma_tn
+
+
+@pytest.mark.parametrize("weighting", losses.WEIGHTINGS)
+@pytest.mark.parametrize("offset", [0.0, 0.3])
+def test_per_image_rows_with_one_shared_level_are_todays_loss(key, weighting, offset):
+    """Every image clean at one sigma_tn, its boundary sigma_tn + offset: the per-image rows are
+    the paper rule with sigma_switch = sigma_tn + offset, draw for draw."""
+    b, sigma_tn = 256, 0.5
+    x0 = jax.random.normal(key, (b, *IMAGE))
+    index, keys = jnp.arange(b) * 3 + 1, jax.random.split(jax.random.key(9), b)
+    denoise = nonlinear_denoiser(jax.random.key(11), IMAGE)
+    common = dict(sigma_tn=sigma_tn, weighting=weighting, noise_key=jax.random.key(10))
+    today = losses.make_objective("ambient", sigma_switch=sigma_tn + offset, **common)
+    per_image = losses.make_objective("ambient", switch_offset=offset, **common)
+    loss, aux = today(denoise, x0, index, keys)
+    levels, clean = jnp.full((b,), sigma_tn), jnp.ones((b,), bool)
+    loss_pi, aux_pi = per_image(denoise, x0, index, keys, None, levels, clean)
+    np.testing.assert_array_equal(loss, loss_pi)
+    np.testing.assert_array_equal(aux["is_ambient"], aux_pi["is_ambient"])
+    assert 0.05 < float(jnp.mean(aux["is_ambient"])) < 0.6
+
+
+def test_a_corrupted_image_trains_only_above_its_level_on_itself(key):
+    """Rows of corrupted images (no clean version) are all ambient, at sigma >= their own
+    boundary, with the image as given as the noisy observation; clean rows at level 0 are plain
+    denoising."""
+    b = 512
+    x0 = jax.random.normal(key, (b, *IMAGE))
+    index, keys = jnp.arange(b), jax.random.split(jax.random.key(20), b)
+    levels = jnp.asarray(np.random.RandomState(0).choice([0.0, 0.4, 1.5], b), jnp.float32)
+    clean = levels == 0
+    denoise = nonlinear_denoiser(jax.random.key(21), IMAGE)
+    objective = losses.make_objective(
+        "ambient", sigma_tn=1.0, noise_key=jax.random.key(22), switch_ratio=1.155,
+        switch_offset=0.05, weighting="rescaled",
+    )  # fmt: skip
+    loss, aux = objective(denoise, x0, index, keys, None, levels, clean)
+    sigma, amb = np.asarray(aux["sigma"]), np.asarray(aux["is_ambient"])
+    boundary = np.asarray(levels) * 1.155 + 0.05
+    assert np.all(amb[~clean]) and not np.any(amb[clean])
+    assert np.all(sigma[~clean] >= boundary[~clean])
+    # the corrupted rows' sigma: the log-normal conditioned above the boundary (its median there)
+    for level in (0.4, 1.5):
+        rows = np.asarray(levels) == level
+        cut = (np.log(level * 1.155 + 0.05) + 1.2) / 1.2
+        q = 1 - 0.5 * (1 - jax.scipy.stats.norm.cdf(cut))  # the median of the upper tail
+        median = np.exp(-1.2 + 1.2 * float(jax.scipy.stats.norm.ppf(q)))
+        assert abs(np.median(sigma[rows]) / median - 1) < 0.12, (np.median(sigma[rows]), median)
+    _, _, _, noise = losses._row_draws(keys, IMAGE, x0.dtype)
+    expected = jnp.where(
+        jnp.asarray(amb),
+        losses.ambient_loss(denoise, x0, sigma, levels, noise, weighting="rescaled"),
+        losses.denoising_loss(denoise, x0, sigma, noise),
+    )
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sigma0", [0.6, 1.5])
+def test_per_image_objective_recovers_the_clean_denoiser_of_gaussian_data(sigma0):
+    """Gaussian data, std s = 0.5 per pixel: half the images clean, a quarter corrupted by
+    additive noise of sigma_tn 0.3 and a quarter by 0.8 (no clean version). Among denoisers
+    D = c x at sigma0, the per-image objective's loss is least at the clean denoiser's
+    c* = s^2 / (s^2 + sigma0^2), at sigma0 = 0.6 (above 0.3 only) and 1.5 (above both); measured
+    0.4099 against 0.4098 and 0.1006 against 0.1. Ignoring the corruption (every image as if
+    clean) is least at the noisy data's sum Var_i / sum (Var_i + sigma0^2) instead (0.545 and
+    0.162): the test tells the two apart."""
+    s, b, shape = 0.5, 4096, (8, 8, 1)
+    rng = np.random.RandomState(1)
+    levels = np.concatenate([np.zeros(b // 2), np.full(b // 4, 0.3), np.full(b // 4, 0.8)])
+    x0 = s * rng.randn(b, *shape)
+    observed = jnp.asarray(x0 + levels[:, None, None, None] * rng.randn(b, *shape), jnp.float32)
+    levels, clean = jnp.asarray(levels, jnp.float32), jnp.asarray(levels == 0)
+    keys, index = jax.random.split(jax.random.key(30), b), jnp.arange(b)
+    c_clean = s**2 / (s**2 + sigma0**2)
+
+    def best_c(objective, *extra):
+        """argmin over c of the summed loss of the rows drawn at sigma0 (a parabola in c); rows
+        at other levels see the clean denoiser, whose loss does not depend on c."""
+
+        def total(c):
+            def denoise(x, sigma):
+                at = jnp.abs(sigma / sigma0 - 1) < 0.01
+                factor = jnp.where(at, c, s**2 / (s**2 + sigma**2))
+                return jnp.reshape(factor, (-1,) + (1,) * (x.ndim - 1)) * x
+
+            return float(jnp.sum(objective(denoise, observed, index, keys, *extra)[0]))
+
+        l0, l1, l2 = total(0.0), total(0.5), total(1.0)
+        a, b_ = 2 * (l2 - 2 * l1 + l0), (4 * l1 - 3 * l0 - l2)  # L(c) = a c^2 + b c + ...
+        return -b_ / (2 * a)
+
+    narrow = dict(p_mean=float(np.log(sigma0)), p_std=1e-3)
+    per_image = losses.make_objective(
+        "ambient", sigma_tn=1.0, noise_key=jax.random.key(31), weighting="rescaled", **narrow
+    )
+    got = best_c(per_image, None, levels, clean)
+    assert abs(got / c_clean - 1) < 0.04, (got, c_clean)
+    variance = s**2 + np.asarray(levels) ** 2  # ignoring the corruption, every row is at sigma0
+    c_noisy = variance.sum() / (variance + sigma0**2).sum()
+    got_ignoring = best_c(losses.make_objective("ddpm", **narrow))
+    assert abs(got_ignoring / c_noisy - 1) < 0.04, (got_ignoring, c_noisy)
+    assert abs(got_ignoring / c_clean - 1) > 0.2  # the two objectives are told apart
