@@ -1,0 +1,49 @@
+"""The corruption recipe for data of mixed quality: the blur is a normalised Gaussian of the given
+width, the noise has the given std and is the image's own, the corrupted images are chosen
+outside the training subset and leave the held-out images the evaluation needs."""
+
+import numpy as np
+import pytest
+
+from ambient_jax.data import DataError, corrupt
+
+
+def test_blur_of_a_point_is_the_normalised_gaussian_of_that_width():
+    width, size = 1.5, 21
+    image = np.zeros((1, size, size, 1), np.float32)
+    image[0, 10, 10, 0] = 1.0
+    blurred = corrupt.gaussian_blur(image, width)[0, :, :, 0]
+    assert abs(blurred.sum() - 1) < 1e-5  # mass kept
+    offsets = np.arange(size) - 10
+    by_hand = np.exp(-0.5 * (offsets / width) ** 2)
+    by_hand = np.outer(by_hand, by_hand) / np.outer(by_hand, by_hand).sum()
+    np.testing.assert_allclose(blurred, by_hand, atol=2e-4)
+    # its spread is the width: variance of the blurred point along one axis
+    assert abs(np.sqrt((blurred.sum(1) * offsets**2).sum()) - width) < 0.02
+    constant = np.full((2, 8, 8, 1), 0.3, np.float32)  # reflected edges keep a flat image flat
+    np.testing.assert_allclose(corrupt.gaussian_blur(constant, 2.0), constant, atol=1e-6)
+
+
+def test_noise_has_the_level_as_std_and_belongs_to_the_image():
+    images = np.zeros((40, 16, 16, 1), np.float32)
+    indices = np.arange(40) * 7
+    noised = corrupt.corrupt(images, indices, "noise", 0.8, seed=3)
+    assert abs(noised.std() - 0.8) < 0.02 and abs(noised.mean()) < 0.03  # 10,240 draws
+    # the same image gets the same noise whatever else is in the batch
+    again = corrupt.corrupt(images[5:6], indices[5:6], "noise", 0.8, seed=3)
+    np.testing.assert_array_equal(again[0], noised[5])
+    assert not np.array_equal(corrupt.corrupt(images[5:6], indices[5:6], "noise", 0.8, 4), again)
+
+
+def test_corrupted_images_lie_outside_the_subset_and_leave_the_held_out_set():
+    train = np.sort(np.random.RandomState(0).permutation(5000)[:100])
+    chosen = corrupt.choose_corrupted(5000, train, 3900, keep_heldout=1000, seed=1)
+    assert len(chosen) == 3900 and len(np.intersect1d(chosen, train)) == 0
+    assert 5000 - len(train) - len(chosen) == 1000
+    np.testing.assert_array_equal(
+        chosen, corrupt.choose_corrupted(5000, train, 3900, keep_heldout=1000, seed=1)
+    )
+    with pytest.raises(DataError, match="data.corrupt_count = 3901 leaves fewer than 1000"):
+        corrupt.choose_corrupted(5000, train, 3901, keep_heldout=1000, seed=1)
+    with pytest.raises(DataError, match="corrupt_kind must be one of"):
+        corrupt.corrupt(np.zeros((1, 4, 4, 1)), [0], "jpeg", 1.0, 0)
