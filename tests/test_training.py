@@ -128,12 +128,15 @@ def test_resume_is_bit_identical(tmp_path):
         tiny_config(**{"train.num_steps": 4}), str(tmp_path / "b"), log=lambda _: None
     )
     assert int(resumed.step) == 4
+    assert same_weights(straight, resumed)
+
+
+def same_weights(a, b):
+    """Whether two train states hold bit-identical parameters and EMA parameters."""
     same = jax.tree_util.tree_map(
-        lambda a, b: np.array_equal(a, b),
-        (straight.params, straight.ema_params),
-        (resumed.params, resumed.ema_params),
+        lambda x, y: np.array_equal(x, y), (a.params, a.ema_params), (b.params, b.ema_params)
     )
-    assert all(jax.tree_util.tree_leaves(same))
+    return all(jax.tree_util.tree_leaves(same))
 
 
 def _corrupt_checkpoint(workdir, step):
@@ -165,13 +168,7 @@ def test_a_corrupt_latest_checkpoint_is_set_aside_and_saved_again(tmp_path):
     assert manager.latest_step() == 4
     fresh = train.init_state(config, *_model_and_optimizer(config))
     restored = checkpoint.restore_latest(manager, fresh, log=logs.append)
-    assert int(restored.step) == 4
-    same = jax.tree_util.tree_map(
-        lambda a, b: np.array_equal(a, b),
-        (straight.params, straight.ema_params),
-        (restored.params, restored.ema_params),
-    )
-    assert all(jax.tree_util.tree_leaves(same))
+    assert int(restored.step) == 4 and same_weights(straight, restored)
     # the next run resumes from the new step 4: nothing is retrained again
     logs.clear()
     train.train(config, wd, log=logs.append)
