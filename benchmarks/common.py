@@ -79,7 +79,11 @@ def step_flops(jitted, *args):
     'SAME' convolution of an H x W image costs 2 C_in C_out (3H - 2)(3W - 2), not 2 * 9 C_in C_out
     H W (tests/test_benchmarks.py checks both). A loop's body (lax.scan, fori_loop) is counted
     once."""
-    cost = jitted.lower(*args).cost_analysis()
+    return _flops(jitted.lower(*args).cost_analysis())
+
+
+def _flops(cost):
+    """The "flops" entry of an XLA cost analysis (a dict, or a list of one per device)."""
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
@@ -119,9 +123,7 @@ def matmul_flops(fn, *args):
 def compiled_step_flops(compiled):
     """The compiled executable's own FLOP count: the true count on a CPU, too few wherever the
     backend hands convolutions to a library (GPUs). Recorded beside `step_flops` to show which."""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", 0.0)) if cost else 0.0
+    return _flops(compiled.cost_analysis())
 
 
 def compiled_peak_bytes(compiled):
