@@ -11,6 +11,7 @@ import os
 import ml_collections
 
 from ambient_jax import augment, files, losses, nets, sampling
+from ambient_jax.data import corrupt
 
 CONFIG_NAME = "config.json"
 
@@ -63,6 +64,18 @@ def base_config():
     c.data.streaming = (
         False  # read each batch from the source (grain) instead of holding the subset on device
     )
+    # Data of mixed quality (ambient_jax.data.corrupt; Daras et al. 2025, Ambient Diffusion Omni):
+    # corrupt_count other source images, noised (corrupt_level = the noise's std) or blurred
+    # (corrupt_level = the Gaussian's std in pixels), train beside the n_train clean ones, each
+    # only above its own sigma_tn: "known" (the noise's level), "clean" (used as if clean), a
+    # number (one for all) or the file written by ambient-annotate; "unused" keeps them out of
+    # the held-out set without training on them (the clean-only control). 0 = none.
+    c.data.corrupt_count = 0
+    c.data.corrupt_kind = "noise"  # noise | blur
+    c.data.corrupt_level = 0.5
+    c.data.corrupt_seed = 0
+    c.data.corrupt_keep_heldout = 1000  # source images that stay held out for the evaluation
+    c.data.corrupt_sigma_tn = "known"
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "mlp_small"  # see ambient_jax.nets.PRESETS
@@ -100,6 +113,11 @@ def base_config():
     c.loss.ambient_fraction = (
         0.0  # > 0: this share of rows on the ambient branch (0 = the log-normal decides)
     )
+    # Per-image sigma_tn (data.corrupt_count > 0): image i's ambient branch begins at
+    # sigma_tn_i * switch_ratio + switch_offset. The group's gate: switch_ratio = sqrt(1 + 1/(s_max
+    # - 1)) = 1.1547 at s_max = 4 (ambient_jax.losses._per_image_rows).
+    c.loss.switch_ratio = 1.0
+    c.loss.switch_offset = 0.0
     c.loss.p_mean = -1.2
     c.loss.p_std = 1.2
     c.loss.sigma_data = 0.5
@@ -258,6 +276,10 @@ def check_config(config):
         ("loss.rescale_cap", lambda v: v >= 0, "must be >= 0 (0 = off)"),
         ("loss.sigma_data", lambda v: v > 0, "must be > 0"),
         ("loss.sigma_switch", lambda v: v >= 0, "must be >= 0 (0 = sigma_tn)"),
+        ("loss.switch_ratio", lambda v: v >= 1, "must be >= 1 (1 = no gate)"),
+        ("loss.switch_offset", lambda v: v >= 0, "must be >= 0"),
+        ("data.corrupt_count", lambda v: v >= 0, "must be >= 0 (0 = no corrupted images)"),
+        ("data.corrupt_keep_heldout", lambda v: v >= 0, "must be >= 0"),
         ("model.split_sigma", lambda v: v >= 0 or v == -1, "must be 0 (off), -1 or a level > 0"),
         ("optim.b1", lambda v: 0 <= v < 1, "must lie in [0, 1)"),
         ("optim.b2", lambda v: 0 <= v < 1, "must lie in [0, 1)"),
@@ -298,6 +320,25 @@ def check_config(config):
         "train.track_sigmas",
         "must be one or more noise levels > 0",
     )
+    if int(config.data.corrupt_count):
+        need(
+            config.data.corrupt_kind in corrupt.KINDS,
+            "data.corrupt_kind",
+            f"must be one of {corrupt.KINDS}",
+        )
+        need(config.data.corrupt_level > 0, "data.corrupt_level", "must be > 0")
+        says = corrupt.check_sigma_tn_spec(config.data.corrupt_sigma_tn, config.data.corrupt_kind)
+        need(says is None, "data.corrupt_sigma_tn", says)
+        need(
+            not config.data.streaming,
+            "data.corrupt_count",
+            "corrupted images are held on device: needs data.streaming=False",
+        )
+        need(
+            config.loss.branch_rule == "paper",
+            "data.corrupt_count",
+            "per-image sigma_tn belongs to loss.branch_rule=paper",
+        )
     if int(config.train.track_every) and config.data.streaming:
         raise ValueError(
             "config field train.track_every: tracking needs the training images on device "

@@ -42,7 +42,7 @@ from ambient_jax import (
     workdir_lock,
 )
 from ambient_jax import config as config_lib
-from ambient_jax.data import DataError, check_subset_record, load_split, record_subset
+from ambient_jax.data import DataError, check_subset_record, corrupt, load_split, record_subset
 from ambient_jax.data.subset import choose_subset
 from ambient_jax.data.tfds_source import StreamingBatches, open_source
 from ambient_jax.precond import edm_denoiser
@@ -168,16 +168,25 @@ def flip_rows(x0, flip):
     return jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
 
 
-def prepare_rows(config, x0, index, rows, step_key):
+def prepare_rows(config, x0, index, rows, step_key, image_sigma_tn=None, image_clean=None):
     """The rows as the loss sees them: (x0, x_tn or None, the network's conditioning).
 
     Each image's noisy copy is made from the image as stored (keyed by its source index), then
     flips (data.augment_flip) and EDM's augmentation (data.augment_p) act on the image and its
     copy with the same draws: the copy is the image's one noisy observation, augmented as it
     is, and never a fresh noise on an augmented image. The draws come from fold_in(step key,
-    purpose, row of the global batch); the augment labels go to the network."""
+    purpose, row of the global batch); the augment labels go to the network.
+    With per-image sigma_tn (data of mixed quality) a clean image's copy is at its own level and
+    a corrupted image is its own observation (x_tn = x0)."""
     sigma_tn = config_lib.effective_sigma_tn(config)
-    x_tn = losses.noisy_copy(x0, index, sigma_tn, noise_tn_key(config)) if sigma_tn > 0 else None
+    if image_sigma_tn is not None:
+        level = jnp.where(image_clean, image_sigma_tn, 0.0).astype(x0.dtype)
+        noise = losses.fixed_noise(noise_tn_key(config), index, x0.shape[1:], x0.dtype)
+        x_tn = x0 + level[:, None, None, None] * noise
+    elif sigma_tn > 0:
+        x_tn = losses.noisy_copy(x0, index, sigma_tn, noise_tn_key(config))
+    else:
+        x_tn = None
     both = lambda f: (f(x0), None if x_tn is None else f(x_tn))
     if config.data.augment_flip:
         coin = jax.random.bernoulli(
@@ -202,11 +211,12 @@ def prepare_rows(config, x0, index, rows, step_key):
     return out[:n], out[n:], {"augment_labels": labels[:n]}
 
 
-def gather_batch(step_root, step, images, source_indices, batch_size):
-    """The global batch of `step` from the training images held on device: (x0, the images'
-    source indices)."""
-    positions = batch_indices(step_root, step, batch_size, images.shape[0])
-    return images[positions], source_indices[positions]
+def gather_batch(step_root, step, held, batch_size):
+    """The global batch of `step` from the training data held on device: each array of `held`
+    (the images, their source indices and, for data of mixed quality, each image's sigma_tn and
+    clean flag) at the batch's positions."""
+    positions = batch_indices(step_root, step, batch_size, held[0].shape[0])
+    return tuple(a[positions] for a in held)
 
 
 def make_row_loss(config):
@@ -223,6 +233,8 @@ def make_row_loss(config):
         sigma_switch=config.loss.sigma_switch,
         rescale_cap=config.loss.rescale_cap,
         ambient_fraction=config.loss.ambient_fraction,
+        switch_ratio=config.loss.switch_ratio,
+        switch_offset=config.loss.switch_offset,
     )
 
 
@@ -240,14 +252,18 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
     row_loss = make_row_loss(config)
     step_root = step_root_key(config)
 
-    def body(state, x0, index, shard=0, batch_sharding=None):
+    def body(state, x0, index, image_sigma_tn=None, image_clean=None, *, shard=0,
+             batch_sharding=None):  # fmt: skip
         step_key = jax.random.fold_in(step_root, state.step)
         k_rows, k_dropout = (jax.random.fold_in(step_key, p) for p in (STEP_ROWS, STEP_DROPOUT))
         rows = shard * rows_per_shard + jnp.arange(rows_per_shard)  # positions in the global batch
         row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)
         if num_shards > 1:
             k_dropout = jax.random.fold_in(k_dropout, shard)
-        x0, x_tn, conditioning = prepare_rows(config, x0, index, rows, step_key)
+        x0, x_tn, conditioning = prepare_rows(
+            config, x0, index, rows, step_key, image_sigma_tn, image_clean
+        )
+        per_image = () if image_sigma_tn is None else (image_sigma_tn, image_clean)
         if batch_sharding is not None:
             x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
 
@@ -256,7 +272,7 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
                 params, x, c, train=True, rngs={"dropout": k_dropout}, **conditioning
             )
             denoise = edm_denoiser(raw, config.loss.sigma_data)
-            per_row, aux = row_loss(denoise, x0, index, row_keys, x_tn)
+            per_row, aux = row_loss(denoise, x0, index, row_keys, x_tn, *per_image)
             return jnp.mean(per_row), (per_row, aux)
 
         (loss, (per_row, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -316,9 +332,9 @@ class Trainer:
             body = functools.partial(
                 make_step_body(config, model, optimizer, schedule), batch_sharding=sharded
             )
-            # held = (training images, their source indices), replicated on every device
+            # held = (training images, their source indices[, sigma_tn, clean]), replicated
             on_device = lambda state, held: body(
-                state, *gather_batch(step_root, state.step, *held, batch_size)
+                state, *gather_batch(step_root, state.step, held, batch_size)
             )
             compile_ = functools.partial(jax.jit, out_shardings=(repl, repl), donate_argnums=0)
             if config.data.streaming:
@@ -342,11 +358,11 @@ class Trainer:
 
             def per_device(state, held):
                 shard = jax.lax.axis_index(parallel.DATA_AXIS)
-                x0, index = gather_batch(step_root, state.step, *held, batch_size)
+                batch = gather_batch(step_root, state.step, held, batch_size)
                 mine = lambda a: jax.lax.dynamic_slice_in_dim(
                     a, shard * rows_per_device, rows_per_device
                 )
-                return body(state, mine(x0), mine(index), shard)
+                return body(state, *map(mine, batch), shard=shard)
 
             self.step = PmapStep(per_device, mesh)
             if self.steps_per_dispatch > 1:
@@ -480,6 +496,10 @@ class TrainingData:
                 split.train_indices,
                 split.heldout,
             )
+            self.held = (self.images, self.train_indices.astype(np.int32))
+            self.corrupted = None
+            if len(split.corrupted_indices) and config.data.corrupt_sigma_tn != "unused":
+                self.corrupted = self.mixed_quality(config, split)
             want = config_lib.image_shape(config)
             if tuple(self.images.shape[1:]) != want:
                 raise DataError(
@@ -489,7 +509,9 @@ class TrainingData:
                     "data.channels="
                     f"{self.images.shape[-1]} or use a source with {want[-1]}-channel images"
                 )
-            self.num_source_images = len(split.train) + len(split.heldout)
+            self.num_source_images = (
+                len(split.train) + len(split.heldout) + len(split.corrupted_indices)
+            )
             if config.train.track_every and len(self.heldout) < 2:
                 raise DataError(
                     f"config field train.track_every: tracking compares the model on training "
@@ -511,10 +533,32 @@ class TrainingData:
         )
         self.images = None
 
+    def mixed_quality(self, config, split):
+        """Data of mixed quality: the clean images (at the run's sigma_tn, 0 for ddpm) and the
+        corrupted ones (at their annotated sigma_tn) held together, each with its sigma_tn and
+        clean flag; returns what corrupted.json records."""
+        sigma_tn, clean = corrupt.annotation_values(config.data, split.corrupted_indices)
+        n = len(self.images)
+        self.held = (
+            np.concatenate([self.images, split.corrupted]),
+            np.concatenate([self.train_indices, split.corrupted_indices]).astype(np.int32),
+            np.concatenate([np.full(n, config_lib.effective_sigma_tn(config)), sigma_tn]).astype(
+                np.float32
+            ),
+            np.concatenate([np.ones(n, bool), clean]),
+        )
+        return split.corrupted_indices, sigma_tn, clean
+
+    def record(self, workdir, config):
+        """subset.json (the clean training images) and, with corrupted ones, corrupted.json."""
+        record_subset(workdir, config.data, self.train_indices, self.num_source_images)
+        if self.corrupted is not None:
+            corrupt.record_corrupted(workdir, config.data, *self.corrupted)
+
     def place(self, trainer):
         """Put the images on the step's devices, or open the stream of batches."""
         if self.images is not None:
-            self.on_device = trainer.place((self.images, self.train_indices.astype(np.int32)))
+            self.on_device = trainer.place(self.held)
             return
 
         root, batch, n = (
@@ -778,7 +822,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
             files.makedirs(os.path.join(workdir, "samples"))
             if not config_to_record:
                 config_lib.save_config(workdir, config)
-            record_subset(workdir, config.data, training.train_indices, training.num_source_images)
+            training.record(workdir, config)
         training.place(trainer)
         manager = checkpoint.make_manager(workdir, config.train.keep_every)
         state = restore_or_init(config, workdir, model, optimizer, mesh, manager, lead, log)

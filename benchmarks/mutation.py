@@ -400,8 +400,8 @@ MUTANTS = [
     (
         "noise_keyed_by_subset_position",
         TRAIN,
-        "return images[positions], source_indices[positions]",
-        "return images[positions], positions",
+        "return tuple(a[positions] for a in held)",
+        "return (held[0][positions], positions, *(a[positions] for a in held[2:]))",
         [M, f"{T}::test_noisy_copies_belong_to_the_image"],
     ),
     # memorization criteria and FID

@@ -47,3 +47,67 @@ def test_corrupted_images_lie_outside_the_subset_and_leave_the_held_out_set():
         corrupt.choose_corrupted(5000, train, 3901, keep_heldout=1000, seed=1)
     with pytest.raises(DataError, match="corrupt_kind must be one of"):
         corrupt.corrupt(np.zeros((1, 4, 4, 1)), [0], "jpeg", 1.0, 0)
+
+
+def mixed_data(**fields):
+    from configs.mnist import get_config
+
+    c = get_config("ddpm").data
+    c.n_train, c.corrupt_count, c.corrupt_keep_heldout = 20, 300, 1000
+    for name, value in fields.items():
+        c[name] = value
+    return c
+
+
+def test_the_split_holds_out_neither_the_clean_nor_the_corrupted_training_images():
+    from ambient_jax.data import load_source, load_split
+
+    data = mixed_data(corrupt_kind="noise", corrupt_level=0.4, corrupt_seed=2)
+    source = load_source(data)
+    split = load_split(data)
+    assert len(split.train) == 20 and len(split.corrupted) == 300
+    assert len(split.heldout) == len(source) - 320
+    assert not np.intersect1d(split.train_indices, split.corrupted_indices).size
+    # each corrupted image is its source image plus its own noise of the level's std
+    noise = (split.corrupted - source[split.corrupted_indices]) / 0.4
+    np.testing.assert_allclose(
+        noise, corrupt.image_noise(2, split.corrupted_indices, (16, 16, 1)), atol=1e-5
+    )
+    # the held-out images are exactly the source's others
+    others = np.setdiff1d(
+        np.arange(len(source)), np.r_[split.train_indices, split.corrupted_indices]
+    )
+    np.testing.assert_array_equal(split.heldout, source[others])
+    # without corrupted images the split is as before
+    plain = load_split(mixed_data(corrupt_count=0))
+    assert len(plain.heldout) == len(source) - 20 and len(plain.corrupted) == 0
+
+
+def test_each_annotation_gives_the_corrupted_images_their_sigma_tn(tmp_path):
+    indices = np.array([3, 10, 42])
+    sigma, clean = corrupt.annotation_values(mixed_data(corrupt_level=0.7), indices)
+    np.testing.assert_allclose(sigma, 0.7)  # known: the noise's level
+    assert not clean.any()
+    sigma, clean = corrupt.annotation_values(mixed_data(corrupt_sigma_tn="clean"), indices)
+    assert (sigma == 0).all() and clean.all()  # used as if clean
+    sigma, clean = corrupt.annotation_values(
+        mixed_data(corrupt_kind="blur", corrupt_sigma_tn="1.25"), indices
+    )
+    np.testing.assert_allclose(sigma, 1.25)  # one fixed value
+    assert not clean.any()
+    path = str(tmp_path / "annotation.json")
+    data = mixed_data(corrupt_kind="blur", corrupt_level=1.0, corrupt_sigma_tn=path)
+    corrupt.write_annotation(path, data, indices, [0.4, 0.9, 1.6], how="test")
+    sigma, clean = corrupt.annotation_values(data, indices[::-1])
+    np.testing.assert_allclose(sigma, [1.6, 0.9, 0.4])
+    assert not clean.any()
+    with pytest.raises(DataError, match="no sigma_tn for 1 of the 2 corrupted images"):
+        corrupt.annotation_values(data, np.array([3, 7]))
+    with pytest.raises(DataError, match="do not train"):
+        corrupt.annotation_values(mixed_data(corrupt_sigma_tn="unused"), indices)
+    with pytest.raises(DataError, match="not additive noise"):
+        corrupt.annotation_values(mixed_data(corrupt_kind="blur"), indices)
+    with pytest.raises(DataError, match="does not exist"):
+        corrupt.annotation_values(mixed_data(corrupt_sigma_tn=str(tmp_path / "no.json")), indices)
+    for spec, says in (("0", "must be > 0"), ("sometimes", "must be 'known', 'clean'")):
+        assert says in corrupt.check_sigma_tn_spec(spec, "noise")

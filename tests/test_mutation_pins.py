@@ -129,7 +129,7 @@ def one_step():
     new_state, metrics = jax.jit(
         lambda st, im: body(
             st,
-            *train.gather_batch(train.step_root_key(c), st.step, im, source, c.train.batch_size),
+            *train.gather_batch(train.step_root_key(c), st.step, (im, source), c.train.batch_size),
         )
     )(state, images)
     return c, model, optimizer, state, new_state, jax.device_get(metrics), images

@@ -19,7 +19,23 @@ DRIVER = os.path.join(HERE, "train_driver.py")
 STEPS = 3
 
 
-def run_steps(mode, num_devices, steps=STEPS, changes=None, compiler_options=None, overrides=None):
+# Data of mixed quality: images 0-5 clean at sigma_tn 0, 6-9 clean with their copies at 0.5, 10-15
+# corrupted at their own levels.
+MIXED = (
+    np.array([0.0] * 6 + [0.5] * 4 + [0.3, 0.6, 0.9, 1.2, 1.5, 2.0], np.float32),
+    np.array([True] * 10 + [False] * 6),
+)
+
+
+def run_steps(
+    mode,
+    num_devices,
+    steps=STEPS,
+    changes=None,
+    compiler_options=None,
+    overrides=None,
+    per_image=(),
+):
     config = tiny_config(**(changes or {}))
     if config.model.preset != "mlp_small":  # the tiny MLP's sizes belong to mlp_small only
         for name in config.model.overrides:
@@ -36,6 +52,7 @@ def run_steps(mode, num_devices, steps=STEPS, changes=None, compiler_options=Non
         (
             np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32),
             np.arange(100, 116, dtype=np.int32),
+            *per_image,  # each image's sigma_tn and clean flag
         )
     )
     state = trainer.place(train.init_state(config, model, optimizer))
@@ -67,6 +84,37 @@ def test_same_numbers_on_any_device_count_and_mode(one_device_run, mode, num_dev
     np.testing.assert_allclose(logged, ref_logged, rtol=2e-5, atol=1e-6)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params
+    )
+
+
+@pytest.fixture(scope="module")
+def one_device_mixed_run():
+    return run_steps("jit", 1, per_image=MIXED)
+
+
+@pytest.mark.parametrize("mode, num_devices", [("jit", 8), ("pmap", 8)])
+def test_per_image_sigma_tn_gives_the_same_numbers_on_any_device_count_and_mode(
+    one_device_mixed_run, mode, num_devices
+):
+    logged, params = run_steps(mode, num_devices, per_image=MIXED)
+    ref_logged, ref_params = one_device_mixed_run
+    assert 0 < ref_logged[:, 4].min() and ref_logged[:, 4].max() < 1  # both branches in each batch
+    np.testing.assert_allclose(logged, ref_logged, rtol=2e-5, atol=1e-6)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params
+    )
+
+
+def test_every_image_clean_at_the_runs_sigma_tn_is_todays_step(one_device_run):
+    """Today's objective as the special case of per-image sigma_tn: every image clean at the run's
+    sigma_tn (0.5 in the tiny config) trains the same model, draw for draw."""
+    everyone = (np.full(16, 0.5, np.float32), np.ones(16, bool))
+    logged, params = run_steps("jit", 1, per_image=everyone)
+    np.testing.assert_allclose(logged, one_device_run[0], rtol=1e-6, atol=1e-7)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        params,
+        one_device_run[1],
     )
 
 

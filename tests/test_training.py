@@ -882,7 +882,7 @@ def test_noisy_copies_belong_to_the_image():
     np.testing.assert_array_equal(copies_a, copies_b)
     # the step's gathered rows carry the source indices the copies are keyed by
     root = train.step_root_key(a)
-    x0, index = train.gather_batch(root, 3, jnp.asarray(data_a.images), data_a.train_indices, 8)
+    x0, index = train.gather_batch(root, 3, (jnp.asarray(data_a.images), data_a.train_indices), 8)
     positions = train.batch_indices(root, 3, 8, len(data_a.images))
     np.testing.assert_array_equal(index, data_a.train_indices[np.asarray(positions)])
     other = tiny_config(**{"loss.noise_seed": 1})

@@ -10,11 +10,15 @@ additive noise, so their sigma_tn has to be estimated). The noise of image i is 
 (seed, its source index), so a corrupted image is the same in every run.
 """
 
+import json
+
 import numpy as np
 
+from ambient_jax import files
 from ambient_jax.data.images import DataError
 
 KINDS = ("noise", "blur")
+RECORD_NAME = "corrupted.json"
 
 
 def gaussian_kernel(width):
@@ -71,3 +75,137 @@ def choose_corrupted(num_images, train_indices, count, keep_heldout, seed):
             f"{max(len(others) - keep_heldout, 0)}"
         )
     return np.sort(np.random.RandomState(seed).permutation(others)[:count])
+
+
+def corrupted_subset(data_config, images, train_indices):
+    """(the corrupted images [M, H, W, C], their sorted source indices [M]) of the data config's
+    recipe (data.corrupt_*), from the source's `images`; M = 0 when data.corrupt_count is 0."""
+    count = int(data_config.get("corrupt_count", 0))
+    if not count:
+        return images[:0], np.zeros(0, np.int64)
+    chosen = choose_corrupted(
+        len(images),
+        train_indices,
+        count,
+        int(data_config.corrupt_keep_heldout),
+        int(data_config.corrupt_seed),
+    )
+    kind, level = data_config.corrupt_kind, float(data_config.corrupt_level)
+    return corrupt(images[chosen], chosen, kind, level, int(data_config.corrupt_seed)), chosen
+
+
+def annotation_values(data_config, source_indices):
+    """(sigma_tn [M], clean [M]) of the corrupted images, from data.corrupt_sigma_tn:
+    "known" = the additive noise's level (noise recipe only); "clean" = used as if clean (sigma_tn
+    0, plain denoising at every level); a number = one fixed sigma_tn for every corrupted image;
+    otherwise the path of an annotation file (ambient-annotate) with a value per source index.
+    ("unused": the images are chosen and kept out of the held-out set but do not train: the
+    clean-only control of an experiment, evaluated against the same held-out images.)"""
+    spec = str(data_config.corrupt_sigma_tn).strip()
+    n = len(source_indices)
+    if spec == "unused":
+        raise DataError("data.corrupt_sigma_tn=unused: the corrupted images do not train")
+    if spec == "clean":
+        return np.zeros(n, np.float32), np.ones(n, bool)
+    if spec == "known":
+        if data_config.corrupt_kind != "noise":
+            raise DataError(
+                f"data.corrupt_sigma_tn=known: a {data_config.corrupt_kind} corruption is not "
+                "additive noise, its sigma_tn is not known; give one number (a fixed annotation) "
+                "or the file written by ambient-annotate"
+            )
+        return np.full(n, float(data_config.corrupt_level), np.float32), np.zeros(n, bool)
+    fixed = parse_level(spec)
+    if fixed is not None:
+        return np.full(n, fixed, np.float32), np.zeros(n, bool)
+    by_index = read_annotation(spec)
+    missing = [int(i) for i in source_indices if int(i) not in by_index]
+    if missing:
+        raise DataError(
+            f"{spec} has no sigma_tn for {len(missing)} of the {n} corrupted images (source "
+            f"index {missing[0]} first): it was written for another recipe; run ambient-annotate "
+            "again with this data config"
+        )
+    return np.array([by_index[int(i)] for i in source_indices], np.float32), np.zeros(n, bool)
+
+
+def parse_level(spec):
+    """A number in data.corrupt_sigma_tn (a fixed annotation), else None."""
+    try:
+        return float(spec)
+    except ValueError:
+        return None
+
+
+def check_sigma_tn_spec(spec, kind):
+    """The error message for a data.corrupt_sigma_tn that cannot work, or None."""
+    spec = str(spec).strip()
+    if spec in ("clean", "unused") or (spec == "known" and kind == "noise"):
+        return None
+    if spec == "known":
+        return f"is 'known', which only an additive noise has (data.corrupt_kind={kind!r})"
+    level = parse_level(spec)
+    if level is not None:
+        return None if level > 0 else f"must be > 0 as a fixed annotation, got {level}"
+    if not spec.endswith(".json"):
+        return (
+            f"must be 'known', 'clean', 'unused', a number > 0 or an annotation file (.json) "
+            f"from ambient-annotate, got {spec!r}"
+        )
+    return None
+
+
+def write_annotation(path, data_config, source_indices, sigma_tn, how):
+    """The annotation file: a sigma_tn per corrupted source image, with the recipe it was made
+    for and how the values were chosen."""
+    record = {
+        "recipe": recipe(data_config),
+        "how": how,
+        "sigma_tn": {str(int(i)): round(float(s), 6) for i, s in zip(source_indices, sigma_tn)},
+    }
+    files.write_json_atomic(path, record)
+    return record
+
+
+def read_annotation(path):
+    if not files.exists(path):
+        raise DataError(
+            f"data.corrupt_sigma_tn: the annotation file {path} does not exist; write it with "
+            "ambient-annotate or give 'known', 'clean' or a number"
+        )
+    try:
+        return {int(i): float(s) for i, s in files.read_json(path)["sigma_tn"].items()}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise DataError(
+            f"{path} is not an annotation file of ambient-annotate ({error}); write it again"
+        ) from None
+
+
+def recipe(data_config):
+    return {
+        name: data_config[name]
+        for name in (
+            "source",
+            "n_train",
+            "subset_seed",
+            "corrupt_kind",
+            "corrupt_level",
+            "corrupt_count",
+            "corrupt_seed",
+            "corrupt_keep_heldout",
+        )
+    }
+
+
+def record_corrupted(workdir, data_config, source_indices, sigma_tn, clean):
+    """`corrupted.json` in the work dir, beside subset.json: which source images trained as
+    corrupted, with what sigma_tn."""
+    record = {
+        "recipe": recipe(data_config),
+        "sigma_tn_from": str(data_config.corrupt_sigma_tn),
+        "source_indices": [int(i) for i in source_indices],
+        "sigma_tn": [round(float(s), 6) for s in sigma_tn],
+        "used_as_clean": [bool(c) for c in clean],
+    }
+    files.write_json_atomic(f"{workdir}/{RECORD_NAME}", record)
+    return record

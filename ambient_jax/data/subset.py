@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from ambient_jax import files
+from ambient_jax.data.corrupt import corrupted_subset
 from ambient_jax.data.images import DataError
 from ambient_jax.data.sources import load_source
 
@@ -20,8 +21,11 @@ RECORD_NAME = "subset.json"
 @dataclasses.dataclass(frozen=True)
 class SplitData:
     train: np.ndarray  # [n_train, R, R, C] in [-1, 1]
-    heldout: np.ndarray  # the source's other images
+    heldout: np.ndarray  # the source's other images (neither trained on clean nor corrupted)
     train_indices: np.ndarray  # indices into the source, sorted
+    # data of mixed quality (data.corrupt_*): the corrupted training images and their indices
+    corrupted: np.ndarray | None = None
+    corrupted_indices: np.ndarray | None = None
 
 
 def choose_subset(num_images, n_train, seed):
@@ -36,12 +40,20 @@ def choose_subset(num_images, n_train, seed):
 
 
 def load_split(data_config):
-    """Load the source and split it into the training subset and the held-out images."""
+    """Load the source and split it into the training subset, the corrupted training images of
+    the data config's recipe (none by default) and the held-out images: all the others."""
     images = load_source(data_config)
     indices = choose_subset(len(images), data_config.n_train, data_config.subset_seed)
-    mask = np.zeros(len(images), bool)
-    mask[indices] = True
-    return SplitData(train=images[mask], heldout=images[~mask], train_indices=indices)
+    corrupted, corrupted_indices = corrupted_subset(data_config, images, indices)
+    heldout = np.ones(len(images), bool)
+    heldout[indices] = heldout[corrupted_indices] = False
+    return SplitData(
+        train=images[indices],
+        heldout=images[heldout],
+        train_indices=indices,
+        corrupted=corrupted,
+        corrupted_indices=corrupted_indices,
+    )
 
 
 def record_subset(workdir, data_config, train_indices, num_source_images):
