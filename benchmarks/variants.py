@@ -174,6 +174,49 @@ for _s in (0.3, 0.5, 1.0, 1.5):
     )
 VARIANTS.update(UNET_VARIANTS)
 
+# Data of mixed quality (Ambient Diffusion Omni in miniature): the 100 clean training digits and
+# 3,900 corrupted other digits (1,000 stay held out), noised with std 0.5 or blurred with a
+# Gaussian of std 1 pixel. Clean images train every level by plain denoising (objective ddpm);
+# corrupted ones only above their sigma_tn, behind the group's gate (switch_ratio 1.1547). Every
+# mixed run holds the same 1,000 digits out, the clean-only control too.
+MIXED = ["--config.data.corrupt_count=3900", f"--config.loss.switch_ratio={GATE:.4f}"]
+NOISE = ["--config.data.corrupt_kind=noise", "--config.data.corrupt_level=0.5"]
+BLUR = ["--config.data.corrupt_kind=blur", "--config.data.corrupt_level=1.0"]
+ANNOTATION = "--config.data.corrupt_sigma_tn={root}/annotations/{kind}.json"
+MIXED_VARIANTS = {
+    "mixed_clean_only": (
+        "ddpm",
+        [*MIXED, *NOISE, "--config.data.corrupt_sigma_tn=unused"],
+        "ddpm on the 100 clean digits alone (the corrupted ones held out, untrained)",
+    ),
+    "noise_as_clean": (
+        "ddpm",
+        [*MIXED, *NOISE, "--config.data.corrupt_sigma_tn=clean"],
+        "ddpm on all 4,000, the noised ones as if clean",
+    ),
+    "noise_known": (
+        "ddpm",
+        [*MIXED, *NOISE, "--config.data.corrupt_sigma_tn=known"],
+        "per-image sigma_tn, the noised ones at their known 0.5",
+    ),
+    "noise_classifier": (
+        "ddpm",
+        [*MIXED, *NOISE, ANNOTATION.format(root="{root}", kind="noise")],
+        "per-image sigma_tn, the noised ones annotated by the classifier",
+    ),
+    "blur_as_clean": (
+        "ddpm",
+        [*MIXED, *BLUR, "--config.data.corrupt_sigma_tn=clean"],
+        "ddpm on all 4,000, the blurred ones as if clean",
+    ),
+    "blur_classifier": (
+        "ddpm",
+        [*MIXED, *BLUR, ANNOTATION.format(root="{root}", kind="blur")],
+        "per-image sigma_tn, the blurred ones annotated by the classifier",
+    ),
+}
+VARIANTS.update(MIXED_VARIANTS)
+
 
 def run_variant(root, name, seed, fid_samples, extra):
     objective, overrides, _ = VARIANTS[name]
@@ -191,7 +234,7 @@ def run_variant(root, name, seed, fid_samples, extra):
             "--config.train.log_every=500",
             f"--config.train.seed={seed}",
             *([] if name == "default" else BASE),
-            *overrides,
+            *(o.format(root=root) for o in overrides),
             *extra,
         ],
         ["ambient-sample", f"--workdir={workdir}"],
