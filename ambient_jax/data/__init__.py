@@ -5,7 +5,7 @@ n images is then chosen by a seed (`subset.choose_subset`) and recorded in the w
 the images not chosen are the held-out set that the evaluation compares against.
 """
 
-from ambient_jax.data import corrupt
+from ambient_jax.data import annotate, corrupt
 from ambient_jax.data.images import DataError, to_uint8
 from ambient_jax.data.sources import load_source
 from ambient_jax.data.subset import (
@@ -18,6 +18,7 @@ from ambient_jax.data.subset import (
 
 __all__ = [
     "DataError",
+    "annotate",
     "corrupt",
     "SplitData",
     "check_subset_record",
