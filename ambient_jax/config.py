@@ -76,6 +76,10 @@ def base_config():
     c.data.corrupt_seed = 0
     c.data.corrupt_keep_heldout = 1000  # source images that stay held out for the evaluation
     c.data.corrupt_sigma_tn = "known"
+    # How a batch is drawn: level_first (the group's: each row's noise level from the log-normal,
+    # then an image usable at it, so every level keeps its share) or image_first (an image, then
+    # a level above its boundary: the corrupted images' rows all move to high levels).
+    c.data.corrupt_sampling = "level_first"
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "mlp_small"  # see ambient_jax.nets.PRESETS
@@ -335,9 +339,21 @@ def check_config(config):
             "corrupted images are held on device: needs data.streaming=False",
         )
         need(
+            config.data.corrupt_sampling in ("level_first", "image_first"),
+            "data.corrupt_sampling",
+            "must be 'level_first' or 'image_first'",
+        )
+        need(
             config.loss.branch_rule == "paper",
             "data.corrupt_count",
             "per-image sigma_tn belongs to loss.branch_rule=paper",
+        )
+        need(
+            not config.loss.sigma_switch and not config.loss.ambient_fraction,
+            "data.corrupt_count",
+            "with per-image sigma_tn the ambient branch begins at each image's sigma_tn * "
+            "loss.switch_ratio + loss.switch_offset: set loss.sigma_switch=0 and "
+            "loss.ambient_fraction=0",
         )
     if int(config.train.track_every) and config.data.streaming:
         raise ValueError(

@@ -310,6 +310,14 @@ def make_objective(
     )
 
 
+def row_level_normal(example_keys, dtype=jnp.float32):
+    """The standard normal behind each row's noise level, sigma = exp(p_mean + p_std normal): the
+    first of _row_draws, so a batch can be drawn for its rows' levels (data of mixed quality)."""
+    return jax.vmap(lambda key: jax.random.normal(jax.random.split(key, 4)[0], (), dtype))(
+        example_keys
+    )
+
+
 def _row_draws(example_keys, image_shape, dtype):
     """Per-row standard normal scalar, uniform scalar, coin and image-shaped noise."""
 
@@ -385,13 +393,18 @@ def _per_image_rows(
       * clean image, sigma_tn > 0: today's ambient row, denoising on x0 below s_b and the ambient
         loss on its fixed noisy copy x0 + sigma_tn eps_i above it;
       * corrupted image (image_clean False): the image as given is its noisy observation x_tn; it
-        trains only the levels sigma >= s_b, with the ambient loss on it. Its sigma is drawn from
-        the log-normal conditioned on sigma >= s_b (the same normal draw through the truncated
-        inverse CDF), never weighted 0: at a boundary of 1.2 under ln sigma ~ N(-1.2, 1.2^2), 87%
-        of a corrupted image's rows would otherwise carry no gradient. So each level above s_b
-        keeps the minimiser of the clean objective (D = E[x0 | x_sigma] for every row drawn
-        there; the lecture's Exercise 1 for the ambient rows), and a corrupted image's rows are
-        spread over its usable levels only, as the group's training loop does.
+        trains only the levels sigma >= s_b, with the ambient loss on it. A row drawn below s_b
+        is redrawn from the log-normal conditioned on sigma >= s_b (the same normal draw through
+        the truncated inverse CDF), never weighted 0: at a boundary of 1.2 under ln sigma ~
+        N(-1.2, 1.2^2), 87% of a corrupted image's rows would otherwise carry no gradient. Kept
+        above, redrawn below: either way the row's level is the log-normal conditioned above s_b,
+        so each level above s_b keeps the minimiser of the clean objective (D = E[x0 | x_sigma]
+        for every row drawn there; the lecture's Exercise 1 for the ambient rows).
+    Which levels get how many rows is the batch's business (train.gather_batch): drawn image first,
+    a corrupted image's rows all move above its boundary, so with many corrupted images the low
+    levels see few rows; drawn level first (the group's training loop: a level from the
+    log-normal, then an image among those usable there), every level keeps its log-normal share
+    and only the lowest-boundary fallback of an empty level is ever redrawn here.
     With every image clean at one sigma_tn (switch_ratio 1, switch_offset 0) this is the paper
     rule's loss exactly, draw for draw.
     """
@@ -401,7 +414,7 @@ def _per_image_rows(
     boundary = jnp.maximum(sigma_tn * switch_ratio + switch_offset, sigma_tn)
     # a corrupted row at a level it cannot train: the same draw, conditioned above its boundary
     redrawn = _truncated_log_normal(normal, True, jnp.maximum(boundary, 1e-6), p_mean, p_std)
-    sigma = jnp.where(clean, sigma, redrawn)
+    sigma = jnp.where(clean | (sigma >= boundary), sigma, redrawn)
     noisy = sigma_tn > 0
     is_ambient = noisy & (~clean | (sigma >= boundary))
     if x_tn is None:  # a clean image's fixed noisy copy at its own level

@@ -211,12 +211,38 @@ def prepare_rows(config, x0, index, rows, step_key, image_sigma_tn=None, image_c
     return out[:n], out[n:], {"augment_labels": labels[:n]}
 
 
-def gather_batch(step_root, step, held, batch_size):
+def gather_batch(step_root, step, held, batch_size, row_sigma=None):
     """The global batch of `step` from the training data held on device: each array of `held`
-    (the images, their source indices and, for data of mixed quality, each image's sigma_tn and
-    clean flag) at the batch's positions."""
-    positions = batch_indices(step_root, step, batch_size, held[0].shape[0])
-    return tuple(a[positions] for a in held)
+    (the images, their source indices and, for data of mixed quality, each image's sigma_tn,
+    clean flag and the level it is usable from) at the batch's positions.
+
+    Data of mixed quality drawn level first (row_sigma [batch_size], each row's noise level): the
+    held images are sorted by the level they are usable from (0 for clean ones), so the images
+    usable at sigma are the first k(sigma) of them, and row b takes one of its k uniformly, by
+    the batch key (the group's sampler: a level from the log-normal, then an image usable there).
+    A level below every image's boundary takes the first image (the loss redraws its level).
+    """
+    key = jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_BATCH)
+    if row_sigma is None:
+        positions = batch_indices(step_root, step, batch_size, held[0].shape[0])
+        return tuple(a[positions] for a in held[:4])
+    usable = jnp.maximum(jnp.searchsorted(held[4], row_sigma, side="right"), 1)
+    u = jax.random.uniform(key, (batch_size,))
+    positions = jnp.minimum(jnp.floor(u * usable).astype(jnp.int32), usable - 1)
+    return tuple(a[positions] for a in held[:4])
+
+
+def mixed_quality(config):
+    """Whether the run trains on corrupted images beside its clean ones."""
+    return bool(config.data.corrupt_count) and config.data.corrupt_sigma_tn != "unused"
+
+
+def row_sigmas(config, step_root, step):
+    """Each row's noise level of `step`, the same draw the loss makes from the row's key
+    (losses.row_level_normal): what a batch drawn level first is drawn for."""
+    k_rows = jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_ROWS)
+    keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(jnp.arange(config.train.batch_size))
+    return jnp.exp(config.loss.p_mean + config.loss.p_std * losses.row_level_normal(keys))
 
 
 def make_row_loss(config):
@@ -326,6 +352,12 @@ class Trainer:
                 "(data.streaming=False)"
             )
         batch_size, step_root = config.train.batch_size, step_root_key(config)
+        level_first = mixed_quality(config) and config.data.corrupt_sampling == "level_first"
+
+        def gather(state, held):
+            sigma = row_sigmas(config, step_root, state.step) if level_first else None
+            return gather_batch(step_root, state.step, held, batch_size, sigma)
+
         self.multi_step = None
         if config.parallel.mode == "jit":
             repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -333,9 +365,7 @@ class Trainer:
                 make_step_body(config, model, optimizer, schedule), batch_sharding=sharded
             )
             # held = (training images, their source indices[, sigma_tn, clean]), replicated
-            on_device = lambda state, held: body(
-                state, *gather_batch(step_root, state.step, held, batch_size)
-            )
+            on_device = lambda state, held: body(state, *gather(state, held))
             compile_ = functools.partial(jax.jit, out_shardings=(repl, repl), donate_argnums=0)
             if config.data.streaming:
                 self.step = compile_(body, in_shardings=(repl, sharded, sharded))
@@ -358,7 +388,7 @@ class Trainer:
 
             def per_device(state, held):
                 shard = jax.lax.axis_index(parallel.DATA_AXIS)
-                batch = gather_batch(step_root, state.step, held, batch_size)
+                batch = gather(state, held)
                 mine = lambda a: jax.lax.dynamic_slice_in_dim(
                     a, shard * rows_per_device, rows_per_device
                 )
@@ -498,8 +528,8 @@ class TrainingData:
             )
             self.held = (self.images, self.train_indices.astype(np.int32))
             self.corrupted = None
-            if len(split.corrupted_indices) and config.data.corrupt_sigma_tn != "unused":
-                self.corrupted = self.mixed_quality(config, split)
+            if mixed_quality(config):
+                self.corrupted = self.hold_mixed_quality(config, split)
             want = config_lib.image_shape(config)
             if tuple(self.images.shape[1:]) != want:
                 raise DataError(
@@ -533,19 +563,27 @@ class TrainingData:
         )
         self.images = None
 
-    def mixed_quality(self, config, split):
+    def hold_mixed_quality(self, config, split):
         """Data of mixed quality: the clean images (at the run's sigma_tn, 0 for ddpm) and the
-        corrupted ones (at their annotated sigma_tn) held together, each with its sigma_tn and
-        clean flag; returns what corrupted.json records."""
+        corrupted ones (at their annotated sigma_tn) held together, each with its sigma_tn, clean
+        flag and the level it is usable from (0 when clean, else its branch boundary), sorted by
+        that level (what a batch drawn level first needs); returns what corrupted.json records."""
         sigma_tn, clean = corrupt.annotation_values(config.data, split.corrupted_indices)
         n = len(self.images)
-        self.held = (
-            np.concatenate([self.images, split.corrupted]),
-            np.concatenate([self.train_indices, split.corrupted_indices]).astype(np.int32),
-            np.concatenate([np.full(n, config_lib.effective_sigma_tn(config)), sigma_tn]).astype(
-                np.float32
-            ),
-            np.concatenate([np.ones(n, bool), clean]),
+        all_sigma_tn = np.concatenate([np.full(n, config_lib.effective_sigma_tn(config)), sigma_tn])
+        all_clean = np.concatenate([np.ones(n, bool), clean])
+        boundary = all_sigma_tn * config.loss.switch_ratio + config.loss.switch_offset
+        usable_from = np.where(all_clean, 0.0, boundary).astype(np.float32)
+        order = np.argsort(usable_from, kind="stable")
+        self.held = tuple(
+            a[order]
+            for a in (
+                np.concatenate([self.images, split.corrupted]),
+                np.concatenate([self.train_indices, split.corrupted_indices]).astype(np.int32),
+                all_sigma_tn.astype(np.float32),
+                all_clean,
+                usable_from,
+            )
         )
         return split.corrupted_indices, sigma_tn, clean
 

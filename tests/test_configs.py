@@ -79,6 +79,18 @@ def test_paper_configs_equal_their_recorded_dicts():
         assert now["data"].pop("augment_pipe") == "edm" and now["loss"].pop("noise_seed") == 0
         assert now["data"]["augment_flip"] is False and expected["data"]["augment_flip"] is True
         now["data"]["augment_flip"] = True
+        # Added since: data of mixed quality, off (no corrupted images, no per-image gate).
+        assert now["data"].pop("corrupt_count") == 0, key
+        for field in (
+            "corrupt_kind",
+            "corrupt_level",
+            "corrupt_seed",
+            "corrupt_keep_heldout",
+            "corrupt_sigma_tn",
+            "corrupt_sampling",
+        ):
+            now["data"].pop(field)
+        assert now["loss"].pop("switch_ratio") == 1.0 and now["loss"].pop("switch_offset") == 0.0
         assert now == expected, key
 
 

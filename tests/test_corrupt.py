@@ -111,3 +111,28 @@ def test_each_annotation_gives_the_corrupted_images_their_sigma_tn(tmp_path):
         corrupt.annotation_values(mixed_data(corrupt_sigma_tn=str(tmp_path / "no.json")), indices)
     for spec, says in (("0", "must be > 0"), ("sometimes", "must be 'known', 'clean'")):
         assert says in corrupt.check_sigma_tn_spec(spec, "noise")
+
+
+@pytest.mark.parametrize(
+    "changes, says",
+    [
+        ({"data.corrupt_kind": "jpeg"}, "data.corrupt_kind: must be one of"),
+        ({"data.corrupt_level": 0.0}, "data.corrupt_level: must be > 0"),
+        ({"data.corrupt_kind": "blur"}, "data.corrupt_sigma_tn: is 'known'"),
+        ({"data.corrupt_sampling": "row_first"}, "data.corrupt_sampling: must be"),
+        ({"loss.sigma_switch": 2.0}, "set loss.sigma_switch=0"),
+        ({"loss.branch_rule": "lecture"}, "belongs to loss.branch_rule=paper"),
+        ({"data.streaming": True}, "needs data.streaming=False"),
+    ],
+)
+def test_mixed_quality_settings_that_cannot_work_are_named(changes, says):
+    from ambient_jax import config as config_lib
+    from configs.mnist import get_config
+
+    c = get_config("ddpm")
+    c.data.corrupt_count = 10
+    for field, value in changes.items():
+        section, name = field.split(".")
+        c[section][name] = value
+    with pytest.raises(ValueError, match=says):
+        config_lib.check_config(c)

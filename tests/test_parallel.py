@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_training import tiny_config
@@ -20,11 +21,13 @@ STEPS = 3
 
 
 # Data of mixed quality: images 0-5 clean at sigma_tn 0, 6-9 clean with their copies at 0.5, 10-15
-# corrupted at their own levels.
+# corrupted at their own levels; the level each is usable from (sorted, as the trainer holds them).
 MIXED = (
     np.array([0.0] * 6 + [0.5] * 4 + [0.3, 0.6, 0.9, 1.2, 1.5, 2.0], np.float32),
     np.array([True] * 10 + [False] * 6),
+    np.array([0.0] * 10 + [0.3, 0.6, 0.9, 1.2, 1.5, 2.0], np.float32),
 )
+LEVEL_FIRST = {"data.corrupt_count": 6}  # a batch drawn for its rows' levels (the default)
 
 
 def run_steps(
@@ -89,20 +92,36 @@ def test_same_numbers_on_any_device_count_and_mode(one_device_run, mode, num_dev
 
 @pytest.fixture(scope="module")
 def one_device_mixed_run():
-    return run_steps("jit", 1, per_image=MIXED)
+    return run_steps("jit", 1, per_image=MIXED, changes=LEVEL_FIRST)
 
 
 @pytest.mark.parametrize("mode, num_devices", [("jit", 8), ("pmap", 8)])
 def test_per_image_sigma_tn_gives_the_same_numbers_on_any_device_count_and_mode(
     one_device_mixed_run, mode, num_devices
 ):
-    logged, params = run_steps(mode, num_devices, per_image=MIXED)
+    logged, params = run_steps(mode, num_devices, per_image=MIXED, changes=LEVEL_FIRST)
     ref_logged, ref_params = one_device_mixed_run
-    assert 0 < ref_logged[:, 4].min() and ref_logged[:, 4].max() < 1  # both branches in each batch
+    assert 0 < ref_logged[:, 4].max() and ref_logged[:, 4].min() < 1  # both branches appear
     np.testing.assert_allclose(logged, ref_logged, rtol=2e-5, atol=1e-6)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params
     )
+
+
+def test_a_batch_drawn_level_first_takes_each_row_from_the_images_usable_at_its_level():
+    """Each row's image is one of those usable at the row's level (clean ones always, a corrupted
+    one from its boundary up), uniformly; a level below every boundary takes the first image."""
+    n, rows = 16, 8192
+    held = (np.arange(n), np.arange(n), *MIXED)
+    sigma = np.exp(np.random.RandomState(0).uniform(np.log(0.05), np.log(5.0), rows))
+    got = train.gather_batch(jax.random.key(3), 7, held, rows, jnp.asarray(sigma, jnp.float32))
+    position, usable_from = np.asarray(got[0]), MIXED[2]
+    assert np.all(usable_from[position] <= sigma)
+    for lo, hi, k in ((0.05, 0.3, 10), (0.6, 0.9, 12), (2.0, 5.0, 16)):
+        at = (sigma >= lo) & (sigma < hi)
+        counts = np.bincount(position[at], minlength=n)
+        assert counts[k:].sum() == 0 and counts[:k].min() > 0.7 * at.sum() / k, counts
+    assert len(got) == 4  # images, source indices, sigma_tn, clean: what the step takes
 
 
 def test_every_image_clean_at_the_runs_sigma_tn_is_todays_step(one_device_run):
