@@ -199,6 +199,16 @@ MIXED_VARIANTS = {
         [*MIXED, *NOISE, "--config.data.corrupt_sigma_tn=known"],
         "per-image sigma_tn, the noised ones at their known 0.5",
     ),
+    "noise_known_image_first": (
+        "ddpm",
+        [
+            *MIXED,
+            *NOISE,
+            "--config.data.corrupt_sigma_tn=known",
+            "--config.data.corrupt_sampling=image_first",
+        ],
+        "per-image sigma_tn, known 0.5, batches drawn image first (a level above the image's)",
+    ),
     "noise_classifier": (
         "ddpm",
         [*MIXED, *NOISE, ANNOTATION.format(root="{root}", kind="noise")],

@@ -28,6 +28,13 @@ def test_the_level_is_the_lowest_from_which_the_curve_stays_within_epsilon():
     np.testing.assert_allclose(
         annotate.lowest_confused_level(p, grid, epsilon=0.05, window=3), [1.6, 0.8, 0.1, 1.6]
     )
+    # measured against what clean images get at each level where that is above 1/2 (0.7 at 0.8,
+    # 0.6 at 1.6): row 0's 0.7 at 0.8 is then within 0.05, so it is confused from 0.4 on
+    clean = np.array([0.0, 0.1, 0.3, 0.7, 0.6])
+    np.testing.assert_array_equal(
+        annotate.lowest_confused_level(p, grid, 0.05, 1, np.maximum(0.5, clean)),
+        [0.4, 0.4, 0.1, 1.6],
+    )
 
 
 def test_the_classifier_annotates_stronger_noise_higher():

@@ -8,7 +8,8 @@ image's noisy versions look like a clean image's, as far as the classifier can s
 is what sigma_tn means: the ambient loss may use the image above it. For each corrupted image,
 p(sigma) is measured on a log-spaced grid of levels (the mean over `trials` noise draws, smoothed
 over `window` neighbouring levels) and its sigma_tn is the lowest level from which p stays at or
-below 1/2 + epsilon.
+below 1/2 + epsilon (or the clean images' own mean + epsilon, at levels where a slightly biased
+classifier gives clean images more than 1/2).
 
 Where this follows the group's code (ambient-omni, pixel-diffusion/annotate.py and
 training/training_loop.py): a classifier trained on the clean and the corrupted images, 4 noise
@@ -162,16 +163,18 @@ def corrupted_probability(params, images, recipe: Recipe = Recipe(), batch_size=
     return np.concatenate(out)
 
 
-def lowest_confused_level(p, grid, epsilon=0.05, window=3):
+def lowest_confused_level(p, grid, epsilon=0.05, window=3, reference=0.5):
     """sigma_tn per row of p [M, L] over the levels `grid` [L]: the lowest level from which the
-    moving average (over `window` levels, edges shrunk) of p stays <= 1/2 + epsilon; the top
-    level when it never does."""
+    moving average (over `window` levels, edges shrunk) of p stays <= reference + epsilon; the
+    top level when it never does. reference: 1/2, or per level [L] what clean images get there
+    (a classifier a little biased at high noise gives clean and corrupted images alike 0.55, which
+    is not telling them apart)."""
     p = np.asarray(p, np.float64)
     half = window // 2
     smooth = np.stack(
         [p[:, max(0, j - half) : j + half + 1].mean(axis=1) for j in range(p.shape[1])], axis=1
     )
-    confused = smooth <= 0.5 + epsilon
+    confused = smooth <= np.asarray(reference, np.float64) + epsilon
     # the first level l such that every level from l up is confused
     stays = np.flip(np.cumprod(np.flip(confused, axis=1), axis=1), axis=1).astype(bool)
     first = np.where(stays.any(axis=1), np.argmax(stays, axis=1), len(grid) - 1)
@@ -186,7 +189,9 @@ def annotate(clean, corrupted, recipe: Recipe = Recipe(), log=print):
     p = corrupted_probability(params, corrupted, recipe)
     p_clean = corrupted_probability(params, clean, recipe).mean(axis=0)
     grid = levels(recipe)
-    sigma_tn = lowest_confused_level(p, grid, recipe.epsilon, recipe.window)
+    # "cannot tell": within epsilon of 1/2, or of the clean images' own mean where that is higher
+    reference = np.maximum(0.5, p_clean)
+    sigma_tn = lowest_confused_level(p, grid, recipe.epsilon, recipe.window, reference)
     log(f"annotated {len(corrupted)} images in {time.perf_counter() - start:.0f} s")
     summary = {
         "recipe": dataclasses.asdict(recipe),
