@@ -219,6 +219,11 @@ MIXED_VARIANTS = {
         [*MIXED, *BLUR, "--config.data.corrupt_sigma_tn=clean"],
         "ddpm on all 4,000, the blurred ones as if clean",
     ),
+    "blur_fixed": (
+        "ddpm",
+        [*MIXED, *BLUR, "--config.data.corrupt_sigma_tn=2.0"],
+        "per-image sigma_tn, every blurred one at a fixed 2.0",
+    ),
     "blur_classifier": (
         "ddpm",
         [*MIXED, *BLUR, ANNOTATION.format(root="{root}", kind="blur")],
