@@ -394,8 +394,8 @@ def _per_image_rows(
         loss on its fixed noisy copy x0 + sigma_tn eps_i above it;
       * corrupted image (image_clean False): the image as given is its noisy observation x_tn; it
         trains only the levels sigma >= s_b, with the ambient loss on it. A row drawn below s_b
-        is redrawn from the log-normal conditioned on sigma >= s_b (the same normal draw through
-        the truncated inverse CDF), never weighted 0: at a boundary of 1.2 under ln sigma ~
+        is redrawn from the log-normal conditioned on sigma >= s_b (_redraw_above, from the same
+        normal draw), never weighted 0: at a boundary of 1.2 under ln sigma ~
         N(-1.2, 1.2^2), 87% of a corrupted image's rows would otherwise carry no gradient. Kept
         above, redrawn below: either way the row's level is the log-normal conditioned above s_b,
         so each level above s_b keeps the minimiser of the clean objective (D = E[x0 | x_sigma]
@@ -412,8 +412,8 @@ def _per_image_rows(
     sigma_tn = jnp.asarray(image_sigma_tn, dtype)
     clean = jnp.asarray(image_clean, bool)
     boundary = jnp.maximum(sigma_tn * switch_ratio + switch_offset, sigma_tn)
-    # a corrupted row at a level it cannot train: the same draw, conditioned above its boundary
-    redrawn = _truncated_log_normal(normal, True, jnp.maximum(boundary, 1e-6), p_mean, p_std)
+    # a corrupted row at a level it cannot train: redrawn above its boundary
+    redrawn = _redraw_above(normal, jnp.maximum(boundary, 1e-6), p_mean, p_std)
     sigma = jnp.where(clean | (sigma >= boundary), sigma, redrawn)
     noisy = sigma_tn > 0
     is_ambient = noisy & (~clean | (sigma >= boundary))
@@ -424,6 +424,19 @@ def _per_image_rows(
     level = jnp.where(is_ambient, sigma_tn, 0.0)
     loss = _two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting, rescale_cap)
     return loss, {"is_ambient": is_ambient, "sigma": sigma}
+
+
+def _redraw_above(normal, boundary, p_mean, p_std):
+    """For a row whose level exp(p_mean + p_std normal) fell below `boundary`: a level from the
+    log-normal conditioned above it. Given normal < z_cut, u = Phi(normal) / Phi(z_cut) is
+    uniform on (0, 1), and the level whose upper-tail probability is u Phi(-z_cut) is then
+    distributed as the log-normal above the boundary; so a row kept where it fell above and one
+    redrawn this way share one distribution, the truncated log-normal (and the redraw is the same
+    draw's, no new key)."""
+    z_cut = (jnp.log(boundary) - p_mean) / p_std
+    u = jnp.clip(ndtr(normal) / ndtr(z_cut), 0.0, 1.0)
+    z = -ndtri(jnp.maximum(u * ndtr(-z_cut), 1e-30))
+    return jnp.maximum(jnp.exp(p_mean + p_std * z), boundary * (1 + 1e-5))
 
 
 def _truncated_log_normal(normal, above, boundary, p_mean, p_std):

@@ -404,6 +404,21 @@ MUTANTS = [
         "return (held[0][positions], positions, *(a[positions] for a in held[2:]))",
         [M, f"{T}::test_noisy_copies_belong_to_the_image"],
     ),
+    # data of mixed quality: a corrupted row's redrawn level, a batch drawn for its rows' levels
+    (
+        "per_image_redraw_whole_tail",
+        LOSSES,
+        "redrawn = _redraw_above(normal, jnp.maximum(boundary, 1e-6), p_mean, p_std)",
+        "redrawn = _truncated_log_normal(normal, True, jnp.maximum(boundary, 1e-6), p_mean, p_std)",
+        [f"{L}::test_a_corrupted_image_trains_only_above_its_level_on_itself"],
+    ),
+    (
+        "level_first_ignores_the_level",
+        TRAIN,
+        'usable = jnp.maximum(jnp.searchsorted(held[4], row_sigma, side="right"), 1)',
+        "usable = jnp.full(row_sigma.shape, held[4].shape[0], jnp.int32)",
+        [f"{P}::test_a_batch_drawn_level_first_takes_each_row_from_the_images_usable_at_its_level"],
+    ),
     # memorization criteria and FID
     ("mem_no_centring", MEM, "x = x - x.mean(axis=1, keepdims=True)", "x = x", [E, M]),
     (
