@@ -141,10 +141,14 @@ def step_root_key(config):
     return jax.random.fold_in(root_key(config), KEY_STEP)
 
 
+def batch_key(step_root, step):
+    """The key of `step`'s choice of images."""
+    return jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_BATCH)
+
+
 def batch_indices(step_root, step, batch_size, num_images):
     """Which training images (positions in the subset) make up the global batch of `step`."""
-    key = jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_BATCH)
-    return jax.random.randint(key, (batch_size,), 0, num_images)
+    return jax.random.randint(batch_key(step_root, step), (batch_size,), 0, num_images)
 
 
 def noise_tn_key(config):
@@ -222,13 +226,12 @@ def gather_batch(step_root, step, held, batch_size, row_sigma=None):
     the batch key (the group's sampler: a level from the log-normal, then an image usable there).
     A level below every image's boundary takes the first image (the loss redraws its level).
     """
-    key = jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_BATCH)
     if row_sigma is None:
         positions = batch_indices(step_root, step, batch_size, held[0].shape[0])
-        return tuple(a[positions] for a in held[:4])
-    usable = jnp.maximum(jnp.searchsorted(held[4], row_sigma, side="right"), 1)
-    u = jax.random.uniform(key, (batch_size,))
-    positions = jnp.minimum(jnp.floor(u * usable).astype(jnp.int32), usable - 1)
+    else:
+        usable = jnp.maximum(jnp.searchsorted(held[4], row_sigma, side="right"), 1)
+        u = jax.random.uniform(batch_key(step_root, step), (batch_size,))
+        positions = jnp.minimum(jnp.floor(u * usable).astype(jnp.int32), usable - 1)
     return tuple(a[positions] for a in held[:4])
 
 
