@@ -16,4 +16,7 @@ fi
 "$venv/bin/python" -m ruff format --check --quiet .
 "$venv/bin/python" -m ruff check --quiet .
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
-exec "$venv/bin/python" -m pytest tests "$@"
+# Two test processes (pytest-xdist), a file each at a time: most of the suite's time is XLA
+# compiling, one core per compile, so two processes keep both cores of a small machine busy.
+# AMBIENT_TEST_WORKERS=0 runs in one process.
+exec "$venv/bin/python" -m pytest tests -n "${AMBIENT_TEST_WORKERS:-2}" --dist loadfile "$@"
