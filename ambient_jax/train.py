@@ -841,6 +841,18 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
     check_workdir(config, workdir, allow_config_change or restart, restart)
     training = TrainingData(config)  # bad data fails here, before anything is written
     warn_if_few_heldout(config, training, log if lead else lambda _: None)
+    if training.corrupted is not None and lead:
+        _, sigma_tn, clean = training.corrupted
+        log(
+            f"data of mixed quality: {len(training.images)} clean and {len(sigma_tn)} corrupted "
+            f"images ({config.data.corrupt_kind} {config.data.corrupt_level:g}), the corrupted "
+            + (
+                "used as if clean"
+                if clean.all()
+                else f"at sigma_tn {np.median(sigma_tn):.3g} (median; "
+                f"{config.data.corrupt_sigma_tn}), batches drawn {config.data.corrupt_sampling}"
+            )
+        )
     resuming = not restart and has_checkpoint(workdir)
     # A changed config (--allow_config_change) is recorded once a checkpoint exists under it, so a
     # failed attempt leaves the work dir with the settings that worked.

@@ -72,8 +72,12 @@ def test_ambient_annotate_writes_the_file_a_run_trains_on(tmp_path):
         field, value = flag[len("--config.data.") :].split("=")
         c.data[field] = type(c.data[field])(value)
     c.data.corrupt_sigma_tn = out
-    workdir = str(tmp_path / "run")
-    train.train(c, workdir, log=lambda _: None)
+    workdir, logs = str(tmp_path / "run"), []
+    train.train(c, workdir, log=logs.append)
+    assert (
+        "data of mixed quality: 16 clean and 24 corrupted images (blur 0.8), the corrupted at "
+        f"sigma_tn 1.3 (median; {out}), batches drawn level_first" in logs
+    ), logs
     record = json.load(open(f"{workdir}/corrupted.json"))
     assert record["sigma_tn"] == [1.3] * 24 and not any(record["used_as_clean"])
     written = json.load(open(out))
