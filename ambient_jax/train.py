@@ -522,6 +522,7 @@ class TrainingData:
     def __init__(self, config):
         self.config = config
         self.heldout = None
+        self.corrupted = None  # data of mixed quality: (source indices, sigma_tn, clean flags)
         if not config.data.streaming:
             split = load_split(config.data)
             self.images, self.train_indices, self.heldout = (
@@ -530,7 +531,6 @@ class TrainingData:
                 split.heldout,
             )
             self.held = (self.images, self.train_indices.astype(np.int32))
-            self.corrupted = None
             if mixed_quality(config):
                 self.corrupted = self.hold_mixed_quality(config, split)
             want = config_lib.image_shape(config)

@@ -13,8 +13,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One fresh on-disk compilation cache for this session, inherited by the programs the tests start
 # in subprocesses: a resumed or repeated run of the same configuration then loads its compiled
 # step instead of compiling it again (XLA's compiles are most of those tests' time on 2 cores).
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="ambient-jax-tests-xla-cache-")
-atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+# Test processes started by pytest-xdist inherit the first process's folder
+# (AMBIENT_TEST_XLA_CACHE), so a program compiled in one is loaded in the other; the process that
+# made it removes it.
+_COMPILATION_CACHE = os.environ.get("AMBIENT_TEST_XLA_CACHE")
+if not _COMPILATION_CACHE:
+    _COMPILATION_CACHE = tempfile.mkdtemp(prefix="ambient-jax-tests-xla-cache-")
+    os.environ["AMBIENT_TEST_XLA_CACHE"] = _COMPILATION_CACHE
+    atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
 
 from ambient_jax import xla_cpu  # noqa: E402
