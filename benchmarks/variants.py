@@ -209,6 +209,18 @@ MIXED_VARIANTS = {
         ],
         "per-image sigma_tn, known 0.5, batches drawn image first (a level above the image's)",
     ),
+    "noise_known_local_low": (
+        "ddpm",
+        [
+            *MIXED,
+            *NOISE,
+            "--config.data.corrupt_sigma_tn=known",
+            f"--config.model.split_sigma={0.5 * GATE:.4f}",
+            "--config.model.split_low_preset=local_cnn",
+        ],
+        "per-image sigma_tn, known 0.5; below the noised digits' boundary (0.577) a local CNN "
+        "(9x9 window), the MLP above",
+    ),
     "noise_classifier": (
         "ddpm",
         [*MIXED, *NOISE, ANNOTATION.format(root="{root}", kind="noise")],
