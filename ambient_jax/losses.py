@@ -392,8 +392,9 @@ def _per_image_rows(
       * clean image, sigma_tn 0: plain denoising at every level (a ddpm row);
       * clean image, sigma_tn > 0: today's ambient row, denoising on x0 below s_b and the ambient
         loss on its fixed noisy copy x0 + sigma_tn eps_i above it;
-      * corrupted image (image_clean False): the image as given is its noisy observation x_tn; it
-        trains only the levels sigma >= s_b, with the ambient loss on it. A row drawn below s_b
+      * corrupted image (image_clean False): its noisy observation x_tn (the image as given, or
+        with the fixed noise it lacks added by the trainer) trains only the levels sigma >= s_b,
+        with the ambient loss on it. A row drawn below s_b
         is redrawn from the log-normal conditioned on sigma >= s_b (_redraw_above, from the same
         normal draw), never weighted 0: at a boundary of 1.2 under ln sigma ~
         N(-1.2, 1.2^2), 87% of a corrupted image's rows would otherwise carry no gradient. Kept
@@ -417,9 +418,10 @@ def _per_image_rows(
     sigma = jnp.where(clean | (sigma >= boundary), sigma, redrawn)
     noisy = sigma_tn > 0
     is_ambient = noisy & (~clean | (sigma >= boundary))
-    if x_tn is None:  # a clean image's fixed noisy copy at its own level
-        x_tn = x0 + _expand(sigma_tn, x0) * fixed_noise(noise_key, image_index, x0.shape[1:], dtype)
-    x_tn = jnp.where(_expand(clean, x0), x_tn, x0)  # a corrupted image is its own observation
+    if x_tn is None:  # a clean image's fixed noisy copy at its own level; a corrupted image as
+        # given (the trainer adds the noise it lacks: data.corrupt.annotation_values)
+        level = jnp.where(clean, sigma_tn, 0.0)
+        x_tn = x0 + _expand(level, x0) * fixed_noise(noise_key, image_index, x0.shape[1:], dtype)
     target = jnp.where(_expand(is_ambient, x0), x_tn, x0)
     level = jnp.where(is_ambient, sigma_tn, 0.0)
     loss = _two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting, rescale_cap)

@@ -172,7 +172,9 @@ def flip_rows(x0, flip):
     return jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
 
 
-def prepare_rows(config, x0, index, rows, step_key, image_sigma_tn=None, image_clean=None):
+def prepare_rows(
+    config, x0, index, rows, step_key, image_sigma_tn=None, image_clean=None, copy_noise=None
+):
     """The rows as the loss sees them: (x0, x_tn or None, the network's conditioning).
 
     Each image's noisy copy is made from the image as stored (keyed by its source index), then
@@ -180,13 +182,14 @@ def prepare_rows(config, x0, index, rows, step_key, image_sigma_tn=None, image_c
     copy with the same draws: the copy is the image's one noisy observation, augmented as it
     is, and never a fresh noise on an augmented image. The draws come from fold_in(step key,
     purpose, row of the global batch); the augment labels go to the network.
-    With per-image sigma_tn (data of mixed quality) a clean image's copy is at its own level and
-    a corrupted image is its own observation (x_tn = x0)."""
+    With per-image sigma_tn (data of mixed quality) x_tn = image + copy_noise eps_i: a clean
+    image's copy at its own level, a corrupted image plus the noise it lacks
+    (data.corrupt.annotation_values; without copy_noise, a corrupted image is its own x_tn)."""
     sigma_tn = config_lib.effective_sigma_tn(config)
     if image_sigma_tn is not None:
-        level = jnp.where(image_clean, image_sigma_tn, 0.0).astype(x0.dtype)
+        level = jnp.where(image_clean, image_sigma_tn, 0.0) if copy_noise is None else copy_noise
         noise = losses.fixed_noise(noise_tn_key(config), index, x0.shape[1:], x0.dtype)
-        x_tn = x0 + level[:, None, None, None] * noise
+        x_tn = x0 + level.astype(x0.dtype)[:, None, None, None] * noise
     elif sigma_tn > 0:
         x_tn = losses.noisy_copy(x0, index, sigma_tn, noise_tn_key(config))
     else:
@@ -218,7 +221,8 @@ def prepare_rows(config, x0, index, rows, step_key, image_sigma_tn=None, image_c
 def gather_batch(step_root, step, held, batch_size, row_sigma=None):
     """The global batch of `step` from the training data held on device: each array of `held`
     (the images, their source indices and, for data of mixed quality, each image's sigma_tn,
-    clean flag and the level it is usable from) at the batch's positions.
+    clean flag, the noise that makes its x_tn, and the level it is usable from, which is not
+    returned) at the batch's positions.
 
     Data of mixed quality drawn level first (row_sigma [batch_size], each row's noise level): the
     held images are sorted by the level they are usable from (0 for clean ones), so the images
@@ -229,10 +233,10 @@ def gather_batch(step_root, step, held, batch_size, row_sigma=None):
     if row_sigma is None:
         positions = batch_indices(step_root, step, batch_size, held[0].shape[0])
     else:
-        usable = jnp.maximum(jnp.searchsorted(held[4], row_sigma, side="right"), 1)
+        usable = jnp.maximum(jnp.searchsorted(held[5], row_sigma, side="right"), 1)
         u = jax.random.uniform(batch_key(step_root, step), (batch_size,))
         positions = jnp.minimum(jnp.floor(u * usable).astype(jnp.int32), usable - 1)
-    return tuple(a[positions] for a in held[:4])
+    return tuple(a[positions] for a in held[:5])
 
 
 def mixed_quality(config):
@@ -281,8 +285,8 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
     row_loss = make_row_loss(config)
     step_root = step_root_key(config)
 
-    def body(state, x0, index, image_sigma_tn=None, image_clean=None, *, shard=0,
-             batch_sharding=None):  # fmt: skip
+    def body(state, x0, index, image_sigma_tn=None, image_clean=None, copy_noise=None, *,
+             shard=0, batch_sharding=None):  # fmt: skip
         step_key = jax.random.fold_in(step_root, state.step)
         k_rows, k_dropout = (jax.random.fold_in(step_key, p) for p in (STEP_ROWS, STEP_DROPOUT))
         rows = shard * rows_per_shard + jnp.arange(rows_per_shard)  # positions in the global batch
@@ -290,7 +294,7 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
         if num_shards > 1:
             k_dropout = jax.random.fold_in(k_dropout, shard)
         x0, x_tn, conditioning = prepare_rows(
-            config, x0, index, rows, step_key, image_sigma_tn, image_clean
+            config, x0, index, rows, step_key, image_sigma_tn, image_clean, copy_noise
         )
         per_image = () if image_sigma_tn is None else (image_sigma_tn, image_clean)
         if batch_sharding is not None:
@@ -522,7 +526,8 @@ class TrainingData:
     def __init__(self, config):
         self.config = config
         self.heldout = None
-        self.corrupted = None  # data of mixed quality: (source indices, sigma_tn, clean flags)
+        # data of mixed quality: (source indices, sigma_tn, clean flags, noise added to make x_tn)
+        self.corrupted = None
         if not config.data.streaming:
             split = load_split(config.data)
             self.images, self.train_indices, self.heldout = (
@@ -569,11 +574,14 @@ class TrainingData:
     def hold_mixed_quality(self, config, split):
         """Data of mixed quality: the clean images (at the run's sigma_tn, 0 for ddpm) and the
         corrupted ones (at their annotated sigma_tn) held together, each with its sigma_tn, clean
-        flag and the level it is usable from (0 when clean, else its branch boundary), sorted by
-        that level (what a batch drawn level first needs); returns what corrupted.json records."""
-        sigma_tn, clean = corrupt.annotation_values(config.data, split.corrupted_indices)
-        n = len(self.images)
-        all_sigma_tn = np.concatenate([np.full(n, config_lib.effective_sigma_tn(config)), sigma_tn])
+        flag, the noise that makes its x_tn and the level it is usable from (0 when clean, else
+        its branch boundary), sorted by that level (what a batch drawn level first needs); returns
+        what corrupted.json records."""
+        sigma_tn, clean, copy_noise = corrupt.annotation_values(
+            config.data, split.corrupted_indices
+        )
+        n, run_sigma_tn = len(self.images), config_lib.effective_sigma_tn(config)
+        all_sigma_tn = np.concatenate([np.full(n, run_sigma_tn), sigma_tn])
         all_clean = np.concatenate([np.ones(n, bool), clean])
         boundary = all_sigma_tn * config.loss.switch_ratio + config.loss.switch_offset
         usable_from = np.where(all_clean, 0.0, boundary).astype(np.float32)
@@ -585,10 +593,11 @@ class TrainingData:
                 np.concatenate([self.train_indices, split.corrupted_indices]).astype(np.int32),
                 all_sigma_tn.astype(np.float32),
                 all_clean,
+                np.concatenate([np.full(n, run_sigma_tn), copy_noise]).astype(np.float32),
                 usable_from,
             )
         )
-        return split.corrupted_indices, sigma_tn, clean
+        return split.corrupted_indices, sigma_tn, clean, copy_noise
 
     def record(self, workdir, config):
         """subset.json (the clean training images) and, with corrupted ones, corrupted.json."""
@@ -842,7 +851,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
     training = TrainingData(config)  # bad data fails here, before anything is written
     warn_if_few_heldout(config, training, log if lead else lambda _: None)
     if training.corrupted is not None and lead:
-        _, sigma_tn, clean = training.corrupted
+        _, sigma_tn, clean, _ = training.corrupted
         log(
             f"data of mixed quality: {len(training.images)} clean and {len(sigma_tn)} corrupted "
             f"images ({config.data.corrupt_kind} {config.data.corrupt_level:g}), the corrupted "

@@ -400,8 +400,8 @@ MUTANTS = [
     (
         "noise_keyed_by_subset_position",
         TRAIN,
-        "return tuple(a[positions] for a in held[:4])",
-        "return (held[0][positions], positions, *(a[positions] for a in held[2:4]))",
+        "return tuple(a[positions] for a in held[:5])",
+        "return (held[0][positions], positions, *(a[positions] for a in held[2:5]))",
         [M, f"{T}::test_noisy_copies_belong_to_the_image"],
     ),
     # data of mixed quality: a corrupted row's redrawn level, a batch drawn for its rows' levels
@@ -413,10 +413,17 @@ MUTANTS = [
         [f"{L}::test_a_corrupted_image_trains_only_above_its_level_on_itself"],
     ),
     (
+        "corrupted_x_tn_lacks_its_noise",
+        TRAIN,
+        "level = jnp.where(image_clean, image_sigma_tn, 0.0) if copy_noise is None else copy_noise",
+        "level = jnp.where(image_clean, image_sigma_tn, 0.0)",
+        ["tests/test_corrupt.py::test_a_corrupted_images_x_tn_carries_the_noise_it_lacks"],
+    ),
+    (
         "level_first_ignores_the_level",
         TRAIN,
-        'usable = jnp.maximum(jnp.searchsorted(held[4], row_sigma, side="right"), 1)',
-        "usable = jnp.full(row_sigma.shape, held[4].shape[0], jnp.int32)",
+        'usable = jnp.maximum(jnp.searchsorted(held[5], row_sigma, side="right"), 1)',
+        "usable = jnp.full(row_sigma.shape, held[5].shape[0], jnp.int32)",
         [f"{P}::test_a_batch_drawn_level_first_takes_each_row_from_the_images_usable_at_its_level"],
     ),
     # memorization criteria and FID

@@ -80,6 +80,7 @@ def test_ambient_annotate_writes_the_file_a_run_trains_on(tmp_path):
     ), logs
     record = json.load(open(f"{workdir}/corrupted.json"))
     assert record["sigma_tn"] == [1.3] * 24 and not any(record["used_as_clean"])
+    assert record["noise_added_to_make_x_tn"] == [1.3] * 24  # a blurred image carries none
     written = json.load(open(out))
     assert sorted(map(int, written["sigma_tn"])) == record["source_indices"]
     assert written["recipe"] == record["recipe"]

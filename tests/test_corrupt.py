@@ -85,21 +85,25 @@ def test_the_split_holds_out_neither_the_clean_nor_the_corrupted_training_images
 
 def test_each_annotation_gives_the_corrupted_images_their_sigma_tn(tmp_path):
     indices = np.array([3, 10, 42])
-    sigma, clean = corrupt.annotation_values(mixed_data(corrupt_level=0.7), indices)
-    np.testing.assert_allclose(sigma, 0.7)  # known: the noise's level
-    assert not clean.any()
-    sigma, clean = corrupt.annotation_values(mixed_data(corrupt_sigma_tn="clean"), indices)
-    assert (sigma == 0).all() and clean.all()  # used as if clean
-    sigma, clean = corrupt.annotation_values(
+    # known: the noise's level, and the image already carries it (nothing added to make x_tn)
+    sigma, clean, added = corrupt.annotation_values(mixed_data(corrupt_level=0.7), indices)
+    np.testing.assert_allclose(sigma, 0.7)
+    assert not clean.any() and (added == 0).all()
+    sigma, clean, added = corrupt.annotation_values(mixed_data(corrupt_sigma_tn="clean"), indices)
+    assert (sigma == 0).all() and clean.all() and (added == 0).all()  # used as if clean
+    # a fixed value: a blurred image carries no noise, x_tn = image + sigma_tn eps_i
+    sigma, clean, added = corrupt.annotation_values(
         mixed_data(corrupt_kind="blur", corrupt_sigma_tn="1.25"), indices
     )
-    np.testing.assert_allclose(sigma, 1.25)  # one fixed value
+    np.testing.assert_allclose(sigma, 1.25)
+    np.testing.assert_allclose(added, 1.25)
     assert not clean.any()
     path = str(tmp_path / "annotation.json")
     data = mixed_data(corrupt_kind="blur", corrupt_level=1.0, corrupt_sigma_tn=path)
     corrupt.write_annotation(path, data, indices, [0.4, 0.9, 1.6], how="test")
-    sigma, clean = corrupt.annotation_values(data, indices[::-1])
+    sigma, clean, added = corrupt.annotation_values(data, indices[::-1])
     np.testing.assert_allclose(sigma, [1.6, 0.9, 0.4])
+    np.testing.assert_allclose(added, [1.6, 0.9, 0.4])
     assert not clean.any()
     with pytest.raises(DataError, match="no sigma_tn for 1 of the 2 corrupted images"):
         corrupt.annotation_values(data, np.array([3, 7]))
@@ -136,3 +140,23 @@ def test_mixed_quality_settings_that_cannot_work_are_named(changes, says):
         c[section][name] = value
     with pytest.raises(ValueError, match=says):
         config_lib.check_config(c)
+
+
+def test_a_corrupted_images_x_tn_carries_the_noise_it_lacks():
+    """The step's x_tn: a clean image's copy at the run's level, a noised image as given (it
+    carries its known level), a blurred or annotated one plus sigma_tn of its own fixed noise."""
+    import jax
+    import jax.numpy as jnp
+    from test_training import tiny_config
+
+    from ambient_jax import losses, train
+
+    c = tiny_config()
+    x0 = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (4, 16, 16, 1)), jnp.float32)
+    index, rows = jnp.array([3, 50, 51, 900]), jnp.arange(4)
+    sigma_tn = jnp.array([0.5, 0.7, 1.3, 2.0])
+    clean = jnp.array([True, False, False, False])
+    added = jnp.array([0.5, 0.0, 1.3, 2.0])
+    _, x_tn, _ = train.prepare_rows(c, x0, index, rows, jax.random.key(0), sigma_tn, clean, added)
+    eps = losses.fixed_noise(train.noise_tn_key(c), index, (16, 16, 1))
+    np.testing.assert_allclose(x_tn - x0, added[:, None, None, None] * eps, atol=1e-6)

@@ -21,10 +21,12 @@ STEPS = 3
 
 
 # Data of mixed quality: images 0-5 clean at sigma_tn 0, 6-9 clean with their copies at 0.5, 10-15
-# corrupted at their own levels; the level each is usable from (sorted, as the trainer holds them).
+# corrupted at their own levels (three with the noise they lack added); the level each is usable
+# from (sorted, as the trainer holds them).
 MIXED = (
     np.array([0.0] * 6 + [0.5] * 4 + [0.3, 0.6, 0.9, 1.2, 1.5, 2.0], np.float32),
     np.array([True] * 10 + [False] * 6),
+    np.array([0.0] * 6 + [0.5] * 4 + [0.0, 0.0, 0.0, 1.2, 1.5, 2.0], np.float32),
     np.array([0.0] * 10 + [0.3, 0.6, 0.9, 1.2, 1.5, 2.0], np.float32),
 )
 LEVEL_FIRST = {"data.corrupt_count": 6}  # a batch drawn for its rows' levels (the default)
@@ -115,13 +117,13 @@ def test_a_batch_drawn_level_first_takes_each_row_from_the_images_usable_at_its_
     held = (np.arange(n), np.arange(n), *MIXED)
     sigma = np.exp(np.random.RandomState(0).uniform(np.log(0.05), np.log(5.0), rows))
     got = train.gather_batch(jax.random.key(3), 7, held, rows, jnp.asarray(sigma, jnp.float32))
-    position, usable_from = np.asarray(got[0]), MIXED[2]
+    position, usable_from = np.asarray(got[0]), MIXED[3]
     assert np.all(usable_from[position] <= sigma)
     for lo, hi, k in ((0.05, 0.3, 10), (0.6, 0.9, 12), (2.0, 5.0, 16)):
         at = (sigma >= lo) & (sigma < hi)
         counts = np.bincount(position[at], minlength=n)
         assert counts[k:].sum() == 0 and counts[:k].min() > 0.7 * at.sum() / k, counts
-    assert len(got) == 4  # images, source indices, sigma_tn, clean: what the step takes
+    assert len(got) == 5  # images, source indices, sigma_tn, clean, copy noise: the step's
 
 
 def test_every_image_clean_at_the_runs_sigma_tn_is_todays_step(one_device_run):
