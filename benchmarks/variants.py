@@ -182,65 +182,52 @@ VARIANTS.update(UNET_VARIANTS)
 MIXED = ["--config.data.corrupt_count=3900", f"--config.loss.switch_ratio={GATE:.4f}"]
 NOISE = ["--config.data.corrupt_kind=noise", "--config.data.corrupt_level=0.5"]
 BLUR = ["--config.data.corrupt_kind=blur", "--config.data.corrupt_level=1.0"]
-ANNOTATION = "--config.data.corrupt_sigma_tn={root}/annotations/{kind}.json"
+ANNOTATION = "{root}/annotations/{kind}.json"  # written by ambient-annotate (docs/mixed_quality.md)
+
+
+def _mixed(corruption, sigma_tn, *extra):
+    """A mixed-quality run: ddpm on the clean digits, the corrupted ones at `sigma_tn`."""
+    return "ddpm", [*MIXED, *corruption, f"--config.data.corrupt_sigma_tn={sigma_tn}", *extra]
+
+
+LOCAL_LOW = (
+    f"--config.model.split_sigma={0.5 * GATE:.4f}",
+    "--config.model.split_low_preset=local_cnn",
+)
 MIXED_VARIANTS = {
-    "mixed_clean_only": (
-        "ddpm",
-        [*MIXED, *NOISE, "--config.data.corrupt_sigma_tn=unused"],
-        "ddpm on the 100 clean digits alone (the corrupted ones held out, untrained)",
-    ),
-    "noise_as_clean": (
-        "ddpm",
-        [*MIXED, *NOISE, "--config.data.corrupt_sigma_tn=clean"],
-        "ddpm on all 4,000, the noised ones as if clean",
-    ),
-    "noise_known": (
-        "ddpm",
-        [*MIXED, *NOISE, "--config.data.corrupt_sigma_tn=known"],
-        "per-image sigma_tn, the noised ones at their known 0.5",
-    ),
-    "noise_known_image_first": (
-        "ddpm",
-        [
-            *MIXED,
-            *NOISE,
-            "--config.data.corrupt_sigma_tn=known",
-            "--config.data.corrupt_sampling=image_first",
-        ],
-        "per-image sigma_tn, known 0.5, batches drawn image first (a level above the image's)",
-    ),
-    "noise_known_local_low": (
-        "ddpm",
-        [
-            *MIXED,
-            *NOISE,
-            "--config.data.corrupt_sigma_tn=known",
-            f"--config.model.split_sigma={0.5 * GATE:.4f}",
-            "--config.model.split_low_preset=local_cnn",
-        ],
-        "per-image sigma_tn, known 0.5; below the noised digits' boundary (0.577) a local CNN "
-        "(9x9 window), the MLP above",
-    ),
-    "noise_classifier": (
-        "ddpm",
-        [*MIXED, *NOISE, ANNOTATION.format(root="{root}", kind="noise")],
-        "per-image sigma_tn, the noised ones annotated by the classifier",
-    ),
-    "blur_as_clean": (
-        "ddpm",
-        [*MIXED, *BLUR, "--config.data.corrupt_sigma_tn=clean"],
-        "ddpm on all 4,000, the blurred ones as if clean",
-    ),
-    "blur_fixed": (
-        "ddpm",
-        [*MIXED, *BLUR, "--config.data.corrupt_sigma_tn=2.0"],
-        "per-image sigma_tn, every blurred one at a fixed 2.0",
-    ),
-    "blur_classifier": (
-        "ddpm",
-        [*MIXED, *BLUR, ANNOTATION.format(root="{root}", kind="blur")],
-        "per-image sigma_tn, the blurred ones annotated by the classifier",
-    ),
+    name: (*_mixed(*setting), what)
+    for name, setting, what in (
+        (
+            "mixed_clean_only",
+            (NOISE, "unused"),
+            "ddpm on the 100 clean digits alone (the corrupted ones held out, untrained)",
+        ),
+        ("noise_as_clean", (NOISE, "clean"), "ddpm on all 4,000, the noised ones as if clean"),
+        ("noise_known", (NOISE, "known"), "per-image sigma_tn, the noised ones at their known 0.5"),
+        (
+            "noise_known_image_first",
+            (NOISE, "known", "--config.data.corrupt_sampling=image_first"),
+            "per-image sigma_tn, known 0.5, batches drawn image first (a level above the image's)",
+        ),
+        (
+            "noise_known_local_low",
+            (NOISE, "known", *LOCAL_LOW),
+            "per-image sigma_tn, known 0.5; below the noised digits' boundary (0.577) a local CNN "
+            "(9x9 window), the MLP above",
+        ),
+        (
+            "noise_classifier",
+            (NOISE, ANNOTATION.format(root="{root}", kind="noise")),
+            "per-image sigma_tn, the noised ones annotated by the classifier",
+        ),
+        ("blur_as_clean", (BLUR, "clean"), "ddpm on all 4,000, the blurred ones as if clean"),
+        ("blur_fixed", (BLUR, "2.0"), "per-image sigma_tn, every blurred one at a fixed 2.0"),
+        (
+            "blur_classifier",
+            (BLUR, ANNOTATION.format(root="{root}", kind="blur")),
+            "per-image sigma_tn, the blurred ones annotated by the classifier",
+        ),
+    )
 }
 VARIANTS.update(MIXED_VARIANTS)
 
