@@ -244,11 +244,17 @@ def mixed_quality(config):
     return bool(config.data.corrupt_count) and config.data.corrupt_sigma_tn != "unused"
 
 
+def row_keys(step_root, step, rows):
+    """The keys of `step`'s rows (positions in the global batch): every per-row draw of the loss
+    comes from them."""
+    k_rows = jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_ROWS)
+    return jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)
+
+
 def row_sigmas(config, step_root, step):
     """Each row's noise level of `step`, the same draw the loss makes from the row's key
     (losses.row_level_normal): what a batch drawn level first is drawn for."""
-    k_rows = jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_ROWS)
-    keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(jnp.arange(config.train.batch_size))
+    keys = row_keys(step_root, step, jnp.arange(config.train.batch_size))
     return jnp.exp(config.loss.p_mean + config.loss.p_std * losses.row_level_normal(keys))
 
 
@@ -288,9 +294,9 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
     def body(state, x0, index, image_sigma_tn=None, image_clean=None, copy_noise=None, *,
              shard=0, batch_sharding=None):  # fmt: skip
         step_key = jax.random.fold_in(step_root, state.step)
-        k_rows, k_dropout = (jax.random.fold_in(step_key, p) for p in (STEP_ROWS, STEP_DROPOUT))
+        k_dropout = jax.random.fold_in(step_key, STEP_DROPOUT)
         rows = shard * rows_per_shard + jnp.arange(rows_per_shard)  # positions in the global batch
-        row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)
+        keys = row_keys(step_root, state.step, rows)
         if num_shards > 1:
             k_dropout = jax.random.fold_in(k_dropout, shard)
         x0, x_tn, conditioning = prepare_rows(
@@ -305,7 +311,7 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
                 params, x, c, train=True, rngs={"dropout": k_dropout}, **conditioning
             )
             denoise = edm_denoiser(raw, config.loss.sigma_data)
-            per_row, aux = row_loss(denoise, x0, index, row_keys, x_tn, *per_image)
+            per_row, aux = row_loss(denoise, x0, index, keys, x_tn, *per_image)
             return jnp.mean(per_row), (per_row, aux)
 
         (loss, (per_row, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -371,7 +377,8 @@ class Trainer:
             body = functools.partial(
                 make_step_body(config, model, optimizer, schedule), batch_sharding=sharded
             )
-            # held = (training images, their source indices[, sigma_tn, clean]), replicated
+            # held = (training images, their source indices[, sigma_tn, clean, copy noise,
+            # usable-from level]), replicated
             on_device = lambda state, held: body(state, *gather(state, held))
             compile_ = functools.partial(jax.jit, out_shardings=(repl, repl), donate_argnums=0)
             if config.data.streaming:

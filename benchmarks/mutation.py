@@ -298,15 +298,15 @@ MUTANTS = [
     (
         "row_keys_ignore_row",
         TRAIN,
-        "row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)",
-        "row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, 0 * b))(rows)",
+        "return jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)",
+        "return jax.vmap(lambda b: jax.random.fold_in(k_rows, 0 * b))(rows)",
         [KEYS],
     ),
     (
         "dropout_key_is_the_row_key",
         TRAIN,
-        "for p in (STEP_ROWS, STEP_DROPOUT))",
-        "for p in (STEP_ROWS, STEP_ROWS))",
+        "k_dropout = jax.random.fold_in(step_key, STEP_DROPOUT)",
+        "k_dropout = jax.random.fold_in(step_key, STEP_ROWS)",
         [KEYS],
     ),
     # EMA and learning rate
@@ -344,8 +344,8 @@ MUTANTS = [
     (
         "keys_same_for_every_row",
         TRAIN,
-        "row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)",
-        "row_keys = jax.vmap(lambda b: k_rows)(rows)",
+        "return jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)",
+        "return jax.vmap(lambda b: k_rows)(rows)",
         [M],
     ),
     (
