@@ -20,7 +20,12 @@ checking that both sides give the same output (1e-4).
 import argparse
 import collections
 import math
+import os
 import time
+
+# Both frameworks share one GPU here: JAX must not take 75% of its memory at start (its default),
+# or the peer's first batch-512 step runs out of memory (seen on an H200, 2026-11-30).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import common  # noqa: F401  (puts the repository root on sys.path)
 import jax

@@ -5,6 +5,11 @@
     python benchmarks/variants.py table --root=runs/variants --json=raw.json   # + raw results
     python benchmarks/variants.py run --root=runs/unet --variants=unet_ddpm,unet_edm_0.5 \
         --set=--config.data.n_train=30 --set=--config.train.num_steps=4000
+    # on an accelerator: 12 runs at once, training, sampling and diagnosis only; then evaluate
+    # where the Inception and digit-classifier weights are cached
+    python benchmarks/variants.py run --root=runs/unet32 --variants=unet32_ddpm,unet32_edm_1.5 \
+        --seeds=0,1 --jobs=12 --stages=train,sample,diagnose
+    python benchmarks/variants.py run --root=runs/unet32 --variants=... --stages=eval
 
 Every variant trains configs/mnist.py (100 digits at 16x16, 3,000 steps of batch 128, the
 quickstart's budget) with its own overrides, draws 1,000 samples (seed 1), and is evaluated with
@@ -13,6 +18,7 @@ first 500 against 500 held-out digits) and `ambient-diagnose`. A run already eva
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -174,6 +180,21 @@ for _s in (0.3, 0.5, 1.0, 1.5):
     )
 VARIANTS.update(UNET_VARIANTS)
 
+# The same grid with the four-level U-Net at the digits' own 28x28, padded to 32x32
+# (configs/mnist_unet32.py): local for longer relative to the image than the 16x16 one.
+UNET32_CONFIG = "configs/mnist_unet32.py"
+UNET32_VARIANTS = {
+    "unet32" + name[len("unet") :]: (objective, overrides, what.replace("U-Net", "32x32 U-Net"))
+    for name, (objective, overrides, what) in UNET_VARIANTS.items()
+}
+for _s in (2.0, 3.0):
+    UNET32_VARIANTS[f"unet32_rescaled_{_s:g}"] = (
+        "ambient",
+        ["--config.loss.weighting=rescaled", f"--config.loss.sigma_tn={_s:g}"],
+        f"32x32 U-Net, rescaled weight, sigma_tn {_s:g}",
+    )
+VARIANTS.update(UNET32_VARIANTS)
+
 # Data of mixed quality (Ambient Diffusion Omni in miniature): the 100 clean training digits and
 # 3,900 corrupted other digits (1,000 stay held out), noised with std 0.5 or blurred with a
 # Gaussian of std 1 pixel. Clean images train every level by plain denoising (objective ddpm);
@@ -232,16 +253,29 @@ MIXED_VARIANTS = {
 VARIANTS.update(MIXED_VARIANTS)
 
 
-def run_variant(root, name, seed, fid_samples, extra):
+STAGES = ("train", "sample", "eval", "diagnose")
+# what each stage leaves behind: a stage whose output exists is not run again
+STAGE_OUTPUT = {
+    "train": "metrics.jsonl",
+    "sample": "samples.npz",
+    "eval": os.path.join("eval", "metrics.json"),
+    "diagnose": os.path.join("eval", "diagnose.json"),
+}
+
+
+def run_variant(root, name, seed, fid_samples, extra, stages=STAGES):
+    """Run the given stages of one variant's run; each stage's seconds go to eval/time.json."""
     objective, overrides, _ = VARIANTS[name]
-    config = UNET_CONFIG if name in UNET_VARIANTS else CONFIG
+    config = (
+        UNET_CONFIG
+        if name in UNET_VARIANTS
+        else UNET32_CONFIG
+        if name in UNET32_VARIANTS
+        else CONFIG
+    )
     workdir = os.path.join(root, f"{name}_seed{seed}")
-    if os.path.exists(os.path.join(workdir, "eval", "metrics.json")):
-        print(f"skip {workdir} (evaluated)", flush=True)
-        return
-    start = time.perf_counter()
-    steps = [
-        [
+    commands = {
+        "train": [
             "ambient-train",
             f"--config={config}:{objective}",
             f"--workdir={workdir}",
@@ -251,24 +285,39 @@ def run_variant(root, name, seed, fid_samples, extra):
             *(o.format(root=root) for o in overrides),
             *extra,
         ],
-        ["ambient-sample", f"--workdir={workdir}"],
-        ["ambient-eval", f"--workdir={workdir}", "--fid", f"--fid_samples={fid_samples}"],
-        ["ambient-diagnose", f"--workdir={workdir}"],
-    ]
-    for argv in steps:
+        "sample": ["ambient-sample", f"--workdir={workdir}"],
+        "eval": ["ambient-eval", f"--workdir={workdir}", "--fid", f"--fid_samples={fid_samples}"],
+        "diagnose": ["ambient-diagnose", f"--workdir={workdir}"],
+    }
+    timing = os.path.join(workdir, "eval", "time.json")
+    for stage in stages:
+        # train's output appears as it runs: a cut run resumes from its checkpoint instead
+        done = stage != "train" or os.path.exists(timing)
+        if done and os.path.exists(os.path.join(workdir, STAGE_OUTPUT[stage])):
+            print(f"skip {stage} of {workdir} (done)", flush=True)
+            continue
+        argv = commands[stage]
         print("$ " + " ".join(argv), flush=True)
+        start = time.perf_counter()
         subprocess.run(
             [os.path.join(BIN, argv[0]), *argv[1:]], check=True, stdout=subprocess.DEVNULL
         )
-    with open(os.path.join(workdir, "eval", "time.json"), "w") as f:
-        json.dump({"total_seconds": time.perf_counter() - start}, f)
+        seconds = json.load(open(timing)) if os.path.exists(timing) else {}
+        seconds[f"{stage}_seconds"] = time.perf_counter() - start
+        seconds["total_seconds"] = sum(v for k, v in seconds.items() if k != "total_seconds")
+        os.makedirs(os.path.dirname(timing), exist_ok=True)
+        with open(timing, "w") as f:
+            json.dump(seconds, f)
 
 
 def rows(root):
     """(variant, seed, metrics) of every finished run under root."""
     out = []
     for entry in sorted(os.listdir(root)):
-        if not os.path.exists(os.path.join(root, entry, "eval", "time.json")):  # not finished
+        if not all(  # not finished (the diagnosis is optional)
+            os.path.exists(os.path.join(root, entry, out))
+            for out in (STAGE_OUTPUT["eval"], os.path.join("eval", "time.json"))
+        ):
             continue
         m = json.load(open(os.path.join(root, entry, "eval", "metrics.json")))
         log = open(os.path.join(root, entry, "metrics.jsonl")).read().strip().splitlines()
@@ -376,6 +425,10 @@ def main():
         "--mean", action="store_true", help="table: mean ± std over seeds, a row per variant"
     )
     parser.add_argument("--json", default=None, help="table: also write the raw results here")
+    parser.add_argument("--jobs", type=int, default=1, help="run: runs at once")
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help="run: which of " + ",".join(STAGES)
+    )
     args = parser.parse_args()
     if args.command == "table":
         table(args.root, args.mean, args.json)
@@ -383,9 +436,27 @@ def main():
     for name in args.variants.split(","):
         if name not in VARIANTS:
             sys.exit(f"error: unknown variant {name!r}; known: {', '.join(VARIANTS)}")
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for name in args.variants.split(","):
-            run_variant(args.root, name, seed, args.fid_samples, args.set)
+    stages = [s for s in STAGES if s in args.stages.split(",")]
+    if not stages or set(args.stages.split(",")) - set(STAGES):
+        sys.exit(f"error: --stages takes some of {','.join(STAGES)}, got {args.stages!r}")
+    runs = [
+        (name, int(seed)) for seed in args.seeds.split(",") for name in args.variants.split(",")
+    ]
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = {
+            pool.submit(run_variant, args.root, name, seed, args.fid_samples, args.set, stages): (
+                name,
+                seed,
+            )
+            for name, seed in runs
+        }
+        failed = []
+        for future in concurrent.futures.as_completed(futures):
+            if future.exception() is not None:
+                failed.append(futures[future])
+                print(f"FAILED {futures[future]}: {future.exception()}", flush=True)
+    if failed:
+        sys.exit(f"error: {len(failed)} of {len(runs)} runs failed: {failed}")
 
 
 if __name__ == "__main__":

@@ -83,3 +83,36 @@ def test_ddpmpp_step_counts_122_gflop_per_image_in_the_form_every_backend_runs(m
     monkeypatch.setattr(unet, "EXPLICIT_PADDING_ON_CPU", False)
     step, state, held = _step("ddpmpp_cifar10", 2)
     assert abs(common.step_flops(step, state, held) / lowered - 1) < 1e-3
+
+
+def test_variants_run_only_the_stages_asked_for_that_are_missing(tmp_path, monkeypatch):
+    """benchmarks/variants.py --stages: a stage whose output exists is skipped, the others run in
+    order with each variant's own config, and eval/time.json adds up every stage's seconds."""
+    import json
+
+    import variants
+
+    calls = []
+    monkeypatch.setattr(
+        variants.subprocess,
+        "run",
+        lambda argv, **_: calls.append((os.path.basename(argv[0]), argv)),
+    )
+    trained = tmp_path / "unet32_ddpm_seed0"
+    (trained / "eval").mkdir(parents=True)
+    for name in ("metrics.jsonl", "samples.npz"):
+        (trained / name).write_text("")
+    (trained / "eval" / "time.json").write_text(json.dumps({"train_seconds": 7.0}))
+    variants.run_variant(str(tmp_path), "unet32_ddpm", 0, 500, [], variants.STAGES)
+    assert [name for name, _ in calls] == ["ambient-eval", "ambient-diagnose"]
+    seconds = json.loads((trained / "eval" / "time.json").read_text())
+    assert set(seconds) == {"train_seconds", "eval_seconds", "diagnose_seconds", "total_seconds"}
+    assert seconds["total_seconds"] == pytest.approx(
+        7.0 + seconds["eval_seconds"] + seconds["diagnose_seconds"]
+    )
+
+    calls.clear()  # a new run: train only, with its variant's config and overrides
+    variants.run_variant(str(tmp_path), "unet32_rescaled_2", 1, 500, ["--x=1"], ("train",))
+    [(name, argv)] = calls
+    assert name == "ambient-train" and "--config=configs/mnist_unet32.py:ambient" in argv
+    assert argv[-3:] == ["--config.loss.weighting=rescaled", "--config.loss.sigma_tn=2", "--x=1"]

@@ -46,7 +46,7 @@ def test_paper_configs_carry_the_paper_settings(name, objective, size, n_train):
     assert c.data.source == "tfds" and c.data.resolution == (32 if name == "cifar10" else 64)
 
 
-@pytest.mark.parametrize("name", ["mnist", "mnist_unet", *sorted(PAPER)])
+@pytest.mark.parametrize("name", ["mnist", "mnist_unet", "mnist_unet32", *sorted(PAPER)])
 def test_default_argument_loads(name):
     check_config(load(name))
 
@@ -145,6 +145,21 @@ def test_restated_preset_values_are_not_a_config_change():
     assert config_differences(old, new) == []
     old.model.overrides.width = 512
     assert config_differences(old, new) == ["model.overrides.width"]
+
+
+@pytest.mark.parametrize("objective", ["ddpm", "ambient"])
+def test_mnist_unet32_is_mnist_unet_at_32x32_with_its_four_levels(objective):
+    """configs/mnist_unet32.py changes the resolution and the network, nothing else."""
+    base, unet32 = load("mnist_unet", objective).to_dict(), load("mnist_unet32", objective)
+    unet32 = unet32.to_dict()
+    changed = {
+        (section, field)
+        for section in base
+        for field in base[section]
+        if base[section][field] != unet32[section][field]
+    }
+    assert changed == {("data", "resolution"), ("model", "preset")}
+    assert (unet32["data"]["resolution"], unet32["model"]["preset"]) == (32, "unet_digits32")
 
 
 @pytest.mark.parametrize("objective", ["ddpm", "ambient"])

@@ -384,3 +384,35 @@ def test_unet_digits_preset_size_and_receptive_field_by_level(monkeypatch):
     assert _support(jac["UNetBlock_0"]) == (5, 11, 5, 11)  # plus the block's two 3x3 convs: 7x7
     assert _support(jac["UNetBlock_2"]) == (0, 15, 0, 15)  # level 8x8, pixel (4, 4): all of it
     assert _support(jac["output"]) == (0, 15, 0, 15)
+
+
+def test_unet_digits32_preset_size_and_receptive_field_by_level(monkeypatch):
+    """The 32x32 digits U-Net: 1.77M parameters; a feature at 32x32 sees 3x3 (input conv) and
+    7x7 pixels, one at 16x16 16x16 (after the downsampling block) and 24x24 (after the next), one
+    at 8x8 the whole image."""
+    from ambient_jax.nets import unet
+
+    assert param_count(build_model("unet_digits32", 1), (1, 32, 32, 1)) == 1_770_049
+    monkeypatch.setattr(
+        unet, "group_norm", lambda c, dtype=None: _FrozenStatisticsGroupNorm(min(32, c // 4))
+    )
+    model = build_model("unet_digits32", 1)
+    x = jax.random.normal(jax.random.key(0), (1, 32, 32, 1))
+    c_noise = jnp.zeros((1,))
+    params = jax.jit(model.init)(jax.random.key(1), x, c_noise)
+    params = jax.tree_util.tree_map(lambda p: p + 0.05, params)
+    names = ("Conv_0", "UNetBlock_0", "UNetBlock_1", "UNetBlock_2", "UNetBlock_3")
+
+    @jax.jit
+    @jax.jacrev
+    def centres(v):
+        _, state = model.apply(params, v, c_noise, capture_intermediates=True)
+        features = [state["intermediates"][n]["__call__"][0] for n in names]
+        return jnp.stack([f[0, f.shape[1] // 2, f.shape[2] // 2].sum() for f in features])
+
+    jac = dict(zip(names, centres(x)[:, 0, :, :, 0]))
+    assert _support(jac["Conv_0"]) == (15, 17, 15, 17)  # 3x3 around pixel (16, 16)
+    assert _support(jac["UNetBlock_0"]) == (13, 19, 13, 19)  # 7x7
+    assert _support(jac["UNetBlock_1"]) == (9, 24, 9, 24)  # level 16x16: 16x16 pixels
+    assert _support(jac["UNetBlock_2"]) == (5, 28, 5, 28)  # 24x24
+    assert _support(jac["UNetBlock_3"]) == (0, 31, 0, 31)  # level 8x8: all of it

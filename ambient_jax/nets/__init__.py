@@ -6,6 +6,8 @@ EDM preconditioning (ambient_jax.precond) turns it into a denoiser. Presets:
   tiny            small DDPM++ U-Net for tests and CPU runs (16x16 or 32x32)
   unet_digits     DDPM++ U-Net for the embedded 16x16 digits on a CPU (32 channels, levels 16/8/4,
                   attention at 4x4, about 1.26M parameters; docs/ambient_quality.md, section 6)
+  unet_digits32   the same blocks for the digits at their own 28x28 (padded to 32x32): levels
+                  32/16/8/4, attention at 4x4; local for longer relative to the image
   ddpmpp_cifar10  EDM's DDPM++ for CIFAR-10 32x32 (about 55.7M parameters)
   ncsnpp_cifar10  EDM's NCSN++ for CIFAR-10 32x32 (about 56.4M parameters)
   ncsnpp_ffhq64   the paper's FFHQ-64 NCSN++ (channel_mult [1,2,2,2], dropout 0.05, about 62.8M)
@@ -63,6 +65,17 @@ PRESETS = {
             _DDPMPP,
             model_channels=32,
             channel_mult=(1, 2, 2),
+            num_blocks=1,
+            attn_resolutions=(4,),
+            dropout=0.0,
+        ),
+    ),
+    "unet_digits32": (
+        SongUNet,
+        dict(
+            _DDPMPP,
+            model_channels=32,
+            channel_mult=(1, 2, 2, 2),
             num_blocks=1,
             attn_resolutions=(4,),
             dropout=0.0,
