@@ -215,6 +215,26 @@ def noisy_copy(
     return x0 + sigma_tn * fixed_noise(noise_key, image_index, x0.shape[1:], x0.dtype)
 
 
+# fold_in purpose of the noisy copies' key (the trainer's own keys use 0 and 1 of another root)
+KEY_NOISE_TN = 2
+
+
+def noise_tn_key(loss_config) -> jax.Array:
+    """The key of the fixed noise of S_tn (fixed_noise): loss.noise_seed alone, so an image's
+    noisy copy is the same in every run, train seed and subset (with the image's source index, as
+    the paper's code seeds it by the raw image index)."""
+    return jax.random.fold_in(jax.random.key(loss_config.noise_seed), KEY_NOISE_TN)
+
+
+def noisy_training_copies(loss_config, images, source_indices) -> jax.Array:
+    """S_tn as a run with these loss settings trains on it: x_tn for every training image, keyed
+    by its source index (x0 itself for ddpm, whose sigma_tn is 0)."""
+    images = jnp.asarray(images, jnp.float32)
+    index = jnp.asarray(source_indices, jnp.int32)
+    sigma_tn = effective_sigma_tn(loss_config.objective, loss_config.sigma_tn)
+    return noisy_copy(images, index, sigma_tn, noise_tn_key(loss_config))
+
+
 # ----------------------------------------------------------------------------- batch objective
 
 
@@ -401,9 +421,9 @@ def _per_image_rows(
         above, redrawn below: either way the row's level is the log-normal conditioned above s_b,
         so each level above s_b keeps the minimiser of the clean objective (D = E[x0 | x_sigma]
         for every row drawn there; the lecture's Exercise 1 for the ambient rows).
-    Which levels get how many rows is the batch's business (train.gather_batch): drawn image first,
-    a corrupted image's rows all move above its boundary, so with many corrupted images the low
-    levels see few rows; drawn level first (the group's training loop: a level from the
+    Which levels get how many rows is the batch's business (train_step.gather_batch): drawn image
+    first, a corrupted image's rows all move above its boundary, so with many corrupted images
+    the low levels see few rows; drawn level first (the group's training loop: a level from the
     log-normal, then an image among those usable there), every level keeps its log-normal share
     and only the lowest-boundary fallback of an empty level is ever redrawn here.
     With every image clean at one sigma_tn (switch_ratio 1, switch_offset 0) this is the paper

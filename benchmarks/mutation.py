@@ -3,16 +3,21 @@
     python benchmarks/mutation.py                 # every mutant
     python benchmarks/mutation.py --only=ema_      # mutants whose name starts with a prefix
     python benchmarks/mutation.py --list           # the mutants, without running anything
+    python benchmarks/mutation.py --report=benchmarks/results/mutation.md   # + the verdicts file
 
 Each mutant is one small textual change to one line of the core (a coefficient, a weight, a
 reduction, a key, a threshold) and the test selection that must notice it. The harness copies the
 tracked files of the repository into a scratch folder once, then for each mutant: applies the
-change there, runs its tests (`pytest -x`), restores the file, and prints CAUGHT with the first
-failing test or SURVIVED. The project itself is never modified. Opt-in: not part of
-launch/test.sh (it runs the selections about 60 times: tens of minutes on 2 CPU cores).
+change there, runs the tests that name it first (the `file::test` entries of its selection and
+the test that caught it last time, recorded in benchmarks/results/mutation_catchers.json), and
+its whole selection (`pytest -x`) only if those pass; restores the file, and prints CAUGHT with
+the first failing test or SURVIVED. The project itself is never modified. Opt-in: not part of
+launch/test.sh. `--report` writes the verdicts as a table whose header is counted from its rows.
 """
 
 import argparse
+import datetime
+import json
 import os
 import re
 import shutil
@@ -51,8 +56,9 @@ LOSSES, PRECOND, SCHED, SAMPLING = (
     "ambient_jax/sampling.py",
 )
 AUG, A = "ambient_jax/augment.py", "tests/test_augment.py"
-TRAIN, MEM, FID = (
-    "ambient_jax/train.py",
+TRAIN_STATE, TRAIN_STEP, MEM, FID = (
+    "ambient_jax/train_state.py",
+    "ambient_jax/train_step.py",
     "ambient_jax/eval/memorization.py",
     "ambient_jax/eval/fid.py",
 )
@@ -290,21 +296,21 @@ MUTANTS = [
     # the step's randomness: each draw by its documented key
     (
         "batch_key_ignores_step",
-        TRAIN,
+        TRAIN_STEP,
         "return jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_BATCH)",
         "return jax.random.fold_in(step_root, STEP_BATCH)",
         [KEYS],
     ),
     (
         "row_keys_ignore_row",
-        TRAIN,
+        TRAIN_STEP,
         "return jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)",
         "return jax.vmap(lambda b: jax.random.fold_in(k_rows, 0 * b))(rows)",
         [KEYS],
     ),
     (
         "dropout_key_is_the_row_key",
-        TRAIN,
+        TRAIN_STEP,
         "k_dropout = jax.random.fold_in(step_key, STEP_DROPOUT)",
         "k_dropout = jax.random.fold_in(step_key, STEP_ROWS)",
         [KEYS],
@@ -312,94 +318,100 @@ MUTANTS = [
     # EMA and learning rate
     (
         "ema_decay_inverted",
-        TRAIN,
+        TRAIN_STATE,
         "return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))",
         "return 0.5 ** (jnp.maximum(halflife, 1e-8) / batch_size)",
         [M],
     ),
     (
         "ema_rampup_off_by_one",
-        TRAIN,
+        TRAIN_STATE,
         "(step + 1) * batch_size * ema_config.rampup_ratio",
         "step * batch_size * ema_config.rampup_ratio + 1",
         [M],
     ),
-    ("ema_update_swapped", TRAIN, "beta * e + (1 - beta) * p", "(1 - beta) * e + beta * p", [M, T]),
+    (
+        "ema_update_swapped",
+        TRAIN_STATE,
+        "beta * e + (1 - beta) * p",
+        "(1 - beta) * e + beta * p",
+        [M, T],
+    ),
     (
         "lr_warmup_off_by_one",
-        TRAIN,
+        TRAIN_STATE,
         "seen = (step + 1) * batch_size",
         "seen = step * batch_size + 1",
         [M],
     ),
-    ("lr_no_warmup", TRAIN, "return optim_config.lr * ramp", "return optim_config.lr", [M]),
+    ("lr_no_warmup", TRAIN_STATE, "return optim_config.lr * ramp", "return optim_config.lr", [M]),
     # batch drawing, keys, reductions
     (
         "batch_never_last_image",
-        TRAIN,
+        TRAIN_STEP,
         "(batch_size,), 0, num_images)",
         "(batch_size,), 0, num_images - 1)",
         [M],
     ),
     (
         "keys_same_for_every_row",
-        TRAIN,
+        TRAIN_STEP,
         "return jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)",
         "return jax.vmap(lambda b: k_rows)(rows)",
         [M],
     ),
     (
         "flip_vertical",
-        TRAIN,
+        TRAIN_STEP,
         "return jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)",
         "return jnp.where(flip[:, None, None, None], x0[:, ::-1], x0)",
         [M],
     ),
     (
         "pmap_psum_grads",
-        TRAIN,
+        TRAIN_STEP,
         "grads = jax.lax.pmean(grads, axis_name)",
         "grads = jax.lax.psum(grads, axis_name)",
         [f"{P}::test_same_numbers_on_any_device_count_and_mode"],
     ),
     (
         "pmap_psum_loss",
-        TRAIN,
+        TRAIN_STEP,
         "loss = jax.lax.pmean(loss, axis_name)",
         "loss = jax.lax.psum(loss, axis_name)",
         [f"{P}::test_same_numbers_on_any_device_count_and_mode"],
     ),
     (
         "batch_loss_sum",
-        TRAIN,
+        TRAIN_STEP,
         "return jnp.mean(per_row), (per_row, aux)",
         "return jnp.sum(per_row), (per_row, aux)",
         [M],
     ),
     (
         "metric_loss_ambient_denominator",
-        TRAIN,
+        TRAIN_STEP,
         '"loss_ambient": sums["ambient"] / jnp.maximum(sums["n_ambient"], 1.0)',
         '"loss_ambient": sums["ambient"] / batch_size',
         [M],
     ),
     (
         "noise_key_purpose",
-        TRAIN,
-        "return jax.random.fold_in(jax.random.key(config.loss.noise_seed), KEY_NOISE_TN)",
-        "return jax.random.fold_in(jax.random.key(config.loss.noise_seed), KEY_STEP)",
+        LOSSES,
+        "return jax.random.fold_in(jax.random.key(loss_config.noise_seed), KEY_NOISE_TN)",
+        "return jax.random.fold_in(jax.random.key(loss_config.noise_seed), 1)",
         [M],
     ),
     (
-        "noise_keyed_by_train_seed",
-        TRAIN,
-        "return jax.random.fold_in(jax.random.key(config.loss.noise_seed), KEY_NOISE_TN)",
-        "return jax.random.fold_in(root_key(config), KEY_NOISE_TN)",
+        "noise_ignores_noise_seed",
+        LOSSES,
+        "return jax.random.fold_in(jax.random.key(loss_config.noise_seed), KEY_NOISE_TN)",
+        "return jax.random.fold_in(jax.random.key(0), KEY_NOISE_TN)",
         [M, f"{T}::test_noisy_copies_belong_to_the_image"],
     ),
     (
         "noise_keyed_by_subset_position",
-        TRAIN,
+        TRAIN_STEP,
         "return tuple(a[positions] for a in held[:5])",
         "return (held[0][positions], positions, *(a[positions] for a in held[2:5]))",
         [M, f"{T}::test_noisy_copies_belong_to_the_image"],
@@ -414,14 +426,14 @@ MUTANTS = [
     ),
     (
         "corrupted_x_tn_lacks_its_noise",
-        TRAIN,
+        TRAIN_STEP,
         "level = jnp.where(image_clean, image_sigma_tn, 0.0) if copy_noise is None else copy_noise",
         "level = jnp.where(image_clean, image_sigma_tn, 0.0)",
         ["tests/test_corrupt.py::test_a_corrupted_images_x_tn_carries_the_noise_it_lacks"],
     ),
     (
         "level_first_ignores_the_level",
-        TRAIN,
+        TRAIN_STEP,
         'usable = jnp.maximum(jnp.searchsorted(held[5], row_sigma, side="right"), 1)',
         "usable = jnp.full(row_sigma.shape, held[5].shape[0], jnp.int32)",
         [f"{P}::test_a_batch_drawn_level_first_takes_each_row_from_the_images_usable_at_its_level"],
@@ -617,7 +629,13 @@ MUTANTS = [
         "c = jnp.exp(z * pipe.contrast_std)",
         [A],
     ),
-    ("aug_copy_not_augmented", TRAIN, "return out[:n], out[n:], {", "return out[:n], x_tn, {", [A]),
+    (
+        "aug_copy_not_augmented",
+        TRAIN_STEP,
+        "return out[:n], out[n:], {",
+        "return out[:n], x_tn, {",
+        [A],
+    ),
     (
         "fir_shifted_up_taps",
         "ambient_jax/nets/unet.py",
@@ -702,6 +720,52 @@ def run_tests(scratch, tests, timeout):
     return result.returncode, (failed[0] if failed else "")
 
 
+CATCHERS = os.path.join(ROOT, "benchmarks", "results", "mutation_catchers.json")
+
+
+def first_stage(tests, caught_before):
+    """The tests that name a mutant: its selection's `file::test` entries and the test that
+    caught it last time (when that test still lies in its selection's files)."""
+    named = [t for t in tests if "::" in t]
+    files_ = {t.split("::")[0] for t in tests}
+    if caught_before and caught_before.split("::")[0] in files_ and caught_before not in named:
+        named.append(caught_before)
+    return named
+
+
+def verdict(scratch, tests, caught_before, timeout):
+    """(exit code or None on a timeout, first failing test, which stage decided): the tests that
+    name the mutant, then, only if they all pass, its whole selection."""
+    named = first_stage(tests, caught_before)
+    if named:
+        code, failure = run_tests(scratch, named, timeout)
+        if code != 0 or named == tests:
+            return code, failure, "named"
+    code, failure = run_tests(scratch, tests, timeout)
+    return code, failure, "selection"
+
+
+def write_report(path, results):
+    """The verdicts as markdown; the header's counts come from the rows below it."""
+    caught = sum(r["verdict"] == "caught" for r in results)
+    lines = [
+        f"# Mutation harness verdicts (benchmarks/mutation.py), {datetime.date.today()}",
+        "",
+        f"{len(results)} mutants run, {caught} caught ({100 * caught / max(len(results), 1):.0f}%)."
+        " The seconds are each mutant's wall time on this machine (both stages).",
+        "",
+        "| # | mutant | verdict | catching test | stage | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(results, 1):
+        lines.append(
+            f"| {i} | {r['name']} | {r['verdict']} | {r['failure'] or '-'} | {r['stage']} | "
+            f"{r['seconds']:.0f} |"
+        )
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -712,6 +776,7 @@ def main():
         "--skip", type=int, default=0, help="start after this many mutants (resume a partial run)"
     )
     parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--report", default="", help="write the verdicts as markdown here")
     args = parser.parse_args()
     chosen = [m for m in MUTANTS if m[0].startswith(args.only)][args.skip :]
     for name, path, old, _, _ in chosen:  # every change must apply to exactly one place
@@ -736,7 +801,8 @@ def main():
             f"error: the scratch copy is not the one imported ({where}); uninstall other copies "
             "of ambient_jax"
         )
-    caught = 0
+    catchers = json.load(open(CATCHERS)) if os.path.exists(CATCHERS) else {}
+    results = []
     try:
         for name, path, old, new, tests in chosen:
             target = os.path.join(scratch, path)
@@ -750,26 +816,48 @@ def main():
                 f.write(original.replace(old, new))
             start = time.perf_counter()
             try:
-                code, first_failure = run_tests(scratch, tests, args.timeout)
+                code, first_failure, stage = verdict(
+                    scratch, tests, catchers.get(name), args.timeout
+                )
             finally:
                 with open(target, "w") as f:
                     f.write(original)
             seconds = time.perf_counter() - start
             if code is None:  # not a verdict: the selection did not finish
+                result = "timeout"
                 print(
                     f"TIMEOUT  {name:34s} ({seconds:.0f} s; {' '.join(tests)}): not counted as "
                     "caught",
                     flush=True,
                 )
             elif code == 0:
+                result = "survived"
                 print(f"SURVIVED {name:34s} ({seconds:.0f} s; {' '.join(tests)})", flush=True)
             else:
-                caught += 1
+                result = "caught"
+                if first_failure:
+                    catchers[name] = first_failure
                 print(
-                    f"CAUGHT   {name:34s} by {first_failure or code} ({seconds:.0f} s)", flush=True
+                    f"CAUGHT   {name:34s} by {first_failure or code} ({stage} tests, "
+                    f"{seconds:.0f} s)",
+                    flush=True,
                 )
+            results.append(
+                dict(
+                    name=name,
+                    verdict=result,
+                    failure=first_failure if result == "caught" else "",
+                    stage=stage,
+                    seconds=seconds,
+                )
+            )
+            with open(CATCHERS, "w") as f:
+                json.dump(dict(sorted(catchers.items())), f, indent=1)
+            if args.report:
+                write_report(args.report, results)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    caught = sum(r["verdict"] == "caught" for r in results)
     print(
         f"\n{caught} of {len(chosen)} mutants caught ({100 * caught / len(chosen):.0f}%; a "
         "timeout counts as not caught)"

@@ -25,7 +25,7 @@ import numpy as np
 import sampling
 import train_step
 
-from ambient_jax import nets, parallel, train
+from ambient_jax import compiled_step, nets, parallel, train_state
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,11 +51,11 @@ def mnist_unet_step_flops(batch=128):
     config.train.batch_size = batch
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     model = nets.build_network(config, 1)
-    optimizer, schedule = train.make_optimizer(config.optim, batch)
-    trainer = train.Trainer(config, model, optimizer, schedule, mesh)
+    optimizer, schedule = train_state.make_optimizer(config.optim, batch)
+    trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
     images = np.random.RandomState(0).uniform(-1, 1, (batch, 16, 16, 1)).astype(np.float32)
     held = trainer.place((images, np.arange(batch, dtype=np.int32)))
-    state = trainer.place(train.init_state(config, model, optimizer))
+    state = trainer.place(train_state.init_state(config, model, optimizer))
     return common.step_flops(trainer.step, state, held)
 
 

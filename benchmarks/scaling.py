@@ -23,7 +23,7 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     import numpy as np
 
     sys.path.insert(0, os.path.dirname(HERE))
-    from ambient_jax import nets, parallel, train
+    from ambient_jax import compiled_step, nets, parallel, train_state
     from configs.mnist import get_config
 
     config = get_config("ambient")
@@ -32,8 +32,8 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     config.model.preset = preset
     mesh = parallel.make_mesh(devices=jax.devices()[:devices])
     model = nets.build_network(config, 1)
-    optimizer, schedule = train.make_optimizer(config.optim, batch)
-    trainer = train.Trainer(config, model, optimizer, schedule, mesh)
+    optimizer, schedule = train_state.make_optimizer(config.optim, batch)
+    trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
     # the step takes the training images and their source indices, held on device
     images = trainer.place(
         (
@@ -41,7 +41,7 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
             np.arange(100, dtype=np.int32),
         )
     )
-    state = trainer.place(train.init_state(config, model, optimizer))
+    state = trainer.place(train_state.init_state(config, model, optimizer))
     start = time.perf_counter()
     state, metrics = trainer.step(state, images)
     jax.block_until_ready(metrics)

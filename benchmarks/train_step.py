@@ -21,8 +21,8 @@ import common  # noqa: F401  (puts the repository root on sys.path)
 import jax
 import numpy as np
 
+from ambient_jax import compiled_step, nets, parallel, train_state
 from ambient_jax import config as config_lib
-from ambient_jax import nets, parallel, train
 
 RESOLUTION = {
     "tiny": 32,
@@ -59,13 +59,13 @@ def step_inputs(config, images=256):
     their source indices, held on device as the step takes them)."""
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     model = nets.build_network(config, 3)
-    optimizer, schedule = train.make_optimizer(config.optim, config.train.batch_size)
-    trainer = train.Trainer(config, model, optimizer, schedule, mesh)
+    optimizer, schedule = train_state.make_optimizer(config.optim, config.train.batch_size)
+    trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
     res = config.data.resolution
     count = images
     images = np.random.RandomState(0).uniform(-1, 1, (count, res, res, 3)).astype(np.float32)
     held = trainer.place((images, np.arange(count, dtype=np.int32)))
-    return trainer, trainer.place(train.init_state(config, model, optimizer)), held
+    return trainer, trainer.place(train_state.init_state(config, model, optimizer)), held
 
 
 def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False, augment_p=0.0):
@@ -117,8 +117,8 @@ def update_seconds(preset, batch, steps):
     import optax
 
     config = bench_config(preset, batch, "float32")
-    optimizer, _ = train.make_optimizer(config.optim, batch)
-    state = train.init_state(config, nets.build_network(config, 3), optimizer)
+    optimizer, _ = train_state.make_optimizer(config.optim, batch)
+    state = train_state.init_state(config, nets.build_network(config, 3), optimizer)
     grads = jax.tree_util.tree_map(lambda p: p * 1e-3, state.params)
 
     def update(state, grads):
@@ -126,7 +126,7 @@ def update_seconds(preset, batch, steps):
         state = state.replace(
             params=optax.apply_updates(state.params, updates), opt_state=opt_state
         )
-        return train.update_ema(state, batch, config.ema)
+        return train_state.update_ema(state, batch, config.ema)
 
     compiled = jax.jit(update, donate_argnums=0).lower(state, grads).compile()
     state = jax.block_until_ready(compiled(state, grads))  # warm-up

@@ -210,24 +210,25 @@ def test_augmented_training_is_the_same_on_one_and_eight_devices():
 
 
 def test_the_step_augments_each_image_and_its_noisy_copy_by_one_transform():
-    """train.prepare_rows: the copy is made from the stored image, then both go through the same
-    draw: the copy minus the image is the augmented noise (the geometric part is linear), rows
-    with zero labels are untouched, and the labels are the pipeline's for those keys."""
+    """train_step.prepare_rows: the copy is made from the stored image, then both go through
+    the same draw: the copy minus the image is the augmented noise (the geometric part is
+    linear), rows with zero labels are untouched, and the labels are the pipeline's for those
+    keys."""
     from test_training import tiny_config
 
-    from ambient_jax import train
+    from ambient_jax import losses, train_step
 
     c = tiny_config(**{"data.augment_p": 0.1, "loss.sigma_tn": 0.5})
     x0 = random_images(16, channels=1)
     index, rows, step_key = jnp.arange(300, 316), jnp.arange(16), jax.random.key(11)
-    out, x_tn, cond = jax.jit(lambda x: train.prepare_rows(c, x, index, rows, step_key))(x0)
+    out, x_tn, cond = jax.jit(lambda x: train_step.prepare_rows(c, x, index, rows, step_key))(x0)
     keys = jax.vmap(
-        lambda b: jax.random.fold_in(jax.random.fold_in(step_key, train.STEP_AUGMENT), b)
+        lambda b: jax.random.fold_in(jax.random.fold_in(step_key, train_step.STEP_AUGMENT), b)
     )(rows)
     expect, labels = aug.augment_batch(x0, keys, 0.1, aug.EDM_RECIPE)
     np.testing.assert_allclose(out, expect, atol=1e-5)
     np.testing.assert_array_equal(cond["augment_labels"], labels)
-    noise = train.noisy_training_copies(c, x0, index) - x0
+    noise = losses.noisy_training_copies(c.loss, x0, index) - x0
     np.testing.assert_allclose(
         x_tn - out, aug.augment_batch(noise, keys, 0.1, aug.EDM_RECIPE)[0], atol=1e-5
     )

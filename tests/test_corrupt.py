@@ -149,7 +149,7 @@ def test_a_corrupted_images_x_tn_carries_the_noise_it_lacks():
     import jax.numpy as jnp
     from test_training import tiny_config
 
-    from ambient_jax import losses, train
+    from ambient_jax import losses, train_step
 
     c = tiny_config()
     x0 = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (4, 16, 16, 1)), jnp.float32)
@@ -157,6 +157,8 @@ def test_a_corrupted_images_x_tn_carries_the_noise_it_lacks():
     sigma_tn = jnp.array([0.5, 0.7, 1.3, 2.0])
     clean = jnp.array([True, False, False, False])
     added = jnp.array([0.5, 0.0, 1.3, 2.0])
-    _, x_tn, _ = train.prepare_rows(c, x0, index, rows, jax.random.key(0), sigma_tn, clean, added)
-    eps = losses.fixed_noise(train.noise_tn_key(c), index, (16, 16, 1))
+    _, x_tn, _ = train_step.prepare_rows(
+        c, x0, index, rows, jax.random.key(0), sigma_tn, clean, added
+    )
+    eps = losses.fixed_noise(losses.noise_tn_key(c.loss), index, (16, 16, 1))
     np.testing.assert_allclose(x_tn - x0, added[:, None, None, None] * eps, atol=1e-6)

@@ -108,8 +108,7 @@ def test_tracker_gap_is_heldout_minus_train_error_and_extraction_is_counted(tmp_
     import functools
     import sys
 
-    from ambient_jax import generate, nets, parallel, tracking
-    from ambient_jax import train as train_lib
+    from ambient_jax import generate, nets, parallel, tracking, train_state
     from ambient_jax.data import load_split
     from ambient_jax.precond import edm_denoiser
 
@@ -126,7 +125,7 @@ def test_tracker_gap_is_heldout_minus_train_error_and_extraction_is_counted(tmp_
     c.train.track_sigmas = (0.3, 2.0)
     split = load_split(c.data)
     model = nets.build_network(c, 1)
-    params = train_lib.init_state(c, model, __import__("optax").identity()).ema_params
+    params = train_state.init_state(c, model, __import__("optax").identity()).ema_params
     mesh = parallel.make_mesh(c.parallel)
     tracker = tracking.Tracker(
         c, model, split.train, split.heldout, generate.make_sample_fn(c, model, mesh), mesh

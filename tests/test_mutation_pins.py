@@ -9,7 +9,16 @@ import pytest
 from conftest import nonlinear_denoiser
 from test_training import tiny_config
 
-from ambient_jax import generate, losses, nets, parallel, sampling, schedules, train
+from ambient_jax import (
+    generate,
+    losses,
+    nets,
+    parallel,
+    sampling,
+    schedules,
+    train_state,
+    train_step,
+)
 from ambient_jax.eval import fid, inception, memorization
 from ambient_jax.theory import label_memorization
 
@@ -72,17 +81,17 @@ def test_ema_decay_is_edms_formula_before_and_after_the_rampup_cap():
     batch = 128
     early = 9  # images seen 10 * 128 = 1280, ramp-up half-life 64 images < 50,000
     np.testing.assert_allclose(
-        train.ema_beta(early, batch, ema), 0.5 ** (batch / (0.05 * 10 * batch)), rtol=1e-6
+        train_state.ema_beta(early, batch, ema), 0.5 ** (batch / (0.05 * 10 * batch)), rtol=1e-6
     )
     late = 10_000  # ramp-up 0.05 * 10001 * 128 = 64,006 images > 50,000: the half-life is capped
     np.testing.assert_allclose(
-        train.ema_beta(late, batch, ema), 0.5 ** (batch / 50_000.0), rtol=1e-6
+        train_state.ema_beta(late, batch, ema), 0.5 ** (batch / 50_000.0), rtol=1e-6
     )
 
 
 def test_learning_rate_warms_up_linearly_over_images_seen_after_the_step():
     optim = ml_collections.ConfigDict({"lr": 2e-3, "warmup_kimg": 10.0})
-    schedule = train.learning_rate_schedule(optim, 100)
+    schedule = train_state.learning_rate_schedule(optim, 100)
     np.testing.assert_allclose(schedule(0), 2e-3 * 100 / 10_000, rtol=1e-6)
     np.testing.assert_allclose(schedule(49), 2e-3 * 5_000 / 10_000, rtol=1e-6)
     np.testing.assert_allclose(schedule(500), 2e-3, rtol=1e-6)
@@ -90,14 +99,16 @@ def test_learning_rate_warms_up_linearly_over_images_seen_after_the_step():
 
 def test_flip_mirrors_the_width_axis_of_the_flagged_rows_only():
     x = jnp.arange(2 * 3 * 4 * 1, dtype=jnp.float32).reshape(2, 3, 4, 1)
-    out = train.flip_rows(x, jnp.array([True, False]))
+    out = train_step.flip_rows(x, jnp.array([True, False]))
     np.testing.assert_array_equal(out[0], x[0, :, ::-1])
     np.testing.assert_array_equal(out[1], x[1])
 
 
 def test_batches_draw_every_image_uniformly():
     root = jax.random.key(0)
-    drawn = np.concatenate([np.asarray(train.batch_indices(root, s, 64, 5)) for s in range(50)])
+    drawn = np.concatenate(
+        [np.asarray(train_step.batch_indices(root, s, 64, 5)) for s in range(50)]
+    )
     counts = np.bincount(drawn, minlength=5)
     assert len(counts) == 5 and counts.min() > 0.8 * len(drawn) / 5
 
@@ -106,8 +117,8 @@ def test_fixed_copies_use_the_noise_seed_and_the_source_index():
     c = tiny_config(**{"train.seed": 7, "loss.noise_seed": 3})
     images = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (3, 16, 16, 1)).astype(np.float32))
     source = [5, 17, 2]
-    copies = train.noisy_training_copies(c, images, source)
-    key = jax.random.fold_in(jax.random.key(3), train.KEY_NOISE_TN)
+    copies = losses.noisy_training_copies(c.loss, images, source)
+    key = jax.random.fold_in(jax.random.key(3), losses.KEY_NOISE_TN)
     for i, s in enumerate(source):
         eps = jax.random.normal(jax.random.fold_in(key, s), (16, 16, 1))
         np.testing.assert_allclose(copies[i], images[i] + c.loss.sigma_tn * eps, rtol=1e-6)
@@ -119,17 +130,19 @@ def one_step():
     c = tiny_config()
     c.loss.sigma_tn, c.optim.grad_clip = 0.3, 0.0  # a third of the rows on each branch; no clipping
     model = nets.build_network(c, 1)
-    optimizer, schedule = train.make_optimizer(c.optim, c.train.batch_size)
-    body = train.make_step_body(c, model, optimizer, schedule)
+    optimizer, schedule = train_state.make_optimizer(c.optim, c.train.batch_size)
+    body = train_step.make_step_body(c, model, optimizer, schedule)
     images = jnp.asarray(
         np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
     )
     source = 100 + 7 * jnp.arange(16)  # source indices, unlike the subset positions 0..15
-    state = train.init_state(c, model, optimizer)
+    state = train_state.init_state(c, model, optimizer)
     new_state, metrics = jax.jit(
         lambda st, im: body(
             st,
-            *train.gather_batch(train.step_root_key(c), st.step, (im, source), c.train.batch_size),
+            *train_step.gather_batch(
+                train_step.step_root_key(c), st.step, (im, source), c.train.batch_size
+            ),
         )
     )(state, images)
     return c, model, optimizer, state, new_state, jax.device_get(metrics), images
@@ -144,13 +157,13 @@ def test_logged_loss_is_the_batch_mean_and_each_branch_the_mean_over_its_rows(on
         rtol=1e-5,
     )
     # the mean of the per-row losses, recomputed from the step's own draws
-    step_root = train.step_root_key(c)
+    step_root = train_step.step_root_key(c)
     step_key = jax.random.fold_in(step_root, 0)
     k_rows, k_dropout = jax.random.fold_in(step_key, 1), jax.random.fold_in(step_key, 2)
-    index = train.batch_indices(step_root, 0, c.train.batch_size, 16)
+    index = train_step.batch_indices(step_root, 0, c.train.batch_size, 16)
     row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(jnp.arange(c.train.batch_size))
     objective = losses.make_objective(
-        "ambient", sigma_tn=0.3, weighting=c.loss.weighting, noise_key=train.noise_tn_key(c)
+        "ambient", sigma_tn=0.3, weighting=c.loss.weighting, noise_key=losses.noise_tn_key(c.loss)
     )
     raw = lambda x, cn: model.apply(state.params, x, cn, train=True, rngs={"dropout": k_dropout})
     from ambient_jax.precond import edm_denoiser
@@ -161,7 +174,7 @@ def test_logged_loss_is_the_batch_mean_and_each_branch_the_mean_over_its_rows(on
 
 def test_one_step_applies_adam_and_the_ema_by_their_formulas(one_step):
     c, model, optimizer, state, new_state, m, images = one_step
-    beta = float(train.ema_beta(0, c.train.batch_size, c.ema))
+    beta = float(train_state.ema_beta(0, c.train.batch_size, c.ema))
     expected_ema = jax.tree_util.tree_map(
         lambda e, p: beta * e + (1 - beta) * p, state.ema_params, new_state.params
     )
@@ -172,7 +185,7 @@ def test_one_step_applies_adam_and_the_ema_by_their_formulas(one_step):
     )
     # Adam's first step moves every parameter by lr * g / (|g| + eps) = lr * sign(g)
     # (bias-corrected)
-    lr = float(train.learning_rate_schedule(c.optim, c.train.batch_size)(0))
+    lr = float(train_state.learning_rate_schedule(c.optim, c.train.batch_size)(0))
     moved = jax.tree_util.tree_leaves(
         jax.tree_util.tree_map(
             lambda a, b: np.abs(np.asarray(a - b)), new_state.params, state.params

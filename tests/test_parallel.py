@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_training import tiny_config
 
-from ambient_jax import generate, nets, parallel, train
+from ambient_jax import compiled_step, generate, nets, parallel, train, train_state, train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "train_driver.py")
@@ -50,8 +50,8 @@ def run_steps(
     config.parallel.mode = mode
     mesh = parallel.make_mesh(devices=jax.devices()[:num_devices])
     model = nets.build_network(config, 1)
-    optimizer, schedule = train.make_optimizer(config.optim, config.train.batch_size)
-    trainer = train.Trainer(config, model, optimizer, schedule, mesh)
+    optimizer, schedule = train_state.make_optimizer(config.optim, config.train.batch_size)
+    trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
     # the training images and their source indices (any: the noisy copies are keyed by them)
     images = trainer.place(
         (
@@ -60,7 +60,7 @@ def run_steps(
             *per_image,  # each image's sigma_tn and clean flag
         )
     )
-    state = trainer.place(train.init_state(config, model, optimizer))
+    state = trainer.place(train_state.init_state(config, model, optimizer))
     step = trainer.step
     if compiler_options is not None:  # XLA options for this compilation only
         step = step.lower(state, images).compile(compiler_options=compiler_options)
@@ -116,7 +116,7 @@ def test_a_batch_drawn_level_first_takes_each_row_from_the_images_usable_at_its_
     n, rows = 16, 8192
     held = (np.arange(n), np.arange(n), *MIXED)
     sigma = np.exp(np.random.RandomState(0).uniform(np.log(0.05), np.log(5.0), rows))
-    got = train.gather_batch(jax.random.key(3), 7, held, rows, jnp.asarray(sigma, jnp.float32))
+    got = train_step.gather_batch(jax.random.key(3), 7, held, rows, jnp.asarray(sigma, jnp.float32))
     position, usable_from = np.asarray(got[0]), MIXED[3]
     assert np.all(usable_from[position] <= sigma)
     for lo, hi, k in ((0.05, 0.3, 10), (0.6, 0.9, 12), (2.0, 5.0, 16)):
@@ -142,9 +142,9 @@ def test_every_image_clean_at_the_runs_sigma_tn_is_todays_step(one_device_run):
 def test_batch_must_divide_over_devices():
     config = tiny_config(**{"train.batch_size": 6})
     model = nets.build_network(config, 1)
-    optimizer, schedule = train.make_optimizer(config.optim, 6)
+    optimizer, schedule = train_state.make_optimizer(config.optim, 6)
     with pytest.raises(ValueError, match="train.batch_size = 6 does not divide over 8 devices"):
-        train.Trainer(config, model, optimizer, schedule, parallel.make_mesh())
+        compiled_step.Trainer(config, model, optimizer, schedule, parallel.make_mesh())
 
 
 def test_restore_a_checkpoint_written_on_8_devices_onto_2(tmp_path):
@@ -302,8 +302,8 @@ def test_two_processes_match_one(tmp_path):
 def test_sampling_over_8_devices_gives_the_same_images_in_order():
     config = tiny_config()
     model = nets.build_network(config, 1)
-    optimizer, _ = train.make_optimizer(config.optim, 8)
-    params = train.init_state(config, model, optimizer).params
+    optimizer, _ = train_state.make_optimizer(config.optim, 8)
+    params = train_state.init_state(config, model, optimizer).params
     params = jax.tree_util.tree_map(lambda p: p + 0.01, params)  # make the output layer matter
     one = generate.generate(
         config,

@@ -11,7 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ambient_jax import checkpoint, train
+from ambient_jax import (
+    checkpoint,
+    compiled_step,
+    losses,
+    run_dir,
+    train,
+    train_state,
+    train_step,
+    training_data,
+)
 from ambient_jax.data import load_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,11 +187,11 @@ def test_a_corrupt_latest_checkpoint_is_set_aside_and_saved_again(tmp_path):
     train.train(config, wd, log=logs.append)
     text = "\n".join(logs)
     assert "cannot be restored" in text and "using step 2 instead" in text, text
-    aside = os.path.join(wd, train.UNREADABLE_CHECKPOINTS, "4")
+    aside = os.path.join(wd, run_dir.UNREADABLE_CHECKPOINTS, "4")
     assert os.path.isdir(aside) and f"moved the unreadable checkpoint step 4 to {aside}" in text
     manager = checkpoint.make_manager(wd, create=False)
     assert manager.latest_step() == 4
-    fresh = train.init_state(config, *_model_and_optimizer(config))
+    fresh = train_state.init_state(config, *_model_and_optimizer(config))
     restored = checkpoint.restore_latest(manager, fresh, log=logs.append)
     assert int(restored.step) == 4 and same_weights(straight, restored)
     # the next run resumes from the new step 4: nothing is retrained again
@@ -216,7 +225,7 @@ def _model_and_optimizer(config):
     from ambient_jax import nets
 
     model = nets.build_network(config, config.data.channels)
-    return model, train.make_optimizer(config.optim, config.train.batch_size)[0]
+    return model, train_state.make_optimizer(config.optim, config.train.batch_size)[0]
 
 
 def test_training_on_every_image_tells_what_needs_held_out_images(tmp_path):
@@ -335,7 +344,7 @@ def test_each_step_draws_its_batch_noise_and_dropout_by_the_documented_keys(monk
     drawn = []
     record = lambda name: lambda *values: drawn.append((name, [np.asarray(v) for v in values]))
 
-    real_body, real_objective = train.make_step_body, losses.make_objective
+    real_body, real_objective = train_step.make_step_body, losses.make_objective
 
     def spy_body(*args, **kwargs):
         body = real_body(*args, **kwargs)
@@ -355,7 +364,7 @@ def test_each_step_draws_its_batch_noise_and_dropout_by_the_documented_keys(monk
 
         return spied
 
-    monkeypatch.setattr(train, "make_step_body", spy_body)
+    monkeypatch.setattr(train_step, "make_step_body", spy_body)
     monkeypatch.setattr(losses, "make_objective", spy_objective)
     network = nets.build_network(config, 1)
 
@@ -365,11 +374,11 @@ def test_each_step_draws_its_batch_noise_and_dropout_by_the_documented_keys(monk
             return network.apply(params, *args, rngs=rngs, **kwargs)
 
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    optimizer, schedule = train.make_optimizer(config.optim, config.train.batch_size)
-    trainer = train.Trainer(config, SpyNetwork(), optimizer, schedule, mesh)
+    optimizer, schedule = train_state.make_optimizer(config.optim, config.train.batch_size)
+    trainer = compiled_step.Trainer(config, SpyNetwork(), optimizer, schedule, mesh)
     images = np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
     held = trainer.place((images, np.arange(16, dtype=np.int32) + 100))
-    state = trainer.place(train.init_state(config, network, optimizer))
+    state = trainer.place(train_state.init_state(config, network, optimizer))
     batch = config.train.batch_size
     seen = []
     for step in range(3):
@@ -465,7 +474,7 @@ def test_a_diverged_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
     blown = tiny_config(**{"train.num_steps": 6})
     blown.optim.lr = 1e30
     blown.optim.grad_clip = 0.0
-    with pytest.raises(train.TrainingError, match="last good checkpoint \\(step 2\\)"):
+    with pytest.raises(run_dir.TrainingError, match="last good checkpoint \\(step 2\\)"):
         train.train(blown, workdir, allow_config_change=True, log=lambda _: None)
     _, _, ema = checkpoint.load_ema_params(workdir)
     same = jax.tree_util.tree_map(lambda a, b: np.array_equal(a, b), ema, good.ema_params)
@@ -682,7 +691,7 @@ def test_work_dir_of_another_config_is_refused_and_bad_samples_are_named(tmp_pat
     saved = json.load(open(os.path.join(wd, "config.json")))
     del saved["loss"]["noise_seed"]
     json.dump(saved, open(os.path.join(wd, "config.json"), "w"))
-    with pytest.raises(train.TrainingError, match="keyed by train.seed and subset position"):
+    with pytest.raises(run_dir.TrainingError, match="keyed by train.seed and subset position"):
         train.train(tiny_config(**{"train.num_steps": 3}), wd, log=lambda _: None)
     np.savez(str(tmp_path / "bad.npz"), samples=np.zeros((4, 8, 8, 1), np.uint8))
     line = error_line(cli("eval", f"--workdir={wd}", f"--samples={tmp_path}/bad.npz"))
@@ -887,20 +896,26 @@ def test_noisy_copies_belong_to_the_image():
     a = tiny_config(**{"train.seed": 0})
     b = tiny_config(**{"train.seed": 5})
     b.data.n_train, b.data.subset_seed = 1500, 3
-    data_a, data_b = train.TrainingData(a), train.TrainingData(b)
+    data_a, data_b = training_data.TrainingData(a), training_data.TrainingData(b)
     shared = np.intersect1d(data_a.train_indices, data_b.train_indices)
     assert len(shared) >= 2
     pick = lambda data: np.searchsorted(data.train_indices, shared)
-    copies_a = train.noisy_training_copies(a, data_a.images, data_a.train_indices)[pick(data_a)]
-    copies_b = train.noisy_training_copies(b, data_b.images, data_b.train_indices)[pick(data_b)]
+    copies_a = losses.noisy_training_copies(a.loss, data_a.images, data_a.train_indices)[
+        pick(data_a)
+    ]
+    copies_b = losses.noisy_training_copies(b.loss, data_b.images, data_b.train_indices)[
+        pick(data_b)
+    ]
     np.testing.assert_array_equal(copies_a, copies_b)
     # the step's gathered rows carry the source indices the copies are keyed by
-    root = train.step_root_key(a)
-    x0, index = train.gather_batch(root, 3, (jnp.asarray(data_a.images), data_a.train_indices), 8)
-    positions = train.batch_indices(root, 3, 8, len(data_a.images))
+    root = train_step.step_root_key(a)
+    x0, index = train_step.gather_batch(
+        root, 3, (jnp.asarray(data_a.images), data_a.train_indices), 8
+    )
+    positions = train_step.batch_indices(root, 3, 8, len(data_a.images))
     np.testing.assert_array_equal(index, data_a.train_indices[np.asarray(positions)])
     other = tiny_config(**{"loss.noise_seed": 1})
-    moved = train.noisy_training_copies(other, data_a.images, data_a.train_indices)
+    moved = losses.noisy_training_copies(other.loss, data_a.images, data_a.train_indices)
     assert not np.allclose(
-        moved, train.noisy_training_copies(a, data_a.images, data_a.train_indices)
+        moved, losses.noisy_training_copies(a.loss, data_a.images, data_a.train_indices)
     )

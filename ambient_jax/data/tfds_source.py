@@ -146,8 +146,9 @@ class StreamingBatches:
     """This host's rows of each step's global batch, read from a tfds source through grain.
 
     rows_for(step) -> (images float32 [rows, R, R, C] in [-1, 1], source indices [rows]).
-    `index_fn(step)` gives the global batch's positions in the subset (train.batch_indices), so the
-    draws match the resident path's; `subset` maps training-subset positions to source records.
+    `index_fn(step)` gives the global batch's positions in the subset
+    (train_step.batch_indices), so the draws match the resident path's; `subset` maps
+    training-subset positions to source records.
     """
 
     def __init__(

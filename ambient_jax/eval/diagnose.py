@@ -47,9 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambient_jax import checkpoint, files, plots
+from ambient_jax import checkpoint, files, losses, plots
 from ambient_jax import config as config_lib
-from ambient_jax import train as train_lib
 from ambient_jax.data import load_split
 from ambient_jax.eval.evaluate import EVAL_DIR
 from ambient_jax.precond import Denoiser, edm_denoiser
@@ -335,7 +334,7 @@ def diagnose_run(
     if sigma_tn > 0 and not config_lib.noise_keyed_by_source(workdir):
         log(f"{workdir}: trained before noisy copies were keyed by source index; no D*_tn curve")
     elif sigma_tn > 0:
-        copies = train_lib.noisy_training_copies(config, train_images, split.train_indices)
+        copies = losses.noisy_training_copies(config.loss, train_images, split.train_indices)
     # The reference sets stay whole; only the queries are subsampled.
     if len(train_images) > max_images:
         queries = train_images[

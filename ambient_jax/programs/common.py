@@ -12,7 +12,7 @@ from ambient_jax import xla_cpu
 from ambient_jax.checkpoint import CheckpointError
 from ambient_jax.data import DataError
 from ambient_jax.eval.convert import ConversionError
-from ambient_jax.train import TrainingError
+from ambient_jax.run_dir import TrainingError
 from ambient_jax.workdir_lock import WorkdirLocked
 
 # The embedded MNIST experiment, inside the installed package (configs/ installs as

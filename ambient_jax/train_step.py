@@ -1,0 +1,214 @@
+"""One train step (EDM's training loop, Karras et al. 2022, with the objective of losses):
+
+  indices b -> image i_b drawn uniformly from the training subset held on device,
+  its noisy copy x_tn keyed by (loss.noise_seed, its source index) -> flips and EDM's
+  augmentation, the same draw on the image and its copy (prepare_rows),
+  per-row keys fold_in(step key, b) -> noise level, fresh noise, branch (losses.make_objective),
+  loss = mean_b loss_b -> grads -> Adam with linear warm-up -> EMA of the parameters.
+
+Every draw is fold_in(step key, purpose, row of the global batch): it depends on (seed, step,
+row) only, never on how the rows are split over devices.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ambient_jax import (
+    augment,
+    losses,
+    nets,
+    train_state,
+)
+from ambient_jax import config as config_lib
+from ambient_jax.precond import edm_denoiser
+
+# fold_in purposes of a step's key (fold_in(fold_in(root, KEY_STEP), step)): the batch's image
+# indices, the per-row keys of the objective (sigma and noise draws), dropout, horizontal flips
+STEP_BATCH, STEP_ROWS, STEP_DROPOUT, STEP_FLIP, STEP_AUGMENT = 0, 1, 2, 3, 4
+
+
+def step_root_key(config):
+    return jax.random.fold_in(train_state.root_key(config), train_state.KEY_STEP)
+
+
+def batch_key(step_root, step):
+    """The key of `step`'s choice of images."""
+    return jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_BATCH)
+
+
+def batch_indices(step_root, step, batch_size, num_images):
+    """Which training images (positions in the subset) make up the global batch of `step`."""
+    return jax.random.randint(batch_key(step_root, step), (batch_size,), 0, num_images)
+
+
+def flip_rows(x0, flip):
+    """Mirror the rows b with flip[b] left to right (NHWC: the W axis)."""
+    return jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
+
+
+def prepare_rows(
+    config, x0, index, rows, step_key, image_sigma_tn=None, image_clean=None, copy_noise=None
+):
+    """The rows as the loss sees them: (x0, x_tn or None, the network's conditioning).
+
+    Each image's noisy copy is made from the image as stored (keyed by its source index), then
+    flips (data.augment_flip) and EDM's augmentation (data.augment_p) act on the image and its
+    copy with the same draws: the copy is the image's one noisy observation, augmented as it
+    is, and never a fresh noise on an augmented image. The draws come from fold_in(step key,
+    purpose, row of the global batch); the augment labels go to the network.
+    With per-image sigma_tn (data of mixed quality) x_tn = image + copy_noise eps_i: a clean
+    image's copy at its own level, a corrupted image plus the noise it lacks
+    (data.corrupt.annotation_values; without copy_noise, a corrupted image is its own x_tn)."""
+    sigma_tn = config_lib.effective_sigma_tn(config)
+    if image_sigma_tn is not None:
+        level = jnp.where(image_clean, image_sigma_tn, 0.0) if copy_noise is None else copy_noise
+        noise = losses.fixed_noise(losses.noise_tn_key(config.loss), index, x0.shape[1:], x0.dtype)
+        x_tn = x0 + level.astype(x0.dtype)[:, None, None, None] * noise
+    elif sigma_tn > 0:
+        x_tn = losses.noisy_copy(x0, index, sigma_tn, losses.noise_tn_key(config.loss))
+    else:
+        x_tn = None
+    both = lambda f: (f(x0), None if x_tn is None else f(x_tn))
+    if config.data.augment_flip:
+        coin = jax.random.bernoulli(
+            jax.random.fold_in(step_key, STEP_FLIP), 0.5, (config.train.batch_size,)
+        )
+        x0, x_tn = both(lambda x: flip_rows(x, coin[rows]))
+    if not config.data.augment_p:
+        return x0, x_tn, {}
+    k_augment = jax.random.fold_in(step_key, STEP_AUGMENT)
+    keys = jax.vmap(lambda b: jax.random.fold_in(k_augment, b))(rows)
+    pipe, p = nets.augment_pipe(config), config.data.augment_p
+    if x_tn is None:
+        x0, labels = augment.augment_batch(x0, keys, p, pipe)
+        return x0, None, {"augment_labels": labels}
+    # One pipeline over the images and their copies. (Two copies of the pipeline with the same
+    # draws in one program were miscompiled by XLA's CPU backend, jax 0.10: the resampling of
+    # one of them read wrong pixels; tests/test_augment.py checks the step's rows.)
+    out, labels = augment.augment_batch(
+        jnp.concatenate([x0, x_tn]), jnp.concatenate([keys, keys]), p, pipe
+    )
+    n = x0.shape[0]
+    return out[:n], out[n:], {"augment_labels": labels[:n]}
+
+
+def gather_batch(step_root, step, held, batch_size, row_sigma=None):
+    """The global batch of `step` from the training data held on device: each array of `held`
+    (the images, their source indices and, for data of mixed quality, each image's sigma_tn,
+    clean flag, the noise that makes its x_tn, and the level it is usable from, which is not
+    returned) at the batch's positions.
+
+    Data of mixed quality drawn level first (row_sigma [batch_size], each row's noise level): the
+    held images are sorted by the level they are usable from (0 for clean ones), so the images
+    usable at sigma are the first k(sigma) of them, and row b takes one of its k uniformly, by
+    the batch key (the group's sampler: a level from the log-normal, then an image usable there).
+    A level below every image's boundary takes the first image (the loss redraws its level).
+    """
+    if row_sigma is None:
+        positions = batch_indices(step_root, step, batch_size, held[0].shape[0])
+    else:
+        usable = jnp.maximum(jnp.searchsorted(held[5], row_sigma, side="right"), 1)
+        u = jax.random.uniform(batch_key(step_root, step), (batch_size,))
+        positions = jnp.minimum(jnp.floor(u * usable).astype(jnp.int32), usable - 1)
+    return tuple(a[positions] for a in held[:5])
+
+
+def row_keys(step_root, step, rows):
+    """The keys of `step`'s rows (positions in the global batch): every per-row draw of the loss
+    comes from them."""
+    k_rows = jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_ROWS)
+    return jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)
+
+
+def row_sigmas(config, step_root, step):
+    """Each row's noise level of `step`, the same draw the loss makes from the row's key
+    (losses.row_level_normal): what a batch drawn level first is drawn for."""
+    keys = row_keys(step_root, step, jnp.arange(config.train.batch_size))
+    return jnp.exp(config.loss.p_mean + config.loss.p_std * losses.row_level_normal(keys))
+
+
+def make_row_loss(config):
+    """The run's per-row loss: losses.make_objective for the config's loss fields."""
+    return losses.make_objective(
+        config.loss.objective,
+        sigma_tn=config.loss.sigma_tn,
+        branch_rule=config.loss.branch_rule,
+        weighting=config.loss.weighting,
+        noise_key=losses.noise_tn_key(config.loss),
+        p_mean=config.loss.p_mean,
+        p_std=config.loss.p_std,
+        sigma_data=config.loss.sigma_data,
+        sigma_switch=config.loss.sigma_switch,
+        rescale_cap=config.loss.rescale_cap,
+        ambient_fraction=config.loss.ambient_fraction,
+        switch_ratio=config.loss.switch_ratio,
+        switch_offset=config.loss.switch_offset,
+    )
+
+
+def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shards=1):
+    """The one train-step body: (state, x0, index, shard) -> (state, metrics).
+
+    x0 [b,H,W,C] and index [b] are the rows of the global batch this call trains on: all of
+    them under jit (XLA shards them over the mesh), one device's `shard` of them under pmap
+    (axis_name set: gradients and metrics are averaged with explicit pmean/psum). Every draw
+    (flip, per-row keys) depends only on (seed, step, row of the global batch), never on how
+    rows are split over devices.
+    """
+    batch_size = config.train.batch_size
+    rows_per_shard = batch_size // num_shards
+    row_loss = make_row_loss(config)
+    step_root = step_root_key(config)
+
+    def body(state, x0, index, image_sigma_tn=None, image_clean=None, copy_noise=None, *,
+             shard=0, batch_sharding=None):  # fmt: skip
+        step_key = jax.random.fold_in(step_root, state.step)
+        k_dropout = jax.random.fold_in(step_key, STEP_DROPOUT)
+        rows = shard * rows_per_shard + jnp.arange(rows_per_shard)  # positions in the global batch
+        keys = row_keys(step_root, state.step, rows)
+        if num_shards > 1:
+            k_dropout = jax.random.fold_in(k_dropout, shard)
+        x0, x_tn, conditioning = prepare_rows(
+            config, x0, index, rows, step_key, image_sigma_tn, image_clean, copy_noise
+        )
+        per_image = () if image_sigma_tn is None else (image_sigma_tn, image_clean)
+        if batch_sharding is not None:
+            x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
+
+        def loss_fn(params):
+            raw = lambda x, c: model.apply(
+                params, x, c, train=True, rngs={"dropout": k_dropout}, **conditioning
+            )
+            denoise = edm_denoiser(raw, config.loss.sigma_data)
+            per_row, aux = row_loss(denoise, x0, index, keys, x_tn, *per_image)
+            return jnp.mean(per_row), (per_row, aux)
+
+        (loss, (per_row, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        amb = aux["is_ambient"].astype(jnp.float32)
+        sums = {
+            "ambient": jnp.sum(per_row * amb),
+            "clean": jnp.sum(per_row * (1 - amb)),
+            "n_ambient": jnp.sum(amb),
+        }
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+            loss = jax.lax.pmean(loss, axis_name)
+            sums = jax.lax.psum(sums, axis_name)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        state = train_state.update_ema(
+            state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state),
+            batch_size,
+            config.ema,
+        )
+        metrics = {
+            "loss": loss,
+            "loss_clean": sums["clean"] / jnp.maximum(batch_size - sums["n_ambient"], 1.0),
+            "loss_ambient": sums["ambient"] / jnp.maximum(sums["n_ambient"], 1.0),
+            "frac_ambient": sums["n_ambient"] / batch_size,
+            "grad_norm": optax.tree.norm(grads),
+            "lr": schedule(state.step),
+        }
+        return state.replace(step=state.step + 1), metrics
+
+    return body

@@ -1,0 +1,151 @@
+"""The training data of a run: the subset held on device (with, for data of mixed quality,
+each image's sigma_tn, clean flag, copy noise and the level it is usable from), or streamed."""
+
+import jax
+import numpy as np
+
+from ambient_jax import config as config_lib
+from ambient_jax import (
+    parallel,
+    train_step,
+)
+from ambient_jax.data import DataError, corrupt, load_split, record_subset
+from ambient_jax.data.subset import choose_subset
+from ambient_jax.data.tfds_source import StreamingBatches, open_source
+
+
+def mixed_quality(config):
+    """Whether the run trains on corrupted images beside its clean ones."""
+    return bool(config.data.corrupt_count) and config.data.corrupt_sigma_tn != "unused"
+
+
+class TrainingData:
+    """The training subset, held on device (default) or streamed batch by batch (data.streaming)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.heldout = None
+        # data of mixed quality: (source indices, sigma_tn, clean flags, noise added to make x_tn)
+        self.corrupted = None
+        if not config.data.streaming:
+            split = load_split(config.data)
+            self.images, self.train_indices, self.heldout = (
+                split.train,
+                split.train_indices,
+                split.heldout,
+            )
+            self.held = (self.images, self.train_indices.astype(np.int32))
+            if mixed_quality(config):
+                self.corrupted = self.hold_mixed_quality(config, split)
+            want = config_lib.image_shape(config)
+            if tuple(self.images.shape[1:]) != want:
+                raise DataError(
+                    f"the {config.data.source} source gives images of shape "
+                    f"{tuple(self.images.shape[1:])} but the config "
+                    f"asks for {want} (data.resolution, data.resolution, data.channels): set "
+                    "data.channels="
+                    f"{self.images.shape[-1]} or use a source with {want[-1]}-channel images"
+                )
+            self.num_source_images = (
+                len(split.train) + len(split.heldout) + len(split.corrupted_indices)
+            )
+            if config.train.track_every and len(self.heldout) < 2:
+                raise DataError(
+                    f"config field train.track_every: tracking compares the model on training "
+                    f"and held-out images, but data.n_train = {len(self.images)} leaves "
+                    f"{len(self.heldout)} of the {config.data.source} source's "
+                    f"{self.num_source_images} images held out: lower data.n_train or set "
+                    "train.track_every=0"
+                )
+            return
+        if config.data.source != "tfds":
+            raise ValueError(
+                "data.streaming reads a tfds source: set data.source=tfds (mnist and folders fit "
+                "on device)"
+            )
+
+        self.num_source_images = len(open_source(config.data))
+        self.train_indices = choose_subset(
+            self.num_source_images, config.data.n_train, config.data.subset_seed
+        )
+        self.images = None
+
+    def hold_mixed_quality(self, config, split):
+        """Data of mixed quality: the clean images (at the run's sigma_tn, 0 for ddpm) and the
+        corrupted ones (at their annotated sigma_tn) held together, each with its sigma_tn, clean
+        flag, the noise that makes its x_tn and the level it is usable from (0 when clean, else
+        its branch boundary), sorted by that level (what a batch drawn level first needs); returns
+        what corrupted.json records."""
+        sigma_tn, clean, copy_noise = corrupt.annotation_values(
+            config.data, split.corrupted_indices
+        )
+        n, run_sigma_tn = len(self.images), config_lib.effective_sigma_tn(config)
+        all_sigma_tn = np.concatenate([np.full(n, run_sigma_tn), sigma_tn])
+        all_clean = np.concatenate([np.ones(n, bool), clean])
+        boundary = all_sigma_tn * config.loss.switch_ratio + config.loss.switch_offset
+        usable_from = np.where(all_clean, 0.0, boundary).astype(np.float32)
+        order = np.argsort(usable_from, kind="stable")
+        self.held = tuple(
+            a[order]
+            for a in (
+                np.concatenate([self.images, split.corrupted]),
+                np.concatenate([self.train_indices, split.corrupted_indices]).astype(np.int32),
+                all_sigma_tn.astype(np.float32),
+                all_clean,
+                np.concatenate([np.full(n, run_sigma_tn), copy_noise]).astype(np.float32),
+                usable_from,
+            )
+        )
+        return split.corrupted_indices, sigma_tn, clean, copy_noise
+
+    def record(self, workdir, config):
+        """subset.json (the clean training images) and, with corrupted ones, corrupted.json."""
+        record_subset(workdir, config.data, self.train_indices, self.num_source_images)
+        if self.corrupted is not None:
+            corrupt.record_corrupted(workdir, config.data, *self.corrupted)
+
+    def place(self, trainer):
+        """Put the images on the step's devices, or open the stream of batches."""
+        if self.images is not None:
+            self.on_device = trainer.place(self.held)
+            return
+
+        root, batch, n = (
+            train_step.step_root_key(self.config),
+            self.config.train.batch_size,
+            len(self.train_indices),
+        )
+        host_indices = jax.jit(lambda step: train_step.batch_indices(root, step, batch, n))
+        self.mesh = trainer.mesh
+        self.stream = StreamingBatches(
+            self.config.data,
+            self.train_indices,
+            lambda s: np.asarray(host_indices(s)),
+            batch,
+            jax.process_index(),
+            jax.process_count(),
+        )
+
+    def for_step(self, step):
+        """The step's arguments after the state: the training data held on device, or the
+        streamed global batch (x0, source indices)."""
+        if self.images is not None:
+            return (self.on_device,)
+        x0, index = self.stream.rows_for(step)
+        return parallel.global_batch(x0, self.mesh), parallel.global_batch(
+            index.astype(np.int32), self.mesh
+        )
+
+
+def warn_if_few_heldout(config, training, log):
+    """The evaluation compares the sample.num_samples samples with as many held-out images (FD,
+    FID, the held-out reference rows): say up front when fewer remain."""
+    if training.heldout is None or len(training.heldout) >= config.sample.num_samples:
+        return
+    log(
+        f"warning: data.n_train = {len(training.images)} leaves {len(training.heldout)} of the "
+        f"source's {training.num_source_images} images held out, fewer than the "
+        f"{config.sample.num_samples} samples the evaluation compares with as many held-out "
+        f"images: its FD and FID will use {len(training.heldout)}"
+        + ("" if len(training.heldout) >= 2 else ", and it cannot run without two")
+    )
