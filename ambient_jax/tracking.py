@@ -90,9 +90,7 @@ class Tracker:
         for view, name, train, train_embedding in zip(
             self._views(images), ("", "robust_"), self.train_views, self.train_embeddings
         ):
-            out[f"track_{name}extraction"] = float(
-                100 * memorization.extraction_report(view, train, k)[0].mean()
-            )
+            out[f"track_{name}extraction"] = memorization.extraction_rate(view, train, k)
             out[f"track_{name}s95"] = memorization.similarity_report(
                 memorization.pixel_embedding(view), train_embedding, (0.95,)
             )[2]["S>0.95"]

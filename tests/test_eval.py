@@ -287,7 +287,7 @@ def test_robust_view_is_the_blur_then_soft_threshold_of_its_definition():
 
 
 def test_compare_columns_are_labelled_by_run_dir():
-    from ambient_jax.eval import evaluate
+    from ambient_jax.eval import report
 
     base = {
         "sigma_tn": 1.5,
@@ -306,7 +306,7 @@ def test_compare_columns_are_labelled_by_run_dir():
         dict(base, workdir="/runs/sweep/b"),
         dict(base, workdir="/q/ddpm", sigma_tn=0.0),
     ]
-    header = evaluate.markdown_table(runs).splitlines()[0]
+    header = report.markdown_table(runs).splitlines()[0]
     assert (
         "a (ambient s_tn=1.5)" in header
         and "b (ambient s_tn=1.5)" in header

@@ -50,6 +50,7 @@ import numpy as np
 from ambient_jax import checkpoint, files, losses, plots
 from ambient_jax import config as config_lib
 from ambient_jax.data import load_split
+from ambient_jax.eval import report
 from ambient_jax.eval.evaluate import EVAL_DIR
 from ambient_jax.precond import Denoiser, edm_denoiser
 
@@ -354,14 +355,8 @@ def diagnose_run(
         denoise, queries, heldout, sigmas, key, copies, sigma_tn, reference_train=train_images
     )
     result["workdir"] = files.absolute(workdir)
-    result["label"] = run_label(config, workdir)
+    result["label"] = report.run_label(workdir, config_lib.effective_sigma_tn(config))
     return result
-
-
-def run_label(config, workdir):
-    sigma_tn = config_lib.effective_sigma_tn(config)
-    name = os.path.basename(os.path.normpath(workdir))
-    return f"{name} (ddpm)" if sigma_tn == 0 else f"{name} (s_tn={sigma_tn:g})"
 
 
 def markdown_table(result):

@@ -11,7 +11,7 @@ Writes <workdir>/eval/metrics.json, report.md, nearest.png and similarity_histog
 
 from absl import flags
 
-from ambient_jax.eval import evaluate
+from ambient_jax.eval import evaluate, report
 from ambient_jax.programs.common import clean_errors, log, run_program
 
 flags.DEFINE_string("workdir", None, "a training work dir with samples")
@@ -54,7 +54,7 @@ def main(argv):
     del argv
 
     if FLAGS.compare:
-        log(evaluate.compare_runs(FLAGS.compare))
+        log(report.compare_runs(FLAGS.compare))
         return
     if not FLAGS.workdir:
         raise ValueError("give --workdir=RUN (or --compare RUN1,RUN2,...)")
