@@ -739,8 +739,10 @@ def verdict(scratch, tests, caught_before, timeout):
     named = first_stage(tests, caught_before)
     if named:
         code, failure = run_tests(scratch, named, timeout)
-        if code != 0 or named == tests:
+        if code == 1 or (code == 0 and named == tests):  # 1: a test failed
             return code, failure, "named"
+        # 0: they passed; otherwise a named test no longer exists (pytest's 4 and 5) or the run
+        # broke, and neither is a verdict: the whole selection decides
     code, failure = run_tests(scratch, tests, timeout)
     return code, failure, "selection"
 
@@ -833,6 +835,9 @@ def main():
             elif code == 0:
                 result = "survived"
                 print(f"SURVIVED {name:34s} ({seconds:.0f} s; {' '.join(tests)})", flush=True)
+            elif code != 1:  # pytest could not run the selection (a usage error, no tests)
+                result = "error"
+                print(f"ERROR    {name:34s} (pytest exit {code}; {' '.join(tests)})", flush=True)
             else:
                 result = "caught"
                 if first_failure:
