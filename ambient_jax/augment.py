@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ambient_jax.checks import need
+
 # The low-pass filter of the sym6 wavelet (EDM's resampling filter for the geometric transforms).
 SYM6 = np.asarray(
     [
@@ -360,3 +362,13 @@ def augment_image(image, key, p, pipe=EDM_RECIPE):
 def augment_batch(images, keys, p, pipe=EDM_RECIPE):
     """augment_image over a batch: images [B,H,W,C], keys [B] -> ([B,H,W,C], [B, label_dim])."""
     return jax.vmap(lambda x, k: augment_image(x, k, p, pipe))(images, keys)
+
+
+def check_config(data) -> None:
+    """config.data's augmentation fields (augment_p, augment_pipe), each named (ValueError)."""
+    need(0 <= data.augment_p <= 1, "data.augment_p", "must lie in [0, 1] (0 = off)")
+    need(
+        data.augment_pipe in RECIPES,
+        "data.augment_pipe",
+        f"must be one of {sorted(RECIPES)}",
+    )

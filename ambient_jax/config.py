@@ -10,7 +10,8 @@ import os
 
 import ml_collections
 
-from ambient_jax import augment, files, losses, nets, sampling
+from ambient_jax import augment, files, losses, nets, parallel, sampling
+from ambient_jax.checks import need, need_counts, need_each
 from ambient_jax.data import corrupt
 
 CONFIG_NAME = "config.json"
@@ -191,121 +192,40 @@ def base_config():
 
 
 def check_config(config):
-    """Raise ValueError naming the field for values the programs cannot run with."""
-
-    def need(ok, field, message):
-        if not ok:
-            raise ValueError(f"config field {field}: {message}")
-
-    need(
-        config.loss.objective in losses.OBJECTIVES,
-        "loss.objective",
-        f"must be one of {losses.OBJECTIVES}",
-    )
-    need(
-        config.loss.branch_rule in losses.BRANCH_RULES,
-        "loss.branch_rule",
-        f"must be one of {losses.BRANCH_RULES}",
-    )
-    need(
-        config.loss.weighting in losses.WEIGHTINGS,
-        "loss.weighting",
-        f"must be one of {losses.WEIGHTINGS}",
-    )
-    need(config.loss.sigma_tn >= 0, "loss.sigma_tn", "must be >= 0")
-    need(
-        config.model.preset in nets.PRESETS,
-        "model.preset",
-        f"must be one of {sorted(nets.PRESETS)}",
-    )
-    low = config.model.split_low_preset
-    need(
-        not low or low in nets.PRESETS,
-        "model.split_low_preset",
-        f"must be '' or one of {sorted(nets.PRESETS)}",
-    )
-    need(
-        not low or config.model.split_sigma,
-        "model.split_low_preset",
-        "needs model.split_sigma (-1 or a level)",
-    )
-    need(0 <= config.data.augment_p <= 1, "data.augment_p", "must lie in [0, 1] (0 = off)")
-    need(
-        config.data.augment_pipe in augment.RECIPES,
-        "data.augment_pipe",
-        f"must be one of {sorted(augment.RECIPES)}",
-    )
-    for field in ("model.preset", "model.split_low_preset"):
-        section, name = field.split(".")
-        preset = config[section][name]
-        need(
-            not config.data.augment_p or not preset or nets.takes_augment_labels(preset),
-            field,
-            f"{preset} has no augment-label input: data.augment_p > 0 needs a U-Net preset "
-            "(tiny, ddpmpp_cifar10, ncsnpp_cifar10, ncsnpp_ffhq64)",
-        )
-    need(
-        config.sample.sampler in sampling.SAMPLERS,
-        "sample.sampler",
-        f"must be one of {sorted(sampling.SAMPLERS)}",
-    )
-    need(config.parallel.mode in ("jit", "pmap"), "parallel.mode", "must be 'jit' or 'pmap'")
-    need(
-        config.model.compute_dtype in ("auto", "float32", "bfloat16"),
-        "model.compute_dtype",
-        "must be 'auto', 'float32' or 'bfloat16'",
-    )
+    """Raise ValueError naming the field for values the programs cannot run with. Each module
+    checks the section it owns (losses, nets, augment, sampling, parallel, data.corrupt); the
+    trainer's and the evaluation's sections (train, optim, ema, data, eval) are checked here,
+    because their modules import this one."""
+    losses.check_config(config.loss)
+    nets.check_config(config.model, config.data.augment_p)
+    augment.check_config(config.data)
+    sampling.check_config(config.sample)
+    parallel.check_config(config.parallel)
+    corrupt.check_config(config.data, config.loss)
     need(int(config.train.steps_per_dispatch) >= 1, "train.steps_per_dispatch", "must be >= 1")
-    for field in (
-        "train.batch_size",
-        "train.num_steps",
-        "sample.num_steps",
-        "sample.batch_size",
-        "sample.num_samples",
-        "sample.grid_size",
-        "eval.carlini_k",
-        "data.n_train",
-        "data.resolution",
-    ):
-        section, name = field.split(".")
-        need(int(config[section][name]) >= 1, field, "must be >= 1")
+    need_counts("train", config.train, ("batch_size", "num_steps"))
+    need_counts("eval", config.eval, ("carlini_k",))
+    need_counts("data", config.data, ("n_train", "resolution"))
     need(config.optim.lr > 0, "optim.lr", "must be > 0")
-    # (comparisons written so that NaN fails them)
-    for field, ok, says in (
-        ("ema.halflife_kimg", lambda v: v > 0, "must be > 0"),
-        ("ema.rampup_ratio", lambda v: v >= 0, "must be >= 0 (0 = no ramp-up)"),
-        ("loss.ambient_fraction", lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
-        ("loss.p_mean", lambda v: abs(v) < 1e3, "must be a finite log-sigma"),
-        ("loss.p_std", lambda v: v > 0, "must be > 0"),
-        ("loss.rescale_cap", lambda v: v >= 0, "must be >= 0 (0 = off)"),
-        ("loss.sigma_data", lambda v: v > 0, "must be > 0"),
-        ("loss.sigma_switch", lambda v: v >= 0, "must be >= 0 (0 = sigma_tn)"),
-        ("loss.switch_ratio", lambda v: v >= 1, "must be >= 1 (1 = no gate)"),
-        ("loss.switch_offset", lambda v: v >= 0, "must be >= 0"),
-        ("data.corrupt_count", lambda v: v >= 0, "must be >= 0 (0 = no corrupted images)"),
-        ("data.corrupt_keep_heldout", lambda v: v >= 0, "must be >= 0"),
-        ("model.split_sigma", lambda v: v >= 0 or v == -1, "must be 0 (off), -1 or a level > 0"),
-        ("optim.b1", lambda v: 0 <= v < 1, "must lie in [0, 1)"),
-        ("optim.b2", lambda v: 0 <= v < 1, "must lie in [0, 1)"),
-        ("optim.eps", lambda v: v > 0, "must be > 0"),
-        ("optim.grad_clip", lambda v: v >= 0, "must be >= 0 (0 = off)"),
-        ("optim.warmup_kimg", lambda v: v >= 0, "must be >= 0 (0 = off)"),
-        ("optim.weight_decay", lambda v: v >= 0, "must be >= 0"),
-        ("parallel.num_devices", lambda v: v >= 0, "must be >= 0 (0 = every device)"),
-        ("parallel.num_processes", lambda v: v >= 0, "must be >= 0"),
-        ("parallel.process_id", lambda v: v >= 0, "must be >= 0"),
-    ):
-        section, name = field.split(".")
-        if name in config[section]:
-            need(ok(config[section][name]), field, f"{says}, got {config[section][name]}")
-    for name, value in config.model.overrides.items():
-        if isinstance(value, int) and not isinstance(value, bool):
-            need(value >= 1, f"model.overrides.{name}", f"must be >= 1, got {value}")
-    dropout = config.model.overrides.get("dropout")
-    need(
-        dropout is None or 0 <= dropout < 1,
-        "model.overrides.dropout",
-        f"must lie in [0, 1), got {dropout}",
+    need_each(
+        "ema",
+        config.ema,
+        (
+            ("halflife_kimg", lambda v: v > 0, "must be > 0"),
+            ("rampup_ratio", lambda v: v >= 0, "must be >= 0 (0 = no ramp-up)"),
+        ),
+    )
+    need_each(
+        "optim",
+        config.optim,
+        (
+            ("b1", lambda v: 0 <= v < 1, "must lie in [0, 1)"),
+            ("b2", lambda v: 0 <= v < 1, "must lie in [0, 1)"),
+            ("eps", lambda v: v > 0, "must be > 0"),
+            ("grad_clip", lambda v: v >= 0, "must be >= 0 (0 = off)"),
+            ("warmup_kimg", lambda v: v >= 0, "must be >= 0 (0 = off)"),
+            ("weight_decay", lambda v: v >= 0, "must be >= 0"),
+        ),
     )
     need(config.data.channels in (1, 3), "data.channels", "must be 1 or 3")
     need(
@@ -324,37 +244,6 @@ def check_config(config):
         "train.track_sigmas",
         "must be one or more noise levels > 0",
     )
-    if int(config.data.corrupt_count):
-        need(
-            config.data.corrupt_kind in corrupt.KINDS,
-            "data.corrupt_kind",
-            f"must be one of {corrupt.KINDS}",
-        )
-        need(config.data.corrupt_level > 0, "data.corrupt_level", "must be > 0")
-        says = corrupt.check_sigma_tn_spec(config.data.corrupt_sigma_tn, config.data.corrupt_kind)
-        need(says is None, "data.corrupt_sigma_tn", says)
-        need(
-            not config.data.streaming,
-            "data.corrupt_count",
-            "corrupted images are held on device: needs data.streaming=False",
-        )
-        need(
-            config.data.corrupt_sampling in ("level_first", "image_first"),
-            "data.corrupt_sampling",
-            "must be 'level_first' or 'image_first'",
-        )
-        need(
-            config.loss.branch_rule == "paper",
-            "data.corrupt_count",
-            "per-image sigma_tn belongs to loss.branch_rule=paper",
-        )
-        need(
-            not config.loss.sigma_switch and not config.loss.ambient_fraction,
-            "data.corrupt_count",
-            "with per-image sigma_tn the ambient branch begins at each image's sigma_tn * "
-            "loss.switch_ratio + loss.switch_offset: set loss.sigma_switch=0 and "
-            "loss.ambient_fraction=0",
-        )
     if int(config.train.track_every) and config.data.streaming:
         raise ValueError(
             "config field train.track_every: tracking needs the training images on device "

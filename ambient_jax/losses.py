@@ -69,6 +69,7 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtr, ndtri
 
 from ambient_jax import schedules
+from ambient_jax.checks import need, need_each
 from ambient_jax.precond import SIGMA_DATA, Denoiser, vp_denoiser
 from ambient_jax.schedules import _expand
 
@@ -510,3 +511,25 @@ def _lecture_rule(
     level = jnp.where(is_ambient, s_tn, 0.0)
     loss = ambient_loss_vp(vp_denoiser(denoise), target, s, level, noise)
     return loss, {"is_ambient": is_ambient & (sigma_tn > 0), "sigma": schedules.vp_to_ve_sigma(s)}
+
+
+def check_config(loss) -> None:
+    """config.loss values the objective cannot train with, each named (ValueError)."""
+    need(loss.objective in OBJECTIVES, "loss.objective", f"must be one of {OBJECTIVES}")
+    need(loss.branch_rule in BRANCH_RULES, "loss.branch_rule", f"must be one of {BRANCH_RULES}")
+    need(loss.weighting in WEIGHTINGS, "loss.weighting", f"must be one of {WEIGHTINGS}")
+    need(loss.sigma_tn >= 0, "loss.sigma_tn", "must be >= 0")
+    need_each(
+        "loss",
+        loss,
+        (
+            ("ambient_fraction", lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
+            ("p_mean", lambda v: abs(v) < 1e3, "must be a finite log-sigma"),
+            ("p_std", lambda v: v > 0, "must be > 0"),
+            ("rescale_cap", lambda v: v >= 0, "must be >= 0 (0 = off)"),
+            ("sigma_data", lambda v: v > 0, "must be > 0"),
+            ("sigma_switch", lambda v: v >= 0, "must be >= 0 (0 = sigma_tn)"),
+            ("switch_ratio", lambda v: v >= 1, "must be >= 1 (1 = no gate)"),
+            ("switch_offset", lambda v: v >= 0, "must be >= 0"),
+        ),
+    )

@@ -16,6 +16,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ambient_jax.checks import need, need_each
+
 DATA_AXIS = "data"
 
 
@@ -109,3 +111,17 @@ def to_host(array):
     if jax.process_count() > 1 and not array.is_fully_addressable:
         return np.asarray(multihost_utils.process_allgather(array, tiled=True))
     return np.asarray(jax.device_get(array))
+
+
+def check_config(parallel) -> None:
+    """config.parallel values, each named (ValueError)."""
+    need(parallel.mode in ("jit", "pmap"), "parallel.mode", "must be 'jit' or 'pmap'")
+    need_each(
+        "parallel",
+        parallel,
+        (
+            ("num_devices", lambda v: v >= 0, "must be >= 0 (0 = every device)"),
+            ("num_processes", lambda v: v >= 0, "must be >= 0"),
+            ("process_id", lambda v: v >= 0, "must be >= 0"),
+        ),
+    )

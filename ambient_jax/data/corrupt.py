@@ -15,6 +15,7 @@ import json
 import numpy as np
 
 from ambient_jax import files
+from ambient_jax.checks import need, need_each
 from ambient_jax.data.images import DataError
 
 KINDS = ("noise", "blur")
@@ -223,3 +224,44 @@ def record_corrupted(workdir, data_config, source_indices, sigma_tn, clean, copy
     }
     files.write_json_atomic(f"{workdir}/{RECORD_NAME}", record)
     return record
+
+
+def check_config(data, loss) -> None:
+    """config.data's corruption fields (and what data of mixed quality asks of config.loss),
+    each named (ValueError)."""
+    need_each(
+        "data",
+        data,
+        (
+            ("corrupt_count", lambda v: v >= 0, "must be >= 0 (0 = no corrupted images)"),
+            ("corrupt_keep_heldout", lambda v: v >= 0, "must be >= 0"),
+        ),
+    )
+    if not int(data.corrupt_count):
+        return
+    need(data.corrupt_kind in KINDS, "data.corrupt_kind", f"must be one of {KINDS}")
+    need(data.corrupt_level > 0, "data.corrupt_level", "must be > 0")
+    says = check_sigma_tn_spec(data.corrupt_sigma_tn, data.corrupt_kind)
+    need(says is None, "data.corrupt_sigma_tn", says)
+    need(
+        not data.streaming,
+        "data.corrupt_count",
+        "corrupted images are held on device: needs data.streaming=False",
+    )
+    need(
+        data.corrupt_sampling in ("level_first", "image_first"),
+        "data.corrupt_sampling",
+        "must be 'level_first' or 'image_first'",
+    )
+    need(
+        loss.branch_rule == "paper",
+        "data.corrupt_count",
+        "per-image sigma_tn belongs to loss.branch_rule=paper",
+    )
+    need(
+        not loss.sigma_switch and not loss.ambient_fraction,
+        "data.corrupt_count",
+        "with per-image sigma_tn the ambient branch begins at each image's sigma_tn * "
+        "loss.switch_ratio + loss.switch_offset: set loss.sigma_switch=0 and "
+        "loss.ambient_fraction=0",
+    )

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ambient_jax import augment
+from ambient_jax.checks import need, need_each
 from ambient_jax.nets.local_cnn import LocalCNN
 from ambient_jax.nets.mlp import ResidualMLP
 from ambient_jax.nets.unet import SongUNet
@@ -210,3 +211,47 @@ def compute_dtype(name: str) -> str:
     if name == "auto":
         return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
     return name
+
+
+def check_config(model, augment_p: float) -> None:
+    """config.model values no network can be built with, each named (ValueError); augment_p
+    (data.augment_p) > 0 needs presets that take augment labels."""
+    need(model.preset in PRESETS, "model.preset", f"must be one of {sorted(PRESETS)}")
+    low = model.split_low_preset
+    need(
+        not low or low in PRESETS,
+        "model.split_low_preset",
+        f"must be '' or one of {sorted(PRESETS)}",
+    )
+    need(
+        not low or model.split_sigma,
+        "model.split_low_preset",
+        "needs model.split_sigma (-1 or a level)",
+    )
+    for name in ("preset", "split_low_preset"):
+        preset = model[name]
+        need(
+            not augment_p or not preset or takes_augment_labels(preset),
+            f"model.{name}",
+            f"{preset} has no augment-label input: data.augment_p > 0 needs a U-Net preset "
+            "(tiny, ddpmpp_cifar10, ncsnpp_cifar10, ncsnpp_ffhq64)",
+        )
+    need(
+        model.compute_dtype in ("auto", "float32", "bfloat16"),
+        "model.compute_dtype",
+        "must be 'auto', 'float32' or 'bfloat16'",
+    )
+    need_each(
+        "model",
+        model,
+        (("split_sigma", lambda v: v >= 0 or v == -1, "must be 0 (off), -1 or a level > 0"),),
+    )
+    for name, value in model.overrides.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            need(value >= 1, f"model.overrides.{name}", f"must be >= 1, got {value}")
+    dropout = model.overrides.get("dropout")
+    need(
+        dropout is None or 0 <= dropout < 1,
+        "model.overrides.dropout",
+        f"must lie in [0, 1), got {dropout}",
+    )
