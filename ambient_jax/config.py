@@ -110,7 +110,7 @@ def base_config():
     c.loss.objective = "ambient"  # ddpm | ambient
     c.loss.sigma_tn = 0.5  # noise level of the fixed noisy copies (VE sigma units)
     c.loss.branch_rule = "paper"  # paper | lecture
-    c.loss.weighting = "edm"  # edm | rescaled | normalized | none (ambient_jax.losses)
+    c.loss.weighting = "edm"  # one of losses.WEIGHTING_TABLE (ambient-train --help lists them)
     # Bounded-variance variants of the ambient branch (ambient_jax.losses): where the ambient
     # branch begins (0 = at sigma_tn, the paper) and a cap on the rescaled factor (0 = none).
     c.loss.sigma_switch = 0.0

@@ -73,7 +73,6 @@ from ambient_jax.checks import need, need_each
 from ambient_jax.precond import SIGMA_DATA, Denoiser, vp_denoiser
 from ambient_jax.schedules import _expand
 
-WEIGHTINGS = ("edm", "rescaled", "normalized", "none")
 BRANCH_RULES = ("paper", "lecture")
 OBJECTIVES = ("ddpm", "ambient")
 
@@ -103,14 +102,72 @@ def _sum_sq(x):
     return jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)))
 
 
+# ----------------------------------------------------------------------------- weightings
+# Each weighting multiplies a row's ||prediction - target||^2 (the module docstring derives them).
+# Arguments: sigma, sigma_tn (0 on clean rows), noisy (sigma_tn > 0), safe_gap (sigma^2 -
+# sigma_tn^2 floored relative to sigma^2), sigma_data, rescale_cap. A new weighting is one function
+# and one entry of WEIGHTING_TABLE: the loss, the config check and ambient-train's --help read it.
+
+
+def _no_weight(sigma, sigma_tn, noisy, safe_gap, sigma_data, rescale_cap):
+    return jnp.ones_like(sigma)
+
+
+def _edm_weighting(sigma, sigma_tn, noisy, safe_gap, sigma_data, rescale_cap):
+    return edm_weight(sigma, sigma_data)
+
+
+def _rescale_factor(sigma, safe_gap, rescale_cap):
+    factor = sigma**4 / safe_gap**2
+    if rescale_cap:
+        factor = jnp.minimum(factor, rescale_cap)
+    return factor
+
+
+def _rescaled_weighting(sigma, sigma_tn, noisy, safe_gap, sigma_data, rescale_cap):
+    factor = _rescale_factor(sigma, safe_gap, rescale_cap)
+    return edm_weight(sigma, sigma_data) * jnp.where(noisy, factor, 1.0)
+
+
+def _normalized_weighting(sigma, sigma_tn, noisy, safe_gap, sigma_data, rescale_cap):
+    factor = _rescale_factor(sigma, safe_gap, rescale_cap)
+    # times sd^2 / (sd^2 + v), v = sigma_tn^2 + sigma_tn^4 / gap
+    variance = sigma_tn**2 + sigma_tn**4 / safe_gap
+    factor = factor * sigma_data**2 / (sigma_data**2 + variance)
+    return edm_weight(sigma, sigma_data) * jnp.where(noisy, factor, 1.0)
+
+
+# name -> (weight function, what it is)
+WEIGHTING_TABLE = {
+    "edm": (_edm_weighting, "EDM's lambda(sigma) on both branches: the paper's code"),
+    "rescaled": (
+        _rescaled_weighting,
+        "ambient rows times sigma^4 / (sigma^2 - sigma_tn^2)^2 (a later paper of the same group)",
+    ),
+    "normalized": (
+        _normalized_weighting,
+        "rescaled times the inverse variance of the ambient target, sd^2 / (sd^2 + v(sigma))",
+    ),
+    "none": (_no_weight, "unweighted squared error"),
+}
+WEIGHTINGS = tuple(WEIGHTING_TABLE)  # the names as shipped (tests parametrize over them)
+
+
+def weighting_help() -> str:
+    """One line per weighting, for --help."""
+    return "\n".join(f"  {name:10s} {what}" for name, (_, what) in WEIGHTING_TABLE.items())
+
+
 def _two_regime_ve(denoise, target, sigma, sigma_tn, noise, sigma_data, weighting, rescale_cap=0.0):
     """One network call for a batch whose rows may sit on either branch.
 
     Row b trains on `target[b]` observed at noise level sigma_tn[b] (0 for a clean row) and is
     perturbed up to sigma[b]. With sigma_tn[b] = 0 the row is the plain denoising loss exactly.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"loss weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if weighting not in WEIGHTING_TABLE:
+        raise ValueError(
+            f"loss weighting must be one of {tuple(WEIGHTING_TABLE)}, got {weighting!r}"
+        )
     sigma = jnp.asarray(sigma, target.dtype)
     sigma_tn = jnp.broadcast_to(jnp.asarray(sigma_tn, target.dtype), sigma.shape)
     noisy = sigma_tn > 0
@@ -123,20 +180,11 @@ def _two_regime_ve(denoise, target, sigma, sigma_tn, noise, sigma_data, weightin
     d = denoise(x, sigma)
     prediction = _expand(keep_d, x) * d + _expand(keep_x, x) * x
     loss = _sum_sq(prediction - target)
-    if weighting != "none":
-        loss = edm_weight(sigma, sigma_data) * loss
-    if weighting in ("rescaled", "normalized"):
-        # The gap is floored relative to sigma^2 (a row within 1e-6 of sigma_tn): an absolute floor
-        # squared underflows in float32, and inf times the row's zero loss would be NaN.
-        safe_gap = jnp.maximum(gap, 1e-6 * sigma**2)
-        factor = sigma**4 / safe_gap**2
-        if rescale_cap:
-            factor = jnp.minimum(factor, rescale_cap)
-        if weighting == "normalized":  # times sd^2 / (sd^2 + v), v = sigma_tn^2 + sigma_tn^4 / gap
-            variance = sigma_tn**2 + sigma_tn**4 / safe_gap
-            factor = factor * sigma_data**2 / (sigma_data**2 + variance)
-        loss = loss * jnp.where(noisy, factor, 1.0)
-    return loss
+    # The gap is floored relative to sigma^2 (a row within 1e-6 of sigma_tn): an absolute floor
+    # squared underflows in float32, and inf times the row's zero loss would be NaN.
+    safe_gap = jnp.maximum(gap, 1e-6 * sigma**2)
+    weight = WEIGHTING_TABLE[weighting][0]
+    return loss * weight(sigma, sigma_tn, noisy, safe_gap, sigma_data, rescale_cap)
 
 
 def denoising_loss(
@@ -274,8 +322,10 @@ def make_objective(
         raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got {objective!r}")
     if branch_rule not in BRANCH_RULES:
         raise ValueError(f"loss.branch_rule must be one of {BRANCH_RULES}, got {branch_rule!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"loss.weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if weighting not in WEIGHTING_TABLE:
+        raise ValueError(
+            f"loss.weighting must be one of {tuple(WEIGHTING_TABLE)}, got {weighting!r}"
+        )
     sigma_tn = effective_sigma_tn(objective, sigma_tn)
     if sigma_tn < 0:
         raise ValueError(f"loss.sigma_tn must be >= 0, got {sigma_tn}")
@@ -517,7 +567,11 @@ def check_config(loss) -> None:
     """config.loss values the objective cannot train with, each named (ValueError)."""
     need(loss.objective in OBJECTIVES, "loss.objective", f"must be one of {OBJECTIVES}")
     need(loss.branch_rule in BRANCH_RULES, "loss.branch_rule", f"must be one of {BRANCH_RULES}")
-    need(loss.weighting in WEIGHTINGS, "loss.weighting", f"must be one of {WEIGHTINGS}")
+    need(
+        loss.weighting in WEIGHTING_TABLE,
+        "loss.weighting",
+        f"must be one of {tuple(WEIGHTING_TABLE)}",
+    )
     need(loss.sigma_tn >= 0, "loss.sigma_tn", "must be >= 0")
     need_each(
         "loss",

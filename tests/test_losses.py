@@ -469,3 +469,29 @@ def test_per_image_objective_recovers_the_clean_denoiser_of_gaussian_data(sigma0
     got_ignoring = best_c(losses.make_objective("ddpm", **narrow))
     assert abs(got_ignoring / c_noisy - 1) < 0.04, (got_ignoring, c_noisy)
     assert abs(got_ignoring / c_clean - 1) > 0.2  # the two objectives are told apart
+
+
+def test_a_weighting_is_one_entry_of_the_table(monkeypatch):
+    """losses.WEIGHTING_TABLE is read by the loss, the config check and ambient-train's --help:
+    one entry (here twice EDM's weight) is a new weighting everywhere."""
+    from ambient_jax import config as config_lib
+
+    twice = lambda sigma, sigma_tn, noisy, safe_gap, sigma_data, cap: (
+        2 * losses.edm_weight(sigma, sigma_data)
+    )
+    monkeypatch.setitem(losses.WEIGHTING_TABLE, "twice_edm", (twice, "twice EDM's weight"))
+    c = config_lib.base_config()
+    c.loss.weighting = "twice_edm"
+    config_lib.check_config(c)
+    assert "twice_edm  twice EDM's weight" in losses.weighting_help()
+    x0 = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    noise = jax.random.normal(jax.random.key(1), x0.shape)
+    sigma = jnp.array([0.3, 0.9, 1.7, 4.0])
+    denoise = lambda x, s: 0.5 * x
+    tn = jnp.full((4,), 0.5)
+    edm = losses._two_regime_ve(denoise, x0, sigma, tn, noise, 0.5, "edm")
+    new = losses._two_regime_ve(denoise, x0, sigma, tn, noise, 0.5, "twice_edm")
+    np.testing.assert_allclose(new, 2 * edm, rtol=1e-6)
+    c.loss.weighting = "thrice"
+    with pytest.raises(ValueError, match="loss.weighting: must be one of .*twice_edm"):
+        config_lib.check_config(c)

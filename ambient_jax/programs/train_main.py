@@ -9,14 +9,18 @@ Re-running the same command resumes from the latest checkpoint in the work dir.
 (configs/mnist.py:ddpm, configs/cifar10.py:ambient,1k). Any field can be overridden with
 --config.SECTION.FIELD=VALUE (--config.train.num_steps=500, --config.loss.weighting=edm).
 --print_config prints every field of the resulting config with its value, and exits.
-The README's "Configs" table says what each field means.
+docs/configs.md says what each field means.
 """
 
 from absl import flags
 from ml_collections import config_flags
 
-from ambient_jax import train
+from ambient_jax import losses, train
 from ambient_jax.programs.common import DEFAULT_CONFIG, clean_errors, log, run_program
+
+__doc__ += (
+    "\n--config.loss.weighting, the weight of each row's squared error:\n" + losses.weighting_help()
+)
 
 FLAGS = flags.FLAGS
 
