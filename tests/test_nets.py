@@ -354,65 +354,55 @@ def _support(jac):
     return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
 
 
-def test_unet_digits_preset_size_and_receptive_field_by_level(monkeypatch):
-    """The digits U-Net: 1.26M parameters; through its convolutions a feature at 16x16 sees 3x3
-    (input conv) and 7x7 (after the level's block) pixels, a feature at 8x8 the whole 16x16 image,
-    and so does the output (the decoder adds the upsampled coarse levels to every pixel)."""
+def _centre_supports(monkeypatch, preset, size, names):
+    """name -> (rows, cols) where the centre feature of that layer (or "output") depends on the
+    input: the support of its Jacobian, with GroupNorm's statistics frozen (they would couple
+    every pixel) and the near-zero layers lifted."""
     from ambient_jax.nets import unet
 
-    assert param_count(build_model("unet_digits", 1), (1, 16, 16, 1)) == 1_259_393
     monkeypatch.setattr(
         unet, "group_norm", lambda c, dtype=None: _FrozenStatisticsGroupNorm(min(32, c // 4))
     )
-    model = build_model("unet_digits", 1)
-    x = jax.random.normal(jax.random.key(0), (1, 16, 16, 1))
+    model = build_model(preset, 1)
+    x = jax.random.normal(jax.random.key(0), (1, size, size, 1))
     c_noise = jnp.zeros((1,))
     params = jax.jit(model.init)(jax.random.key(1), x, c_noise)
-    params = jax.tree_util.tree_map(lambda p: p + 0.05, params)  # lift the near-zero layers
-
-    names = ("Conv_0", "UNetBlock_0", "UNetBlock_2", "output")
+    params = jax.tree_util.tree_map(lambda p: p + 0.05, params)
 
     @jax.jit
     @jax.jacrev
     def centres(v):
         out, state = model.apply(params, v, c_noise, capture_intermediates=True)
-        features = [state["intermediates"][n]["__call__"][0] for n in names[:-1]] + [out]
+        features = [
+            out if n == "output" else state["intermediates"][n]["__call__"][0] for n in names
+        ]
         return jnp.stack([f[0, f.shape[1] // 2, f.shape[2] // 2].sum() for f in features])
 
-    jac = dict(zip(names, centres(x)[:, 0, :, :, 0]))
-    assert _support(jac["Conv_0"]) == (7, 9, 7, 9)  # the input conv: 3x3 around pixel (8, 8)
-    assert _support(jac["UNetBlock_0"]) == (5, 11, 5, 11)  # plus the block's two 3x3 convs: 7x7
-    assert _support(jac["UNetBlock_2"]) == (0, 15, 0, 15)  # level 8x8, pixel (4, 4): all of it
-    assert _support(jac["output"]) == (0, 15, 0, 15)
+    return {n: _support(j) for n, j in zip(names, centres(x)[:, 0, :, :, 0])}
+
+
+def test_unet_digits_preset_size_and_receptive_field_by_level(monkeypatch):
+    """The digits U-Net: 1.26M parameters; through its convolutions a feature at 16x16 sees 3x3
+    (input conv) and 7x7 (after the level's block) pixels, a feature at 8x8 the whole 16x16 image,
+    and so does the output (the decoder adds the upsampled coarse levels to every pixel)."""
+    assert param_count(build_model("unet_digits", 1), (1, 16, 16, 1)) == 1_259_393
+    names = ("Conv_0", "UNetBlock_0", "UNetBlock_2", "output")
+    support = _centre_supports(monkeypatch, "unet_digits", 16, names)
+    assert support["Conv_0"] == (7, 9, 7, 9)  # the input conv: 3x3 around pixel (8, 8)
+    assert support["UNetBlock_0"] == (5, 11, 5, 11)  # plus the block's two 3x3 convs: 7x7
+    assert support["UNetBlock_2"] == (0, 15, 0, 15)  # level 8x8, pixel (4, 4): all of it
+    assert support["output"] == (0, 15, 0, 15)
 
 
 def test_unet_digits32_preset_size_and_receptive_field_by_level(monkeypatch):
     """The 32x32 digits U-Net: 1.77M parameters; a feature at 32x32 sees 3x3 (input conv) and
     7x7 pixels, one at 16x16 16x16 (after the downsampling block) and 24x24 (after the next), one
     at 8x8 the whole image."""
-    from ambient_jax.nets import unet
-
     assert param_count(build_model("unet_digits32", 1), (1, 32, 32, 1)) == 1_770_049
-    monkeypatch.setattr(
-        unet, "group_norm", lambda c, dtype=None: _FrozenStatisticsGroupNorm(min(32, c // 4))
-    )
-    model = build_model("unet_digits32", 1)
-    x = jax.random.normal(jax.random.key(0), (1, 32, 32, 1))
-    c_noise = jnp.zeros((1,))
-    params = jax.jit(model.init)(jax.random.key(1), x, c_noise)
-    params = jax.tree_util.tree_map(lambda p: p + 0.05, params)
     names = ("Conv_0", "UNetBlock_0", "UNetBlock_1", "UNetBlock_2", "UNetBlock_3")
-
-    @jax.jit
-    @jax.jacrev
-    def centres(v):
-        _, state = model.apply(params, v, c_noise, capture_intermediates=True)
-        features = [state["intermediates"][n]["__call__"][0] for n in names]
-        return jnp.stack([f[0, f.shape[1] // 2, f.shape[2] // 2].sum() for f in features])
-
-    jac = dict(zip(names, centres(x)[:, 0, :, :, 0]))
-    assert _support(jac["Conv_0"]) == (15, 17, 15, 17)  # 3x3 around pixel (16, 16)
-    assert _support(jac["UNetBlock_0"]) == (13, 19, 13, 19)  # 7x7
-    assert _support(jac["UNetBlock_1"]) == (9, 24, 9, 24)  # level 16x16: 16x16 pixels
-    assert _support(jac["UNetBlock_2"]) == (5, 28, 5, 28)  # 24x24
-    assert _support(jac["UNetBlock_3"]) == (0, 31, 0, 31)  # level 8x8: all of it
+    support = _centre_supports(monkeypatch, "unet_digits32", 32, names)
+    assert support["Conv_0"] == (15, 17, 15, 17)  # 3x3 around pixel (16, 16)
+    assert support["UNetBlock_0"] == (13, 19, 13, 19)  # 7x7
+    assert support["UNetBlock_1"] == (9, 24, 9, 24)  # level 16x16: 16x16 pixels
+    assert support["UNetBlock_2"] == (5, 28, 5, 28)  # 24x24
+    assert support["UNetBlock_3"] == (0, 31, 0, 31)  # level 8x8: all of it
