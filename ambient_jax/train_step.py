@@ -128,22 +128,22 @@ def row_sigmas(config, step_root, step):
     return jnp.exp(config.loss.p_mean + config.loss.p_std * losses.row_level_normal(keys))
 
 
-def make_row_loss(config):
-    """The run's per-row loss: losses.make_objective for the config's loss fields."""
+def make_row_loss(loss):
+    """The run's per-row loss: losses.make_objective for config.loss, whole."""
     return losses.make_objective(
-        config.loss.objective,
-        sigma_tn=config.loss.sigma_tn,
-        branch_rule=config.loss.branch_rule,
-        weighting=config.loss.weighting,
-        noise_key=losses.noise_tn_key(config.loss),
-        p_mean=config.loss.p_mean,
-        p_std=config.loss.p_std,
-        sigma_data=config.loss.sigma_data,
-        sigma_switch=config.loss.sigma_switch,
-        rescale_cap=config.loss.rescale_cap,
-        ambient_fraction=config.loss.ambient_fraction,
-        switch_ratio=config.loss.switch_ratio,
-        switch_offset=config.loss.switch_offset,
+        loss.objective,
+        sigma_tn=loss.sigma_tn,
+        branch_rule=loss.branch_rule,
+        weighting=loss.weighting,
+        noise_key=losses.noise_tn_key(loss),
+        p_mean=loss.p_mean,
+        p_std=loss.p_std,
+        sigma_data=loss.sigma_data,
+        sigma_switch=loss.sigma_switch,
+        rescale_cap=loss.rescale_cap,
+        ambient_fraction=loss.ambient_fraction,
+        switch_ratio=loss.switch_ratio,
+        switch_offset=loss.switch_offset,
     )
 
 
@@ -158,7 +158,7 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
     """
     batch_size = config.train.batch_size
     rows_per_shard = batch_size // num_shards
-    row_loss = make_row_loss(config)
+    row_loss = make_row_loss(config.loss)
     step_root = step_root_key(config)
 
     def body(state, x0, index, image_sigma_tn=None, image_clean=None, copy_noise=None, *,
