@@ -10,8 +10,8 @@ docs/ambient_quality.md for the measurements behind every choice here.
     ambient-eval --workdir=runs/mnist_ambient
 
 ARG picks the objective: "ambient" (default, loss.sigma_tn as below) or "ddpm".
-Run time on 2 CPU cores: about 3 minutes of training per run (see README for the measured
-table from launch/quickstart.sh: the ddpm run memorizes clearly more than the ambient one).
+Its measured run time and results are in docs/quickstart.md and the README's table (from
+launch/quickstart.sh: the ddpm run memorizes clearly more than the ambient one).
 """
 
 from ambient_jax.config import base_config
