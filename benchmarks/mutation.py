@@ -753,8 +753,9 @@ def write_report(path, results):
     lines = [
         f"# Mutation harness verdicts (benchmarks/mutation.py), {datetime.date.today()}",
         "",
-        f"{len(results)} mutants run, {caught} caught ({100 * caught / max(len(results), 1):.0f}%)."
-        " The seconds are each mutant's wall time on this machine (both stages).",
+        f"{len(results)} mutants run, {caught} caught ({100 * caught / max(len(results), 1):.0f}%),"
+        f" {sum(r['seconds'] for r in results) / 60:.1f} minutes in all. The seconds are each"
+        " mutant's wall time on this machine (both stages).",
         "",
         "| # | mutant | verdict | catching test | stage | seconds |",
         "|---|---|---|---|---|---|",
