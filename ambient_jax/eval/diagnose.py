@@ -51,7 +51,6 @@ from ambient_jax import checkpoint, files, losses, plots
 from ambient_jax import config as config_lib
 from ambient_jax.data import load_split
 from ambient_jax.eval import report
-from ambient_jax.eval.evaluate import EVAL_DIR
 from ambient_jax.precond import Denoiser, edm_denoiser
 
 DEFAULT_NUM_LEVELS = 24
@@ -408,7 +407,7 @@ def summary_table(results):
 def write_diagnosis(workdir: str, results: list[dict], log: Callable[[str], None] = print) -> None:
     """Write eval/diagnose.json, diagnose.md and diagnose.png (all `results` as curves) into
     workdir."""
-    out = os.path.join(workdir, EVAL_DIR)
+    out = os.path.join(workdir, report.EVAL_DIR)
     files.makedirs(out)
     own = next(r for r in results if r["workdir"] == files.absolute(workdir))
     files.write_text_atomic(os.path.join(out, "diagnose.json"), json.dumps(own, indent=1))

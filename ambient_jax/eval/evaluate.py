@@ -286,9 +286,6 @@ def evaluate_run(
     extracted, l2_train, _ = memorization.extraction_report(
         flat(samples), flat(split.train), config.eval.carlini_k
     )
-    heldout_extracted = memorization.extraction_report(
-        flat(heldout), flat(split.train), config.eval.carlini_k
-    )[0]
     l2_heldout, _ = memorization.blocked_topk(flat(samples), flat(split.heldout), k=1, metric="l2")
     # The noise-robust view: speckle in the samples does not hide a copy there.
     robust = lambda x: memorization.robust_view(
@@ -318,7 +315,9 @@ def evaluate_run(
         "pixel_similarity": similarity,
         "heldout_pixel_similarity": heldout_similarity,
         "extraction_rate": float(100 * extracted.mean()),
-        "heldout_extraction_rate": float(100 * heldout_extracted.mean()),
+        "heldout_extraction_rate": memorization.extraction_rate(
+            flat(heldout), flat(split.train), config.eval.carlini_k
+        ),
         **robust_stats,
         "median_l2_to_train": float(np.median(l2_train)),
         "median_l2_to_heldout": float(np.median(l2_heldout[:, 0])),
