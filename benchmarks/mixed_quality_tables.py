@@ -13,10 +13,10 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
+import variants  # benchmarks/variants.py, beside this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORDER = (
@@ -49,12 +49,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True)
     args = parser.parse_args()
-    table = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "variants.py"), "table",
-         f"--root={args.root}", "--mean",
-         f"--json={os.path.join(ROOT, 'benchmarks', 'results', 'mixed_quality.json')}"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()  # fmt: skip
+    table = variants.table_text(
+        args.root,
+        mean=True,
+        json_path=os.path.join(ROOT, "benchmarks", "results", "mixed_quality.json"),
+    ).splitlines()
     head = table[:2]
     rows = {line.split("|")[1].strip(): line for line in table[2:] if line.startswith("| ")}
     held = next(line for line in table if line.startswith("Held-out"))

@@ -348,9 +348,13 @@ COLUMNS = (
 )
 
 
-def table(root, mean=False, json_path=None):
+def table_text(root, mean=False, json_path=None):
+    """The markdown table of every finished run under root (mean ± std over seeds with `mean`),
+    the held-out reference line and what each row is; `json_path` also gets the raw metrics."""
     import numpy as np
 
+    out = []
+    emit = out.append
     found = rows(root)
     if json_path:  # the raw metrics and per-noise-level curves behind the table
         raw = {}
@@ -368,8 +372,8 @@ def table(root, mean=False, json_path=None):
         + " | ".join(c[0] for c in COLUMNS)
         + " |"
     )
-    print(head)
-    print("|---" * (len(COLUMNS) + 2) + "|")
+    emit(head)
+    emit("|---" * (len(COLUMNS) + 2) + "|")
     if mean:
         for name in dict.fromkeys(n for n, _, _ in found):
             ms = [m for n, _, m in found if n == name]
@@ -379,17 +383,17 @@ def table(root, mean=False, json_path=None):
                 cells.append(
                     f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}" if len(v) > 1 else f"{v[0]:{fmt}}"
                 )
-            print(f"| {name} | {len(ms)} | " + " | ".join(cells) + " |")
+            emit(f"| {name} | {len(ms)} | " + " | ".join(cells) + " |")
     else:
         for name, seed, m in found:
-            print(
+            emit(
                 f"| {name} | {seed} | "
                 + " | ".join(f"{get(m):{fmt}}" for _, get, fmt in COLUMNS)
                 + " |"
             )
     ref = found[0][2] if found else None
     if ref and "heldout_robust_extraction_rate" in ref:
-        print(
+        emit(
             "\nHeld-out real digits (never trained on), the reference for a model that does not "
             "copy: extraction "
             f"{ref['heldout_extraction_rate']:.1f}%, robust extraction "
@@ -404,13 +408,18 @@ def table(root, mean=False, json_path=None):
                 else ""
             )
         )
-    print(
-        f"\nEvery variant is configs/mnist.py (unet_*: {UNET_CONFIG}) with the base settings "
-        f"{' '.join(BASE)} and then its own overrides:\n"
+    emit(
+        f"\nEvery variant is configs/mnist.py (unet_*: {UNET_CONFIG}, unet32_*: "
+        f"{UNET32_CONFIG}) with the base settings {' '.join(BASE)} and then its own overrides:\n"
     )
     for name, (_, overrides, what) in VARIANTS.items():
         if any(n == name for n, _, _ in found):
-            print(f"- `{name}`: {what} ({' '.join(overrides) or 'no further overrides'})")
+            emit(f"- `{name}`: {what} ({' '.join(overrides) or 'no further overrides'})")
+    return "\n".join(out)
+
+
+def table(root, mean=False, json_path=None):
+    print(table_text(root, mean, json_path))
 
 
 def main():
