@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ambient_jax.checks import need
+from ambient_jax.types import Config
 
 # The low-pass filter of the sym6 wavelet (EDM's resampling filter for the geometric transforms).
 SYM6 = np.asarray(
@@ -101,15 +102,15 @@ class AugmentPipe:
     saturation_std: float = 1.0  # log2
 
     @property
-    def label_dim(self):
+    def label_dim(self) -> int:
         return sum(width for name, width in LABEL_WIDTHS if getattr(self, name) > 0)
 
     @property
-    def geometric(self):
+    def geometric(self) -> bool:
         return max(self.scale, self.rotate_frac, self.aniso, self.translate_frac) > 0
 
     @property
-    def colour(self):
+    def colour(self) -> bool:
         return max(self.brightness, self.contrast, self.lumaflip, self.hue, self.saturation) > 0
 
 
@@ -347,9 +348,11 @@ def _apply_colour(image, m):
     raise ValueError("colour augmentation needs RGB (3 channels) or grey (1 channel) images")
 
 
-def augment_image(image, key, p, pipe=EDM_RECIPE):
+def augment_image(
+    image: jax.Array, key: jax.Array, p: float, pipe: AugmentPipe = EDM_RECIPE
+) -> tuple[jax.Array, jax.Array]:
     """(augmented image [H,W,C], labels [pipe.label_dim]) for one image and its key."""
-    labels = []
+    labels: list[jax.Array] = []
     image = _blit(image, key, pipe, p, labels)
     if pipe.geometric:
         g_inv = _geometric_matrix(key, pipe, p, image.shape[0], image.shape[1], labels)
@@ -359,12 +362,24 @@ def augment_image(image, key, p, pipe=EDM_RECIPE):
     return image, (jnp.concatenate(labels) if labels else jnp.zeros((0,)))
 
 
-def augment_batch(images, keys, p, pipe=EDM_RECIPE):
+def augment_batch(
+    images: jax.Array, keys: jax.Array, p: float, pipe: AugmentPipe = EDM_RECIPE
+) -> tuple[jax.Array, jax.Array]:
     """augment_image over a batch: images [B,H,W,C], keys [B] -> ([B,H,W,C], [B, label_dim])."""
     return jax.vmap(lambda x, k: augment_image(x, k, p, pipe))(images, keys)
 
 
-def check_config(data) -> None:
+def pipeline(data: Config) -> AugmentPipe:
+    """The run's augmentation pipeline (data.augment_pipe, applied with probability augment_p)."""
+    return RECIPES[data.augment_pipe]
+
+
+def label_width(data: Config) -> int:
+    """How many augment labels the network takes: the pipeline's, or 0 with augmentation off."""
+    return pipeline(data).label_dim if data.augment_p else 0
+
+
+def check_config(data: Config) -> None:
     """config.data's augmentation fields (augment_p, augment_pipe), each named (ValueError)."""
     need(0 <= data.augment_p <= 1, "data.augment_p", "must lie in [0, 1] (0 = off)")
     need(

@@ -13,18 +13,20 @@ import os
 import sys
 import threading
 
+import flax.linen as nn
 import jax
 import orbax.checkpoint as ocp
 
 from ambient_jax import config as config_lib
-from ambient_jax import files, nets
+from ambient_jax import files, nets, train_state
+from ambient_jax.types import Config, Log, PyTree
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be restored into the expected state."""
 
 
-def make_manager(workdir, keep_every=0, create=True):
+def make_manager(workdir: str, keep_every: int = 0, create: bool = True) -> ocp.CheckpointManager:
     """create=False for readers (sampling, evaluation): no empty checkpoints/ left behind."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=2,
@@ -38,11 +40,17 @@ def make_manager(workdir, keep_every=0, create=True):
         )
 
 
-def save(manager, step, state):
+def save(manager: ocp.CheckpointManager, step: int, state: PyTree) -> None:
     manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
 
 
-def restore_latest(manager, target, partial=False, log=print, set_aside=None):
+def restore_latest(
+    manager: ocp.CheckpointManager,
+    target: PyTree,
+    partial: bool = False,
+    log: Log = print,
+    set_aside: str | None = None,
+) -> PyTree | None:
     """The latest restorable checkpoint in `target`'s structure, shapes and shardings; None if there
     is none. An unreadable latest checkpoint (truncated, corrupt) is skipped with a warning naming
     it and the step restored instead; CheckpointError when none can be restored.
@@ -161,10 +169,10 @@ def _set_aside(manager, steps, folder, log):
     manager.reload()
 
 
-def load_ema_params(workdir, config=None):
+def load_ema_params(workdir: str, config: Config | None = None) -> tuple[Config, nn.Module, PyTree]:
     """(config, model, EMA params) of the latest checkpoint in a work dir (nothing else is read)."""
     config = config or config_lib.load_config(workdir)
-    model = nets.build_network(config, config.data.channels)
+    model = train_state.network(config, config.data.channels)
     # The parameters' shapes, as the trainer initialises them (no computation, no memory).
     target = jax.eval_shape(
         functools.partial(nets.init_params, model, config_lib.image_shape(config)),
@@ -184,7 +192,7 @@ def load_ema_params(workdir, config=None):
     return config, model, restored["ema_params"]
 
 
-def check_shapes(restored, target, workdir):
+def check_shapes(restored: PyTree, target: PyTree, workdir: str) -> None:
     """CheckpointError naming the first parameter whose saved shape is not the one the config's
     network has (config.json edited after training: a flax shape traceback otherwise)."""
     saved = jax.tree_util.tree_flatten_with_path(restored)[0]

@@ -13,6 +13,7 @@ import ml_collections
 from ambient_jax import augment, files, losses, nets, parallel, sampling
 from ambient_jax.checks import need, need_counts, need_each
 from ambient_jax.data import corrupt
+from ambient_jax.types import Config
 
 CONFIG_NAME = "config.json"
 
@@ -42,7 +43,7 @@ INTERVALS = (
 )
 
 
-def base_config():
+def base_config() -> Config:
     c = ml_collections.ConfigDict()
 
     c.data = ml_collections.ConfigDict()
@@ -120,7 +121,7 @@ def base_config():
     )
     # Per-image sigma_tn (data.corrupt_count > 0): image i's ambient branch begins at
     # sigma_tn_i * switch_ratio + switch_offset. The group's gate: switch_ratio = sqrt(1 + 1/(s_max
-    # - 1)) = 1.1547 at s_max = 4 (ambient_jax.losses._per_image_rows).
+    # - 1)) = 1.1547 at s_max = 4 (ambient_jax.objective._per_image_rows).
     c.loss.switch_ratio = 1.0
     c.loss.switch_offset = 0.0
     c.loss.p_mean = -1.2
@@ -191,7 +192,7 @@ def base_config():
     return c
 
 
-def check_config(config):
+def check_config(config: Config) -> None:
     """Raise ValueError naming the field for values the programs cannot run with. Each module
     checks the section it owns (losses, nets, augment, sampling, parallel, data.corrupt); the
     trainer's and the evaluation's sections (train, optim, ema, data, eval) are checked here,
@@ -251,18 +252,18 @@ def check_config(config):
         )
 
 
-def effective_sigma_tn(config):
+def effective_sigma_tn(config: Config) -> float:
     """The run's sigma_tn, 0 for the ddpm objective (losses.effective_sigma_tn)."""
     return losses.effective_sigma_tn(config.loss.objective, config.loss.sigma_tn)
 
 
-def save_config(workdir, config):
+def save_config(workdir: str, config: Config) -> None:
     files.write_text_atomic(
         os.path.join(workdir, CONFIG_NAME), config.to_json_best_effort(indent=1, sort_keys=True)
     )
 
 
-def load_config(workdir):
+def load_config(workdir: str) -> Config:
     path = os.path.join(workdir, CONFIG_NAME)
     if not files.exists(path):
         raise FileNotFoundError(
@@ -279,14 +280,14 @@ def load_config(workdir):
     return config
 
 
-def noise_keyed_by_source(workdir):
+def noise_keyed_by_source(workdir: str) -> bool:
     """Whether the run's noisy copies are keyed by (loss.noise_seed, source index). Runs saved
     before loss.noise_seed existed keyed them by train.seed and the image's subset position."""
     saved = files.read_json(os.path.join(workdir, CONFIG_NAME))
     return "noise_seed" in saved.get("loss", {})
 
 
-def complete(config):
+def complete(config: Config) -> Config:
     """The config with every field of base_config() it lacks at its default, so that code reads
     every field directly (config files and saved configs may predate a field)."""
     given = config.to_dict() if hasattr(config, "to_dict") else dict(config)
@@ -303,7 +304,7 @@ def _with_defaults(saved, defaults):
     return out
 
 
-def config_differences(old, new):
+def config_differences(old: Config, new: Config) -> list[str]:
     """Dotted names of the fields where two configs differ, ignoring RESUMABLE_CHANGES and
     model overrides that restate their preset's own value (configs/mnist.py once wrote them out)."""
     old_flat, new_flat = (
@@ -344,7 +345,7 @@ def _flatten(tree, prefix=""):
     return out
 
 
-def check_types(config):
+def check_types(config: Config) -> None:
     """ValueError naming the first field whose value is not of its default's type (an int where a
     float is expected is fine; the command line converts its strings, a saved file does not)."""
 
@@ -386,5 +387,5 @@ def _tuples(tree):
     return tree
 
 
-def image_shape(config):
+def image_shape(config: Config) -> tuple[int, int, int]:
     return (config.data.resolution, config.data.resolution, config.data.channels)

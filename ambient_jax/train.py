@@ -21,7 +21,6 @@ from ambient_jax import (
     compiled_step,
     files,
     generate,
-    nets,
     parallel,
     plots,
     run_dir,
@@ -33,16 +32,17 @@ from ambient_jax import (
 )
 from ambient_jax import config as config_lib
 from ambient_jax.data import check_subset_record
+from ambient_jax.types import Config, Log, PyTree
 
 
-def next_event(step, config):
+def next_event(step: int, config: Config) -> int:
     """The first step after `step` at which the loop logs, samples, tracks, saves or stops."""
     t = config.train
     intervals = [e for e in (t.log_every, t.sample_every, t.checkpoint_every, t.track_every) if e]
     return min([(step // every + 1) * every for every in intervals] + [t.num_steps])
 
 
-def all_finite(tree):
+def all_finite(tree: PyTree) -> bool:
     return bool(
         jax.device_get(
             jax.tree_util.tree_reduce(
@@ -52,7 +52,7 @@ def all_finite(tree):
     )
 
 
-def due(step, every, total):
+def due(step: int, every: int, total: int) -> bool:
     """Whether a periodic action (every `every` steps, and at the last step) falls at `step`."""
     return (every and step % every == 0) or step == total
 
@@ -63,16 +63,17 @@ class LogWindow:
     def __init__(self):
         self.start()
 
-    def start(self):
-        self.sums, self.steps, self.started = None, 0, time.perf_counter()
+    def start(self) -> None:
+        self.sums: dict[str, jax.Array] | None = None
+        self.steps, self.started = 0, time.perf_counter()
 
-    def add(self, metrics, steps):
+    def add(self, metrics: dict[str, jax.Array], steps: int) -> None:
         self.sums = (
             metrics if self.sums is None else jax.tree_util.tree_map(jnp.add, self.sums, metrics)
         )
         self.steps += steps
 
-    def close(self, batch_size):
+    def close(self, batch_size: int) -> tuple[dict[str, float], float]:
         """(the mean of each metric, images per second), and a new window begins."""
         means = {k: float(v) / self.steps for k, v in jax.device_get(self.sums).items()}
         rate = self.steps * batch_size / (time.perf_counter() - self.started)
@@ -99,7 +100,7 @@ class Run:
         self.last_saved = manager.latest_step()
         self.t_start = time.perf_counter()
 
-    def write_log(self, step, window):
+    def write_log(self, step: int, window: LogWindow) -> None:
         total, batch = self.config.train.num_steps, self.config.train.batch_size
         steps = window.steps
         means, rate = window.close(batch)
@@ -131,7 +132,7 @@ class Run:
             f"{(total - step) * batch / rate:.0f}s"
         )
 
-    def save_samples(self, step, ema_params):
+    def save_samples(self, step: int, ema_params: PyTree) -> None:
         size = self.config.sample.grid_size
         picture = generate.generate(
             self.config,
@@ -149,7 +150,7 @@ class Run:
             )
             self.events.image(step, "samples", plots.tile(picture, size))
 
-    def track(self, step, tracker, ema_params):
+    def track(self, step: int, tracker: tracking.Tracker, ema_params: PyTree) -> None:
         record = tracker(ema_params, step)
         if self.lead:
             files.append_line(
@@ -164,7 +165,7 @@ class Run:
             + "  ".join(f"{k[len('track_') :]} {v:.4g}" for k, v in record.items())
         )
 
-    def save_checkpoint(self, step, state):
+    def save_checkpoint(self, step: int, state: train_state.TrainState) -> None:
         if not all_finite(state.params):
             self.manager.wait_until_finished()
             raise run_dir.TrainingError(
@@ -175,13 +176,19 @@ class Run:
         checkpoint.save(self.manager, step, state)
         self.last_saved = step
 
-    def close(self):
+    def close(self) -> None:
         self.manager.wait_until_finished()
         if self.events:
             self.events.close()
 
 
-def train(config, workdir, allow_config_change=False, log=print, restart=False):
+def train(
+    config: Config,
+    workdir: str,
+    allow_config_change: bool = False,
+    log: Log = print,
+    restart: bool = False,
+) -> train_state.TrainState:
     """Train (or resume) the run in `workdir`; returns the final TrainState (as checkpoints hold
     it).
 
@@ -225,7 +232,7 @@ def train(config, workdir, allow_config_change=False, log=print, restart=False):
         if restart and lead:
             run_dir.start_over(workdir, log)
         mesh = parallel.make_mesh(config.parallel)
-        model = nets.build_network(config, config.data.channels)
+        model = train_state.network(config, config.data.channels)
         optimizer, schedule = train_state.make_optimizer(config.optim, config.train.batch_size)
         trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
         if lead:

@@ -6,18 +6,19 @@ Every key of a run is fold_in(key(train.seed), purpose, ...): nothing random is 
 resumed run repeats an uninterrupted one bit for bit, on any number of devices.
 """
 
+import dataclasses
 import functools
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from ambient_jax import augment, losses, nets
 from ambient_jax import config as config_lib
-from ambient_jax import (
-    nets,
-)
+from ambient_jax.types import Config
 
 # fold_in purposes of the root key (losses.KEY_NOISE_TN keys the noisy copies)
 KEY_INIT, KEY_STEP = 0, 1
@@ -31,11 +32,25 @@ class TrainState:
     opt_state: Any
 
 
-def root_key(config):
+def network(config: Config, channels: int) -> nn.Module:
+    """The run's network (nets.build_network): config.model, with as many augment labels as
+    data.augment_pipe gives (augment.label_width) and split at model.split_sigma, where -1 means
+    the ambient branch's start (losses.branch_start), for the ddpm objective too, so that both
+    objectives train the same network."""
+    split = float(config.model.split_sigma)
+    return nets.build_network(
+        config.model,
+        channels,
+        augment_dim=augment.label_width(config.data),
+        split_boundary=losses.branch_start(config.loss) if split < 0 else split,
+    )
+
+
+def root_key(config: Config) -> jax.Array:
     return jax.random.key(config.train.seed)
 
 
-def learning_rate_schedule(optim_config, batch_size):
+def learning_rate_schedule(optim_config: Config, batch_size: int) -> optax.Schedule:
     """lr * min(images seen / warm-up images, 1), counted after the step (EDM's ramp-up)."""
     warmup_img = optim_config.warmup_kimg * 1000.0
 
@@ -47,7 +62,9 @@ def learning_rate_schedule(optim_config, batch_size):
     return schedule
 
 
-def make_optimizer(optim_config, batch_size):
+def make_optimizer(
+    optim_config: Config, batch_size: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Adam(W) with linear warm-up and optional global-norm clipping.
 
     The chain has the same structure for every setting (clipping off = identity, no decay =
@@ -69,7 +86,7 @@ def make_optimizer(optim_config, batch_size):
     return optax.chain(clip, adam), schedule
 
 
-def ema_beta(step, batch_size, ema_config):
+def ema_beta(step: jax.Array | int, batch_size: int, ema_config: Config) -> jax.Array:
     """EDM's EMA decay for the update made at `step` (0-based)."""
     halflife = ema_config.halflife_kimg * 1000.0
     if ema_config.rampup_ratio:
@@ -77,17 +94,19 @@ def ema_beta(step, batch_size, ema_config):
     return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))
 
 
-def update_ema(state, batch_size, ema_config):
+def update_ema(state: TrainState, batch_size: int, ema_config: Config) -> TrainState:
     """The state with its EMA moved towards its parameters, for the update made at state.step:
     ema <- beta * ema + (1 - beta) * params, leaf by leaf."""
     beta = ema_beta(state.step, batch_size, ema_config)
     ema = jax.tree_util.tree_map(
         lambda e, p: beta * e + (1 - beta) * p, state.ema_params, state.params
     )
-    return state.replace(ema_params=ema)
+    return dataclasses.replace(state, ema_params=ema)
 
 
-def init_state(config, model, optimizer):
+def init_state(
+    config: Config, model: nn.Module, optimizer: optax.GradientTransformation
+) -> TrainState:
     key = jax.random.fold_in(root_key(config), KEY_INIT)
     params = jax.jit(functools.partial(nets.init_params, model, config_lib.image_shape(config)))(
         key

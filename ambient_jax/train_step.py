@@ -3,13 +3,16 @@
   indices b -> image i_b drawn uniformly from the training subset held on device,
   its noisy copy x_tn keyed by (loss.noise_seed, its source index) -> flips and EDM's
   augmentation, the same draw on the image and its copy (prepare_rows),
-  per-row keys fold_in(step key, b) -> noise level, fresh noise, branch (losses.make_objective),
+  per-row keys fold_in(step key, b) -> noise level, fresh noise, branch (objective.make_objective),
   loss = mean_b loss_b -> grads -> Adam with linear warm-up -> EMA of the parameters.
 
 Every draw is fold_in(step key, purpose, row of the global batch): it depends on (seed, step,
 row) only, never on how the rows are split over devices.
 """
 
+from typing import Callable
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -17,39 +20,49 @@ import optax
 from ambient_jax import (
     augment,
     losses,
-    nets,
+    objective,
     train_state,
 )
 from ambient_jax import config as config_lib
 from ambient_jax.precond import edm_denoiser
+from ambient_jax.types import Config
 
 # fold_in purposes of a step's key (fold_in(fold_in(root, KEY_STEP), step)): the batch's image
 # indices, the per-row keys of the objective (sigma and noise draws), dropout, horizontal flips
 STEP_BATCH, STEP_ROWS, STEP_DROPOUT, STEP_FLIP, STEP_AUGMENT = 0, 1, 2, 3, 4
 
 
-def step_root_key(config):
+def step_root_key(config: Config) -> jax.Array:
     return jax.random.fold_in(train_state.root_key(config), train_state.KEY_STEP)
 
 
-def batch_key(step_root, step):
+def batch_key(step_root: jax.Array, step: jax.Array | int) -> jax.Array:
     """The key of `step`'s choice of images."""
     return jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_BATCH)
 
 
-def batch_indices(step_root, step, batch_size, num_images):
+def batch_indices(
+    step_root: jax.Array, step: jax.Array | int, batch_size: int, num_images: int
+) -> jax.Array:
     """Which training images (positions in the subset) make up the global batch of `step`."""
     return jax.random.randint(batch_key(step_root, step), (batch_size,), 0, num_images)
 
 
-def flip_rows(x0, flip):
+def flip_rows(x0: jax.Array, flip: jax.Array) -> jax.Array:
     """Mirror the rows b with flip[b] left to right (NHWC: the W axis)."""
     return jnp.where(flip[:, None, None, None], x0[:, :, ::-1], x0)
 
 
 def prepare_rows(
-    config, x0, index, rows, step_key, image_sigma_tn=None, image_clean=None, copy_noise=None
-):
+    config: Config,
+    x0: jax.Array,
+    index: jax.Array,
+    rows: jax.Array,
+    step_key: jax.Array,
+    image_sigma_tn: jax.Array | None = None,
+    image_clean: jax.Array | None = None,
+    copy_noise: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array | None, dict[str, jax.Array]]:
     """The rows as the loss sees them: (x0, x_tn or None, the network's conditioning).
 
     Each image's noisy copy is made from the image as stored (keyed by its source index), then
@@ -62,9 +75,10 @@ def prepare_rows(
     (data.corrupt.annotation_values; without copy_noise, a corrupted image is its own x_tn)."""
     sigma_tn = config_lib.effective_sigma_tn(config)
     if image_sigma_tn is not None:
-        level = jnp.where(image_clean, image_sigma_tn, 0.0) if copy_noise is None else copy_noise
+        if copy_noise is None:  # a clean image's copy at its own level, a corrupted one as given
+            copy_noise = jnp.where(jnp.asarray(image_clean), image_sigma_tn, 0.0)
         noise = losses.fixed_noise(losses.noise_tn_key(config.loss), index, x0.shape[1:], x0.dtype)
-        x_tn = x0 + level.astype(x0.dtype)[:, None, None, None] * noise
+        x_tn = x0 + copy_noise.astype(x0.dtype)[:, None, None, None] * noise
     elif sigma_tn > 0:
         x_tn = losses.noisy_copy(x0, index, sigma_tn, losses.noise_tn_key(config.loss))
     else:
@@ -79,7 +93,7 @@ def prepare_rows(
         return x0, x_tn, {}
     k_augment = jax.random.fold_in(step_key, STEP_AUGMENT)
     keys = jax.vmap(lambda b: jax.random.fold_in(k_augment, b))(rows)
-    pipe, p = nets.augment_pipe(config), config.data.augment_p
+    pipe, p = augment.pipeline(config.data), config.data.augment_p
     if x_tn is None:
         x0, labels = augment.augment_batch(x0, keys, p, pipe)
         return x0, None, {"augment_labels": labels}
@@ -93,7 +107,13 @@ def prepare_rows(
     return out[:n], out[n:], {"augment_labels": labels[:n]}
 
 
-def gather_batch(step_root, step, held, batch_size, row_sigma=None):
+def gather_batch(
+    step_root: jax.Array,
+    step: jax.Array | int,
+    held: tuple[jax.Array, ...],
+    batch_size: int,
+    row_sigma: jax.Array | None = None,
+) -> tuple[jax.Array, ...]:
     """The global batch of `step` from the training data held on device: each array of `held`
     (the images, their source indices and, for data of mixed quality, each image's sigma_tn,
     clean flag, the noise that makes its x_tn, and the level it is usable from, which is not
@@ -114,28 +134,27 @@ def gather_batch(step_root, step, held, batch_size, row_sigma=None):
     return tuple(a[positions] for a in held[:5])
 
 
-def row_keys(step_root, step, rows):
+def row_keys(step_root: jax.Array, step: jax.Array | int, rows: jax.Array) -> jax.Array:
     """The keys of `step`'s rows (positions in the global batch): every per-row draw of the loss
     comes from them."""
     k_rows = jax.random.fold_in(jax.random.fold_in(step_root, step), STEP_ROWS)
     return jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(rows)
 
 
-def row_sigmas(config, step_root, step):
+def row_sigmas(config: Config, step_root: jax.Array, step: jax.Array | int) -> jax.Array:
     """Each row's noise level of `step`, the same draw the loss makes from the row's key
-    (losses.row_level_normal): what a batch drawn level first is drawn for."""
+    (objective.row_level_normal): what a batch drawn level first is drawn for."""
     keys = row_keys(step_root, step, jnp.arange(config.train.batch_size))
-    return jnp.exp(config.loss.p_mean + config.loss.p_std * losses.row_level_normal(keys))
+    return jnp.exp(config.loss.p_mean + config.loss.p_std * objective.row_level_normal(keys))
 
 
-def make_row_loss(loss):
-    """The run's per-row loss: losses.make_objective for config.loss, whole."""
-    return losses.make_objective(
+def make_row_loss(loss: Config) -> Callable[..., tuple[jax.Array, dict]]:
+    """The run's per-row loss: objective.make_objective for config.loss, whole."""
+    return objective.make_objective(
         loss.objective,
         sigma_tn=loss.sigma_tn,
         branch_rule=loss.branch_rule,
         weighting=loss.weighting,
-        noise_key=losses.noise_tn_key(loss),
         p_mean=loss.p_mean,
         p_std=loss.p_std,
         sigma_data=loss.sigma_data,
@@ -147,7 +166,14 @@ def make_row_loss(loss):
     )
 
 
-def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shards=1):
+def make_step_body(
+    config: Config,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    axis_name: str | None = None,
+    num_shards: int = 1,
+) -> Callable[..., tuple[train_state.TrainState, dict[str, jax.Array]]]:
     """The one train-step body: (state, x0, index, shard) -> (state, metrics).
 
     x0 [b,H,W,C] and index [b] are the rows of the global batch this call trains on: all of
@@ -181,7 +207,7 @@ def make_step_body(config, model, optimizer, schedule, axis_name=None, num_shard
                 params, x, c, train=True, rngs={"dropout": k_dropout}, **conditioning
             )
             denoise = edm_denoiser(raw, config.loss.sigma_data)
-            per_row, aux = row_loss(denoise, x0, index, keys, x_tn, *per_image)
+            per_row, aux = row_loss(denoise, x0, x_tn, keys, *per_image)
             return jnp.mean(per_row), (per_row, aux)
 
         (loss, (per_row, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

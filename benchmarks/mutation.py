@@ -49,8 +49,9 @@ XLA_CPU_TESTS = [
 EXPLICIT_PADDING_TEST = (
     "tests/test_nets.py::test_cpu_explicit_padding_of_the_residual_input_conv_is_the_same_function"
 )
-LOSSES, PRECOND, SCHED, SAMPLING = (
+LOSSES, OBJECTIVE, PRECOND, SCHED, SAMPLING = (
     "ambient_jax/losses.py",
+    "ambient_jax/objective.py",
     "ambient_jax/precond.py",
     "ambient_jax/schedules.py",
     "ambient_jax/sampling.py",
@@ -110,14 +111,14 @@ MUTANTS = [
     ),
     (
         "loss_truncated_branch_swapped",
-        LOSSES,
+        OBJECTIVE,
         "jnp.where(above, upper, lower)",
         "jnp.where(above, lower, upper)",
         [L],
     ),
     (
         "loss_ambient_fraction_coin",
-        LOSSES,
+        OBJECTIVE,
         "is_ambient = uniform < ambient_fraction",
         "is_ambient = uniform < 0.5",
         [L],
@@ -145,14 +146,14 @@ MUTANTS = [
     ),
     (
         "loss_branch_inverted",
-        LOSSES,
+        OBJECTIVE,
         "is_ambient = sigma >= sigma_switch",
         "is_ambient = sigma < sigma_switch",
         [L],
     ),
     (
         "loss_switch_not_floored",
-        LOSSES,
+        OBJECTIVE,
         "sigma_switch=max(float(sigma_switch), sigma_tn),",
         "sigma_switch=float(sigma_switch),",
         [L],
@@ -173,7 +174,7 @@ MUTANTS = [
     ),
     (
         "loss_log_normal_std",
-        LOSSES,
+        OBJECTIVE,
         "sigma = jnp.exp(p_mean + p_std * normal)",
         "sigma = jnp.exp(p_mean + normal)",
         [L, M],
@@ -419,7 +420,7 @@ MUTANTS = [
     # data of mixed quality: a corrupted row's redrawn level, a batch drawn for its rows' levels
     (
         "per_image_redraw_whole_tail",
-        LOSSES,
+        OBJECTIVE,
         "redrawn = _redraw_above(normal, jnp.maximum(boundary, 1e-6), p_mean, p_std)",
         "redrawn = _truncated_log_normal(normal, True, jnp.maximum(boundary, 1e-6), p_mean, p_std)",
         [f"{L}::test_a_corrupted_image_trains_only_above_its_level_on_itself"],
@@ -427,8 +428,8 @@ MUTANTS = [
     (
         "corrupted_x_tn_lacks_its_noise",
         TRAIN_STEP,
-        "level = jnp.where(image_clean, image_sigma_tn, 0.0) if copy_noise is None else copy_noise",
-        "level = jnp.where(image_clean, image_sigma_tn, 0.0)",
+        "if copy_noise is None:  # a clean image's copy at its own level",
+        "if True:  # a clean image's copy at its own level",
         ["tests/test_corrupt.py::test_a_corrupted_images_x_tn_carries_the_noise_it_lacks"],
     ),
     (

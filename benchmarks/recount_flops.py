@@ -25,7 +25,7 @@ import numpy as np
 import sampling
 import train_step
 
-from ambient_jax import compiled_step, nets, parallel, train_state
+from ambient_jax import compiled_step, parallel, train_state
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,7 +50,7 @@ def mnist_unet_step_flops(batch=128):
     config = get_config("ambient")
     config.train.batch_size = batch
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    model = nets.build_network(config, 1)
+    model = train_state.network(config, 1)
     optimizer, schedule = train_state.make_optimizer(config.optim, batch)
     trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
     images = np.random.RandomState(0).uniform(-1, 1, (batch, 16, 16, 1)).astype(np.float32)

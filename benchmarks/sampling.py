@@ -16,14 +16,14 @@ import jax
 import numpy as np
 from train_step import RESOLUTION, bench_config
 
-from ambient_jax import generate, nets
+from ambient_jax import generate, train_state
 
 
 def network_inputs(preset, batch, dtype):
     """(config, model, params, latents at sigma 80) of a preset's sampler at this batch."""
     config = bench_config(preset, batch, dtype)
     res = config.data.resolution
-    model = nets.build_network(config, 3)
+    model = train_state.network(config, 3)
     x = np.zeros((1, res, res, 3), np.float32)
     params = jax.jit(model.init)(jax.random.key(0), x, np.zeros((1,), np.float32))
     return config, model, params, generate.latents_for(0, 0, batch, (res, res, 3)) * 80.0

@@ -23,7 +23,7 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     import numpy as np
 
     sys.path.insert(0, os.path.dirname(HERE))
-    from ambient_jax import compiled_step, nets, parallel, train_state
+    from ambient_jax import compiled_step, parallel, train_state
     from configs.mnist import get_config
 
     config = get_config("ambient")
@@ -31,7 +31,7 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     config.train.batch_size = batch
     config.model.preset = preset
     mesh = parallel.make_mesh(devices=jax.devices()[:devices])
-    model = nets.build_network(config, 1)
+    model = train_state.network(config, 1)
     optimizer, schedule = train_state.make_optimizer(config.optim, batch)
     trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
     # the step takes the training images and their source indices, held on device

@@ -21,7 +21,7 @@ import common  # noqa: F401  (puts the repository root on sys.path)
 import jax
 import numpy as np
 
-from ambient_jax import compiled_step, nets, parallel, train_state
+from ambient_jax import compiled_step, parallel, train_state
 from ambient_jax import config as config_lib
 
 RESOLUTION = {
@@ -58,7 +58,7 @@ def step_inputs(config, images=256):
     """(the compiled step on one device, its initial state, `images` random training images with
     their source indices, held on device as the step takes them)."""
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    model = nets.build_network(config, 3)
+    model = train_state.network(config, 3)
     optimizer, schedule = train_state.make_optimizer(config.optim, config.train.batch_size)
     trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
     res = config.data.resolution
@@ -118,7 +118,7 @@ def update_seconds(preset, batch, steps):
 
     config = bench_config(preset, batch, "float32")
     optimizer, _ = train_state.make_optimizer(config.optim, batch)
-    state = train_state.init_state(config, nets.build_network(config, 3), optimizer)
+    state = train_state.init_state(config, train_state.network(config, 3), optimizer)
     grads = jax.tree_util.tree_map(lambda p: p * 1e-3, state.params)
 
     def update(state, grads):

@@ -119,7 +119,7 @@ def test_mnist_states_no_preset_sizes_so_presets_switch():
     """--config.model.preset=tiny on configs/mnist.py builds the U-Net (no MLP sizes leak)."""
     import jax
 
-    from ambient_jax import nets
+    from ambient_jax import nets, train_state
     from ambient_jax.config import complete, image_shape
 
     c = load("mnist")
@@ -127,7 +127,7 @@ def test_mnist_states_no_preset_sizes_so_presets_switch():
     c.model.preset = "tiny"
     check_config(c)
     params = nets.init_params(
-        nets.build_network(complete(c), c.data.channels), image_shape(c), jax.random.key(0)
+        train_state.network(complete(c), c.data.channels), image_shape(c), jax.random.key(0)
     )
     expected = nets.init_params(nets.build_model("tiny", 1), image_shape(c), jax.random.key(0))
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected)

@@ -108,7 +108,7 @@ def test_tracker_gap_is_heldout_minus_train_error_and_extraction_is_counted(tmp_
     import functools
     import sys
 
-    from ambient_jax import generate, nets, parallel, tracking, train_state
+    from ambient_jax import generate, parallel, tracking, train_state
     from ambient_jax.data import load_split
     from ambient_jax.precond import edm_denoiser
 
@@ -124,7 +124,7 @@ def test_tracker_gap_is_heldout_minus_train_error_and_extraction_is_counted(tmp_
     c.data.n_train, c.sample.num_steps, c.train.track_samples, c.eval.carlini_k = 16, 2, 8, 5
     c.train.track_sigmas = (0.3, 2.0)
     split = load_split(c.data)
-    model = nets.build_network(c, 1)
+    model = train_state.network(c, 1)
     params = train_state.init_state(c, model, __import__("optax").identity()).ema_params
     mesh = parallel.make_mesh(c.parallel)
     tracker = tracking.Tracker(

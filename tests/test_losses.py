@@ -8,6 +8,7 @@ import pytest
 from conftest import empirical_denoiser, gaussian_denoiser, nonlinear_denoiser
 
 from ambient_jax import losses, precond, schedules
+from ambient_jax import objective as objective_lib
 
 IMAGE = (4, 4, 1)
 
@@ -115,7 +116,6 @@ def test_ve_and_vp_ambient_losses_agree_after_change_of_variables(key):
 def test_sigma_tn_zero_is_exactly_the_denoising_objective(key):
     b = 32
     x0 = jax.random.normal(key, (b, *IMAGE))
-    index = jnp.arange(b)
     keys = jax.random.split(jax.random.key(5), b)
     denoise = nonlinear_denoiser(jax.random.key(6), IMAGE)
     sigma = jnp.exp(jnp.linspace(-3, 3, b))
@@ -125,12 +125,10 @@ def test_sigma_tn_zero_is_exactly_the_denoising_objective(key):
         losses.denoising_loss(denoise, x0, sigma, noise),
     )
     for rule in losses.BRANCH_RULES:
-        ddpm = losses.make_objective("ddpm", branch_rule=rule)
-        ambient0 = losses.make_objective(
-            "ambient", sigma_tn=0.0, branch_rule=rule, noise_key=jax.random.key(8)
-        )
-        loss_ddpm, aux_ddpm = ddpm(denoise, x0, index, keys)
-        loss_amb, aux_amb = ambient0(denoise, x0, index, keys)
+        ddpm = objective_lib.make_objective("ddpm", branch_rule=rule)
+        ambient0 = objective_lib.make_objective("ambient", sigma_tn=0.0, branch_rule=rule)
+        loss_ddpm, aux_ddpm = ddpm(denoise, x0, None, keys)
+        loss_amb, aux_amb = ambient0(denoise, x0, x0, keys)
         np.testing.assert_array_equal(loss_ddpm, loss_amb)
         assert not bool(jnp.any(aux_amb["is_ambient"]))
 
@@ -142,16 +140,16 @@ def test_paper_rule_routes_rows_by_sigma_and_uses_the_fixed_copy(key):
     keys = jax.random.split(jax.random.key(9), b)
     noise_key = jax.random.key(10)
     denoise = nonlinear_denoiser(jax.random.key(11), IMAGE)
-    objective = losses.make_objective("ambient", sigma_tn=sigma_tn, noise_key=noise_key)
-    loss, aux = objective(denoise, x0, index, keys)
+    x_tn = losses.noisy_copy(x0, index, sigma_tn, noise_key)
+    objective = objective_lib.make_objective("ambient", sigma_tn=sigma_tn)
+    loss, aux = objective(denoise, x0, x_tn, keys)
     sigma = aux["sigma"]
     np.testing.assert_array_equal(aux["is_ambient"], sigma >= sigma_tn)
     frac = float(jnp.mean(aux["is_ambient"]))
     assert 0.25 < frac < 0.43, frac  # P(ln sigma >= ln 0.5) under N(-1.2, 1.2^2) is 0.337
 
     # Row by row it is the ambient loss on x_tn or the denoising loss on x0, with the same draws.
-    _, _, _, noise = losses._row_draws(keys, IMAGE, x0.dtype)
-    x_tn = losses.noisy_copy(x0, index, sigma_tn, noise_key)
+    _, _, _, noise = objective_lib._row_draws(keys, IMAGE, x0.dtype)
     expected = jnp.where(
         aux["is_ambient"],
         losses.ambient_loss(denoise, x_tn, jnp.maximum(sigma, sigma_tn), sigma_tn, noise),
@@ -164,10 +162,9 @@ def test_lecture_rule_splits_time_at_t_n(key):
     b, sigma_tn = 512, 1.0
     x0 = jax.random.normal(key, (b, *IMAGE))
     keys = jax.random.split(jax.random.key(12), b)
-    objective = losses.make_objective(
-        "ambient", sigma_tn=sigma_tn, branch_rule="lecture", noise_key=jax.random.key(13)
-    )
-    loss, aux = objective(nonlinear_denoiser(jax.random.key(14), IMAGE), x0, jnp.arange(b), keys)
+    objective = objective_lib.make_objective("ambient", sigma_tn=sigma_tn, branch_rule="lecture")
+    x_tn = losses.noisy_copy(x0, jnp.arange(b), sigma_tn, jax.random.key(13))
+    loss, aux = objective(nonlinear_denoiser(jax.random.key(14), IMAGE), x0, x_tn, keys)
     amb = np.asarray(aux["is_ambient"])
     sigma = np.asarray(aux["sigma"])
     assert 0.4 < amb.mean() < 0.6  # drawn uniformly from S u S_tn
@@ -288,11 +285,9 @@ def test_ambient_fraction_rebalances_branches_and_keeps_the_truncated_log_normal
     from scipy import stats
 
     b, sigma_tn, f = 20000, 1.5, 0.3  # not 0.5: a coin with p = 1/2 must not pass for the fraction
-    objective = losses.make_objective(
-        "ambient", sigma_tn=sigma_tn, noise_key=jax.random.key(1), ambient_fraction=f
-    )
+    objective = objective_lib.make_objective("ambient", sigma_tn=sigma_tn, ambient_fraction=f)
     x0 = jnp.zeros((b, *IMAGE))
-    _, aux = objective(lambda x, s: x, x0, jnp.arange(b), jax.random.split(jax.random.key(2), b))
+    _, aux = objective(lambda x, s: x, x0, x0, jax.random.split(jax.random.key(2), b))
     amb, log_sigma = np.asarray(aux["is_ambient"]), np.log(np.asarray(aux["sigma"]))
     assert abs(amb.mean() - f) < 0.015
     assert np.all(log_sigma[amb] >= np.log(sigma_tn)) and np.all(log_sigma[~amb] < np.log(sigma_tn))
@@ -306,7 +301,9 @@ def test_ambient_fraction_rebalances_branches_and_keeps_the_truncated_log_normal
     # extreme draws stay finite and on their side of the boundary (1 - q rounds to 0 in float32)
     normal = jnp.array([-40.0, -8.0, -5.5, 0.0, 5.5, 8.0, 40.0])
     for above in (True, False):
-        s = losses._truncated_log_normal(normal, jnp.full(normal.shape, above), sigma_tn, -1.2, 1.2)
+        s = objective_lib._truncated_log_normal(
+            normal, jnp.full(normal.shape, above), sigma_tn, -1.2, 1.2
+        )
         assert np.all(np.isfinite(s)) and (
             np.all(s > sigma_tn) if above else np.all(s < sigma_tn)
         ), (above, s)
@@ -319,15 +316,15 @@ def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(
     keys = jax.random.split(jax.random.key(9), b)
     noise_key = jax.random.key(10)
     denoise = nonlinear_denoiser(jax.random.key(11), IMAGE)
-    objective = losses.make_objective(
-        "ambient", sigma_tn=sigma_tn, noise_key=noise_key, sigma_switch=switch, weighting="rescaled"
+    objective = objective_lib.make_objective(
+        "ambient", sigma_tn=sigma_tn, sigma_switch=switch, weighting="rescaled"
     )
-    loss, aux = objective(denoise, x0, index, keys)
+    x_tn = losses.noisy_copy(x0, index, sigma_tn, noise_key)
+    loss, aux = objective(denoise, x0, x_tn, keys)
     sigma = aux["sigma"]
     np.testing.assert_array_equal(aux["is_ambient"], sigma >= switch)
     assert np.any((sigma >= sigma_tn) & (sigma < switch))  # rows in the clean buffer exist
-    _, _, _, noise = losses._row_draws(keys, IMAGE, x0.dtype)
-    x_tn = losses.noisy_copy(x0, index, sigma_tn, noise_key)
+    _, _, _, noise = objective_lib._row_draws(keys, IMAGE, x0.dtype)
     expected = jnp.where(
         sigma >= switch,
         losses.ambient_loss(
@@ -344,23 +341,28 @@ def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(
         (dict(objective="gan"), "loss.objective"),
         (dict(branch_rule="coin"), "loss.branch_rule"),
         (dict(weighting="sqrt"), "loss.weighting"),
-        (dict(sigma_tn=-1.0, noise_key=jax.random.key(0)), "loss.sigma_tn"),
-        (dict(sigma_tn=0.5), "noise_key"),
-        (dict(sigma_tn=0.5, noise_key=jax.random.key(0), sigma_switch=0.4), "loss.sigma_switch"),
-        (dict(sigma_tn=0.5, noise_key=jax.random.key(0), rescale_cap=-1.0), "loss.rescale_cap"),
-        (
-            dict(sigma_tn=0.5, noise_key=jax.random.key(0), ambient_fraction=1.0),
-            "loss.ambient_fraction",
-        ),
-        (
-            dict(sigma_tn=0.5, noise_key=jax.random.key(0), branch_rule="lecture", rescale_cap=4.0),
-            "branch_rule=paper",
-        ),
+        (dict(sigma_tn=-1.0), "loss.sigma_tn"),
+        (dict(sigma_tn=0.5, sigma_switch=0.4), "loss.sigma_switch"),
+        (dict(sigma_tn=0.5, rescale_cap=-1.0), "loss.rescale_cap"),
+        (dict(sigma_tn=0.5, ambient_fraction=1.0), "loss.ambient_fraction"),
+        (dict(sigma_tn=0.5, branch_rule="lecture", rescale_cap=4.0), "branch_rule=paper"),
     ],
 )
 def test_bad_objective_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        losses.make_objective(**kwargs)
+        objective_lib.make_objective(**kwargs)
+
+
+@pytest.mark.parametrize("rule", objective_lib.BRANCH_RULES)
+def test_the_ambient_objective_without_noisy_copies_says_what_it_needs(rule):
+    x0, keys = jnp.zeros((2, *IMAGE)), jax.random.split(jax.random.key(0), 2)
+    ambient = objective_lib.make_objective("ambient", sigma_tn=0.5, branch_rule=rule)
+    with pytest.raises(ValueError, match="needs x_tn.*losses.noisy_copy"):
+        ambient(lambda x, s: x, x0, None, keys)
+    per_image = (jnp.full((2,), 0.5), jnp.ones((2,), bool)) if rule == "paper" else ()
+    if per_image:
+        with pytest.raises(ValueError, match="needs x_tn"):
+            ambient(lambda x, s: x, x0, None, keys, *per_image)
 
 
 # ----------------------------------------------------------------------------- per-image sigma_tn
@@ -375,12 +377,13 @@ def test_per_image_rows_with_one_shared_level_are_todays_loss(key, weighting, of
     x0 = jax.random.normal(key, (b, *IMAGE))
     index, keys = jnp.arange(b) * 3 + 1, jax.random.split(jax.random.key(9), b)
     denoise = nonlinear_denoiser(jax.random.key(11), IMAGE)
-    common = dict(sigma_tn=sigma_tn, weighting=weighting, noise_key=jax.random.key(10))
-    today = losses.make_objective("ambient", sigma_switch=sigma_tn + offset, **common)
-    per_image = losses.make_objective("ambient", switch_offset=offset, **common)
-    loss, aux = today(denoise, x0, index, keys)
+    common = dict(sigma_tn=sigma_tn, weighting=weighting)
+    today = objective_lib.make_objective("ambient", sigma_switch=sigma_tn + offset, **common)
+    per_image = objective_lib.make_objective("ambient", switch_offset=offset, **common)
+    x_tn = losses.noisy_copy(x0, index, sigma_tn, jax.random.key(10))
+    loss, aux = today(denoise, x0, x_tn, keys)
     levels, clean = jnp.full((b,), sigma_tn), jnp.ones((b,), bool)
-    loss_pi, aux_pi = per_image(denoise, x0, index, keys, None, levels, clean)
+    loss_pi, aux_pi = per_image(denoise, x0, x_tn, keys, levels, clean)
     np.testing.assert_array_equal(loss, loss_pi)
     np.testing.assert_array_equal(aux["is_ambient"], aux_pi["is_ambient"])
     assert 0.05 < float(jnp.mean(aux["is_ambient"])) < 0.6
@@ -392,15 +395,14 @@ def test_a_corrupted_image_trains_only_above_its_level_on_itself(key):
     denoising."""
     b = 4096
     x0 = jax.random.normal(key, (b, *IMAGE))
-    index, keys = jnp.arange(b), jax.random.split(jax.random.key(20), b)
+    keys = jax.random.split(jax.random.key(20), b)
     levels = jnp.asarray(np.random.RandomState(0).choice([0.0, 0.4, 1.5], b), jnp.float32)
     clean = levels == 0
     denoise = nonlinear_denoiser(jax.random.key(21), IMAGE)
-    objective = losses.make_objective(
-        "ambient", sigma_tn=1.0, noise_key=jax.random.key(22), switch_ratio=1.155,
-        switch_offset=0.05, weighting="rescaled",
-    )  # fmt: skip
-    loss, aux = objective(denoise, x0, index, keys, None, levels, clean)
+    objective = objective_lib.make_objective(
+        "ambient", sigma_tn=1.0, switch_ratio=1.155, switch_offset=0.05, weighting="rescaled"
+    )
+    loss, aux = objective(denoise, x0, x0, keys, levels, clean)  # each image is its own x_tn
     sigma, amb = np.asarray(aux["sigma"]), np.asarray(aux["is_ambient"])
     boundary = np.asarray(levels) * 1.155 + 0.05
     assert np.all(amb[~clean]) and not np.any(amb[clean])
@@ -415,7 +417,7 @@ def test_a_corrupted_image_trains_only_above_its_level_on_itself(key):
             expected = np.exp(-1.2 + 1.2 * z)
             got = np.quantile(sigma[rows], quantile)
             assert abs(got / expected - 1) < 0.06, (level, quantile, got, expected)
-    _, _, _, noise = losses._row_draws(keys, IMAGE, x0.dtype)
+    _, _, _, noise = objective_lib._row_draws(keys, IMAGE, x0.dtype)
     expected = jnp.where(
         jnp.asarray(amb),
         losses.ambient_loss(denoise, x0, sigma, levels, noise, weighting="rescaled"),
@@ -439,7 +441,7 @@ def test_per_image_objective_recovers_the_clean_denoiser_of_gaussian_data(sigma0
     x0 = s * rng.randn(b, *shape)
     observed = jnp.asarray(x0 + levels[:, None, None, None] * rng.randn(b, *shape), jnp.float32)
     levels, clean = jnp.asarray(levels, jnp.float32), jnp.asarray(levels == 0)
-    keys, index = jax.random.split(jax.random.key(30), b), jnp.arange(b)
+    keys = jax.random.split(jax.random.key(30), b)
     c_clean = s**2 / (s**2 + sigma0**2)
 
     def best_c(objective, *extra):
@@ -452,21 +454,21 @@ def test_per_image_objective_recovers_the_clean_denoiser_of_gaussian_data(sigma0
                 factor = jnp.where(at, c, s**2 / (s**2 + sigma**2))
                 return jnp.reshape(factor, (-1,) + (1,) * (x.ndim - 1)) * x
 
-            return float(jnp.sum(objective(denoise, observed, index, keys, *extra)[0]))
+            return float(jnp.sum(objective(denoise, observed, observed, keys, *extra)[0]))
 
         l0, l1, l2 = total(0.0), total(0.5), total(1.0)
         a, b_ = 2 * (l2 - 2 * l1 + l0), (4 * l1 - 3 * l0 - l2)  # L(c) = a c^2 + b c + ...
         return -b_ / (2 * a)
 
     narrow = dict(p_mean=float(np.log(sigma0)), p_std=1e-3)
-    per_image = losses.make_objective(
-        "ambient", sigma_tn=1.0, noise_key=jax.random.key(31), weighting="rescaled", **narrow
+    per_image = objective_lib.make_objective(
+        "ambient", sigma_tn=1.0, weighting="rescaled", **narrow
     )
-    got = best_c(per_image, None, levels, clean)
+    got = best_c(per_image, levels, clean)
     assert abs(got / c_clean - 1) < 0.04, (got, c_clean)
     variance = s**2 + np.asarray(levels) ** 2  # ignoring the corruption, every row is at sigma0
     c_noisy = variance.sum() / (variance + sigma0**2).sum()
-    got_ignoring = best_c(losses.make_objective("ddpm", **narrow))
+    got_ignoring = best_c(objective_lib.make_objective("ddpm", **narrow))
     assert abs(got_ignoring / c_noisy - 1) < 0.04, (got_ignoring, c_noisy)
     assert abs(got_ignoring / c_clean - 1) > 0.2  # the two objectives are told apart
 

@@ -12,13 +12,13 @@ from test_training import tiny_config
 from ambient_jax import (
     generate,
     losses,
-    nets,
     parallel,
     sampling,
     schedules,
     train_state,
     train_step,
 )
+from ambient_jax import objective as objective_lib
 from ambient_jax.eval import fid, inception, memorization
 from ambient_jax.theory import label_memorization
 
@@ -41,9 +41,9 @@ def test_denoising_loss_is_the_edm_weight_times_the_squared_error_by_hand(key):
 
 def test_training_noise_levels_are_log_normal_with_the_configured_mean_and_spread():
     b = 8192
-    objective = losses.make_objective("ddpm", p_mean=-1.2, p_std=1.2)
+    objective = objective_lib.make_objective("ddpm", p_mean=-1.2, p_std=1.2)
     x0 = jnp.zeros((b, *IMAGE))
-    _, aux = objective(lambda x, s: x, x0, jnp.arange(b), jax.random.split(jax.random.key(3), b))
+    _, aux = objective(lambda x, s: x, x0, None, jax.random.split(jax.random.key(3), b))
     log_sigma = np.log(np.asarray(aux["sigma"]))
     assert abs(log_sigma.mean() + 1.2) < 0.04 and abs(log_sigma.std() - 1.2) < 0.04
 
@@ -129,7 +129,7 @@ def one_step():
     """One train step of the tiny MNIST config from its initial state, and what it started from."""
     c = tiny_config()
     c.loss.sigma_tn, c.optim.grad_clip = 0.3, 0.0  # a third of the rows on each branch; no clipping
-    model = nets.build_network(c, 1)
+    model = train_state.network(c, 1)
     optimizer, schedule = train_state.make_optimizer(c.optim, c.train.batch_size)
     body = train_step.make_step_body(c, model, optimizer, schedule)
     images = jnp.asarray(
@@ -162,13 +162,12 @@ def test_logged_loss_is_the_batch_mean_and_each_branch_the_mean_over_its_rows(on
     k_rows, k_dropout = jax.random.fold_in(step_key, 1), jax.random.fold_in(step_key, 2)
     index = train_step.batch_indices(step_root, 0, c.train.batch_size, 16)
     row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(jnp.arange(c.train.batch_size))
-    objective = losses.make_objective(
-        "ambient", sigma_tn=0.3, weighting=c.loss.weighting, noise_key=losses.noise_tn_key(c.loss)
-    )
+    objective = objective_lib.make_objective("ambient", sigma_tn=0.3, weighting=c.loss.weighting)
     raw = lambda x, cn: model.apply(state.params, x, cn, train=True, rngs={"dropout": k_dropout})
     from ambient_jax.precond import edm_denoiser
 
-    per_row, _ = objective(edm_denoiser(raw), images[index], 100 + 7 * index, row_keys)
+    x_tn = losses.noisy_copy(images[index], 100 + 7 * index, 0.3, losses.noise_tn_key(c.loss))
+    per_row, _ = objective(edm_denoiser(raw), images[index], x_tn, row_keys)
     np.testing.assert_allclose(m["loss"], float(jnp.mean(per_row)), rtol=1e-5)
 
 

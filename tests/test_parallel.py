@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_training import tiny_config
 
-from ambient_jax import compiled_step, generate, nets, parallel, train, train_state, train_step
+from ambient_jax import compiled_step, generate, parallel, train, train_state, train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "train_driver.py")
@@ -49,7 +49,7 @@ def run_steps(
         config.model.overrides[name] = value
     config.parallel.mode = mode
     mesh = parallel.make_mesh(devices=jax.devices()[:num_devices])
-    model = nets.build_network(config, 1)
+    model = train_state.network(config, 1)
     optimizer, schedule = train_state.make_optimizer(config.optim, config.train.batch_size)
     trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
     # the training images and their source indices (any: the noisy copies are keyed by them)
@@ -141,7 +141,7 @@ def test_every_image_clean_at_the_runs_sigma_tn_is_todays_step(one_device_run):
 
 def test_batch_must_divide_over_devices():
     config = tiny_config(**{"train.batch_size": 6})
-    model = nets.build_network(config, 1)
+    model = train_state.network(config, 1)
     optimizer, schedule = train_state.make_optimizer(config.optim, 6)
     with pytest.raises(ValueError, match="train.batch_size = 6 does not divide over 8 devices"):
         compiled_step.Trainer(config, model, optimizer, schedule, parallel.make_mesh())
@@ -301,7 +301,7 @@ def test_two_processes_match_one(tmp_path):
 
 def test_sampling_over_8_devices_gives_the_same_images_in_order():
     config = tiny_config()
-    model = nets.build_network(config, 1)
+    model = train_state.network(config, 1)
     optimizer, _ = train_state.make_optimizer(config.optim, 8)
     params = train_state.init_state(config, model, optimizer).params
     params = jax.tree_util.tree_map(lambda p: p + 0.01, params)  # make the output layer matter

@@ -222,9 +222,8 @@ def test_sampling_past_an_unreadable_checkpoint_prints_one_warning_and_no_traceb
 
 
 def _model_and_optimizer(config):
-    from ambient_jax import nets
 
-    model = nets.build_network(config, config.data.channels)
+    model = train_state.network(config, config.data.channels)
     return model, train_state.make_optimizer(config.optim, config.train.batch_size)[0]
 
 
@@ -338,13 +337,13 @@ def test_each_step_draws_its_batch_noise_and_dropout_by_the_documented_keys(monk
     key (its noise level and noise) fold_in(fold_in(step key, 1), b); dropout fold_in(step key,
     2). So consecutive steps draw different rows and keys, and a resumed run (a state at step s)
     draws step s's."""
-    from ambient_jax import losses, nets, parallel
+    from ambient_jax import objective, parallel
 
     config = tiny_config(**{"train.seed": 7})
     drawn = []
     record = lambda name: lambda *values: drawn.append((name, [np.asarray(v) for v in values]))
 
-    real_body, real_objective = train_step.make_step_body, losses.make_objective
+    real_body, real_objective = train_step.make_step_body, objective.make_objective
 
     def spy_body(*args, **kwargs):
         body = real_body(*args, **kwargs)
@@ -356,17 +355,17 @@ def test_each_step_draws_its_batch_noise_and_dropout_by_the_documented_keys(monk
         return spied
 
     def spy_objective(*args, **kwargs):
-        objective = real_objective(*args, **kwargs)
+        objective_fn = real_objective(*args, **kwargs)
 
-        def spied(denoise, x0, index, row_keys, x_tn):
+        def spied(denoise, x0, x_tn, row_keys):
             jax.debug.callback(record("rows"), jax.random.key_data(row_keys))
-            return objective(denoise, x0, index, row_keys, x_tn)
+            return objective_fn(denoise, x0, x_tn, row_keys)
 
         return spied
 
     monkeypatch.setattr(train_step, "make_step_body", spy_body)
-    monkeypatch.setattr(losses, "make_objective", spy_objective)
-    network = nets.build_network(config, 1)
+    monkeypatch.setattr(objective, "make_objective", spy_objective)
+    network = train_state.network(config, 1)
 
     class SpyNetwork:  # the network, recording the dropout key it is given
         def apply(self, params, *args, rngs, **kwargs):

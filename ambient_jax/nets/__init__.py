@@ -18,17 +18,18 @@ EDM preconditioning (ambient_jax.precond) turns it into a denoiser. Presets:
 
 import dataclasses
 import typing
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ambient_jax import augment
 from ambient_jax.checks import need, need_each
 from ambient_jax.nets.local_cnn import LocalCNN
 from ambient_jax.nets.mlp import ResidualMLP
 from ambient_jax.nets.unet import SongUNet
+from ambient_jax.types import Config, PyTree
 
 _DDPMPP = dict(
     model_channels=128,
@@ -101,7 +102,9 @@ class SplitBySigma(nn.Module):
     boundary: float
 
     @nn.compact
-    def __call__(self, x, noise_labels, train=False, **conditioning):
+    def __call__(
+        self, x: jax.Array, noise_labels: jax.Array, train: bool = False, **conditioning: jax.Array
+    ) -> jax.Array:
         above = noise_labels >= jnp.log(self.boundary) / 4.0  # EDM's c_noise = ln(sigma) / 4
         low = self.low(x, noise_labels, train, **conditioning)
         high = self.high(x, noise_labels, train, **conditioning)
@@ -109,7 +112,7 @@ class SplitBySigma(nn.Module):
 
 
 def build_model(
-    preset: str, out_channels: int, split_sigma: float = 0.0, low_preset: str = "", **overrides
+    preset: str, out_channels: int, split_sigma: float = 0.0, low_preset: str = "", **overrides: Any
 ) -> nn.Module:
     """The linen module for `preset` with `overrides` applied to its fields (e.g. dropout=0.1);
     split_sigma > 0: two networks split at that noise level (SplitBySigma), the low-noise one of
@@ -150,9 +153,9 @@ def _build_one(preset, out_channels, **overrides):
 _NOT_OVERRIDES = ("parent", "name", "out_channels", "compute_dtype", "remat", "augment_dim")
 
 
-def override_fields() -> dict[str, type]:
+def override_fields() -> dict[str, Any]:
     """name -> type of every field that model.overrides may set, over all presets' networks."""
-    fields = {}
+    fields: dict[str, Any] = {}
     for cls, _ in PRESETS.values():
         for field in dataclasses.fields(cls):
             if field.name not in _NOT_OVERRIDES:
@@ -162,47 +165,39 @@ def override_fields() -> dict[str, type]:
     return fields
 
 
-def init_params(model: nn.Module, image_shape: tuple[int, int, int], key: jax.Array) -> dict:
+def init_params(model: nn.Module, image_shape: tuple[int, int, int], key: jax.Array) -> PyTree:
     """The network's variables, initialised on one zero image of `image_shape` at c_noise 0."""
     return model.init(key, jnp.zeros((1, *image_shape)), jnp.zeros((1,)))
 
 
-def build_network(config: ml_collections.ConfigDict, channels: int) -> nn.Module:
-    """The run's network: model.preset with the model.overrides that are set (None = the preset's
-    own)."""
-    overrides = {k: v for k, v in dict(config.model.overrides).items() if v is not None}
-    overrides.setdefault("compute_dtype", compute_dtype(config.model.compute_dtype))
-    if config.model.remat:
+def build_network(
+    model: ml_collections.ConfigDict,
+    channels: int,
+    augment_dim: int = 0,
+    split_boundary: float = 0.0,
+) -> nn.Module:
+    """The network of config.model: model.preset with the model.overrides that are set (None = the
+    preset's own), augment_dim augment labels as input (0 = none) and, with split_boundary > 0,
+    split into two networks at that noise level (model.split_sigma, resolved by the caller:
+    train_state.network)."""
+    overrides = {k: v for k, v in dict(model.overrides).items() if v is not None}
+    overrides.setdefault("compute_dtype", compute_dtype(model.compute_dtype))
+    if model.remat:
         overrides.setdefault("remat", True)
-    if config.data.augment_p:
-        overrides["augment_dim"] = augment_pipe(config).label_dim
+    if augment_dim:
+        overrides["augment_dim"] = augment_dim
     return build_model(
-        config.model.preset,
+        model.preset,
         channels,
-        split_sigma=split_sigma(config),
-        low_preset=config.model.split_low_preset,
+        split_sigma=split_boundary,
+        low_preset=model.split_low_preset,
         **overrides,
     )
 
 
 def takes_augment_labels(preset: str) -> bool:
     """Whether the preset's network has EDM's augment-label input (the U-Nets)."""
-    return "augment_dim" in PRESETS[preset][0].__dataclass_fields__
-
-
-def augment_pipe(config: ml_collections.ConfigDict) -> augment.AugmentPipe:
-    """The run's augmentation pipeline (data.augment_pipe, at probability data.augment_p)."""
-    return augment.RECIPES[config.data.augment_pipe]
-
-
-def split_sigma(config: ml_collections.ConfigDict) -> float:
-    """model.split_sigma: -1 splits at the ambient branch's start, max(loss.sigma_switch,
-    loss.sigma_tn), for the ddpm objective too (so both objectives train the same network); a
-    positive value splits at that sigma; 0 = one network."""
-    value = float(config.model.split_sigma)
-    if value < 0:
-        return max(float(config.loss.sigma_switch), float(config.loss.sigma_tn))
-    return value
+    return any(field.name == "augment_dim" for field in dataclasses.fields(PRESETS[preset][0]))
 
 
 def compute_dtype(name: str) -> str:
@@ -213,7 +208,7 @@ def compute_dtype(name: str) -> str:
     return name
 
 
-def check_config(model, augment_p: float) -> None:
+def check_config(model: Config, augment_p: float) -> None:
     """config.model values no network can be built with, each named (ValueError); augment_p
     (data.augment_p) > 0 needs presets that take augment labels."""
     need(model.preset in PRESETS, "model.preset", f"must be one of {sorted(PRESETS)}")
