@@ -3,15 +3,18 @@ pmap with explicit collectives behind an adapter that takes and returns the same
 state; lax.scan fuses several steps into one dispatch."""
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from ambient_jax import (
     parallel,
+    train_state,
     train_step,
     training_data,
 )
+from ambient_jax.types import PyTree
 
 
 class Trainer:
@@ -87,7 +90,7 @@ class Trainer:
         else:
             raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {config.parallel.mode!r}")
 
-    def place(self, tree):
+    def place(self, tree: PyTree) -> PyTree:
         """Host arrays (a state, the training images) -> replicated over the mesh, as the step takes
         them."""
         return parallel.place_replicated(tree, self.mesh)
@@ -115,7 +118,9 @@ class PmapStep:
         self.drop_axis = jax.jit(lambda leaves: [a[0] for a in leaves])
         self.held = (None, None)  # the last training data given and its per-device form
 
-    def __call__(self, state, held):
+    def __call__(
+        self, state: train_state.TrainState, held: tuple[jax.Array, ...]
+    ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
         if self.held[0] is not held:
             self.held = (held, self.per_device_copies(held))
         state, metrics = self.run(self.per_device_copies(state), self.held[1])
@@ -131,7 +136,7 @@ class PmapStep:
         ]
         return jax.tree_util.tree_unflatten(treedef, out)
 
-    def per_device_copies(self, tree):
+    def per_device_copies(self, tree: PyTree) -> PyTree:
         return self._regroup(
             tree,
             self.add_axis,
@@ -139,13 +144,13 @@ class PmapStep:
             parallel.batch_sharded(self.mesh),
         )
 
-    def replicated(self, tree):
+    def replicated(self, tree: PyTree) -> PyTree:
         return self._regroup(
             tree, self.drop_axis, lambda a: a.shape[1:], parallel.replicated(self.mesh)
         )
 
 
-def scan_steps(step, count):
+def scan_steps(step: Callable, count: int) -> Callable:
     """`count` steps in one dispatch (lax.scan): metrics come back summed over the steps. Each
     step's draws depend on state.step only, so this trains the same model as `count` calls."""
 

@@ -7,37 +7,41 @@ reader never sees half a file and an interrupted write leaves the old file in pl
 import io
 import json
 import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from etils import epath
 
+if TYPE_CHECKING:
+    from PIL import Image
 
-def is_remote(path):
+
+def is_remote(path: str) -> bool:
     return "://" in str(path)
 
 
-def absolute(path):
+def absolute(path: str) -> str:
     return str(path) if is_remote(path) else os.path.abspath(path)
 
 
-def exists(path):
+def exists(path: str) -> bool:
     return epath.Path(path).exists()
 
 
-def makedirs(path):
+def makedirs(path: str) -> None:
     epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
-def rename(source, target):
+def rename(source: str, target: str) -> None:
     """Move a file or folder (a bucket moves folders by copying; local folders are renamed)."""
     epath.Path(source).rename(target)
 
 
-def read_text(path):
+def read_text(path: str) -> str:
     return epath.Path(path).read_text()
 
 
-def read_json(path):
+def read_json(path: str) -> Any:
     """A JSON file's content; one error naming the file when it is not valid JSON."""
     try:
         return json.loads(read_text(path))
@@ -47,39 +51,39 @@ def read_json(path):
         ) from err
 
 
-def read_bytes(path):
+def read_bytes(path: str) -> bytes:
     return epath.Path(path).read_bytes()
 
 
-def write_bytes_atomic(path, data):
+def write_bytes_atomic(path: str, data: bytes) -> None:
     target = epath.Path(path)
     tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
     tmp.write_bytes(data)
     tmp.replace(target)  # overwrites, as os.replace does
 
 
-def write_text_atomic(path, text):
+def write_text_atomic(path: str, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
 
-def write_json_atomic(path, obj):
+def write_json_atomic(path: str, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1))
 
 
-def save_npz(path, compressed=False, **arrays):
+def save_npz(path: str, compressed: bool = False, **arrays: Any) -> None:
     """Arrays to an .npz file, atomically (also on a bucket: numpy writes to a buffer first)."""
     buffer = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def load_npz(path):
+def load_npz(path: str) -> dict[str, np.ndarray]:
     """{name: array} from an .npz file, read whole (also from a bucket)."""
     with np.load(io.BytesIO(read_bytes(path))) as data:
         return {k: data[k] for k in data.keys()}
 
 
-def append_line(path, line):
+def append_line(path: str, line: str) -> None:
     """Append one line (buckets have no append: read, add, write back atomically)."""
     if not is_remote(path):
         with open(path, "a") as f:
@@ -89,7 +93,7 @@ def append_line(path, line):
     write_text_atomic(path, old + line + "\n")
 
 
-def save_png(image, path):
+def save_png(image: "Image.Image", path: str) -> None:
     """A PIL image -> PNG file, atomically."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

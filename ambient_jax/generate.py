@@ -5,7 +5,9 @@ the batch size.
 """
 
 import functools
+from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +16,12 @@ from ambient_jax import config as config_lib
 from ambient_jax import parallel, sampling
 from ambient_jax.data import to_uint8
 from ambient_jax.precond import edm_denoiser
+from ambient_jax.types import Config, PyTree
 
 
-def make_sample_fn(config, model, mesh=None):
+def make_sample_fn(
+    config: Config, model: nn.Module, mesh: jax.sharding.Mesh | None = None
+) -> Callable[[PyTree, jax.Array], jax.Array]:
     """A jitted fn(params, latents) -> images in [-1, 1], with the configured sampler.
 
     With a mesh the latents (and images) are sharded over its "data" axis and the parameters
@@ -35,7 +40,7 @@ def make_sample_fn(config, model, mesh=None):
     return jax.jit(sample, in_shardings=(repl, rows), out_shardings=rows)
 
 
-def latents_for(seed, first, count, shape):
+def latents_for(seed: int, first: int, count: int, shape: tuple[int, ...]) -> jax.Array:
     base = jax.random.key(seed)
     keys = jax.vmap(lambda j: jax.random.fold_in(base, j))(
         jnp.arange(first, first + count, dtype=jnp.uint32)
@@ -44,16 +49,16 @@ def latents_for(seed, first, count, shape):
 
 
 def generate(
-    config,
-    model,
-    params,
-    num_samples,
-    seed,
-    batch_size=None,
-    sample_fn=None,
-    progress=None,
-    mesh=None,
-):
+    config: Config,
+    model: nn.Module,
+    params: PyTree,
+    num_samples: int,
+    seed: int,
+    batch_size: int | None = None,
+    sample_fn: Callable | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> np.ndarray:
     """num_samples images as uint8 [N, H, W, C], in order, split over the mesh's devices (and
     hosts)."""
     mesh = mesh or parallel.make_mesh(config.parallel)

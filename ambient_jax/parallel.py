@@ -10,13 +10,15 @@
 """
 
 import os
+from typing import Sequence
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ambient_jax.checks import need, need_each
+from ambient_jax.types import Config, PyTree
 
 DATA_AXIS = "data"
 
@@ -31,7 +33,7 @@ def _cluster_detected():
     return len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
 
 
-def initialize(parallel_config):
+def initialize(parallel_config: Config) -> None:
     """Start jax.distributed when the job spans several processes; a no-op otherwise."""
     if jax.distributed.is_initialized():
         return
@@ -48,7 +50,9 @@ def initialize(parallel_config):
         jax.distributed.initialize()
 
 
-def make_mesh(parallel_config=None, devices=None):
+def make_mesh(
+    parallel_config: Config | None = None, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A 1-D ("data",) mesh over `devices` (default: all, or the first parallel.num_devices)."""
     if devices is None:
         devices = jax.devices()
@@ -62,15 +66,15 @@ def make_mesh(parallel_config=None, devices=None):
     return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def replicated(mesh):
+def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharded(mesh):
+def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def check_batch(batch_size, mesh, field="train.batch_size"):
+def check_batch(batch_size: int, mesh: Mesh, field: str = "train.batch_size") -> None:
     if batch_size % mesh.size:
         raise ValueError(
             f"{field} = {batch_size} does not divide over {mesh.size} devices; use a multiple of "
@@ -78,12 +82,14 @@ def check_batch(batch_size, mesh, field="train.batch_size"):
         )
 
 
-def round_up_to_devices(batch_size, mesh):
+def round_up_to_devices(batch_size: int, mesh: Mesh) -> int:
     """The smallest multiple of the mesh's device count that is at least batch_size."""
     return -(-batch_size // mesh.size) * mesh.size
 
 
-def process_rows(batch_size, process_index=None, process_count=None):
+def process_rows(
+    batch_size: int, process_index: int | None = None, process_count: int | None = None
+) -> slice:
     """The slice of a global batch's rows that one process feeds (all of them on one host)."""
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
@@ -91,29 +97,29 @@ def process_rows(batch_size, process_index=None, process_count=None):
     return slice(index * per_process, (index + 1) * per_process)
 
 
-def global_replicated(array, mesh):
+def global_replicated(array: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
     """A host array that every process holds in full -> one replicated global array."""
     return jax.make_array_from_process_local_data(replicated(mesh), np.asarray(array))
 
 
-def place_replicated(tree, mesh):
+def place_replicated(tree: PyTree, mesh: Mesh) -> PyTree:
     """Every array of a pytree (host or device) -> replicated over the mesh, on every process."""
     return jax.tree_util.tree_map(lambda a: global_replicated(np.asarray(a), mesh), tree)
 
 
-def global_batch(local_rows, mesh):
+def global_batch(local_rows: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
     """This process's rows of a batch -> the global batch sharded on "data"."""
     return jax.make_array_from_process_local_data(batch_sharded(mesh), np.asarray(local_rows))
 
 
-def to_host(array):
+def to_host(array: jax.Array) -> np.ndarray:
     """A (possibly multi-process) global array -> the full numpy array on every host."""
     if jax.process_count() > 1 and not array.is_fully_addressable:
         return np.asarray(multihost_utils.process_allgather(array, tiled=True))
     return np.asarray(jax.device_get(array))
 
 
-def check_config(parallel) -> None:
+def check_config(parallel: Config) -> None:
     """config.parallel values, each named (ValueError)."""
     need(parallel.mode in ("jit", "pmap"), "parallel.mode", "must be 'jit' or 'pmap'")
     need_each(

@@ -1,6 +1,7 @@
 """Figures written as PNG files (atomically, to local disks or buckets)."""
 
 import io
+from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -22,7 +23,7 @@ def _subplots(*grid, figsize):
     return fig, fig.subplots(*grid)
 
 
-def save_diagnosis(results, path):
+def save_diagnosis(results: list[dict], path: str) -> None:
     """The per-noise-level diagnosis (ambient_jax.eval.diagnose): a curve per run (one colour per
     run in every panel) in five panels, each run's sigma_tn marked by a dotted line of its
     colour."""
@@ -68,7 +69,7 @@ def save_diagnosis(results, path):
     files.write_bytes_atomic(path, _figure_bytes(fig))
 
 
-def save_tracking(history, path):
+def save_tracking(history: list[dict], path: str) -> None:
     """Memorization during training (ambient_jax.tracking): the train/held-out gap per noise level,
     and the extraction share of a fixed batch of samples, against the training step."""
 
@@ -107,7 +108,15 @@ def save_tracking(history, path):
     files.write_bytes_atomic(path, _figure_bytes(fig))
 
 
-def save_histogram(values, path, xlabel, ylabel, bins=50, value_range=None, marks=()):
+def save_histogram(
+    values: np.ndarray,
+    path: str,
+    xlabel: str,
+    ylabel: str,
+    bins: int = 50,
+    value_range: tuple[float, float] | None = None,
+    marks: Sequence[float] = (),
+) -> None:
     """A histogram of `values` with dashed vertical lines at `marks`."""
 
     fig, ax = _subplots(figsize=(5, 3))
@@ -122,7 +131,7 @@ def save_histogram(values, path, xlabel, ylabel, bins=50, value_range=None, mark
     files.write_bytes_atomic(path, buffer.getvalue())
 
 
-def save_pareto(points, path, x_label, y_label):
+def save_pareto(points: dict, path: str, x_label: str, y_label: str) -> None:
     """Figure 1 of the paper: one point per sigma_tn (mean over seeds; x: memorization, y: quality),
     a line per training-set size, ddpm (sigma_tn = 0) marked with a star.
 
@@ -162,7 +171,7 @@ def save_pareto(points, path, x_label, y_label):
     files.write_bytes_atomic(path, buffer.getvalue())
 
 
-def tile(images_uint8, cols=None):
+def tile(images_uint8: np.ndarray, cols: int | None = None) -> np.ndarray:
     """uint8 [N, H, W, C] images -> one uint8 [rows (H + 2) + 2, cols (W + 2) + 2, C] grid, white
     gaps."""
     n, h, w, c = images_uint8.shape
@@ -175,7 +184,7 @@ def tile(images_uint8, cols=None):
     return grid
 
 
-def save_grid(images_uint8, path, cols=None):
+def save_grid(images_uint8: np.ndarray, path: str, cols: int | None = None) -> None:
     """Tile uint8 [N, H, W, C] images into one PNG (atomically)."""
     h, c = images_uint8.shape[1], images_uint8.shape[3]
     grid = tile(images_uint8, cols)

@@ -5,6 +5,10 @@ import os
 import shutil
 import time
 
+import flax.linen as nn
+import jax
+import optax
+import orbax.checkpoint as ocp
 from etils import epath
 
 from ambient_jax import (
@@ -15,6 +19,7 @@ from ambient_jax import (
     train_state,
 )
 from ambient_jax import config as config_lib
+from ambient_jax.types import Config, Log
 
 
 class TrainingError(RuntimeError):
@@ -22,13 +27,15 @@ class TrainingError(RuntimeError):
     do."""
 
 
-def has_checkpoint(workdir):
+def has_checkpoint(workdir: str) -> bool:
     if not files.exists(os.path.join(workdir, "checkpoints")):
         return False
     return checkpoint.make_manager(workdir, create=False).latest_step() is not None
 
 
-def check_workdir(config, workdir, allow_config_change=False, restart=False):
+def check_workdir(
+    config: Config, workdir: str, allow_config_change: bool = False, restart: bool = False
+) -> None:
     """Refuse to resume a run of another config unless told; writes nothing. A saved config binds
     only once a checkpoint exists: a run that failed before its first one did not train under it."""
     config_lib.check_config(config)
@@ -49,7 +56,7 @@ def check_workdir(config, workdir, allow_config_change=False, restart=False):
             )
 
 
-def start_over(workdir, log):
+def start_over(workdir: str, log: Log) -> None:
     """--restart: delete the checkpoints and set the old metrics.jsonl aside
     (metrics.<time>.jsonl)."""
     folder = epath.Path(files.absolute(workdir)) / "checkpoints"
@@ -66,7 +73,16 @@ def start_over(workdir, log):
 UNREADABLE_CHECKPOINTS = "unreadable_checkpoints"
 
 
-def restore_or_init(config, workdir, model, optimizer, mesh, manager, lead, log):
+def restore_or_init(
+    config: Config,
+    workdir: str,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    manager: ocp.CheckpointManager,
+    lead: bool,
+    log: Log,
+) -> train_state.TrainState:
     """The latest checkpoint's state (metrics.jsonl rows logged after it are dropped), or a fresh
     one."""
     fresh = parallel.place_replicated(train_state.init_state(config, model, optimizer), mesh)
@@ -88,7 +104,7 @@ def restore_or_init(config, workdir, model, optimizer, mesh, manager, lead, log)
     return restored
 
 
-def check_no_orphan_metrics(workdir):
+def check_no_orphan_metrics(workdir: str) -> None:
     """A work dir that logged steps but holds no checkpoint (they were deleted) is not silently
     trained from step 0 again."""
     orphan_steps = summaries.logged_steps(os.path.join(workdir, "metrics.jsonl"))

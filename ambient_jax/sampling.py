@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from ambient_jax import schedules
 from ambient_jax.checks import need, need_counts
 from ambient_jax.precond import Denoiser, vp_denoiser
+from ambient_jax.types import Config
 
 
 def edm_sampler(
@@ -111,7 +112,7 @@ def ddim_vp_sampler(
 SAMPLERS = {"edm_heun": edm_sampler, "edm_euler": edm_euler_sampler, "ddim_vp": ddim_vp_sampler}
 
 
-def check_config(sample) -> None:
+def check_config(sample: Config) -> None:
     """config.sample values the samplers cannot run with, each named (ValueError)."""
     need(sample.sampler in SAMPLERS, "sample.sampler", f"must be one of {sorted(SAMPLERS)}")
     need_counts("sample", sample, ("num_steps", "batch_size", "num_samples", "grid_size"))

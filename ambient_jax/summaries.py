@@ -10,6 +10,8 @@ here is for local disks), and so does a machine without tensorboardX.
 import json
 import os
 
+import numpy as np
+
 from ambient_jax import files
 
 try:  # a dependency, but a bare accelerator image may lack it: metrics.jsonl is written anyway
@@ -32,23 +34,23 @@ class Summaries:
             return
         self.writer = SummaryWriter(os.path.join(workdir, EVENTS_DIR), flush_secs=30)
 
-    def scalars(self, step, values, prefix):
+    def scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
         if self.writer is None:
             return
         for name, value in values.items():
             if isinstance(value, (int, float)) and name not in ("step", "seconds"):
                 self.writer.add_scalar(f"{prefix}/{name}", float(value), step)
 
-    def image(self, step, name, image_uint8):
+    def image(self, step: int, name: str, image_uint8: np.ndarray) -> None:
         if self.writer is not None:
             self.writer.add_image(name, image_uint8, step, dataformats="HWC")
 
-    def close(self):
+    def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
 
 
-def logged_steps(metrics_path):
+def logged_steps(metrics_path: str) -> list[int]:
     """The training steps logged in metrics.jsonl (empty when there is none)."""
     if not files.exists(metrics_path):
         return []
@@ -59,7 +61,7 @@ def logged_steps(metrics_path):
     ]
 
 
-def drop_rows_after(metrics_path, step):
+def drop_rows_after(metrics_path: str, step: int) -> int:
     """Remove metrics.jsonl rows past `step` (logged after the checkpoint a run resumes from)."""
     lines = [line for line in files.read_text(metrics_path).splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line)["step"] <= step]

@@ -13,17 +13,19 @@ import os
 import shlex
 import subprocess
 import sys
+from typing import Sequence
 
 import numpy as np
 
 from ambient_jax import files, losses, plots
+from ambient_jax.types import Log
 
 
-def run_name(n_train, sigma_tn, seed):
+def run_name(n_train: int, sigma_tn: float, seed: int) -> str:
     return f"n{n_train}_s{sigma_tn:g}_seed{seed}"
 
 
-def run_overrides(n_train, sigma_tn, seed):
+def run_overrides(n_train: int, sigma_tn: float, seed: int) -> list[str]:
     objective = losses.objective_for(sigma_tn)
     overrides = [
         f"--config.data.n_train={n_train}",
@@ -35,7 +37,15 @@ def run_overrides(n_train, sigma_tn, seed):
     return overrides
 
 
-def commands(config, root, sigmas, sizes, seeds, extra=(), eval_flags=("--nofid",)):
+def commands(
+    config: str,
+    root: str,
+    sigmas: Sequence[float],
+    sizes: Sequence[int],
+    seeds: Sequence[int],
+    extra: Sequence[str] = (),
+    eval_flags: Sequence[str] = ("--nofid",),
+) -> list[tuple[str, list[list[str]]]]:
     """[(workdir, [argv, ...])]: train, sample and evaluate each run of the grid."""
     runs = []
     for n_train in sizes:
@@ -65,7 +75,7 @@ def commands(config, root, sigmas, sizes, seeds, extra=(), eval_flags=("--nofid"
     return runs
 
 
-def run_all(runs, log=print, jobs=1):
+def run_all(runs: list[tuple[str, list[list[str]]]], log: Log = print, jobs: int = 1) -> None:
     """Run the grid, skipping evaluated runs; each run's programs one after another.
 
     jobs > 1 runs that many runs at once (many small runs fill one large accelerator or a many-core
@@ -115,7 +125,7 @@ def run_all(runs, log=print, jobs=1):
         )
 
 
-def collect(root):
+def collect(root: str) -> dict[tuple[int, float], list[dict]]:
     """Evaluated runs under root: {(n_train, sigma_tn): [metrics, ...]} (one entry per seed)."""
     groups = collections.defaultdict(list)
     for name in sorted(os.listdir(root)):
@@ -152,7 +162,7 @@ def _mean_std(runs, key):
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def table_rows(groups):
+def table_rows(groups: dict[tuple[int, float], list[dict]]) -> list[tuple[str, str]]:
     """Rows (label, metric key) present in every run: quality first, then memorization."""
     first = next(iter(groups.values()))[0]
     rows = [
@@ -189,7 +199,7 @@ def table_rows(groups):
     return rows
 
 
-def report(root, quality=None, memorization=None):
+def report(root: str, quality: str | None = None, memorization: str | None = None) -> str:
     """Write <root>/table.md and <root>/pareto.png; returns the table text."""
     groups = collect(root)
     rows = table_rows(groups)
@@ -208,7 +218,7 @@ def report(root, quality=None, memorization=None):
 
     quality = quality or rows[0][1]
     memorization = memorization or "extraction_rate"
-    points = {}
+    points: dict = {}
     for (n, s), runs in groups.items():
         q, m = _mean_std(runs, quality), _mean_std(runs, memorization)
         if q and m:

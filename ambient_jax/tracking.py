@@ -26,6 +26,7 @@ from ambient_jax import files, generate, plots
 from ambient_jax.data.images import to_unit_range
 from ambient_jax.eval import memorization
 from ambient_jax.precond import edm_denoiser
+from ambient_jax.types import PyTree
 
 TRACK_IMAGES = 128  # training and held-out images in the gap estimate
 TRACK_FILE = "tracking.png"
@@ -96,7 +97,7 @@ class Tracker:
             )[2]["S>0.95"]
         return out
 
-    def __call__(self, ema_params, step):
+    def __call__(self, ema_params: PyTree, step: int) -> dict:
         del step  # the record is the same function of the parameters at any step
         start = time.perf_counter()
         err = {
@@ -125,7 +126,7 @@ class Tracker:
         return record
 
     @staticmethod
-    def save_plot(workdir):
+    def save_plot(workdir: str) -> None:
         """tracking.png from every tracking record in the run's metrics.jsonl (resumed runs too)."""
         path = os.path.join(workdir, "metrics.jsonl")
         if not files.exists(path):

@@ -1,6 +1,8 @@
 """The training data of a run: the subset held on device (with, for data of mixed quality,
 each image's sigma_tn, clean flag, copy noise and the level it is usable from), or streamed."""
 
+from typing import TYPE_CHECKING
+
 import jax
 import numpy as np
 
@@ -9,12 +11,16 @@ from ambient_jax import (
     parallel,
     train_step,
 )
-from ambient_jax.data import DataError, corrupt, load_split, record_subset
+from ambient_jax.data import DataError, SplitData, corrupt, load_split, record_subset
 from ambient_jax.data.subset import choose_subset
 from ambient_jax.data.tfds_source import StreamingBatches, open_source
+from ambient_jax.types import Config, Log
+
+if TYPE_CHECKING:
+    from ambient_jax import compiled_step
 
 
-def mixed_quality(config):
+def mixed_quality(config: Config) -> bool:
     """Whether the run trains on corrupted images beside its clean ones."""
     return bool(config.data.corrupt_count) and config.data.corrupt_sigma_tn != "unused"
 
@@ -70,7 +76,9 @@ class TrainingData:
         )
         self.images = None
 
-    def hold_mixed_quality(self, config, split):
+    def hold_mixed_quality(
+        self, config: Config, split: SplitData
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Data of mixed quality: the clean images (at the run's sigma_tn, 0 for ddpm) and the
         corrupted ones (at their annotated sigma_tn) held together, each with its sigma_tn, clean
         flag, the noise that makes its x_tn and the level it is usable from (0 when clean, else
@@ -98,13 +106,13 @@ class TrainingData:
         )
         return split.corrupted_indices, sigma_tn, clean, copy_noise
 
-    def record(self, workdir, config):
+    def record(self, workdir: str, config: Config) -> None:
         """subset.json (the clean training images) and, with corrupted ones, corrupted.json."""
         record_subset(workdir, config.data, self.train_indices, self.num_source_images)
         if self.corrupted is not None:
             corrupt.record_corrupted(workdir, config.data, *self.corrupted)
 
-    def place(self, trainer):
+    def place(self, trainer: "compiled_step.Trainer") -> None:
         """Put the images on the step's devices, or open the stream of batches."""
         if self.images is not None:
             self.on_device = trainer.place(self.held)
@@ -126,7 +134,7 @@ class TrainingData:
             jax.process_count(),
         )
 
-    def for_step(self, step):
+    def for_step(self, step: int) -> tuple[jax.Array, ...]:
         """The step's arguments after the state: the training data held on device, or the
         streamed global batch (x0, source indices)."""
         if self.images is not None:
@@ -137,7 +145,7 @@ class TrainingData:
         )
 
 
-def warn_if_few_heldout(config, training, log):
+def warn_if_few_heldout(config: Config, training: "TrainingData", log: Log) -> None:
     """The evaluation compares the sample.num_samples samples with as many held-out images (FD,
     FID, the held-out reference rows): say up front when fewer remain."""
     if training.heldout is None or len(training.heldout) >= config.sample.num_samples:

@@ -21,6 +21,7 @@ import socket
 from etils import epath
 
 from ambient_jax import files
+from ambient_jax.types import Log
 
 LOCK_NAME = "LOCK"
 
@@ -54,7 +55,7 @@ def _read(path):
         return None  # half-written or unreadable: treated as stale
 
 
-def acquire(workdir, log=print):
+def acquire(workdir: str, log: Log = print) -> str:
     """Take <workdir>/LOCK (the work dir is created if needed); returns its path."""
     files.makedirs(workdir)
     path = os.path.join(workdir, LOCK_NAME)
@@ -106,7 +107,7 @@ def acquire(workdir, log=print):
     )
 
 
-def release(path):
+def release(path: str) -> None:
     """Remove the lock if it is still ours."""
     held = _read(path) if files.exists(path) else None
     if held and held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():

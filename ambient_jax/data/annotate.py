@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ambient_jax.types import Log, PyTree
+
 SIGMA_DATA = 0.5
 
 
@@ -67,7 +69,7 @@ class NoiseClassifier(nn.Module):
     width: int = 16
 
     @nn.compact
-    def __call__(self, x, sigma):
+    def __call__(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
         c_in = 1 / jnp.sqrt(sigma**2 + SIGMA_DATA**2)
         c_noise = jnp.log(sigma) / 4
         level = jnp.broadcast_to(c_noise[:, None, None, None], (*x.shape[:3], 1))
@@ -85,7 +87,12 @@ def levels(recipe: Recipe) -> np.ndarray:
     return np.geomspace(recipe.sigma_min, recipe.sigma_max, recipe.num_levels).astype(np.float32)
 
 
-def train_classifier(clean, corrupted, recipe: Recipe = Recipe(), log=print):
+def train_classifier(
+    clean: np.ndarray | jax.Array,
+    corrupted: np.ndarray | jax.Array,
+    recipe: Recipe = Recipe(),
+    log: Log = print,
+) -> tuple[PyTree, float]:
     """Train the classifier on clean [N, R, R, C] and corrupted [M, R, R, C] images; returns
     (params, the final steps' mean loss)."""
     model = NoiseClassifier(recipe.width)
@@ -131,7 +138,9 @@ def train_classifier(clean, corrupted, recipe: Recipe = Recipe(), log=print):
     return params, float(np.mean(jax.device_get(losses[-50:])))
 
 
-def corrupted_probability(params, images, recipe: Recipe = Recipe(), batch_size=64):
+def corrupted_probability(
+    params: PyTree, images: np.ndarray, recipe: Recipe = Recipe(), batch_size: int = 64
+) -> np.ndarray:
     """p[i, l]: the classifier's mean probability of "corrupted" for image i with noise at level
     l of the grid (over `trials` draws keyed by (recipe.seed, i, l, trial))."""
     model = NoiseClassifier(recipe.width)
@@ -163,7 +172,9 @@ def corrupted_probability(params, images, recipe: Recipe = Recipe(), batch_size=
     return np.concatenate(out)
 
 
-def lowest_confused_level(p, grid, epsilon=0.05, window=3, reference=0.5):
+def lowest_confused_level(
+    p: np.ndarray, grid: np.ndarray, epsilon: float = 0.05, window: int = 3, reference: float = 0.5
+) -> np.ndarray:
     """sigma_tn per row of p [M, L] over the levels `grid` [L]: the lowest level from which the
     moving average (over `window` levels, edges shrunk) of p stays <= reference + epsilon; the
     top level when it never does. reference: 1/2, or per level [L] what clean images get there
@@ -181,7 +192,9 @@ def lowest_confused_level(p, grid, epsilon=0.05, window=3, reference=0.5):
     return np.asarray(grid)[first]
 
 
-def annotate(clean, corrupted, recipe: Recipe = Recipe(), log=print):
+def annotate(
+    clean: np.ndarray, corrupted: np.ndarray, recipe: Recipe = Recipe(), log: Log = print
+) -> tuple[np.ndarray, dict]:
     """(sigma_tn [M] of the corrupted images, a summary dict): train the classifier on the
     clean and corrupted images, then read each corrupted image's level."""
     params, final_loss = train_classifier(clean, corrupted, recipe, log)

@@ -11,25 +11,27 @@ additive noise, so their sigma_tn has to be estimated). The noise of image i is 
 """
 
 import json
+from typing import Sequence
 
 import numpy as np
 
 from ambient_jax import files
 from ambient_jax.checks import need, need_each
 from ambient_jax.data.images import DataError
+from ambient_jax.types import Config
 
 KINDS = ("noise", "blur")
 RECORD_NAME = "corrupted.json"
 
 
-def gaussian_kernel(width):
+def gaussian_kernel(width: float) -> np.ndarray:
     """The normalised 1-d Gaussian of std `width` pixels, radius ceil(3 width)."""
     radius = max(1, int(np.ceil(3 * width)))
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / width) ** 2)
     return taps / taps.sum()
 
 
-def gaussian_blur(images, width):
+def gaussian_blur(images: np.ndarray, width: float) -> np.ndarray:
     """[N, H, W, C] blurred by a Gaussian of std `width` pixels (separable, edges reflected)."""
     if width <= 0:
         return np.array(images, np.float32)
@@ -47,14 +49,16 @@ def gaussian_blur(images, width):
     return out.astype(np.float32)
 
 
-def image_noise(seed, source_indices, shape):
+def image_noise(seed: int, source_indices: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """N(0, I) of `shape` for each source index, keyed by (seed, index)."""
     return np.stack(
         [np.random.RandomState([seed, int(i)]).randn(*shape) for i in source_indices]
     ).astype(np.float32)
 
 
-def corrupt(images, source_indices, kind, level, seed):
+def corrupt(
+    images: np.ndarray, source_indices: np.ndarray, kind: str, level: float, seed: int
+) -> np.ndarray:
     """The corrupted versions of `images` (source indices given, for their noise keys)."""
     if kind not in KINDS:
         raise DataError(f"data.corrupt_kind must be one of {KINDS}, got {kind!r}")
@@ -65,7 +69,9 @@ def corrupt(images, source_indices, kind, level, seed):
     return gaussian_blur(images, level)
 
 
-def choose_corrupted(num_images, train_indices, count, keep_heldout, seed):
+def choose_corrupted(
+    num_images: int, train_indices: np.ndarray, count: int, keep_heldout: int, seed: int
+) -> np.ndarray:
     """Sorted source indices of `count` images outside the training subset, chosen by `seed`,
     leaving at least `keep_heldout` images held out."""
     others = np.setdiff1d(np.arange(num_images), train_indices)
@@ -78,7 +84,9 @@ def choose_corrupted(num_images, train_indices, count, keep_heldout, seed):
     return np.sort(np.random.RandomState(seed).permutation(others)[:count])
 
 
-def corrupted_subset(data_config, images, train_indices):
+def corrupted_subset(
+    data_config: Config, images: np.ndarray, train_indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(the corrupted images [M, H, W, C], their sorted source indices [M]) of the data config's
     recipe (data.corrupt_*), from the source's `images`; M = 0 when data.corrupt_count is 0."""
     count = int(data_config.get("corrupt_count", 0))
@@ -95,7 +103,9 @@ def corrupted_subset(data_config, images, train_indices):
     return corrupt(images[chosen], chosen, kind, level, int(data_config.corrupt_seed)), chosen
 
 
-def annotation_values(data_config, source_indices):
+def annotation_values(
+    data_config: Config, source_indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sigma_tn [M], clean [M], copy_noise [M]) of the corrupted images, from
     data.corrupt_sigma_tn: "known" = the additive noise's level (noise recipe only); "clean" =
     used as if clean (sigma_tn 0, plain denoising at every level); a number = one fixed sigma_tn
@@ -143,7 +153,7 @@ def annotation_values(data_config, source_indices):
     return level, np.zeros(n, bool), level
 
 
-def parse_level(spec):
+def parse_level(spec: str) -> float | None:
     """A number in data.corrupt_sigma_tn (a fixed annotation), else None."""
     try:
         return float(spec)
@@ -151,7 +161,7 @@ def parse_level(spec):
         return None
 
 
-def check_sigma_tn_spec(spec, kind):
+def check_sigma_tn_spec(spec: str, kind: str) -> str | None:
     """The error message for a data.corrupt_sigma_tn that cannot work, or None."""
     spec = str(spec).strip()
     if spec in ("clean", "unused") or (spec == "known" and kind == "noise"):
@@ -169,7 +179,13 @@ def check_sigma_tn_spec(spec, kind):
     return None
 
 
-def write_annotation(path, data_config, source_indices, sigma_tn, how):
+def write_annotation(
+    path: str,
+    data_config: Config,
+    source_indices: np.ndarray,
+    sigma_tn: Sequence[float] | np.ndarray,
+    how: dict,
+) -> dict:
     """The annotation file: a sigma_tn per corrupted source image, with the recipe it was made
     for and how the values were chosen."""
     record = {
@@ -181,7 +197,7 @@ def write_annotation(path, data_config, source_indices, sigma_tn, how):
     return record
 
 
-def read_annotation(path):
+def read_annotation(path: str) -> dict[int, float]:
     if not files.exists(path):
         raise DataError(
             f"data.corrupt_sigma_tn: the annotation file {path} does not exist; write it with "
@@ -195,7 +211,7 @@ def read_annotation(path):
         ) from None
 
 
-def recipe(data_config):
+def recipe(data_config: Config) -> dict:
     return {
         name: data_config[name]
         for name in (
@@ -211,7 +227,14 @@ def recipe(data_config):
     }
 
 
-def record_corrupted(workdir, data_config, source_indices, sigma_tn, clean, copy_noise):
+def record_corrupted(
+    workdir: str,
+    data_config: Config,
+    source_indices: np.ndarray,
+    sigma_tn: np.ndarray,
+    clean: np.ndarray,
+    copy_noise: np.ndarray,
+) -> dict:
     """`corrupted.json` in the work dir, beside subset.json: which source images trained as
     corrupted, with what sigma_tn."""
     record = {
@@ -226,7 +249,7 @@ def record_corrupted(workdir, data_config, source_indices, sigma_tn, clean, copy
     return record
 
 
-def check_config(data, loss) -> None:
+def check_config(data: Config, loss: Config) -> None:
     """config.data's corruption fields (and what data of mixed quality asks of config.loss),
     each named (ValueError)."""
     need_each(
@@ -242,7 +265,7 @@ def check_config(data, loss) -> None:
     need(data.corrupt_kind in KINDS, "data.corrupt_kind", f"must be one of {KINDS}")
     need(data.corrupt_level > 0, "data.corrupt_level", "must be > 0")
     says = check_sigma_tn_spec(data.corrupt_sigma_tn, data.corrupt_kind)
-    need(says is None, "data.corrupt_sigma_tn", says)
+    need(says is None, "data.corrupt_sigma_tn", says or "")
     need(
         not data.streaming,
         "data.corrupt_count",

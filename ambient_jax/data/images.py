@@ -3,6 +3,7 @@ data package's user-facing error."""
 
 import os
 
+import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -13,17 +14,17 @@ class DataError(ValueError):
     """A data problem a user can fix (missing folder, unreadable image, too few images)."""
 
 
-def to_unit_range(images_uint8):
+def to_unit_range(images_uint8: np.ndarray) -> np.ndarray:
     """uint8 [0, 255] -> float32 [-1, 1]."""
     return images_uint8.astype(np.float32) / 127.5 - 1.0
 
 
-def to_uint8(images):
+def to_uint8(images: np.ndarray | jax.Array) -> np.ndarray:
     """float [-1, 1] -> uint8 [0, 255], rounding and clipping as EDM does."""
     return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def list_image_files(path):
+def list_image_files(path: str) -> list[str]:
     if not path or not os.path.isdir(path):
         raise DataError(
             f"data.path {path!r} is not a folder: point --config.data.path at a folder of "
@@ -40,11 +41,11 @@ def list_image_files(path):
     return files
 
 
-def load_image(file, resolution, channels):
+def load_image(file: str, resolution: int, channels: int) -> np.ndarray:
     """One image file -> uint8 [R, R, C]: shorter side resized to R, centre crop."""
     try:
-        with Image.open(file) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+        with Image.open(file) as opened:
+            img = opened.convert("L" if channels == 1 else "RGB")
             width, height = img.size
             scale = resolution / min(width, height)
             size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))

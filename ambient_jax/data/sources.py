@@ -17,9 +17,10 @@ import numpy as np
 
 from ambient_jax.data.images import DataError, list_image_files, load_image, to_unit_range
 from ambient_jax.data.tfds_source import load_tfds_images
+from ambient_jax.types import Config
 
 
-def load_mnist(resolution=16):
+def load_mnist(resolution: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """The embedded 5,000 MNIST digits as uint8 [5000, R, R, 1] and their labels [5000]."""
     if resolution not in (16, 28, 32):
         raise DataError(f"data.resolution for mnist must be 16, 28 or 32, got {resolution}")
@@ -42,13 +43,13 @@ def load_mnist(resolution=16):
     return images, labels
 
 
-def load_folder(path, resolution, channels):
+def load_folder(path: str, resolution: int, channels: int) -> np.ndarray:
     if channels not in (1, 3):
         raise DataError(f"data.channels must be 1 or 3, got {channels}")
     return np.stack([load_image(f, resolution, channels) for f in list_image_files(path)])
 
 
-def load_source(data_config):
+def load_source(data_config: Config) -> np.ndarray:
     """All images of the configured source as float32 [N, R, R, C] in [-1, 1]."""
     source = data_config.source
     if source == "mnist":

@@ -14,6 +14,7 @@ from ambient_jax import files
 from ambient_jax.data.corrupt import corrupted_subset
 from ambient_jax.data.images import DataError
 from ambient_jax.data.sources import load_source
+from ambient_jax.types import Config
 
 RECORD_NAME = "subset.json"
 
@@ -24,11 +25,12 @@ class SplitData:
     heldout: np.ndarray  # the source's other images (neither trained on clean nor corrupted)
     train_indices: np.ndarray  # indices into the source, sorted
     # data of mixed quality (data.corrupt_*): the corrupted training images and their indices
-    corrupted: np.ndarray | None = None
-    corrupted_indices: np.ndarray | None = None
+    # (none, shape [0, ...], by default)
+    corrupted: np.ndarray
+    corrupted_indices: np.ndarray
 
 
-def choose_subset(num_images, n_train, seed):
+def choose_subset(num_images: int, n_train: int, seed: int) -> np.ndarray:
     if n_train < 1:
         raise DataError(f"data.n_train must be >= 1, got {n_train}")
     if n_train > num_images:
@@ -39,7 +41,7 @@ def choose_subset(num_images, n_train, seed):
     return np.sort(np.random.RandomState(seed).permutation(num_images)[:n_train])
 
 
-def load_split(data_config):
+def load_split(data_config: Config) -> SplitData:
     """Load the source and split it into the training subset, the corrupted training images of
     the data config's recipe (none by default) and the held-out images: all the others."""
     images = load_source(data_config)
@@ -56,7 +58,9 @@ def load_split(data_config):
     )
 
 
-def record_subset(workdir, data_config, train_indices, num_source_images):
+def record_subset(
+    workdir: str, data_config: Config, train_indices: np.ndarray, num_source_images: int
+) -> dict:
     """Write subset.json atomically."""
     record = {
         "source": data_config.source,
@@ -71,7 +75,7 @@ def record_subset(workdir, data_config, train_indices, num_source_images):
     return record
 
 
-def read_subset_record(workdir):
+def read_subset_record(workdir: str) -> dict:
     path = os.path.join(workdir, RECORD_NAME)
     if not files.exists(path):
         raise DataError(
@@ -80,7 +84,7 @@ def read_subset_record(workdir):
     return files.read_json(path)
 
 
-def check_subset_record(workdir, train_indices):
+def check_subset_record(workdir: str, train_indices: np.ndarray) -> None:
     """Raise DataError when the work dir's subset.json records another training subset than
     `train_indices` (a changed source or config would train or evaluate on other images)."""
     if [int(i) for i in read_subset_record(workdir)["train_indices"]] != [

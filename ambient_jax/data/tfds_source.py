@@ -19,12 +19,14 @@ import concurrent.futures
 import functools
 import glob
 import os
+from typing import Any
 
 import grain
 import numpy as np
 
 from ambient_jax import parallel
 from ambient_jax.data.images import DataError, list_image_files, load_image
+from ambient_jax.types import Config
 
 BUILDER_NAME = "ambient_image_folder"
 
@@ -74,7 +76,7 @@ def _builder_class():
     return AmbientImageFolder
 
 
-def prepare_image_folder(folder, data_dir, resolution, channels):
+def prepare_image_folder(folder: str, data_dir: str, resolution: int, channels: int) -> Any:
     """Write the folder's images as the tfds data set `ambient_image_folder` under data_dir."""
     builder = _builder_class()(
         folder=folder,
@@ -87,7 +89,7 @@ def prepare_image_folder(folder, data_dir, resolution, channels):
     return builder
 
 
-def open_source(data_config):
+def open_source(data_config: Config) -> Any:
     """A random-access tfds data source of the configured split."""
     import tensorflow_datasets as tfds  # seconds to import: see _builder_class
 
@@ -121,7 +123,7 @@ def open_source(data_config):
     return builder.as_data_source(split=split)
 
 
-def record_image(record, data_config):
+def record_image(record: dict, data_config: Config) -> np.ndarray:
     """The uint8 [R, R, C] image of one record, checked against the config."""
     image = np.asarray(record[data_config.tfds_image_key], np.uint8)
     if image.ndim == 2:
@@ -136,7 +138,7 @@ def record_image(record, data_config):
     return image
 
 
-def load_tfds_images(data_config):
+def load_tfds_images(data_config: Config) -> np.ndarray:
     """Every image of the source as uint8 [N, R, R, C] (the resident path: small sets)."""
     source = open_source(data_config)
     return np.stack([record_image(source[i], data_config) for i in range(len(source))])
@@ -169,7 +171,7 @@ class StreamingBatches:
         images = list(self._readers.map(lambda p: self._dataset[int(self._subset[p])], positions))
         return np.stack(images).astype(np.float32) / 127.5 - 1.0, self._subset[positions]
 
-    def rows_for(self, step):
+    def rows_for(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         future = self._pending.pop(step, None) or self._batches.submit(self._read, step)
         self._pending = {
             step + 1: self._batches.submit(self._read, step + 1)

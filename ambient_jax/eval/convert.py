@@ -10,6 +10,7 @@ torch is needed only here (`pip install 'ambient-jax[convert]'`); the saved tree
 import dataclasses
 import math
 import os
+from typing import Any
 
 import jax
 import numpy as np
@@ -59,7 +60,7 @@ def inception_state_dict(path: str) -> dict[str, np.ndarray]:
 def inception_params_from_state_dict(state: dict[str, np.ndarray]) -> dict:
     """Map 'net.layers.mixed_4.tower_1.conv_3.weight' ->
     params['mixed_4']['tower_1_conv_3']['kernel']."""
-    params = {}
+    params: dict[str, Any] = {}
     prefix = "net.layers."
     for name, value in state.items():
         if not name.startswith(prefix):
@@ -193,11 +194,11 @@ def dinov2_params_from_state_dict(
     }
     if registers is not None:
         params["register_tokens"] = registers
-    swiglu, mlp_hidden = False, None
+    swiglu, mlp_hidden = False, 0
     for i in range(depth):
         p = block_key.format(i)
         if "pos_embed" in state:
-            block = {
+            block: dict[str, Any] = {
                 "norm1": norm(get(p + "norm1.weight"), get(p + "norm1.bias")),
                 "qkv": dense(get(p + "attn.qkv.weight"), get(p + "attn.qkv.bias")),
                 "proj": dense(get(p + "attn.proj.weight"), get(p + "attn.proj.bias")),
@@ -302,9 +303,10 @@ def load_dinov2(path: str, heads: int | None = None) -> tuple[ViTConfig, dict]:
         )
     try:
         tree = serialization.msgpack_restore(files.read_bytes(path))
-        config = ViTConfig(
-            **{k: (bool(v) if k == "swiglu" else int(v)) for k, v in tree.pop("config").items()}
-        )
+        saved: dict[str, Any] = {
+            k: (bool(v) if k == "swiglu" else int(v)) for k, v in tree.pop("config").items()
+        }
+        config = ViTConfig(**saved)
     except Exception as err:
         raise ConversionError(f"{path} is not a converted DINOv2 file ({err})") from err
     return config, tree

@@ -41,6 +41,7 @@ The softmax is computed in blocks of reference images with a running log-sum-exp
 import functools
 import json
 import os
+import typing
 from typing import Callable
 
 import jax
@@ -51,7 +52,7 @@ from ambient_jax import checkpoint, files, losses, plots
 from ambient_jax import config as config_lib
 from ambient_jax.data import load_split
 from ambient_jax.eval import report
-from ambient_jax.precond import Denoiser, edm_denoiser
+from ambient_jax.precond import Denoiser, RawNet, edm_denoiser
 
 DEFAULT_NUM_LEVELS = 24
 
@@ -163,12 +164,12 @@ def level_noise(level_key: jax.Array, first: int, count: int, shape: tuple) -> j
 
 def denoising_errors(
     denoise: Denoiser,
-    images: np.ndarray,
+    images: np.ndarray | jax.Array,
     sigmas: np.ndarray,
     key: jax.Array,
     batch_size: int = 256,
     references: tuple = (),
-) -> dict:
+) -> tuple[np.ndarray, np.ndarray]:
     """Per level: mean per-pixel ||D(x0 + sigma n) - x0||^2 over `images`, and the mean per-pixel
     distance of D to each reference denoiser on the same inputs. Returns (err [L], dists [R, L]).
 
@@ -215,7 +216,7 @@ def _patch_changes(denoise, x_a, x_b, patch, window, sigma):
 
 def globality(
     denoise: Denoiser,
-    images: np.ndarray,
+    images: np.ndarray | jax.Array,
     sigmas: np.ndarray,
     key: jax.Array,
     patch: int | None = None,
@@ -249,7 +250,7 @@ def diagnose(
     heldout: np.ndarray,
     sigmas: np.ndarray,
     key: jax.Array,
-    noisy_copies: np.ndarray | None = None,
+    noisy_copies: np.ndarray | jax.Array | None = None,
     sigma_tn: float = 0.0,
     batch_size: int = 256,
     ref_block: int = 1024,
@@ -264,7 +265,7 @@ def diagnose(
     reference_train = train if reference_train is None else reference_train
     memorizing = memorizing_denoiser(jnp.asarray(reference_train), ref_block)
     err_train, _ = denoising_errors(denoise, train, sigmas, jax.random.fold_in(key, 0), batch_size)
-    refs = (memorizing,)
+    refs: tuple[Denoiser, ...] = (memorizing,)
     if noisy_copies is not None and sigma_tn > 0:
         refs = refs + (noisy_copy_denoiser(jnp.asarray(noisy_copies), sigma_tn, ref_block),)
     err_heldout, dists = denoising_errors(
@@ -342,7 +343,8 @@ def diagnose_run(
         ]
     else:
         queries = train_images
-    raw = functools.partial(model.apply, params, train=False)
+    # (flax's apply is typed to also return mutated variables, which this call does not ask for)
+    raw = typing.cast(RawNet, functools.partial(model.apply, params, train=False))
     denoise = edm_denoiser(raw, config.loss.sigma_data)
     sigmas = sigma_grid(num_levels)  # the EDM sampler's range, 0.002 to 80
     key = jax.random.key(seed)
@@ -358,7 +360,7 @@ def diagnose_run(
     return result
 
 
-def markdown_table(result):
+def markdown_table(result: dict) -> str:
     """One row per noise level."""
     has_tn = "dist_noisy_copies" in result
     head = "| sigma | n_eff | err train | err held-out | gap | dist to D*_S |" + (
@@ -394,7 +396,7 @@ def markdown_table(result):
     return "\n".join(lines) + "\n" + note
 
 
-def summary_table(results):
+def summary_table(results: list[dict]) -> str:
     """Several runs side by side: per level, each run's generalization gap and distance to D*_S."""
     head = "| sigma | " + " | ".join(f"{r['label']}: gap / dist D*_S" for r in results) + " |"
     lines = [head, "|---|" + "---|" * len(results)]

@@ -25,7 +25,7 @@ the run's training images against the held-out set, and a disjoint held-out set 
 
 import os
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -38,11 +38,12 @@ from ambient_jax import files
 from ambient_jax.data.images import to_unit_range
 from ambient_jax.data.sources import load_mnist
 from ambient_jax.eval import convert, fid
+from ambient_jax.types import PyTree
 
 CONFIDENCE = 0.9  # a sample "reads as a digit" when its most likely class has this probability
 TRAIN_PER_CLASS = 400  # of the 500 embedded digits of each class; the other 100 test the network
 # The training recipe; part of the cache file's name, so a change retrains instead of reusing.
-RECIPE = dict(steps=800, batch_size=128, lr=1e-3, shift=1, seed=0)
+RECIPE: dict[str, Any] = dict(steps=800, batch_size=128, lr=1e-3, shift=1, seed=0)
 VERSION = 1
 
 
@@ -51,7 +52,7 @@ class DigitClassifier(nn.Module):
     logits [B, 10])."""
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         for channels in (32, 64):
             x = nn.relu(nn.Conv(channels, (5, 5))(x))
             x = nn.max_pool(x, (2, 2), (2, 2))
@@ -63,11 +64,10 @@ def classifier_split(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.
     """(train indices, test indices) of the embedded digits: TRAIN_PER_CLASS of each class by
     `seed` for training, the rest for testing; sorted."""
     rng = np.random.RandomState(seed)
-    train = []
-    for digit in range(10):
-        members = np.flatnonzero(labels == digit)
-        train.append(rng.permutation(members)[:TRAIN_PER_CLASS])
-    train = np.sort(np.concatenate(train))
+    per_class = [
+        rng.permutation(np.flatnonzero(labels == digit))[:TRAIN_PER_CLASS] for digit in range(10)
+    ]
+    train = np.sort(np.concatenate(per_class))
     return train, np.setdiff1d(np.arange(len(labels)), train)
 
 
@@ -84,14 +84,14 @@ def _shift(images, key, pixels):
 
 
 def train_classifier(
-    images: np.ndarray,
-    labels: np.ndarray,
+    images: np.ndarray | jax.Array,
+    labels: np.ndarray | jax.Array,
     steps: int,
     batch_size: int,
     lr: float,
     shift: int,
     seed: int,
-) -> dict:
+) -> PyTree:
     """Parameters of a DigitClassifier trained with Adam on float images [N, R, R, 1] in [-1, 1]
     (cross-entropy, batches drawn with replacement, random shifts of up to `shift` pixels)."""
     model = DigitClassifier()

@@ -109,7 +109,7 @@ class Block(nn.Module):
     config: ViTConfig
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
         b, n, width = x.shape
         head = width // c.heads
@@ -139,7 +139,7 @@ class DinoV2(nn.Module):
     config: ViTConfig
 
     @nn.compact
-    def __call__(self, x, normalize=True):
+    def __call__(self, x: jax.Array, normalize: bool = True) -> jax.Array:
         c = self.config
         b, height, width, _ = x.shape
         h0, w0 = height // PATCH, width // PATCH

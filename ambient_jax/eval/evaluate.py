@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from ambient_jax import files
 from ambient_jax.data import check_subset_record, load_source, load_split, to_uint8
 from ambient_jax.data.images import to_unit_range
 from ambient_jax.eval import convert, digits, dinov2, features, fid, memorization, report
+from ambient_jax.types import Config, Log
 
 EVAL_DIR = report.EVAL_DIR
 
@@ -65,7 +66,14 @@ def load_samples(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
     return samples
 
 
-def cached_features(out_dir, name, images_u8, compute, log=print, shared=False):
+def cached_features(
+    out_dir: str,
+    name: str,
+    images_u8: np.ndarray,
+    compute: Callable[..., np.ndarray],
+    log: Log = print,
+    shared: bool = False,
+) -> np.ndarray:
     """Features of `images_u8` from a .npz that holds the same images (by content hash), else
     computed and saved, so an interrupted evaluation resumes. Samples go to
     <out_dir>/features_<name>.npz; real images (`shared`: training and held-out sets, the same for
@@ -94,7 +102,12 @@ def cached_features(out_dir, name, images_u8, compute, log=print, shared=False):
     return feats
 
 
-def dataset_reference_statistics(data_config, protocol, extract, log=print):
+def dataset_reference_statistics(
+    data_config: Config,
+    protocol: str,
+    extract: Callable[..., np.ndarray],
+    log: Log = print,
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Inception (mu, sigma) of the whole data source (the paper's FID reference), cached in the
     user's cache dir, keyed by the source and the protocol."""
     key = json.dumps(
@@ -151,8 +164,15 @@ class EmbeddingOptions:
 
 
 def embedding_metrics(
-    out_dir, samples_u8, train_u8, heldout_u8, thresholds, options, log=print, data_config=None
-):
+    out_dir: str,
+    samples_u8: np.ndarray,
+    train_u8: np.ndarray,
+    heldout_u8: np.ndarray,
+    thresholds: tuple[float, ...],
+    options: "EmbeddingOptions",
+    log: Log = print,
+    data_config: Config | None = None,
+) -> dict:
     """FID (Inception, vs held-out images or the whole data set) and memorization in Inception /
     DINOv2 space, as `options` asks."""
     inception_fid, inception_protocol, fid_reference = (
@@ -165,7 +185,7 @@ def embedding_metrics(
         options.dinov2_heads,
         options.dinov2_recipe,
     )
-    out = {}
+    out: dict[str, Any] = {}
     if inception_fid:
         params = convert.load_inception_params()
         extract = lambda x, progress=None: features.inception_features(
@@ -233,7 +253,7 @@ def embedding_metrics(
     return out
 
 
-def inception_available():
+def inception_available() -> bool:
     return files.exists(os.path.join(convert.CACHE_DIR, convert.INCEPTION_FILE))
 
 
@@ -292,7 +312,7 @@ def evaluate_run(
         x, memorization.robust_sigma(config.data.resolution)
     )
     robust_train = robust(split.train)
-    robust_stats = {}
+    robust_stats: dict[str, Any] = {}
     for name, images in (("", samples), ("heldout_", heldout)):
         view = robust(images)
         robust_stats[f"{name}robust_pixel_similarity"] = memorization.similarity_report(

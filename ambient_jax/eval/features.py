@@ -4,7 +4,7 @@ Images go through in fixed-size batches (the last one padded, so one compile), e
 over the mesh's "data" axis; features come back in input order.
 """
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +48,7 @@ def extract(
 
 
 def inception_features(
-    params: dict, images_uint8: np.ndarray, protocol: str = "edm", **kwargs
+    params: dict, images_uint8: np.ndarray, protocol: str = "edm", **kwargs: Any
 ) -> np.ndarray:
     """2048-d Inception pool features of uint8 images [N, H, W, 1 or 3] under a named protocol."""
     if protocol not in inception.PROTOCOLS:

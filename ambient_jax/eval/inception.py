@@ -13,6 +13,8 @@ Input protocols (name them in every report; same weights, different numbers):
   * "pytorch_fid": images in [0, 1], half-pixel bilinear resize to 299, then 2x - 1.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,7 +30,7 @@ class ConvBN(nn.Module):
     padding: tuple = (0, 0)
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (*self.kernel, x.shape[-1], self.features)
         )
@@ -64,7 +66,7 @@ class InceptionA(nn.Module):
     pool_features: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         a = ConvBN(64, name="conv")(x)
         b = _seq(
             x,
@@ -83,7 +85,7 @@ class InceptionA(nn.Module):
 
 class InceptionB(nn.Module):
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         a = ConvBN(384, (3, 3), stride=2, name="conv")(x)
         b = _seq(
             x,
@@ -98,9 +100,10 @@ class InceptionC(nn.Module):
     width: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         w = self.width
-        row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
+        row: dict[str, Any] = dict(kernel=(1, 7), padding=(0, 3))
+        col: dict[str, Any] = dict(kernel=(7, 1), padding=(3, 0))
         a = ConvBN(192, name="conv")(x)
         b = _seq(
             x,
@@ -122,7 +125,7 @@ class InceptionC(nn.Module):
 
 class InceptionD(nn.Module):
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         a = _seq(
             x, ConvBN(192, name="tower_conv"), ConvBN(320, (3, 3), stride=2, name="tower_conv_1")
         )
@@ -140,8 +143,9 @@ class InceptionE(nn.Module):
     max_pool: bool  # the last block of the FID graph pools with max, the one before with average
 
     @nn.compact
-    def __call__(self, x):
-        row, col = dict(kernel=(1, 3), padding=(0, 1)), dict(kernel=(3, 1), padding=(1, 0))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        row: dict[str, Any] = dict(kernel=(1, 3), padding=(0, 1))
+        col: dict[str, Any] = dict(kernel=(3, 1), padding=(1, 0))
         a = ConvBN(384, name="tower_conv")(x)
         b = _seq(
             x,
@@ -166,7 +170,7 @@ class InceptionV3(nn.Module):
     """[B, 299, 299, 3] in [-1, 1] -> [B, 2048] pool features."""
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         x = ConvBN(32, (3, 3), stride=2, name="conv")(x)
         x = ConvBN(32, (3, 3), name="conv_1")(x)
         x = ConvBN(64, (3, 3), padding=(1, 1), name="conv_2")(x)

@@ -4,6 +4,7 @@ only writes them."""
 
 import json
 import os
+from typing import Sequence
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def _digit_rows(runs):
     ]
 
 
-def markdown_table(runs):
+def markdown_table(runs: list[dict]) -> str:
     """The paper's Table 1 layout: rows are metrics, columns are runs."""
     names = [run_label(m.get("workdir", ""), m["sigma_tn"]) for m in runs]
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(runs)]
@@ -129,7 +130,7 @@ def write_summaries(workdir: str, metrics: dict) -> None:
     events.close()
 
 
-def diagnosis_link(workdir):
+def diagnosis_link(workdir: str) -> str:
     """The report's pointer to the per-noise-level diagnosis (ambient_jax.eval.diagnose)."""
     if files.exists(os.path.join(workdir, EVAL_DIR, "diagnose.md")):
         return "\nPer-noise-level diagnosis: [diagnose.md](diagnose.md), ![curves](diagnose.png)\n"
@@ -149,14 +150,21 @@ def compare_runs(workdirs: list[str]) -> str:
     return markdown_table(runs)
 
 
-def save_nearest_figure(samples_u8, sims, nearest, train, path, count=16):
+def save_nearest_figure(
+    samples_u8: np.ndarray,
+    sims: np.ndarray,
+    nearest: np.ndarray,
+    train: np.ndarray,
+    path: str,
+    count: int = 16,
+) -> None:
     """The most similar samples (top row of each pair) above their nearest training images."""
     order = np.argsort(-sims)[:count]
     pairs = np.concatenate([samples_u8[order], to_uint8(train[nearest[order]])])
     plots.save_grid(pairs, path, cols=len(order))
 
 
-def save_histogram(sims, path, thresholds):
+def save_histogram(sims: np.ndarray, path: str, thresholds: Sequence[float]) -> None:
     plots.save_histogram(
         sims,
         path,
@@ -167,7 +175,15 @@ def save_histogram(sims, path, thresholds):
     )
 
 
-def write_outputs(workdir, metrics, samples_u8, sims, nearest, train, thresholds):
+def write_outputs(
+    workdir: str,
+    metrics: dict,
+    samples_u8: np.ndarray,
+    sims: np.ndarray,
+    nearest: np.ndarray,
+    train: np.ndarray,
+    thresholds: Sequence[float],
+) -> None:
     """Everything an evaluation leaves in WORKDIR/eval: metrics.json, report.md, the nearest-
     neighbour figure, the similarity histogram, and its scalars in the TensorBoard events."""
     out = os.path.join(workdir, EVAL_DIR)

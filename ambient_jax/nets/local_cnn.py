@@ -18,6 +18,7 @@ near zero (EDM's init), so D starts at c_skip x.
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ambient_jax.nets.unet import _xavier, positional_embedding
@@ -34,7 +35,7 @@ class LocalCNN(nn.Module):
     compute_dtype: str = "float32"
 
     @nn.compact
-    def __call__(self, x, noise_labels, train=False):
+    def __call__(self, x: jax.Array, noise_labels: jax.Array, train: bool = False) -> jax.Array:
         dtype = jnp.dtype(self.compute_dtype)
         conv = lambda n, scale=1.0: nn.Conv(n, (3, 3), kernel_init=_xavier(scale), dtype=dtype)
         emb = positional_embedding(noise_labels, self.emb_channels)

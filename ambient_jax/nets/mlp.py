@@ -13,6 +13,7 @@ The last layer starts near zero (EDM's "init_zero"), so F starts at ~0 and D at 
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ambient_jax.nets.unet import _xavier, positional_embedding
@@ -29,7 +30,7 @@ class ResidualMLP(nn.Module):
     compute_dtype: str = "float32"
 
     @nn.compact
-    def __call__(self, x, noise_labels, train=False):
+    def __call__(self, x: jax.Array, noise_labels: jax.Array, train: bool = False) -> jax.Array:
         dtype = jnp.dtype(self.compute_dtype)
         b, height, width, _ = x.shape
         dense = lambda n, scale=1.0: nn.Dense(

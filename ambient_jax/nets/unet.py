@@ -29,7 +29,7 @@ def _xavier(scale=1.0):
     return lambda key, shape, dtype=jnp.float32: base(key, shape, dtype) * scale
 
 
-def group_norm(channels, dtype=None):
+def group_norm(channels: int, dtype: Any = None) -> nn.GroupNorm:
     """EDM's GroupNorm: min(32, C // 4) groups, eps 1e-6 (statistics in float32 for any dtype)."""
     return nn.GroupNorm(num_groups=min(32, channels // 4), epsilon=1e-6, dtype=dtype)
 
@@ -90,7 +90,9 @@ def _interleave_zeros(x, axis):
     return jax.lax.slice_in_dim(stacked.reshape(shape), 0, shape[axis] - 1, axis=axis)
 
 
-def fir_downsample_shifted(x, resample_filter, padding):
+def fir_downsample_shifted(
+    x: jax.Array, resample_filter: Sequence[float], padding: int
+) -> jax.Array:
     """fir_downsample as shifted views: the separable filter along H, then W, stride 2."""
     taps = _taps(resample_filter)
     for axis in (1, 2):
@@ -98,7 +100,7 @@ def fir_downsample_shifted(x, resample_filter, padding):
     return x
 
 
-def fir_upsample_shifted(x, resample_filter, padding):
+def fir_upsample_shifted(x: jax.Array, resample_filter: Sequence[float], padding: int) -> jax.Array:
     """fir_upsample as shifted views: zeros interleaved, then twice the separable filter."""
     taps = [2 * t for t in _taps(resample_filter)]  # outer product: 4 x the 2-D filter
     for axis in (1, 2):
@@ -106,19 +108,19 @@ def fir_upsample_shifted(x, resample_filter, padding):
     return x
 
 
-def fir_downsample(x, resample_filter, padding):
+def fir_downsample(x: jax.Array, resample_filter: Sequence[float], padding: int) -> jax.Array:
     """Depthwise FIR filter with stride 2 (EDM Conv2d(down=True) without weights)."""
     resample = fir_downsample_shifted if _shifted_views() else fir_downsample_conv
     return resample(x, resample_filter, padding)
 
 
-def fir_upsample(x, resample_filter, padding):
+def fir_upsample(x: jax.Array, resample_filter: Sequence[float], padding: int) -> jax.Array:
     """Depthwise transposed FIR filter with stride 2 (EDM Conv2d(up=True) without weights)."""
     resample = fir_upsample_shifted if _shifted_views() else fir_upsample_conv
     return resample(x, resample_filter, padding)
 
 
-def fir_downsample_conv(x, resample_filter, padding):
+def fir_downsample_conv(x: jax.Array, resample_filter: Sequence[float], padding: int) -> jax.Array:
     """fir_downsample as one depthwise convolution."""
     f = _fir(resample_filter)
     channels = x.shape[-1]
@@ -133,7 +135,7 @@ def fir_downsample_conv(x, resample_filter, padding):
     )
 
 
-def fir_upsample_conv(x, resample_filter, padding):
+def fir_upsample_conv(x: jax.Array, resample_filter: Sequence[float], padding: int) -> jax.Array:
     """fir_upsample as one depthwise convolution of the input with zeros interleaved."""
     f = _fir(resample_filter) * 4.0
     channels = x.shape[-1]
@@ -166,7 +168,7 @@ class Conv(nn.Module):
     dtype: Any = None  # compute dtype (parameters stay float32)
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         f_pad = (len(self.resample_filter) - 1) // 2
         w_pad = self.kernel // 2
         conv = lambda pad: nn.Conv(
@@ -205,7 +207,7 @@ class UNetBlock(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x, emb, train):
+    def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
         skip_scale = float(np.sqrt(0.5))  # a Python float keeps bf16 activations bf16
         orig = x
         res = dict(
@@ -235,7 +237,7 @@ class SelfAttention(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         b, height, width, c = x.shape
         dense = lambda n, scale: nn.Dense(
             n, kernel_init=_xavier(scale), bias_init=nn.initializers.zeros, dtype=self.dtype
@@ -249,7 +251,9 @@ class SelfAttention(nn.Module):
         return dense(c, 1e-5)(a)
 
 
-def positional_embedding(noise_labels, channels, max_positions=10000):
+def positional_embedding(
+    noise_labels: jax.Array, channels: int, max_positions: int = 10000
+) -> jax.Array:
     """EDM's PositionalEmbedding(endpoint=True), with the sin/cos halves swapped as SongUNet
     does."""
     half = channels // 2
@@ -258,7 +262,9 @@ def positional_embedding(noise_labels, channels, max_positions=10000):
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
-def fourier_embedding(noise_labels, channels, scale=16.0, seed=0):
+def fourier_embedding(
+    noise_labels: jax.Array, channels: int, scale: float = 16.0, seed: int = 0
+) -> jax.Array:
     """EDM's FourierEmbedding: random frequencies fixed at construction (a constant, not a
     parameter)."""
     freqs = np.random.RandomState(seed).randn(channels // 2).astype(np.float32) * scale
@@ -289,7 +295,13 @@ class SongUNet(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x, noise_labels, train=False, augment_labels=None):
+    def __call__(
+        self,
+        x: jax.Array,
+        noise_labels: jax.Array,
+        train: bool = False,
+        augment_labels: jax.Array | None = None,
+    ) -> jax.Array:
         """augment_labels [B, augment_dim]: what augmentation did to x; None = zeros (sampling)."""
         dtype = jnp.dtype(self.compute_dtype)
         resolution = x.shape[1]

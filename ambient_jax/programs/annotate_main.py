@@ -14,7 +14,9 @@ records the recipe it was made for, how, and the classifier's curves.
 
 import dataclasses
 import os
+from typing import Sequence
 
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
@@ -25,7 +27,7 @@ from ambient_jax.programs.common import DEFAULT_CONFIG, clean_errors, log, run_p
 FLAGS = flags.FLAGS
 
 
-def define_flags():
+def define_flags() -> None:
     config_flags.DEFINE_config_file(
         "config", DEFAULT_CONFIG, "ml_collections config file (FILE.py or FILE.py:ARG)"
     )
@@ -39,7 +41,7 @@ def define_flags():
 
 
 @clean_errors
-def main(argv):
+def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
     if not FLAGS.out or not FLAGS.out.endswith(".json"):
@@ -56,7 +58,8 @@ def main(argv):
         )
     split = load_split(config.data)
     if FLAGS.fixed:
-        values, how = [FLAGS.fixed] * len(split.corrupted_indices), {"fixed": FLAGS.fixed}
+        values: Sequence[float] | np.ndarray = [FLAGS.fixed] * len(split.corrupted_indices)
+        how: dict = {"fixed": FLAGS.fixed}
     else:
         recipe = dataclasses.replace(
             annotate.Recipe(), steps=FLAGS.steps, epsilon=FLAGS.epsilon, seed=FLAGS.seed
@@ -79,7 +82,7 @@ def main(argv):
     )
 
 
-def run():
+def run() -> None:
     run_program(main, define_flags)
 
 

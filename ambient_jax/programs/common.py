@@ -4,6 +4,7 @@ traceback."""
 import functools
 import os
 import sys
+from typing import Any, Callable
 
 from absl import app, flags, logging
 
@@ -22,7 +23,7 @@ DEFAULT_CONFIG = os.path.join(
 )
 
 
-def user_errors():
+def user_errors() -> tuple[type[BaseException], ...]:
     return (
         DataError,
         TrainingError,
@@ -35,7 +36,7 @@ def user_errors():
     )
 
 
-def clean_errors(main):
+def clean_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     """Run main; a user error ends the program with one line on stderr and exit status 2."""
 
     @functools.wraps(main)
@@ -51,7 +52,7 @@ def clean_errors(main):
     return wrapped
 
 
-def log(message):
+def log(message: str) -> None:
     """One line on stdout, at once: what the programs pass as the library's `log`."""
     print(message, flush=True)
 
@@ -91,7 +92,7 @@ def _parse_flags(argv):
 HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
 
 
-def print_help(module_name):
+def print_help(module_name: str) -> None:
     """The program's docstring and its own flags with their meaning and default, then exit 0.
     (absl's --help lists the flags of __main__ only: a console script's wrapper, which has none.)"""
     doc = (sys.modules[module_name].__doc__ or "").strip()
@@ -102,7 +103,7 @@ def print_help(module_name):
     sys.exit(0)
 
 
-def check_config_file_argument(argv):
+def check_config_file_argument(argv: list[str]) -> None:
     """--config=FILE.py[:ARG]: a FILE that does not exist is named before anything else happens."""
     for arg in argv[1:]:
         if arg.startswith("--config="):
@@ -116,7 +117,9 @@ def check_config_file_argument(argv):
                 sys.exit(2)
 
 
-def run_program(main, define_flags=None):
+def run_program(
+    main: Callable[[list[str]], Any], define_flags: Callable[[], Any] | None = None
+) -> None:
     """Define the program's flags (config overrides are applied here), then run main."""
     xla_cpu.use_cpu_flags()  # before JAX starts a backend
     check_config_file_argument(sys.argv)

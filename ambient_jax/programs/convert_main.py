@@ -19,7 +19,7 @@ FLAGS = flags.FLAGS
 
 
 @clean_errors
-def main(argv):
+def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in ("inception", "dinov2"):
         raise ValueError(
             "name the weights to convert: ambient-convert inception [--source=FILE] | "
@@ -35,7 +35,7 @@ def main(argv):
     log(f"converted DINOv2 to {convert.convert_dinov2(FLAGS.source, FLAGS.heads, FLAGS.out)}")
 
 
-def run():
+def run() -> None:
     run_program(main)
 
 

@@ -27,7 +27,7 @@ FLAGS = flags.FLAGS
 
 
 @clean_errors
-def main(argv):
+def main(argv: list[str]) -> None:
     del argv
 
     if FLAGS.levels < 2:
@@ -43,7 +43,7 @@ def main(argv):
     log(diagnose.summary_table(results))
 
 
-def run():
+def run() -> None:
     run_program(main)
 
 

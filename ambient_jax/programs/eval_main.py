@@ -50,7 +50,7 @@ FLAGS = flags.FLAGS
 
 
 @clean_errors
-def main(argv):
+def main(argv: list[str]) -> None:
     del argv
 
     if FLAGS.compare:
@@ -71,7 +71,7 @@ def main(argv):
     evaluate.evaluate_run(FLAGS.workdir, FLAGS.samples, options, log=log)
 
 
-def run():
+def run() -> None:
     run_program(main)
 
 

@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 
 
 @clean_errors
-def main(argv):
+def main(argv: list[str]) -> None:
     del argv
 
     if not 0 < FLAGS.fraction < 1:
@@ -48,7 +48,7 @@ def main(argv):
     )
 
 
-def run():
+def run() -> None:
     run_program(main)
 
 

@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 
 
 @clean_errors
-def main(argv):
+def main(argv: list[str]) -> None:
     del argv
 
     if FLAGS.channels not in (1, 3):
@@ -35,7 +35,7 @@ def main(argv):
     log(f"prepared {count} images as tfds data set '{BUILDER_NAME}' in {builder.data_dir}")
 
 
-def run():
+def run() -> None:
     run_program(main)
 
 

@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 
 
 @clean_errors
-def main(argv):
+def main(argv: list[str]) -> None:
     del argv
 
     if not files.exists(os.path.join(FLAGS.workdir, "config.json")):
@@ -55,7 +55,7 @@ def main(argv):
     )
 
 
-def run():
+def run() -> None:
     run_program(main)
 
 

@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 
 
 @clean_errors
-def main(argv):
+def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in ("run", "commands", "report"):
         raise ValueError("name the command: ambient-sweep run | commands | report --root=DIR ...")
     if argv[1] == "report":
@@ -53,7 +53,7 @@ def main(argv):
     log(sweep.report(FLAGS.root))
 
 
-def run():
+def run() -> None:
     run_program(main)
 
 

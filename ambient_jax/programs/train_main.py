@@ -25,8 +25,7 @@ __doc__ += (
 FLAGS = flags.FLAGS
 
 
-def define_flags():
-    # The config file is loaded (and --config.a.b overrides applied) when its flag is defined.
+def define_flags() -> None:
     config_flags.DEFINE_config_file(
         "config",
         DEFAULT_CONFIG,
@@ -50,7 +49,7 @@ def define_flags():
 
 
 @clean_errors
-def main(argv):
+def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
     if FLAGS.print_config:
@@ -77,7 +76,7 @@ def main(argv):
         log(f"done: {FLAGS.workdir}")
 
 
-def run():
+def run() -> None:
     run_program(main, define_flags)
 
 

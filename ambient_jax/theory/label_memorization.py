@@ -16,17 +16,20 @@ is sharded over the devices when there are several.
 import functools
 import os
 import time
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from ambient_jax import files, parallel, plots
 from ambient_jax.data.sources import load_mnist
+from ambient_jax.types import PyTree
 
 
-def init_mlp(key, sizes):
+def init_mlp(key: jax.Array, sizes: Sequence[int]) -> list[dict[str, jax.Array]]:
     params = []
     for k, (fan_in, fan_out) in zip(
         jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])
@@ -40,13 +43,13 @@ def init_mlp(key, sizes):
     return params
 
 
-def mlp_logits(params, x):
+def mlp_logits(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
     for layer in params[:-1]:
         x = jax.nn.relu(x @ layer["w"] + layer["b"])
     return x @ params[-1]["w"] + params[-1]["b"]
 
 
-def subset_masks(key, num_models, num_examples, fraction):
+def subset_masks(key: jax.Array, num_models: int, num_examples: int, fraction: float) -> jax.Array:
     """[K, n] 0/1: model k trains on a random subset of round(fraction * n) examples."""
     size = int(round(fraction * num_examples))
 
@@ -58,8 +61,17 @@ def subset_masks(key, num_models, num_examples, fraction):
 
 
 def train_models(
-    x, y, masks, num_classes, key, hidden=(256,), steps=500, lr=1e-3, batch_size=128, mesh=None
-):
+    x: np.ndarray | jax.Array,
+    y: np.ndarray | jax.Array,
+    masks: jax.Array,
+    num_classes: int,
+    key: jax.Array,
+    hidden: Sequence[int] = (256,),
+    steps: int = 500,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    mesh: Mesh | None = None,
+) -> PyTree:
     """Train len(masks) MLPs, model k on the examples where masks[k] == 1. Returns stacked params.
 
     Each step model k draws batch_size examples from its own subset (uniformly, with
@@ -113,7 +125,9 @@ def _correct(params, x, y):
     return jax.vmap(lambda p: (jnp.argmax(mlp_logits(p, x), -1) == y).astype(jnp.float32))(params)
 
 
-def in_out_difference(correct, masks):
+def in_out_difference(
+    correct: np.ndarray | jax.Array, masks: np.ndarray | jax.Array
+) -> tuple[np.ndarray, np.ndarray]:
     """Per column j: mean of correct[k, j] over models with masks[k, i] = 1 minus over the rest,
     for every i; returns (estimate [n, m], standard error [n, m]). correct [K, m], masks [K, n]."""
     masks = np.asarray(masks, np.float64)
@@ -132,17 +146,17 @@ def in_out_difference(correct, masks):
 
 
 def estimate(
-    x,
-    y,
-    num_classes,
-    num_models=200,
-    fraction=0.7,
-    seed=0,
-    test_x=None,
-    test_y=None,
-    mesh=None,
-    **train_kwargs,
-):
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    num_models: int = 200,
+    fraction: float = 0.7,
+    seed: int = 0,
+    test_x: np.ndarray | None = None,
+    test_y: np.ndarray | None = None,
+    mesh: Mesh | None = None,
+    **train_kwargs: Any,
+) -> dict:
     """Memorization (and, with a test set, influence) estimates of every training example.
 
     Returns a dict: mem [n], mem_stderr [n], and with test data infl [n, m], infl_stderr,
@@ -175,7 +189,14 @@ def estimate(
     return result
 
 
-def mnist_study(workdir, n_train=1000, num_models=200, fraction=0.7, steps=400, seed=0):
+def mnist_study(
+    workdir: str,
+    n_train: int = 1000,
+    num_models: int = 200,
+    fraction: float = 0.7,
+    steps: int = 400,
+    seed: int = 0,
+) -> dict:
     """ambient-labelmem's study: mem and the top influence of n_train embedded MNIST digits (16x16),
     the rest of the 5,000 as the test set. Writes scores.npz, summary.json,
     most_least_memorized.png and memorization_histogram.png into workdir; returns the summary."""

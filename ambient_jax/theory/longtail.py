@@ -22,6 +22,7 @@ down to 1e-300 are fine.
 import dataclasses
 import itertools
 from math import comb
+from typing import Sequence
 
 import numpy as np
 from scipy.special import gammaln, logsumexp
@@ -36,14 +37,14 @@ class Marginal:
     population: int  # N, the number of elements (for the weight of a frequency range)
 
 
-def zipf_prior(num_elements, exponent=1.0):
+def zipf_prior(num_elements: int, exponent: float = 1.0) -> np.ndarray:
     """The Zipf / power-law list of frequencies pi_i proportional to i^(-exponent), i = 1..N."""
     ranks = np.arange(1, num_elements + 1, dtype=np.float64)
     values = ranks**-exponent
     return values / values.sum()
 
 
-def marginal_mean_field(prior):
+def marginal_mean_field(prior: np.ndarray) -> Marginal:
     """pi_bar for large N: D(x) = p_x / sum_y p_y with the sum replaced by its mean, p_x + (N-1)
     E[p].
 
@@ -57,33 +58,33 @@ def marginal_mean_field(prior):
     return Marginal(atoms, counts / n_elements, n_elements)
 
 
-def marginal_exact(prior):
+def marginal_exact(prior: np.ndarray) -> Marginal:
     """pi_bar exactly, for small N: the law of p_x / (p_x + S) with S the sum of N-1 independent
     draws from the prior, S enumerated as multisets (multinomial weights)."""
     prior = np.asarray(prior, np.float64)
     n_elements = len(prior)
     values, counts = np.unique(prior, return_counts=True)
     probs = counts / n_elements
-    atoms, weights = [], []
+    atom_parts, weight_parts = [], []
     for combo in itertools.combinations_with_replacement(range(len(values)), n_elements - 1):
         k = np.bincount(np.asarray(combo, int), minlength=len(values))
         log_multinomial = gammaln(n_elements) - np.sum(gammaln(k + 1)) + np.sum(k * np.log(probs))
         rest = float(np.dot(k, values))
-        atoms.append(values / (values + rest))
-        weights.append(probs * np.exp(log_multinomial))
-    atoms, weights = np.concatenate(atoms), np.concatenate(weights)
+        atom_parts.append(values / (values + rest))
+        weight_parts.append(probs * np.exp(log_multinomial))
+    atoms, weights = np.concatenate(atom_parts), np.concatenate(weight_parts)
     unique, inverse = np.unique(np.round(atoms, 15), return_inverse=True)
     return Marginal(unique, np.bincount(inverse, weights), n_elements)
 
 
-def marginal_from_samples(frequencies, population=None):
+def marginal_from_samples(frequencies: np.ndarray, population: int | None = None) -> Marginal:
     """pi_bar as the empirical distribution of observed element frequencies."""
     frequencies = np.asarray(frequencies, np.float64)
     values, counts = np.unique(frequencies, return_counts=True)
     return Marginal(values, counts / len(frequencies), population or len(frequencies))
 
 
-def compress(marginal, max_atoms=4096):
+def compress(marginal: Marginal, max_atoms: int = 4096) -> Marginal:
     """pi_bar with at most max_atoms atoms: atoms binned on a log grid, each bin's atom the
     weighted mean frequency (so E[a] is kept exactly). A no-op for small marginals."""
     if len(marginal.atoms) <= max_atoms:
@@ -97,7 +98,12 @@ def compress(marginal, max_atoms=4096):
     return Marginal(mass[used] / weights[used], weights[used], marginal.population)
 
 
-def tau(marginal, n, multiplicities=None, max_atoms=None):
+def tau(
+    marginal: Marginal,
+    n: int,
+    multiplicities: Sequence[int] | None = None,
+    max_atoms: int | None = None,
+) -> np.ndarray:
     """tau_l for l in `multiplicities` (default 1..n), computed in log space. Shape [len(l)].
 
     max_atoms: compress pi_bar first (see `compress`) when it has more atoms, e.g. 4096 for
@@ -123,14 +129,18 @@ def tau(marginal, n, multiplicities=None, max_atoms=None):
     return out
 
 
-def heavy_tail_weight(marginal, n):
+def heavy_tail_weight(marginal: Marginal, n: int) -> float:
     """weight(pi_bar, [1/(2n), 1/n]) = N E[a 1(1/(2n) <= a <= 1/n)]: the expected mass of ~1/n
     elements."""
     inside = (marginal.atoms >= 1 / (2 * n)) & (marginal.atoms <= 1 / n)
     return float(marginal.population * np.sum(marginal.weights * marginal.atoms * inside))
 
 
-def theorem1_lower_bound(taus, errors_by_multiplicity, opt=0.0):
+def theorem1_lower_bound(
+    taus: Sequence[float] | np.ndarray,
+    errors_by_multiplicity: Sequence[float] | np.ndarray,
+    opt: float = 0.0,
+) -> float:
     """opt + sum_l tau_l errn_Z(A, l): Theorem 1's bound on the expected error of a learner whose
     expected number of mislabelled elements among those seen l times is
     errors_by_multiplicity[l-1]."""
@@ -138,7 +148,7 @@ def theorem1_lower_bound(taus, errors_by_multiplicity, opt=0.0):
     return float(opt + np.dot(np.asarray(taus)[: len(errors)], errors))
 
 
-def tau_brute_force(prior, n, ell=1):
+def tau_brute_force(prior: np.ndarray, n: int, ell: int = 1) -> float:
     """tau_l from the definition, for tiny N: enumerate every assignment (p_1..p_N) of the prior,
     and average D(x_1) over instances weighted by P(x_1 is seen exactly ell times in n draws)."""
     prior = np.asarray(prior, np.float64)
@@ -154,7 +164,9 @@ def tau_brute_force(prior, n, ell=1):
     return num / den
 
 
-def simulate_theorem1(prior, n, num_labels=2, trials=2000, seed=0):
+def simulate_theorem1(
+    prior: np.ndarray, n: int, num_labels: int = 2, trials: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """Simulate Theorem 1 on random instances (D ~ D_pi, random labels f, Z ~ D^n).
 
     Learners: A* memorizes every element of Z and predicts a fixed label elsewhere (optimal for
