@@ -1,0 +1,94 @@
+"""The README is one page, and the figures it quotes are the ones its sources hold: the
+quickstart's table is the mean ± std of the per-seed rows that benchmarks/variants.py wrote into
+docs/ambient_quality.md, the mixed-quality table the one benchmarks/mixed_quality_tables.py
+computes from benchmarks/results/mixed_quality.json. (The quickstart table's reference column,
+the held-out reals' shares, is typed once, in the README.)"""
+
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import variants  # noqa: E402
+
+README = open(os.path.join(ROOT, "README.md")).read()
+
+
+def table_rows(text):
+    """{first cell: [cells]} of the markdown table rows in `text`."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def between(text, marker):
+    return re.search(rf"<!-- {marker} -->(.*)<!-- /{marker} -->", text, flags=re.S).group(1)
+
+
+def mean_std(values, fmt):
+    v = np.asarray(values, float)
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}"
+
+
+def test_readme_is_one_page_with_the_two_commands_first():
+    lines = README.splitlines()
+    assert len(lines) <= 150, len(lines)
+    first_command = next(i for i, line in enumerate(lines) if line.startswith("launch/"))
+    assert first_command < 20, first_command
+
+
+def test_the_quickstart_table_is_the_mean_of_the_variant_runs_it_cites():
+    docs = open(os.path.join(ROOT, "docs", "ambient_quality.md")).read()
+    block = between(docs, "variants").split("Mean ± standard deviation")[0]  # the per-seed rows
+    per_seed = [line for line in block.splitlines() if re.match(r"\| \w[\w.]* \| \d \|", line)]
+    head = next(line for line in block.splitlines() if line.startswith("| variant"))
+    columns = [c.strip() for c in head.strip("|").split("|")][2:]
+    seeds = {"ddpm": {}, "rescaled_1.5": {}}
+    for line in per_seed:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] in seeds:
+            seeds[cells[0]][int(cells[1])] = [float(c) for c in cells[2:]]
+    assert all(sorted(s) == [0, 1, 2] for s in seeds.values()), seeds
+    section = README.split("## What the quickstart shows")[1]
+    readme = table_rows("|" + section.split("\n|", 1)[1].split("\n\n")[0])  # its first table
+    quoted = {  # README row -> the variants table's column and its format
+        "FD-pixel (vs held-out, lower is better)": ("FD-pixel", ".2f"),
+        "Inception FID, 500 samples vs 500 held-out (edm protocol)": ("Inception FID (500)", ".1f"),
+        "extraction rate % (Carlini)": ("extraction %", ".1f"),
+        "robust extraction rate %": ("robust extraction %", ".1f"),
+        "pixel S>0.95 %": ("pixel S>0.95 %", ".1f"),
+        "robust S>0.95 %": ("robust S>0.95 %", ".1f"),
+    }
+    assert set(quoted) <= set(readme), set(quoted) - set(readme)
+    for row, (column, fmt) in quoted.items():
+        j = columns.index(column)
+        unit = 10.0 ** -int(fmt[1])  # the last printed digit: the per-seed rows are rounded to it
+        for k, name in enumerate(("ddpm", "rescaled_1.5")):
+            v = np.array([seeds[name][s][j] for s in (0, 1, 2)])
+            mean, std = (float(x) for x in readme[row][k].split(" ± "))
+            assert abs(mean - v.mean()) <= unit, (row, name, mean, v.mean())
+            assert abs(std - v.std(ddof=1)) <= unit, (row, name, std, v.std(ddof=1))
+
+
+def test_the_mixed_quality_table_is_computed_from_its_results_file():
+    raw = json.load(open(os.path.join(ROOT, "benchmarks", "results", "mixed_quality.json")))
+    getters = {name: (get, fmt) for name, get, fmt in variants.COLUMNS}
+    block = between(README, "mixed-readme")
+    header = [c.strip() for c in block.strip().splitlines()[0].strip("|").split("|")]
+    rows = table_rows(block)
+    del rows["variant"]
+    assert len(rows) >= 7
+    for name, cells in rows.items():
+        runs = [m for key, m in raw.items() if key.rsplit("_seed", 1)[0] == name]
+        assert cells[0] == str(len(runs)), (name, cells[0], len(runs))
+        for column, cell in zip(header[2:], cells[1:]):
+            get, fmt = getters[column]
+            assert cell == mean_std([get(m) for m in runs], fmt), (name, column, cell)
