@@ -178,6 +178,14 @@ for _s in (0.3, 0.5, 1.0, 1.5):
         f"U-Net, rescaled weight, sigma_tn {_s:g}, ambient rows only above {GATE:.4g} sigma_tn "
         "+ 0.05",
     )
+# sigma_tn above the band where a sample's identity is decided at n = 30 (sigma 1.3-2 there:
+# docs/ambient_quality.md, section 6)
+for _s in (2.0, 3.0):
+    UNET_VARIANTS[f"unet_rescaled_{_s:g}"] = (
+        "ambient",
+        ["--config.loss.weighting=rescaled", f"--config.loss.sigma_tn={_s:g}"],
+        f"U-Net, rescaled weight, sigma_tn {_s:g}",
+    )
 VARIANTS.update(UNET_VARIANTS)
 
 # The same grid with the four-level U-Net at the digits' own 28x28, padded to 32x32
@@ -187,12 +195,6 @@ UNET32_VARIANTS = {
     "unet32" + name[len("unet") :]: (objective, overrides, what.replace("U-Net", "32x32 U-Net"))
     for name, (objective, overrides, what) in UNET_VARIANTS.items()
 }
-for _s in (2.0, 3.0):
-    UNET32_VARIANTS[f"unet32_rescaled_{_s:g}"] = (
-        "ambient",
-        ["--config.loss.weighting=rescaled", f"--config.loss.sigma_tn={_s:g}"],
-        f"32x32 U-Net, rescaled weight, sigma_tn {_s:g}",
-    )
 VARIANTS.update(UNET32_VARIANTS)
 
 # Data of mixed quality (Ambient Diffusion Omni in miniature): the 100 clean training digits and
