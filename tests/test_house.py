@@ -1,6 +1,6 @@
 """The house rules of ambient_jax, checked on its source (no JAX): every public function is
 annotated (launch/test.sh type-checks the annotated code with mypy), no module is over 450 lines,
-and no evaluation module imports the trainer."""
+no evaluation module imports the trainer, and the module-level imports have no cycle."""
 
 import ast
 import os
@@ -62,3 +62,38 @@ def test_evaluation_never_imports_the_trainer():
             else:
                 continue
             assert not names & TRAINER, (path, node.lineno, names & TRAINER)
+
+
+def module_imports(path, source):
+    """The package modules `path` imports at module level (not inside functions)."""
+    name = path[: -len(".py")].replace(os.sep, ".").removesuffix(".__init__")
+    found = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.If):  # typing-only imports (if TYPE_CHECKING) run no code
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "ambient_jax":
+                found |= {f"ambient_jax.{alias.name}" for alias in node.names}
+            elif node.module.startswith("ambient_jax."):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("ambient_jax.")}
+    return name, found
+
+
+def test_the_module_imports_have_no_cycle():
+    graph = dict(module_imports(path, source) for path, source in modules())
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    state = {}
+
+    def visit(module, trail):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", " -> ".join(trail + [module])
+        state[module] = "open"
+        for dep in sorted(graph[module]):
+            visit(dep, trail + [module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])
