@@ -1,0 +1,97 @@
+"""Write the 16x16 U-Net tables of docs/ambient_quality.md (section 6) from the runs that measured
+them (no figure typed by hand).
+
+    python benchmarks/unet_tables.py --root=runs/unet30
+
+Reads every finished run under --root (benchmarks/variants.py's unet_* rows, run there with
+--set=--config.data.n_train=30 --set=--config.train.num_steps=1000), writes
+benchmarks/results/unet30_variants.json (raw metrics and per-noise-level curves) and, between
+their markers in docs/ambient_quality.md: every run (<!-- unet-variants -->), the mean ± std of
+the rows run with several seeds (<!-- unet-seeds -->), memorization tracked during training and
+the per-noise-level diagnosis of each seed-0 run (<!-- unet-levels -->).
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+import variants  # benchmarks/variants.py, beside this script
+from mixed_quality_tables import replace_between
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "ambient_quality.md")
+LEVELS = (0.2004, 0.5036, 1.266, 3.18, 7.99)  # diagnose.py's grid points nearest 0.2 ... 8
+
+
+def seed0_runs(root):
+    """unet_ddpm first, then the other unet_* runs of seed 0, by name."""
+    names = sorted(e[: -len("_seed0")] for e in os.listdir(root) if e.endswith("_seed0"))
+    names = [n for n in names if n.startswith("unet_")]
+    return sorted(names, key=lambda n: (n != "unet_ddpm", n))
+
+
+def levels_text(root):
+    names = [n for n in seed0_runs(root) if os.path.exists(_diagnosis(root, n))]
+    curves = {n: json.load(open(_diagnosis(root, n))) for n in names}
+    out = [
+        "Memorization tracked during training (seed 0; the same 64 samples each time; "
+        "extraction %):",
+        "",
+        "| step | " + " | ".join(n[len("unet_") :] for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    tracked = {n: _tracked(root, n) for n in names}
+    for step in sorted({s for t in tracked.values() for s in t}):
+        cells = [f"{tracked[n][step]:.1f}" if step in tracked[n] else "" for n in names]
+        out.append(f"| {step:,} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "Per noise level (seed 0, `ambient-diagnose`): held-out error / train-held-out gap / "
+        "globality; n_eff (the number of training digits the exact denoiser D*_S averages) from "
+        "the data:",
+        "",
+        "| sigma | n_eff | " + " | ".join(n[len("unet_") :] for n in names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    first = curves[names[0]]
+    sigma = np.array(first["sigma"])
+    for level in LEVELS:
+        i = int(np.argmin(abs(sigma - level)))
+        cells = [
+            f"{c['err_heldout'][i]:.3f} / {c['gap'][i]:.3f} / {c['globality'][i]:.2f}"
+            for c in curves.values()
+        ]
+        n_eff = first["effective_train_images"][i]
+        out.append(f"| {sigma[i]:.3g} | {n_eff:.3g} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _diagnosis(root, name):
+    return os.path.join(root, f"{name}_seed0", "eval", "diagnose.json")
+
+
+def _tracked(root, name):
+    log = open(os.path.join(root, f"{name}_seed0", "metrics.jsonl")).read().splitlines()
+    rows = [json.loads(line) for line in log if line.strip()]
+    return {r["step"]: r["track_extraction"] for r in rows if "track_extraction" in r}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True)
+    args = parser.parse_args()
+    json_path = os.path.join(ROOT, "benchmarks", "results", "unet30_variants.json")
+    every = variants.table_text(args.root, json_path=json_path)
+    replace_between(DOC, "unet-variants", every + "\n")
+    means = variants.table_text(args.root, mean=True).splitlines()
+    several = [
+        line for line in means[2:] if line.startswith("| ") and line.split("|")[2].strip() != "1"
+    ]
+    replace_between(DOC, "unet-seeds", "\n".join(means[:2] + several) + "\n")
+    replace_between(DOC, "unet-levels", levels_text(args.root))
+    print(every)
+
+
+if __name__ == "__main__":
+    main()
