@@ -8,7 +8,8 @@ Reads every finished run under --root (benchmarks/variants.py's unet_* rows, run
 benchmarks/results/unet30_variants.json (raw metrics and per-noise-level curves) and, between
 their markers in docs/ambient_quality.md: every run (<!-- unet-variants -->), the mean ± std of
 the rows run with several seeds (<!-- unet-seeds -->), memorization tracked during training and
-the per-noise-level diagnosis of each seed-0 run (<!-- unet-levels -->).
+the per-noise-level diagnosis of each seed-0 run (<!-- unet-levels -->), and each row run with
+several seeds against the target of the study (<!-- unet-target -->).
 """
 
 import argparse
@@ -22,6 +23,44 @@ from mixed_quality_tables import replace_between
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "ambient_quality.md")
 LEVELS = (0.2004, 0.5036, 1.266, 3.18, 7.99)  # diagnose.py's grid points nearest 0.2 ... 8
+
+
+def target_text(root):
+    """Each ambient row run with several seeds against issue 24's target, as ratios to ddpm's
+    means: FD-pixel and FD-digits <= 1.1x, Inception FID <= 1.2x, confident digits within 5
+    points, extraction <= 1/10, robust S>0.95 at the held-out reals' level."""
+    runs = {}
+    for name, _, m in variants.rows(root):
+        runs.setdefault(name, []).append(m)
+    mean = lambda name, get: float(np.mean([get(m) for m in runs[name]]))
+    get = {name: g for name, g, _ in variants.COLUMNS}
+    ddpm = {c: mean("unet_ddpm", g) for c, g in get.items()}
+    held = runs["unet_ddpm"][0]["heldout_robust_pixel_similarity"]["S>0.95"]
+    out = [
+        "| row (mean over its seeds) | FD-pixel / ddpm (<= 1.1) | FD-digits / ddpm (<= 1.1) | "
+        "Inception FID / ddpm (<= 1.2) | confident digits, points below ddpm (<= 5) | "
+        "extraction / ddpm (<= 0.1) | robust S>0.95 % (held-out reals: "
+        f"{held:.1f}) | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(runs):
+        if name == "unet_ddpm" or len(runs[name]) < 2:
+            continue
+        r = {c: mean(name, g) for c, g in get.items()}
+        ratios = [r[c] / ddpm[c] for c in ("FD-pixel", "FD-digits", "Inception FID (500)")]
+        drop = ddpm["confident digits %"] - r["confident digits %"]
+        copy = r["extraction %"] / ddpm["extraction %"]
+        robust = r["robust S>0.95 %"]
+        met = (
+            ratios[0] <= 1.1 and ratios[1] <= 1.1 and ratios[2] <= 1.2 and drop <= 5
+            and copy <= 0.1 and robust <= held + 1.0
+        )  # fmt: skip
+        out.append(
+            f"| {name} ({len(runs[name])}) | "
+            + " | ".join(f"{x:.2f}" for x in ratios)
+            + f" | {drop:.1f} | {copy:.2f} | {robust:.1f} | {'yes' if met else 'no'} |"
+        )
+    return "\n".join(out) + "\n"
 
 
 def seed0_runs(root):
@@ -90,6 +129,7 @@ def main():
     ]
     replace_between(DOC, "unet-seeds", "\n".join(means[:2] + several) + "\n")
     replace_between(DOC, "unet-levels", levels_text(args.root))
+    replace_between(DOC, "unet-target", target_text(args.root))
     print(every)
 
 
