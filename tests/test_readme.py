@@ -1,8 +1,9 @@
 """The README is one page, and the figures it quotes are the ones its sources hold: the
 quickstart's table is the mean ± std of the per-seed rows that benchmarks/variants.py wrote into
 docs/ambient_quality.md, the mixed-quality table the one benchmarks/mixed_quality_tables.py
-computes from benchmarks/results/mixed_quality.json. (The quickstart table's reference column,
-the held-out reals' shares, is typed once, in the README.)"""
+computes from benchmarks/results/mixed_quality.json, the U-Net sentence's shares the means of
+benchmarks/results/unet30_variants.json. (The quickstart table's reference column, the held-out
+reals' shares, is typed once, in the README.)"""
 
 import json
 import os
@@ -92,3 +93,19 @@ def test_the_mixed_quality_table_is_computed_from_its_results_file():
         for column, cell in zip(header[2:], cells[1:]):
             get, fmt = getters[column]
             assert cell == mean_std([get(m) for m in runs], fmt), (name, column, cell)
+
+
+def test_the_unet_sentence_quotes_its_results_file():
+    raw = json.load(open(os.path.join(ROOT, "benchmarks", "results", "unet30_variants.json")))
+    mean = lambda name, key: np.mean(
+        [m[key] for k, m in raw.items() if k.startswith(name + "_seed")]
+    )
+    sentence = " ".join(README.split("The paper's kind of network, a U-Net,")[1].split()[:40])
+    expected = (
+        f"ddpm copies {mean('unet_ddpm', 'extraction_rate'):.1f}%",
+        f"still copies {mean('unet_rescaled_1.5', 'extraction_rate'):.1f}% with "
+        f"{mean('unet_rescaled_1.5', 'confident_digits'):.1f}% confident digits against ddpm's "
+        f"{mean('unet_ddpm', 'confident_digits'):.1f}%",
+    )
+    for phrase in expected:
+        assert phrase in sentence, (phrase, sentence)
