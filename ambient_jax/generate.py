@@ -4,7 +4,6 @@ Latents for sample j come from fold_in(key(seed), j), so sample j is the same im
 the batch size.
 """
 
-import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -15,7 +14,7 @@ import numpy as np
 from ambient_jax import config as config_lib
 from ambient_jax import parallel, sampling
 from ambient_jax.data import to_uint8
-from ambient_jax.precond import edm_denoiser
+from ambient_jax.precond import network_denoiser
 from ambient_jax.types import Config, PyTree
 
 
@@ -30,8 +29,7 @@ def make_sample_fn(
     sampler = sampling.SAMPLERS[config.sample.sampler]
 
     def sample(params, latents):
-        raw = functools.partial(model.apply, params, train=False)
-        denoise = edm_denoiser(raw, config.loss.sigma_data)
+        denoise = network_denoiser(model, params, config.loss.sigma_data)
         return sampler(denoise, latents, num_steps=config.sample.num_steps)
 
     if mesh is None:

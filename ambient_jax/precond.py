@@ -12,7 +12,9 @@ with sd = sigma_data = 0.5 for data scaled to [-1, 1]. The scalings keep F's inp
 training target at unit variance for every sigma.
 """
 
-from typing import Callable
+import functools
+import typing
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +56,14 @@ def edm_denoiser(raw_net: RawNet, sigma_data: float = SIGMA_DATA) -> Denoiser:
         return _expand(c_skip, x) * x + _expand(c_out, x) * f.astype(x.dtype)
 
     return denoise
+
+
+def network_denoiser(model: Any, params: Any, sigma_data: float = SIGMA_DATA) -> Denoiser:
+    """D(x, sigma) of a network (a flax module) with these parameters, at inference
+    (train=False): what sampling, tracking and the diagnosis evaluate."""
+    # (flax types apply as possibly returning mutated variables; this call asks for none)
+    raw = typing.cast(RawNet, functools.partial(model.apply, params, train=False))
+    return edm_denoiser(raw, sigma_data)
 
 
 def vp_denoiser(denoise: Denoiser) -> Denoiser:

@@ -62,7 +62,7 @@ def start_over(workdir: str, log: Log) -> None:
     folder = epath.Path(files.absolute(workdir)) / "checkpoints"
     if folder.exists():
         shutil.rmtree(folder) if not files.is_remote(workdir) else folder.rmtree()
-    metrics = os.path.join(workdir, "metrics.jsonl")
+    metrics = summaries.metrics_path(workdir)
     if files.exists(metrics):
         aside = os.path.join(workdir, f"metrics.{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
         epath.Path(metrics).rename(aside)
@@ -93,7 +93,7 @@ def restore_or_init(
         return fresh
     step = int(restored.step)
     log(f"resumed from step {step} in {workdir}")
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    metrics_path = summaries.metrics_path(workdir)
     if lead and files.exists(metrics_path):  # rows a killed run logged after its last checkpoint
         dropped = summaries.drop_rows_after(metrics_path, step)
         if dropped:
@@ -107,7 +107,7 @@ def restore_or_init(
 def check_no_orphan_metrics(workdir: str) -> None:
     """A work dir that logged steps but holds no checkpoint (they were deleted) is not silently
     trained from step 0 again."""
-    orphan_steps = summaries.logged_steps(os.path.join(workdir, "metrics.jsonl"))
+    orphan_steps = summaries.logged_steps(summaries.metrics_path(workdir))
     if orphan_steps:
         raise TrainingError(
             f"work dir {workdir} logged training up to step {max(orphan_steps)} but holds no "

@@ -50,6 +50,11 @@ class Summaries:
             self.writer.close()
 
 
+def metrics_path(workdir: str) -> str:
+    """The run's metrics.jsonl: one JSON line per logged step and per tracking record."""
+    return os.path.join(workdir, "metrics.jsonl")
+
+
 def logged_steps(metrics_path: str) -> list[int]:
     """The training steps logged in metrics.jsonl (empty when there is none)."""
     if not files.exists(metrics_path):

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ambient_jax import files, losses, plots
+from ambient_jax import files, losses, plots, summaries
 from ambient_jax.types import Log
 
 
@@ -133,7 +133,7 @@ def collect(root: str) -> dict[tuple[int, float], list[dict]]:
         if not files.exists(path):
             continue
         metrics = json.loads(files.read_text(path))
-        log = os.path.join(root, name, "metrics.jsonl")
+        log = summaries.metrics_path(os.path.join(root, name))
         if files.exists(log):  # the training log's last line has the run's training time
             metrics["train_minutes"] = (
                 json.loads(files.read_text(log).strip().splitlines()[-1])["seconds"] / 60

@@ -13,7 +13,6 @@ At each tracking step, with the EMA parameters:
     a model that does not copy.
 """
 
-import functools
 import json
 import os
 import time
@@ -22,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambient_jax import files, generate, plots
+from ambient_jax import files, generate, plots, summaries
 from ambient_jax.data.images import to_unit_range
 from ambient_jax.eval import memorization
-from ambient_jax.precond import edm_denoiser
+from ambient_jax.precond import network_denoiser
 from ambient_jax.types import PyTree
 
 TRACK_IMAGES = 128  # training and held-out images in the gap estimate
@@ -35,7 +34,7 @@ TRACK_FILE = "tracking.png"
 def _gap_fn(model, sigma_data):
     @jax.jit
     def errors(params, x0, noise, sigmas):
-        denoise = edm_denoiser(functools.partial(model.apply, params, train=False), sigma_data)
+        denoise = network_denoiser(model, params, sigma_data)
 
         def at(sigma):
             s = jnp.full((x0.shape[0],), sigma)
@@ -128,7 +127,7 @@ class Tracker:
     @staticmethod
     def save_plot(workdir: str) -> None:
         """tracking.png from every tracking record in the run's metrics.jsonl (resumed runs too)."""
-        path = os.path.join(workdir, "metrics.jsonl")
+        path = summaries.metrics_path(workdir)
         if not files.exists(path):
             return
         history = [

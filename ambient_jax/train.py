@@ -94,7 +94,7 @@ class Run:
             manager,
         )
         self.lead, self.log = lead, log
-        self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+        self.metrics_path = summaries.metrics_path(workdir)
         self.events = summaries.Summaries(workdir) if lead else None
         self.sample_fn = generate.make_sample_fn(config, model, mesh)
         self.last_saved = manager.latest_step()

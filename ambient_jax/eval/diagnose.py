@@ -41,7 +41,6 @@ The softmax is computed in blocks of reference images with a running log-sum-exp
 import functools
 import json
 import os
-import typing
 from typing import Callable
 
 import jax
@@ -52,7 +51,7 @@ from ambient_jax import checkpoint, files, losses, plots
 from ambient_jax import config as config_lib
 from ambient_jax.data import load_split
 from ambient_jax.eval import report
-from ambient_jax.precond import Denoiser, RawNet, edm_denoiser
+from ambient_jax.precond import Denoiser, network_denoiser
 
 DEFAULT_NUM_LEVELS = 24
 
@@ -343,9 +342,7 @@ def diagnose_run(
         ]
     else:
         queries = train_images
-    # (flax's apply is typed to also return mutated variables, which this call does not ask for)
-    raw = typing.cast(RawNet, functools.partial(model.apply, params, train=False))
-    denoise = edm_denoiser(raw, config.loss.sigma_data)
+    denoise = network_denoiser(model, params, config.loss.sigma_data)
     sigmas = sigma_grid(num_levels)  # the EDM sampler's range, 0.002 to 80
     key = jax.random.key(seed)
     log(

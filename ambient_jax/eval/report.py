@@ -118,7 +118,7 @@ def markdown_table(runs: list[dict]) -> str:
 
 def write_summaries(workdir: str, metrics: dict) -> None:
     """The evaluation's scalars in the run's TensorBoard events, at the run's last logged step."""
-    steps = summaries.logged_steps(os.path.join(workdir, "metrics.jsonl"))
+    steps = summaries.logged_steps(summaries.metrics_path(workdir))
     flat = {}
     for key, value in metrics.items():
         if isinstance(value, dict):
