@@ -248,10 +248,12 @@ def fixed_noise(
 
 
 def noisy_copy(
-    x0: jax.Array, image_index: jax.Array, sigma_tn: float, noise_key: jax.Array
+    x0: jax.Array, image_index: jax.Array, sigma_tn: float | jax.Array, noise_key: jax.Array
 ) -> jax.Array:
-    """The element of S_tn for each image: x_tn = x0 + sigma_tn eps_i (VE form)."""
-    return x0 + sigma_tn * fixed_noise(noise_key, image_index, x0.shape[1:], x0.dtype)
+    """The element of S_tn for each image: x_tn = x0 + sigma_tn eps_i (VE form); sigma_tn is one
+    level or each row's own [B] (data of mixed quality)."""
+    eps = fixed_noise(noise_key, image_index, x0.shape[1:], x0.dtype)
+    return x0 + _expand(sigma_tn, x0) * eps
 
 
 # fold_in purpose of the noisy copies' key (the trainer's own keys use 0 and 1 of another root)

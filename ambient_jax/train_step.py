@@ -77,8 +77,7 @@ def prepare_rows(
     if image_sigma_tn is not None:
         if copy_noise is None:  # a clean image's copy at its own level, a corrupted one as given
             copy_noise = jnp.where(jnp.asarray(image_clean), image_sigma_tn, 0.0)
-        noise = losses.fixed_noise(losses.noise_tn_key(config.loss), index, x0.shape[1:], x0.dtype)
-        x_tn = x0 + copy_noise.astype(x0.dtype)[:, None, None, None] * noise
+        x_tn = losses.noisy_copy(x0, index, copy_noise, losses.noise_tn_key(config.loss))
     elif sigma_tn > 0:
         x_tn = losses.noisy_copy(x0, index, sigma_tn, losses.noise_tn_key(config.loss))
     else:

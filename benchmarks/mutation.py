@@ -168,8 +168,8 @@ MUTANTS = [
     (
         "loss_noisy_copy_variance",
         LOSSES,
-        "return x0 + sigma_tn * fixed_noise(",
-        "return x0 + sigma_tn**2 * fixed_noise(",
+        "return x0 + _expand(sigma_tn, x0) * eps",
+        "return x0 + _expand(sigma_tn**2, x0) * eps",
         [L],
     ),
     (
