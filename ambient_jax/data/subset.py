@@ -25,7 +25,7 @@ class SplitData:
     heldout: np.ndarray  # the source's other images (neither trained on clean nor corrupted)
     train_indices: np.ndarray  # indices into the source, sorted
     # data of mixed quality (data.corrupt_*): the corrupted training images and their indices
-    # (none, shape [0, ...], by default)
+    # (shape [0, ...] when data.corrupt_count is 0)
     corrupted: np.ndarray
     corrupted_indices: np.ndarray
 
