@@ -2,8 +2,9 @@
 quickstart's table is the mean ± std of the per-seed rows that benchmarks/variants.py wrote into
 docs/ambient_quality.md, the mixed-quality table the one benchmarks/mixed_quality_tables.py
 computes from benchmarks/results/mixed_quality.json, the U-Net sentence's shares the means of
-benchmarks/results/unet30_variants.json. (The quickstart table's reference column, the held-out
-reals' shares, is typed once, in the README.)"""
+benchmarks/results/unet30_variants.json, and the held-out reals' shares in the quickstart's
+reference column the ones variants.py wrote beside those rows. (The training images' FD-pixel in
+that column is typed once, in the README.)"""
 
 import json
 import os
@@ -77,6 +78,12 @@ def test_the_quickstart_table_is_the_mean_of_the_variant_runs_it_cites():
             mean, std = (float(x) for x in readme[row][k].split(" ± "))
             assert abs(mean - v.mean()) <= unit, (row, name, mean, v.mean())
             assert abs(std - v.std(ddof=1)) <= unit, (row, name, std, v.std(ddof=1))
+    # "Held-out real digits (...): extraction 2.5%, robust extraction 1.5%, ..."
+    line = block.split("Held-out real digits")[1].split("\n")[0].split(": ", 1)[1].rstrip(".")
+    held_out = dict(item.rsplit(" ", 1) for item in line.split(", "))
+    for row, (column, _) in list(quoted.items())[2:]:  # the four shares
+        share = held_out[column[: -len(" %")]]
+        assert readme[row][2] == f"held-out reals: {share[:-1]}", (row, readme[row][2], share)
 
 
 def test_the_mixed_quality_table_is_computed_from_its_results_file():
