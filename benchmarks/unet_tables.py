@@ -71,39 +71,61 @@ def seed0_runs(root):
 
 
 def levels_text(root):
+    """Two tables, one row per seed-0 run: memorization tracked during training, and the
+    per-noise-level diagnosis; each row says where its ambient branch starts (the reading
+    compares the runs by which branch holds sigma 1.27)."""
     names = [n for n in seed0_runs(root) if os.path.exists(_diagnosis(root, n))]
     curves = {n: json.load(open(_diagnosis(root, n))) for n in names}
+    tracked = {n: _tracked(root, n) for n in names}
+    extraction = {n: m["extraction_rate"] for n, s, m in variants.rows(root) if s == 0}
+    steps = sorted({s for t in tracked.values() for s in t})
     out = [
         "Memorization tracked during training (seed 0; the same 64 samples each time; "
-        "extraction %):",
+        "extraction %), and the extraction of the run's 1,000 samples at the end:",
         "",
-        "| step | " + " | ".join(n[len("unet_") :] for n in names) + " |",
-        "|---|" + "---|" * len(names),
+        "| run | ambient branch from sigma | "
+        + " | ".join(f"step {s:,}" for s in steps)
+        + " | 1,000 samples |",
+        "|---|---|" + "---|" * (len(steps) + 1),
     ]
-    tracked = {n: _tracked(root, n) for n in names}
-    for step in sorted({s for t in tracked.values() for s in t}):
-        cells = [f"{tracked[n][step]:.1f}" if step in tracked[n] else "" for n in names]
-        out.append(f"| {step:,} | " + " | ".join(cells) + " |")
+    for n in names:
+        cells = [f"{tracked[n][s]:.1f}" if s in tracked[n] else "" for s in steps]
+        out.append(
+            f"| {n[len('unet_') :]} | {_branch_start(root, n)} | "
+            + " | ".join(cells)
+            + f" | {extraction[n]:.1f} |"
+        )
+    sigma = np.array(curves[names[0]]["sigma"])
+    points = [int(np.argmin(abs(sigma - level))) for level in LEVELS]
+    n_eff = curves[names[0]]["effective_train_images"]
     out += [
         "",
         "Per noise level (seed 0, `ambient-diagnose`): held-out error / train-held-out gap / "
-        "globality; n_eff (the number of training digits the exact denoiser D*_S averages) from "
-        "the data:",
+        "globality at each sigma; n_eff (the number of training digits the exact denoiser D*_S "
+        "averages there) from the data:",
         "",
-        "| sigma | n_eff | " + " | ".join(n[len("unet_") :] for n in names) + " |",
-        "|---|---|" + "---|" * len(names),
+        "| run | ambient branch from sigma | "
+        + " | ".join(f"sigma {sigma[i]:.3g} (n_eff {n_eff[i]:.3g})" for i in points)
+        + " |",
+        "|---|---|" + "---|" * len(points),
     ]
-    first = curves[names[0]]
-    sigma = np.array(first["sigma"])
-    for level in LEVELS:
-        i = int(np.argmin(abs(sigma - level)))
+    for n, c in curves.items():
         cells = [
             f"{c['err_heldout'][i]:.3f} / {c['gap'][i]:.3f} / {c['globality'][i]:.2f}"
-            for c in curves.values()
+            for i in points
         ]
-        n_eff = first["effective_train_images"][i]
-        out.append(f"| {sigma[i]:.3g} | {n_eff:.3g} | " + " | ".join(cells) + " |")
+        out.append(
+            f"| {n[len('unet_') :]} | {_branch_start(root, n)} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(out) + "\n"
+
+
+def _branch_start(root, name):
+    """Where the run's ambient branch starts (losses.branch_start), or - for plain denoising."""
+    loss = json.load(open(os.path.join(root, f"{name}_seed0", "config.json")))["loss"]
+    if loss["objective"] != "ambient":
+        return "-"
+    return f"{max(loss['sigma_switch'], loss['sigma_tn']):.3g}"
 
 
 def _diagnosis(root, name):

@@ -116,3 +116,63 @@ def test_variants_run_only_the_stages_asked_for_that_are_missing(tmp_path, monke
     [(name, argv)] = calls
     assert name == "ambient-train" and "--config=configs/mnist_unet32.py:ambient" in argv
     assert argv[-3:] == ["--config.loss.weighting=rescaled", "--config.loss.sigma_tn=2", "--x=1"]
+
+
+def _fake_run(root, entry, loss, **metrics):
+    """A finished run as benchmarks/variants.py leaves it, with the given eval metrics."""
+    import json
+
+    run = root / entry
+    (run / "eval").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"loss": loss}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1000, "seconds": 60.0}) + "\n")
+    (run / "eval" / "time.json").write_text(json.dumps({"total_seconds": 90.0}))
+    similarity = lambda share: {"S>0.95": share}
+    m = {
+        "pixel_similarity": similarity(metrics["robust_s95"]),
+        "robust_pixel_similarity": similarity(metrics.pop("robust_s95")),
+        "heldout_robust_pixel_similarity": similarity(0.5),
+        "robust_extraction_rate": metrics["extraction_rate"],
+        **metrics,
+    }
+    (run / "eval" / "metrics.json").write_text(json.dumps(m))
+
+
+def test_unet_target_check_is_each_ratio_to_ddpms_mean_against_its_bound(tmp_path):
+    """benchmarks/unet_tables.py: a row meets issue 24's target only when every ratio to ddpm's
+    seed mean is within its bound (FD-pixel, FD-digits 1.1x, FID 1.2x, 5 confident points,
+    1/10 of the extraction, robust S>0.95 within a point of the held-out reals'); one-seed rows
+    are left out."""
+    import unet_tables
+
+    ddpm = {"objective": "ddpm", "sigma_tn": 1.5, "sigma_switch": 0.0}
+    gate = {"objective": "ambient", "sigma_tn": 1.0, "sigma_switch": 1.205}
+    keys = ("fd_pixel", "fid_inception_edm", "fd_digits", "confident_digits", "extraction_rate")
+    ddpm_seeds = [(10.0, 40.0, 2.0, 99.0, 90.0), (20.0, 60.0, 4.0, 97.0, 100.0)]
+    for seed, values in enumerate(ddpm_seeds):  # ddpm's means: 15, 50, 3, 98, 95
+        _fake_run(
+            tmp_path, f"unet_ddpm_seed{seed}", ddpm, robust_s95=90.0, **dict(zip(keys, values))
+        )
+    ambient = {  # name: (extraction %, robust S>0.95 %, seeds)
+        "unet_good": (9.0, 1.4, 2),
+        "unet_copies": (10.0, 1.4, 2),
+        "unet_robust": (9.0, 1.6, 2),
+        "unet_once": (0.0, 0.0, 1),
+    }
+    for name, (extraction, robust, seeds) in ambient.items():
+        for seed in range(seeds):  # confident digits 93 and 95: 94 on average
+            values = (16.0, 59.0, 3.2, 93.0 + 2 * seed, extraction)
+            _fake_run(
+                tmp_path, f"{name}_seed{seed}", gate, robust_s95=robust, **dict(zip(keys, values))
+            )
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ")[1:]
+        for line in unet_tables.target_text(str(tmp_path)).splitlines()[2:]
+    }
+    assert set(rows) == {"unet_good (2)", "unet_copies (2)", "unet_robust (2)"}
+    # 16/15, 3.2/3, 59/50, 98 - 94, 9/95, 1.4 (held-out reals 0.5 + 1)
+    assert rows["unet_good (2)"] == ["1.07", "1.07", "1.18", "4.0", "0.09", "1.4", "yes |"]
+    assert rows["unet_copies (2)"][4:] == ["0.11", "1.4", "no |"]
+    assert rows["unet_robust (2)"][5:] == ["1.6", "no |"]
+    assert unet_tables._branch_start(str(tmp_path), "unet_good") == "1.21"
+    assert unet_tables._branch_start(str(tmp_path), "unet_ddpm") == "-"
