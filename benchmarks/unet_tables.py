@@ -16,9 +16,12 @@ import argparse
 import json
 import os
 
+import ml_collections
 import numpy as np
 import variants  # benchmarks/variants.py, beside this script
 from mixed_quality_tables import replace_between
+
+from ambient_jax import losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "ambient_quality.md")
@@ -77,6 +80,7 @@ def levels_text(root):
     names = [n for n in seed0_runs(root) if os.path.exists(_diagnosis(root, n))]
     curves = {n: json.load(open(_diagnosis(root, n))) for n in names}
     tracked = {n: _tracked(root, n) for n in names}
+    branch = {n: _branch_start(root, n) for n in names}
     extraction = {n: m["extraction_rate"] for n, s, m in variants.rows(root) if s == 0}
     steps = sorted({s for t in tracked.values() for s in t})
     out = [
@@ -91,7 +95,7 @@ def levels_text(root):
     for n in names:
         cells = [f"{tracked[n][s]:.1f}" if s in tracked[n] else "" for s in steps]
         out.append(
-            f"| {n[len('unet_') :]} | {_branch_start(root, n)} | "
+            f"| {n[len('unet_') :]} | {branch[n]} | "
             + " | ".join(cells)
             + f" | {extraction[n]:.1f} |"
         )
@@ -114,9 +118,7 @@ def levels_text(root):
             f"{c['err_heldout'][i]:.3f} / {c['gap'][i]:.3f} / {c['globality'][i]:.2f}"
             for i in points
         ]
-        out.append(
-            f"| {n[len('unet_') :]} | {_branch_start(root, n)} | " + " | ".join(cells) + " |"
-        )
+        out.append(f"| {n[len('unet_') :]} | {branch[n]} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -125,7 +127,7 @@ def _branch_start(root, name):
     loss = json.load(open(os.path.join(root, f"{name}_seed0", "config.json")))["loss"]
     if loss["objective"] != "ambient":
         return "-"
-    return f"{max(loss['sigma_switch'], loss['sigma_tn']):.3g}"
+    return f"{losses.branch_start(ml_collections.ConfigDict(loss)):.3g}"
 
 
 def _diagnosis(root, name):
