@@ -20,12 +20,9 @@ import json
 import os
 
 import common
-import jax
-import numpy as np
 import sampling
 import train_step
-
-from ambient_jax import compiled_step, parallel, train_state
+import unet_step
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,17 +42,7 @@ def network_call_flops(preset, batch, dtype):
 def mnist_unet_step_flops(batch=128):
     """configs/mnist_unet.py's train step (16x16x1 digits), as benchmarks/results/
     unet_digits_step_cpu.json measured it."""
-    from configs.mnist_unet import get_config
-
-    config = get_config("ambient")
-    config.train.batch_size = batch
-    mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    model = train_state.network(config, 1)
-    optimizer, schedule = train_state.make_optimizer(config.optim, batch)
-    trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
-    images = np.random.RandomState(0).uniform(-1, 1, (batch, 16, 16, 1)).astype(np.float32)
-    held = trainer.place((images, np.arange(batch, dtype=np.int32)))
-    state = trainer.place(train_state.init_state(config, model, optimizer))
+    trainer, state, held = unet_step.step_inputs(unet_step.CONFIGS["unet_digits"], batch)
     return common.step_flops(trainer.step, state, held)
 
 

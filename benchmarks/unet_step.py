@@ -1,0 +1,103 @@
+"""Train step of the two digits U-Nets, measured in one process: configs/mnist_unet.py (16x16,
+three levels) against configs/mnist_unet32.py (the digits at their own 28x28 padded to 32x32,
+four levels), at the batch their runs train with. It prices the 32x32 study of
+docs/ambient_quality.md section 6 on the machine at hand: a 1,500-step run costs about
+1,500 x step_s, plus sampling and evaluation.
+
+    python benchmarks/unet_step.py [--steps=5]
+
+Reports per network: compile time, best step time of a few timed steps, images/s, FLOPs per step
+(XLA's count of the step as lowered: forward, backward, Adam and EMA) and the achieved FLOP/s
+over this machine's dense f32 matmul rate measured in the same run. Writes
+benchmarks/results/unet_step_<platform>.json.
+"""
+
+import argparse
+import time
+
+import common
+import jax
+import numpy as np
+
+from ambient_jax import compiled_step, parallel, train_state
+from configs import mnist_unet, mnist_unet32
+
+CONFIGS = {"unet_digits": mnist_unet, "unet_digits32": mnist_unet32}
+
+
+def step_inputs(module, batch=None):
+    """(the compiled train step of `module`'s ambient config on one device, its initial state, one
+    batch of random images with their source indices, placed as the step takes them)."""
+    config = module.get_config("ambient")
+    if batch:
+        config.train.batch_size = batch
+    batch = config.train.batch_size
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    model = train_state.network(config, 1)
+    optimizer, schedule = train_state.make_optimizer(config.optim, batch)
+    trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
+    res = config.data.resolution
+    images = np.random.RandomState(0).uniform(-1, 1, (batch, res, res, 1)).astype(np.float32)
+    held = trainer.place((images, np.arange(batch, dtype=np.int32)))
+    state = trainer.place(train_state.init_state(config, model, optimizer))
+    return trainer, state, held
+
+
+def measure(name, steps):
+    trainer, state, held = step_inputs(CONFIGS[name])
+    batch = int(held[0].shape[0])
+    flops = common.step_flops(trainer.step, state, held)
+    start = time.perf_counter()
+    compiled = trainer.step.lower(state, held).compile()
+    compile_s = time.perf_counter() - start
+    state, _ = compiled(state, held)  # warm-up
+    jax.block_until_ready(state)
+    best = float("inf")
+    for _ in range(steps):
+        start = time.perf_counter()
+        state, _ = compiled(state, held)
+        jax.block_until_ready(state)
+        best = min(best, time.perf_counter() - start)
+    return dict(
+        network=name,
+        batch=batch,
+        step_s=best,
+        images_per_s=batch / best,
+        gflop_per_step=flops / 1e9,
+        compile_s=compile_s,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per network")
+    args = parser.parse_args()
+    peak = common.matmul_peak("float32")
+    rows = [measure(name, args.steps) for name in CONFIGS]
+    for row in rows:
+        row["utilisation"] = row["gflop_per_step"] * 1e9 / row["step_s"] / peak
+    small, large = rows
+    print(f"device: {common.device_description()}; f32 matmul {peak / 1e9:.1f} GFLOP/s")
+    print("| network | batch | step s | images/s | GFLOP/step | utilisation | compile s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['network']} | {r['batch']} | {r['step_s']:.3f} | {r['images_per_s']:.0f} | "
+            f"{r['gflop_per_step']:.1f} | {r['utilisation']:.1%} | {r['compile_s']:.1f} |"
+        )
+    ratio = large["step_s"] / small["step_s"]
+    flop_ratio = large["gflop_per_step"] / small["gflop_per_step"]
+    print(f"32x32 / 16x16 step time: {ratio:.2f}x (FLOPs {flop_ratio:.2f}x)")
+    common.write_results(
+        "unet_step",
+        dict(
+            device=common.device_description(),
+            matmul_gflops=peak / 1e9,
+            runs=rows,
+            step_time_ratio_32_over_16=ratio,
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()
