@@ -58,12 +58,13 @@ def step_inputs(config, images=256):
     """(the compiled step on one device, its initial state, `images` random training images with
     their source indices, held on device as the step takes them)."""
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    model = train_state.network(config, 3)
+    res, channels = config.data.resolution, config.data.channels
+    model = train_state.network(config, channels)
     optimizer, schedule = train_state.make_optimizer(config.optim, config.train.batch_size)
     trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
-    res = config.data.resolution
     count = images
-    images = np.random.RandomState(0).uniform(-1, 1, (count, res, res, 3)).astype(np.float32)
+    shape = (count, res, res, channels)
+    images = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)
     held = trainer.place((images, np.arange(count, dtype=np.int32)))
     return trainer, trainer.place(train_state.init_state(config, model, optimizer)), held
 

@@ -17,30 +17,20 @@ import time
 
 import common
 import jax
-import numpy as np
+import train_step
 
-from ambient_jax import compiled_step, parallel, train_state
 from configs import mnist_unet, mnist_unet32
 
 CONFIGS = {"unet_digits": mnist_unet, "unet_digits32": mnist_unet32}
 
 
 def step_inputs(module, batch=None):
-    """(the compiled train step of `module`'s ambient config on one device, its initial state, one
-    batch of random images with their source indices, placed as the step takes them)."""
+    """train_step.step_inputs for `module`'s ambient config (1-channel digits), one batch of
+    random images (at `batch`, or the config's own batch size)."""
     config = module.get_config("ambient")
     if batch:
         config.train.batch_size = batch
-    batch = config.train.batch_size
-    mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    model = train_state.network(config, 1)
-    optimizer, schedule = train_state.make_optimizer(config.optim, batch)
-    trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
-    res = config.data.resolution
-    images = np.random.RandomState(0).uniform(-1, 1, (batch, res, res, 1)).astype(np.float32)
-    held = trainer.place((images, np.arange(batch, dtype=np.int32)))
-    state = trainer.place(train_state.init_state(config, model, optimizer))
-    return trainer, state, held
+    return train_step.step_inputs(config, images=config.train.batch_size)
 
 
 def measure(name, steps):
@@ -50,19 +40,18 @@ def measure(name, steps):
     start = time.perf_counter()
     compiled = trainer.step.lower(state, held).compile()
     compile_s = time.perf_counter() - start
-    state, _ = compiled(state, held)  # warm-up
-    jax.block_until_ready(state)
-    best = float("inf")
-    for _ in range(steps):
-        start = time.perf_counter()
-        state, _ = compiled(state, held)
-        jax.block_until_ready(state)
-        best = min(best, time.perf_counter() - start)
+    current = [state]  # the step donates its state: each call takes the last one's
+
+    def one_step():
+        current[0], _ = compiled(current[0], held)
+        jax.block_until_ready(current[0])
+
+    step_s = common.timed(one_step, repeat=steps)
     return dict(
         network=name,
         batch=batch,
-        step_s=best,
-        images_per_s=batch / best,
+        step_s=step_s,
+        images_per_s=batch / step_s,
         gflop_per_step=flops / 1e9,
         compile_s=compile_s,
     )
