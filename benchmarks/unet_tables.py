@@ -1,20 +1,22 @@
-"""Write the 16x16 U-Net tables of docs/ambient_quality.md (section 6) from the runs that measured
-them (no figure typed by hand).
+"""Write the U-Net tables of docs/ambient_quality.md (section 6) from the runs that measured them
+(no figure typed by hand).
 
-    python benchmarks/unet_tables.py --root=runs/unet30
+    python benchmarks/unet_tables.py --root=runs/unet30                    # 16x16, unet_* rows
+    python benchmarks/unet_tables.py --root=runs/unet32 --network=unet32   # 32x32, unet32_* rows
 
-Reads every finished run under --root (benchmarks/variants.py's unet_* rows, run there with
---set=--config.data.n_train=30 --set=--config.train.num_steps=1000), writes
-benchmarks/results/unet30_variants.json (raw metrics and per-noise-level curves) and, between
-their markers in docs/ambient_quality.md: every run (<!-- unet-variants -->), the mean ± std of
-the rows run with several seeds (<!-- unet-seeds -->), memorization tracked during training and
-the per-noise-level diagnosis of each seed-0 run (<!-- unet-levels -->), and each row run with
-several seeds against the target of the study (<!-- unet-target -->).
+Reads every finished run under --root (benchmarks/variants.py's NETWORK_* rows, run there with
+--set=--config.data.n_train=30), writes --results (raw metrics and per-noise-level curves;
+default benchmarks/results/unet30_variants.json or unet32_variants.json) and, between their
+markers in docs/ambient_quality.md: every run (<!-- NETWORK-variants -->), memorization tracked
+during training and the per-noise-level diagnosis of each seed-0 run (<!-- NETWORK-levels -->),
+and, once some row has several seeds, their mean ± std (<!-- NETWORK-seeds -->) and each such row
+against the target of the study (<!-- NETWORK-target -->).
 """
 
 import argparse
 import json
 import os
+import sys
 
 import ml_collections
 import numpy as np
@@ -28,17 +30,18 @@ DOC = os.path.join(ROOT, "docs", "ambient_quality.md")
 LEVELS = (0.2004, 0.5036, 1.266, 3.18, 7.99)  # diagnose.py's grid points nearest 0.2 ... 8
 
 
-def target_text(root):
+def target_text(root, network="unet"):
     """Each ambient row run with several seeds against issue 24's target, as ratios to ddpm's
     means: FD-pixel and FD-digits <= 1.1x, Inception FID <= 1.2x, confident digits within 5
     points, extraction <= 1/10, robust S>0.95 at the held-out reals' level."""
     runs = {}
     for name, _, m in variants.rows(root):
         runs.setdefault(name, []).append(m)
+    reference = f"{network}_ddpm"
     mean = lambda name, get: float(np.mean([get(m) for m in runs[name]]))
     get = {name: g for name, g, _ in variants.COLUMNS}
-    ddpm = {c: mean("unet_ddpm", g) for c, g in get.items()}
-    held = runs["unet_ddpm"][0]["heldout_robust_pixel_similarity"]["S>0.95"]
+    ddpm = {c: mean(reference, g) for c, g in get.items()}
+    held = runs[reference][0]["heldout_robust_pixel_similarity"]["S>0.95"]
     out = [
         "| row (mean over its seeds) | FD-pixel / ddpm (<= 1.1) | FD-digits / ddpm (<= 1.1) | "
         "Inception FID / ddpm (<= 1.2) | confident digits, points below ddpm (<= 5) | "
@@ -47,7 +50,7 @@ def target_text(root):
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in sorted(runs):
-        if name == "unet_ddpm" or len(runs[name]) < 2:
+        if name == reference or len(runs[name]) < 2:
             continue
         r = {c: mean(name, g) for c, g in get.items()}
         ratios = [r[c] / ddpm[c] for c in ("FD-pixel", "FD-digits", "Inception FID (500)")]
@@ -66,18 +69,19 @@ def target_text(root):
     return "\n".join(out) + "\n"
 
 
-def seed0_runs(root):
-    """unet_ddpm first, then the other unet_* runs of seed 0, by name."""
+def seed0_runs(root, network="unet"):
+    """NETWORK_ddpm first, then the other NETWORK_* runs of seed 0, by name."""
     names = sorted(e[: -len("_seed0")] for e in os.listdir(root) if e.endswith("_seed0"))
-    names = [n for n in names if n.startswith("unet_")]
-    return sorted(names, key=lambda n: (n != "unet_ddpm", n))
+    names = [n for n in names if n.startswith(network + "_")]
+    return sorted(names, key=lambda n: (n != f"{network}_ddpm", n))
 
 
-def levels_text(root):
+def levels_text(root, network="unet"):
     """Two tables, one row per seed-0 run: memorization tracked during training, and the
     per-noise-level diagnosis; each row says where its ambient branch starts (the reading
     compares the runs by which branch holds sigma 1.27)."""
-    names = [n for n in seed0_runs(root) if os.path.exists(_diagnosis(root, n))]
+    names = [n for n in seed0_runs(root, network) if os.path.exists(_diagnosis(root, n))]
+    short = lambda name: name[len(network) + 1 :]
     curves = {n: json.load(open(_diagnosis(root, n))) for n in names}
     tracked = {n: _tracked(root, n) for n in names}
     branch = {n: _branch_start(root, n) for n in names}
@@ -95,9 +99,7 @@ def levels_text(root):
     for n in names:
         cells = [f"{tracked[n][s]:.1f}" if s in tracked[n] else "" for s in steps]
         out.append(
-            f"| {n[len('unet_') :]} | {branch[n]} | "
-            + " | ".join(cells)
-            + f" | {extraction[n]:.1f} |"
+            f"| {short(n)} | {branch[n]} | " + " | ".join(cells) + f" | {extraction[n]:.1f} |"
         )
     sigma = np.array(curves[names[0]]["sigma"])
     points = [int(np.argmin(abs(sigma - level))) for level in LEVELS]
@@ -118,7 +120,7 @@ def levels_text(root):
             f"{c['err_heldout'][i]:.3f} / {c['gap'][i]:.3f} / {c['globality'][i]:.2f}"
             for i in points
         ]
-        out.append(f"| {n[len('unet_') :]} | {branch[n]} | " + " | ".join(cells) + " |")
+        out.append(f"| {short(n)} | {branch[n]} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -143,17 +145,36 @@ def _tracked(root, name):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True)
+    parser.add_argument(
+        "--network",
+        choices=("unet", "unet32"),
+        default="unet",
+        help="whose rows: unet_* (16x16, configs/mnist_unet.py) or unet32_* (32x32)",
+    )
+    parser.add_argument(
+        "--results", help="the raw results' file (default benchmarks/results/unet30_variants.json "
+        "or unet32_variants.json)",
+    )  # fmt: skip
     args = parser.parse_args()
-    json_path = os.path.join(ROOT, "benchmarks", "results", "unet30_variants.json")
+    net = args.network
+    default = {"unet": "unet30_variants.json", "unet32": "unet32_variants.json"}[net]
+    json_path = args.results or os.path.join(ROOT, "benchmarks", "results", default)
+    names = {name for name, _, _ in variants.rows(args.root)}
+    if f"{net}_ddpm" not in names or any(not n.startswith(net + "_") for n in names):
+        sys.exit(
+            f"error: {args.root} must hold finished {net}_* runs only, {net}_ddpm among them "
+            f"(found {sorted(names)}); choose --network or --root to match"
+        )
     every = variants.table_text(args.root, json_path=json_path)
-    replace_between(DOC, "unet-variants", every + "\n")
+    replace_between(DOC, f"{net}-variants", every + "\n")
+    replace_between(DOC, f"{net}-levels", levels_text(args.root, net))
     means = variants.table_text(args.root, mean=True).splitlines()
     several = [
         line for line in means[2:] if line.startswith("| ") and line.split("|")[2].strip() != "1"
     ]
-    replace_between(DOC, "unet-seeds", "\n".join(means[:2] + several) + "\n")
-    replace_between(DOC, "unet-levels", levels_text(args.root))
-    replace_between(DOC, "unet-target", target_text(args.root))
+    if several:
+        replace_between(DOC, f"{net}-seeds", "\n".join(means[:2] + several) + "\n")
+        replace_between(DOC, f"{net}-target", target_text(args.root, net))
     print(every)
 
 

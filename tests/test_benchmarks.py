@@ -176,3 +176,52 @@ def test_unet_target_check_is_each_ratio_to_ddpms_mean_against_its_bound(tmp_pat
     assert rows["unet_robust (2)"][5:] == ["1.6", "no |"]
     assert unet_tables._branch_start(str(tmp_path), "unet_good") == "1.21"
     assert unet_tables._branch_start(str(tmp_path), "unet_ddpm") == "-"
+
+
+def test_unet_tables_write_each_networks_rows_under_its_own_markers(tmp_path, monkeypatch):
+    """benchmarks/unet_tables.py --network=unet32: the 32x32 runs go between the unet32-* markers
+    (one-seed rows: no seeds or target table), rows named without their prefix; a root that
+    mixes networks is refused before anything is written."""
+    import json
+
+    import unet_tables
+
+    runs = tmp_path / "runs"
+    ddpm = {"objective": "ddpm", "sigma_tn": 1.5, "sigma_switch": 0.0}
+    gate = {"objective": "ambient", "sigma_tn": 1.0, "sigma_switch": 1.205}
+    keys = dict(fd_pixel=10.0, fid_inception_edm=40.0, fd_digits=2.0, confident_digits=99.0)
+    for entry, loss, extraction in (
+        ("unet32_ddpm_seed0", ddpm, 90.0),
+        ("unet32_gate_seed0", gate, 5.0),
+    ):
+        _fake_run(runs, entry, loss, robust_s95=1.0, extraction_rate=extraction, **keys)
+        curves = {
+            "sigma": list(unet_tables.LEVELS),
+            "effective_train_images": [1.0, 1.1, 2.0, 9.0, 25.0],
+            "err_heldout": [0.01, 0.02, 0.3, 0.5, 0.7],
+            "gap": [0.001, 0.01, 0.1 if loss is ddpm else 0.05, 0.0, 0.0],
+            "globality": [0.1] * 5,
+        }
+        (runs / entry / "eval" / "diagnose.json").write_text(json.dumps(curves))
+    doc = tmp_path / "doc.md"
+    blocks = "".join(
+        f"<!-- unet32-{k} -->\nold\n<!-- /unet32-{k} -->\n" for k in ("variants", "levels")
+    )
+    doc.write_text("<!-- unet-variants -->\n16x16\n<!-- /unet-variants -->\n" + blocks)
+    monkeypatch.setattr(unet_tables, "DOC", str(doc))
+    results = tmp_path / "raw.json"
+    argv = ["unet_tables.py", f"--root={runs}", "--network=unet32", f"--results={results}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    unet_tables.main()
+    text = doc.read_text()
+    assert "16x16" in text and "old" not in text
+    assert "| unet32_gate | 0 | 10.00 |" in text  # the every-run table keeps the full name
+    assert "| ddpm | - |" in text and "| gate | 1.21 |" in text
+    assert "0.300 / 0.050 / 0.10" in text  # gate at sigma 1.27: held-out error / gap / globality
+    assert set(json.loads(results.read_text())) == {"unet32_ddpm_seed0", "unet32_gate_seed0"}
+
+    _fake_run(runs, "unet_ddpm_seed0", ddpm, robust_s95=1.0, extraction_rate=90.0, **keys)
+    doc.write_text(blocks)
+    with pytest.raises(SystemExit, match="unet_ddpm"):
+        unet_tables.main()
+    assert doc.read_text() == blocks
