@@ -56,7 +56,7 @@ if [ $SMOKE = 1 ]; then
 else
   PRESET=ddpmpp_cifar10; BATCH=512; STEPS=20; PEER=ddpmpp_cifar10:512; COMPILE=(--compile)
   JOBS=24; SET=(); CHECK_SECONDS=200
-  UNET32=unet32_ddpm,unet32_rescaled_1.5,unet32_edm_1.5,unet32_gate_1.5,unet32_rescaled_3,unet32_normalized_1.5,unet32_rescaled_1,unet32_rescaled_2
+  UNET32=unet32_ddpm,unet32_rescaled_4,unet32_rescaled_6,unet32_rescaled_3,unet32_rescaled_2,unet32_rescaled_1.5,unet32_edm_1.5,unet32_gate_1.5,unet32_normalized_1.5,unet32_rescaled_1
   UNET32_SEEDS=0
   MIXED=noise_as_clean,noise_known,noise_classifier,blur_as_clean,blur_fixed,blur_classifier,noise_known_image_first
   MIXED_SEEDS=1,2
