@@ -28,6 +28,8 @@ from ambient_jax import losses
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "ambient_quality.md")
 LEVELS = (0.2004, 0.5036, 1.266, 3.18, 7.99)  # diagnose.py's grid points nearest 0.2 ... 8
+# each network's rows (variants.py's NETWORK_* names) and the default file of their raw results
+RESULTS = {"unet": "unet30_variants.json", "unet32": "unet32_variants.json"}
 
 
 def target_text(root, network="unet"):
@@ -147,7 +149,7 @@ def main():
     parser.add_argument("--root", required=True)
     parser.add_argument(
         "--network",
-        choices=("unet", "unet32"),
+        choices=tuple(RESULTS),
         default="unet",
         help="whose rows: unet_* (16x16, configs/mnist_unet.py) or unet32_* (32x32)",
     )
@@ -157,8 +159,7 @@ def main():
     )  # fmt: skip
     args = parser.parse_args()
     net = args.network
-    default = {"unet": "unet30_variants.json", "unet32": "unet32_variants.json"}[net]
-    json_path = args.results or os.path.join(ROOT, "benchmarks", "results", default)
+    json_path = args.results or os.path.join(ROOT, "benchmarks", "results", RESULTS[net])
     names = {name for name, _, _ in variants.rows(args.root)}
     if f"{net}_ddpm" not in names or any(not n.startswith(net + "_") for n in names):
         sys.exit(

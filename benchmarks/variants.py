@@ -160,14 +160,22 @@ VARIANTS = {
 # for sigma > sigma_tn sqrt(1 + 1 / (s_max - 1)), s_max = 4, here plus a buffer of 0.05).
 UNET_CONFIG = "configs/mnist_unet.py"
 GATE = (1 + 1 / (4 - 1)) ** 0.5
+
+
+def weighted(network, weighting, sigma_tn):
+    """The ambient variant of `network` (its words: "U-Net", "32x32 U-Net") with one weighting
+    and sigma_tn."""
+    return (
+        "ambient",
+        [f"--config.loss.weighting={weighting}", f"--config.loss.sigma_tn={sigma_tn:g}"],
+        f"{network}, {weighting} weight, sigma_tn {sigma_tn:g}",
+    )
+
+
 UNET_VARIANTS = {"unet_ddpm": ("ddpm", [], "plain denoising with the digits U-Net (reference)")}
 for _s in (0.3, 0.5, 1.0, 1.5):
     for _w in ("edm", "rescaled", "normalized"):
-        UNET_VARIANTS[f"unet_{_w}_{_s:g}"] = (
-            "ambient",
-            [f"--config.loss.weighting={_w}", f"--config.loss.sigma_tn={_s:g}"],
-            f"U-Net, {_w} weight, sigma_tn {_s:g}",
-        )
+        UNET_VARIANTS[f"unet_{_w}_{_s:g}"] = weighted("U-Net", _w, _s)
     UNET_VARIANTS[f"unet_gate_{_s:g}"] = (
         "ambient",
         [
@@ -181,11 +189,7 @@ for _s in (0.3, 0.5, 1.0, 1.5):
 # sigma_tn above the band where a sample's identity is decided at n = 30 (sigma 1.3-2 there:
 # docs/ambient_quality.md, section 6)
 for _s in (2.0, 3.0):
-    UNET_VARIANTS[f"unet_rescaled_{_s:g}"] = (
-        "ambient",
-        ["--config.loss.weighting=rescaled", f"--config.loss.sigma_tn={_s:g}"],
-        f"U-Net, rescaled weight, sigma_tn {_s:g}",
-    )
+    UNET_VARIANTS[f"unet_rescaled_{_s:g}"] = weighted("U-Net", "rescaled", _s)
 VARIANTS.update(UNET_VARIANTS)
 
 # The same grid with the four-level U-Net at the digits' own 28x28, padded to 32x32
@@ -199,11 +203,7 @@ UNET32_VARIANTS = {
 # 1.7 at 1.3 at 16x16: distances between digits grow with the pixel count), so the rows that sit
 # above that band as unet_rescaled_2 and _3 sit above 16x16's are sigma_tn 4 and 6.
 for _s in (4.0, 6.0):
-    UNET32_VARIANTS[f"unet32_rescaled_{_s:g}"] = (
-        "ambient",
-        ["--config.loss.weighting=rescaled", f"--config.loss.sigma_tn={_s:g}"],
-        f"32x32 U-Net, rescaled weight, sigma_tn {_s:g}",
-    )
+    UNET32_VARIANTS[f"unet32_rescaled_{_s:g}"] = weighted("32x32 U-Net", "rescaled", _s)
 VARIANTS.update(UNET32_VARIANTS)
 
 # Data of mixed quality (Ambient Diffusion Omni in miniature): the 100 clean training digits and
