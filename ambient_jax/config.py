@@ -10,7 +10,7 @@ import os
 
 import ml_collections
 
-from ambient_jax import augment, files, losses, nets, parallel, sampling
+from ambient_jax import augment, files, finetune, losses, nets, parallel, sampling
 from ambient_jax.checks import need, need_counts, need_each
 from ambient_jax.data import corrupt
 from ambient_jax.types import Config
@@ -53,6 +53,10 @@ def base_config() -> Config:
     c.data.channels = 1
     c.data.n_train = 100
     c.data.subset_seed = 0
+    # mnist source: only the digits of these classes (e.g. (7,) or every class but 7); () = all.
+    # The source is then these digits alone, in their order in the file: the training subset, the
+    # held-out set and every index (the noisy copies' key) are taken among them.
+    c.data.classes = ()
     c.data.augment_flip = False  # horizontal flips (off for digits)
     # EDM's augmentation pipeline (ambient_jax.augment) inside the train step, with its labels fed
     # to the network: each transform's probability is its multiplier times augment_p (0 = off).
@@ -140,6 +144,13 @@ def base_config() -> Config:
     c.optim.weight_decay = 0.0  # EDM uses none (the paper's code defaults to 0.01)
     c.optim.grad_clip = 0.0  # global-norm clipping; 0 = off
 
+    # Starting from a trained run (ambient_jax.finetune; ambient-train --init_from=WORKDIR).
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.init_from = ""  # a trained run's work dir: its EMA weights start this run
+    c.finetune.keep_optimizer = False  # also its Adam state; False = a fresh optimizer
+    c.finetune.keep_ema = False  # the EMA at its full half-life from step 0 (no ramp-up)
+    c.finetune.train_above = 0.0  # > 0: train only levels >= this; the trained network below it
+
     c.ema = ml_collections.ConfigDict()
     c.ema.halflife_kimg = 500.0
     c.ema.rampup_ratio = 0.05  # half-life <= rampup_ratio * images seen (EDM)
@@ -203,6 +214,7 @@ def check_config(config: Config) -> None:
     sampling.check_config(config.sample)
     parallel.check_config(config.parallel)
     corrupt.check_config(config.data, config.loss)
+    finetune.check_config(config.finetune, config.model, config.loss, config.data)
     need(int(config.train.steps_per_dispatch) >= 1, "train.steps_per_dispatch", "must be >= 1")
     need_counts("train", config.train, ("batch_size", "num_steps"))
     need_counts("eval", config.eval, ("carlini_k",))
@@ -229,6 +241,18 @@ def check_config(config: Config) -> None:
         ),
     )
     need(config.data.channels in (1, 3), "data.channels", "must be 1 or 3")
+    classes = tuple(config.data.classes)
+    need(
+        not classes or config.data.source == "mnist",
+        "data.classes",
+        "selects digit classes of the mnist source; set data.classes=() for other sources",
+    )
+    need(
+        all(isinstance(c, int) and 0 <= c <= 9 for c in classes)
+        and len(set(classes)) == len(classes),
+        "data.classes",
+        f"must be distinct digits 0-9, got {classes}",
+    )
     need(
         all(0 < t < 1 for t in config.eval.thresholds),
         "eval.thresholds",

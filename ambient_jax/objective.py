@@ -54,6 +54,7 @@ def make_objective(
     ambient_fraction: float = 0.0,
     switch_ratio: float = 1.0,
     switch_offset: float = 0.0,
+    level_floor: float = 0.0,
 ) -> Callable[..., tuple[jax.Array, dict]]:
     """Build the training objective as a pure function.
 
@@ -70,6 +71,10 @@ def make_objective(
     gives each row its image's own level and whether its clean version is at hand; each row's
     branch boundary is then image_sigma_tn * switch_ratio + switch_offset (the group's gate:
     switch_ratio sqrt(1 + 1 / (s_max - 1)), 1.155 at s_max = 4). See _per_image_rows.
+
+    level_floor > 0 (paper rule; finetune.train_above): only levels >= level_floor train, each
+    row's level drawn from the log-normal conditioned above it (a row that fell below is redrawn
+    above from the same normal draw, _redraw_above), so every level above keeps its share.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -99,11 +104,16 @@ def make_objective(
             "loss.ambient_fraction must be in [0, 1) (0 = the log-normal decides), got "
             f"{ambient_fraction}"
         )
+    if level_floor < 0 or (level_floor and ambient_fraction):
+        raise ValueError(
+            f"level_floor (finetune.train_above) must be >= 0 and needs ambient_fraction 0, got "
+            f"{level_floor} and {ambient_fraction}"
+        )
     if branch_rule == "lecture":
-        if sigma_switch or rescale_cap or ambient_fraction:
+        if sigma_switch or rescale_cap or ambient_fraction or level_floor:
             raise ValueError(
-                "loss.sigma_switch, loss.rescale_cap and loss.ambient_fraction belong to "
-                "branch_rule=paper"
+                "loss.sigma_switch, loss.rescale_cap, loss.ambient_fraction and "
+                "finetune.train_above belong to branch_rule=paper"
             )
         return functools.partial(
             _lecture_rule,
@@ -120,6 +130,7 @@ def make_objective(
         ambient_fraction=float(ambient_fraction),
         switch_ratio=float(switch_ratio),
         switch_offset=float(switch_offset),
+        level_floor=float(level_floor),
         sigma_tn=sigma_tn,
         weighting=weighting,
         p_mean=p_mean,
@@ -178,9 +189,14 @@ def _paper_rule(
     ambient_fraction,
     switch_ratio=1.0,
     switch_offset=0.0,
+    level_floor=0.0,
 ):
     normal, uniform, coin, noise = _row_draws(example_keys, x0.shape[1:], x0.dtype)
     sigma = jnp.exp(p_mean + p_std * normal)
+    if level_floor:  # only levels above the floor train: the log-normal conditioned above it
+        sigma = jnp.where(
+            sigma >= level_floor, sigma, _redraw_above(normal, level_floor, p_mean, p_std)
+        )
     if image_sigma_tn is not None:
         return _per_image_rows(
             denoise, x0, _needs_copies(x_tn), image_sigma_tn, image_clean, sigma, normal, noise,

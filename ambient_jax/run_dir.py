@@ -1,12 +1,15 @@
 """A training run's work dir: whether it may be resumed, starting over, restoring the latest
 readable checkpoint, and the one error type of a run that cannot go on."""
 
+import dataclasses
+import functools
 import os
 import shutil
 import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -14,12 +17,14 @@ from etils import epath
 from ambient_jax import (
     checkpoint,
     files,
+    finetune,
+    nets,
     parallel,
     summaries,
     train_state,
 )
 from ambient_jax import config as config_lib
-from ambient_jax.types import Config, Log
+from ambient_jax.types import Config, Log, PyTree
 
 
 class TrainingError(RuntimeError):
@@ -90,6 +95,8 @@ def restore_or_init(
         manager, fresh, log=log, set_aside=os.path.join(workdir, UNREADABLE_CHECKPOINTS)
     )
     if restored is None:
+        if config.finetune.init_from:
+            return start_from(config, workdir, fresh, optimizer, mesh, lead, log)
         return fresh
     step = int(restored.step)
     log(f"resumed from step {step} in {workdir}")
@@ -115,3 +122,96 @@ def check_no_orphan_metrics(workdir: str) -> None:
             "old metrics.jsonl "
             "is set aside), or use a new --workdir."
         )
+
+
+def _source_shapes(config: Config) -> tuple[Config, PyTree, optax.GradientTransformation]:
+    """(the trained run's config, its parameters' shapes, its optimizer), nothing read but
+    finetune.init_from's config.json."""
+    source = config.finetune.init_from
+    source_config = config_lib.load_config(source)
+    model = train_state.network(source_config, source_config.data.channels)
+    shapes = jax.eval_shape(
+        functools.partial(nets.init_params, model, config_lib.image_shape(source_config)),
+        jax.random.key(0),
+    )
+    optimizer, _ = train_state.make_optimizer(source_config.optim, source_config.train.batch_size)
+    return source_config, shapes, optimizer
+
+
+def check_init_source(config: Config) -> None:
+    """finetune.init_from: the trained run exists, holds a checkpoint, and its network fits this
+    config's, parameter by parameter (shapes only; ValueError naming the first that differs).
+    Reads no weights and writes nothing."""
+    source = config.finetune.init_from
+    if not source:
+        return
+    if not has_checkpoint(source):
+        raise TrainingError(
+            f"finetune.init_from = {source!r} holds no checkpoint: give the work dir of a trained "
+            "run (ambient-train --workdir=... first)"
+        )
+    _, shapes, _ = _source_shapes(config)
+    model = train_state.network(config, config.data.channels)
+    target = jax.eval_shape(
+        functools.partial(nets.init_params, model, config_lib.image_shape(config)),
+        jax.random.key(0),
+    )
+    finetune.graft(shapes, target, source)
+
+
+def start_from(
+    config: Config,
+    workdir: str,
+    fresh: train_state.TrainState,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    lead: bool,
+    log: Log,
+) -> train_state.TrainState:
+    """The first state of a run started from finetune.init_from: its latest EMA weights in the
+    parameters and their EMA (both halves of a network split at finetune.train_above), its Adam
+    state with finetune.keep_optimizer (else `fresh`'s), step 0. Writes init.json (where it
+    started: path and step)."""
+    source = config.finetune.init_from
+    _, shapes, source_optimizer = _source_shapes(config)
+    wanted = {"ema_params": shapes, "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    if config.finetune.keep_optimizer:
+        wanted["opt_state"] = jax.eval_shape(source_optimizer.init, shapes)
+    restored = checkpoint.restore_latest(
+        checkpoint.make_manager(source, create=False), wanted, partial=True, log=log
+    )
+    if restored is None:
+        raise TrainingError(f"finetune.init_from = {source!r} holds no checkpoint")
+    # Every leaf in a buffer of its own: both halves of a split network come from one source
+    # leaf, and the step donates the parameters, their EMA and the optimizer state.
+    copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)
+    params = copy(finetune.graft(restored["ema_params"], fresh.params, source))
+    opt_state = (
+        copy(finetune.graft(restored["opt_state"], fresh.opt_state, source))
+        if config.finetune.keep_optimizer
+        else fresh.opt_state
+    )
+    state = parallel.place_replicated(
+        dataclasses.replace(fresh, params=params, ema_params=copy(params), opt_state=opt_state),
+        mesh,
+    )
+    step = int(restored["step"])
+    record = {
+        "init_from": files.absolute(source),
+        "step": step,
+        "keep_optimizer": bool(config.finetune.keep_optimizer),
+        "keep_ema": bool(config.finetune.keep_ema),
+        "train_above": float(config.finetune.train_above),
+    }
+    if lead:
+        files.write_json_atomic(os.path.join(workdir, finetune.INIT_RECORD), record)
+    log(
+        f"started from {source} (step {step}): its EMA weights"
+        + (", its Adam state" if config.finetune.keep_optimizer else "")
+        + (
+            f"; levels below {config.finetune.train_above:g} keep them, frozen"
+            if config.finetune.train_above
+            else ""
+        )
+    )
+    return state

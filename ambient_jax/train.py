@@ -204,6 +204,8 @@ def train(
     lead = jax.process_index() == 0  # only one process writes the run's files
     run_dir.check_workdir(config, workdir, allow_config_change or restart, restart)
     training = training_data.TrainingData(config)  # bad data fails here, before anything is written
+    if not (run_dir.has_checkpoint(workdir) and not restart):
+        run_dir.check_init_source(config)  # a trained run to start from that does not fit, too
     training_data.warn_if_few_heldout(config, training, log if lead else lambda _: None)
     if training.corrupted is not None and lead:
         _, sigma_tn, clean, _ = training.corrupted

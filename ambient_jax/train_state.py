@@ -14,6 +14,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from ambient_jax import augment, losses, nets
@@ -36,13 +37,17 @@ def network(config: Config, channels: int) -> nn.Module:
     """The run's network (nets.build_network): config.model, with as many augment labels as
     data.augment_pipe gives (augment.label_width) and split at model.split_sigma, where -1 means
     the ambient branch's start (losses.branch_start), for the ddpm objective too, so that both
-    objectives train the same network."""
+    objectives train the same network. A run that trains only above finetune.train_above is split
+    there instead (its `low` half the trained network, frozen)."""
     split = float(config.model.split_sigma)
+    if config.finetune.train_above:  # the trained network kept below that level (finetune)
+        split = float(config.finetune.train_above)
     return nets.build_network(
         config.model,
         channels,
         augment_dim=augment.label_width(config.data),
         split_boundary=losses.branch_start(config.loss) if split < 0 else split,
+        train_low=not config.finetune.train_above,
     )
 
 
@@ -92,6 +97,14 @@ def ema_beta(step: jax.Array | int, batch_size: int, ema_config: Config) -> jax.
     if ema_config.rampup_ratio:
         halflife = jnp.minimum(halflife, (step + 1) * batch_size * ema_config.rampup_ratio)
     return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))
+
+
+def ema_settings(config: Config) -> Config:
+    """config.ema as the run applies it: finetune.keep_ema turns the ramp-up off, so the EMA keeps
+    the trained average at its full half-life from the first step (EDM's --transfer)."""
+    if config.finetune.keep_ema:
+        return ml_collections.ConfigDict(dict(config.ema.to_dict(), rampup_ratio=0.0))
+    return config.ema
 
 
 def update_ema(state: TrainState, batch_size: int, ema_config: Config) -> TrainState:

@@ -19,6 +19,7 @@ import optax
 
 from ambient_jax import (
     augment,
+    finetune,
     losses,
     objective,
     train_state,
@@ -147,8 +148,9 @@ def row_sigmas(config: Config, step_root: jax.Array, step: jax.Array | int) -> j
     return jnp.exp(config.loss.p_mean + config.loss.p_std * objective.row_level_normal(keys))
 
 
-def make_row_loss(loss: Config) -> Callable[..., tuple[jax.Array, dict]]:
-    """The run's per-row loss: objective.make_objective for config.loss, whole."""
+def make_row_loss(loss: Config, level_floor: float = 0.0) -> Callable[..., tuple[jax.Array, dict]]:
+    """The run's per-row loss: objective.make_objective for config.loss, whole, with rows drawn
+    only at levels >= level_floor when it is > 0 (finetune.train_above)."""
     return objective.make_objective(
         loss.objective,
         sigma_tn=loss.sigma_tn,
@@ -162,6 +164,7 @@ def make_row_loss(loss: Config) -> Callable[..., tuple[jax.Array, dict]]:
         ambient_fraction=loss.ambient_fraction,
         switch_ratio=loss.switch_ratio,
         switch_offset=loss.switch_offset,
+        level_floor=level_floor,
     )
 
 
@@ -183,8 +186,11 @@ def make_step_body(
     """
     batch_size = config.train.batch_size
     rows_per_shard = batch_size // num_shards
-    row_loss = make_row_loss(config.loss)
+    row_loss = make_row_loss(config.loss, config.finetune.train_above)
     step_root = step_root_key(config)
+    ema_config = train_state.ema_settings(config)
+    # finetune.train_above: the trained network below it (the split's `low` half) never moves
+    frozen = bool(config.finetune.train_above)
 
     def body(state, x0, index, image_sigma_tn=None, image_clean=None, copy_noise=None, *,
              shard=0, batch_sharding=None):  # fmt: skip
@@ -221,11 +227,17 @@ def make_step_body(
             loss = jax.lax.pmean(loss, axis_name)
             sums = jax.lax.psum(sums, axis_name)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        state = train_state.update_ema(
+        moved = train_state.update_ema(
             state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state),
             batch_size,
-            config.ema,
+            ema_config,
         )
+        if frozen:
+            moved = moved.replace(
+                params=finetune.hold_frozen(moved.params, state.params),
+                ema_params=finetune.hold_frozen(moved.ema_params, state.ema_params),
+            )
+        state = moved
         metrics = {
             "loss": loss,
             "loss_clean": sums["clean"] / jnp.maximum(batch_size - sums["n_ambient"], 1.0),

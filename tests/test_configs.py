@@ -91,6 +91,14 @@ def test_paper_configs_equal_their_recorded_dicts():
         ):
             now["data"].pop(field)
         assert now["loss"].pop("switch_ratio") == 1.0 and now["loss"].pop("switch_offset") == 0.0
+        # Added since: class selection (every class) and starting from a trained run (off).
+        assert now["data"].pop("classes") == [], key
+        assert now.pop("finetune") == {
+            "init_from": "",
+            "keep_ema": False,
+            "keep_optimizer": False,
+            "train_above": 0.0,
+        }, key
         assert now == expected, key
 
 

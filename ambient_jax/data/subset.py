@@ -66,6 +66,7 @@ def record_subset(
         "source": data_config.source,
         "path": data_config.path,
         "resolution": data_config.resolution,
+        "classes": [int(c) for c in data_config.get("classes", ())],
         "n_train": int(data_config.n_train),
         "subset_seed": int(data_config.subset_seed),
         "num_source_images": int(num_source_images),

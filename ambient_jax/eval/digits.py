@@ -175,6 +175,14 @@ def confident_share(probs: np.ndarray) -> float:
     return float(100 * (probs.max(axis=1) >= CONFIDENCE).mean())
 
 
+def confident_by_class(probs: np.ndarray) -> list[float]:
+    """For each class c, % of rows read as c with confidence: most likely class c, probability
+    >= CONFIDENCE (a model fine-tuned on one class: how many of its samples are that digit)."""
+    confident = probs.max(axis=1) >= CONFIDENCE
+    label = probs.argmax(axis=1)
+    return [float(100 * np.mean(confident & (label == c))) for c in range(probs.shape[1])]
+
+
 def digit_metrics(
     samples_u8: np.ndarray,
     heldout_u8: np.ndarray,
@@ -196,6 +204,8 @@ def digit_metrics(
         "heldout_confident_digits": confident_share(p_heldout),
         "fd_digits_train_vs_heldout": fid.frechet_distance_of(f_train, f_heldout),
         "class_histogram": np.bincount(p_samples.argmax(axis=1), minlength=10).tolist(),
+        "confident_by_class": confident_by_class(p_samples),
+        "heldout_confident_by_class": confident_by_class(p_heldout),
     }
     if other_heldout_u8 is not None:
         out["fd_digits_heldout_vs_heldout"] = fid.frechet_distance_of(

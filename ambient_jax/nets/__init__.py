@@ -100,11 +100,16 @@ class SplitBySigma(nn.Module):
     low: nn.Module
     high: nn.Module
     boundary: float
+    # False: training rows all lie at or above the boundary (finetune.train_above, whose loss
+    # draws no row below it and whose `low` half is frozen), so training runs `high` alone
+    train_low: bool = True
 
     @nn.compact
     def __call__(
         self, x: jax.Array, noise_labels: jax.Array, train: bool = False, **conditioning: jax.Array
     ) -> jax.Array:
+        if train and not self.train_low:
+            return self.high(x, noise_labels, train, **conditioning)
         above = noise_labels >= jnp.log(self.boundary) / 4.0  # EDM's c_noise = ln(sigma) / 4
         low = self.low(x, noise_labels, train, **conditioning)
         high = self.high(x, noise_labels, train, **conditioning)
@@ -112,7 +117,12 @@ class SplitBySigma(nn.Module):
 
 
 def build_model(
-    preset: str, out_channels: int, split_sigma: float = 0.0, low_preset: str = "", **overrides: Any
+    preset: str,
+    out_channels: int,
+    split_sigma: float = 0.0,
+    low_preset: str = "",
+    train_low: bool = True,
+    **overrides: Any,
 ) -> nn.Module:
     """The linen module for `preset` with `overrides` applied to its fields (e.g. dropout=0.1);
     split_sigma > 0: two networks split at that noise level (SplitBySigma), the low-noise one of
@@ -124,7 +134,7 @@ def build_model(
             low = _build_one(low_preset, out_channels, **shared).clone(name="low")
         else:
             low = _build_one(preset, out_channels, **overrides).clone(name="low")
-        return SplitBySigma(low=low, high=high, boundary=float(split_sigma))
+        return SplitBySigma(low=low, high=high, boundary=float(split_sigma), train_low=train_low)
     if low_preset:
         raise ValueError("model.split_low_preset needs model.split_sigma (-1 or a noise level)")
     return _build_one(preset, out_channels, **overrides)
@@ -175,11 +185,12 @@ def build_network(
     channels: int,
     augment_dim: int = 0,
     split_boundary: float = 0.0,
+    train_low: bool = True,
 ) -> nn.Module:
     """The network of config.model: model.preset with the model.overrides that are set (None = the
     preset's own), augment_dim augment labels as input (0 = none) and, with split_boundary > 0,
     split into two networks at that noise level (model.split_sigma, resolved by the caller:
-    train_state.network)."""
+    train_state.network); train_low=False: training runs the high-noise one alone."""
     overrides = {k: v for k, v in dict(model.overrides).items() if v is not None}
     overrides.setdefault("compute_dtype", compute_dtype(model.compute_dtype))
     if model.remat:
@@ -191,6 +202,7 @@ def build_network(
         channels,
         split_sigma=split_boundary,
         low_preset=model.split_low_preset,
+        train_low=train_low,
         **overrides,
     )
 

@@ -5,6 +5,9 @@
 
 Re-running the same command resumes from the latest checkpoint in the work dir.
 
+--init_from=WORKDIR starts from a trained run's EMA weights (fine-tuning; config.finetune says
+what else carries over and which noise levels train).
+
 --config=FILE.py[:ARG] is an ml_collections config file; ARG is passed to its get_config
 (configs/mnist.py:ddpm, configs/cifar10.py:ambient,1k). Any field can be overridden with
 --config.SECTION.FIELD=VALUE (--config.train.num_steps=500, --config.loss.weighting=edm).
@@ -43,6 +46,11 @@ def define_flags() -> None:
         False,
         "train the work dir from step 0: delete its checkpoints, set its metrics.jsonl aside",
     )
+    flags.DEFINE_string(
+        "init_from",
+        None,
+        "start from a trained run's EMA weights (its work dir; = --config.finetune.init_from)",
+    )
     flags.DEFINE_bool(
         "print_config", False, "print the full config (every field and its value) and exit"
     )
@@ -52,6 +60,8 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE")
+    if FLAGS.init_from is not None:
+        FLAGS.config.finetune.init_from = FLAGS.init_from
     if FLAGS.print_config:
         log(FLAGS.config)
         return
