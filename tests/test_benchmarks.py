@@ -225,3 +225,88 @@ def test_unet_tables_write_each_networks_rows_under_its_own_markers(tmp_path, mo
     with pytest.raises(SystemExit, match="unet_ddpm"):
         unet_tables.main()
     assert doc.read_text() == blocks
+
+
+def _fake_finetune_run(workdir, classes, new_share, fd_digits, extraction, robust, tracked):
+    """A finished run as launch/reproduce_finetune.sh leaves it."""
+    import json
+
+    (workdir / "eval").mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps({"data": {"classes": classes}}))
+    gaps = {f"track_gap_sigma{s}": 0.01 for s in ("0.2", "1", "3")}
+    lines = [
+        dict(gaps, step=s, track_extraction=e, track_robust_extraction=e, seconds=6.0 * s)
+        | {"track_heldout_extraction": 0.0}
+        for s, e in tracked
+    ]
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    by_class = [0.0] * 10
+    by_class[classes[0]] = new_share
+    m = {
+        "confident_by_class": by_class,
+        "heldout_confident_by_class": by_class,
+        "fd_digits": fd_digits,
+        "fd_pixel": 1.0,
+        "fid_inception_edm": 30.0,
+        "extraction_rate": extraction,
+        "robust_extraction_rate": extraction,
+        "robust_pixel_similarity": {"S>0.95": robust},
+        "heldout_extraction_rate": 0.5,
+        "heldout_robust_extraction_rate": 0.5,
+        "heldout_robust_pixel_similarity": {"S>0.95": 0.4},
+        "num_heldout_for_fd": 470,
+        "num_samples": 1000,
+        "num_train": 30,
+        "confident_digits": 95.0,
+        "heldout_confident_digits": 99.0,
+        "fd_digits_train_vs_heldout": 3.0,
+    }
+    (workdir / "eval" / "metrics.json").write_text(json.dumps(m))
+
+
+def test_finetune_tables_are_the_seed_means_and_the_target_their_ratios(tmp_path):
+    """benchmarks/finetune_tables.py: each row is the mean ± std of its seeds, and the target
+    check compares the noisy-only row's means with ddpm's: 2 points fewer sevens, FD-digits
+    1.05x, extraction 0.05x and robust S>0.95 1.2% (held-out 0.4% + 1) meet it; the onset table
+    averages the tracked extraction per step."""
+    import finetune_tables
+
+    runs = tmp_path / "runs"
+    pretrain = [(500, 0.0), (1000, 0.0)]
+    _fake_finetune_run(runs / "pretrain", [0, 1, 2, 3, 4, 5, 6, 8, 9], 0.0, 5.0, 0.1, 0.2, pretrain)
+    for seed, (share, fd, ext) in enumerate(((90.0, 10.0, 80.0), (94.0, 30.0, 100.0))):
+        tracked = [(100, 10.0 * (seed + 1)), (200, 50.0)]
+        _fake_finetune_run(runs / "n30" / f"ddpm_seed{seed}", [7], share, fd, ext, 70.0, tracked)
+    for seed, (share, fd, ext, robust) in enumerate(
+        ((89.0, 20.0, 4.0, 1.0), (91.0, 22.0, 5.0, 1.4))
+    ):
+        tracked = [(100, 0.0), (200, 2.0)]
+        _fake_finetune_run(runs / "n30" / f"noisy_seed{seed}", [7], share, fd, ext, robust, tracked)
+    blocks = "".join(
+        f"<!-- finetune-{k} -->\nold\n<!-- /finetune-{k} -->\n"
+        for k in ("pretrain", "rows", "target", "onset", "levels")
+    )
+    doc, readme, raw = tmp_path / "doc.md", tmp_path / "README.md", tmp_path / "raw.json"
+    doc.write_text(blocks)
+    readme.write_text("<!-- finetune-readme -->\nold\n<!-- /finetune-readme -->\n")
+    argv = ["finetune_tables.py", f"--root={runs}", f"--doc={doc}", f"--readme={readme}"]
+    sys_argv, sys.argv = sys.argv, [*argv, f"--results={raw}"]
+    try:
+        finetune_tables.main()
+    finally:
+        sys.argv = sys_argv
+    text = doc.read_text()
+    assert "old" not in text
+    # ddpm: sevens 92 ± 2.8, FD-digits 20 ± 14.1, extraction 90 ± 14.1
+    assert "| 30 | ddpm | 2 | 92.0 ± 2.8 | 20.0 ± 14.1 |" in text
+    assert "| 30 | noisy | 2 | 90.0 ± 1.4 | 21.0 ± 1.4 |" in text
+    # noisy vs ddpm: 2.0 points, 21 / 20 = 1.05, 4.5 / 90 = 0.05, robust 1.2 <= 1.4: met
+    assert "| 30 | noisy (2) | 2.0 | 1.05 | 0.05 | 1.2 (1.4) | yes |" in text
+    assert "| 30 | ddpm | 15.0 | 50.0 |" in text and "| 30 | noisy | 0.0 | 2.0 |" in text
+    assert "| 500 | 0.0 |" in text  # the pretraining's tracking
+    assert "| 30 | ddpm | 2 | 92.0 ± 2.8 |" in readme.read_text()
+    import json
+
+    assert set(json.loads(raw.read_text())) == {
+        "pretrain", "n30_ddpm_seed0", "n30_ddpm_seed1", "n30_noisy_seed0", "n30_noisy_seed1",
+    }  # fmt: skip

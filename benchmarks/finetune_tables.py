@@ -1,0 +1,257 @@
+"""Write the fine-tuning study's tables (docs/finetune.md, the README's section) and its raw
+results (benchmarks/results/finetune.json) from the runs that measured them (no figure typed).
+
+    python benchmarks/finetune_tables.py --root=runs/finetune
+
+Reads ROOT/pretrain and every finished ROOT/nN/ROW_seedS run of launch/reproduce_finetune.sh
+(finished: its evaluation's metrics.json exists) and writes, between their markers in
+docs/finetune.md: the pretraining (<!-- finetune-pretrain -->), every row as mean ± std over its
+seeds (<!-- finetune-rows -->), the target check (<!-- finetune-target -->), the copy onset
+tracked during fine-tuning (<!-- finetune-onset -->) and the per-noise-level diagnosis
+(<!-- finetune-levels -->); the rows again in the README (<!-- finetune-readme -->).
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+
+import numpy as np
+from mixed_quality_tables import replace_between
+from unet_tables import LEVELS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "finetune.md")
+README = os.path.join(ROOT, "README.md")
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "finetune.json")
+ROWS = ("ddpm", "ambient", "noisy", "scratch")
+RUN = re.compile(r"^(?P<row>[a-z]+)_seed(?P<seed>\d+)$")
+
+
+def new_class(m):
+    """The class the run was fine-tuned on (its data.classes, one class)."""
+    return m["classes"][0]
+
+
+# (column, value of one run's metrics, format)
+COLUMNS = (
+    ("new-class digits %", lambda m: m["confident_by_class"][new_class(m)], ".1f"),
+    ("FD-digits", lambda m: m["fd_digits"], ".1f"),
+    ("FD-pixel", lambda m: m["fd_pixel"], ".2f"),
+    ("Inception FID (500)", lambda m: m["fid_inception_edm"], ".1f"),
+    ("extraction %", lambda m: m["extraction_rate"], ".1f"),
+    ("robust S>0.95 %", lambda m: m["robust_pixel_similarity"]["S>0.95"], ".1f"),
+    ("train min", lambda m: m["train_min"], ".1f"),
+)
+
+
+def load_run(workdir):
+    """The run's evaluation metrics, with its classes, tracking records and diagnosis added; None
+    while it is not finished."""
+    path = os.path.join(workdir, "eval", "metrics.json")
+    if not os.path.exists(path):
+        return None
+    m = json.load(open(path))
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    m["classes"] = list(config["data"]["classes"])
+    rows = [
+        json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl")) if line.strip()
+    ]
+    m["train_min"] = max(r["seconds"] for r in rows) / 60
+    m["tracking"] = {r["step"]: r for r in rows if "track_extraction" in r}
+    diagnosis = os.path.join(workdir, "eval", "diagnose.json")
+    if os.path.exists(diagnosis):
+        m["diagnosis"] = json.load(open(diagnosis))
+    return m
+
+
+def runs_of(root):
+    """{n: {row: {seed: metrics}}} of the finished fine-tuning runs under root."""
+    out = {}
+    for folder in sorted(os.listdir(root)):
+        if not re.fullmatch(r"n\d+", folder):
+            continue
+        for entry in sorted(os.listdir(os.path.join(root, folder))):
+            match = RUN.match(entry)
+            m = match and load_run(os.path.join(root, folder, entry))
+            if m:
+                n = int(folder[1:])
+                out.setdefault(n, {}).setdefault(match["row"], {})[int(match["seed"])] = m
+    return out
+
+
+def _cell(values, fmt):
+    v = np.asarray(values, float)
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}" if len(v) > 1 else f"{v[0]:{fmt}}"
+
+
+def rows_text(runs):
+    out = [
+        "| n | row | seeds | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for n in sorted(runs):
+        for row in [r for r in ROWS if r in runs[n]]:
+            ms = list(runs[n][row].values())
+            cells = [_cell([get(m) for m in ms], fmt) for _, get, fmt in COLUMNS]
+            out.append(f"| {n} | {row} | {len(ms)} | " + " | ".join(cells) + " |")
+    for n in sorted(runs):
+        m = next(iter(next(iter(runs[n].values())).values()))
+        out.append(
+            f"\nn = {n}: the held-out digits of class {new_class(m)} (never trained on, "
+            f"{m['num_heldout_for_fd']} of them the FD reference), the level of a model that does "
+            f"not copy: extraction {m['heldout_extraction_rate']:.1f}%, robust S>0.95 "
+            f"{m['heldout_robust_pixel_similarity']['S>0.95']:.1f}%, new-class digits "
+            f"{m['heldout_confident_by_class'][new_class(m)]:.1f}%."
+        )
+    return "\n".join(out) + "\n"
+
+
+def target_text(runs):
+    """The ambient and noisy-only rows against ddpm fine-tuning (means over seeds): new-class
+    share within 5 points, FD-digits <= 1.1x, extraction <= 1/10, robust S>0.95 within one point
+    of the held-out digits' level."""
+    out = [
+        "| n | row (seeds) | new-class digits, points below ddpm (<= 5) | "
+        "FD-digits / ddpm (<= 1.1) | extraction / ddpm (<= 0.1) | "
+        "robust S>0.95 % (held-out digits' level + 1) | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in sorted(runs):
+        if "ddpm" not in runs[n]:
+            continue
+        mean = lambda row, i: float(np.mean([COLUMNS[i][1](m) for m in runs[n][row].values()]))
+        held = next(iter(runs[n]["ddpm"].values()))["heldout_robust_pixel_similarity"]["S>0.95"]
+        for row in ("ambient", "noisy"):
+            if row not in runs[n]:
+                continue
+            drop = mean("ddpm", 0) - mean(row, 0)
+            fd = mean(row, 1) / mean("ddpm", 1)
+            copy = mean(row, 4) / max(mean("ddpm", 4), 1e-9)
+            robust = mean(row, 5)
+            met = drop <= 5 and fd <= 1.1 and copy <= 0.1 and robust <= held + 1
+            out.append(
+                f"| {n} | {row} ({len(runs[n][row])}) | {drop:.1f} | {fd:.2f} | {copy:.2f} | "
+                f"{robust:.1f} ({held + 1:.1f}) | {'yes' if met else 'no'} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def onset_text(runs):
+    """Extraction % of the 64 tracked samples at each tracking step, mean over seeds."""
+    steps = sorted(
+        {s for n in runs for r in runs[n].values() for m in r.values() for s in m["tracking"]}
+    )
+    out = [
+        "| n | row | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|---|" + "---|" * len(steps),
+    ]
+    for n in sorted(runs):
+        for row in [r for r in ROWS if r in runs[n]]:
+            cells = []
+            for s in steps:
+                v = [
+                    m["tracking"][s]["track_extraction"]
+                    for m in runs[n][row].values()
+                    if s in m["tracking"]
+                ]
+                cells.append(f"{np.mean(v):.1f}" if v else "")
+            out.append(f"| {n} | {row} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def levels_text(runs):
+    """Held-out error / train-held-out gap / globality at LEVELS, seed 0 of each row."""
+    out = []
+    for n in sorted(runs):
+        curves = {
+            row: runs[n][row][0]["diagnosis"]
+            for row in ROWS
+            if row in runs[n] and 0 in runs[n][row] and "diagnosis" in runs[n][row][0]
+        }
+        if not curves:
+            continue
+        first = next(iter(curves.values()))
+        sigma, n_eff = np.array(first["sigma"]), first["effective_train_images"]
+        points = [int(np.argmin(abs(sigma - level))) for level in LEVELS]
+        out += [
+            f"n = {n}, seed 0:\n",
+            "| row | "
+            + " | ".join(f"sigma {sigma[i]:.3g} (n_eff {n_eff[i]:.3g})" for i in points)
+            + " |",
+            "|---|" + "---|" * len(points),
+        ]
+        for row, c in curves.items():
+            cells = [
+                f"{c['err_heldout'][i]:.3f} / {c['gap'][i]:.3f} / {c['globality'][i]:.2f}"
+                for i in points
+            ]
+            out.append(f"| {row} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def pretrain_text(root):
+    """The pretraining run: its tracking (does it copy its own training set?) and its evaluation."""
+    wd = os.path.join(root, "pretrain")
+    m = load_run(wd)
+    if m is None:
+        return None, None
+    out = [
+        "| step | extraction % | robust extraction % | held-out reals' extraction % | "
+        "gap at sigma 0.2 / 1 / 3 |",
+        "|---|---|---|---|---|",
+    ]
+    for step, r in sorted(m["tracking"].items()):
+        out.append(
+            f"| {step} | {r['track_extraction']:.1f} | {r['track_robust_extraction']:.1f} | "
+            f"{r['track_heldout_extraction']:.1f} | {r['track_gap_sigma0.2']:.4f} / "
+            f"{r['track_gap_sigma1']:.4f} / {r['track_gap_sigma3']:.4f} |"
+        )
+    classes = m["classes"]
+    out.append(
+        f"\nIts {m['num_samples']} samples against its {m['num_train']} training digits (classes "
+        f"{', '.join(map(str, classes))}) and {m['num_heldout_for_fd']} held-out ones: "
+        f"extraction {m['extraction_rate']:.1f}% (held-out reals "
+        f"{m['heldout_extraction_rate']:.1f}%), robust extraction "
+        f"{m['robust_extraction_rate']:.1f}% ({m['heldout_robust_extraction_rate']:.1f}%), "
+        f"confident digits {m['confident_digits']:.1f}% (held-out reals "
+        f"{m['heldout_confident_digits']:.1f}%), FD-digits {m['fd_digits']:.1f} (training digits "
+        f"against the held-out ones: {m['fd_digits_train_vs_heldout']:.1f}), Inception FID (500) "
+        f"{m['fid_inception_edm']:.1f}; training took {m['train_min']:.1f} min."
+    )
+    return "\n".join(out) + "\n", m
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--doc", default=DOC)
+    parser.add_argument("--readme", default=README)
+    parser.add_argument("--results", default=RESULTS)
+    args = parser.parse_args()
+    pretrain, pretrain_metrics = pretrain_text(args.root)
+    if pretrain is None:
+        sys.exit(f"error: {args.root}/pretrain has no evaluation yet (run ambient-eval on it)")
+    runs = runs_of(args.root)
+    replace_between(args.doc, "finetune-pretrain", pretrain)
+    raw = {"pretrain": pretrain_metrics}
+    if runs:
+        table = rows_text(runs)
+        replace_between(args.doc, "finetune-rows", table)
+        replace_between(args.doc, "finetune-target", target_text(runs))
+        replace_between(args.doc, "finetune-onset", onset_text(runs))
+        replace_between(args.doc, "finetune-levels", levels_text(runs))
+        replace_between(args.readme, "finetune-readme", table)
+        for n, by_row in runs.items():
+            for row, by_seed in by_row.items():
+                for seed, m in by_seed.items():
+                    raw[f"n{n}_{row}_seed{seed}"] = m
+        print(table)
+    with open(args.results, "w") as f:
+        json.dump(raw, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()

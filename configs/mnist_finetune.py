@@ -1,0 +1,65 @@
+"""Fine-tuning a pretrained model on a few images of a new class (docs/finetune.md).
+
+The digits U-Net of configs/mnist_unet.py (16x16, 1.26M parameters) is pretrained on nine of the
+ten digit classes, every class but HELD_OUT_CLASS (4,000 of their 4,500 embedded digits; the
+other 500 are held out for tracking and evaluation), with plain denoising. It is then fine-tuned
+on n digits of the held-out class and evaluated against that class's other digits.
+
+    ambient-train --config=configs/mnist_finetune.py:pretrain --workdir=runs/finetune/pretrain
+    ambient-train --config=configs/mnist_finetune.py:ddpm --workdir=runs/finetune/ddpm_n30 \\
+        --init_from=runs/finetune/pretrain --config.data.n_train=30
+    ambient-train --config=configs/mnist_finetune.py:noisy --workdir=runs/finetune/noisy_n30 \\
+        --init_from=runs/finetune/pretrain --config.data.n_train=30
+
+ARG: "pretrain"; or a fine-tuning row, each FINETUNE_STEPS steps of batch 128 on the new class:
+  ddpm     plain denoising at every level;
+  ambient  the ambient objective at every level (rescaled weight, sigma_tn 2: the U-Net study's
+           row that copies least, docs/ambient_quality.md section 6);
+  noisy    the new digits only as their fixed noisy copies, at levels >= sigma_tn (2) alone; below
+           it the pretrained network, frozen (finetune.train_above): they are never seen clean;
+  scratch  plain denoising from random weights on the same n (reference; no --init_from).
+launch/reproduce_finetune.sh runs the whole study and writes its tables.
+"""
+
+from ambient_jax.configs import mnist_unet
+
+HELD_OUT_CLASS = 7
+PRETRAIN_CLASSES = tuple(c for c in range(10) if c != HELD_OUT_CLASS)
+PRETRAIN_STEPS = 3000
+FINETUNE_STEPS = 500
+FINETUNE_LR = 2e-4
+SIGMA_TN = 2.0  # the U-Net study's best row (rescaled weight, sigma_tn 2)
+ROWS = ("ddpm", "ambient", "noisy", "scratch")
+
+
+def get_config(arg="pretrain"):
+    c = mnist_unet.get_config("ddpm")
+    c.train.track_every = 100
+    c.train.checkpoint_every = 100
+    c.train.sample_every = 0
+    if arg == "pretrain":
+        c.data.classes = PRETRAIN_CLASSES
+        c.data.n_train = 4000  # of 4,500: 500 held out
+        c.train.num_steps = PRETRAIN_STEPS
+        c.train.track_every = 500
+        c.train.checkpoint_every = 500
+        c.train.keep_every = 500
+        return c
+    if arg not in ROWS:
+        raise ValueError(
+            f"configs/mnist_finetune.py takes 'pretrain' or one of {ROWS}, got {arg!r}"
+        )
+    c.data.classes = (HELD_OUT_CLASS,)
+    c.data.n_train = 30
+    c.train.num_steps = FINETUNE_STEPS
+    if arg == "scratch":
+        return c  # the U-Net study's own learning rate and warm-up, from random weights
+    c.optim.lr = FINETUNE_LR
+    c.optim.warmup_kimg = 0.0
+    if arg in ("ambient", "noisy"):
+        c.loss.objective = "ambient"
+        c.loss.weighting = "rescaled"
+        c.loss.sigma_tn = SIGMA_TN
+    if arg == "noisy":
+        c.finetune.train_above = SIGMA_TN
+    return c
