@@ -122,3 +122,15 @@ def test_the_unet_sentence_quotes_its_results_file():
     )
     for phrase in expected:
         assert phrase in sentence, (phrase, sentence)
+
+
+def test_both_readings_are_computed_from_the_results_files():
+    """The README's table of each study under both readings is readings.py's output (no figure
+    typed), and its U-Net row is the one the issue quotes: 0.73x ddpm's Inception FID, 0.17x its
+    robust S>0.95, about 23 points fewer confident digits; the paper's own row 0.95x and 0.17x."""
+    import readings
+
+    block = between(README, "readings")
+    assert block.strip() == readings.table_text().strip()
+    assert "| 0.95 | 0.17 | (no classifier) |" in block
+    assert "| 16x16 U-Net from scratch, n = 30 (3 / 3) | 0.73 | 0.17 | -22.7 (confident) |" in block
