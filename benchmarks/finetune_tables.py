@@ -8,7 +8,8 @@ Reads ROOT/pretrain and every finished ROOT/nN/ROW_seedS run of launch/reproduce
 docs/finetune.md: the pretraining (<!-- finetune-pretrain -->), every row as mean ± std over its
 seeds (<!-- finetune-rows -->), the target check (<!-- finetune-target -->), the copy onset
 tracked during fine-tuning (<!-- finetune-onset -->) and the per-noise-level diagnosis
-(<!-- finetune-levels -->); the rows again in the README (<!-- finetune-readme -->).
+(<!-- finetune-levels -->); the rows again in the README (<!-- finetune-readme -->); and the
+figures in docs/finetune/: each row's samples (seed 0) and the onset curves.
 """
 
 import argparse
@@ -18,13 +19,17 @@ import re
 import sys
 
 import numpy as np
+from matplotlib.figure import Figure
 from mixed_quality_tables import replace_between
 from unet_tables import LEVELS
+
+from ambient_jax import plots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "finetune.md")
 README = os.path.join(ROOT, "README.md")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "finetune.json")
+FIGURES = os.path.join(ROOT, "docs", "finetune")
 ROWS = ("ddpm", "ambient", "noisy", "scratch")
 RUN = re.compile(r"^(?P<row>[a-z]+)_seed(?P<seed>\d+)$")
 
@@ -218,10 +223,37 @@ def pretrain_text(root):
         f"{m['robust_extraction_rate']:.1f}% ({m['heldout_robust_extraction_rate']:.1f}%), "
         f"confident digits {m['confident_digits']:.1f}% (held-out reals "
         f"{m['heldout_confident_digits']:.1f}%), FD-digits {m['fd_digits']:.1f} (training digits "
-        f"against the held-out ones: {m['fd_digits_train_vs_heldout']:.1f}), Inception FID (500) "
-        f"{m['fid_inception_edm']:.1f}; training took {m['train_min']:.1f} min."
+        f"against the held-out ones: {m['fd_digits_train_vs_heldout']:.1f}); training took "
+        f"{m['train_min']:.1f} min."
     )
     return "\n".join(out) + "\n", m
+
+
+def write_figures(root, runs, folder):
+    """Per n: the first 64 samples of each row's seed 0 (samples_nN_ROW.png) and the tracked
+    extraction of every row, mean over seeds, against the fine-tuning step (onset_nN.png)."""
+    os.makedirs(folder, exist_ok=True)
+    for n, by_row in runs.items():
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.add_subplot()
+        for row in [r for r in ROWS if r in by_row]:
+            steps = sorted({s for m in by_row[row].values() for s in m["tracking"]})
+            mean = [
+                np.mean([m["tracking"][s]["track_extraction"] for m in by_row[row].values()
+                         if s in m["tracking"]])
+                for s in steps
+            ]  # fmt: skip
+            ax.plot(steps, mean, marker="o", label=f"{row} ({len(by_row[row])} seeds)")
+            if 0 in by_row[row]:
+                samples = np.load(os.path.join(root, f"n{n}", f"{row}_seed0", "samples.npz"))
+                plots.save_grid(
+                    samples["samples"][:64], os.path.join(folder, f"samples_n{n}_{row}.png"), 8
+                )
+        ax.set(xlabel="fine-tuning step", ylabel="extraction % (64 tracked samples)")
+        ax.set_title(f"Copy onset while fine-tuning on n = {n}", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(folder, f"onset_n{n}.png"), dpi=100)
 
 
 def main():
@@ -230,6 +262,7 @@ def main():
     parser.add_argument("--doc", default=DOC)
     parser.add_argument("--readme", default=README)
     parser.add_argument("--results", default=RESULTS)
+    parser.add_argument("--figures", default=FIGURES)
     args = parser.parse_args()
     pretrain, pretrain_metrics = pretrain_text(args.root)
     if pretrain is None:
@@ -244,6 +277,7 @@ def main():
         replace_between(args.doc, "finetune-onset", onset_text(runs))
         replace_between(args.doc, "finetune-levels", levels_text(runs))
         replace_between(args.readme, "finetune-readme", table)
+        write_figures(args.root, runs, args.figures)
         for n, by_row in runs.items():
             for row, by_seed in by_row.items():
                 for seed, m in by_seed.items():

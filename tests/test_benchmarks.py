@@ -262,6 +262,7 @@ def _fake_finetune_run(workdir, classes, new_share, fd_digits, extraction, robus
         "fd_digits_train_vs_heldout": 3.0,
     }
     (workdir / "eval" / "metrics.json").write_text(json.dumps(m))
+    np.savez(workdir / "samples.npz", samples=np.zeros((70, 16, 16, 1), np.uint8))
 
 
 def test_finetune_tables_are_the_seed_means_and_the_target_their_ratios(tmp_path):
@@ -289,7 +290,9 @@ def test_finetune_tables_are_the_seed_means_and_the_target_their_ratios(tmp_path
     doc, readme, raw = tmp_path / "doc.md", tmp_path / "README.md", tmp_path / "raw.json"
     doc.write_text(blocks)
     readme.write_text("<!-- finetune-readme -->\nold\n<!-- /finetune-readme -->\n")
-    argv = ["finetune_tables.py", f"--root={runs}", f"--doc={doc}", f"--readme={readme}"]
+    figures = tmp_path / "figures"
+    argv = ["finetune_tables.py", f"--root={runs}", f"--doc={doc}", f"--readme={readme}",
+            f"--figures={figures}"]  # fmt: skip
     sys_argv, sys.argv = sys.argv, [*argv, f"--results={raw}"]
     try:
         finetune_tables.main()
@@ -305,6 +308,9 @@ def test_finetune_tables_are_the_seed_means_and_the_target_their_ratios(tmp_path
     assert "| 30 | ddpm | 15.0 | 50.0 |" in text and "| 30 | noisy | 0.0 | 2.0 |" in text
     assert "| 500 | 0.0 |" in text  # the pretraining's tracking
     assert "| 30 | ddpm | 2 | 92.0 ± 2.8 |" in readme.read_text()
+    assert sorted(os.listdir(figures)) == [
+        "onset_n30.png", "samples_n30_ddpm.png", "samples_n30_noisy.png",
+    ]  # fmt: skip
     import json
 
     assert set(json.loads(raw.read_text())) == {
