@@ -224,7 +224,12 @@ def pretrain_text(root):
         f"confident digits {m['confident_digits']:.1f}% (held-out reals "
         f"{m['heldout_confident_digits']:.1f}%), FD-digits {m['fd_digits']:.1f} (training digits "
         f"against the held-out ones: {m['fd_digits_train_vs_heldout']:.1f}); training took "
-        f"{m['train_min']:.1f} min."
+        f"{m['train_min']:.1f} min. Samples read as the held-out class with confidence before "
+        "any fine-tuning: "
+        + ", ".join(
+            f"{c}: {m['confident_by_class'][c]:.1f}%" for c in range(10) if c not in classes
+        )
+        + "."
     )
     return "\n".join(out) + "\n", m
 

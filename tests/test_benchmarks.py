@@ -307,6 +307,7 @@ def test_finetune_tables_are_the_seed_means_and_the_target_their_ratios(tmp_path
     assert "| 30 | noisy (2) | 2.0 | 1.05 | 0.05 | 1.2 (1.4) | yes |" in text
     assert "| 30 | ddpm | 15.0 | 50.0 |" in text and "| 30 | noisy | 0.0 | 2.0 |" in text
     assert "| 500 | 0.0 |" in text  # the pretraining's tracking
+    assert "before any fine-tuning: 7: 0.0%." in text
     assert "| 30 | ddpm | 2 | 92.0 ± 2.8 |" in readme.read_text()
     assert sorted(os.listdir(figures)) == [
         "onset_n30.png", "samples_n30_ddpm.png", "samples_n30_noisy.png",
