@@ -162,3 +162,45 @@ def test_a_corrupted_images_x_tn_carries_the_noise_it_lacks():
     )
     eps = losses.fixed_noise(losses.noise_tn_key(c.loss), index, (16, 16, 1))
     np.testing.assert_allclose(x_tn - x0, added[:, None, None, None] * eps, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "values, says",
+    [
+        ({"3": float("nan"), "10": 1.0, "42": 1.0}, "source index 3 is nan"),
+        ({"3": 1.0, "10": float("inf"), "42": 1.0}, "source index 10 is inf"),
+        ({"3": 1.0, "10": 1.0, "42": -0.5}, "source index 42 is -0.5"),
+        ({"3": 0.0, "10": 1.0, "42": 1.0}, "source index 3 is 0.0"),
+        ({"3": "often", "10": 1.0, "42": 1.0}, "is not an annotation file"),
+        ({"3": 1.0, "10": 1.0}, "no sigma_tn for 1 of the 3 corrupted images"),  # too short
+        ({"3": 1.0, "10": 1.0, "42": 1.0, "99": 2.0}, None),  # an extra image: not used
+        (None, "is not an annotation file"),  # no sigma_tn key
+    ],
+)
+def test_every_value_of_an_annotation_file_is_checked(tmp_path, values, says):
+    """Before: NaN, negative or 0 values went through float() and trained (corrupted.json then
+    recorded sigma_tn nan). Now each is refused naming the file, the entry and the rule."""
+    import json
+
+    path = tmp_path / "annotation.json"
+    record = {"recipe": {}, "how": "hand", "extra": 1}
+    if values is not None:
+        record["sigma_tn"] = values
+    path.write_text(json.dumps(record))
+    data = mixed_data(corrupt_kind="blur", corrupt_level=1.0, corrupt_sigma_tn=str(path))
+    indices = np.array([3, 10, 42])
+    if says is None:
+        sigma, _, _ = corrupt.annotation_values(data, indices)
+        np.testing.assert_allclose(sigma, 1.0)
+        return
+    with pytest.raises(DataError) as error:
+        corrupt.annotation_values(data, indices)
+    message = str(error.value)
+    assert says in message and str(path) in message and "\n" not in message, message
+    if " is " in says:  # a bad value: the rule is named
+        assert "must be a finite number > 0" in message
+
+
+@pytest.mark.parametrize("spec", ["nan", "inf", "-1", "0"])
+def test_a_fixed_annotation_must_be_finite_and_positive(spec):
+    assert "must be > 0 and finite" in corrupt.check_sigma_tn_spec(spec, "blur")

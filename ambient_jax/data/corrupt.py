@@ -170,7 +170,8 @@ def check_sigma_tn_spec(spec: str, kind: str) -> str | None:
         return f"is 'known', which only an additive noise has (data.corrupt_kind={kind!r})"
     level = parse_level(spec)
     if level is not None:
-        return None if level > 0 else f"must be > 0 as a fixed annotation, got {level}"
+        good = np.isfinite(level) and level > 0
+        return None if good else f"must be > 0 and finite as a fixed annotation, got {level}"
     if not spec.endswith(".json"):
         return (
             f"must be 'known', 'clean', 'unused', a number > 0 or an annotation file (.json) "
@@ -204,11 +205,20 @@ def read_annotation(path: str) -> dict[int, float]:
             "ambient-annotate or give 'known', 'clean' or a number"
         )
     try:
-        return {int(i): float(s) for i, s in files.read_json(path)["sigma_tn"].items()}
+        values = {int(i): float(s) for i, s in files.read_json(path)["sigma_tn"].items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise DataError(
             f"{path} is not an annotation file of ambient-annotate ({error}); write it again"
         ) from None
+    # the rule a number in data.corrupt_sigma_tn obeys (check_sigma_tn_spec), for each entry
+    bad = next(((i, v) for i, v in values.items() if not (np.isfinite(v) and v > 0)), None)
+    if bad is not None:
+        raise DataError(
+            f"{path}: sigma_tn of source index {bad[0]} is {bad[1]}; every sigma_tn must be a "
+            "finite number > 0 (a clean image has no entry): write the file again with "
+            "ambient-annotate"
+        )
+    return values
 
 
 def recipe(data_config: Config) -> dict:
