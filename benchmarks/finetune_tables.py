@@ -31,7 +31,13 @@ README = os.path.join(ROOT, "README.md")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "finetune.json")
 FIGURES = os.path.join(ROOT, "docs", "finetune")
 ROWS = ("ddpm", "ambient", "noisy", "scratch")
-RUN = re.compile(r"^(?P<row>[a-z]+)_seed(?P<seed>\d+)$")
+RUN = re.compile(r"^(?P<row>[a-z]+(_[\d.]+)?)_seed(?P<seed>\d+)$")
+
+
+def ordered(rows):
+    """ROWS' order, a row's sigma_tn variants (noisy_1) after it by level."""
+    key = lambda r: (ROWS.index(r.split("_")[0]), float(r.split("_")[1]) if "_" in r else 0.0)
+    return sorted(rows, key=key)
 
 
 def new_class(m):
@@ -97,7 +103,7 @@ def rows_text(runs):
         "|---|---|---|" + "---|" * len(COLUMNS),
     ]
     for n in sorted(runs):
-        for row in [r for r in ROWS if r in runs[n]]:
+        for row in ordered(runs[n]):
             ms = list(runs[n][row].values())
             cells = [_cell([get(m) for m in ms], fmt) for _, get, fmt in COLUMNS]
             out.append(f"| {n} | {row} | {len(ms)} | " + " | ".join(cells) + " |")
@@ -128,9 +134,7 @@ def target_text(runs):
             continue
         mean = lambda row, i: float(np.mean([COLUMNS[i][1](m) for m in runs[n][row].values()]))
         held = next(iter(runs[n]["ddpm"].values()))["heldout_robust_pixel_similarity"]["S>0.95"]
-        for row in ("ambient", "noisy"):
-            if row not in runs[n]:
-                continue
+        for row in ordered(r for r in runs[n] if r.split("_")[0] in ("ambient", "noisy")):
             drop = mean("ddpm", 0) - mean(row, 0)
             fd = mean(row, 1) / mean("ddpm", 1)
             copy = mean(row, 4) / max(mean("ddpm", 4), 1e-9)
@@ -153,7 +157,7 @@ def onset_text(runs):
         "|---|---|" + "---|" * len(steps),
     ]
     for n in sorted(runs):
-        for row in [r for r in ROWS if r in runs[n]]:
+        for row in ordered(runs[n]):
             cells = []
             for s in steps:
                 v = [
@@ -172,8 +176,8 @@ def levels_text(runs):
     for n in sorted(runs):
         curves = {
             row: runs[n][row][0]["diagnosis"]
-            for row in ROWS
-            if row in runs[n] and 0 in runs[n][row] and "diagnosis" in runs[n][row][0]
+            for row in ordered(runs[n])
+            if 0 in runs[n][row] and "diagnosis" in runs[n][row][0]
         }
         if not curves:
             continue
@@ -241,7 +245,7 @@ def write_figures(root, runs, folder):
     for n, by_row in runs.items():
         fig = Figure(figsize=(5, 3.2))
         ax = fig.add_subplot()
-        for row in [r for r in ROWS if r in by_row]:
+        for row in ordered(by_row):
             steps = sorted({s for m in by_row[row].values() for s in m["tracking"]})
             mean = [
                 np.mean([m["tracking"][s]["track_extraction"] for m in by_row[row].values()

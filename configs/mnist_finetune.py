@@ -18,6 +18,7 @@ ARG: "pretrain"; or a fine-tuning row, each FINETUNE_STEPS steps of batch 128 on
   noisy    the new digits only as their fixed noisy copies, at levels >= sigma_tn (2) alone; below
            it the pretrained network, frozen (finetune.train_above): they are never seen clean;
   scratch  plain denoising from random weights on the same n (reference; no --init_from).
+ambient_S and noisy_S (e.g. noisy_1) are those rows at sigma_tn = S instead of 2.
 launch/reproduce_finetune.sh runs the whole study and writes its tables.
 """
 
@@ -48,10 +49,13 @@ def get_config(arg="pretrain"):
         c.train.checkpoint_every = 500
         c.train.keep_every = 500
         return c
-    if arg not in ROWS:
+    arg, _, level = arg.partition("_")
+    if arg not in ROWS or (level and arg not in ("ambient", "noisy")):
         raise ValueError(
-            f"configs/mnist_finetune.py takes 'pretrain' or one of {ROWS}, got {arg!r}"
+            f"configs/mnist_finetune.py takes 'pretrain', one of {ROWS}, or ambient_S / noisy_S "
+            f"(sigma_tn S), got {arg!r}"
         )
+    sigma_tn = float(level) if level else SIGMA_TN
     c.data.classes = (HELD_OUT_CLASS,)
     c.data.n_train = 30
     c.train.num_steps = FINETUNE_STEPS
@@ -62,7 +66,7 @@ def get_config(arg="pretrain"):
     if arg in ("ambient", "noisy"):
         c.loss.objective = "ambient"
         c.loss.weighting = "rescaled"
-        c.loss.sigma_tn = SIGMA_TN
+        c.loss.sigma_tn = sigma_tn
     if arg == "noisy":
-        c.finetune.train_above = SIGMA_TN
+        c.finetune.train_above = sigma_tn
     return c
