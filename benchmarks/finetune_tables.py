@@ -30,7 +30,7 @@ DOC = os.path.join(ROOT, "docs", "finetune.md")
 README = os.path.join(ROOT, "README.md")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "finetune.json")
 FIGURES = os.path.join(ROOT, "docs", "finetune")
-ROWS = ("ddpm", "ambient", "noisy", "scratch")
+ROWS = ("ddpm", "ambient", "noisy", "gated", "scratch")
 RUN = re.compile(r"^(?P<row>[a-z]+(_[\d.]+)?)_seed(?P<seed>\d+)$")
 
 
@@ -134,7 +134,7 @@ def target_text(runs):
             continue
         mean = lambda row, i: float(np.mean([COLUMNS[i][1](m) for m in runs[n][row].values()]))
         held = next(iter(runs[n]["ddpm"].values()))["heldout_robust_pixel_similarity"]["S>0.95"]
-        for row in ordered(r for r in runs[n] if r.split("_")[0] in ("ambient", "noisy")):
+        for row in ordered(r for r in runs[n] if r.split("_")[0] in ("ambient", "noisy", "gated")):
             drop = mean("ddpm", 0) - mean(row, 0)
             fd = mean(row, 1) / mean("ddpm", 1)
             copy = mean(row, 4) / max(mean("ddpm", 4), 1e-9)

@@ -17,8 +17,11 @@ ARG: "pretrain"; or a fine-tuning row, each FINETUNE_STEPS steps of batch 128 on
            row that copies least, docs/ambient_quality.md section 6);
   noisy    the new digits only as their fixed noisy copies, at levels >= sigma_tn (2) alone; below
            it the pretrained network, frozen (finetune.train_above): they are never seen clean;
+  gated    noisy with Ambient Omni's gate: the noisy copies train only above
+           GATE sigma_tn + 0.05 = 2.36 (s_max = 4: the rescaled factor stays under 13 there, where
+           just above sigma_tn it grows without bound), the pretrained network frozen below;
   scratch  plain denoising from random weights on the same n (reference; no --init_from).
-ambient_S and noisy_S (e.g. noisy_1) are those rows at sigma_tn = S instead of 2.
+ambient_S, noisy_S and gated_S (e.g. noisy_1) are those rows at sigma_tn = S instead of 2.
 launch/reproduce_finetune.sh runs the whole study and writes its tables.
 """
 
@@ -30,7 +33,8 @@ PRETRAIN_STEPS = 3000
 FINETUNE_STEPS = 500
 FINETUNE_LR = 2e-4
 SIGMA_TN = 2.0  # the U-Net study's best row (rescaled weight, sigma_tn 2)
-ROWS = ("ddpm", "ambient", "noisy", "scratch")
+ROWS = ("ddpm", "ambient", "noisy", "gated", "scratch")
+GATE = (1 + 1 / (4 - 1)) ** 0.5  # Ambient Omni's s_max = 4: sigma > 1.155 sigma_tn
 
 
 def get_config(arg="pretrain"):
@@ -50,10 +54,10 @@ def get_config(arg="pretrain"):
         c.train.keep_every = 500
         return c
     arg, _, level = arg.partition("_")
-    if arg not in ROWS or (level and arg not in ("ambient", "noisy")):
+    if arg not in ROWS or (level and arg not in ("ambient", "noisy", "gated")):
         raise ValueError(
-            f"configs/mnist_finetune.py takes 'pretrain', one of {ROWS}, or ambient_S / noisy_S "
-            f"(sigma_tn S), got {arg!r}"
+            f"configs/mnist_finetune.py takes 'pretrain', one of {ROWS}, or ambient_S / noisy_S / "
+            f"gated_S (sigma_tn S), got {arg!r}"
         )
     sigma_tn = float(level) if level else SIGMA_TN
     c.data.classes = (HELD_OUT_CLASS,)
@@ -63,10 +67,13 @@ def get_config(arg="pretrain"):
         return c  # the U-Net study's own learning rate and warm-up, from random weights
     c.optim.lr = FINETUNE_LR
     c.optim.warmup_kimg = 0.0
-    if arg in ("ambient", "noisy"):
+    if arg in ("ambient", "noisy", "gated"):
         c.loss.objective = "ambient"
         c.loss.weighting = "rescaled"
         c.loss.sigma_tn = sigma_tn
     if arg == "noisy":
         c.finetune.train_above = sigma_tn
+    if arg == "gated":
+        c.loss.sigma_switch = round(GATE * sigma_tn + 0.05, 4)
+        c.finetune.train_above = c.loss.sigma_switch
     return c

@@ -5,8 +5,8 @@
 # diagnose seed 0 of each row, and write the tables (docs/finetune.md, the README and
 # benchmarks/results/finetune.json).
 #   launch/reproduce_finetune.sh [ROOT]          (default: runs/finetune)
-# What runs: SIZES (default "30 100"), ROWS ("ddpm ambient noisy scratch"; ambient_S and
-# noisy_S at sigma_tn S, as configs/mnist_finetune.py says), SEEDS ("0 1 2").
+# What runs: SIZES (default "30 100"), ROWS ("ddpm ambient noisy gated scratch"; ambient_S,
+# noisy_S and gated_S at sigma_tn S, as configs/mnist_finetune.py says), SEEDS ("0 1 2").
 # A stage whose output exists is skipped, so a cut run resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +42,7 @@ stage eval "$pretrain" ambient-eval --workdir="$pretrain" --nofid
 
 for n in ${SIZES:-30 100}; do
   for seed in ${SEEDS:-0 1 2}; do
-    for row in ${ROWS:-ddpm ambient noisy scratch}; do
+    for row in ${ROWS:-ddpm ambient noisy gated scratch}; do
       wd="$root/n${n}/${row}_seed${seed}"
       init=()
       [ "$row" = scratch ] || init=(--init_from="$pretrain")
