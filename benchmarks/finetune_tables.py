@@ -7,9 +7,10 @@ Reads ROOT/pretrain and every finished ROOT/nN/ROW_seedS run of launch/reproduce
 (finished: its evaluation's metrics.json exists) and writes, between their markers in
 docs/finetune.md: the pretraining (<!-- finetune-pretrain -->), every row as mean ± std over its
 seeds (<!-- finetune-rows -->), the target check (<!-- finetune-target -->), the copy onset
-tracked during fine-tuning (<!-- finetune-onset -->) and the per-noise-level diagnosis
-(<!-- finetune-levels -->); the rows again in the README (<!-- finetune-readme -->); and the
-figures in docs/finetune/: each row's samples (seed 0) and the onset curves.
+tracked during fine-tuning (<!-- finetune-onset -->), the per-noise-level diagnosis
+(<!-- finetune-levels -->) and each row's samples (<!-- finetune-samples -->); the rows again in
+the README (<!-- finetune-readme -->); and the figures in docs/finetune/: each row's samples
+(seed 0) and the onset curves.
 """
 
 import argparse
@@ -265,6 +266,22 @@ def write_figures(root, runs, folder):
         fig.savefig(os.path.join(folder, f"onset_n{n}.png"), dpi=100)
 
 
+def samples_text(runs, folder):
+    """A table of each row's sample grid (seed 0), per n, as write_figures draws them."""
+    out = []
+    for n, by_row in sorted(runs.items()):
+        rows = [r for r in ordered(by_row) if 0 in by_row[r]]
+        link = os.path.relpath(folder, os.path.dirname(DOC))
+        out += [
+            f"n = {n}, seed 0, the first 64 samples of each row:\n",
+            "| " + " | ".join(rows) + " |",
+            "|" + "---|" * len(rows),
+            "| " + " | ".join(f"![{r}]({link}/samples_n{n}_{r}.png)" for r in rows) + " |",
+            "",
+        ]
+    return "\n".join(out)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True)
@@ -285,6 +302,7 @@ def main():
         replace_between(args.doc, "finetune-target", target_text(runs))
         replace_between(args.doc, "finetune-onset", onset_text(runs))
         replace_between(args.doc, "finetune-levels", levels_text(runs))
+        replace_between(args.doc, "finetune-samples", samples_text(runs, FIGURES))
         replace_between(args.readme, "finetune-readme", table)
         write_figures(args.root, runs, args.figures)
         for n, by_row in runs.items():

@@ -285,7 +285,7 @@ def test_finetune_tables_are_the_seed_means_and_the_target_their_ratios(tmp_path
         _fake_finetune_run(runs / "n30" / f"noisy_seed{seed}", [7], share, fd, ext, robust, tracked)
     blocks = "".join(
         f"<!-- finetune-{k} -->\nold\n<!-- /finetune-{k} -->\n"
-        for k in ("pretrain", "rows", "target", "onset", "levels")
+        for k in ("pretrain", "rows", "target", "onset", "levels", "samples")
     )
     doc, readme, raw = tmp_path / "doc.md", tmp_path / "README.md", tmp_path / "raw.json"
     doc.write_text(blocks)
@@ -308,6 +308,7 @@ def test_finetune_tables_are_the_seed_means_and_the_target_their_ratios(tmp_path
     assert "| 30 | ddpm | 15.0 | 50.0 |" in text and "| 30 | noisy | 0.0 | 2.0 |" in text
     assert "| 500 | 0.0 |" in text  # the pretraining's tracking
     assert "before any fine-tuning: 7: 0.0%." in text
+    assert "| ddpm | noisy |" in text and "finetune/samples_n30_noisy.png)" in text
     assert "| 30 | ddpm | 2 | 92.0 ± 2.8 |" in readme.read_text()
     assert sorted(os.listdir(figures)) == [
         "onset_n30.png", "samples_n30_ddpm.png", "samples_n30_noisy.png",
