@@ -22,7 +22,7 @@ import sys
 import numpy as np
 from matplotlib.figure import Figure
 from mixed_quality_tables import replace_between
-from unet_tables import LEVELS
+from unet_tables import level_table
 
 from ambient_jax import plots
 
@@ -182,22 +182,7 @@ def levels_text(runs):
         }
         if not curves:
             continue
-        first = next(iter(curves.values()))
-        sigma, n_eff = np.array(first["sigma"]), first["effective_train_images"]
-        points = [int(np.argmin(abs(sigma - level))) for level in LEVELS]
-        out += [
-            f"n = {n}, seed 0:\n",
-            "| row | "
-            + " | ".join(f"sigma {sigma[i]:.3g} (n_eff {n_eff[i]:.3g})" for i in points)
-            + " |",
-            "|---|" + "---|" * len(points),
-        ]
-        for row, c in curves.items():
-            cells = [
-                f"{c['err_heldout'][i]:.3f} / {c['gap'][i]:.3f} / {c['globality'][i]:.2f}"
-                for i in points
-            ]
-            out.append(f"| {row} | " + " | ".join(cells) + " |")
+        out += [f"n = {n}, seed 0:\n", *level_table(curves)]
         out.append("")
     return "\n".join(out)
 

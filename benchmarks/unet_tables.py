@@ -103,27 +103,44 @@ def levels_text(root, network="unet"):
         out.append(
             f"| {short(n)} | {branch[n]} | " + " | ".join(cells) + f" | {extraction[n]:.1f} |"
         )
-    sigma = np.array(curves[names[0]]["sigma"])
-    points = [int(np.argmin(abs(sigma - level))) for level in LEVELS]
-    n_eff = curves[names[0]]["effective_train_images"]
     out += [
         "",
         "Per noise level (seed 0, `ambient-diagnose`): held-out error / train-held-out gap / "
         "globality at each sigma; n_eff (the number of training digits the exact denoiser D*_S "
         "averages there) from the data:",
         "",
-        "| run | ambient branch from sigma | "
+        *level_table(
+            {short(n): c for n, c in curves.items()},
+            ("ambient branch from sigma", {short(n): branch[n] for n in names}),
+        ),
+    ]
+    return "\n".join(out) + "\n"
+
+
+def level_table(curves, extra=None):
+    """The lines of a per-noise-level table, a row per run of `curves` ({label: its diagnosis});
+    each cell held-out error / train-held-out gap / globality at the diagnosis grid point nearest
+    each of LEVELS, headed by that sigma and its n_eff; `extra` = (column name, {label: cell}) puts
+    one more column after the label."""
+    first = next(iter(curves.values()))
+    sigma, n_eff = np.array(first["sigma"]), first["effective_train_images"]
+    points = [int(np.argmin(abs(sigma - level))) for level in LEVELS]
+    name, cells = extra or ("", {})
+    out = [
+        "| run | "
+        + (f"{name} | " if extra else "")
         + " | ".join(f"sigma {sigma[i]:.3g} (n_eff {n_eff[i]:.3g})" for i in points)
         + " |",
-        "|---|---|" + "---|" * len(points),
+        "|---|" + ("---|" if extra else "") + "---|" * len(points),
     ]
-    for n, c in curves.items():
-        cells = [
+    for label, c in curves.items():
+        values = [
             f"{c['err_heldout'][i]:.3f} / {c['gap'][i]:.3f} / {c['globality'][i]:.2f}"
             for i in points
         ]
-        out.append(f"| {short(n)} | {branch[n]} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
+        lead = f"| {label} | " + (f"{cells[label]} | " if extra else "")
+        out.append(lead + " | ".join(values) + " |")
+    return out
 
 
 def _branch_start(root, name):

