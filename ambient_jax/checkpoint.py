@@ -7,7 +7,6 @@ predecessor to fall back to), plus every step divisible by `keep_every` when set
 """
 
 import contextlib
-import functools
 import logging
 import os
 import sys
@@ -18,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from ambient_jax import config as config_lib
-from ambient_jax import files, nets, train_state
+from ambient_jax import files, train_state
 from ambient_jax.types import Config, Log, PyTree
 
 
@@ -173,11 +172,7 @@ def load_ema_params(workdir: str, config: Config | None = None) -> tuple[Config,
     """(config, model, EMA params) of the latest checkpoint in a work dir (nothing else is read)."""
     config = config or config_lib.load_config(workdir)
     model = train_state.network(config, config.data.channels)
-    # The parameters' shapes, as the trainer initialises them (no computation, no memory).
-    target = jax.eval_shape(
-        functools.partial(nets.init_params, model, config_lib.image_shape(config)),
-        jax.random.key(0),
-    )
+    target = train_state.param_shapes(config, model)
     missing = (
         f"no checkpoint in {workdir}/checkpoints: train first (ambient-train --workdir {workdir})"
     )

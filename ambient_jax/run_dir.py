@@ -2,7 +2,6 @@
 readable checkpoint, and the one error type of a run that cannot go on."""
 
 import dataclasses
-import functools
 import os
 import shutil
 import time
@@ -18,7 +17,6 @@ from ambient_jax import (
     checkpoint,
     files,
     finetune,
-    nets,
     parallel,
     summaries,
     train_state,
@@ -130,10 +128,7 @@ def _source_shapes(config: Config) -> tuple[Config, PyTree, optax.GradientTransf
     source = config.finetune.init_from
     source_config = config_lib.load_config(source)
     model = train_state.network(source_config, source_config.data.channels)
-    shapes = jax.eval_shape(
-        functools.partial(nets.init_params, model, config_lib.image_shape(source_config)),
-        jax.random.key(0),
-    )
+    shapes = train_state.param_shapes(source_config, model)
     optimizer, _ = train_state.make_optimizer(source_config.optim, source_config.train.batch_size)
     return source_config, shapes, optimizer
 
@@ -151,11 +146,7 @@ def check_init_source(config: Config) -> None:
             "run (ambient-train --workdir=... first)"
         )
     _, shapes, _ = _source_shapes(config)
-    model = train_state.network(config, config.data.channels)
-    target = jax.eval_shape(
-        functools.partial(nets.init_params, model, config_lib.image_shape(config)),
-        jax.random.key(0),
-    )
+    target = train_state.param_shapes(config, train_state.network(config, config.data.channels))
     finetune.graft(shapes, target, source)
 
 

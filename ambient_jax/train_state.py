@@ -51,6 +51,15 @@ def network(config: Config, channels: int) -> nn.Module:
     )
 
 
+def param_shapes(config: Config, model: nn.Module) -> Any:
+    """The shapes of `model`'s variables as the trainer initialises them for `config` (no
+    computation, no memory): the target of a restore."""
+    return jax.eval_shape(
+        functools.partial(nets.init_params, model, config_lib.image_shape(config)),
+        jax.random.key(0),
+    )
+
+
 def root_key(config: Config) -> jax.Array:
     return jax.random.key(config.train.seed)
 
