@@ -122,15 +122,15 @@ def check_no_orphan_metrics(workdir: str) -> None:
         )
 
 
-def _source_shapes(config: Config) -> tuple[Config, PyTree, optax.GradientTransformation]:
-    """(the trained run's config, its parameters' shapes, its optimizer), nothing read but
+def _source_shapes(config: Config) -> tuple[PyTree, optax.GradientTransformation]:
+    """(the trained run's parameter shapes, its optimizer), nothing read but
     finetune.init_from's config.json."""
     source = config.finetune.init_from
     source_config = config_lib.load_config(source)
     model = train_state.network(source_config, source_config.data.channels)
     shapes = train_state.param_shapes(source_config, model)
     optimizer, _ = train_state.make_optimizer(source_config.optim, source_config.train.batch_size)
-    return source_config, shapes, optimizer
+    return shapes, optimizer
 
 
 def check_init_source(config: Config) -> None:
@@ -145,7 +145,7 @@ def check_init_source(config: Config) -> None:
             f"finetune.init_from = {source!r} holds no checkpoint: give the work dir of a trained "
             "run (ambient-train --workdir=... first)"
         )
-    _, shapes, _ = _source_shapes(config)
+    shapes, _ = _source_shapes(config)
     target = train_state.param_shapes(config, train_state.network(config, config.data.channels))
     finetune.graft(shapes, target, source)
 
@@ -164,7 +164,7 @@ def start_from(
     state with finetune.keep_optimizer (else `fresh`'s), step 0. Writes init.json (where it
     started: path and step)."""
     source = config.finetune.init_from
-    _, shapes, source_optimizer = _source_shapes(config)
+    shapes, source_optimizer = _source_shapes(config)
     wanted = {"ema_params": shapes, "step": jax.ShapeDtypeStruct((), jnp.int32)}
     if config.finetune.keep_optimizer:
         wanted["opt_state"] = jax.eval_shape(source_optimizer.init, shapes)
