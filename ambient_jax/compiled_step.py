@@ -21,22 +21,17 @@ class Trainer:
     """The compiled step for parallel.mode. Both modes take and return the state replicated over
     the mesh (as checkpoints hold it) and the metrics of the global batch.
 
-    `step(state, images)` trains on the training images held on device; a streamed run
-    (data.streaming) calls `step(state, x0, index)` with the global batch. `multi_step` fuses
-    train.steps_per_dispatch steps (images on device only).
+    `step(state, held)` trains on the training data held on device (train_step.HeldData); a
+    streamed run (data.streaming) calls `step(state, rows)` with the global batch
+    (train_step.Rows). `multi_step` fuses train.steps_per_dispatch steps (held data only).
+    config.check_config has refused the settings this cannot run (parallel.mode, streaming with
+    pmap or with several steps per dispatch).
     """
 
     def __init__(self, config, model, optimizer, schedule, mesh):
         parallel.check_batch(config.train.batch_size, mesh)
         self.mesh = mesh
-        if config.data.streaming and config.parallel.mode != "jit":
-            raise ValueError("data.streaming needs parallel.mode=jit")
         self.steps_per_dispatch = int(config.train.steps_per_dispatch)
-        if config.data.streaming and self.steps_per_dispatch > 1:
-            raise ValueError(
-                "train.steps_per_dispatch > 1 needs the training images on device "
-                "(data.streaming=False)"
-            )
         batch_size, step_root = config.train.batch_size, train_step.step_root_key(config)
         level_first = (
             training_data.mixed_quality(config) and config.data.corrupt_sampling == "level_first"
@@ -53,19 +48,17 @@ class Trainer:
                 train_step.make_step_body(config, model, optimizer, schedule),
                 batch_sharding=sharded,
             )
-            # held = (training images, their source indices[, sigma_tn, clean, copy noise,
-            # usable-from level]), replicated
-            on_device = lambda state, held: body(state, *gather(state, held))
+            on_device = lambda state, held: body(state, gather(state, held))  # held: replicated
             compile_ = functools.partial(jax.jit, out_shardings=(repl, repl), donate_argnums=0)
             if config.data.streaming:
-                self.step = compile_(body, in_shardings=(repl, sharded, sharded))
+                self.step = compile_(body, in_shardings=(repl, sharded))
             else:
                 self.step = compile_(on_device, in_shardings=(repl, repl))
                 if self.steps_per_dispatch > 1:
                     self.multi_step = compile_(
                         scan_steps(on_device, self.steps_per_dispatch), in_shardings=(repl, repl)
                     )
-        elif config.parallel.mode == "pmap":
+        else:  # pmap
             body = train_step.make_step_body(
                 config,
                 model,
@@ -78,17 +71,14 @@ class Trainer:
 
             def per_device(state, held):
                 shard = jax.lax.axis_index(parallel.DATA_AXIS)
-                batch = gather(state, held)
                 mine = lambda a: jax.lax.dynamic_slice_in_dim(
                     a, shard * rows_per_device, rows_per_device
                 )
-                return body(state, *map(mine, batch), shard=shard)
+                return body(state, jax.tree_util.tree_map(mine, gather(state, held)), shard=shard)
 
             self.step = PmapStep(per_device, mesh)
             if self.steps_per_dispatch > 1:
                 self.multi_step = PmapStep(scan_steps(per_device, self.steps_per_dispatch), mesh)
-        else:
-            raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {config.parallel.mode!r}")
 
     def place(self, tree: PyTree) -> PyTree:
         """Host arrays (a state, the training images) -> replicated over the mesh, as the step takes
@@ -116,14 +106,15 @@ class PmapStep:
         )
         self.add_axis = jax.jit(lambda leaves: [a[None] for a in leaves])
         self.drop_axis = jax.jit(lambda leaves: [a[0] for a in leaves])
-        self.held = (None, None)  # the last training data given and its per-device form
+        self.held_given = None  # the last training data given, and its per-device form
+        self.held_per_device = None
 
     def __call__(
-        self, state: train_state.TrainState, held: tuple[jax.Array, ...]
+        self, state: train_state.TrainState, held: train_step.HeldData
     ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
-        if self.held[0] is not held:
-            self.held = (held, self.per_device_copies(held))
-        state, metrics = self.run(self.per_device_copies(state), self.held[1])
+        if self.held_given is not held:
+            self.held_given, self.held_per_device = held, self.per_device_copies(held)
+        state, metrics = self.run(self.per_device_copies(state), self.held_per_device)
         return self.replicated(state), jax.tree_util.tree_map(lambda m: m[0], metrics)
 
     def _regroup(self, tree, convert, shape, sharding):

@@ -123,9 +123,10 @@ def base_config() -> Config:
     c.loss.ambient_fraction = (
         0.0  # > 0: this share of rows on the ambient branch (0 = the log-normal decides)
     )
-    # Per-image sigma_tn (data.corrupt_count > 0): image i's ambient branch begins at
-    # sigma_tn_i * switch_ratio + switch_offset. The group's gate: switch_ratio = sqrt(1 + 1/(s_max
-    # - 1)) = 1.1547 at s_max = 4 (ambient_jax.objective._per_image_rows).
+    # The gate: the ambient branch begins at max(sigma_switch, sigma_tn * switch_ratio +
+    # switch_offset, sigma_tn) (losses.branch_boundary), per image with data of mixed quality
+    # (data.corrupt_count > 0, where sigma_switch is 0). The group's gate: switch_ratio =
+    # losses.gate_ratio(s_max) = sqrt(1 + 1/(s_max - 1)) = 1.1547 at s_max = 4.
     c.loss.switch_ratio = 1.0
     c.loss.switch_offset = 0.0
     c.loss.p_mean = -1.2
@@ -208,13 +209,13 @@ def check_config(config: Config) -> None:
     checks the section it owns (losses, nets, augment, sampling, parallel, data.corrupt); the
     trainer's and the evaluation's sections (train, optim, ema, data, eval) are checked here,
     because their modules import this one."""
-    losses.check_config(config.loss)
+    losses.check_config(config.loss, config.finetune.train_above)
     nets.check_config(config.model, config.data.augment_p)
     augment.check_config(config.data)
     sampling.check_config(config.sample)
     parallel.check_config(config.parallel)
     corrupt.check_config(config.data, config.loss)
-    finetune.check_config(config.finetune, config.model, config.loss, config.data)
+    finetune.check_config(config.finetune, config.model, config.data)
     need(int(config.train.steps_per_dispatch) >= 1, "train.steps_per_dispatch", "must be >= 1")
     need_counts("train", config.train, ("batch_size", "num_steps"))
     need_counts("eval", config.eval, ("carlini_k",))
@@ -269,11 +270,33 @@ def check_config(config: Config) -> None:
         "train.track_sigmas",
         "must be one or more noise levels > 0",
     )
-    if int(config.train.track_every) and config.data.streaming:
-        raise ValueError(
-            "config field train.track_every: tracking needs the training images on device "
-            "(data.streaming=False); set train.track_every=0 for streamed runs"
-        )
+    check_streaming(config)
+
+
+def check_streaming(config: Config) -> None:
+    """The rules of data.streaming, all here: a streamed run reads its batches from a tfds
+    source one step at a time, so what needs the training images on device is refused."""
+    if not config.data.streaming:
+        return
+    on_device = "needs the training images on device (data.streaming=False)"
+    need(
+        not int(config.data.corrupt_count),
+        "data.corrupt_count",
+        f"corrupted images are held with the clean ones: {on_device}",
+    )
+    need(
+        config.data.source == "tfds",
+        "data.streaming",
+        "reads a tfds source: set data.source=tfds (mnist and folders fit on device)",
+    )
+    need(config.parallel.mode == "jit", "data.streaming", "needs parallel.mode=jit")
+    need(int(config.train.steps_per_dispatch) == 1, "train.steps_per_dispatch", f"> 1 {on_device}")
+    need(
+        not int(config.train.track_every),
+        "train.track_every",
+        f"tracking compares the model on training and held-out images: it {on_device}; set "
+        "train.track_every=0 for streamed runs",
+    )
 
 
 def effective_sigma_tn(config: Config) -> float:

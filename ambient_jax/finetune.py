@@ -30,9 +30,9 @@ FROZEN = "low"  # the frozen half of the split network (nets.SplitBySigma)
 SPLIT_HALVES = ("low", "high")
 
 
-def check_config(finetune: Config, model: Config, loss: Config, data: Config) -> None:
-    """config.finetune values a run cannot start with, each named (ValueError)."""
-    need(finetune.train_above >= 0, "finetune.train_above", "must be >= 0 (0 = every level)")
+def check_config(finetune: Config, model: Config, data: Config) -> None:
+    """config.finetune values a run cannot start with, each named (ValueError). Whether the loss
+    can draw its rows above train_above is losses.check_config's (the objective's own check)."""
     for name in ("keep_optimizer", "keep_ema", "train_above"):
         need(
             not finetune[name] or bool(finetune.init_from),
@@ -44,12 +44,6 @@ def check_config(finetune: Config, model: Config, loss: Config, data: Config) ->
             not model.split_sigma,
             "finetune.train_above",
             "splits the network itself at that level: set model.split_sigma=0",
-        )
-        need(
-            loss.branch_rule == "paper" and not loss.ambient_fraction,
-            "finetune.train_above",
-            "draws each row's level above it from the log-normal: needs loss.branch_rule=paper "
-            "and loss.ambient_fraction=0",
         )
         need(
             not data.corrupt_count,

@@ -57,7 +57,7 @@ import numpy as np
 
 from ambient_jax.checks import need, need_each
 from ambient_jax.precond import SIGMA_DATA, Denoiser
-from ambient_jax.schedules import _expand
+from ambient_jax.schedules import expand_rows
 from ambient_jax.types import Config
 
 BRANCH_RULES = ("paper", "lecture")
@@ -145,7 +145,16 @@ def weighting_help() -> str:
     return "\n".join(f"  {name:10s} {what}" for name, (_, what) in WEIGHTING_TABLE.items())
 
 
-def _two_regime_ve(denoise, target, sigma, sigma_tn, noise, sigma_data, weighting, rescale_cap=0.0):
+def two_regime_ve(
+    denoise: Denoiser,
+    target: jax.Array,
+    sigma: float | jax.Array,
+    sigma_tn: float | jax.Array,
+    noise: jax.Array,
+    sigma_data: float,
+    weighting: str,
+    rescale_cap: float = 0.0,
+) -> jax.Array:
     """One network call for a batch whose rows may sit on either branch.
 
     Row b trains on `target[b]` observed at noise level sigma_tn[b] (0 for a clean row) and is
@@ -163,9 +172,9 @@ def _two_regime_ve(denoise, target, sigma, sigma_tn, noise, sigma_data, weightin
     keep_d = jnp.where(noisy, gap / sigma**2, 1.0)
     keep_x = jnp.where(noisy, sigma_tn**2 / sigma**2, 0.0)
 
-    x = target + _expand(extra, target) * noise
+    x = target + expand_rows(extra, target) * noise
     d = denoise(x, sigma)
-    prediction = _expand(keep_d, x) * d + _expand(keep_x, x) * x
+    prediction = expand_rows(keep_d, x) * d + expand_rows(keep_x, x) * x
     loss = _sum_sq(prediction - target)
     # The gap is floored relative to sigma^2 (a row within 1e-6 of sigma_tn): an absolute floor
     # squared underflows in float32, and inf times the row's zero loss would be NaN.
@@ -183,7 +192,7 @@ def denoising_loss(
 ) -> jax.Array:
     """Per-example EDM denoising loss lambda(sigma) ||D(x0 + sigma n, sigma) - x0||^2, shape [B]."""
     zeros = jnp.zeros(jnp.shape(sigma), x0.dtype)
-    return _two_regime_ve(denoise, x0, sigma, zeros, noise, sigma_data, "edm")
+    return two_regime_ve(denoise, x0, sigma, zeros, noise, sigma_data, "edm")
 
 
 def ambient_loss(
@@ -201,7 +210,7 @@ def ambient_loss(
     x_tn is the fixed noisy copy x0 + sigma_tn eps; noise is fresh N(0, I) of x_tn's shape.
     rescale_cap > 0 caps the "rescaled" factor sigma^4 / (sigma^2 - sigma_tn^2)^2 at that value.
     """
-    return _two_regime_ve(denoise, x_tn, sigma, sigma_tn, noise, sigma_data, weighting, rescale_cap)
+    return two_regime_ve(denoise, x_tn, sigma, sigma_tn, noise, sigma_data, weighting, rescale_cap)
 
 
 # ----------------------------------------------------------------------------- VP form
@@ -224,10 +233,10 @@ def ambient_loss_vp(
     gap = jnp.maximum(s**2 - s_tn**2, 0.0)
     scale_x = jnp.where(noisy, jnp.sqrt((1.0 - s**2) / keep), jnp.sqrt(1.0 - s**2))
     scale_n = jnp.where(noisy, jnp.sqrt(gap / keep), s)
-    x_t = _expand(scale_x, x_tn) * x_tn + _expand(scale_n, x_tn) * noise
+    x_t = expand_rows(scale_x, x_tn) * x_tn + expand_rows(scale_n, x_tn) * noise
     coef_h = jnp.where(noisy, gap / (s**2 * jnp.sqrt(keep)), 1.0)
     coef_x = jnp.where(noisy, s_tn**2 / s**2 * jnp.sqrt((1.0 - s**2) / keep), 0.0)
-    prediction = _expand(coef_h, x_t) * h(x_t, s) + _expand(coef_x, x_t) * x_t
+    prediction = expand_rows(coef_h, x_t) * h(x_t, s) + expand_rows(coef_x, x_t) * x_t
     return _sum_sq(prediction - x_tn)
 
 
@@ -253,7 +262,7 @@ def noisy_copy(
     """The element of S_tn for each image: x_tn = x0 + sigma_tn eps_i (VE form); sigma_tn is one
     level or each row's own [B] (data of mixed quality)."""
     eps = fixed_noise(noise_key, image_index, x0.shape[1:], x0.dtype)
-    return x0 + _expand(sigma_tn, x0) * eps
+    return x0 + expand_rows(sigma_tn, x0) * eps
 
 
 # fold_in purpose of the noisy copies' key (the trainer's own keys use 0 and 1 of another root)
@@ -278,14 +287,48 @@ def noisy_training_copies(
     return noisy_copy(images, index, sigma_tn, noise_tn_key(loss_config))
 
 
+def branch_boundary(
+    sigma_tn: Any, sigma_switch: float = 0.0, switch_ratio: float = 1.0, switch_offset: float = 0.0
+) -> Any:
+    """Where the ambient branch starts for an image whose noisy copy is at sigma_tn: the one
+    formula of the branch boundary,
+        max(sigma_switch, sigma_tn * switch_ratio + switch_offset, sigma_tn).
+    sigma_switch moves a shared boundary up (0 = sigma_tn); switch_ratio and switch_offset are the
+    group's gate (gate_ratio), per image or shared. Rows at or above it take the ambient loss on
+    the image's noisy copy, rows below it the clean loss; a corrupted image trains only above it.
+    sigma_tn: a float (the run's shared level: a float back), a numpy array (the data holder's
+    per-image levels) or a jax array (the loss's rows); every caller computes the boundary here."""
+    gated = sigma_tn * switch_ratio + switch_offset
+    if isinstance(sigma_tn, jax.Array):
+        return jnp.maximum(jnp.maximum(gated, sigma_tn), sigma_switch)
+    if isinstance(sigma_tn, np.ndarray):
+        return np.maximum(np.maximum(gated, sigma_tn), sigma_switch)
+    return max(float(sigma_switch), float(gated), float(sigma_tn))
+
+
 def branch_start(loss: Config) -> float:
-    """Where config.loss's ambient branch starts, max(loss.sigma_switch, loss.sigma_tn), read from
-    the settings whatever the objective (so a ddpm run can be split where its ambient twin is)."""
-    return max(float(loss.sigma_switch), float(loss.sigma_tn))
+    """Where config.loss's ambient branch starts (branch_boundary of its settings), read from the
+    settings whatever the objective (so a ddpm run can be split where its ambient twin is). A
+    field missing from a run saved before it existed reads as its default (no gate)."""
+    return branch_boundary(
+        float(loss.sigma_tn),
+        loss.get("sigma_switch", 0.0),
+        loss.get("switch_ratio", 1.0),
+        loss.get("switch_offset", 0.0),
+    )
 
 
-def check_config(loss: Config) -> None:
-    """config.loss values the objective cannot train with, each named (ValueError)."""
+def gate_ratio(s_max: float) -> float:
+    """Ambient Omni's gate as a switch_ratio: an image at sigma_tn trains its ambient rows only at
+    sigma >= sigma_tn sqrt(1 + 1 / (s_max - 1)), where sigma^2 / (sigma^2 - sigma_tn^2) <= s_max,
+    so the rescaled weight's factor stays under s_max^2 (1.1547 at the group's s_max = 4)."""
+    return (1 + 1 / (s_max - 1)) ** 0.5
+
+
+def check_config(loss: Config, level_floor: float = 0.0) -> None:
+    """config.loss values the objective cannot train with, each named (ValueError): the one check
+    of these settings, run at config time (config.check_config) and by objective.make_objective
+    on its arguments. level_floor: finetune.train_above (0 = every level)."""
     need(loss.objective in OBJECTIVES, "loss.objective", f"must be one of {OBJECTIVES}")
     need(loss.branch_rule in BRANCH_RULES, "loss.branch_rule", f"must be one of {BRANCH_RULES}")
     need(
@@ -298,7 +341,7 @@ def check_config(loss: Config) -> None:
         "loss",
         loss,
         (
-            ("ambient_fraction", lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
+            ("ambient_fraction", lambda v: 0 <= v < 1, "must lie in [0, 1) (0 = the log-normal)"),
             ("p_mean", lambda v: abs(v) < 1e3, "must be a finite log-sigma"),
             ("p_std", lambda v: v > 0, "must be > 0"),
             ("rescale_cap", lambda v: v >= 0, "must be >= 0 (0 = off)"),
@@ -307,4 +350,32 @@ def check_config(loss: Config) -> None:
             ("switch_ratio", lambda v: v >= 1, "must be >= 1 (1 = no gate)"),
             ("switch_offset", lambda v: v >= 0, "must be >= 0"),
         ),
+    )
+    sigma_tn = effective_sigma_tn(loss.objective, loss.sigma_tn)
+    need(
+        not loss.sigma_switch or loss.sigma_switch >= sigma_tn,
+        "loss.sigma_switch",
+        f"must be 0 (= loss.sigma_tn) or >= loss.sigma_tn = {sigma_tn}, got {loss.sigma_switch}",
+    )
+    if loss.branch_rule == "lecture":
+        lecture_free = (
+            not loss.sigma_switch
+            and not loss.rescale_cap
+            and not loss.ambient_fraction
+            and loss.switch_ratio == 1
+            and not loss.switch_offset
+        )
+        need(
+            lecture_free,
+            "loss.branch_rule",
+            "lecture draws its branches by Algorithm 1: loss.sigma_switch, loss.rescale_cap, "
+            "loss.ambient_fraction, loss.switch_ratio and loss.switch_offset belong to "
+            "branch_rule=paper",
+        )
+    need(level_floor >= 0, "finetune.train_above", "must be >= 0 (0 = every level)")
+    need(
+        not level_floor or (loss.branch_rule == "paper" and not loss.ambient_fraction),
+        "finetune.train_above",
+        "draws each row's level above it from the log-normal: needs loss.branch_rule=paper "
+        "and loss.ambient_fraction=0",
     )

@@ -22,23 +22,17 @@ depend on how the batch is split over devices. The rows' noisy copies x_tn come 
 """
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax.scipy.special import ndtr, ndtri
 
-from ambient_jax import schedules
-from ambient_jax.losses import (
-    BRANCH_RULES,
-    OBJECTIVES,
-    WEIGHTING_TABLE,
-    _two_regime_ve,
-    ambient_loss_vp,
-    effective_sigma_tn,
-)
+from ambient_jax import losses, schedules
+from ambient_jax.losses import ambient_loss_vp, two_regime_ve
 from ambient_jax.precond import SIGMA_DATA, vp_denoiser
-from ambient_jax.schedules import _expand
+from ambient_jax.schedules import expand_rows
 
 
 def make_objective(
@@ -64,57 +58,30 @@ def make_objective(
     for ddpm, which never reads them.
     Every random draw of row b comes from example_keys[b], so a row's loss does not depend on
     how the batch is split over devices. `objective="ddpm"` is the plain denoising objective.
-    sigma_switch (paper rule; 0 = sigma_tn) is where the ambient branch begins and rescale_cap
-    (0 = none) caps the rescaled weight: the bounded-variance variants of the module docstring.
+    The ambient branch begins at losses.branch_boundary(sigma_tn, sigma_switch, switch_ratio,
+    switch_offset) (paper rule; sigma_switch 0 = sigma_tn; switch_ratio losses.gate_ratio(s_max)
+    is the group's gate) and rescale_cap (0 = none) caps the rescaled weight: the
+    bounded-variance variants of the module docstring. Settings are checked by
+    losses.check_config, the check config.loss gets at config time.
 
     Per-image sigma_tn (paper rule): objective_fn(..., x_tn, image_sigma_tn [B], image_clean [B])
     gives each row its image's own level and whether its clean version is at hand; each row's
-    branch boundary is then image_sigma_tn * switch_ratio + switch_offset (the group's gate:
-    switch_ratio sqrt(1 + 1 / (s_max - 1)), 1.155 at s_max = 4). See _per_image_rows.
+    branch boundary is then losses.branch_boundary(image_sigma_tn, 0, switch_ratio,
+    switch_offset). See _per_image_rows.
 
     level_floor > 0 (paper rule; finetune.train_above): only levels >= level_floor train, each
     row's level drawn from the log-normal conditioned above it (a row that fell below is redrawn
     above from the same normal draw, _redraw_above), so every level above keeps its share.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got {objective!r}")
-    if branch_rule not in BRANCH_RULES:
-        raise ValueError(f"loss.branch_rule must be one of {BRANCH_RULES}, got {branch_rule!r}")
-    if weighting not in WEIGHTING_TABLE:
-        raise ValueError(
-            f"loss.weighting must be one of {tuple(WEIGHTING_TABLE)}, got {weighting!r}"
-        )
-    sigma_tn = effective_sigma_tn(objective, sigma_tn)
-    if sigma_tn < 0:
-        raise ValueError(f"loss.sigma_tn must be >= 0, got {sigma_tn}")
-    if sigma_switch and sigma_switch < sigma_tn:
-        raise ValueError(
-            f"loss.sigma_switch must be 0 (= sigma_tn) or >= loss.sigma_tn = {sigma_tn}, got "
-            f"{sigma_switch}"
-        )
-    if rescale_cap < 0:
-        raise ValueError(f"loss.rescale_cap must be >= 0 (0 = no cap), got {rescale_cap}")
-    if switch_ratio < 1.0 or switch_offset < 0.0:
-        raise ValueError(
-            f"loss.switch_ratio must be >= 1 and loss.switch_offset >= 0, got {switch_ratio} and "
-            f"{switch_offset}"
-        )
-    if not 0.0 <= ambient_fraction < 1.0:
-        raise ValueError(
-            "loss.ambient_fraction must be in [0, 1) (0 = the log-normal decides), got "
-            f"{ambient_fraction}"
-        )
-    if level_floor < 0 or (level_floor and ambient_fraction):
-        raise ValueError(
-            f"level_floor (finetune.train_above) must be >= 0 and needs ambient_fraction 0, got "
-            f"{level_floor} and {ambient_fraction}"
-        )
+    settings = dict(
+        objective=objective, sigma_tn=sigma_tn, branch_rule=branch_rule, weighting=weighting,
+        p_mean=p_mean, p_std=p_std, sigma_data=sigma_data, sigma_switch=sigma_switch,
+        rescale_cap=rescale_cap, ambient_fraction=ambient_fraction, switch_ratio=switch_ratio,
+        switch_offset=switch_offset,
+    )  # fmt: skip
+    losses.check_config(ml_collections.ConfigDict(settings), level_floor)
+    sigma_tn = losses.effective_sigma_tn(objective, sigma_tn)
     if branch_rule == "lecture":
-        if sigma_switch or rescale_cap or ambient_fraction or level_floor:
-            raise ValueError(
-                "loss.sigma_switch, loss.rescale_cap, loss.ambient_fraction and "
-                "finetune.train_above belong to branch_rule=paper"
-            )
         return functools.partial(
             _lecture_rule,
             sigma_tn=sigma_tn,
@@ -125,7 +92,7 @@ def make_objective(
         )
     return functools.partial(
         _paper_rule,
-        sigma_switch=max(float(sigma_switch), sigma_tn),
+        boundary=losses.branch_boundary(sigma_tn, sigma_switch, switch_ratio, switch_offset),
         rescale_cap=float(rescale_cap),
         ambient_fraction=float(ambient_fraction),
         switch_ratio=float(switch_ratio),
@@ -148,20 +115,22 @@ def _needs_copies(x_tn):
     return x_tn
 
 
-def row_level_normal(example_keys: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-    """The standard normal behind each row's noise level, sigma = exp(p_mean + p_std normal): the
-    first of _row_draws, so a batch can be drawn for its rows' levels (data of mixed quality)."""
-    return jax.vmap(lambda key: jax.random.normal(jax.random.split(key, 4)[0], (), dtype))(
-        example_keys
-    )
+class RowDraws(NamedTuple):
+    """Every random draw of a batch's rows, each row's from its own key."""
+
+    normal: jax.Array  # [B] standard normal behind the row's level (log_normal_level)
+    uniform: jax.Array  # [B] uniform on [0, 1): the branch coin of ambient_fraction, t in VP
+    coin: jax.Array  # [B] fair coin: the lecture rule's branch
+    noise: jax.Array  # [B, *image_shape] the fresh noise
 
 
-def _row_draws(example_keys, image_shape, dtype):
-    """Per-row standard normal scalar, uniform scalar, coin and image-shaped noise."""
+def row_draws(example_keys: jax.Array, image_shape: tuple, dtype: Any) -> RowDraws:
+    """The rows' draws, the one helper both the loss and a batch drawn for its rows' levels
+    (row_levels) call, so that the two read the same level."""
 
     def draw(key):
         k_level, k_uniform, k_coin, k_noise = jax.random.split(key, 4)
-        return (
+        return RowDraws(
             jax.random.normal(k_level, (), dtype),
             jax.random.uniform(k_uniform, (), dtype),
             jax.random.bernoulli(k_coin),
@@ -169,6 +138,20 @@ def _row_draws(example_keys, image_shape, dtype):
         )
 
     return jax.vmap(draw)(example_keys)
+
+
+def log_normal_level(normal: jax.Array, p_mean: float, p_std: float) -> jax.Array:
+    """EDM's training level, ln sigma ~ N(p_mean, p_std^2), from its standard normal."""
+    return jnp.exp(p_mean + p_std * normal)
+
+
+def row_levels(
+    example_keys: jax.Array, p_mean: float, p_std: float, dtype: Any = jnp.float32
+) -> jax.Array:
+    """Each row's log-normal level as the paper rule draws it (before a floor or a corrupted
+    image's boundary moves it): what a batch drawn level first is drawn for (data of mixed
+    quality, train_step.row_sigmas)."""
+    return log_normal_level(row_draws(example_keys, (), dtype).normal, p_mean, p_std)
 
 
 def _paper_rule(
@@ -184,15 +167,15 @@ def _paper_rule(
     p_mean,
     p_std,
     sigma_data,
-    sigma_switch,
+    boundary,
     rescale_cap,
     ambient_fraction,
     switch_ratio=1.0,
     switch_offset=0.0,
     level_floor=0.0,
 ):
-    normal, uniform, coin, noise = _row_draws(example_keys, x0.shape[1:], x0.dtype)
-    sigma = jnp.exp(p_mean + p_std * normal)
+    normal, uniform, coin, noise = row_draws(example_keys, x0.shape[1:], x0.dtype)
+    sigma = log_normal_level(normal, p_mean, p_std)
     if level_floor:  # only levels above the floor train: the log-normal conditioned above it
         sigma = jnp.where(
             sigma >= level_floor, sigma, _redraw_above(normal, level_floor, p_mean, p_std)
@@ -205,16 +188,16 @@ def _paper_rule(
         )  # fmt: skip
     if sigma_tn == 0.0:
         is_ambient = jnp.zeros(sigma.shape, bool)
-        loss = _two_regime_ve(denoise, x0, sigma, 0.0, noise, sigma_data, weighting)
+        loss = two_regime_ve(denoise, x0, sigma, 0.0, noise, sigma_data, weighting)
         return loss, {"is_ambient": is_ambient, "sigma": sigma}
     if ambient_fraction:
         is_ambient = uniform < ambient_fraction
-        sigma = _truncated_log_normal(normal, is_ambient, sigma_switch, p_mean, p_std)
+        sigma = _truncated_log_normal(normal, is_ambient, boundary, p_mean, p_std)
     else:
-        is_ambient = sigma >= sigma_switch
-    target = jnp.where(_expand(is_ambient, x0), _needs_copies(x_tn), x0)
+        is_ambient = sigma >= boundary
+    target = jnp.where(expand_rows(is_ambient, x0), _needs_copies(x_tn), x0)
     level = jnp.where(is_ambient, sigma_tn, 0.0)
-    loss = _two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting, rescale_cap)
+    loss = two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting, rescale_cap)
     return loss, {"is_ambient": is_ambient, "sigma": sigma}
 
 
@@ -226,7 +209,7 @@ def _per_image_rows(
 
     image_sigma_tn [B]: the level above which row b's image is usable; image_clean [B]: whether
     its clean version is at hand. Each row's branch boundary is its own,
-        s_b = image_sigma_tn[b] * switch_ratio + switch_offset   (>= image_sigma_tn[b]).
+        s_b = losses.branch_boundary(image_sigma_tn[b], 0, switch_ratio, switch_offset).
       * clean image, sigma_tn 0: plain denoising at every level (a ddpm row);
       * clean image, sigma_tn > 0: today's ambient row, denoising on x0 below s_b and the ambient
         loss on its fixed noisy copy x0 + sigma_tn eps_i above it;
@@ -250,15 +233,15 @@ def _per_image_rows(
     dtype = x0.dtype
     sigma_tn = jnp.asarray(image_sigma_tn, dtype)
     clean = jnp.asarray(image_clean, bool)
-    boundary = jnp.maximum(sigma_tn * switch_ratio + switch_offset, sigma_tn)
+    boundary = losses.branch_boundary(sigma_tn, 0.0, switch_ratio, switch_offset)
     # a corrupted row at a level it cannot train: redrawn above its boundary
     redrawn = _redraw_above(normal, jnp.maximum(boundary, 1e-6), p_mean, p_std)
     sigma = jnp.where(clean | (sigma >= boundary), sigma, redrawn)
     noisy = sigma_tn > 0
     is_ambient = noisy & (~clean | (sigma >= boundary))
-    target = jnp.where(_expand(is_ambient, x0), x_tn, x0)
+    target = jnp.where(expand_rows(is_ambient, x0), x_tn, x0)
     level = jnp.where(is_ambient, sigma_tn, 0.0)
-    loss = _two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting, rescale_cap)
+    loss = two_regime_ve(denoise, target, sigma, level, noise, sigma_data, weighting, rescale_cap)
     return loss, {"is_ambient": is_ambient, "sigma": sigma}
 
 
@@ -302,7 +285,7 @@ def _lecture_rule(
     sigma_data,
 ):
     del weighting, p_mean, p_std, sigma_data  # Algorithm 1 is unweighted and draws t uniformly
-    _, uniform, coin, noise = _row_draws(example_keys, x0.shape[1:], x0.dtype)
+    _, uniform, coin, noise = row_draws(example_keys, x0.shape[1:], x0.dtype)
     t_min, t_max = schedules.VP_T_MIN, schedules.VP_T_MAX
     s_tn = float(schedules.ve_sigma_to_vp(sigma_tn))
     t_n = float(schedules.vp_t_of_s(s_tn))
@@ -314,7 +297,7 @@ def _lecture_rule(
     s = schedules.vp_s_of_t(t)
     if sigma_tn > 0:
         x_tn_vp = schedules.ve_to_vp_x(_needs_copies(x_tn), sigma_tn)
-        target = jnp.where(_expand(is_ambient, x0), x_tn_vp, x0)
+        target = jnp.where(expand_rows(is_ambient, x0), x_tn_vp, x0)
     else:
         target = x0
     level = jnp.where(is_ambient, s_tn, 0.0)

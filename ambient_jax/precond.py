@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ambient_jax import schedules
-from ambient_jax.schedules import _expand
+from ambient_jax.schedules import expand_rows
 
 SIGMA_DATA = 0.5
 
@@ -52,8 +52,8 @@ def edm_denoiser(raw_net: RawNet, sigma_data: float = SIGMA_DATA) -> Denoiser:
     def denoise(x, sigma):
         sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (x.shape[0],))
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, sigma_data)
-        f = raw_net(_expand(c_in, x) * x, c_noise)
-        return _expand(c_skip, x) * x + _expand(c_out, x) * f.astype(x.dtype)
+        f = raw_net(expand_rows(c_in, x) * x, c_noise)
+        return expand_rows(c_skip, x) * x + expand_rows(c_out, x) * f.astype(x.dtype)
 
     return denoise
 

@@ -39,12 +39,12 @@ def vp_to_ve_sigma(s: float | jax.Array) -> jax.Array:
 
 def ve_to_vp_x(x_ve: jax.Array, sigma: float | jax.Array) -> jax.Array:
     """Rescale a VE state at level sigma into the VP state at the same level."""
-    return x_ve / jnp.sqrt(1.0 + _expand(sigma, x_ve) ** 2)
+    return x_ve / jnp.sqrt(1.0 + expand_rows(sigma, x_ve) ** 2)
 
 
 def vp_to_ve_x(x_vp: jax.Array, s: float | jax.Array) -> jax.Array:
     """Rescale a VP state at level s into the VE state at the same level."""
-    return x_vp / jnp.sqrt(1.0 - _expand(s, x_vp) ** 2)
+    return x_vp / jnp.sqrt(1.0 - expand_rows(s, x_vp) ** 2)
 
 
 def vp_s_of_t(
@@ -75,7 +75,7 @@ def edm_sigma_grid(
     return jnp.concatenate([sigmas, jnp.zeros((1,), jnp.float32)])
 
 
-def _expand(v, x):
+def expand_rows(v: float | jax.Array, x: jax.Array) -> jax.Array:
     """Broadcast a per-example [B] (or scalar) level against an x of shape [B, ...]."""
     v = jnp.asarray(v, dtype=x.dtype)
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))

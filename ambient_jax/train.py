@@ -242,7 +242,7 @@ def train(
             if not config_to_record:
                 config_lib.save_config(workdir, config)
             training.record(workdir, config)
-        training.place(trainer)
+        training.place(mesh)
         manager = checkpoint.make_manager(workdir, config.train.keep_every)
         state = run_dir.restore_or_init(config, workdir, model, optimizer, mesh, manager, lead, log)
         run = Run(config, workdir, model, mesh, manager, lead, log)
@@ -268,7 +268,7 @@ def train(
                 )
                 count = trainer.steps_per_dispatch if fused else 1
                 state, metrics = (trainer.multi_step if fused else trainer.step)(
-                    state, *training.for_step(step)
+                    state, training.for_step(step)
                 )
                 if sync_each_step:
                     jax.block_until_ready(metrics)

@@ -10,7 +10,7 @@ Every draw is fold_in(step key, purpose, row of the global batch): it depends on
 row) only, never on how the rows are split over devices.
 """
 
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -107,17 +107,38 @@ def prepare_rows(
     return out[:n], out[n:], {"augment_labels": labels[:n]}
 
 
+class HeldData(NamedTuple):
+    """The training data held on device, one entry per image. For data of mixed quality also each
+    image's sigma_tn, clean flag, the noise that makes its x_tn and the level it is usable from
+    (0 when clean, else its branch boundary), sorted by that level (training_data); else None."""
+
+    images: Any  # [N, H, W, C]
+    source_index: Any  # [N] int32: the image's index in its source (keys its noisy copy)
+    sigma_tn: Any = None  # [N] float32
+    clean: Any = None  # [N] bool
+    copy_noise: Any = None  # [N] float32
+    usable_from: Any = None  # [N] float32, ascending
+
+
+class Rows(NamedTuple):
+    """A batch's rows as the step takes them: images, source indices and, for data of mixed
+    quality, each row's image's sigma_tn, clean flag and copy noise (else None)."""
+
+    x0: Any  # [B, H, W, C]
+    index: Any  # [B] int32
+    sigma_tn: Any = None
+    clean: Any = None
+    copy_noise: Any = None
+
+
 def gather_batch(
     step_root: jax.Array,
     step: jax.Array | int,
-    held: tuple[jax.Array, ...],
+    held: HeldData,
     batch_size: int,
     row_sigma: jax.Array | None = None,
-) -> tuple[jax.Array, ...]:
-    """The global batch of `step` from the training data held on device: each array of `held`
-    (the images, their source indices and, for data of mixed quality, each image's sigma_tn,
-    clean flag, the noise that makes its x_tn, and the level it is usable from, which is not
-    returned) at the batch's positions.
+) -> Rows:
+    """The global batch of `step` from the training data held on device: its rows.
 
     Data of mixed quality drawn level first (row_sigma [batch_size], each row's noise level): the
     held images are sorted by the level they are usable from (0 for clean ones), so the images
@@ -126,12 +147,19 @@ def gather_batch(
     A level below every image's boundary takes the first image (the loss redraws its level).
     """
     if row_sigma is None:
-        positions = batch_indices(step_root, step, batch_size, held[0].shape[0])
+        positions = batch_indices(step_root, step, batch_size, held.images.shape[0])
     else:
-        usable = jnp.maximum(jnp.searchsorted(held[5], row_sigma, side="right"), 1)
+        usable = jnp.maximum(jnp.searchsorted(held.usable_from, row_sigma, side="right"), 1)
         u = jax.random.uniform(batch_key(step_root, step), (batch_size,))
         positions = jnp.minimum(jnp.floor(u * usable).astype(jnp.int32), usable - 1)
-    return tuple(a[positions] for a in held[:5])
+    take = lambda a: None if a is None else a[positions]
+    return Rows(
+        x0=held.images[positions],
+        index=held.source_index[positions],
+        sigma_tn=take(held.sigma_tn),
+        clean=take(held.clean),
+        copy_noise=take(held.copy_noise),
+    )
 
 
 def row_keys(step_root: jax.Array, step: jax.Array | int, rows: jax.Array) -> jax.Array:
@@ -142,10 +170,10 @@ def row_keys(step_root: jax.Array, step: jax.Array | int, rows: jax.Array) -> ja
 
 
 def row_sigmas(config: Config, step_root: jax.Array, step: jax.Array | int) -> jax.Array:
-    """Each row's noise level of `step`, the same draw the loss makes from the row's key
-    (objective.row_level_normal): what a batch drawn level first is drawn for."""
+    """Each row's noise level of `step`, the draw the loss makes from the row's key
+    (objective.row_levels): what a batch drawn level first is drawn for."""
     keys = row_keys(step_root, step, jnp.arange(config.train.batch_size))
-    return jnp.exp(config.loss.p_mean + config.loss.p_std * objective.row_level_normal(keys))
+    return objective.row_levels(keys, config.loss.p_mean, config.loss.p_std)
 
 
 def make_row_loss(loss: Config, level_floor: float = 0.0) -> Callable[..., tuple[jax.Array, dict]]:
@@ -176,13 +204,13 @@ def make_step_body(
     axis_name: str | None = None,
     num_shards: int = 1,
 ) -> Callable[..., tuple[train_state.TrainState, dict[str, jax.Array]]]:
-    """The one train-step body: (state, x0, index, shard) -> (state, metrics).
+    """The one train-step body: (state, batch: Rows, shard) -> (state, metrics).
 
-    x0 [b,H,W,C] and index [b] are the rows of the global batch this call trains on: all of
-    them under jit (XLA shards them over the mesh), one device's `shard` of them under pmap
-    (axis_name set: gradients and metrics are averaged with explicit pmean/psum). Every draw
-    (flip, per-row keys) depends only on (seed, step, row of the global batch), never on how
-    rows are split over devices.
+    `batch` holds the rows of the global batch this call trains on: all of them under jit (XLA
+    shards them over the mesh), one device's `shard` of them under pmap (axis_name set:
+    gradients and metrics are averaged with explicit pmean/psum). Every draw (flip, per-row
+    keys) depends only on (seed, step, row of the global batch), never on how rows are split
+    over devices.
     """
     batch_size = config.train.batch_size
     rows_per_shard = batch_size // num_shards
@@ -192,8 +220,7 @@ def make_step_body(
     # finetune.train_above: the trained network below it (the split's `low` half) never moves
     frozen = bool(config.finetune.train_above)
 
-    def body(state, x0, index, image_sigma_tn=None, image_clean=None, copy_noise=None, *,
-             shard=0, batch_sharding=None):  # fmt: skip
+    def body(state, batch, *, shard=0, batch_sharding=None):
         step_key = jax.random.fold_in(step_root, state.step)
         k_dropout = jax.random.fold_in(step_key, STEP_DROPOUT)
         rows = shard * rows_per_shard + jnp.arange(rows_per_shard)  # positions in the global batch
@@ -201,9 +228,10 @@ def make_step_body(
         if num_shards > 1:
             k_dropout = jax.random.fold_in(k_dropout, shard)
         x0, x_tn, conditioning = prepare_rows(
-            config, x0, index, rows, step_key, image_sigma_tn, image_clean, copy_noise
-        )
-        per_image = () if image_sigma_tn is None else (image_sigma_tn, image_clean)
+            config, batch.x0, batch.index, rows, step_key, batch.sigma_tn, batch.clean,
+            batch.copy_noise,
+        )  # fmt: skip
+        per_image = () if batch.sigma_tn is None else (batch.sigma_tn, batch.clean)
         if batch_sharding is not None:
             x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
 

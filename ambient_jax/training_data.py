@@ -1,23 +1,15 @@
 """The training data of a run: the subset held on device (with, for data of mixed quality,
 each image's sigma_tn, clean flag, copy noise and the level it is usable from), or streamed."""
 
-from typing import TYPE_CHECKING
-
 import jax
 import numpy as np
 
 from ambient_jax import config as config_lib
-from ambient_jax import (
-    parallel,
-    train_step,
-)
+from ambient_jax import losses, parallel, train_step
 from ambient_jax.data import DataError, SplitData, corrupt, load_split, record_subset
 from ambient_jax.data.subset import choose_subset
 from ambient_jax.data.tfds_source import StreamingBatches, open_source
 from ambient_jax.types import Config, Log
-
-if TYPE_CHECKING:
-    from ambient_jax import compiled_step
 
 
 def mixed_quality(config: Config) -> bool:
@@ -40,7 +32,7 @@ class TrainingData:
                 split.train_indices,
                 split.heldout,
             )
-            self.held = (self.images, self.train_indices.astype(np.int32))
+            self.held = train_step.HeldData(self.images, self.train_indices.astype(np.int32))
             if mixed_quality(config):
                 self.corrupted = self.hold_mixed_quality(config, split)
             want = config_lib.image_shape(config)
@@ -64,12 +56,6 @@ class TrainingData:
                     "train.track_every=0"
                 )
             return
-        if config.data.source != "tfds":
-            raise ValueError(
-                "data.streaming reads a tfds source: set data.source=tfds (mnist and folders fit "
-                "on device)"
-            )
-
         self.num_source_images = len(open_source(config.data))
         self.train_indices = choose_subset(
             self.num_source_images, config.data.n_train, config.data.subset_seed
@@ -88,22 +74,25 @@ class TrainingData:
             config.data, split.corrupted_indices
         )
         n, run_sigma_tn = len(self.images), config_lib.effective_sigma_tn(config)
-        all_sigma_tn = np.concatenate([np.full(n, run_sigma_tn), sigma_tn])
+        all_sigma_tn = np.concatenate([np.full(n, run_sigma_tn), sigma_tn]).astype(np.float32)
         all_clean = np.concatenate([np.ones(n, bool), clean])
-        boundary = all_sigma_tn * config.loss.switch_ratio + config.loss.switch_offset
+        # from the float32 levels the loss reads, so each boundary is the loss's to the last bit
+        boundary = losses.branch_boundary(
+            all_sigma_tn, config.loss.sigma_switch, config.loss.switch_ratio,
+            config.loss.switch_offset,
+        )  # fmt: skip
         usable_from = np.where(all_clean, 0.0, boundary).astype(np.float32)
         order = np.argsort(usable_from, kind="stable")
-        self.held = tuple(
-            a[order]
-            for a in (
-                np.concatenate([self.images, split.corrupted]),
-                np.concatenate([self.train_indices, split.corrupted_indices]).astype(np.int32),
-                all_sigma_tn.astype(np.float32),
-                all_clean,
-                np.concatenate([np.full(n, run_sigma_tn), copy_noise]).astype(np.float32),
-                usable_from,
-            )
+        held = train_step.HeldData(
+            images=np.concatenate([self.images, split.corrupted]),
+            source_index=np.concatenate([self.train_indices, split.corrupted_indices]),
+            sigma_tn=all_sigma_tn,
+            clean=all_clean,
+            copy_noise=np.concatenate([np.full(n, run_sigma_tn), copy_noise]).astype(np.float32),
+            usable_from=usable_from,
         )
+        self.held = train_step.HeldData(*(a[order] for a in held))
+        self.held = self.held._replace(source_index=self.held.source_index.astype(np.int32))
         return split.corrupted_indices, sigma_tn, clean, copy_noise
 
     def record(self, workdir: str, config: Config) -> None:
@@ -112,10 +101,11 @@ class TrainingData:
         if self.corrupted is not None:
             corrupt.record_corrupted(workdir, config.data, *self.corrupted)
 
-    def place(self, trainer: "compiled_step.Trainer") -> None:
-        """Put the images on the step's devices, or open the stream of batches."""
+    def place(self, mesh: jax.sharding.Mesh) -> None:
+        """Put the held data on the step's devices (replicated over `mesh`, as the compiled step
+        takes it), or open the stream of batches."""
         if self.images is not None:
-            self.on_device = trainer.place(self.held)
+            self.on_device = parallel.place_replicated(self.held, mesh)
             return
 
         root, batch, n = (
@@ -124,7 +114,7 @@ class TrainingData:
             len(self.train_indices),
         )
         host_indices = jax.jit(lambda step: train_step.batch_indices(root, step, batch, n))
-        self.mesh = trainer.mesh
+        self.mesh = mesh
         self.stream = StreamingBatches(
             self.config.data,
             self.train_indices,
@@ -134,14 +124,15 @@ class TrainingData:
             jax.process_count(),
         )
 
-    def for_step(self, step: int) -> tuple[jax.Array, ...]:
-        """The step's arguments after the state: the training data held on device, or the
-        streamed global batch (x0, source indices)."""
+    def for_step(self, step: int) -> train_step.HeldData | train_step.Rows:
+        """The step's argument after the state: the training data held on device, or the
+        streamed global batch."""
         if self.images is not None:
-            return (self.on_device,)
+            return self.on_device
         x0, index = self.stream.rows_for(step)
-        return parallel.global_batch(x0, self.mesh), parallel.global_batch(
-            index.astype(np.int32), self.mesh
+        return train_step.Rows(
+            parallel.global_batch(x0, self.mesh),
+            parallel.global_batch(index.astype(np.int32), self.mesh),
         )
 
 

@@ -267,6 +267,46 @@ def samples_text(runs, folder):
     return "\n".join(out)
 
 
+def run_seconds(workdir):
+    """{stage: seconds} of one run of launch/reproduce_finetune.sh: training from the run's own
+    clock (metrics.jsonl, which a resumed run continues), the other stages from their records
+    (RUN/stages/STAGE.json)."""
+    out = {}
+    folder = os.path.join(workdir, "stages")
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        if name.endswith(".json"):
+            out[name[: -len(".json")]] = json.load(open(os.path.join(folder, name)))["seconds"]
+    log = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(log):
+        clock = [json.loads(line).get("seconds", 0) for line in open(log) if line.strip()]
+        out["train"] = max(out.get("train", 0), max(clock, default=0))
+    return out
+
+
+def cost_text(root):
+    """What the study cost, measured: pretraining, and the mean fine-tuning run with and without
+    its per-noise-level diagnosis, summed over every finished run."""
+    pretrain = run_seconds(os.path.join(root, "pretrain"))
+    runs = [
+        run_seconds(os.path.join(root, folder, entry))
+        for folder in sorted(os.listdir(root))
+        if re.fullmatch(r"n\d+", folder)
+        for entry in sorted(os.listdir(os.path.join(root, folder)))
+        if os.path.exists(os.path.join(root, folder, entry, "eval", "metrics.json"))
+    ]
+    if not runs:
+        return ""
+    total = sum(pretrain.values()) + sum(sum(r.values()) for r in runs)
+    per_run = np.mean([sum(v for k, v in r.items() if k != "diagnose") for r in runs])
+    diagnose = [r["diagnose"] for r in runs if "diagnose" in r]
+    return (
+        f"\nMeasured on this machine's 2 CPU cores (each run's clock): {total / 3600:.1f} h in all, "
+        f"pretraining {sum(pretrain.values()) / 60:.0f} min, then {len(runs)} fine-tuning runs of "
+        f"{per_run / 60:.1f} min each to train, sample and evaluate (seed 0's diagnosis "
+        f"{np.mean(diagnose) / 60 if diagnose else 0:.1f} min more).\n"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True)
@@ -288,7 +328,7 @@ def main():
         replace_between(args.doc, "finetune-onset", onset_text(runs))
         replace_between(args.doc, "finetune-levels", levels_text(runs))
         replace_between(args.doc, "finetune-samples", samples_text(runs, FIGURES))
-        replace_between(args.readme, "finetune-readme", table)
+        replace_between(args.readme, "finetune-readme", table + cost_text(args.root))
         write_figures(args.root, runs, args.figures)
         for n, by_row in runs.items():
             for row, by_seed in by_row.items():

@@ -23,7 +23,7 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     import numpy as np
 
     sys.path.insert(0, os.path.dirname(HERE))
-    from ambient_jax import compiled_step, parallel, train_state
+    from ambient_jax import compiled_step, parallel, train_state, train_step
     from configs.mnist import get_config
 
     config = get_config("ambient")
@@ -36,7 +36,7 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
     # the step takes the training images and their source indices, held on device
     images = trainer.place(
-        (
+        train_step.HeldData(
             np.random.RandomState(0).uniform(-1, 1, (100, 16, 16, 1)).astype(np.float32),
             np.arange(100, dtype=np.int32),
         )

@@ -23,6 +23,7 @@ import numpy as np
 
 from ambient_jax import compiled_step, parallel, train_state
 from ambient_jax import config as config_lib
+from ambient_jax.train_step import HeldData
 
 RESOLUTION = {
     "tiny": 32,
@@ -65,7 +66,7 @@ def step_inputs(config, images=256):
     count = images
     shape = (count, res, res, channels)
     images = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)
-    held = trainer.place((images, np.arange(count, dtype=np.int32)))
+    held = trainer.place(HeldData(images, np.arange(count, dtype=np.int32)))
     return trainer, trainer.place(train_state.init_state(config, model, optimizer)), held
 
 

@@ -35,7 +35,7 @@ def step_inputs(module, batch=None):
 
 def measure(name, steps):
     trainer, state, held = step_inputs(CONFIGS[name])
-    batch = int(held[0].shape[0])
+    batch = int(held.images.shape[0])
     flops = common.step_flops(trainer.step, state, held)
     start = time.perf_counter()
     compiled = trainer.step.lower(state, held).compile()

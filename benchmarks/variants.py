@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from ambient_jax.losses import gate_ratio
+
 BIN = os.path.dirname(sys.executable)
 CONFIG = "configs/mnist.py"
 
@@ -159,7 +161,7 @@ VARIANTS = {
 # Diffusion Omni: the EDM weight on the x0 error, i.e. "rescaled", used on the ambient branch only
 # for sigma > sigma_tn sqrt(1 + 1 / (s_max - 1)), s_max = 4, here plus a buffer of 0.05).
 UNET_CONFIG = "configs/mnist_unet.py"
-GATE = (1 + 1 / (4 - 1)) ** 0.5
+GATE = gate_ratio(4)  # 1.1547
 
 
 def weighted(network, weighting, sigma_tn):

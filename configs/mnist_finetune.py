@@ -26,6 +26,7 @@ launch/reproduce_finetune.sh runs the whole study and writes its tables.
 """
 
 from ambient_jax.configs import mnist_unet
+from ambient_jax.losses import gate_ratio
 
 HELD_OUT_CLASS = 7
 PRETRAIN_CLASSES = tuple(c for c in range(10) if c != HELD_OUT_CLASS)
@@ -34,7 +35,7 @@ FINETUNE_STEPS = 500
 FINETUNE_LR = 2e-4
 SIGMA_TN = 2.0  # the U-Net study's best row (rescaled weight, sigma_tn 2)
 ROWS = ("ddpm", "ambient", "noisy", "gated", "scratch")
-GATE = (1 + 1 / (4 - 1)) ** 0.5  # Ambient Omni's s_max = 4: sigma > 1.155 sigma_tn
+GATE = gate_ratio(4)  # Ambient Omni's s_max = 4: sigma > 1.155 sigma_tn
 
 
 def get_config(arg="pretrain"):

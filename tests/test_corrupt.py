@@ -126,7 +126,7 @@ def test_each_annotation_gives_the_corrupted_images_their_sigma_tn(tmp_path):
         ({"data.corrupt_sampling": "row_first"}, "data.corrupt_sampling: must be"),
         ({"loss.sigma_switch": 2.0}, "set loss.sigma_switch=0"),
         ({"loss.branch_rule": "lecture"}, "belongs to loss.branch_rule=paper"),
-        ({"data.streaming": True}, "needs data.streaming=False"),
+        ({"data.streaming": True}, "corrupt_count: .* needs the training images on device"),
     ],
 )
 def test_mixed_quality_settings_that_cannot_work_are_named(changes, says):
@@ -204,3 +204,98 @@ def test_every_value_of_an_annotation_file_is_checked(tmp_path, values, says):
 @pytest.mark.parametrize("spec", ["nan", "inf", "-1", "0"])
 def test_a_fixed_annotation_must_be_finite_and_positive(spec):
     assert "must be > 0 and finite" in corrupt.check_sigma_tn_spec(spec, "blur")
+
+
+def test_the_branch_boundary_by_hand():
+    """losses.branch_boundary = max(sigma_switch, sigma_tn * switch_ratio + switch_offset,
+    sigma_tn), for a float, a numpy array and a jax array alike; the gate at s_max = 4 is
+    sqrt(4 / 3)."""
+    import jax.numpy as jnp
+
+    from ambient_jax import losses
+
+    assert losses.gate_ratio(4) == pytest.approx(2 / 3**0.5, rel=1e-12)
+    assert losses.branch_boundary(0.5) == 0.5
+    assert losses.branch_boundary(0.5, sigma_switch=0.8) == 0.8
+    assert losses.branch_boundary(0.5, sigma_switch=0.3) == 0.5  # never below sigma_tn
+    assert losses.branch_boundary(2.0, 0.0, 1.25, 0.05) == pytest.approx(2.55)
+    assert losses.branch_boundary(2.0, 3.0, 1.25, 0.05) == 3.0
+    levels = np.array([0.0, 0.4, 2.0], np.float32)
+    by_hand = np.array([0.05, 0.55, 2.55], np.float32)
+    np.testing.assert_allclose(losses.branch_boundary(levels, 0.0, 1.25, 0.05), by_hand)
+    np.testing.assert_allclose(
+        losses.branch_boundary(jnp.asarray(levels), 0.0, 1.25, 0.05), by_hand
+    )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # shared level: the branch starts at sigma_tn
+        {"sigma_switch": 1.4},  # shared, moved up
+        {"switch_ratio": 1.1547, "switch_offset": 0.05},  # shared, the group's gate
+    ],
+)
+def test_every_caller_puts_the_branch_where_the_boundary_function_says(settings):
+    """The objective's rows, the data holder's usable-from levels, the batch drawn level first and
+    the tables' branch start all read losses.branch_boundary: each compared with it here, on a
+    shared level (plain, sigma_switch, gated) and per image (with the gate's ratio and offset)."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+
+    from ambient_jax import losses, train_step, training_data
+    from ambient_jax import objective as objective_lib
+    from configs.mnist import get_config
+
+    x0 = jnp.zeros((4096, 4, 4, 1))
+    keys = jax.random.split(jax.random.key(0), len(x0))
+    denoise = lambda x, sigma: 0.5 * x
+    loss = {"sigma_tn": 1.0, "sigma_switch": 0.0, "switch_ratio": 1.0, "switch_offset": 0.0}
+    loss.update(settings)
+    boundary = losses.branch_boundary(
+        1.0, loss["sigma_switch"], loss["switch_ratio"], loss["switch_offset"]
+    )
+    # shared level: the objective's rows, and the branch start the tables and the split read
+    shared = objective_lib.make_objective("ambient", **loss)
+    _, aux = shared(denoise, x0, x0, keys)
+    sigma = np.asarray(aux["sigma"])
+    np.testing.assert_array_equal(aux["is_ambient"], sigma >= boundary)
+    assert np.any(sigma < boundary) and np.any(sigma >= boundary)
+    config_loss = ml_collections.ConfigDict(dict(get_config("ambient").loss))
+    config_loss.update(loss)
+    assert losses.branch_start(config_loss) == boundary
+    if settings.get("sigma_switch"):
+        return  # per-image sigma_tn takes no sigma_switch (data.corrupt's check)
+    # per image: each row's own boundary, in the objective, the data holder and the batch
+    levels = jnp.asarray(np.random.RandomState(0).choice([0.3, 0.8, 1.6], len(x0)), jnp.float32)
+    clean = jnp.asarray(np.random.RandomState(1).rand(len(x0)) < 0.5)
+    per_image = objective_lib.make_objective("ambient", **loss)
+    _, aux = per_image(denoise, x0, x0, keys, levels, clean)
+    sigma, amb = np.asarray(aux["sigma"]), np.asarray(aux["is_ambient"])
+    own = np.asarray(
+        losses.branch_boundary(levels, 0.0, loss["switch_ratio"], loss["switch_offset"])
+    )
+    np.testing.assert_array_equal(amb, sigma >= own)  # every row here has sigma_tn > 0
+    assert np.all(sigma[~np.asarray(clean)] >= own[~np.asarray(clean)])
+    c = get_config("ddpm")
+    c.data.n_train, c.data.corrupt_count, c.data.corrupt_keep_heldout = 20, 300, 1000
+    c.data.corrupt_sigma_tn = "known"
+    c.data.corrupt_level = 0.4
+    c.loss.switch_ratio, c.loss.switch_offset = loss["switch_ratio"], loss["switch_offset"]
+    gate = (loss["switch_ratio"], loss["switch_offset"])
+    held = training_data.TrainingData(c).held
+    corrupted = ~held.clean
+    np.testing.assert_array_equal(held.usable_from[held.clean], 0.0)
+    np.testing.assert_array_equal(
+        held.usable_from[corrupted],
+        np.float32(losses.branch_boundary(held.sigma_tn[corrupted], 0.0, *gate)),
+    )
+    # a batch drawn level first: each row's image is usable at its level (clean ones always)
+    row_sigma = np.exp(np.random.RandomState(2).uniform(-2, 1.5, 2048)).astype(np.float32)
+    rows = train_step.gather_batch(jax.random.key(3), 0, held, 2048, jnp.asarray(row_sigma))
+    row_boundary = losses.branch_boundary(np.asarray(rows.sigma_tn), 0.0, *gate)
+    on_device = losses.branch_boundary(jnp.asarray(rows.sigma_tn), 0.0, *gate)  # as the loss
+    np.testing.assert_array_equal(on_device, row_boundary)  # to the last bit
+    assert np.all(np.where(np.asarray(rows.clean), 0.0, row_boundary) <= row_sigma)
+    assert np.sum(~np.asarray(rows.clean)) > 100  # corrupted images are drawn

@@ -65,13 +65,16 @@ def test_evaluation_never_imports_the_trainer():
 
 
 def module_imports(path, source):
-    """The package modules `path` imports at module level (not inside functions)."""
+    """The package modules `path` imports at module level (not inside functions), typing-only
+    imports (`if TYPE_CHECKING:`) included: they are edges of the design as much as any."""
     name = path[: -len(".py")].replace(os.sep, ".").removesuffix(".__init__")
     found = set()
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.If):  # typing-only imports (if TYPE_CHECKING) run no code
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+    body = list(ast.parse(source).body)
+    while body:
+        node = body.pop(0)
+        if isinstance(node, ast.If):  # an import under any module-level `if` is still an edge
+            body[:0] = node.body + node.orelse
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module == "ambient_jax":
                 found |= {f"ambient_jax.{alias.name}" for alias in node.names}
             elif node.module.startswith("ambient_jax."):
@@ -81,19 +84,111 @@ def module_imports(path, source):
     return name, found
 
 
-def test_the_module_imports_have_no_cycle():
-    graph = dict(module_imports(path, source) for path, source in modules())
+def import_cycle(files):
+    """The first import cycle among these {path: source} modules, as a list of names, or None."""
+    graph = dict(module_imports(path, source) for path, source in files.items())
     graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
     state = {}
 
     def visit(module, trail):
         if state.get(module) == "done":
-            return
-        assert state.get(module) != "open", " -> ".join(trail + [module])
+            return None
+        if state.get(module) == "open":
+            return trail + [module]
         state[module] = "open"
         for dep in sorted(graph[module]):
-            visit(dep, trail + [module])
+            cycle = visit(dep, trail + [module])
+            if cycle:
+                return cycle
         state[module] = "done"
+        return None
 
     for module in sorted(graph):
-        visit(module, [])
+        cycle = visit(module, [])
+        if cycle:
+            return cycle
+    return None
+
+
+def private_imports(files, siblings=()):
+    """`path:line module._name` for each private name one module takes from another: imported
+    (`from m import _x`) or read as an attribute of an imported project module (`m._x`).
+    siblings: bare module names that count as project modules (scripts importing each other)."""
+    found = []
+    for path, source in files.items():
+        modules = set()  # local names bound to project modules
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                ours = node.module.split(".")[0] in ("ambient_jax", *siblings)
+                for alias in node.names if ours else ():
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        found.append(f"{path}:{node.lineno} {node.module}.{alias.name}")
+                    elif node.module == "ambient_jax" or node.module.startswith("ambient_jax."):
+                        modules.add(alias.asname or alias.name)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] in ("ambient_jax", *siblings):
+                        modules.add(alias.asname or alias.name.split(".")[0])
+        for node in ast.walk(ast.parse(source)):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                found.append(f"{path}:{node.lineno} {node.value.id}.{node.attr}")
+    return found
+
+
+def long_files(files, limit=450):
+    return {
+        path: source.count("\n") for path, source in files.items() if source.count("\n") > limit
+    }
+
+
+def benchmark_scripts():
+    folder = os.path.join(ROOT, "benchmarks")
+    return {
+        os.path.join("benchmarks", name): open(os.path.join(folder, name)).read()
+        for name in sorted(os.listdir(folder))
+        if name.endswith(".py")
+    }
+
+
+def test_the_module_imports_have_no_cycle_typing_imports_included():
+    assert import_cycle(dict(modules())) is None
+
+
+def test_no_module_takes_a_private_name_from_another():
+    siblings = [name[: -len(".py")] for name in os.listdir(os.path.join(ROOT, "benchmarks"))]
+    found = private_imports(dict(modules())) + private_imports(benchmark_scripts(), siblings)
+    assert not found, "\n".join(found)
+
+
+def test_each_house_rule_fails_on_a_house_that_breaks_it():
+    """The checkers above, run on small sources that break each rule once: a cycle closed only by
+    a typing import, a private name imported and one read as an attribute, a long file."""
+    cyclic = {
+        "ambient_jax/a.py": "from ambient_jax import b\n",
+        "ambient_jax/b.py": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ambient_jax import a\n"
+        ),
+    }
+    assert import_cycle(cyclic) == ["ambient_jax.a", "ambient_jax.b", "ambient_jax.a"]
+    assert (
+        import_cycle({"ambient_jax/a.py": "from ambient_jax import b\n", "ambient_jax/b.py": ""})
+        is None
+    )
+    private = {
+        "ambient_jax/c.py": "from ambient_jax.schedules import _expand\n",
+        "ambient_jax/d.py": "from ambient_jax import losses\nx = losses._two_regime_ve\n",
+        "ambient_jax/e.py": "import numpy as np\nx = np._core\n",  # not ours: allowed
+        "benchmarks/f.py": "import common\nx = common._helper\n",
+    }
+    assert private_imports(private, siblings=("common",)) == [
+        "ambient_jax/c.py:1 ambient_jax.schedules._expand",
+        "ambient_jax/d.py:2 losses._two_regime_ve",
+        "benchmarks/f.py:2 common._helper",
+    ]
+    assert long_files({"x.py": "\n" * 451, "y.py": "\n" * 450}) == {"x.py": 451}

@@ -149,7 +149,7 @@ def test_paper_rule_routes_rows_by_sigma_and_uses_the_fixed_copy(key):
     assert 0.25 < frac < 0.43, frac  # P(ln sigma >= ln 0.5) under N(-1.2, 1.2^2) is 0.337
 
     # Row by row it is the ambient loss on x_tn or the denoising loss on x0, with the same draws.
-    _, _, _, noise = objective_lib._row_draws(keys, IMAGE, x0.dtype)
+    _, _, _, noise = objective_lib.row_draws(keys, IMAGE, x0.dtype)
     expected = jnp.where(
         aux["is_ambient"],
         losses.ambient_loss(denoise, x_tn, jnp.maximum(sigma, sigma_tn), sigma_tn, noise),
@@ -324,7 +324,7 @@ def test_sigma_switch_trains_clean_rows_up_to_the_switch_and_ambient_rows_above(
     sigma = aux["sigma"]
     np.testing.assert_array_equal(aux["is_ambient"], sigma >= switch)
     assert np.any((sigma >= sigma_tn) & (sigma < switch))  # rows in the clean buffer exist
-    _, _, _, noise = objective_lib._row_draws(keys, IMAGE, x0.dtype)
+    _, _, _, noise = objective_lib.row_draws(keys, IMAGE, x0.dtype)
     expected = jnp.where(
         sigma >= switch,
         losses.ambient_loss(
@@ -353,7 +353,7 @@ def test_bad_objective_settings_are_named(kwargs, message):
         objective_lib.make_objective(**kwargs)
 
 
-@pytest.mark.parametrize("rule", objective_lib.BRANCH_RULES)
+@pytest.mark.parametrize("rule", losses.BRANCH_RULES)
 def test_the_ambient_objective_without_noisy_copies_says_what_it_needs(rule):
     x0, keys = jnp.zeros((2, *IMAGE)), jax.random.split(jax.random.key(0), 2)
     ambient = objective_lib.make_objective("ambient", sigma_tn=0.5, branch_rule=rule)
@@ -417,7 +417,7 @@ def test_a_corrupted_image_trains_only_above_its_level_on_itself(key):
             expected = np.exp(-1.2 + 1.2 * z)
             got = np.quantile(sigma[rows], quantile)
             assert abs(got / expected - 1) < 0.06, (level, quantile, got, expected)
-    _, _, _, noise = objective_lib._row_draws(keys, IMAGE, x0.dtype)
+    _, _, _, noise = objective_lib.row_draws(keys, IMAGE, x0.dtype)
     expected = jnp.where(
         jnp.asarray(amb),
         losses.ambient_loss(denoise, x0, sigma, levels, noise, weighting="rescaled"),
@@ -491,8 +491,8 @@ def test_a_weighting_is_one_entry_of_the_table(monkeypatch):
     sigma = jnp.array([0.3, 0.9, 1.7, 4.0])
     denoise = lambda x, s: 0.5 * x
     tn = jnp.full((4,), 0.5)
-    edm = losses._two_regime_ve(denoise, x0, sigma, tn, noise, 0.5, "edm")
-    new = losses._two_regime_ve(denoise, x0, sigma, tn, noise, 0.5, "twice_edm")
+    edm = losses.two_regime_ve(denoise, x0, sigma, tn, noise, 0.5, "edm")
+    new = losses.two_regime_ve(denoise, x0, sigma, tn, noise, 0.5, "twice_edm")
     np.testing.assert_allclose(new, 2 * edm, rtol=1e-6)
     c.loss.weighting = "thrice"
     with pytest.raises(ValueError, match="loss.weighting: must be one of .*twice_edm"):

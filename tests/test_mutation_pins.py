@@ -140,8 +140,11 @@ def one_step():
     new_state, metrics = jax.jit(
         lambda st, im: body(
             st,
-            *train_step.gather_batch(
-                train_step.step_root_key(c), st.step, (im, source), c.train.batch_size
+            train_step.gather_batch(
+                train_step.step_root_key(c),
+                st.step,
+                train_step.HeldData(im, source),
+                c.train.batch_size,
             ),
         )
     )(state, images)

@@ -54,7 +54,7 @@ def run_steps(
     trainer = compiled_step.Trainer(config, model, optimizer, schedule, mesh)
     # the training images and their source indices (any: the noisy copies are keyed by them)
     images = trainer.place(
-        (
+        train_step.HeldData(
             np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32),
             np.arange(100, 116, dtype=np.int32),
             *per_image,  # each image's sigma_tn and clean flag
@@ -114,16 +114,17 @@ def test_a_batch_drawn_level_first_takes_each_row_from_the_images_usable_at_its_
     """Each row's image is one of those usable at the row's level (clean ones always, a corrupted
     one from its boundary up), uniformly; a level below every boundary takes the first image."""
     n, rows = 16, 8192
-    held = (np.arange(n), np.arange(n), *MIXED)
+    held = train_step.HeldData(np.arange(n), np.arange(n), *MIXED)
     sigma = np.exp(np.random.RandomState(0).uniform(np.log(0.05), np.log(5.0), rows))
     got = train_step.gather_batch(jax.random.key(3), 7, held, rows, jnp.asarray(sigma, jnp.float32))
-    position, usable_from = np.asarray(got[0]), MIXED[3]
+    position, usable_from = np.asarray(got.x0), MIXED[3]
     assert np.all(usable_from[position] <= sigma)
     for lo, hi, k in ((0.05, 0.3, 10), (0.6, 0.9, 12), (2.0, 5.0, 16)):
         at = (sigma >= lo) & (sigma < hi)
         counts = np.bincount(position[at], minlength=n)
         assert counts[k:].sum() == 0 and counts[:k].min() > 0.7 * at.sum() / k, counts
-    assert len(got) == 5  # images, source indices, sigma_tn, clean, copy noise: the step's
+    for got_field, held_field in zip(got[1:], held[1:]):  # index, sigma_tn, clean, copy noise
+        np.testing.assert_array_equal(got_field, held_field[position])
 
 
 def test_every_image_clean_at_the_runs_sigma_tn_is_todays_step(one_device_run):

@@ -5,17 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from ambient_jax import precond, schedules
-from ambient_jax.schedules import _expand
+from ambient_jax.schedules import expand_rows
 
 
 def ve_perturb(x0, sigma, noise):
     """The VE (EDM) forward process by its definition: x_sigma = x0 + sigma noise."""
-    return x0 + _expand(sigma, x0) * noise
+    return x0 + expand_rows(sigma, x0) * noise
 
 
 def vp_perturb(x0, s, noise):
     """The lecture's VP forward process by its definition: x_t = sqrt(1 - s^2) x0 + s noise."""
-    s = _expand(s, x0)
+    s = expand_rows(s, x0)
     return jnp.sqrt(1.0 - s**2) * x0 + s * noise
 
 

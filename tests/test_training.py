@@ -348,9 +348,9 @@ def test_each_step_draws_its_batch_noise_and_dropout_by_the_documented_keys(monk
     def spy_body(*args, **kwargs):
         body = real_body(*args, **kwargs)
 
-        def spied(state, x0, index, *rest, **kw):
-            jax.debug.callback(record("index"), index)
-            return body(state, x0, index, *rest, **kw)
+        def spied(state, batch, **kw):
+            jax.debug.callback(record("index"), batch.index)
+            return body(state, batch, **kw)
 
         return spied
 
@@ -376,7 +376,7 @@ def test_each_step_draws_its_batch_noise_and_dropout_by_the_documented_keys(monk
     optimizer, schedule = train_state.make_optimizer(config.optim, config.train.batch_size)
     trainer = compiled_step.Trainer(config, SpyNetwork(), optimizer, schedule, mesh)
     images = np.random.RandomState(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
-    held = trainer.place((images, np.arange(16, dtype=np.int32) + 100))
+    held = trainer.place(train_step.HeldData(images, np.arange(16, dtype=np.int32) + 100))
     state = trainer.place(train_state.init_state(config, network, optimizer))
     batch = config.train.batch_size
     seen = []
@@ -465,6 +465,69 @@ def test_fuzzed_config_fields_end_in_one_line_or_run(tiny_run, tmp_path):
         _one_line_or_runs(
             cli("train", f"--workdir={run_dir}", *TINY, "--config.train.num_steps=1", flag)
         )
+
+
+# Settings that a later stage (the objective, the compiled step, the data holder) cannot run: each
+# is refused by the config check, naming its field, before anything is built.
+LATER_STAGE_RULES = [
+    ({"loss.ambient_fraction": 1.0}, "loss.ambient_fraction"),
+    ({"loss.sigma_switch": 0.2}, "loss.sigma_switch"),  # below the tiny config's sigma_tn 0.5
+    ({"loss.branch_rule": "lecture", "loss.switch_ratio": 1.2}, "loss.branch_rule"),
+    ({"loss.branch_rule": "lecture", "loss.rescale_cap": 4.0}, "loss.branch_rule"),
+    ({"finetune.init_from": "x", "finetune.train_above": 1.0, "loss.ambient_fraction": 0.3},
+     "finetune.train_above"),
+    ({"data.streaming": True, "data.source": "tfds", "train.track_every": 0,
+      "parallel.mode": "pmap"}, "data.streaming"),
+    ({"data.streaming": True, "data.source": "tfds", "train.track_every": 0,
+      "train.steps_per_dispatch": 2}, "train.steps_per_dispatch"),
+    ({"data.streaming": True, "train.track_every": 0}, "data.streaming"),  # mnist, not tfds
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("changes, field", LATER_STAGE_RULES)
+def test_what_a_later_stage_cannot_run_is_refused_at_config_time(changes, field):
+    from ambient_jax import config as config_lib
+
+    config = tiny_config()
+    for name, value in changes.items():
+        section, key = name.split(".")
+        config[section][key] = value
+    with pytest.raises(ValueError, match=f"config field {field}:"):
+        config_lib.check_config(config)
+
+
+def test_every_config_the_check_accepts_builds_its_objective_and_step(tmp_path):
+    """Each field of the tiny config set to each of FUZZ_VALUES: what the config check accepts,
+    the objective and the compiled step (built, not compiled) accept too, so no run passes the
+    command line and fails only when the trainer is built."""
+    from ambient_jax import config as config_lib
+    from ambient_jax import parallel
+
+    base = config_lib.complete(tiny_config()).to_dict()
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    path = tmp_path / "config.json"
+    built = 0
+    for field, _ in _config_leaves(base):
+        for value in FUZZ_VALUES:
+            config = json.loads(json.dumps(base))
+            *sections, name = field.split(".")
+            section = config
+            for key in sections:
+                section = section[key]
+            section[name] = value
+            path.write_text(json.dumps(config))
+            try:
+                config = config_lib.load_config(str(tmp_path))
+            except ValueError:
+                continue
+            if config.train.batch_size % mesh.size or config.parallel.num_devices > 1:
+                continue  # the machine's devices, checked when the mesh is made
+            train_step.make_row_loss(config.loss, config.finetune.train_above)
+            model = train_state.network(config, config.data.channels)
+            optimizer, schedule = train_state.make_optimizer(config.optim, config.train.batch_size)
+            compiled_step.Trainer(config, model, optimizer, schedule, mesh)
+            built += 1
+    assert built > 100
 
 
 def test_a_diverged_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
@@ -908,9 +971,9 @@ def test_noisy_copies_belong_to_the_image():
     np.testing.assert_array_equal(copies_a, copies_b)
     # the step's gathered rows carry the source indices the copies are keyed by
     root = train_step.step_root_key(a)
-    x0, index = train_step.gather_batch(
-        root, 3, (jnp.asarray(data_a.images), data_a.train_indices), 8
-    )
+    index = train_step.gather_batch(
+        root, 3, train_step.HeldData(jnp.asarray(data_a.images), data_a.train_indices), 8
+    ).index
     positions = train_step.batch_indices(root, 3, 8, len(data_a.images))
     np.testing.assert_array_equal(index, data_a.train_indices[np.asarray(positions)])
     other = tiny_config(**{"loss.noise_seed": 1})

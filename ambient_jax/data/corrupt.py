@@ -277,11 +277,6 @@ def check_config(data: Config, loss: Config) -> None:
     says = check_sigma_tn_spec(data.corrupt_sigma_tn, data.corrupt_kind)
     need(says is None, "data.corrupt_sigma_tn", says or "")
     need(
-        not data.streaming,
-        "data.corrupt_count",
-        "corrupted images are held on device: needs data.streaming=False",
-    )
-    need(
         data.corrupt_sampling in ("level_first", "image_first"),
         "data.corrupt_sampling",
         "must be 'level_first' or 'image_first'",

@@ -253,7 +253,20 @@ def check_config(model: Config, augment_p: float) -> None:
         model,
         (("split_sigma", lambda v: v >= 0 or v == -1, "must be 0 (off), -1 or a level > 0"),),
     )
+    cls = PRESETS[model.preset][0]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    need(
+        not model.remat or "remat" in fields,
+        "model.remat",
+        f"{cls.__name__} (model.preset {model.preset!r}) has no rematerialisation: set "
+        "model.remat=False or use a U-Net preset",
+    )
     for name, value in model.overrides.items():
+        need(
+            value is None or name in fields,
+            f"model.overrides.{name}",
+            f"is not a field of {cls.__name__} (model.preset {model.preset!r}): leave it unset",
+        )
         if isinstance(value, int) and not isinstance(value, bool):
             need(value >= 1, f"model.overrides.{name}", f"must be >= 1, got {value}")
     dropout = model.overrides.get("dropout")

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ambient_jax.nets.unet import _xavier, positional_embedding
+from ambient_jax.nets.unet import positional_embedding, xavier_init
 
 
 class LocalCNN(nn.Module):
@@ -37,7 +37,7 @@ class LocalCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, noise_labels: jax.Array, train: bool = False) -> jax.Array:
         dtype = jnp.dtype(self.compute_dtype)
-        conv = lambda n, scale=1.0: nn.Conv(n, (3, 3), kernel_init=_xavier(scale), dtype=dtype)
+        conv = lambda n, scale=1.0: nn.Conv(n, (3, 3), kernel_init=xavier_init(scale), dtype=dtype)
         emb = positional_embedding(noise_labels, self.emb_channels)
         emb = nn.silu(nn.Dense(self.emb_channels, dtype=dtype)(emb))
         h = conv(self.channels)(x)

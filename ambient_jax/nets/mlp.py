@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ambient_jax.nets.unet import _xavier, positional_embedding
+from ambient_jax.nets.unet import positional_embedding, xavier_init
 
 
 class ResidualMLP(nn.Module):
@@ -34,7 +34,7 @@ class ResidualMLP(nn.Module):
         dtype = jnp.dtype(self.compute_dtype)
         b, height, width, _ = x.shape
         dense = lambda n, scale=1.0: nn.Dense(
-            n, kernel_init=_xavier(scale), bias_init=nn.initializers.zeros, dtype=dtype
+            n, kernel_init=xavier_init(scale), bias_init=nn.initializers.zeros, dtype=dtype
         )
         emb = positional_embedding(noise_labels, self.emb_channels)
         emb = nn.silu(dense(self.emb_channels)(emb))

@@ -14,7 +14,7 @@ Up/down sampling uses the fixed FIR filter `resample_filter` ([1,1] box for DDPM
 [1,3,3,1] for NCSN++), as EDM does; filters are constants, not parameters.
 """
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _xavier(scale=1.0):
+def xavier_init(scale: float = 1.0) -> Callable[..., jax.Array]:
     """EDM's xavier_uniform init times `scale` (1e-5 for the "zero" init, sqrt(0.2) for
     attention)."""
     base = nn.initializers.xavier_uniform()
@@ -175,7 +175,7 @@ class Conv(nn.Module):
             self.features,
             (self.kernel, self.kernel),
             padding=[(pad, pad)] * 2,
-            kernel_init=_xavier(self.init_scale),
+            kernel_init=xavier_init(self.init_scale),
             bias_init=nn.initializers.zeros,
             dtype=self.dtype,
         )
@@ -215,7 +215,10 @@ class UNetBlock(nn.Module):
         )
         h = Conv(self.features, 3, **res)(nn.silu(group_norm(x.shape[-1], self.dtype)(x)))
         shift = nn.Dense(
-            self.features, kernel_init=_xavier(), bias_init=nn.initializers.zeros, dtype=self.dtype
+            self.features,
+            kernel_init=xavier_init(),
+            bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
         )(emb)
         h = nn.silu(
             group_norm(self.features, self.dtype)(h + shift[:, None, None, :].astype(h.dtype))
@@ -240,7 +243,7 @@ class SelfAttention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, height, width, c = x.shape
         dense = lambda n, scale: nn.Dense(
-            n, kernel_init=_xavier(scale), bias_init=nn.initializers.zeros, dtype=self.dtype
+            n, kernel_init=xavier_init(scale), bias_init=nn.initializers.zeros, dtype=self.dtype
         )
         qkv = dense(3 * c, np.sqrt(0.2))(group_norm(c, self.dtype)(x))
         q, k, v = jnp.split(qkv.reshape(b, height * width, 3 * c), 3, axis=-1)
@@ -325,10 +328,10 @@ class SongUNet(nn.Module):
             if augment_labels is None:
                 augment_labels = jnp.zeros((x.shape[0], self.augment_dim), emb.dtype)
             map_augment = nn.Dense(
-                noise_channels, use_bias=False, kernel_init=_xavier(), name="map_augment"
+                noise_channels, use_bias=False, kernel_init=xavier_init(), name="map_augment"
             )
             emb = emb + map_augment(augment_labels)
-        dense = lambda n: nn.Dense(n, kernel_init=_xavier(), bias_init=nn.initializers.zeros)
+        dense = lambda n: nn.Dense(n, kernel_init=xavier_init(), bias_init=nn.initializers.zeros)
         emb = nn.silu(dense(emb_channels)(emb))
         emb = nn.silu(dense(emb_channels)(emb)).astype(dtype)
 
