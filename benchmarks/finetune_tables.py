@@ -299,11 +299,13 @@ def cost_text(root):
     total = sum(pretrain.values()) + sum(sum(r.values()) for r in runs)
     per_run = np.mean([sum(v for k, v in r.items() if k != "diagnose") for r in runs])
     diagnose = [r["diagnose"] for r in runs if "diagnose" in r]
+    hours, pretrain_min = total / 3600, sum(pretrain.values()) / 60
+    diagnose_min = np.mean(diagnose) / 60 if diagnose else 0.0
     return (
-        f"\nMeasured on this machine's 2 CPU cores (each run's clock): {total / 3600:.1f} h in "
-        f"all, pretraining {sum(pretrain.values()) / 60:.0f} min, then {len(runs)} fine-tuning runs of "
+        f"\nMeasured on this machine's 2 CPU cores (each run's clock): {hours:.1f} h in all, "
+        f"pretraining {pretrain_min:.0f} min, then {len(runs)} fine-tuning runs of "
         f"{per_run / 60:.1f} min each to train, sample and evaluate (seed 0's diagnosis "
-        f"{np.mean(diagnose) / 60 if diagnose else 0:.1f} min more).\n"
+        f"{diagnose_min:.1f} min more).\n"
     )
 
 
