@@ -17,7 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from ambient_jax import config as config_lib
-from ambient_jax import files, train_state
+from ambient_jax import files
+from ambient_jax.training import train_state
 from ambient_jax.types import Config, Log, PyTree
 
 

@@ -10,9 +10,11 @@ import os
 
 import ml_collections
 
-from ambient_jax import augment, files, finetune, losses, nets, parallel, sampling
+from ambient_jax import files, nets, parallel
 from ambient_jax.checks import need, need_counts, need_each
-from ambient_jax.data import corrupt
+from ambient_jax.data import augment, corrupt
+from ambient_jax.diffusion import losses, sampling
+from ambient_jax.training import finetune
 from ambient_jax.types import Config
 
 CONFIG_NAME = "config.json"
@@ -58,7 +60,7 @@ def base_config() -> Config:
     # held-out set and every index (the noisy copies' key) are taken among them.
     c.data.classes = ()
     c.data.augment_flip = False  # horizontal flips (off for digits)
-    # EDM's augmentation pipeline (ambient_jax.augment) inside the train step, with its labels fed
+    # EDM's augmentation pipeline (data.augment) inside the train step, with its labels fed
     # to the network: each transform's probability is its multiplier times augment_p (0 = off).
     c.data.augment_p = 0.0
     c.data.augment_pipe = "edm"  # edm (geometric, 9 labels) | edm_colour (+ colour, 15 labels)
@@ -116,7 +118,7 @@ def base_config() -> Config:
     c.loss.sigma_tn = 0.5  # noise level of the fixed noisy copies (VE sigma units)
     c.loss.branch_rule = "paper"  # paper | lecture
     c.loss.weighting = "edm"  # one of losses.WEIGHTING_TABLE (ambient-train --help lists them)
-    # Bounded-variance variants of the ambient branch (ambient_jax.losses): where the ambient
+    # Bounded-variance variants of the ambient branch (diffusion.losses): where the ambient
     # branch begins (0 = at sigma_tn, the paper) and a cap on the rescaled factor (0 = none).
     c.loss.sigma_switch = 0.0
     c.loss.rescale_cap = 0.0
@@ -145,7 +147,7 @@ def base_config() -> Config:
     c.optim.weight_decay = 0.0  # EDM uses none (the paper's code defaults to 0.01)
     c.optim.grad_clip = 0.0  # global-norm clipping; 0 = off
 
-    # Starting from a trained run (ambient_jax.finetune; ambient-train --init_from=WORKDIR).
+    # Starting from a trained run (training.finetune; ambient-train --init_from=WORKDIR).
     c.finetune = ml_collections.ConfigDict()
     c.finetune.init_from = ""  # a trained run's work dir: its EMA weights start this run
     c.finetune.keep_optimizer = False  # also its Adam state; False = a fresh optimizer
@@ -173,7 +175,7 @@ def base_config() -> Config:
     c.train.keep_every = (
         0  # also keep every checkpoint whose step divides by this; 0 = the two latest only
     )
-    # Memorization tracked during training (ambient_jax.tracking): every track_every steps (0 =
+    # Memorization tracked during training (training.tracking): every track_every steps (0 =
     # off),
     # the train/held-out denoising gap at track_sigmas and the extraction share of track_samples
     # samples.

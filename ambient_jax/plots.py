@@ -70,7 +70,7 @@ def save_diagnosis(results: list[dict], path: str) -> None:
 
 
 def save_tracking(history: list[dict], path: str) -> None:
-    """Memorization during training (ambient_jax.tracking): the train/held-out gap per noise level,
+    """Memorization during training (training.tracking): the train/held-out gap per noise level,
     and the extraction share of a fixed batch of samples, against the training step."""
 
     steps = [r["step"] for r in history]

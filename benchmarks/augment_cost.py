@@ -18,7 +18,7 @@ import common  # noqa: F401  (puts the repository root on sys.path)
 import jax
 import train_step
 
-from ambient_jax import augment
+from ambient_jax.data import augment
 
 
 def pipeline_seconds(batch, resolution, repeats):

@@ -7,7 +7,7 @@ number of training images seen, for several training-set sizes.
 Each run trains configs/mnist_unet.py:ddpm (or --config) on n digits with train.track_every=250
 and train.track_samples=128: every 250 steps the tracker draws the same 128 samples and logs the
 shares that copy (extraction and S > 0.95, in pixels and in the noise-robust view) beside the same
-shares of 128 held-out real digits (ambient_jax.tracking). A run can be stopped at any time and
+shares of 128 held-out real digits (training.tracking). A run can be stopped at any time and
 resumed with the same command; the table reads whatever has been logged.
 
 The onset is the first tracked step at which the samples copy clearly: extraction >= 30% and robust

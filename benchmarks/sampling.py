@@ -16,7 +16,8 @@ import jax
 import numpy as np
 from train_step import RESOLUTION, bench_config
 
-from ambient_jax import generate, train_state
+from ambient_jax.diffusion import generate
+from ambient_jax.training import train_state
 
 
 def network_inputs(preset, batch, dtype):

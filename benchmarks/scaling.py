@@ -23,7 +23,8 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     import numpy as np
 
     sys.path.insert(0, os.path.dirname(HERE))
-    from ambient_jax import compiled_step, parallel, train_state, train_step
+    from ambient_jax import parallel
+    from ambient_jax.training import compiled_step, train_state, train_step
     from configs.mnist import get_config
 
     config = get_config("ambient")

@@ -21,9 +21,10 @@ import common  # noqa: F401  (puts the repository root on sys.path)
 import jax
 import numpy as np
 
-from ambient_jax import compiled_step, parallel, train_state
 from ambient_jax import config as config_lib
-from ambient_jax.train_step import HeldData
+from ambient_jax import parallel
+from ambient_jax.training import compiled_step, train_state
+from ambient_jax.training.train_step import HeldData
 
 RESOLUTION = {
     "tiny": 32,

@@ -23,7 +23,7 @@ import numpy as np
 import variants  # benchmarks/variants.py, beside this script
 from mixed_quality_tables import replace_between
 
-from ambient_jax import losses
+from ambient_jax.diffusion import losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "ambient_quality.md")

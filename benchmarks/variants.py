@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from ambient_jax.losses import gate_ratio
+from ambient_jax.diffusion.losses import gate_ratio
 
 BIN = os.path.dirname(sys.executable)
 CONFIG = "configs/mnist.py"

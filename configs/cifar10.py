@@ -5,7 +5,7 @@ Hyper-parameters are EDM's CIFAR-10 recipe that the paper's code starts from (ba
 lr 1e-3 with a 10 Mimg linear warm-up, EMA half-life 500 kimg with ramp-up 0.05, dropout 0.13,
 fp32, 200 Mimg), the paper's committed sigma_tn = 0.5 with the EDM weight, and the 18-step Heun
 sampler (35 network calls). Augmentation: EDM's augment pipe (x/y flips, scaling, rotation,
-anisotropic scaling, translation; ambient_jax.augment) at probability 0.12, with its 9 augment
+anisotropic scaling, translation; ambient_jax.data.augment) at probability 0.12, with its 9 augment
 labels fed to the network (the sampler gives zero labels).
 
 Data: CIFAR-10 through tensorflow-datasets, prepared once as ArrayRecord (needs TensorFlow and

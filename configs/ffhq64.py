@@ -4,7 +4,7 @@ ARG is OBJECTIVE,SIZE: `configs/ffhq64.py:ddpm,300` ... `configs/ffhq64.py:ambie
 Hyper-parameters are the paper's FFHQ-64 script (NCSN++ with channel_mult [1, 2, 2, 2], dropout
 0.05, batch 256, Adam lr 1e-4 with a 10 Mimg linear warm-up, EMA half-life 500 kimg with ramp-up
 0.05, fp32, 30 Mimg), sigma_tn = 0.5 with the EDM weight, and the 40-step Heun sampler of that
-script. Augmentation: EDM's augment pipe (ambient_jax.augment) at the script's probability 0.15,
+script. Augmentation: EDM's augment pipe (data.augment) at the script's probability 0.15,
 with its 9 augment labels fed to the network (the sampler gives zero labels).
 
 Data: FFHQ is not in the tensorflow-datasets catalog at 64x64; prepare the images once from a

@@ -26,7 +26,7 @@ launch/reproduce_finetune.sh runs the whole study and writes its tables.
 """
 
 from ambient_jax.configs import mnist_unet
-from ambient_jax.losses import gate_ratio
+from ambient_jax.diffusion.losses import gate_ratio
 
 HELD_OUT_CLASS = 7
 PRETRAIN_CLASSES = tuple(c for c in range(10) if c != HELD_OUT_CLASS)

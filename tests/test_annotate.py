@@ -6,8 +6,8 @@ import json
 import numpy as np
 from test_training import cli, tiny_config
 
-from ambient_jax import train
 from ambient_jax.data import annotate, corrupt, load_split
+from ambient_jax.training import train
 
 
 def test_the_level_is_the_lowest_from_which_the_curve_stays_within_epsilon():

@@ -1,4 +1,4 @@
-"""EDM's augmentation pipeline (ambient_jax.augment) pinned down by its properties, the U-Nets'
+"""EDM's augmentation pipeline (ambient_jax.data.augment) pinned down by its properties, the U-Nets'
 augment-label input, and augmentation inside the train step (same on any device count)."""
 
 import math
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ambient_jax import augment as aug
 from ambient_jax import nets
+from ambient_jax.data import augment as aug
 
 EVERYTHING = aug.AugmentPipe(
     xflip=1,
@@ -216,7 +216,8 @@ def test_the_step_augments_each_image_and_its_noisy_copy_by_one_transform():
     keys."""
     from test_training import tiny_config
 
-    from ambient_jax import losses, train_step
+    from ambient_jax.diffusion import losses
+    from ambient_jax.training import train_step
 
     c = tiny_config(**{"data.augment_p": 0.1, "loss.sigma_tn": 0.5})
     x0 = random_images(16, channels=1)

@@ -127,8 +127,9 @@ def test_mnist_states_no_preset_sizes_so_presets_switch():
     """--config.model.preset=tiny on configs/mnist.py builds the U-Net (no MLP sizes leak)."""
     import jax
 
-    from ambient_jax import nets, train_state
+    from ambient_jax import nets
     from ambient_jax.config import complete, image_shape
+    from ambient_jax.training import train_state
 
     c = load("mnist")
     assert set(c.model.overrides.to_dict().values()) == {None}

@@ -149,7 +149,8 @@ def test_a_corrupted_images_x_tn_carries_the_noise_it_lacks():
     import jax.numpy as jnp
     from test_training import tiny_config
 
-    from ambient_jax import losses, train_step
+    from ambient_jax.diffusion import losses
+    from ambient_jax.training import train_step
 
     c = tiny_config()
     x0 = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (4, 16, 16, 1)), jnp.float32)
@@ -212,7 +213,7 @@ def test_the_branch_boundary_by_hand():
     sqrt(4 / 3)."""
     import jax.numpy as jnp
 
-    from ambient_jax import losses
+    from ambient_jax.diffusion import losses
 
     assert losses.gate_ratio(4) == pytest.approx(2 / 3**0.5, rel=1e-12)
     assert losses.branch_boundary(0.5) == 0.5
@@ -244,8 +245,9 @@ def test_every_caller_puts_the_branch_where_the_boundary_function_says(settings)
     import jax.numpy as jnp
     import ml_collections
 
-    from ambient_jax import losses, train_step, training_data
-    from ambient_jax import objective as objective_lib
+    from ambient_jax.diffusion import losses
+    from ambient_jax.diffusion import objective as objective_lib
+    from ambient_jax.training import train_step, training_data
     from configs.mnist import get_config
 
     x0 = jnp.zeros((4096, 4, 4, 1))

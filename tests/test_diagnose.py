@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from conftest import empirical_denoiser, gaussian_denoiser
 
-from ambient_jax import losses
+from ambient_jax.diffusion import losses
 from ambient_jax.eval import diagnose
 
 SHAPE = (4, 4, 1)
@@ -108,9 +108,11 @@ def test_tracker_gap_is_heldout_minus_train_error_and_extraction_is_counted(tmp_
     import functools
     import sys
 
-    from ambient_jax import generate, parallel, tracking, train_state
+    from ambient_jax import parallel
     from ambient_jax.data import load_split
-    from ambient_jax.precond import edm_denoiser
+    from ambient_jax.diffusion import generate
+    from ambient_jax.diffusion.precond import edm_denoiser
+    from ambient_jax.training import tracking, train_state
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1]))
     from configs.mnist import get_config

@@ -142,8 +142,10 @@ def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cache
     from test_training import tiny_config
     from transformers import Dinov2Config, Dinov2Model
 
-    from ambient_jax import checkpoint, generate, train
+    from ambient_jax import checkpoint
+    from ambient_jax.diffusion import generate
     from ambient_jax.eval import evaluate
+    from ambient_jax.training import train
 
     monkeypatch.setattr(convert, "CACHE_DIR", str(tmp_path / "cache"))
     convert.convert_inception()

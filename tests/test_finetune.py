@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from test_training import TINY, cli, tiny_config
 
-from ambient_jax import checkpoint, finetune, objective, parallel, run_dir, train, train_state
+from ambient_jax import checkpoint, parallel
 from ambient_jax.data import load_split
+from ambient_jax.diffusion import objective
+from ambient_jax.training import finetune, run_dir, train, train_state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 quiet = lambda _: None

@@ -7,8 +7,8 @@ import optax
 import pytest
 from conftest import empirical_denoiser, gaussian_denoiser, nonlinear_denoiser
 
-from ambient_jax import losses, precond, schedules
-from ambient_jax import objective as objective_lib
+from ambient_jax.diffusion import losses, precond, schedules
+from ambient_jax.diffusion import objective as objective_lib
 
 IMAGE = (4, 4, 1)
 
@@ -76,7 +76,7 @@ def test_empirical_optimum_has_lower_loss_than_perturbations(key):
 
 def test_sampling_the_empirical_optimum_replays_training_points(key):
     """The analytical reason the project exists: the optimal denoiser only copies its data."""
-    from ambient_jax.sampling import edm_sampler
+    from ambient_jax.diffusion.sampling import edm_sampler
 
     points = jax.random.normal(key, (8, *IMAGE))
     samples = jax.jit(lambda z: edm_sampler(empirical_denoiser(points), z))(

@@ -9,18 +9,12 @@ import pytest
 from conftest import nonlinear_denoiser
 from test_training import tiny_config
 
-from ambient_jax import (
-    generate,
-    losses,
-    parallel,
-    sampling,
-    schedules,
-    train_state,
-    train_step,
-)
-from ambient_jax import objective as objective_lib
+from ambient_jax import parallel
+from ambient_jax.diffusion import generate, losses, sampling, schedules
+from ambient_jax.diffusion import objective as objective_lib
 from ambient_jax.eval import fid, inception, memorization
 from ambient_jax.theory import label_memorization
+from ambient_jax.training import train_state, train_step
 
 IMAGE = (4, 4, 1)
 
@@ -167,7 +161,7 @@ def test_logged_loss_is_the_batch_mean_and_each_branch_the_mean_over_its_rows(on
     row_keys = jax.vmap(lambda b: jax.random.fold_in(k_rows, b))(jnp.arange(c.train.batch_size))
     objective = objective_lib.make_objective("ambient", sigma_tn=0.3, weighting=c.loss.weighting)
     raw = lambda x, cn: model.apply(state.params, x, cn, train=True, rngs={"dropout": k_dropout})
-    from ambient_jax.precond import edm_denoiser
+    from ambient_jax.diffusion.precond import edm_denoiser
 
     x_tn = losses.noisy_copy(images[index], 100 + 7 * index, 0.3, losses.noise_tn_key(c.loss))
     per_row, _ = objective(edm_denoiser(raw), images[index], x_tn, row_keys)

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from test_training import tiny_config
 
-from ambient_jax import compiled_step, generate, parallel, train, train_state, train_step
+from ambient_jax import parallel
+from ambient_jax.diffusion import generate
+from ambient_jax.training import compiled_step, train, train_state, train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "train_driver.py")

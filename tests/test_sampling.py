@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import gaussian_denoiser
 
-from ambient_jax import sampling, schedules
+from ambient_jax.diffusion import sampling, schedules
 
 MU, STD, SHAPE = 0.4, 0.7, (4096, 2, 2, 2)
 

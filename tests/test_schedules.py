@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambient_jax import precond, schedules
-from ambient_jax.schedules import expand_rows
+from ambient_jax.diffusion import precond, schedules
+from ambient_jax.diffusion.schedules import expand_rows
 
 
 def ve_perturb(x0, sigma, noise):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from test_training import tiny_config, write_pngs
 
-from ambient_jax import train
 from ambient_jax.data import DataError, load_source
 from ambient_jax.data.tfds_source import StreamingBatches, load_tfds_images, prepare_image_folder
+from ambient_jax.training import train
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ambient_jax import (
-    checkpoint,
+from ambient_jax import checkpoint
+from ambient_jax.data import load_split
+from ambient_jax.diffusion import losses
+from ambient_jax.training import (
     compiled_step,
-    losses,
     run_dir,
     train,
     train_state,
     train_step,
     training_data,
 )
-from ambient_jax.data import load_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -337,7 +337,8 @@ def test_each_step_draws_its_batch_noise_and_dropout_by_the_documented_keys(monk
     key (its noise level and noise) fold_in(fold_in(step key, 1), b); dropout fold_in(step key,
     2). So consecutive steps draw different rows and keys, and a resumed run (a state at step s)
     draws step s's."""
-    from ambient_jax import objective, parallel
+    from ambient_jax import parallel
+    from ambient_jax.diffusion import objective
 
     config = tiny_config(**{"train.seed": 7})
     drawn = []
@@ -709,7 +710,7 @@ def test_no_silent_restart_from_scratch_and_restart_on_request(tmp_path):
 
 
 def test_work_dir_lock_refuses_other_hosts_and_takes_over_stale_locks(tmp_path):
-    from ambient_jax import workdir_lock
+    from ambient_jax.training import workdir_lock
 
     wd = str(tmp_path / "run")
     os.makedirs(wd)

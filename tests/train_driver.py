@@ -1,4 +1,4 @@
-"""Runs ambient_jax.train.train in a process of its own, for the tests that kill, signal or
+"""Runs ambient_jax.training.train.train in a process of its own, for the tests that kill, signal or
 distribute it.
 
     python tests/train_driver.py WORKDIR '{"train.num_steps": 6, ...}' [--kill-after-save-at STEP]
@@ -33,7 +33,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from test_training import tiny_config  # noqa: E402
 
-from ambient_jax import checkpoint, train  # noqa: E402
+from ambient_jax import checkpoint  # noqa: E402
+from ambient_jax.training import train  # noqa: E402
 
 config = tiny_config()
 for field, value in json.loads(args.changes).items():

@@ -47,11 +47,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambient_jax import checkpoint, files, losses, plots
+from ambient_jax import checkpoint, files, plots
 from ambient_jax import config as config_lib
 from ambient_jax.data import load_split
+from ambient_jax.diffusion import losses
+from ambient_jax.diffusion.precond import Denoiser, network_denoiser
 from ambient_jax.eval import report
-from ambient_jax.precond import Denoiser, network_denoiser
 
 DEFAULT_NUM_LEVELS = 24
 

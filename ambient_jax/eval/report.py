@@ -8,8 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ambient_jax import files, losses, plots, summaries
+from ambient_jax import files, plots, summaries
 from ambient_jax.data import to_uint8
+from ambient_jax.diffusion import losses
 from ambient_jax.eval import digits
 
 EVAL_DIR = "eval"

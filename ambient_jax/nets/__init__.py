@@ -1,7 +1,7 @@
 """Score networks chosen by name.
 
 Every network is a Flax linen module F(x_in [B,H,W,C], c_noise [B], train) -> [B,H,W,C]; the
-EDM preconditioning (ambient_jax.precond) turns it into a denoiser. Presets:
+EDM preconditioning (ambient_jax.diffusion.precond) turns it into a denoiser. Presets:
 
   tiny            small DDPM++ U-Net for tests and CPU runs (16x16 or 32x32)
   unet_digits     DDPM++ U-Net for the embedded 16x16 digits on a CPU (32 channels, levels 16/8/4,

@@ -290,7 +290,7 @@ class SongUNet(nn.Module):
     encoder_type: str = "standard"  # "standard" (DDPM++) | "residual" (NCSN++)
     resample_filter: Sequence[int] = (1, 1)
     # > 0: EDM's augment-label input (map_augment, a bias-free linear layer into the noise
-    # embedding) for that many labels (ambient_jax.augment; 9 for EDM's recipe)
+    # embedding) for that many labels (ambient_jax.data.augment; 9 for EDM's recipe)
     augment_dim: int = 0
     # bfloat16: convolutions and matmuls in bf16, parameters and norms' statistics f32
     compute_dtype: str = "float32"

@@ -13,8 +13,8 @@ from ambient_jax import xla_cpu
 from ambient_jax.checkpoint import CheckpointError
 from ambient_jax.data import DataError
 from ambient_jax.eval.convert import ConversionError
-from ambient_jax.run_dir import TrainingError
-from ambient_jax.workdir_lock import WorkdirLocked
+from ambient_jax.training.run_dir import TrainingError
+from ambient_jax.training.workdir_lock import WorkdirLocked
 
 # The embedded MNIST experiment, inside the installed package (configs/ installs as
 # ambient_jax.configs).

@@ -10,8 +10,9 @@ import time
 
 from absl import flags
 
-from ambient_jax import checkpoint, files, generate, plots
+from ambient_jax import checkpoint, files, plots
 from ambient_jax import config as config_lib
+from ambient_jax.diffusion import generate
 from ambient_jax.programs.common import clean_errors, log, run_program
 
 flags.DEFINE_string("workdir", None, "a training work dir", required=True)

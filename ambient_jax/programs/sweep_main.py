@@ -10,7 +10,7 @@ sigma_tn = 0 means the ddpm objective. Runs already evaluated are skipped.
 
 from absl import flags
 
-from ambient_jax import sweep
+from ambient_jax.programs import sweep
 from ambient_jax.programs.common import DEFAULT_CONFIG, clean_errors, log, run_program
 
 flags.DEFINE_string("root", None, "folder that holds one work dir per run", required=True)

@@ -18,8 +18,9 @@ docs/configs.md says what each field means.
 from absl import flags
 from ml_collections import config_flags
 
-from ambient_jax import losses, train
+from ambient_jax.diffusion import losses
 from ambient_jax.programs.common import DEFAULT_CONFIG, clean_errors, log, run_program
+from ambient_jax.training import train
 
 __doc__ += (
     "\n--config.loss.weighting, the weight of each row's squared error:\n" + losses.weighting_help()

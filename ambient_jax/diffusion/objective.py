@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import ml_collections
 from jax.scipy.special import ndtr, ndtri
 
-from ambient_jax import losses, schedules
-from ambient_jax.losses import ambient_loss_vp, two_regime_ve
-from ambient_jax.precond import SIGMA_DATA, vp_denoiser
-from ambient_jax.schedules import expand_rows
+from ambient_jax.diffusion import losses, schedules
+from ambient_jax.diffusion.losses import ambient_loss_vp, two_regime_ve
+from ambient_jax.diffusion.precond import SIGMA_DATA, vp_denoiser
+from ambient_jax.diffusion.schedules import expand_rows
 
 
 def make_objective(

@@ -17,8 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ambient_jax import augment, losses, nets
 from ambient_jax import config as config_lib
+from ambient_jax import nets
+from ambient_jax.data import augment
+from ambient_jax.diffusion import losses
 from ambient_jax.types import Config
 
 # fold_in purposes of the root key (losses.KEY_NOISE_TN keys the noisy copies)

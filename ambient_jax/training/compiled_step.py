@@ -8,12 +8,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from ambient_jax import (
-    parallel,
-    train_state,
-    train_step,
-    training_data,
-)
+from ambient_jax import parallel
+from ambient_jax.training import train_state, train_step, training_data
 from ambient_jax.types import PyTree
 
 

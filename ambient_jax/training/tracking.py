@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambient_jax import files, generate, plots, summaries
+from ambient_jax import files, plots, summaries
 from ambient_jax.data.images import to_unit_range
+from ambient_jax.diffusion import generate
+from ambient_jax.diffusion.precond import network_denoiser
 from ambient_jax.eval import memorization
-from ambient_jax.precond import network_denoiser
 from ambient_jax.types import PyTree
 
 TRACK_IMAGES = 128  # training and held-out images in the gap estimate

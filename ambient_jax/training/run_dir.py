@@ -13,15 +13,9 @@ import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from ambient_jax import (
-    checkpoint,
-    files,
-    finetune,
-    parallel,
-    summaries,
-    train_state,
-)
+from ambient_jax import checkpoint, files, parallel, summaries
 from ambient_jax import config as config_lib
+from ambient_jax.training import finetune, train_state
 from ambient_jax.types import Config, Log, PyTree
 
 

@@ -17,15 +17,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ambient_jax import (
-    augment,
-    finetune,
-    losses,
-    objective,
-    train_state,
-)
 from ambient_jax import config as config_lib
-from ambient_jax.precond import edm_denoiser
+from ambient_jax.data import augment
+from ambient_jax.diffusion import losses, objective
+from ambient_jax.diffusion.precond import edm_denoiser
+from ambient_jax.training import finetune, train_state
 from ambient_jax.types import Config
 
 # fold_in purposes of a step's key (fold_in(fold_in(root, KEY_STEP), step)): the batch's image

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from ambient_jax import schedules
-from ambient_jax.schedules import expand_rows
+from ambient_jax.diffusion import schedules
+from ambient_jax.diffusion.schedules import expand_rows
 
 SIGMA_DATA = 0.5
 

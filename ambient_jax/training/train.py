@@ -16,22 +16,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambient_jax import (
-    checkpoint,
+from ambient_jax import checkpoint, files, parallel, plots, summaries
+from ambient_jax import config as config_lib
+from ambient_jax.data import check_subset_record
+from ambient_jax.diffusion import generate
+from ambient_jax.training import (
     compiled_step,
-    files,
-    generate,
-    parallel,
-    plots,
     run_dir,
-    summaries,
     tracking,
     train_state,
     training_data,
     workdir_lock,
 )
-from ambient_jax import config as config_lib
-from ambient_jax.data import check_subset_record
 from ambient_jax.types import Config, Log, PyTree
 
 

@@ -5,10 +5,12 @@ import jax
 import numpy as np
 
 from ambient_jax import config as config_lib
-from ambient_jax import losses, parallel, train_step
+from ambient_jax import parallel
 from ambient_jax.data import DataError, SplitData, corrupt, load_split, record_subset
 from ambient_jax.data.subset import choose_subset
 from ambient_jax.data.tfds_source import StreamingBatches, open_source
+from ambient_jax.diffusion import losses
+from ambient_jax.training import train_step
 from ambient_jax.types import Config, Log
 
 

@@ -17,7 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ambient_jax import files, losses, plots, summaries
+from ambient_jax import files, plots, summaries
+from ambient_jax.diffusion import losses
 from ambient_jax.types import Log
 
 

@@ -46,7 +46,7 @@ weighs it by lambda a^2, which vanishes there, so that region is barely trained.
 The fixed noise of S_tn is a pure function of (noise key, image index): the same image gets the
 same noisy copy in every epoch, after every restart and on any device count.
 
-Which rows of a batch take which branch, at which level, is ambient_jax.objective's.
+Which rows of a batch take which branch, at which level, is ambient_jax.diffusion.objective's.
 """
 
 from typing import Any
@@ -56,8 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ambient_jax.checks import need, need_each
-from ambient_jax.precond import SIGMA_DATA, Denoiser
-from ambient_jax.schedules import expand_rows
+from ambient_jax.diffusion.precond import SIGMA_DATA, Denoiser
+from ambient_jax.diffusion.schedules import expand_rows
 from ambient_jax.types import Config
 
 BRANCH_RULES = ("paper", "lecture")

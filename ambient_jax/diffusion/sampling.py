@@ -18,9 +18,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ambient_jax import schedules
 from ambient_jax.checks import need, need_counts
-from ambient_jax.precond import Denoiser, vp_denoiser
+from ambient_jax.diffusion import schedules
+from ambient_jax.diffusion.precond import Denoiser, vp_denoiser
 from ambient_jax.types import Config
 
 

@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ambient_jax import config as config_lib
-from ambient_jax import parallel, sampling
+from ambient_jax import parallel
 from ambient_jax.data import to_uint8
-from ambient_jax.precond import network_denoiser
+from ambient_jax.diffusion import sampling
+from ambient_jax.diffusion.precond import network_denoiser
 from ambient_jax.types import Config, PyTree
 
 
