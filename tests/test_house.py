@@ -194,6 +194,10 @@ def test_no_module_takes_a_private_name_from_another():
     assert not found, "\n".join(found)
 
 
+def test_no_benchmark_script_is_over_450_lines():
+    assert not long_files(benchmark_scripts())
+
+
 def test_each_house_rule_fails_on_a_house_that_breaks_it():
     """The checkers above, run on small sources that break each rule once: a cycle closed only by
     a typing import, a private name imported and one read as an attribute, a long file."""

@@ -1,4 +1,4 @@
-"""The PyTorch peer of the benchmarks (benchmarks/peer_torch.py) computes the same function as
+"""The PyTorch peer of the benchmarks (benchmarks/torch_songunet.py) computes the same function as
 our Flax U-Nets on the same weights, so its timing compares equal work."""
 
 import os
@@ -13,7 +13,7 @@ import torch
 from ambient_jax import nets
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-import peer_torch  # noqa: E402
+import torch_songunet  # noqa: E402
 
 TINY_NCSNPP = dict(
     embedding_type="fourier",
@@ -37,7 +37,7 @@ def test_peer_computes_our_network_on_our_weights(overrides):
     c_noise = jnp.array([-1.3, 0.7])
     ours = np.asarray(model.apply(params, x, c_noise))
     fields = dict(nets.PRESETS["tiny"][1], **overrides)
-    peer = peer_torch.TorchSongUNet(peer_torch.torch_params(params), **fields)
+    peer = torch_songunet.TorchSongUNet(torch_songunet.torch_params(params), **fields)
     with torch.no_grad():
         theirs = peer(
             torch.tensor(np.asarray(x).transpose(0, 3, 1, 2)), torch.tensor(np.asarray(c_noise))
