@@ -15,8 +15,8 @@ fi
 # The formatter and linter first (settings in pyproject.toml): a lint error fails like a test.
 "$venv/bin/python" -m ruff format --check --quiet .
 "$venv/bin/python" -m ruff check --quiet .
-# The type checker (settings in pyproject.toml): every public function is annotated
-# (tests/test_house.py) and mypy checks the annotated code.
+# The type checker (settings in pyproject.toml) on the package and benchmarks/: every public
+# function is annotated (tests/test_house.py) and mypy checks the annotated code.
 "$venv/bin/python" -m mypy
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 # Two test processes (pytest-xdist), a file each at a time: most of the suite's time is XLA
