@@ -283,6 +283,12 @@ def test_finetune_tables_are_the_seed_means_and_the_target_their_ratios(tmp_path
     ):
         tracked = [(100, 0.0), (200, 2.0)]
         _fake_finetune_run(runs / "n30" / f"noisy_seed{seed}", [7], share, fd, ext, robust, tracked)
+    # ddpm seed 0's stage records (its training resumed: 30 s here, its own clock says 1,200)
+    (runs / "n30" / "ddpm_seed0" / "stages").mkdir()
+    for stage, seconds in (("train", 30), ("sample", 60), ("eval", 120), ("diagnose", 240)):
+        (runs / "n30" / "ddpm_seed0" / "stages" / f"{stage}.json").write_text(
+            f'{{"seconds": {seconds}}}'
+        )
     blocks = "".join(
         f"<!-- finetune-{k} -->\nold\n<!-- /finetune-{k} -->\n"
         for k in ("pretrain", "rows", "target", "onset", "levels", "samples")
@@ -310,6 +316,13 @@ def test_finetune_tables_are_the_seed_means_and_the_target_their_ratios(tmp_path
     assert "before any fine-tuning: 7: 0.0%." in text
     assert "| ddpm | noisy |" in text and "finetune/samples_n30_noisy.png)" in text
     assert "| 30 | ddpm | 2 | 92.0 ± 2.8 |" in readme.read_text()
+    # the cost: pretraining 6,000 s by its clock; runs of 1,200 s training (+ 60 + 120 for
+    # seed 0's sampling and evaluation): (1,380 + 3 x 1,200) / 4 = 1,245 s = 20.8 min; in all
+    # 6,000 + 1,380 + 240 + 3,600 = 11,220 s = 3.1 h
+    assert (
+        "3.1 h in all, pretraining 100 min, then 4 fine-tuning runs of 20.8 min each to train, "
+        "sample and evaluate (seed 0's diagnosis 4.0 min more)."
+    ) in readme.read_text()
     assert sorted(os.listdir(figures)) == [
         "onset_n30.png", "samples_n30_ddpm.png", "samples_n30_noisy.png",
     ]  # fmt: skip
