@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One accelerator session for the studies that a 2-core CPU cannot finish: the GPU check's
 # headline (ddpmpp_cifar10 in bf16 at batch 512, ours and the PyTorch peer on the same GPU), then,
-# with the GPU to themselves, many training runs at once (benchmarks/variants.py --jobs): the
+# with the GPU to themselves, many training runs at once (ambient-sweep variants --jobs): the
 # four-level U-Net at 32x32 (docs/ambient_quality.md, section 6) and the seeds of the
 # mixed-quality table (docs/mixed_quality.md). Runs train, sample and diagnose here; their
 # evaluation (Inception FID, the digit classifier) runs afterwards wherever those weights are
-# cached: `python benchmarks/variants.py run --root=ROOT --variants=... --stages=eval`.
+# cached: `ambient-sweep variants --root=ROOT --variants=... --stages=eval`.
 #
 #   benchmarks/accelerator_study.sh OUT [WHEELHOUSE] [DEADLINE_SECONDS]
 #   benchmarks/accelerator_study.sh OUT "" 0 --smoke    # every part at tiny sizes, any machine
@@ -26,7 +26,7 @@ PY="${PYTHON:-python3}"
 if [ -n "$WHEELS" ]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "$WHEELS"/*.whl || exit 1
 fi
-# the console scripts that variants.py calls (ambient-train, ...) beside the interpreter, running
+# the console scripts (ambient-sweep and the programs it calls, ambient-train, ...) beside the interpreter, running
 # this checkout: setup.cfg's entry points, without installing anything else
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ ! -e ambient_jax/configs ]; then  # setup.cfg installs configs/ as ambient_jax.configs
@@ -66,10 +66,10 @@ echo "== training runs, $JOBS at once ($(date -u +%H:%M:%S)); $(left) s left"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # many processes share the GPU
 mkdir -p runs_accel/unet32 runs_accel/mixed
 (
-  "$PY" benchmarks/variants.py run --root=runs_accel/unet32 --variants=$UNET32 --seeds=$UNET32_SEEDS \
+  "$BIN/ambient-sweep" variants --root=runs_accel/unet32 --variants=$UNET32 --seeds=$UNET32_SEEDS \
     --set=--config.data.n_train=30 --set=--config.train.num_steps=1500 "${SET[@]}" \
     --stages=train,sample,diagnose --jobs=$JOBS &
-  "$PY" benchmarks/variants.py run --root=runs_accel/mixed --variants=$MIXED --seeds=$MIXED_SEEDS \
+  "$BIN/ambient-sweep" variants --root=runs_accel/mixed --variants=$MIXED --seeds=$MIXED_SEEDS \
     "${SET[@]}" --stages=train,sample,diagnose --jobs=$JOBS &
   wait
 ) > "$OUT/runs.log" 2>&1 &
@@ -77,7 +77,7 @@ RUNS=$!
 # stop the runs in time to pack what finished
 while kill -0 $RUNS 2>/dev/null && [ "$(left)" -gt "$CHECK_SECONDS" ]; do sleep 5; done
 if kill -0 $RUNS 2>/dev/null; then
-  echo "-- runs cut at the deadline"; pkill -f benchmarks/variants.py; pkill -f "ambient-(train|sample|diagnose) --"; sleep 3
+  echo "-- runs cut at the deadline"; pkill -f "ambient-sweep variants"; pkill -f "ambient-(train|sample|diagnose) --"; sleep 3
 fi
 echo "== pack ($(date -u +%H:%M:%S))"
 for root in unet32 mixed; do

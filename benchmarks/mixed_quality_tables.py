@@ -2,7 +2,7 @@
 
     python benchmarks/mixed_quality_tables.py --root=runs/mixed
 
-Reads every finished run under --root (benchmarks/variants.py's mixed-quality rows), writes
+Reads every finished run under --root (the mixed-quality rows of ambient-sweep variants), writes
 benchmarks/results/mixed_quality.json (raw metrics and per-noise-level curves), the full table
 and the per-noise-level rows between the `<!-- mixed-results -->` markers of
 docs/mixed_quality.md, and the short table between the `<!-- mixed-readme -->` markers of
@@ -16,7 +16,8 @@ import re
 import sys
 
 import numpy as np
-import variants  # benchmarks/variants.py, beside this script
+
+from ambient_jax.programs import variant_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORDER = (
@@ -49,7 +50,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True)
     args = parser.parse_args()
-    table = variants.table_text(
+    table = variant_runs.table_text(
         args.root,
         mean=True,
         json_path=os.path.join(ROOT, "benchmarks", "results", "mixed_quality.json"),

@@ -4,7 +4,7 @@
     python benchmarks/unet_tables.py --root=runs/unet30                    # 16x16, unet_* rows
     python benchmarks/unet_tables.py --root=runs/unet32 --network=unet32   # 32x32, unet32_* rows
 
-Reads every finished run under --root (benchmarks/variants.py's NETWORK_* rows, run there with
+Reads every finished run under --root (the NETWORK_* rows of ambient-sweep variants, run with
 --set=--config.data.n_train=30), writes --results (raw metrics and per-noise-level curves;
 default benchmarks/results/unet30_variants.json or unet32_variants.json) and, between their
 markers in docs/ambient_quality.md: every run (<!-- NETWORK-variants -->), memorization tracked
@@ -20,15 +20,15 @@ import sys
 
 import ml_collections
 import numpy as np
-import variants  # benchmarks/variants.py, beside this script
 from mixed_quality_tables import replace_between
 
 from ambient_jax.diffusion import losses
+from ambient_jax.programs import variant_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "ambient_quality.md")
 LEVELS = (0.2004, 0.5036, 1.266, 3.18, 7.99)  # diagnose.py's grid points nearest 0.2 ... 8
-# each network's rows (variants.py's NETWORK_* names) and the default file of their raw results
+# each network's rows (configs/variants.py's NETWORK_* names), the default file of their results
 RESULTS = {"unet": "unet30_variants.json", "unet32": "unet32_variants.json"}
 
 
@@ -37,11 +37,11 @@ def target_text(root, network="unet"):
     means: FD-pixel and FD-digits <= 1.1x, Inception FID <= 1.2x, confident digits within 5
     points, extraction <= 1/10, robust S>0.95 at the held-out reals' level."""
     runs = {}
-    for name, _, m in variants.rows(root):
+    for name, _, m in variant_runs.rows(root):
         runs.setdefault(name, []).append(m)
     reference = f"{network}_ddpm"
     mean = lambda name, get: float(np.mean([get(m) for m in runs[name]]))
-    get = {name: g for name, g, _ in variants.COLUMNS}
+    get = {name: g for name, g, _ in variant_runs.COLUMNS}
     ddpm = {c: mean(reference, g) for c, g in get.items()}
     held = runs[reference][0]["heldout_robust_pixel_similarity"]["S>0.95"]
     out = [
@@ -87,7 +87,7 @@ def levels_text(root, network="unet"):
     curves = {n: json.load(open(_diagnosis(root, n))) for n in names}
     tracked = {n: _tracked(root, n) for n in names}
     branch = {n: _branch_start(root, n) for n in names}
-    extraction = {n: m["extraction_rate"] for n, s, m in variants.rows(root) if s == 0}
+    extraction = {n: m["extraction_rate"] for n, s, m in variant_runs.rows(root) if s == 0}
     steps = sorted({s for t in tracked.values() for s in t})
     out = [
         "Memorization tracked during training (seed 0; the same 64 samples each time; "
@@ -177,16 +177,16 @@ def main():
     args = parser.parse_args()
     net = args.network
     json_path = args.results or os.path.join(ROOT, "benchmarks", "results", RESULTS[net])
-    names = {name for name, _, _ in variants.rows(args.root)}
+    names = {name for name, _, _ in variant_runs.rows(args.root)}
     if f"{net}_ddpm" not in names or any(not n.startswith(net + "_") for n in names):
         sys.exit(
             f"error: {args.root} must hold finished {net}_* runs only, {net}_ddpm among them "
             f"(found {sorted(names)}); choose --network or --root to match"
         )
-    every = variants.table_text(args.root, json_path=json_path)
+    every = variant_runs.table_text(args.root, json_path=json_path)
     replace_between(DOC, f"{net}-variants", every + "\n")
     replace_between(DOC, f"{net}-levels", levels_text(args.root, net))
-    means = variants.table_text(args.root, mean=True).splitlines()
+    means = variant_runs.table_text(args.root, mean=True).splitlines()
     several = [
         line for line in means[2:] if line.startswith("| ") and line.split("|")[2].strip() != "1"
     ]

@@ -1,8 +1,8 @@
-"""The registered variants of the side-by-side studies (benchmarks/variants.py runs them): each
+"""The registered variants of the side-by-side studies (`ambient-sweep variants` runs them): each
 name -> (objective, overrides, what it tests), trained from CONFIG (unet_*: UNET_CONFIG, unet32_*:
 UNET32_CONFIG, config_of) with the BASE settings and then its own overrides. Data only: the
-runner, its stages and tables are benchmarks/variants.py's; docs/variants.md, ambient_quality.md
-and mixed_quality.md list what each variant measured."""
+runner, its stages and table are ambient_jax.programs.variant_runs; docs/variants.md,
+ambient_quality.md and mixed_quality.md list what each variant measured."""
 
 from ambient_jax.diffusion.losses import gate_ratio
 

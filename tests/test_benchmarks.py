@@ -86,11 +86,11 @@ def test_ddpmpp_step_counts_122_gflop_per_image_in_the_form_every_backend_runs(m
 
 
 def test_variants_run_only_the_stages_asked_for_that_are_missing(tmp_path, monkeypatch):
-    """benchmarks/variants.py --stages: a stage whose output exists is skipped, the others run in
+    """ambient-sweep variants --stages: a stage whose output exists is skipped, the others run in
     order with each variant's own config, and eval/time.json adds up every stage's seconds."""
     import json
 
-    import variants
+    from ambient_jax.programs import variant_runs as variants
 
     calls = []
     monkeypatch.setattr(
@@ -116,10 +116,40 @@ def test_variants_run_only_the_stages_asked_for_that_are_missing(tmp_path, monke
     [(name, argv)] = calls
     assert name == "ambient-train" and "--config=configs/mnist_unet32.py:ambient" in argv
     assert argv[-3:] == ["--config.loss.weighting=rescaled", "--config.loss.sigma_tn=2", "--x=1"]
+    with pytest.raises(ValueError, match="unknown variant 'no_such'"):
+        variants.run_many(str(tmp_path), ["unet32_ddpm", "no_such"], [0])
+    with pytest.raises(ValueError, match="--stages takes some of train,sample,eval,diagnose"):
+        variants.run_many(str(tmp_path), ["unet32_ddpm"], [0], stages=("train", "plot"))
+    assert len(calls) == 1  # nothing ran for the refused grids
+
+
+def test_ambient_sweep_runs_the_registered_variants_and_prints_their_table(tmp_path):
+    """The experiment runner is one program: `ambient-sweep variants-table` prints the table the
+    library writes (variant_runs.table_text), and an unknown variant or stage ends in one line
+    before anything runs."""
+    from test_training import cli
+
+    from ambient_jax.programs import variant_runs
+
+    ddpm = {"objective": "ddpm", "sigma_tn": 1.5, "sigma_switch": 0.0}
+    for seed in (0, 1):
+        _fake_run(
+            tmp_path, f"ddpm_seed{seed}", ddpm, robust_s95=1.0, extraction_rate=10.0 * seed,
+            fd_pixel=2.0 + seed,
+        )  # fmt: skip
+    table = cli("sweep", "variants-table", f"--root={tmp_path}", "--mean")
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert table.stdout.strip() == variant_runs.table_text(str(tmp_path), mean=True).strip()
+    assert "| ddpm | 2 | 2.50 ± 0.71 |" in table.stdout  # FD-pixel 2 and 3
+    for flag, says in (("--variants=ddpm,nope", "unknown variant 'nope'"),
+                       ("--stages=train,plot", "--stages takes some of")):  # fmt: skip
+        refused = cli("sweep", "variants", f"--root={tmp_path / 'new'}", flag)
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr and not (tmp_path / "new").exists()
 
 
 def _fake_run(root, entry, loss, **metrics):
-    """A finished run as benchmarks/variants.py leaves it, with the given eval metrics."""
+    """A finished run as ambient-sweep variants leaves it, with the given eval metrics."""
     import json
 
     run = root / entry

@@ -1,9 +1,9 @@
 """The README is one page, and the figures it quotes are the ones its sources hold: the
-quickstart's table is the mean ± std of the per-seed rows that benchmarks/variants.py wrote into
+quickstart's table is the mean ± std of the per-seed rows that ambient-sweep variants wrote into
 docs/ambient_quality.md, the mixed-quality table the one benchmarks/mixed_quality_tables.py
 computes from benchmarks/results/mixed_quality.json, the U-Net sentence's shares the means of
 benchmarks/results/unet30_variants.json, and the held-out reals' shares in the quickstart's
-reference column the ones variants.py wrote beside those rows. (The training images' FD-pixel in
+reference column the ones it wrote beside those rows. (The training images' FD-pixel in
 that column is typed once, in the README.)"""
 
 import json
@@ -16,7 +16,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-import variants  # noqa: E402
+from ambient_jax.programs import variant_runs as variants  # noqa: E402
 
 README = open(os.path.join(ROOT, "README.md")).read()
 

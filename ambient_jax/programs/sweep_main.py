@@ -4,13 +4,19 @@
         --n_train=100,300 --seeds=0,1,2 [--set=--config.train.num_steps=2000 ...] [--jobs=8]
     ambient-sweep commands ...   # the same grid as one shell line per run, for separate jobs
     ambient-sweep report --root=runs/sweep   # <root>/table.md and <root>/pareto.png
+    ambient-sweep variants --root=runs/variants --variants=ddpm,rescaled_1.5 --seeds=0,1 \
+        [--stages=train,sample,eval,diagnose] [--jobs=4] [--set=...] [--fid_samples=500]
+    ambient-sweep variants-table --root=runs/variants [--mean] [--json=raw.json]
 
-sigma_tn = 0 means the ddpm objective. Runs already evaluated are skipped.
+sigma_tn = 0 means the ddpm objective. Runs already evaluated are skipped. `variants` runs the
+registered variants of configs/variants.py side by side (programs/variant_runs.py), each stage
+skipped where its output exists; `variants-table` prints their table.
 """
 
 from absl import flags
 
-from ambient_jax.programs import sweep
+from ambient_jax.configs.variants import VARIANTS
+from ambient_jax.programs import sweep, variant_runs
 from ambient_jax.programs.common import DEFAULT_CONFIG, clean_errors, log, run_program
 
 flags.DEFINE_string("root", None, "folder that holds one work dir per run", required=True)
@@ -25,13 +31,28 @@ flags.DEFINE_integer(
 flags.DEFINE_bool("fid", False, "evaluate with --fid (Inception) as well")
 flags.DEFINE_string("quality", None, "report: the y metric (default: the first quality row)")
 flags.DEFINE_string("memorization", None, "report: the x metric (default: extraction_rate)")
+flags.DEFINE_list("variants", list(VARIANTS), "variants: the registered variants to run")
+flags.DEFINE_list("stages", list(variant_runs.STAGES), "variants: which stages to run")
+flags.DEFINE_integer("fid_samples", 500, "variants: samples for the Inception FID")
+flags.DEFINE_bool("mean", False, "variants-table: mean ± std over seeds, a row per variant")
+flags.DEFINE_string("json", None, "variants-table: also write the raw results here")
 FLAGS = flags.FLAGS
 
 
 @clean_errors
 def main(argv: list[str]) -> None:
-    if len(argv) != 2 or argv[1] not in ("run", "commands", "report"):
-        raise ValueError("name the command: ambient-sweep run | commands | report --root=DIR ...")
+    commands = ("run", "commands", "report", "variants", "variants-table")
+    if len(argv) != 2 or argv[1] not in commands:
+        raise ValueError(f"name the command: ambient-sweep {' | '.join(commands)} --root=DIR ...")
+    if argv[1] == "variants":
+        variant_runs.run_many(
+            FLAGS.root, FLAGS.variants, [int(s) for s in FLAGS.seeds], FLAGS.fid_samples,
+            FLAGS.set, FLAGS.stages, FLAGS.jobs, log,
+        )  # fmt: skip
+        return
+    if argv[1] == "variants-table":
+        log(variant_runs.table_text(FLAGS.root, FLAGS.mean, FLAGS.json))
+        return
     if argv[1] == "report":
         log(sweep.report(FLAGS.root, FLAGS.quality, FLAGS.memorization))
         log(f"wrote {FLAGS.root}/table.md and {FLAGS.root}/pareto.png")

@@ -1,37 +1,28 @@
-"""Candidate fixes for the ambient model's sample quality, measured side by side at equal budget.
+"""Registered variants run side by side at equal budget (ambient-sweep variants), and their
+table (ambient-sweep variants-table): the experiment runner behind the studies of
+docs/variants.md, ambient_quality.md and mixed_quality.md.
 
-    python benchmarks/variants.py run --root=runs/variants --variants=ddpm,rescaled --seeds=0
-    python benchmarks/variants.py table --root=runs/variants > docs/variants.md
-    python benchmarks/variants.py table --root=runs/variants --json=raw.json   # + raw results
-    python benchmarks/variants.py run --root=runs/unet --variants=unet_ddpm,unet_edm_0.5 \
-        --set=--config.data.n_train=30 --set=--config.train.num_steps=4000
-    # on an accelerator: 12 runs at once, training, sampling and diagnosis only; then evaluate
-    # where the Inception and digit-classifier weights are cached
-    python benchmarks/variants.py run --root=runs/unet32 --variants=unet32_ddpm,unet32_edm_1.5 \
-        --seeds=0,1 --jobs=12 --stages=train,sample,diagnose
-    python benchmarks/variants.py run --root=runs/unet32 --variants=... --stages=eval
+    ambient-sweep variants --root=runs/variants --variants=ddpm,rescaled_1.5 --seeds=0
+    ambient-sweep variants-table --root=runs/variants [--mean] [--json=raw.json]
 
-Every variant trains configs/mnist.py (100 digits at 16x16, 3,000 steps of batch 128, the
-quickstart's budget) with its own overrides, draws 1,000 samples (seed 1), and is evaluated with
-`ambient-eval --fid --fid_samples=500` (pixel metrics on all 1,000 samples, Inception FID on the
-first 500 against 500 held-out digits) and `ambient-diagnose`. A run already evaluated is skipped.
+The variants are data (configs/variants.py, installed as ambient_jax.configs.variants): each
+trains its config with the BASE settings and its own overrides, draws 1,000 samples (seed 1) and
+is evaluated with `ambient-eval --fid --fid_samples=500` and `ambient-diagnose`. Each stage
+whose output exists is skipped, so a cut grid resumes; the stages' seconds go to eval/time.json.
 """
 
-import argparse
 import concurrent.futures
 import json
 import os
 import subprocess
 import sys
 import time
+from typing import Sequence
 
-from ambient_jax.configs.variants import (
-    BASE,
-    UNET32_CONFIG,
-    UNET_CONFIG,
-    VARIANTS,
-    config_of,
-)
+import numpy as np
+
+from ambient_jax.configs.variants import BASE, UNET32_CONFIG, UNET_CONFIG, VARIANTS, config_of
+from ambient_jax.types import Log
 
 BIN = os.path.dirname(sys.executable)
 
@@ -45,7 +36,15 @@ STAGE_OUTPUT = {
 }
 
 
-def run_variant(root, name, seed, fid_samples, extra, stages=STAGES):
+def run_variant(
+    root: str,
+    name: str,
+    seed: int,
+    fid_samples: int,
+    extra: Sequence[str],
+    stages: Sequence[str] = STAGES,
+    log: Log = print,
+) -> None:
     """Run the given stages of one variant's run; each stage's seconds go to eval/time.json."""
     objective, overrides, _ = VARIANTS[name]
     config = config_of(name)
@@ -70,10 +69,10 @@ def run_variant(root, name, seed, fid_samples, extra, stages=STAGES):
         # train's output appears as it runs: a cut run resumes from its checkpoint instead
         done = stage != "train" or os.path.exists(timing)
         if done and os.path.exists(os.path.join(workdir, STAGE_OUTPUT[stage])):
-            print(f"skip {stage} of {workdir} (done)", flush=True)
+            log(f"skip {stage} of {workdir} (done)")
             continue
         argv = commands[stage]
-        print("$ " + " ".join(argv), flush=True)
+        log("$ " + " ".join(argv))
         start = time.perf_counter()
         subprocess.run(
             [os.path.join(BIN, argv[0]), *argv[1:]], check=True, stdout=subprocess.DEVNULL
@@ -86,7 +85,7 @@ def run_variant(root, name, seed, fid_samples, extra, stages=STAGES):
             json.dump(seconds, f)
 
 
-def rows(root):
+def rows(root: str) -> list[tuple[str, int, dict]]:
     """(variant, seed, metrics) of every finished run under root."""
     out = []
     for entry in sorted(os.listdir(root)):
@@ -124,12 +123,10 @@ COLUMNS = (
 )
 
 
-def table_text(root, mean=False, json_path=None):
+def table_text(root: str, mean: bool = False, json_path: str | None = None) -> str:
     """The markdown table of every finished run under root (mean ± std over seeds with `mean`),
     the held-out reference line and what each row is; `json_path` also gets the raw metrics."""
-    import numpy as np
-
-    out = []
+    out: list[str] = []
     emit = out.append
     found = rows(root)
     if json_path:  # the raw metrics and per-noise-level curves behind the table
@@ -194,42 +191,28 @@ def table_text(root, mean=False, json_path=None):
     return "\n".join(out)
 
 
-def table(root, mean=False, json_path=None):
-    print(table_text(root, mean, json_path))
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "table"])
-    parser.add_argument("--root", default="runs/variants")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--fid_samples", type=int, default=500)
-    parser.add_argument("--set", action="append", default=[], help="extra override for every run")
-    parser.add_argument(
-        "--mean", action="store_true", help="table: mean ± std over seeds, a row per variant"
-    )
-    parser.add_argument("--json", default=None, help="table: also write the raw results here")
-    parser.add_argument("--jobs", type=int, default=1, help="run: runs at once")
-    parser.add_argument(
-        "--stages", default=",".join(STAGES), help="run: which of " + ",".join(STAGES)
-    )
-    args = parser.parse_args()
-    if args.command == "table":
-        table(args.root, args.mean, args.json)
-        return
-    for name in args.variants.split(","):
-        if name not in VARIANTS:
-            sys.exit(f"error: unknown variant {name!r}; known: {', '.join(VARIANTS)}")
-    stages = [s for s in STAGES if s in args.stages.split(",")]
-    if not stages or set(args.stages.split(",")) - set(STAGES):
-        sys.exit(f"error: --stages takes some of {','.join(STAGES)}, got {args.stages!r}")
-    runs = [
-        (name, int(seed)) for seed in args.seeds.split(",") for name in args.variants.split(",")
-    ]
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+def run_many(
+    root: str,
+    names: Sequence[str],
+    seeds: Sequence[int],
+    fid_samples: int = 500,
+    extra: Sequence[str] = (),
+    stages: Sequence[str] = STAGES,
+    jobs: int = 1,
+    log: Log = print,
+) -> None:
+    """Every (variant, seed) of the grid, `jobs` at once; unknown names or stages are refused
+    before anything runs (ValueError), and failed runs are named at the end."""
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    if not stages or set(stages) - set(STAGES):
+        raise ValueError(f"--stages takes some of {','.join(STAGES)}, got {','.join(stages)}")
+    ordered = [s for s in STAGES if s in stages]
+    runs = [(name, seed) for seed in seeds for name in names]
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         futures = {
-            pool.submit(run_variant, args.root, name, seed, args.fid_samples, args.set, stages): (
+            pool.submit(run_variant, root, name, seed, fid_samples, extra, ordered, log): (
                 name,
                 seed,
             )
@@ -239,10 +222,6 @@ def main():
         for future in concurrent.futures.as_completed(futures):
             if future.exception() is not None:
                 failed.append(futures[future])
-                print(f"FAILED {futures[future]}: {future.exception()}", flush=True)
+                log(f"FAILED {futures[future]}: {future.exception()}")
     if failed:
-        sys.exit(f"error: {len(failed)} of {len(runs)} runs failed: {failed}")
-
-
-if __name__ == "__main__":
-    main()
+        raise RuntimeError(f"{len(failed)} of {len(runs)} runs failed: {failed}")
