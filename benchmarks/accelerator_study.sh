@@ -86,7 +86,7 @@ done
 ls -la "$OUT"
 grep -c "^\\$ ambient" "$OUT/runs.log"; grep -E "FAILED|error" "$OUT/runs.log" | head
 echo "== train step: $PRESET, bf16, batch $BATCH ($(date -u +%H:%M:%S))"
-timeout $(( $(left) / 2 )) "$PY" benchmarks/train_step.py --presets=$PRESET --batches=$BATCH --dtypes=bfloat16 --steps=$STEPS \
+timeout $(( $(left) / 2 )) "$PY" benchmarks/step_speed.py --presets=$PRESET --batches=$BATCH --dtypes=bfloat16 --steps=$STEPS \
   || echo "-- train step cut or failed ($?)"
 echo "== PyTorch peer, the same step ($(date -u +%H:%M:%S))"
 timeout $(( $(left) - 5 )) "$PY" benchmarks/peer_torch.py --runs=$PEER --dtypes=bfloat16 --steps=$STEPS --channels_last "${COMPILE[@]}" \

@@ -14,9 +14,9 @@ import argparse
 import statistics
 import time
 
-import common  # noqa: F401  (puts the repository root on sys.path)
+import benchlib  # noqa: F401  (the programs' CPU flags, before JAX starts)
 import jax
-import train_step
+import step_speed
 
 from ambient_jax.data import augment
 
@@ -45,18 +45,18 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     parser.add_argument("--pairs", type=int, default=2)
     args = parser.parse_args()
-    print(common.device_description())
+    print(benchlib.device_description())
     rows = {"off": [], "on": []}
     for _ in range(args.pairs):
         for name, p in (("off", 0.0), ("on", 0.12)):
-            r = train_step.measure(args.preset, args.batch, args.dtype, args.steps, augment_p=p)
+            r = step_speed.measure(args.preset, args.batch, args.dtype, args.steps, augment_p=p)
             rows[name].append(r)
             print(f"augment {name:3}: {r['step_s']:.3f} s/step (compile {r['compile_s']:.0f} s)")
     off = statistics.median(r["step_s"] for r in rows["off"])
     on = statistics.median(r["step_s"] for r in rows["on"])
-    alone = pipeline_seconds(args.batch, train_step.RESOLUTION[args.preset], 10)
+    alone = pipeline_seconds(args.batch, step_speed.RESOLUTION[args.preset], 10)
     result = {
-        "device": common.device_description(),
+        "device": benchlib.device_description(),
         "preset": args.preset,
         "batch": args.batch,
         "dtype": args.dtype,
@@ -72,7 +72,7 @@ def main():
         f"augmentation; pipeline alone {alone * 1e3:.1f} ms. Share of the augmented step: "
         f"{result['share_by_difference']:.1%} by difference, {result['share_alone']:.1%} alone"
     )
-    common.write_results("augment_cost", result)
+    benchlib.write_results("augment_cost", result)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Prints a table and writes benchmarks/results/eval_throughput_<platform>.json.
 
 import argparse
 
-import common  # noqa: F401  (puts the repository root on sys.path)
+import benchlib  # noqa: F401  (the programs' CPU flags, before JAX starts)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +33,7 @@ def nn_search(d=2048, m=4096, n=16384):
     q, r = rng.randn(m, d).astype(np.float32), rng.randn(n, d).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     r /= np.linalg.norm(r, axis=1, keepdims=True)
-    seconds = common.timed(
+    seconds = benchlib.timed(
         lambda: memorization.blocked_topk(
             q, r, k=1, metric="cosine", query_block=4096, ref_block=8192
         ),
@@ -54,14 +54,14 @@ def main():
     )
     args = parser.parse_args()
     rng = np.random.RandomState(0)
-    peak = common.matmul_peak("float32")
-    results = {"device": common.device_description(), "matmul_flops_per_s": peak, "features": []}
+    peak = benchlib.matmul_peak("float32")
+    results = {"device": benchlib.device_description(), "matmul_flops_per_s": peak, "features": []}
     params, weights = inception_params()
     print(results["device"])
     print(f"  dense matmul (f32)                     {peak / 1e9:10.1f} GFLOP/s")
     for res in map(int, args.resolutions.split(",")):
         images = rng.randint(0, 256, (args.images, res, res, 3)).astype(np.uint8)
-        seconds = common.timed(
+        seconds = benchlib.timed(
             lambda: features.inception_features(params, images, "edm", batch_size=args.batch),
             repeat=1,
         )
@@ -80,7 +80,7 @@ def main():
             model = dinov2.DinoV2(dinov2.VARIANTS[variant])
             dparams = jax.jit(model.init)(jax.random.key(0), dinov2.preprocess(images[:1], "paper"))
             apply = lambda p, batch: model.apply(p, dinov2.preprocess(batch, "paper"))
-            seconds = common.timed(
+            seconds = benchlib.timed(
                 lambda p=dparams: features.extract(apply, p, images, batch_size=args.batch),
                 repeat=1,
             )
@@ -101,14 +101,14 @@ def main():
     queries, references = (int(n) for n in args.nn.split(","))
     pairs, flops = nn_search(m=queries, n=references)
     peak = results["matmul_flops_per_s"] = max(
-        peak, common.matmul_peak("float32")
+        peak, benchlib.matmul_peak("float32")
     )  # the best of start and end
     results["nn_pairs_per_s"], results["nn_flops_ratio_to_matmul"] = pairs, flops / peak
     print(
         f"  nearest-neighbour search (2048-d)      {pairs / 1e6:10.1f} M pairs/s = "
         f"{flops / peak:.2f} of matmul rate"
     )
-    common.write_results("eval_throughput", results)
+    benchlib.write_results("eval_throughput", results)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ if [ $TINY = 0 ]; then
 fi
 
 section "train step: $PRESET, bf16 and fp32, batch $BATCHES"
-run 200 "$PY" benchmarks/train_step.py --presets=$PRESET --batches=$BATCHES --dtypes=bfloat16,float32 --steps=$STEPS
+run 200 "$PY" benchmarks/step_speed.py --presets=$PRESET --batches=$BATCHES --dtypes=bfloat16,float32 --steps=$STEPS
 if "$PY" -c "import torch" 2>/dev/null; then
   section "PyTorch peer of the same step on the same device, beside ours: $PEER_RUNS, bf16 and fp32"
   run 150 "$PY" benchmarks/peer_torch.py --runs=$PEER_RUNS --dtypes=bfloat16,float32 --steps=$STEPS \
@@ -86,7 +86,7 @@ fi
 section "sharded path on this device: jit over a one-device mesh and pmap, tiny U-Net"
 run 45 "$PY" benchmarks/scaling.py --platform=$PLATFORM --runs=1:jit,1:pmap --preset=tiny --batch=$SAMPLE_BATCH --steps=$(( STEPS * 2 ))
 section "sampling: EDM Heun 18 steps, $PRESET, batch $SAMPLE_BATCH, bf16"
-run 50 "$PY" benchmarks/sampling.py --presets=$PRESET --batch=$SAMPLE_BATCH --dtypes=bfloat16 --steps=18
+run 50 "$PY" benchmarks/sampler_speed.py --presets=$PRESET --batch=$SAMPLE_BATCH --dtypes=bfloat16 --steps=18
 section "evaluation features and nearest-neighbour search"
 run 50 "$PY" benchmarks/eval_throughput.py "${EVAL[@]}"
 section "done"

@@ -25,12 +25,12 @@ import time
 # or the peer's first batch-512 step runs out of memory (seen on an H200, 2026-11-30).
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import common  # noqa: F401  (puts the repository root on sys.path)
+import benchlib  # noqa: F401  (the programs' CPU flags, before JAX starts)
 import jax
 import numpy as np
+import step_speed
 import torch
 import torch.nn.functional as F
-import train_step
 from torch_songunet import (
     TorchSongUNet,
     attention,
@@ -89,7 +89,7 @@ def time_peer(preset, batch, steps, dtype="float32", channels_last=False, compil
     it fails (e.g. no compiler toolchain)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     fields = preset_fields(preset)
-    res = train_step.RESOLUTION[preset]
+    res = step_speed.RESOLUTION[preset]
     model = nets.build_model(preset, 3)
     params = nets.init_params(model, (res, res, 3), jax.random.key(0))
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -137,7 +137,7 @@ def layer_cases(preset, batch):
     from ambient_jax.nets import unet
 
     net = nets.build_model(preset, 3)  # the preset's fields, defaults included
-    resolution = train_step.RESOLUTION[preset]
+    resolution = step_speed.RESOLUTION[preset]
     filt = tuple(net.resample_filter)
     f_pad = (len(filt) - 1) // 2
     taps = ",".join(str(t) for t in filt)
@@ -263,7 +263,7 @@ def layer_table(preset, batch, repeat=5):
                 lambda p, *xs: jax.numpy.sum(fn(p, *xs) * w), argnums=tuple(range(len(inputs) + 1))
             )
         )
-        ours = common.timed(lambda: jax.block_until_ready(grad(params, *inputs)), repeat)
+        ours = benchlib.timed(lambda: jax.block_until_ready(grad(params, *inputs)), repeat)
         tparams = torch_params(params) if params is not None else None
         if tparams is not None:
             for t in jax.tree_util.tree_leaves(tparams):
@@ -280,7 +280,7 @@ def layer_table(preset, batch, repeat=5):
                 t.grad = None
             (torch_fn(tparams, *txs) * tw).sum().backward()
 
-        theirs = common.timed(torch_once, repeat)
+        theirs = benchlib.timed(torch_once, repeat)
         rows.append(
             {"layer": name, "ours_ms": ours * 1e3, "peer_ms": theirs * 1e3, "ratio": theirs / ours}
         )
@@ -303,13 +303,13 @@ LOWERINGS = (
 )
 
 
-def measure_with(train_step, preset, batch, steps, shifted, explicit):
+def measure_with(preset, batch, steps, shifted, explicit):
     from ambient_jax.nets import unet
 
     saved = unet.SHIFTED_RESAMPLING_ON_CPU, unet.EXPLICIT_PADDING_ON_CPU
     unet.SHIFTED_RESAMPLING_ON_CPU, unet.EXPLICIT_PADDING_ON_CPU = shifted, explicit
     try:
-        return train_step.measure(preset, batch, "float32", steps)
+        return step_speed.measure(preset, batch, "float32", steps)
     finally:
         unet.SHIFTED_RESAMPLING_ON_CPU, unet.EXPLICIT_PADDING_ON_CPU = saved
 
@@ -341,14 +341,14 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     result = {
-        "device": common.device_description(),
+        "device": benchlib.device_description(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "runs": [],
     }
     print(f"{result['device']}; torch {torch.__version__} with {torch.get_num_threads()} threads")
     dtypes = args.dtypes.split(",")
-    result["matmul_flops_per_s"] = {d: common.matmul_peak(d) for d in dtypes}
+    result["matmul_flops_per_s"] = {d: benchlib.matmul_peak(d) for d in dtypes}
     if args.layers or args.only_layers:
         result["layers"] = []
         for item in args.runs.split(","):
@@ -361,7 +361,7 @@ def main():
         batch = int(batch)
         if args.lowerings:
             for name, shifted, explicit in LOWERINGS:
-                r = measure_with(train_step, preset, batch, args.steps, shifted, explicit)
+                r = measure_with(preset, batch, args.steps, shifted, explicit)
                 result.setdefault("lowerings", []).append(
                     {
                         "preset": preset,
@@ -372,7 +372,7 @@ def main():
                 )
                 print(f"  {name:42} {batch / r['step_s']:.3f} img/s", flush=True)
         for dtype in dtypes:
-            ours = train_step.measure(preset, batch, dtype, args.steps)
+            ours = step_speed.measure(preset, batch, dtype, args.steps)
             peer_s, compiled = time_peer(
                 preset, batch, args.steps, dtype, args.channels_last, args.compile
             )
@@ -404,7 +404,7 @@ def main():
                 f"compile {row['ours_compile_s']:.0f} s",
                 flush=True,
             )
-    common.write_results("peer_torch", result)
+    benchlib.write_results("peer_torch", result)
 
 
 if __name__ == "__main__":

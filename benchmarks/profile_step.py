@@ -73,9 +73,9 @@ def main():
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
 
-    import common  # noqa: F401
+    import benchlib  # noqa: F401
     import jax
-    from train_step import bench_config, step_inputs
+    from step_speed import bench_config, step_inputs
 
     config = bench_config(args.preset, args.batch, args.dtype)
     trainer, state, images = step_inputs(config)
@@ -97,7 +97,7 @@ def main():
     for name, seconds in times.items():
         by_kind[kind(name)] += seconds
     print(
-        f"{common.device_description()}; {args.preset} batch {args.batch} {args.dtype}, "
+        f"{benchlib.device_description()}; {args.preset} batch {args.batch} {args.dtype}, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
     )
     print(
@@ -110,7 +110,7 @@ def main():
     for name, seconds in times.most_common(12):
         print(f"  {100 * seconds / total:5.1f}%  {seconds / args.steps:8.3f} s  {name}")
     results = {
-        "device": common.device_description(),
+        "device": benchlib.device_description(),
         "preset": args.preset,
         "batch": args.batch,
         "dtype": args.dtype,
@@ -119,7 +119,7 @@ def main():
         "by_kind_s_per_step": {k: v / args.steps for k, v in by_kind.items()},
         "top_ops_s_per_step": {k: v / args.steps for k, v in times.most_common(30)},
     }
-    common.write_results(f"profile_{args.preset}", results)
+    benchlib.write_results(f"profile_{args.preset}", results)
 
 
 if __name__ == "__main__":

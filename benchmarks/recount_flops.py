@@ -1,5 +1,5 @@
 """Recount the FLOPs behind every published utilisation figure from the program as lowered
-(common.step_flops: the same count on every backend), and rewrite the results in place.
+(benchlib.step_flops: the same count on every backend), and rewrite the results in place.
 
     python benchmarks/recount_flops.py                    # every file under benchmarks/results/
     python benchmarks/recount_flops.py --h200             # also the H200 row of docs/performance.md
@@ -19,23 +19,23 @@ import glob
 import json
 import os
 
-import common
-import sampling
-import train_step
+import benchlib
+import sampler_speed
+import step_speed
 import unet_step
 
 
 @functools.lru_cache(maxsize=None)
 def train_step_flops(preset, batch, dtype, remat=False, augment_p=0.0):
-    config = train_step.bench_config(preset, batch, dtype, 1, remat, augment_p)
-    trainer, state, held = train_step.step_inputs(config, images=max(batch, 8))
-    return common.step_flops(trainer.step, state, held)
+    config = step_speed.bench_config(preset, batch, dtype, 1, remat, augment_p)
+    trainer, state, held = step_speed.step_inputs(config, images=max(batch, 8))
+    return benchlib.step_flops(trainer.step, state, held)
 
 
 @functools.lru_cache(maxsize=None)
 def network_call_flops(preset, batch, dtype):
-    _, model, params, latents = sampling.network_inputs(preset, batch, dtype)
-    return sampling.call_flops(model, params, latents)
+    _, model, params, latents = sampler_speed.network_inputs(preset, batch, dtype)
+    return sampler_speed.call_flops(model, params, latents)
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,7 +43,7 @@ def mnist_unet_step_flops(batch=128):
     """configs/mnist_unet.py's train step (16x16x1 digits), as benchmarks/results/
     unet_digits_step_cpu.json measured it."""
     trainer, state, held = unet_step.step_inputs(unet_step.CONFIGS["unet_digits"], batch)
-    return common.step_flops(trainer.step, state, held)
+    return benchlib.step_flops(trainer.step, state, held)
 
 
 def scale(row, ratio, keys):
@@ -54,7 +54,7 @@ def scale(row, ratio, keys):
 
 def recount_row(row):
     """Rewrite one result row in place; returns (old, new) FLOPs, or None if it has none."""
-    if "flops_per_step" in row and "preset" in row:  # train_step.py rows
+    if "flops_per_step" in row and "preset" in row:  # step_speed.py rows
         old = row.get("compiled_flops_per_step", row["flops_per_step"])
         new = train_step_flops(
             row["preset"], row["batch"], row["dtype"], row.get("remat", False),
@@ -73,7 +73,7 @@ def recount_row(row):
         row["compiled_flops_per_step"], row["flops_per_step"] = old, new
         scale(row, ratio, ["ours_flops_per_s", "ours_utilisation"])
         return old, new
-    if "network_calls" in row:  # sampling.py rows
+    if "network_calls" in row:  # sampler_speed.py rows
         per_call = network_call_flops(row["preset"], row["batch"], row["dtype"])
         old = row.get("compiled_flops_per_call")
         if old is None:
@@ -126,7 +126,7 @@ def h200_row():
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--files", default=os.path.join(common.HERE, "results", "*.json"))
+    parser.add_argument("--files", default=os.path.join(benchlib.HERE, "results", "*.json"))
     parser.add_argument("--h200", action="store_true")
     args = parser.parse_args()
     if args.h200:
@@ -136,7 +136,7 @@ def main():
             f"(published {row['compiled_flops_per_step'] / 1e9:.1f}), "
             f"{row['flops_per_s'] / 1e12:.1f} TFLOP/s = {row['utilisation']:.3f} of bf16 matmul"
         )
-        with open(os.path.join(common.HERE, "results", "train_step_h200_recount.json"), "w") as f:
+        with open(os.path.join(benchlib.HERE, "results", "train_step_h200_recount.json"), "w") as f:
             json.dump({"recounted": "benchmarks/recount_flops.py --h200", **row}, f, indent=1)
     for path in sorted(glob.glob(args.files)):
         with open(path) as f:

@@ -22,10 +22,9 @@ def worker(devices, mode, steps, batch, preset, sync_every_step=False):
     import jax
     import numpy as np
 
-    sys.path.insert(0, os.path.dirname(HERE))
     from ambient_jax import parallel
+    from ambient_jax.configs.mnist import get_config
     from ambient_jax.training import compiled_step, train_state, train_step
-    from configs.mnist import get_config
 
     config = get_config("ambient")
     config.parallel.mode = mode
@@ -146,10 +145,10 @@ def main():
             f"{r['devices']:>8} {r['mode']:>5} {r['images_per_s']:>10.0f} "
             f"{r['images_per_s'] / base:>12.2f} {r['first_step_s']:>13.1f}"
         )
-    import common  # here, not above: it imports JAX, which this parent leaves to its workers
+    import benchlib  # here, not above: it imports JAX, which this parent leaves to its workers
 
     with open(
-        os.path.join(common.results_dir(), f"scaling_{args.platform}_{args.preset}.json"), "w"
+        os.path.join(benchlib.results_dir(), f"scaling_{args.platform}_{args.preset}.json"), "w"
     ) as f:
         json.dump(results, f, indent=1)
 

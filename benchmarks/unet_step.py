@@ -15,28 +15,28 @@ benchmarks/results/unet_step_<platform>.json.
 import argparse
 import time
 
-import common
+import benchlib
 import jax
-import train_step
+import step_speed
 
-from configs import mnist_unet, mnist_unet32
+from ambient_jax.configs import mnist_unet, mnist_unet32
 
 CONFIGS = {"unet_digits": mnist_unet, "unet_digits32": mnist_unet32}
 
 
 def step_inputs(module, batch=None):
-    """train_step.step_inputs for `module`'s ambient config (1-channel digits), one batch of
+    """step_speed.step_inputs for `module`'s ambient config (1-channel digits), one batch of
     random images (at `batch`, or the config's own batch size)."""
     config = module.get_config("ambient")
     if batch:
         config.train.batch_size = batch
-    return train_step.step_inputs(config, images=config.train.batch_size)
+    return step_speed.step_inputs(config, images=config.train.batch_size)
 
 
 def measure(name, steps):
     trainer, state, held = step_inputs(CONFIGS[name])
     batch = int(held.images.shape[0])
-    flops = common.step_flops(trainer.step, state, held)
+    flops = benchlib.step_flops(trainer.step, state, held)
     start = time.perf_counter()
     compiled = trainer.step.lower(state, held).compile()
     compile_s = time.perf_counter() - start
@@ -46,7 +46,7 @@ def measure(name, steps):
         current[0], _ = compiled(current[0], held)
         jax.block_until_ready(current[0])
 
-    step_s = common.timed(one_step, repeat=steps)
+    step_s = benchlib.timed(one_step, repeat=steps)
     return dict(
         network=name,
         batch=batch,
@@ -61,12 +61,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per network")
     args = parser.parse_args()
-    peak = common.matmul_peak("float32")
+    peak = benchlib.matmul_peak("float32")
     rows = [measure(name, args.steps) for name in CONFIGS]
     for row in rows:
         row["utilisation"] = row["gflop_per_step"] * 1e9 / row["step_s"] / peak
     small, large = rows
-    print(f"device: {common.device_description()}; f32 matmul {peak / 1e9:.1f} GFLOP/s")
+    print(f"device: {benchlib.device_description()}; f32 matmul {peak / 1e9:.1f} GFLOP/s")
     print("| network | batch | step s | images/s | GFLOP/step | utilisation | compile s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -77,10 +77,10 @@ def main():
     ratio = large["step_s"] / small["step_s"]
     flop_ratio = large["gflop_per_step"] / small["gflop_per_step"]
     print(f"32x32 / 16x16 step time: {ratio:.2f}x (FLOPs {flop_ratio:.2f}x)")
-    common.write_results(
+    benchlib.write_results(
         "unet_step",
         dict(
-            device=common.device_description(),
+            device=benchlib.device_description(),
             matmul_gflops=peak / 1e9,
             runs=rows,
             step_time_ratio_32_over_16=ratio,

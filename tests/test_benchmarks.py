@@ -1,5 +1,5 @@
 """The benchmarks' FLOP count is one count for every backend: taken from the program as lowered
-(benchmarks/common.step_flops), checked against a convolution's FLOPs by hand, against an
+(benchmarks/benchlib.step_flops), checked against a convolution's FLOPs by hand, against an
 independent count from the jaxpr, and against the CPU executable's own count. (The GPU check,
 benchmarks/gpu_check.sh, runs at tiny sizes on the CPU in CI: .ci/run.)"""
 
@@ -13,8 +13,8 @@ import pytest
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-import common  # noqa: E402
-import train_step  # noqa: E402
+import benchlib  # noqa: E402
+import step_speed  # noqa: E402
 
 
 def conv(x, w, padding):
@@ -29,28 +29,28 @@ def test_one_convolution_layer_counts_2_k2_cin_cout_per_output_tap(batch, h, w, 
     kernel = np.ones((3, 3, c_in, c_out), np.float32)
     valid = jax.jit(lambda x, k: conv(x, k, "VALID"))
     # every output pixel of a VALID convolution has all k^2 taps: 2 k^2 C_in C_out H' W'
-    assert common.step_flops(valid, x, kernel) == 2 * 9 * c_in * c_out * (h - 2) * (w - 2) * batch
+    assert benchlib.step_flops(valid, x, kernel) == 2 * 9 * c_in * c_out * (h - 2) * (w - 2) * batch
     same = jax.jit(lambda x, k: conv(x, k, "SAME"))
     # SAME: 2 k^2 C_in C_out H W, less the taps that fall on the zero border: 3H - 2 in-bounds
     # taps along each axis
     hand = 2 * c_in * c_out * (3 * h - 2) * (3 * w - 2) * batch
-    assert common.step_flops(same, x, kernel) == hand
+    assert benchlib.step_flops(same, x, kernel) == hand
     assert 2 * 9 * c_in * c_out * h * w * batch * 0.8 < hand  # the border is a small share
     # the jaxpr count includes the border taps: exactly 2 k^2 C_in C_out H W
-    assert common.matmul_flops(same, x, kernel) == 2 * 9 * c_in * c_out * h * w * batch
+    assert benchlib.matmul_flops(same, x, kernel) == 2 * 9 * c_in * c_out * h * w * batch
 
 
 def test_a_matrix_product_counts_2_m_n_k():
     a, b = np.ones((6, 5), np.float32), np.ones((5, 7), np.float32)
     f = jax.jit(lambda a, b: a @ b)
-    assert common.step_flops(f, a, b) == 2 * 6 * 5 * 7
-    assert common.matmul_flops(f, a, b) == 2 * 6 * 5 * 7
+    assert benchlib.step_flops(f, a, b) == 2 * 6 * 5 * 7
+    assert benchlib.matmul_flops(f, a, b) == 2 * 6 * 5 * 7
 
 
 def _step(preset, batch):
-    config = train_step.bench_config(preset, batch, "float32")
+    config = step_speed.bench_config(preset, batch, "float32")
     config.data.n_train = batch
-    trainer, state, held = train_step.step_inputs(config, images=batch)
+    trainer, state, held = step_speed.step_inputs(config, images=batch)
     return trainer.step, state, held
 
 
@@ -58,10 +58,10 @@ def test_step_count_is_the_cpu_executables_count():
     """The whole train step (forward, backward, Adam, EMA) of the tiny U-Net: the count before
     backend compilation equals the CPU executable's own count (the CPU backend compiles
     convolutions as convolutions, so there both are true counts; a GPU backend's are not).
-    benchmarks/train_step.py records both counts of every step it measures."""
+    benchmarks/step_speed.py records both counts of every step it measures."""
     step, state, held = _step("tiny", 4)
-    lowered = common.step_flops(step, state, held)
-    compiled = common.compiled_step_flops(step.lower(state, held).compile())
+    lowered = benchlib.step_flops(step, state, held)
+    compiled = benchlib.compiled_step_flops(step.lower(state, held).compile())
     # within 5%: XLA's CPU passes rewrite some of the program (measured: +2.3%)
     assert abs(compiled / lowered - 1) < 0.05, (compiled, lowered)
 
@@ -75,14 +75,14 @@ def test_ddpmpp_step_counts_122_gflop_per_image_in_the_form_every_backend_runs(m
     from ambient_jax.nets import unet
 
     step, state, held = _step("ddpmpp_cifar10", 2)
-    lowered = common.step_flops(step, state, held)
+    lowered = benchlib.step_flops(step, state, held)
     assert 115e9 < lowered / 2 < 128e9, lowered / 2
-    by_jaxpr = common.matmul_flops(step, state, held)
+    by_jaxpr = benchlib.matmul_flops(step, state, held)
     assert 0.9 < lowered / by_jaxpr < 1.0, lowered / by_jaxpr
     monkeypatch.setattr(unet, "SHIFTED_RESAMPLING_ON_CPU", False)
     monkeypatch.setattr(unet, "EXPLICIT_PADDING_ON_CPU", False)
     step, state, held = _step("ddpmpp_cifar10", 2)
-    assert abs(common.step_flops(step, state, held) / lowered - 1) < 1e-3
+    assert abs(benchlib.step_flops(step, state, held) / lowered - 1) < 1e-3
 
 
 def test_variants_run_only_the_stages_asked_for_that_are_missing(tmp_path, monkeypatch):

@@ -198,6 +198,15 @@ def test_no_benchmark_script_is_over_450_lines():
     assert not long_files(benchmark_scripts())
 
 
+def test_benchmark_scripts_edit_no_import_path_and_share_no_name_with_the_library():
+    """benchmarks/ imports the package as installed, and a bare `import NAME` there never means a
+    library module of the same name."""
+    library = {os.path.basename(path)[: -len(".py")] for path, _ in modules()} - {"__init__"}
+    for path, source in benchmark_scripts().items():
+        assert "sys.path" not in source, path
+        assert os.path.basename(path)[: -len(".py")] not in library, path
+
+
 def test_each_house_rule_fails_on_a_house_that_breaks_it():
     """The checkers above, run on small sources that break each rule once: a cycle closed only by
     a typing import, a private name imported and one read as an attribute, a long file."""

@@ -2,8 +2,9 @@
 calls), with the FLOPs of the network calls (XLA's cost analysis of one call as lowered, times the
 calls) against the matmul rate measured in this run.
 
-    python benchmarks/sampling.py                                   # CPU-sized defaults
-    python benchmarks/sampling.py --presets=ddpmpp_cifar10 --batch=512 --dtypes=bfloat16,float32
+    python benchmarks/sampler_speed.py                                   # CPU-sized defaults
+    python benchmarks/sampler_speed.py --presets=ddpmpp_cifar10 --batch=512 \
+        --dtypes=bfloat16,float32
 
 Prints a table and writes benchmarks/results/sampling_<platform>.json.
 """
@@ -11,10 +12,10 @@ Prints a table and writes benchmarks/results/sampling_<platform>.json.
 import argparse
 import time
 
-import common  # noqa: F401  (puts the repository root on sys.path)
+import benchlib  # noqa: F401  (the programs' CPU flags, before JAX starts)
 import jax
 import numpy as np
-from train_step import RESOLUTION, bench_config
+from step_speed import RESOLUTION, bench_config
 
 from ambient_jax.diffusion import generate
 from ambient_jax.training import train_state
@@ -31,9 +32,9 @@ def network_inputs(preset, batch, dtype):
 
 
 def call_flops(model, params, latents):
-    """FLOPs of one network call on the batch (common.step_flops: the same on every backend)."""
+    """FLOPs of one network call on the batch (benchlib.step_flops: the same on every backend)."""
     labels = np.zeros((latents.shape[0],), np.float32)
-    return common.step_flops(jax.jit(model.apply), params, latents, labels)
+    return benchlib.step_flops(jax.jit(model.apply), params, latents, labels)
 
 
 def measure(preset, batch, dtype, num_steps):
@@ -46,7 +47,7 @@ def measure(preset, batch, dtype, num_steps):
     # The step loop is a lax.fori_loop, whose body XLA's cost analysis counts once: count one
     # network call and multiply by the calls the sampler makes.
     flops = call_flops(model, params, latents) * (2 * num_steps - 1)
-    seconds = common.timed(lambda: jax.block_until_ready(compiled(params, latents)), repeat=2)
+    seconds = benchlib.timed(lambda: jax.block_until_ready(compiled(params, latents)), repeat=2)
     return {
         "preset": preset,
         "batch": batch,
@@ -71,9 +72,9 @@ def main():
     args = parser.parse_args()
     dtypes = args.dtypes.split(",")
     results = {
-        "device": common.device_description(),
+        "device": benchlib.device_description(),
         "runs": [],
-        "matmul_flops_per_s": {d: common.matmul_peak(d) for d in dtypes},
+        "matmul_flops_per_s": {d: benchlib.matmul_peak(d) for d in dtypes},
     }
     print(results["device"])
     print(
@@ -84,7 +85,7 @@ def main():
         for dtype in dtypes:
             for num_steps in map(int, args.steps.split(",")):
                 r = measure(preset, args.batch, dtype, num_steps)
-                r["utilisation"] = r["flops_per_s"] / common.best_peak(
+                r["utilisation"] = r["flops_per_s"] / benchlib.best_peak(
                     results["matmul_flops_per_s"], dtype
                 )
                 results["runs"].append(r)
@@ -98,7 +99,7 @@ def main():
         "util = FLOP/s of the network calls / best dense matmul FLOP/s measured so far in this "
         "run, same dtype"
     )
-    common.write_results("sampling", results)
+    benchlib.write_results("sampling", results)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Train-step throughput and utilisation: images/s and achieved FLOP/s of the compiled step for
 the network presets at a few batch sizes, against the dense matmul rate measured in this run.
 
-    python benchmarks/train_step.py                                  # CPU-sized defaults
-    python benchmarks/train_step.py --presets=ddpmpp_cifar10 --batches=128,512 \\
+    python benchmarks/step_speed.py                                  # CPU-sized defaults
+    python benchmarks/step_speed.py --presets=ddpmpp_cifar10 --batches=128,512 \\
         --dtypes=bfloat16,float32
 
 FLOPs come from XLA's cost analysis of the step as lowered, before backend compilation (forward,
-backward, Adam and EMA; the same count on every backend, see common.step_flops);
+backward, Adam and EMA; the same count on every backend, see benchlib.step_flops);
 utilisation = achieved FLOP/s / matmul FLOP/s in the same compute dtype. Also reported: compile
 time of the step, peak memory (XLA's memory analysis; on GPUs also the allocator's peak) and
 steps per dispatch (train.steps_per_dispatch: several steps fused with lax.scan). With --parts
@@ -17,7 +17,7 @@ benchmarks/results/train_step_<platform>.json.
 import argparse
 import time
 
-import common  # noqa: F401  (puts the repository root on sys.path)
+import benchlib  # noqa: F401  (the programs' CPU flags, before JAX starts)
 import jax
 import numpy as np
 
@@ -78,10 +78,10 @@ def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False, augm
     start = time.perf_counter()
     compiled = (trainer.multi_step or trainer.step).lower(state, images).compile()
     compile_s = time.perf_counter() - start
-    peak = common.compiled_peak_bytes(compiled)
+    peak = benchlib.compiled_peak_bytes(compiled)
     # counted before backend compilation (the same on every backend); a scan's body is counted
     # once, so count one step, times k
-    flops = common.step_flops(trainer.step, state, images) * steps_per_dispatch
+    flops = benchlib.step_flops(trainer.step, state, images) * steps_per_dispatch
     state, metrics = compiled(state, images)  # warm-up
     jax.block_until_ready(metrics)
     calls = max(1, steps // steps_per_dispatch)
@@ -103,13 +103,13 @@ def measure(preset, batch, dtype, steps, steps_per_dispatch=1, remat=False, augm
         "step_s": seconds / done,
         "flops_per_step": flops / steps_per_dispatch,
         # the executable's own count, for comparison only (too few on a GPU: library calls)
-        "compiled_flops_per_step": common.compiled_step_flops(
+        "compiled_flops_per_step": benchlib.compiled_step_flops(
             trainer.step.lower(state, images).compile() if steps_per_dispatch > 1 else compiled
         ),
         "flops_per_s": flops * calls / seconds,
         "compile_s": compile_s,
         "peak_bytes": peak,
-        "device_peak_bytes": common.device_peak_bytes(),
+        "device_peak_bytes": benchlib.device_peak_bytes(),
     }
 
 
@@ -177,9 +177,9 @@ def main():
     args = parser.parse_args()
 
     presets = args.presets.split(",")
-    results = {"device": common.device_description(), "runs": [], "matmul_flops_per_s": {}}
+    results = {"device": benchlib.device_description(), "runs": [], "matmul_flops_per_s": {}}
     for dtype in args.dtypes.split(","):
-        results["matmul_flops_per_s"][dtype] = common.matmul_peak(dtype)
+        results["matmul_flops_per_s"][dtype] = benchlib.matmul_peak(dtype)
     print(results["device"])
     for dtype, peak in results["matmul_flops_per_s"].items():
         print(f"  dense matmul ({dtype}): {peak / 1e9:.1f} GFLOP/s")
@@ -206,7 +206,7 @@ def main():
                 )
     # again at the end: the best rate is the denominator
     for dtype in results["matmul_flops_per_s"]:
-        common.best_peak(results["matmul_flops_per_s"], dtype)
+        benchlib.best_peak(results["matmul_flops_per_s"], dtype)
     print("utilisation = achieved FLOP/s / best dense matmul FLOP/s of this run, same dtype:")
     for r in results["runs"]:
         r["utilisation"] = r["flops_per_s"] / results["matmul_flops_per_s"][r["dtype"]]
@@ -225,7 +225,7 @@ def main():
             )
     for dtype, peak in results["matmul_flops_per_s"].items():
         print(f"  dense matmul ({dtype}), best of start and end: {peak / 1e9:.1f} GFLOP/s")
-    common.write_results(args.out, results)
+    benchlib.write_results(args.out, results)
 
 
 if __name__ == "__main__":

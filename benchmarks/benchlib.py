@@ -5,7 +5,6 @@ the same process, so a busy or throttled machine moves both."""
 import json
 import os
 import platform
-import sys
 import time
 
 import jax
@@ -13,11 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(
-    0, os.path.dirname(HERE)
-)  # the repository root: configs/ and an uninstalled ambient_jax
 
-from ambient_jax import xla_cpu  # noqa: E402
+from ambient_jax import xla_cpu  # noqa: E402  (the package as installed: pip install -e .)
 
 xla_cpu.use_cpu_flags()  # the programs' CPU flags, before JAX starts a backend
 
