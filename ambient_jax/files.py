@@ -55,11 +55,43 @@ def read_bytes(path: str) -> bytes:
     return epath.Path(path).read_bytes()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str) -> None:
+    """Remove the temporaries a killed writer of `path` left beside it (.NAME.tmpPID whose PID
+    no longer runs); a live writer's stays. Local paths only (a bucket has no PIDs to ask)."""
+    if is_remote(path):
+        return
+    folder, name = os.path.split(os.path.abspath(path))
+    prefix = f".{name}.tmp"
+    for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+        pid = entry[len(prefix) :]
+        if entry.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+            try:
+                os.remove(os.path.join(folder, entry))
+            except FileNotFoundError:  # another process removed it first
+                pass
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
+    remove_stale_temporaries(path)
     target = epath.Path(path)
     tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
-    tmp.write_bytes(data)
-    tmp.replace(target)  # overwrites, as os.replace does
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(target)  # overwrites, as os.replace does
+    except BaseException:
+        if tmp.exists():  # a failed write (a full disk) leaves nothing half-written behind
+            tmp.unlink()
+        raise
 
 
 def write_text_atomic(path: str, text: str) -> None:

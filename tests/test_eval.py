@@ -314,3 +314,45 @@ def test_compare_columns_are_labelled_by_run_dir():
         and "b (ambient s_tn=1.5)" in header
         and "| ddpm |" in header
     )
+
+
+def test_a_damaged_feature_cache_is_named_and_computed_again(tmp_path):
+    """A truncated features_*.npz (a disk that filled, a copy cut short) is not trusted: the log
+    names the file, the features are computed again and the file is rewritten whole."""
+    from ambient_jax.eval import evaluate
+
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    calls, logged = [], []
+
+    def compute(images_u8, progress):
+        calls.append(1)
+        return np.ones((len(images_u8), 5), np.float32)
+
+    first = evaluate.cached_features(str(tmp_path), "x", images, compute, logged.append)
+    path = tmp_path / "features_x.npz"
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    again = evaluate.cached_features(str(tmp_path), "x", images, compute, logged.append)
+    np.testing.assert_array_equal(again, first)
+    assert len(calls) == 2 and any(f"{path} is damaged" in line for line in logged)
+    evaluate.cached_features(str(tmp_path), "x", images, compute, logged.append)
+    assert len(calls) == 2  # the rewritten file is read back
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    """An atomic write leaves .NAME.tmpPID only while its writer runs: the next write of NAME
+    removes those of dead writers and keeps a live one's."""
+    import subprocess
+    import sys
+
+    from ambient_jax import files
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    stale = tmp_path / f".out.npz.tmp{dead}"
+    live = tmp_path / f".out.npz.tmp{os.getppid()}"
+    other = tmp_path / f".other.npz.tmp{dead}"  # another file's: not ours to remove
+    for path in (stale, live, other):
+        path.write_bytes(b"half")
+    files.save_npz(str(tmp_path / "out.npz"), a=np.zeros(3))
+    assert not stale.exists() and live.exists() and other.exists()
+    np.testing.assert_array_equal(files.load_npz(str(tmp_path / "out.npz"))["a"], np.zeros(3))

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 from typing import Any, Callable
 
 import numpy as np
@@ -85,9 +86,12 @@ def cached_features(
     else:
         path = os.path.join(out_dir, f"features_{name}.npz")
     if files.exists(path):
-        data = files.load_npz(path)
-        if str(data["digest"]) == digest:
-            return data["features"]
+        try:
+            data = files.load_npz(path)
+            if str(data["digest"]) == digest:
+                return data["features"]
+        except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as err:
+            log(f"warning: the feature cache {path} is damaged ({err}); computing it again")
     log(f"extracting {name} features of {len(images_u8)} images ...")
     start = time.perf_counter()
 
