@@ -578,6 +578,17 @@ def error_line(result):
     return lines[0]
 
 
+def test_a_bucket_work_dir_without_its_file_system_package_is_one_line():
+    """gs:// work dirs need gcsfs, which is not a dependency (nor installed by the tests): every
+    program says so in one line instead of a traceback."""
+    import importlib.util
+
+    assert importlib.util.find_spec("gcsfs") is None  # the tests' environment, as CI makes it
+    for program, *flags in (("train", *TINY), ("sample",), ("eval",), ("diagnose",)):
+        line = error_line(cli(program, "--workdir=gs://no-such-bucket/run", *flags))
+        assert "pip install gcsfs" in line, (program, line)
+
+
 def test_bad_input_gets_one_clear_error(tmp_path):
     wd = str(tmp_path / "run")
     assert "sigma_tnn" in error_line(cli("train", f"--workdir={wd}", "--config.loss.sigma_tnn=1"))

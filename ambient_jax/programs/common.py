@@ -36,6 +36,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+# The file-system packages etils.epath asks for when a path is on a bucket (gs://, s3://).
+BUCKET_PACKAGES = ("gcsfs", "s3fs")
+
+
 def clean_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     """Run main; a user error ends the program with one line on stderr and exit status 2."""
 
@@ -47,6 +51,16 @@ def clean_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]
         except user_errors() as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+            sys.exit(2)
+        except ImportError as err:  # a bucket path without its file system's package
+            package = next((p for p in BUCKET_PACKAGES if p in str(err)), None)
+            if package is None:
+                raise
+            print(
+                f"error: {err}: a work dir or file on a bucket needs `pip install {package}` "
+                "(the package is not a dependency); or use a local path",
+                file=sys.stderr,
+            )
             sys.exit(2)
 
     return wrapped
