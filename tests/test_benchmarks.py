@@ -94,9 +94,9 @@ def test_variants_run_only_the_stages_asked_for_that_are_missing(tmp_path, monke
 
     calls = []
     monkeypatch.setattr(
-        variants.subprocess,
+        variants.children,
         "run",
-        lambda argv, **_: calls.append((os.path.basename(argv[0]), argv)),
+        lambda argv, **_: calls.append((os.path.basename(argv[0]), argv)) or 0,
     )
     trained = tmp_path / "unet32_ddpm_seed0"
     (trained / "eval").mkdir(parents=True)

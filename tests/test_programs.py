@@ -94,3 +94,35 @@ def test_a_config_override_of_the_wrong_type_is_one_error_line():
         and result.stderr.strip().startswith("error: ")
         and len(result.stderr.strip().splitlines()) == 1
     )
+
+
+def test_a_stopped_parent_stops_the_programs_it_runs(tmp_path):
+    """programs.children: a sweep killed with SIGTERM passes it on to the program it is running
+    (here a child that records the signal), waits for it, and exits 128 + 15; no new child starts
+    after the signal."""
+    import signal
+    import time
+
+    record = tmp_path / "child_got"
+    child = (
+        "import signal, sys, time; "
+        f"signal.signal(signal.SIGTERM, lambda *_: (open({str(record)!r}, 'w').write('TERM'), "
+        "sys.exit(0))); print('ready', flush=True); time.sleep(120)"
+    )
+    parent = (
+        "import sys, threading; from ambient_jax.programs import children; "
+        "children.forward_signals(); "
+        f"run = lambda: [children.run([sys.executable, '-c', {child!r}]) for _ in range(3)]; "
+        "t = threading.Thread(target=run); t.start(); t.join()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", parent], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "ready"  # the first child runs
+    start = time.time()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert record.read_text() == "TERM"  # the child got SIGTERM and could save its work
+    assert time.time() - start < 30 and "stopping 1 running program" in proc.stderr.read()
+    assert proc.stdout.read() == ""  # no second child started

@@ -19,6 +19,7 @@ import numpy as np
 
 from ambient_jax import files, plots, summaries
 from ambient_jax.diffusion import losses
+from ambient_jax.programs import children
 from ambient_jax.types import Log
 
 
@@ -104,15 +105,15 @@ def run_all(runs: list[tuple[str, list[list[str]]]], log: Log = print, jobs: int
             for argv in steps:
                 log("$ " + " ".join(shlex.quote(a) for a in argv))
                 program = os.path.join(bin_dir, argv[0])
-                result = subprocess.run(
+                returncode = children.run(
                     [program if os.path.exists(program) else argv[0], *argv[1:]],
                     env=env,
                     stdout=out,
                     stderr=subprocess.STDOUT if out else None,
                 )
-                if result.returncode:
+                if returncode:
                     where = f"; its output is in {out.name}" if out else ""
-                    return f"{argv[0]} failed for {workdir} (exit {result.returncode}){where}"
+                    return f"{argv[0]} failed for {workdir} (exit {returncode}){where}"
             return None
         finally:
             if out:

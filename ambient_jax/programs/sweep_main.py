@@ -16,7 +16,7 @@ skipped where its output exists; `variants-table` prints their table.
 from absl import flags
 
 from ambient_jax.configs.variants import VARIANTS
-from ambient_jax.programs import sweep, variant_runs
+from ambient_jax.programs import children, sweep, variant_runs
 from ambient_jax.programs.common import DEFAULT_CONFIG, clean_errors, log, run_program
 
 flags.DEFINE_string("root", None, "folder that holds one work dir per run", required=True)
@@ -41,6 +41,7 @@ FLAGS = flags.FLAGS
 
 @clean_errors
 def main(argv: list[str]) -> None:
+    children.forward_signals()  # a stopped sweep stops the programs it runs
     commands = ("run", "commands", "report", "variants", "variants-table")
     if len(argv) != 2 or argv[1] not in commands:
         raise ValueError(f"name the command: ambient-sweep {' | '.join(commands)} --root=DIR ...")

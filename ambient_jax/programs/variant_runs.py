@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ambient_jax.configs.variants import BASE, UNET32_CONFIG, UNET_CONFIG, VARIANTS, config_of
+from ambient_jax.programs import children
 from ambient_jax.types import Log
 
 BIN = os.path.dirname(sys.executable)
@@ -74,9 +75,11 @@ def run_variant(
         argv = commands[stage]
         log("$ " + " ".join(argv))
         start = time.perf_counter()
-        subprocess.run(
-            [os.path.join(BIN, argv[0]), *argv[1:]], check=True, stdout=subprocess.DEVNULL
+        returncode = children.run(
+            [os.path.join(BIN, argv[0]), *argv[1:]], stdout=subprocess.DEVNULL
         )
+        if returncode:
+            raise subprocess.CalledProcessError(returncode, argv)
         seconds = json.load(open(timing)) if os.path.exists(timing) else {}
         seconds[f"{stage}_seconds"] = time.perf_counter() - start
         seconds["total_seconds"] = sum(v for k, v in seconds.items() if k != "total_seconds")
