@@ -126,3 +126,30 @@ def test_a_stopped_parent_stops_the_programs_it_runs(tmp_path):
     assert record.read_text() == "TERM"  # the child got SIGTERM and could save its work
     assert time.time() - start < 30 and "stopping 1 running program" in proc.stderr.read()
     assert proc.stdout.read() == ""  # no second child started
+
+
+def test_out_of_memory_is_one_line_that_says_what_to_lower(capsys):
+    """A device out of memory (the 49-line traceback of a 32x32 U-Net at batch 8192) ends the
+    program with one error line naming the setting to lower; other runtime errors still raise."""
+    import jax
+
+    from ambient_jax.programs.common import clean_errors
+
+    message = "RESOURCE_EXHAUSTED: Out of memory allocating 148113103040 bytes."
+
+    @clean_errors
+    def out_of_memory(argv):
+        raise jax.errors.JaxRuntimeError(message)
+
+    with pytest.raises(SystemExit) as stop:
+        out_of_memory([])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1
+    assert "ran out of memory" in lines[0] and "lower train.batch_size" in lines[0]
+
+    @clean_errors
+    def other(argv):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        other([])

@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Any, Callable
 
+import jax
 from absl import app, flags, logging
 
 import ambient_jax.configs
@@ -51,6 +52,17 @@ def clean_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]
         except user_errors() as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+            sys.exit(2)
+        except jax.errors.JaxRuntimeError as err:
+            text = " ".join(str(err).split())
+            if "RESOURCE_EXHAUSTED" not in text and "Out of memory" not in text:
+                raise
+            print(
+                f"error: the device ran out of memory ({text[:300]}): lower train.batch_size "
+                "(or sample.batch_size / the network's size) and run the same command again; "
+                "the work dir keeps what was saved before",
+                file=sys.stderr,
+            )
             sys.exit(2)
         except ImportError as err:  # a bucket path without its file system's package
             package = next((p for p in BUCKET_PACKAGES if p in str(err)), None)
