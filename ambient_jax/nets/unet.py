@@ -266,12 +266,25 @@ def positional_embedding(
 
 
 def fourier_embedding(
-    noise_labels: jax.Array, channels: int, scale: float = 16.0, seed: int = 0
+    noise_labels: jax.Array,
+    channels: int,
+    scale: float = 16.0,
+    seed: int = 0,
+    freqs: Sequence[float] = (),
 ) -> jax.Array:
     """EDM's FourierEmbedding: random frequencies fixed at construction (a constant, not a
-    parameter)."""
-    freqs = np.random.RandomState(seed).randn(channels // 2).astype(np.float32) * scale
-    angles = noise_labels.astype(jnp.float32)[:, None] * (2 * np.pi * freqs)[None, :]
+    parameter); `freqs` the ones a converted network was trained with (its `map_noise.freqs`
+    buffer), else drawn from `seed`."""
+    if freqs:
+        table = np.asarray(freqs, np.float32)
+        if table.shape != (channels // 2,):
+            raise ValueError(
+                f"fourier_freqs has {table.size} frequencies; the embedding of {channels} "
+                f"channels takes {channels // 2}"
+            )
+    else:
+        table = np.random.RandomState(seed).randn(channels // 2).astype(np.float32) * scale
+    angles = noise_labels.astype(jnp.float32)[:, None] * (2 * np.pi * table)[None, :]
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
@@ -289,6 +302,9 @@ class SongUNet(nn.Module):
     channel_mult_noise: int = 1
     encoder_type: str = "standard"  # "standard" (DDPM++) | "residual" (NCSN++)
     resample_filter: Sequence[int] = (1, 1)
+    # NCSN++'s Fourier frequencies when they are not the seed-0 draw (a converted EDM network's
+    # map_noise.freqs, ambient_jax.interop.edm); () = the draw
+    fourier_freqs: Sequence[float] = ()
     # > 0: EDM's augment-label input (map_augment, a bias-free linear layer into the noise
     # embedding) for that many labels (ambient_jax.data.augment; 9 for EDM's recipe)
     augment_dim: int = 0
@@ -319,7 +335,7 @@ class SongUNet(nn.Module):
         if self.embedding_type == "positional":
             emb = positional_embedding(noise_labels, noise_channels)
         elif self.embedding_type == "fourier":
-            emb = fourier_embedding(noise_labels, noise_channels)
+            emb = fourier_embedding(noise_labels, noise_channels, freqs=self.fourier_freqs)
         else:
             raise ValueError(
                 f"embedding_type must be 'positional' or 'fourier', got {self.embedding_type!r}"

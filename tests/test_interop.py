@@ -1,0 +1,248 @@
+"""EDM network snapshots in (ambient_jax.interop): read without running anything they carry, mapped
+onto our U-Nets with the same outputs as the PyTorch networks that wrote them, and turned into
+work dirs the programs take.
+
+The snapshots are made here (no pretrained file can be downloaded): small networks in EDM's
+module layout (benchmarks/edm_layout.py) with every tensor random, pickled as EDM's training loop
+pickles them."""
+
+import json
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch  # a test dependency (CPU build)
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import edm_layout  # noqa: E402
+
+from ambient_jax.interop import edm, torch_files  # noqa: E402
+
+SMALL = dict(model_channels=16, channel_mult=(1, 2, 2), num_blocks=1, attn_resolutions=(8,),
+             dropout=0.0)  # fmt: skip
+NCSNPP = dict(embedding_type="fourier", channel_mult_noise=2, encoder_type="residual",
+              resample_filter=(1, 3, 3, 1))  # fmt: skip
+KINDS = {
+    "ddpmpp": dict(SMALL),
+    "ncsnpp": dict(SMALL, **NCSNPP),
+    "ddpmpp_augment": dict(SMALL, augment_dim=9),
+    "ncsnpp_augment": dict(SMALL, augment_dim=9, **NCSNPP),
+}
+
+
+def torch_net(kind, seed=0, **changes):
+    torch.manual_seed(seed)
+    return edm_layout.EDMPrecond(16, 1, **dict(KINDS[kind], **changes)).eval()
+
+
+def write_snapshot(tmp_path, net, name="network-snapshot-000100.pkl"):
+    path = str(tmp_path / name)
+    edm_layout.snapshot(path, net)
+    return path
+
+
+def converted(path):
+    """(our network, its parameters) for a snapshot file."""
+    from ambient_jax.nets import build_model
+
+    found = edm.describe(path, torch_files.read(path))
+    model = edm.model_overrides(found)
+    augment = {"augment_dim": found["network_kwargs"]["augment_dim"]}
+    network = build_model(model["preset"], found["channels"], **augment, **model["overrides"])
+    return network, edm.flax_params(found, path)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_converted_snapshot_denoises_as_the_torch_network_that_wrote_it(tmp_path, kind):
+    """D(x, sigma) at sigma 0.002, 0.5 and 80, and EDM's sampler (a Heun step 80 -> 0.5, then
+    the Euler step to 0) from the same noise: the PyTorch network in EDM's layout against the
+    converted one, to about 1e-5."""
+    import jax.numpy as jnp
+
+    from ambient_jax.diffusion import precond, sampling, schedules
+
+    net = torch_net(kind)
+    network, params = converted(write_snapshot(tmp_path, net))
+    denoise = precond.network_denoiser(network, params)
+    x = np.random.RandomState(1).randn(3, 1, 16, 16).astype(np.float32)
+    to_ours = lambda a: jnp.asarray(a.transpose(0, 2, 3, 1))
+    for sigma in (0.002, 0.5, 80.0):
+        s = np.full(3, sigma, np.float32)
+        with torch.no_grad():
+            want = net(torch.tensor(x), torch.tensor(s)).numpy()
+        got = np.asarray(denoise(to_ours(x), jnp.asarray(s))).transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(got, want, atol=1e-5 * max(1, np.abs(want).max()), rtol=0)
+
+    t = [float(v) for v in schedules.edm_sigma_grid(2, 0.5, 80.0, 7.0)]  # 80, 0.5, 0
+    with torch.no_grad():  # EDM's edm_sampler, deterministic, two steps
+        d = lambda xi, si: (xi - net(xi, torch.full((3,), si))) / si
+        x0 = torch.tensor(x) * t[0]
+        d0 = d(x0, t[0])
+        x1 = x0 + (t[1] - t[0]) * d0
+        x1 = x0 + (t[1] - t[0]) * (0.5 * d0 + 0.5 * d(x1, t[1]))
+        want = (x1 + (t[2] - t[1]) * d(x1, t[1])).numpy()
+    got = sampling.edm_sampler(denoise, to_ours(x), num_steps=2, sigma_min=0.5, sigma_max=80.0)
+    scale = max(1, np.abs(want).max())  # random weights: outputs of tens
+    np.testing.assert_allclose(
+        np.asarray(got).transpose(0, 3, 1, 2), want, atol=2e-5 * scale, rtol=0
+    )
+
+
+def test_every_tensor_of_the_snapshot_is_used_exactly_once(tmp_path):
+    """Each parameter of our network comes from one tensor of the file, each tensor goes to one
+    place (the Fourier frequencies to the config, the resampling filters checked against it); a
+    tensor left over or missing is refused by name."""
+    import jax
+
+    net = torch_net("ncsnpp_augment")
+    path = write_snapshot(tmp_path, net)
+    found = edm.describe(path, torch_files.read(path))
+    params = edm.flax_params(found, path)
+    leaves = jax.tree_util.tree_leaves(params)
+    constants = [n for n in found["tensors"] if n.endswith(("resample_filter", "freqs"))]
+    assert sum(leaf.size for leaf in leaves) == sum(p.numel() for p in net.parameters())
+    assert len(leaves) + len(constants) == len(net.state_dict()) == len(found["tensors"])
+    ours = np.sort(np.concatenate([np.ravel(leaf) for leaf in leaves]))
+    theirs = np.sort(np.concatenate([p.detach().numpy().ravel() for p in net.parameters()]))
+    np.testing.assert_array_equal(ours, theirs)  # every value once (all random: no ties)
+
+    extra = dict(found, tensors=dict(found["tensors"], **{"enc.extra.weight": np.zeros(3)}))
+    with pytest.raises(edm.SnapshotError, match="its tensor enc.extra.weight .* has no place"):
+        edm.flax_params(extra, path)
+    tensors = dict(found["tensors"])
+    del tensors["dec.8x8_block1.qkv.weight"]
+    with pytest.raises(edm.SnapshotError, match="tensor dec.8x8_block1.qkv.weight is missing"):
+        edm.flax_params(dict(found, tensors=tensors), path)
+    tensors = dict(found["tensors"])
+    tensors["enc.8x8_down.conv0.resample_filter"] = torch.ones(1, 1, 2, 2).numpy() / 4
+    with pytest.raises(edm.SnapshotError, match="resample_filter is not resample_filter="):
+        edm.flax_params(dict(found, tensors=tensors), path)
+
+
+class _RunsACommand:
+    """What a malicious weight file holds: unpickling it calls os.system."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_a_pickle_that_would_run_a_command_is_refused_and_the_command_does_not_run(tmp_path):
+    marker = tmp_path / "the_command_ran"
+    evil = tmp_path / "network-snapshot-000000.pkl"
+    snapshot = {"ema": _RunsACommand(f"touch {marker}"), "augment_pipe": None}
+    evil.write_bytes(pickle.dumps(snapshot))
+    with pytest.raises(torch_files.UnsafePickle, match=r"asks to call (posix|os)\.system"):
+        torch_files.read(str(evil))
+    assert not marker.exists()
+
+    from test_training import cli
+
+    done = cli("convert", "edm", f"--source={evil}", f"--workdir={tmp_path / 'run'}")
+    assert done.returncode == 2 and not marker.exists(), done.stderr[-2000:]
+    [line] = done.stderr.strip().splitlines()
+    assert "system, which a weight file does not need: refused" in line
+    assert not (tmp_path / "run").exists()
+
+    # EDM's own persistence stores each class's source in the file: it is kept as text, never run
+    # (benchmarks/edm_layout.py's stand-in of torch_utils.persistence fails the test if called).
+    found = torch_files.read(write_snapshot(tmp_path, torch_net("ddpmpp")))
+    assert "os.system" in found["ema"].module_src and found["ema"].class_name == "EDMPrecond"
+
+
+def test_a_torch_save_state_dict_reads_as_its_arrays(tmp_path):
+    net = torch_net("ncsnpp")
+    state = net.state_dict()
+    state["half"] = torch.arange(6, dtype=torch.float16).reshape(2, 3)[:, 1]  # a strided view
+    torch.save(state, tmp_path / "weights.pt")
+    read = torch_files.read(str(tmp_path / "weights.pt"))
+    assert list(read) == list(state)
+    for name, tensor in state.items():
+        np.testing.assert_array_equal(read[name], tensor.numpy())
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda n: setattr(n, "_init_kwargs", dict(n._init_kwargs, sigma_data=1.0)),
+         "sigma_data 1.0: this project's preconditioning uses 0.5"),
+        (lambda n: setattr(n.model, "_init_kwargs", dict(n.model._init_kwargs, label_dim=10)),
+         "label_dim=10; this project's takes (0,) (class-conditional networks are not mapped"),
+        (lambda n: setattr(n.model, "_init_kwargs", dict(n.model._init_kwargs,
+                                                         decoder_type="skip")),
+         "decoder_type='skip'"),
+        (lambda n: setattr(n, "class_name_in_file", "VPPrecond"),
+         "its preconditioning is VPPrecond; this project converts EDMPrecond"),
+    ],
+)  # fmt: skip
+def test_what_a_snapshot_needs_that_this_project_lacks_is_named(tmp_path, change, says):
+    net = torch_net("ddpmpp")
+    change(net)
+    path = write_snapshot(tmp_path, net)
+    with pytest.raises(edm.SnapshotError) as error:
+        edm.describe(path, torch_files.read(path))
+    assert says in str(error.value) and path in str(error.value)
+
+
+def test_ambient_convert_edm_then_sample_and_eval_take_the_work_dir(tmp_path):
+    """Through the programs: the snapshot becomes a work dir (config.json, a checkpoint at step
+    0, converted.json), which ambient-sample, ambient-eval and ambient-train (fine-tuning from
+    it, configs/finetune_from.py) take; a second conversion into it,
+    or into a config whose images are another size, is refused in one line."""
+    from test_training import cli
+
+    from ambient_jax import checkpoint
+
+    net = torch_net("ncsnpp_augment")
+    path = write_snapshot(tmp_path, net)
+    wd = str(tmp_path / "converted run")
+    done = cli("convert", "edm", f"--source={path}", f"--workdir={wd}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.load(open(os.path.join(wd, "converted.json")))
+    assert record["precond"] == "EDMPrecond" and record["network"] == "SongUNet"
+    assert record["tensors"] == len(net.state_dict()) and len(record["sha256"]) == 64
+    config, network, params = checkpoint.load_ema_params(wd)
+    assert config.model.preset == "ncsnpp_cifar10" and config.data.augment_p > 0
+    assert config.model.overrides.model_channels == 16
+    freqs = net.model.map_noise.freqs.numpy()
+    np.testing.assert_array_equal(np.float32(config.model.overrides.fourier_freqs), freqs)
+
+    again = cli("convert", "edm", f"--source={path}", f"--workdir={wd}")
+    assert again.returncode == 2 and "already holds a checkpoint" in again.stderr
+
+    sampled = cli("sample", f"--workdir={wd}", "--num_samples=8")
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    samples = np.load(os.path.join(wd, "samples.npz"))["samples"]
+    assert samples.shape == (8, 16, 16, 1) and samples.std() > 0
+    evaluated = cli("eval", f"--workdir={wd}", "--nofid")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = json.load(open(os.path.join(wd, "eval", "metrics.json")))
+    assert metrics["num_samples"] == 8 and metrics["fd_pixel"] > 0
+
+    tuned = str(tmp_path / "tuned")
+    small = ["--config.train.num_steps=2", "--config.train.batch_size=8",
+             "--config.train.log_every=1", "--config.train.sample_every=2",
+             "--config.train.checkpoint_every=2", "--config.train.track_every=0",
+             "--config.sample.num_steps=2", "--config.sample.grid_size=2"]  # fmt: skip
+    done = cli("train", f"--config=configs/finetune_from.py:{wd}", f"--workdir={tuned}", *small)
+    assert done.returncode == 0, done.stderr[-3000:]
+    started = json.load(open(os.path.join(tuned, "init.json")))
+    assert started["init_from"] == os.path.abspath(wd) and started["step"] == 0
+
+    wrong = cli("convert", "edm", f"--source={path}", f"--workdir={tmp_path / 'x'}",
+                "--config.data.resolution=32")  # fmt: skip
+    assert wrong.returncode == 2 and "it makes 16x16x1 images, the config's data are 32x32x1" in (
+        wrong.stderr
+    )
+
+
+def test_a_truncated_snapshot_is_named_in_one_line(tmp_path):
+    path = write_snapshot(tmp_path, torch_net("ddpmpp"))
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(torch_files.UnreadableFile, match="is not a readable weight file"):
+        torch_files.read(path)
