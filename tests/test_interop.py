@@ -191,7 +191,9 @@ def test_what_a_snapshot_needs_that_this_project_lacks_is_named(tmp_path, change
 def test_ambient_convert_edm_then_sample_and_eval_take_the_work_dir(tmp_path):
     """Through the programs: the snapshot becomes a work dir (config.json, a checkpoint at step
     0, converted.json), which ambient-sample, ambient-eval and ambient-train (fine-tuning from
-    it, configs/finetune_from.py) take; a second conversion into it,
+    it, configs/finetune_from.py) take; ambient-convert export writes it back as a state dict
+    that EDM's layout loads strictly, with the same outputs, and that converts to the same
+    weights again; a second conversion into it,
     or into a config whose images are another size, is refused in one line."""
     from test_training import cli
 
@@ -223,6 +225,26 @@ def test_ambient_convert_edm_then_sample_and_eval_take_the_work_dir(tmp_path):
     metrics = json.load(open(os.path.join(wd, "eval", "metrics.json")))
     assert metrics["num_samples"] == 8 and metrics["fd_pixel"] > 0
 
+    # The way back: export, load into the PyTorch network of EDM's layout (strict), same outputs;
+    # and the exported state dict converts again to the same weights.
+    out = str(tmp_path / "exported" / "ema.pt")
+    done = cli("convert", "export", f"--workdir={wd}", f"--out={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    args = json.load(open(out + ".json"))
+    assert args["class_name"] == "EDMPrecond" and args["init_kwargs"]["augment_dim"] == 9
+    back = edm_layout.EDMPrecond(**args["init_kwargs"]).eval()
+    back.load_state_dict(torch.load(out), strict=True)
+    x, sigma = torch.randn(2, 1, 16, 16), torch.tensor([0.3, 7.0])
+    with torch.no_grad():
+        assert torch.equal(back(x, sigma), net(x, sigma))
+    again_wd = str(tmp_path / "again")
+    done = cli("convert", "edm", f"--source={out}", f"--workdir={again_wd}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    import jax
+
+    _, _, params_again = checkpoint.load_ema_params(again_wd)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params_again, params)
+
     tuned = str(tmp_path / "tuned")
     small = ["--config.train.num_steps=2", "--config.train.batch_size=8",
              "--config.train.log_every=1", "--config.train.sample_every=2",
@@ -246,3 +268,16 @@ def test_a_truncated_snapshot_is_named_in_one_line(tmp_path):
     open(path, "wb").write(data[: len(data) // 2])
     with pytest.raises(torch_files.UnreadableFile, match="is not a readable weight file"):
         torch_files.read(path)
+
+
+def test_a_state_dict_without_its_arguments_and_a_network_without_edms_layout_are_refused():
+    with pytest.raises(edm.SnapshotError, match="a state dict needs its constructor's arguments"):
+        edm.describe("w.pt", {"model.map_layer0.weight": np.zeros((2, 2), np.float32)})
+    from ambient_jax.config import base_config
+    from ambient_jax.nets import build_model
+
+    split = build_model("tiny", 1, split_sigma=1.0)
+    with pytest.raises(edm.SnapshotError, match="only a single U-Net .* has EDM's layout"):
+        edm.edm_arguments(base_config(), split)
+    kwargs = edm.edm_arguments(base_config(), build_model("ncsnpp_cifar10", 3))
+    assert kwargs["embedding_type"] == "fourier" and len(kwargs["fourier_freqs"]) == 128

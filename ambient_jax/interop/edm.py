@@ -4,24 +4,8 @@ its weights under our parameter names, and a work dir the programs accept.
 
 A snapshot `network-snapshot-*.pkl` is a dict whose `ema` is a preconditioning object (EDMPrecond)
 wrapping the network (`ema.model`, a SongUNet: DDPM++ or NCSN++). It is read by
-`torch_files.read`, which runs nothing the file carries. Names map as EDM's SongUNet builds its
-modules onto the order in which ours (ambient_jax.nets.unet) creates its own:
-
-    map_noise.freqs (NCSN++)         -> model.overrides.fourier_freqs (a constant, not trained)
-    map_augment / map_layer0 / 1     -> map_augment, Dense_0, Dense_1
-    enc.RxR_conv, enc.RxR_aux_residual, dec.RxR_aux_conv
-                                     -> Conv_0, Conv_1, ... (in that order)
-    enc.RxR_down / _blockI, dec.RxR_in0 / _in1 / _up / _blockI
-                                     -> UNetBlock_0, UNetBlock_1, ... (in that order)
-    dec.RxR_aux_norm                 -> GroupNorm_0
-    in a block: norm0 conv0 affine norm1 conv1 skip | norm2 qkv proj
-                                     -> GroupNorm_0 Conv_0 Dense_0 GroupNorm_1 Conv_1 Conv_2 |
-                                        SelfAttention_0/{GroupNorm_0, Dense_0, Dense_1}
-
-Convolutions [O, I, kh, kw] become kernels [kh, kw, I, O]; linear layers [O, I] become [I, O];
-EDM's attention interleaves q, k and v in its qkv channels (channel 3c + j), ours holds them as
-three contiguous thirds. The resampling filters EDM stores as buffers must equal the ones the
-config gives. Every tensor of the file is used exactly once, or the conversion is refused.
+`torch_files.read`, which runs nothing the file carries; its names map onto ours as
+`unet_map` says. `export` goes the other way.
 """
 
 import hashlib
@@ -31,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ambient_jax.interop.torch_files import Persistent, read
+from ambient_jax.interop.unet_map import SnapshotError, edm_state_dict, flax_params, refuse
 from ambient_jax.types import Config, Log, PyTree
 
 # EDM's SongUNet defaults (training/networks.py), for the arguments a snapshot does not record
@@ -65,38 +50,89 @@ SAME_FIELDS = (
 )
 
 
-class SnapshotError(ValueError):
-    """A snapshot this project cannot represent (or not a snapshot at all)."""
+# EDMPrecond's own arguments; the rest of its keyword arguments go to its network
+PRECOND_FIELDS = (
+    "img_resolution",
+    "img_channels",
+    "label_dim",
+    "use_fp16",
+    "sigma_min",
+    "sigma_max",
+    "sigma_data",
+    "model_type",
+)
 
 
-def _refuse(path: str, what: str) -> SnapshotError:
-    return SnapshotError(f"{path}: {what}")
-
-
-def describe(path: str, snapshot: Any) -> dict:
-    """What the snapshot holds, checked: the precond's and the network's constructor arguments
-    (EDM's defaults filled in), the augment pipe's probability and the tensors by name.
-    SnapshotError naming what is missing or unsupported."""
-    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("ema"), Persistent):
-        raise _refuse(path, "not an EDM network snapshot (a dict with the network under 'ema')")
-    precond = snapshot["ema"]
-    if precond.class_name != "EDMPrecond":
-        raise _refuse(
+def describe(path: str, snapshot: Any, args: dict | None = None) -> dict:
+    """What the file holds, checked: the precond's and the network's constructor arguments
+    (EDM's defaults filled in), the augment pipe's probability and the network's tensors by name.
+    `snapshot` is an EDM snapshot (a dict with the network under 'ema'), or a state dict of an
+    EDMPrecond (names model.*) with `args` its constructor's ({"class_name", "init_kwargs"}, what
+    export writes beside it). SnapshotError naming what is missing or unsupported."""
+    if isinstance(snapshot, dict) and isinstance(snapshot.get("ema"), Persistent):
+        precond = snapshot["ema"]
+        network = precond.child("model")
+        pipe = snapshot.get("augment_pipe")
+        augment_p = float(pipe.init_kwargs.get("p", 0.0)) if isinstance(pipe, Persistent) else 0.0
+        return _checked(
             path,
-            f"its preconditioning is {precond.class_name}; this project converts EDMPrecond "
+            precond.class_name,
+            dict(precond.init_kwargs),
+            network.class_name if network else "nothing",
+            dict(network.init_kwargs) if network else {},
+            network.tensors() if network else {},
+            augment_p,
+        )
+    if isinstance(snapshot, dict) and all(isinstance(v, np.ndarray) for v in snapshot.values()):
+        if not args or "init_kwargs" not in args:
+            raise refuse(
+                path,
+                "a state dict needs its constructor's arguments: give --args="
+                'FILE.json ({"class_name": "EDMPrecond", "init_kwargs": {...}})',
+            )
+        pk = dict(args["init_kwargs"])
+        nk = {k: v for k, v in pk.items() if k not in PRECOND_FIELDS}
+        nk.update(
+            img_resolution=pk.get("img_resolution"),
+            in_channels=pk.get("img_channels"),
+            out_channels=pk.get("img_channels"),
+            label_dim=pk.get("label_dim", 0),
+        )
+        tensors = {
+            k[len("model.") :] if k.startswith("model.") else k: v for k, v in snapshot.items()
+        }
+        return _checked(
+            path,
+            str(args.get("class_name")),
+            pk,
+            str(pk.get("model_type", "SongUNet")),
+            nk,
+            tensors,
+            0.0,
+        )
+    raise refuse(
+        path, "not an EDM network snapshot (a dict with the network under 'ema') nor a state dict"
+    )
+
+
+def _checked(path, precond, pk, network, network_kwargs, tensors, augment_p) -> dict:
+    if precond != "EDMPrecond":
+        raise refuse(
+            path,
+            f"its preconditioning is {precond}; this project converts EDMPrecond "
             "networks (VPPrecond, VEPrecond and iDDPMPrecond are not mapped yet)",
         )
-    pk = dict(precond.init_kwargs)
     if float(pk.get("sigma_data", 0.5)) != 0.5:
-        raise _refuse(
+        raise refuse(
             path, f"sigma_data {pk['sigma_data']}: this project's preconditioning uses 0.5"
         )
-    network = precond.child("model")
-    if network is None or network.class_name != "SongUNet":
-        kind = network.class_name if network else "nothing"
-        raise _refuse(path, f"its network is {kind}; this project converts SongUNet (DDPM++, "
-                      "NCSN++) networks (DhariwalUNet is not ported yet)")  # fmt: skip
-    nk = dict(SONG_UNET_DEFAULTS, **network.init_kwargs)
+    if network != "SongUNet":
+        raise refuse(
+            path,
+            f"its network is {network}; this project converts SongUNet (DDPM++, "
+            "NCSN++) networks (DhariwalUNet is not ported yet)",
+        )
+    nk = dict(SONG_UNET_DEFAULTS, **network_kwargs)
     for name, allowed in (
         ("label_dim", (0,)),
         ("decoder_type", ("standard",)),
@@ -107,22 +143,22 @@ def describe(path: str, snapshot: Any) -> dict:
             later = (
                 " (class-conditional networks are not mapped yet)" if name == "label_dim" else ""
             )
-            raise _refuse(
+            raise refuse(
                 path, f"its SongUNet has {name}={nk[name]!r}; this project's takes {allowed}{later}"
             )
+    if nk.get("img_resolution") is None or nk.get("in_channels") is None:
+        raise refuse(path, "its network's image size (img_resolution, img_channels) is not given")
     if nk["in_channels"] != nk["out_channels"]:
-        raise _refuse(path, "its network's input and output channels differ")
-    pipe = snapshot.get("augment_pipe")
-    augment_p = float(pipe.init_kwargs.get("p", 0.0)) if isinstance(pipe, Persistent) else 0.0
+        raise refuse(path, "its network's input and output channels differ")
     return {
-        "precond": precond.class_name,
-        "network": network.class_name,
+        "precond": precond,
+        "network": network,
         "resolution": int(nk["img_resolution"]),
         "channels": int(nk["in_channels"]),
         "network_kwargs": nk,
         "augment_p": augment_p,
         "use_fp16": bool(pk.get("use_fp16", False)),
-        "tensors": network.tensors(),
+        "tensors": tensors,
     }
 
 
@@ -141,127 +177,13 @@ def _plain(value):
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
-def _conv(w: np.ndarray) -> dict:
-    return {"kernel": np.transpose(w, (2, 3, 1, 0))}
-
-
-def flax_params(found: dict, path: str = "snapshot") -> PyTree:
-    """The snapshot's network weights as our SongUNet's parameter tree ({"params": ...});
-    SnapshotError when a tensor is missing, has another shape than the mapping expects, or is
-    left over."""
-    nk, tensors = found["network_kwargs"], dict(found["tensors"])
-    used: set[str] = set()
-
-    def take(name: str) -> np.ndarray:
-        if name not in tensors:
-            raise _refuse(path, f"the tensor {name} is missing from its network")
-        if name in used:
-            raise _refuse(path, f"the tensor {name} would be used twice")
-        used.add(name)
-        return np.asarray(tensors[name], np.float32)
-
-    def conv(prefix: str, kernel: int = 3, resample: bool = False) -> dict:
-        if resample:  # the FIR filter EDM keeps as a buffer: it must be the config's
-            f = np.asarray(nk["resample_filter"], np.float32)
-            want = np.outer(f, f)[None, None] / f.sum() ** 2
-            got = take(prefix + ".resample_filter")
-            if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=1e-7):
-                raise _refuse(path, f"{prefix}.resample_filter is not resample_filter={list(f)}")
-        w = take(prefix + ".weight")
-        if w.shape[2:] != (kernel, kernel):
-            raise _refuse(
-                path, f"{prefix}.weight has shape {w.shape}, not a {kernel}x{kernel} conv"
-            )
-        return {"Conv_0": {**_conv(w), "bias": take(prefix + ".bias")}}
-
-    def dense(prefix: str, bias: bool = True) -> dict:
-        out = {"kernel": take(prefix + ".weight").T}
-        if bias:
-            out["bias"] = take(prefix + ".bias")
-        return out
-
-    def norm(prefix: str) -> dict:
-        return {"scale": take(prefix + ".weight"), "bias": take(prefix + ".bias")}
-
-    def block(prefix: str, cin: int, cout: int, resample: bool, attention: bool) -> dict:
-        p = {
-            "GroupNorm_0": norm(prefix + ".norm0"),
-            "Conv_0": conv(prefix + ".conv0", 3, resample),
-            "Dense_0": dense(prefix + ".affine"),
-            "GroupNorm_1": norm(prefix + ".norm1"),
-            "Conv_1": conv(prefix + ".conv1"),
-        }
-        if cin != cout or resample:
-            p["Conv_2"] = conv(prefix + ".skip", 1, resample)
-        if attention:
-            qkv_w = take(prefix + ".qkv.weight")[:, :, 0, 0]  # [3C, C], row 3c + j
-            qkv_b = take(prefix + ".qkv.bias")
-            order = np.arange(3 * cout).reshape(cout, 3).T.reshape(-1)  # q's rows, k's, v's
-            p["SelfAttention_0"] = {
-                "GroupNorm_0": norm(prefix + ".norm2"),
-                "Dense_0": {"kernel": qkv_w[order].T, "bias": qkv_b[order]},
-                "Dense_1": {
-                    "kernel": take(prefix + ".proj.weight")[:, :, 0, 0].T,
-                    "bias": take(prefix + ".proj.bias"),
-                },
-            }
-        return p
-
-    params: dict[str, Any] = {}
-    convs, blocks = iter(range(10_000)), iter(range(10_000))
-    next_conv = lambda: f"Conv_{next(convs)}"
-    next_block = lambda: f"UNetBlock_{next(blocks)}"
-    if nk["embedding_type"] == "fourier":
-        take("map_noise.freqs")  # the config carries it (model_overrides)
-    if nk["augment_dim"]:
-        params["map_augment"] = dense("map_augment", bias=False)
-    params["Dense_0"], params["Dense_1"] = dense("map_layer0"), dense("map_layer1")
-
-    mc, mult_list, resolution = nk["model_channels"], nk["channel_mult"], nk["img_resolution"]
-    cout, skips = nk["in_channels"], []
-    for level, mult in enumerate(mult_list):
-        res = resolution >> level
-        if level == 0:
-            cout = mc
-            params[next_conv()] = conv(f"enc.{res}x{res}_conv")
-        else:
-            params[next_block()] = block(f"enc.{res}x{res}_down", cout, cout, True, False)
-            if nk["encoder_type"] == "residual":
-                params[next_conv()] = conv(f"enc.{res}x{res}_aux_residual", 3, True)
-        skips.append(cout)
-        for idx in range(nk["num_blocks"]):
-            cin, cout = cout, mc * mult
-            attention = res in nk["attn_resolutions"]
-            params[next_block()] = block(f"enc.{res}x{res}_block{idx}", cin, cout, False, attention)
-            skips.append(cout)
-    for level in reversed(range(len(mult_list))):
-        res, mult = resolution >> level, mult_list[level]
-        if level == len(mult_list) - 1:
-            params[next_block()] = block(f"dec.{res}x{res}_in0", cout, cout, False, True)
-            params[next_block()] = block(f"dec.{res}x{res}_in1", cout, cout, False, False)
-        else:
-            params[next_block()] = block(f"dec.{res}x{res}_up", cout, cout, True, False)
-        for idx in range(nk["num_blocks"] + 1):
-            cin, cout = cout + skips.pop(), mc * mult
-            attention = idx == nk["num_blocks"] and res in nk["attn_resolutions"]
-            params[next_block()] = block(f"dec.{res}x{res}_block{idx}", cin, cout, False, attention)
-    params["GroupNorm_0"] = norm(f"dec.{resolution}x{resolution}_aux_norm")
-    params[next_conv()] = conv(f"dec.{resolution}x{resolution}_aux_conv")
-
-    left = [name for name in tensors if name not in used]
-    if left:
-        raise _refuse(path, f"its tensor {left[0]} (and {len(left) - 1} more) has no place in "
-                      "the network its arguments describe")  # fmt: skip
-    return {"params": params}
-
-
 def config_for(found: dict, base: Config, path: str = "snapshot") -> Config:
     """`base` (the data and evaluation settings) with the snapshot's network; SnapshotError when
     the data's images are not the snapshot's."""
     want = (found["resolution"], found["channels"])
     have = (int(base.data.resolution), int(base.data.channels))
     if want != have:
-        raise _refuse(
+        raise refuse(
             path,
             f"it makes {want[0]}x{want[0]}x{want[1]} images, the config's data are "
             f"{have[0]}x{have[0]}x{have[1]}: give the config of its data set (--config=...) or "
@@ -281,8 +203,11 @@ def config_for(found: dict, base: Config, path: str = "snapshot") -> Config:
     if augment_dim:  # the augment pipe that gives that many labels, at the snapshot's rate
         pipes = {pipe.label_dim: name for name, pipe in augment.RECIPES.items()}
         if augment_dim not in pipes:
-            raise _refuse(path, f"its network takes {augment_dim} augment labels; this project's "
-                          f"pipes give {sorted(pipes)}")  # fmt: skip
+            raise refuse(
+                path,
+                f"its network takes {augment_dim} augment labels; this project's "
+                f"pipes give {sorted(pipes)}",
+            )
         config.data.augment_pipe = pipes[augment_dim]
         config.data.augment_p = found["augment_p"] or 0.12
     else:
@@ -298,13 +223,16 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def convert(source: str, workdir: str, base: Config, log: Log = print) -> dict:
-    """Write `workdir` from an EDM snapshot: config.json, a checkpoint at step 0 whose parameters
-    and EMA are the snapshot's EMA weights (fresh Adam state), subset.json (the training subset of
-    `base`'s data, which the evaluation compares samples with: the snapshot does not say which
-    images it was trained on) and converted.json (the source, its sha256, what it held). Refuses
-    a work dir that already holds a checkpoint; writes nothing until the snapshot has passed
-    every check."""
+def convert(
+    source: str, workdir: str, base: Config, log: Log = print, args: str | None = None
+) -> dict:
+    """Write `workdir` from an EDM snapshot (or a state dict with `args`, the JSON of its
+    constructor's arguments; default: SOURCE.json where it exists): config.json, a checkpoint at
+    step 0 whose parameters and EMA are the snapshot's EMA weights (fresh Adam state), subset.json
+    (the training subset of `base`'s data, which the evaluation compares samples with: the
+    snapshot does not say which images it was trained on) and converted.json (the source, its
+    sha256, what it held). Refuses a work dir that already holds a checkpoint; writes nothing
+    until the snapshot has passed every check."""
     import jax
 
     from ambient_jax import checkpoint, files
@@ -315,7 +243,10 @@ def convert(source: str, workdir: str, base: Config, log: Log = print) -> dict:
         raise SnapshotError(f"--source={source} does not exist")
     if run_dir.has_checkpoint(workdir):
         raise SnapshotError(f"{workdir} already holds a checkpoint: give a new --workdir")
-    found = describe(source, read(source))
+    args = args or (source + ".json" if os.path.exists(source + ".json") else None)
+    if args and not os.path.exists(args):
+        raise SnapshotError(f"--args={args} does not exist")
+    found = describe(source, read(source), files.read_json(args) if args else None)
     config = config_for(found, base, source)
     config_lib.check_config(config)
     params = flax_params(found, source)
@@ -363,3 +294,77 @@ def convert(source: str, workdir: str, base: Config, log: Log = print) -> dict:
 
 def _json(value):
     return list(value) if isinstance(value, tuple) else value
+
+
+def edm_arguments(config: Config, network: Any) -> dict:
+    """EDMPrecond's constructor arguments (its network's flattened in, as EDM's train.py passes
+    them) for a run's SongUNet; SnapshotError for a network EDM's layout does not have."""
+    from ambient_jax.nets.unet import SongUNet
+
+    if not isinstance(network, SongUNet):
+        raise SnapshotError(
+            f"the run's network is a {type(network).__name__}: only a single U-Net (no "
+            "model.split_sigma, no finetune.train_above) has EDM's layout"
+        )
+    nk = {name: _json(getattr(network, name)) for name in SAME_FIELDS}
+    if network.embedding_type == "fourier":
+        channels = network.model_channels * network.channel_mult_noise
+        freqs = network.fourier_freqs or np.random.RandomState(0).randn(channels // 2) * 16.0
+        nk["fourier_freqs"] = [float(f) for f in np.asarray(freqs, np.float32)]
+    return dict(
+        img_resolution=int(config.data.resolution),
+        img_channels=int(config.data.channels),
+        label_dim=0,
+        use_fp16=False,
+        sigma_min=0,
+        sigma_max=float("inf"),
+        sigma_data=0.5,
+        model_type="SongUNet",
+        augment_dim=int(network.augment_dim),
+        decoder_type="standard",
+        **nk,
+    )
+
+
+def export(workdir: str, out: str, log: Log = print) -> str:
+    """The way back: the work dir's EMA weights as a PyTorch state dict of EDM's EDMPrecond
+    (`out`, torch.save; names model.*) and its constructor's arguments (`out`.json). A network
+    built from EDM's training/networks.py with those arguments loads the file with
+    load_state_dict(strict=True). Needs torch."""
+    try:
+        import torch  # the converters' dependency (pip install 'ambient-jax[convert]')
+    except ImportError as err:
+        raise SnapshotError(
+            "ambient-convert export writes a PyTorch file: pip install torch"
+        ) from err
+    from ambient_jax import checkpoint, files
+
+    config, network, params = checkpoint.load_ema_params(workdir)
+    kwargs = edm_arguments(config, network)
+    nk = dict(
+        SONG_UNET_DEFAULTS,
+        **{k: v for k, v in kwargs.items() if k not in PRECOND_FIELDS},
+        in_channels=kwargs["img_channels"],
+        out_channels=kwargs["img_channels"],
+        img_resolution=kwargs["img_resolution"],
+    )
+    state = edm_state_dict(nk, jax_to_numpy(params))
+    # fourier_freqs is a buffer in EDM's layout (map_noise.freqs), not an argument
+    arguments = {k: v for k, v in kwargs.items() if k != "fourier_freqs"}
+    args = {"class_name": "EDMPrecond", "init_kwargs": arguments}
+    files.makedirs(os.path.dirname(os.path.abspath(out)))
+    tmp = f"{out}.tmp{os.getpid()}"
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp)
+    os.replace(tmp, out)
+    files.write_json_atomic(out + ".json", args)
+    log(
+        f"exported {workdir} ({len(state)} tensors of EDMPrecond + SongUNet) to {out} "
+        f"and {out}.json"
+    )
+    return out
+
+
+def jax_to_numpy(tree: PyTree) -> PyTree:
+    import jax
+
+    return jax.tree_util.tree_map(np.asarray, tree)
