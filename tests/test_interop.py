@@ -29,6 +29,7 @@ KINDS = {
     "ncsnpp": dict(SMALL, **NCSNPP),
     "ddpmpp_augment": dict(SMALL, augment_dim=9),
     "ncsnpp_augment": dict(SMALL, augment_dim=9, **NCSNPP),
+    "ddpmpp_sigma_data": dict(SMALL, sigma_data=0.6),  # EDMPrecond's constant, not 0.5
 }
 
 
@@ -44,14 +45,14 @@ def write_snapshot(tmp_path, net, name="network-snapshot-000100.pkl"):
 
 
 def converted(path):
-    """(our network, its parameters) for a snapshot file."""
+    """(our network, its parameters, sigma_data) for a snapshot file."""
     from ambient_jax.nets import build_model
 
     found = edm.describe(path, torch_files.read(path))
     model = edm.model_overrides(found)
     augment = {"augment_dim": found["network_kwargs"]["augment_dim"]}
     network = build_model(model["preset"], found["channels"], **augment, **model["overrides"])
-    return network, edm.flax_params(found, path)
+    return network, edm.flax_params(found, path), found["sigma_data"]
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -64,8 +65,8 @@ def test_a_converted_snapshot_denoises_as_the_torch_network_that_wrote_it(tmp_pa
     from ambient_jax.diffusion import precond, sampling, schedules
 
     net = torch_net(kind)
-    network, params = converted(write_snapshot(tmp_path, net))
-    denoise = precond.network_denoiser(network, params)
+    network, params, sigma_data = converted(write_snapshot(tmp_path, net))
+    denoise = precond.network_denoiser(network, params, sigma_data)
     x = np.random.RandomState(1).randn(3, 1, 16, 16).astype(np.float32)
     to_ours = lambda a: jnp.asarray(a.transpose(0, 2, 3, 1))
     for sigma in (0.002, 0.5, 80.0):
@@ -168,8 +169,8 @@ def test_a_torch_save_state_dict_reads_as_its_arrays(tmp_path):
 @pytest.mark.parametrize(
     "change, says",
     [
-        (lambda n: setattr(n, "_init_kwargs", dict(n._init_kwargs, sigma_data=1.0)),
-         "sigma_data 1.0: this project's preconditioning uses 0.5"),
+        (lambda n: setattr(n, "_init_kwargs", dict(n._init_kwargs, sigma_data=-1.0)),
+         "its sigma_data is -1.0; it must be > 0"),
         (lambda n: setattr(n.model, "_init_kwargs", dict(n.model._init_kwargs, label_dim=10)),
          "label_dim=10; this project's takes (0,) (class-conditional networks are not mapped"),
         (lambda n: setattr(n.model, "_init_kwargs", dict(n.model._init_kwargs,
@@ -199,7 +200,7 @@ def test_ambient_convert_edm_then_sample_and_eval_take_the_work_dir(tmp_path):
 
     from ambient_jax import checkpoint
 
-    net = torch_net("ncsnpp_augment")
+    net = torch_net("ncsnpp_augment", sigma_data=0.6)  # EDMPrecond's constant goes to the config
     path = write_snapshot(tmp_path, net)
     wd = str(tmp_path / "converted run")
     done = cli("convert", "edm", f"--source={path}", f"--workdir={wd}")
@@ -209,7 +210,7 @@ def test_ambient_convert_edm_then_sample_and_eval_take_the_work_dir(tmp_path):
     assert record["tensors"] == len(net.state_dict()) and len(record["sha256"]) == 64
     config, network, params = checkpoint.load_ema_params(wd)
     assert config.model.preset == "ncsnpp_cifar10" and config.data.augment_p > 0
-    assert config.model.overrides.model_channels == 16
+    assert config.model.overrides.model_channels == 16 and config.loss.sigma_data == 0.6
     freqs = net.model.map_noise.freqs.numpy()
     np.testing.assert_array_equal(np.float32(config.model.overrides.fourier_freqs), freqs)
 

@@ -122,10 +122,9 @@ def _checked(path, precond, pk, network, network_kwargs, tensors, augment_p) -> 
             f"its preconditioning is {precond}; this project converts EDMPrecond "
             "networks (VPPrecond, VEPrecond and iDDPMPrecond are not mapped yet)",
         )
-    if float(pk.get("sigma_data", 0.5)) != 0.5:
-        raise refuse(
-            path, f"sigma_data {pk['sigma_data']}: this project's preconditioning uses 0.5"
-        )
+    sigma_data = float(pk.get("sigma_data", 0.5))
+    if not sigma_data > 0:
+        raise refuse(path, f"its sigma_data is {pk['sigma_data']}; it must be > 0")
     if network != "SongUNet":
         raise refuse(
             path,
@@ -158,6 +157,7 @@ def _checked(path, precond, pk, network, network_kwargs, tensors, augment_p) -> 
         "network_kwargs": nk,
         "augment_p": augment_p,
         "use_fp16": bool(pk.get("use_fp16", False)),
+        "sigma_data": sigma_data,
         "tensors": tensors,
     }
 
@@ -197,6 +197,7 @@ def config_for(found: dict, base: Config, path: str = "snapshot") -> Config:
     config.model.preset = model["preset"]
     for name, value in model["overrides"].items():
         config.model.overrides[name] = value
+    config.loss.sigma_data = found["sigma_data"]  # EDMPrecond's, which the loss uses too
     config.model.split_sigma = 0.0
     config.model.split_low_preset = ""
     augment_dim = found["network_kwargs"]["augment_dim"]
@@ -318,7 +319,7 @@ def edm_arguments(config: Config, network: Any) -> dict:
         use_fp16=False,
         sigma_min=0,
         sigma_max=float("inf"),
-        sigma_data=0.5,
+        sigma_data=float(config.loss.sigma_data),
         model_type="SongUNet",
         augment_dim=int(network.augment_dim),
         decoder_type="standard",
