@@ -120,6 +120,24 @@ def rows_text(runs):
     return "\n".join(out) + "\n"
 
 
+README_ROWS = ("ddpm", "ambient", "noisy")  # the README's short table; the doc has every row
+
+
+def readme_text(runs):
+    """The rows table for the README: its main rows only, one reference line for all sizes."""
+    short = {n: {r: by_row[r] for r in README_ROWS if r in by_row} for n, by_row in runs.items()}
+    table = rows_text(short).split("\n\n")[0]
+    levels = []
+    for n in sorted(runs):
+        m = next(iter(next(iter(runs[n].values())).values()))
+        levels.append(
+            f"n = {n}: extraction {m['heldout_extraction_rate']:.1f}%, robust S>0.95 "
+            f"{m['heldout_robust_pixel_similarity']['S>0.95']:.1f}%, new-class digits "
+            f"{m['heldout_confident_by_class'][new_class(m)]:.1f}%"
+        )
+    return f"{table}\n\nThe held-out digits' own levels: {'; '.join(levels)}.\n"
+
+
 def target_text(runs):
     """The ambient and noisy-only rows against ddpm fine-tuning (means over seeds): new-class
     share within 5 points, FD-digits <= 1.1x, extraction <= 1/10, robust S>0.95 within one point
@@ -330,7 +348,7 @@ def main():
         replace_between(args.doc, "finetune-onset", onset_text(runs))
         replace_between(args.doc, "finetune-levels", levels_text(runs))
         replace_between(args.doc, "finetune-samples", samples_text(runs, FIGURES))
-        replace_between(args.readme, "finetune-readme", table + cost_text(args.root))
+        replace_between(args.readme, "finetune-readme", readme_text(runs) + cost_text(args.root))
         write_figures(args.root, runs, args.figures)
         for n, by_row in runs.items():
             for row, by_seed in by_row.items():
