@@ -30,6 +30,7 @@ KINDS = {
     "ddpmpp_augment": dict(SMALL, augment_dim=9),
     "ncsnpp_augment": dict(SMALL, augment_dim=9, **NCSNPP),
     "ddpmpp_sigma_data": dict(SMALL, sigma_data=0.6),  # EDMPrecond's constant, not 0.5
+    "ncsnpp_conditional": dict(SMALL, label_dim=10, augment_dim=9, **NCSNPP),  # CIFAR-10 cond
 }
 
 
@@ -50,7 +51,7 @@ def converted(path):
 
     found = edm.describe(path, torch_files.read(path))
     model = edm.model_overrides(found)
-    augment = {"augment_dim": found["network_kwargs"]["augment_dim"]}
+    augment = {"augment_dim": found["network_kwargs"]["augment_dim"]}  # (label_dim: overrides)
     network = build_model(model["preset"], found["channels"], **augment, **model["overrides"])
     return network, edm.flax_params(found, path), found["sigma_data"]
 
@@ -66,19 +67,23 @@ def test_a_converted_snapshot_denoises_as_the_torch_network_that_wrote_it(tmp_pa
 
     net = torch_net(kind)
     network, params, sigma_data = converted(write_snapshot(tmp_path, net))
-    denoise = precond.network_denoiser(network, params, sigma_data)
+    labels = None  # a class-conditional network: one-hot classes 2, 7, 9 on both sides
+    if net.label_dim:
+        labels = np.eye(net.label_dim, dtype=np.float32)[[2, 7, 9]]
+    denoise = precond.network_denoiser(network, params, sigma_data, labels)
+    torch_labels = None if labels is None else torch.tensor(labels)
     x = np.random.RandomState(1).randn(3, 1, 16, 16).astype(np.float32)
     to_ours = lambda a: jnp.asarray(a.transpose(0, 2, 3, 1))
     for sigma in (0.002, 0.5, 80.0):
         s = np.full(3, sigma, np.float32)
         with torch.no_grad():
-            want = net(torch.tensor(x), torch.tensor(s)).numpy()
+            want = net(torch.tensor(x), torch.tensor(s), torch_labels).numpy()
         got = np.asarray(denoise(to_ours(x), jnp.asarray(s))).transpose(0, 3, 1, 2)
         np.testing.assert_allclose(got, want, atol=1e-5 * max(1, np.abs(want).max()), rtol=0)
 
     t = [float(v) for v in schedules.edm_sigma_grid(2, 0.5, 80.0, 7.0)]  # 80, 0.5, 0
     with torch.no_grad():  # EDM's edm_sampler, deterministic, two steps
-        d = lambda xi, si: (xi - net(xi, torch.full((3,), si))) / si
+        d = lambda xi, si: (xi - net(xi, torch.full((3,), si), torch_labels)) / si
         x0 = torch.tensor(x) * t[0]
         d0 = d(x0, t[0])
         x1 = x0 + (t[1] - t[0]) * d0
@@ -171,8 +176,9 @@ def test_a_torch_save_state_dict_reads_as_its_arrays(tmp_path):
     [
         (lambda n: setattr(n, "_init_kwargs", dict(n._init_kwargs, sigma_data=-1.0)),
          "its sigma_data is -1.0; it must be > 0"),
-        (lambda n: setattr(n.model, "_init_kwargs", dict(n.model._init_kwargs, label_dim=10)),
-         "label_dim=10; this project's takes (0,) (class-conditional networks are not mapped"),
+        (lambda n: setattr(n.model, "_init_kwargs", dict(n.model._init_kwargs,
+                                                         encoder_type="skip")),
+         "encoder_type='skip'"),
         (lambda n: setattr(n.model, "_init_kwargs", dict(n.model._init_kwargs,
                                                          decoder_type="skip")),
          "decoder_type='skip'"),
@@ -282,3 +288,37 @@ def test_a_state_dict_without_its_arguments_and_a_network_without_edms_layout_ar
         edm.edm_arguments(base_config(), split)
     kwargs = edm.edm_arguments(base_config(), build_model("ncsnpp_cifar10", 3))
     assert kwargs["embedding_type"] == "fourier" and len(kwargs["fourier_freqs"]) == 128
+
+
+def test_a_class_conditional_snapshot_samples_the_class_asked_for(tmp_path):
+    """CIFAR-10-like conditional snapshot: ambient-sample --class=3 draws class 3 (recorded beside
+    the samples), without --class each sample's class is drawn uniformly and independently of
+    the batching; ambient-train refuses to train it in one line (no class labels fed yet)."""
+    from test_training import cli
+
+    from ambient_jax import checkpoint
+    from ambient_jax.diffusion import generate
+
+    net = torch_net("ncsnpp_conditional")
+    wd = str(tmp_path / "cond")
+    done = cli("convert", "edm", f"--source={write_snapshot(tmp_path, net)}", f"--workdir={wd}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    config, _, _ = checkpoint.load_ema_params(wd)
+    assert generate.label_dim(config) == 10
+    done = cli("sample", f"--workdir={wd}", "--num_samples=6", "--class=3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert np.load(os.path.join(wd, "samples.npz"))["labels"].tolist() == [3] * 6
+    done = cli("sample", f"--workdir={wd}", "--num_samples=6")
+    assert done.returncode == 0, done.stderr[-3000:]
+    drawn = np.load(os.path.join(wd, "samples.npz"))["labels"]
+    assert drawn.tolist() == generate.classes_for(1, 0, 6, 10, None).tolist()
+    assert generate.classes_for(1, 2, 4, 10, None).tolist() == drawn[2:].tolist()
+    assert len(set(generate.classes_for(1, 0, 200, 10, None).tolist())) == 10
+    refused = cli("sample", f"--workdir={wd}", "--class=10")
+    assert refused.returncode == 2 and "--class must lie in [0, 10)" in refused.stderr
+    from ambient_jax.config import base_config
+
+    with pytest.raises(ValueError, match="this run's network is not class-conditional"):
+        generate.check_class(base_config(), 3)
+    trained = cli("train", f"--config=configs/finetune_from.py:{wd}", f"--workdir={tmp_path / 't'}")
+    assert trained.returncode == 2 and "does not feed class labels yet" in trained.stderr

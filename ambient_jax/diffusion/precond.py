@@ -58,11 +58,15 @@ def edm_denoiser(raw_net: RawNet, sigma_data: float = SIGMA_DATA) -> Denoiser:
     return denoise
 
 
-def network_denoiser(model: Any, params: Any, sigma_data: float = SIGMA_DATA) -> Denoiser:
+def network_denoiser(
+    model: Any, params: Any, sigma_data: float = SIGMA_DATA, class_labels: Any = None
+) -> Denoiser:
     """D(x, sigma) of a network (a flax module) with these parameters, at inference
-    (train=False): what sampling, tracking and the diagnosis evaluate."""
+    (train=False): what sampling, tracking and the diagnosis evaluate. class_labels [B, classes]
+    (one-hot): the classes a class-conditional network draws."""
+    labels = {} if class_labels is None else {"class_labels": class_labels}
     # (flax types apply as possibly returning mutated variables; this call asks for none)
-    raw = typing.cast(RawNet, functools.partial(model.apply, params, train=False))
+    raw = typing.cast(RawNet, functools.partial(model.apply, params, train=False, **labels))
     return edm_denoiser(raw, sigma_data)
 
 

@@ -318,6 +318,11 @@ def diagnose_run(
 ) -> dict:
     """Diagnose the run in `workdir` with its EMA parameters; returns the curves (not written)."""
     config, model, params = checkpoint.load_ema_params(workdir)
+    if config.model.overrides.get("label_dim"):
+        raise ValueError(
+            f"{workdir}: a class-conditional network (model.overrides.label_dim > 0); the "
+            "diagnosis does not pass class labels yet"
+        )
     split = load_split(config.data)
     if len(split.heldout) < 2:
         raise ValueError(

@@ -133,17 +133,13 @@ def _checked(path, precond, pk, network, network_kwargs, tensors, augment_p) -> 
         )
     nk = dict(SONG_UNET_DEFAULTS, **network_kwargs)
     for name, allowed in (
-        ("label_dim", (0,)),
         ("decoder_type", ("standard",)),
         ("encoder_type", ("standard", "residual")),
         ("embedding_type", ("positional", "fourier")),
     ):
         if nk[name] not in allowed:
-            later = (
-                " (class-conditional networks are not mapped yet)" if name == "label_dim" else ""
-            )
             raise refuse(
-                path, f"its SongUNet has {name}={nk[name]!r}; this project's takes {allowed}{later}"
+                path, f"its SongUNet has {name}={nk[name]!r}; this project's takes {allowed}"
             )
     if nk.get("img_resolution") is None or nk.get("in_channels") is None:
         raise refuse(path, "its network's image size (img_resolution, img_channels) is not given")
@@ -166,6 +162,7 @@ def model_overrides(found: dict) -> dict:
     """config.model for the snapshot's network: a U-Net preset with every field set from it."""
     nk = found["network_kwargs"]
     overrides = {name: _plain(nk[name]) for name in SAME_FIELDS}
+    overrides["label_dim"] = int(nk["label_dim"])
     if nk["embedding_type"] == "fourier":
         freqs = found["tensors"]["map_noise.freqs"]
         overrides["fourier_freqs"] = tuple(float(f) for f in np.asarray(freqs, np.float32))
@@ -315,7 +312,7 @@ def edm_arguments(config: Config, network: Any) -> dict:
     return dict(
         img_resolution=int(config.data.resolution),
         img_channels=int(config.data.channels),
-        label_dim=0,
+        label_dim=int(network.label_dim),
         use_fp16=False,
         sigma_min=0,
         sigma_max=float("inf"),

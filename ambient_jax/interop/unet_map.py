@@ -4,7 +4,8 @@ ours (ambient_jax.nets.unet): the table both directions of the conversion read.
 Names map as EDM's SongUNet builds its modules onto the order in which ours creates its own:
 
     map_noise.freqs (NCSN++)         -> model.overrides.fourier_freqs (a constant, not trained)
-    map_augment / map_layer0 / 1     -> map_augment, Dense_0, Dense_1
+    map_label / map_augment          -> map_label, map_augment
+    map_layer0 / map_layer1          -> Dense_0, Dense_1
     enc.RxR_conv, enc.RxR_aux_residual, dec.RxR_aux_conv
                                      -> Conv_0, Conv_1, ... (in that order)
     enc.RxR_down / _blockI, dec.RxR_in0 / _in1 / _up / _blockI
@@ -74,6 +75,8 @@ def layout(nk: dict) -> list[Link]:
 
     if nk["embedding_type"] == "fourier":
         links.append(Link("freqs", "map_noise.freqs", ()))
+    if nk["label_dim"]:
+        links.append(Link("dense", "map_label", ("map_label",)))
     if nk["augment_dim"]:
         links.append(Link("dense", "map_augment", ("map_augment",), bias=False))
     links.append(Link("dense", "map_layer0", ("Dense_0",)))

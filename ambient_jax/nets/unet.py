@@ -305,6 +305,9 @@ class SongUNet(nn.Module):
     # NCSN++'s Fourier frequencies when they are not the seed-0 draw (a converted EDM network's
     # map_noise.freqs, ambient_jax.interop.edm); () = the draw
     fourier_freqs: Sequence[float] = ()
+    # > 0: a class-conditional network (EDM's map_label: one-hot class labels into the noise
+    # embedding); sampled with labels, see diffusion.generate
+    label_dim: int = 0
     # > 0: EDM's augment-label input (map_augment, a bias-free linear layer into the noise
     # embedding) for that many labels (ambient_jax.data.augment; 9 for EDM's recipe)
     augment_dim: int = 0
@@ -320,8 +323,10 @@ class SongUNet(nn.Module):
         noise_labels: jax.Array,
         train: bool = False,
         augment_labels: jax.Array | None = None,
+        class_labels: jax.Array | None = None,
     ) -> jax.Array:
-        """augment_labels [B, augment_dim]: what augmentation did to x; None = zeros (sampling)."""
+        """augment_labels [B, augment_dim]: what augmentation did to x; None = zeros (sampling).
+        class_labels [B, label_dim] (one-hot) for a class-conditional network; None = zeros."""
         dtype = jnp.dtype(self.compute_dtype)
         resolution = x.shape[1]
         if x.shape[1] != x.shape[2] or resolution % (2 ** (len(self.channel_mult) - 1)):
@@ -340,6 +345,11 @@ class SongUNet(nn.Module):
             raise ValueError(
                 f"embedding_type must be 'positional' or 'fourier', got {self.embedding_type!r}"
             )
+        if self.label_dim:  # EDM scales the one-hot labels by sqrt(label_dim)
+            if class_labels is None:
+                class_labels = jnp.zeros((x.shape[0], self.label_dim), emb.dtype)
+            map_label = nn.Dense(noise_channels, kernel_init=xavier_init(), name="map_label")
+            emb = emb + map_label(class_labels.astype(emb.dtype) * float(np.sqrt(self.label_dim)))
         if self.augment_dim:  # zero labels add nothing: the sampler's un-augmented images
             if augment_labels is None:
                 augment_labels = jnp.zeros((x.shape[0], self.augment_dim), emb.dtype)

@@ -1,8 +1,10 @@
 """ambient-sample: draw images from a run's EMA parameters.
 
     ambient-sample --workdir=runs/mnist_ambient [--num_samples=1000] [--seed=1]
+    ambient-sample --workdir=runs/edm_cond [--class=3]   # a class-conditional network
 
-Writes <workdir>/samples.npz (uint8 NHWC under key "samples") and <workdir>/samples.png.
+Writes <workdir>/samples.npz (uint8 NHWC under key "samples"; a class-conditional run's classes
+under "labels") and <workdir>/samples.png.
 """
 
 import os
@@ -19,6 +21,9 @@ flags.DEFINE_string("workdir", None, "a training work dir", required=True)
 flags.DEFINE_integer("num_samples", None, "how many images (default: the run's sample.num_samples)")
 flags.DEFINE_integer("seed", None, "sampling seed (default: the run's sample.seed)")
 flags.DEFINE_string("out", None, "output .npz (default: <workdir>/samples.npz)")
+flags.DEFINE_integer(
+    "class", None, "a class-conditional run: draw this class (default: each sample's uniformly)"
+)
 FLAGS = flags.FLAGS
 
 
@@ -43,8 +48,15 @@ def main(argv: list[str]) -> None:
     progress = lambda done, total: log(
         f"sampled {done}/{total} ({done / (time.perf_counter() - start):.0f} img/s)"
     )
-    images = generate.generate(config, model, params, num, seed, progress=progress)
-    files.save_npz(out, compressed=True, samples=images, seed=seed)
+    fixed = FLAGS["class"].value
+    generate.check_class(config, fixed)
+    images = generate.generate(
+        config, model, params, num, seed, progress=progress, class_label=fixed
+    )
+    labels = {}
+    if generate.label_dim(config):  # each sample's class, beside it
+        labels["labels"] = generate.classes_for(seed, 0, num, generate.label_dim(config), fixed)
+    files.save_npz(out, compressed=True, samples=images, seed=seed, **labels)
     plots.save_grid(
         images[: config.sample.grid_size**2],
         os.path.splitext(out)[0] + ".png",

@@ -196,6 +196,12 @@ def train(
     checkpoint at the current step and return cleanly; re-running the command resumes from it.
     """
     config = config_lib.complete(config)
+    if config.model.overrides.get("label_dim"):
+        raise run_dir.TrainingError(
+            "model.overrides.label_dim > 0 (a class-conditional network, e.g. a converted EDM "
+            "snapshot): the trainer does not feed class labels yet; sample it with ambient-sample "
+            "(--class) and evaluate it with ambient-eval"
+        )
     parallel.initialize(config.parallel)
     lead = jax.process_index() == 0  # only one process writes the run's files
     run_dir.check_workdir(config, workdir, allow_config_change or restart, restart)
