@@ -153,3 +153,45 @@ def test_out_of_memory_is_one_line_that_says_what_to_lower(capsys):
 
     with pytest.raises(jax.errors.JaxRuntimeError):
         other([])
+
+
+def test_a_rerun_sweep_names_the_run_a_leftover_program_holds_and_goes_on(tmp_path, capsys):
+    """After a kill -9 of ambient-sweep its ambient-train runs on, holding its work dir's lock.
+    Before: the rerun's ambient-train failed on the lock and the sweep ended in a traceback. Now
+    the rerun names that run and the pid from its lock, runs the others, and a run whose lock's
+    process is gone runs again; failed programs end the sweep in one line."""
+    import json
+    import socket
+    import subprocess
+
+    from ambient_jax.programs import sweep
+    from ambient_jax.programs.common import clean_errors
+    from ambient_jax.training import workdir_lock
+
+    held, free = tmp_path / "held", tmp_path / "free"
+    held.mkdir()
+    free.mkdir()
+    leftover = subprocess.Popen(["sleep", "120"])
+    lock = {"pid": leftover.pid, "host": socket.gethostname(), "started": "2026-12-07T10:00:00"}
+    (held / workdir_lock.LOCK_NAME).write_text(json.dumps(lock))
+    touch = lambda run: [["touch", str(run / "ran")]]
+    lines = []
+    try:
+        sweep.run_all([(str(held), touch(held)), (str(free), touch(free))], log=lines.append)
+    finally:
+        leftover.kill()
+        leftover.wait()
+    assert (free / "ran").exists() and not (held / "ran").exists()
+    [skipped] = [line for line in lines if line.startswith("skip")]
+    assert f"skip {held}: pid {leftover.pid}" in skipped and f"kill {leftover.pid}" in skipped
+    sweep.run_all([(str(held), touch(held))], log=lines.append)  # the pid is gone: a stale lock
+    assert (held / "ran").exists()
+
+    @clean_errors
+    def failing(argv):
+        sweep.run_all([(str(free), [["false"]])], log=lambda _: None)
+
+    with pytest.raises(SystemExit) as stop:
+        failing([])
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and line.startswith("error: false failed for")

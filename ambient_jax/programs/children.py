@@ -11,6 +11,11 @@ import sys
 import threading
 from typing import Any, Sequence
 
+
+class ChildFailed(RuntimeError):
+    """Programs a grid ran failed (each named); the others ran to their end."""
+
+
 _live: set[subprocess.Popen] = set()
 _lock = threading.Lock()
 _stopping = threading.Event()

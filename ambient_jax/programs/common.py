@@ -14,6 +14,7 @@ from ambient_jax import xla_cpu
 from ambient_jax.checkpoint import CheckpointError
 from ambient_jax.data import DataError
 from ambient_jax.eval.convert import ConversionError
+from ambient_jax.programs.children import ChildFailed
 from ambient_jax.training.run_dir import TrainingError
 from ambient_jax.training.workdir_lock import WorkdirLocked
 
@@ -31,6 +32,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         ConversionError,
         WorkdirLocked,
+        ChildFailed,
         ValueError,
         OSError,
         KeyError,

@@ -20,6 +20,7 @@ import numpy as np
 from ambient_jax import files, plots, summaries
 from ambient_jax.diffusion import losses
 from ambient_jax.programs import children
+from ambient_jax.training import workdir_lock
 from ambient_jax.types import Log
 
 
@@ -97,6 +98,14 @@ def run_all(runs: list[tuple[str, list[list[str]]]], log: Log = print, jobs: int
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
     def run_one(workdir, steps):
+        held = workdir_lock.live_holder(workdir)
+        if held:  # e.g. an ambient-train left running by a sweep killed with -9
+            log(
+                f"skip {workdir}: pid {held.get('pid')} on {held.get('host')} still holds it "
+                f"(since {held.get('started')}; a program left running by an earlier sweep?): "
+                f"wait for it or stop it (kill {held.get('pid')}), then re-run the sweep"
+            )
+            return None
         out = None
         if jobs > 1:
             os.makedirs(workdir, exist_ok=True)
@@ -122,7 +131,7 @@ def run_all(runs: list[tuple[str, list[list[str]]]], log: Log = print, jobs: int
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         failures = [f for f in pool.map(lambda run: run_one(*run), todo) if f]
     if failures:
-        raise RuntimeError(
+        raise children.ChildFailed(
             "; ".join(failures) + "; fix it and re-run the sweep (evaluated runs are skipped)"
         )
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ambient_jax.configs.variants import BASE, UNET32_CONFIG, UNET_CONFIG, VARIANTS, config_of
 from ambient_jax.programs import children
+from ambient_jax.training import workdir_lock
 from ambient_jax.types import Log
 
 BIN = os.path.dirname(sys.executable)
@@ -66,6 +67,14 @@ def run_variant(
         "diagnose": ["ambient-diagnose", f"--workdir={workdir}"],
     }
     timing = os.path.join(workdir, "eval", "time.json")
+    held = workdir_lock.live_holder(workdir)
+    if held:  # e.g. an ambient-train left running by a sweep killed with -9
+        log(
+            f"skip {workdir}: pid {held.get('pid')} on {held.get('host')} still holds it (since "
+            f"{held.get('started')}; left running by an earlier sweep?): wait for it or stop it "
+            f"(kill {held.get('pid')}), then re-run"
+        )
+        return
     for stage in stages:
         # train's output appears as it runs: a cut run resumes from its checkpoint instead
         done = stage != "train" or os.path.exists(timing)
@@ -227,4 +236,4 @@ def run_many(
                 failed.append(futures[future])
                 log(f"FAILED {futures[future]}: {future.exception()}")
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(runs)} runs failed: {failed}")
+        raise children.ChildFailed(f"{len(failed)} of {len(runs)} runs failed: {failed}")

@@ -55,6 +55,18 @@ def _read(path):
         return None  # half-written or unreadable: treated as stale
 
 
+def live_holder(workdir: str) -> dict | None:
+    """Who holds the work dir now ({"pid", "host", "started"}): a live process on this host, or
+    any holder on another host (whose liveness this host cannot see); None when free or stale."""
+    path = os.path.join(workdir, LOCK_NAME)
+    held = _read(path) if files.exists(path) else None
+    if held is None:
+        return None
+    if held.get("host") != socket.gethostname() or _alive(int(held.get("pid", -1))):
+        return held
+    return None
+
+
 def acquire(workdir: str, log: Log = print) -> str:
     """Take <workdir>/LOCK (the work dir is created if needed); returns its path."""
     files.makedirs(workdir)
