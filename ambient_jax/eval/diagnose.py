@@ -315,8 +315,10 @@ def diagnose_run(
     max_images: int = 500,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    batch_size: int = 256,
 ) -> dict:
-    """Diagnose the run in `workdir` with its EMA parameters; returns the curves (not written)."""
+    """Diagnose the run in `workdir` with its EMA parameters; returns the curves (not written).
+    batch_size: images denoised at once (lower it when the device runs out of memory)."""
     config, model, params = checkpoint.load_ema_params(workdir)
     if config.model.overrides.get("label_dim"):
         raise ValueError(
@@ -356,8 +358,9 @@ def diagnose_run(
         f"{len(heldout)} held-out images"
     )
     result = diagnose(
-        denoise, queries, heldout, sigmas, key, copies, sigma_tn, reference_train=train_images
-    )
+        denoise, queries, heldout, sigmas, key, copies, sigma_tn, batch_size,
+        reference_train=train_images,
+    )  # fmt: skip
     result["workdir"] = files.absolute(workdir)
     result["label"] = report.run_label(workdir, config_lib.effective_sigma_tn(config))
     return result

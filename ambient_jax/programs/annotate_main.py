@@ -38,6 +38,9 @@ def define_flags() -> None:
         "epsilon", annotate.Recipe.epsilon, "'cannot tell' = probability <= 1/2 + epsilon"
     )
     flags.DEFINE_integer("seed", annotate.Recipe.seed, "seed of the classifier and its noise")
+    flags.DEFINE_integer(
+        "batch_size", annotate.Recipe.batch_size, "classifier batch (half clean, half corrupted)"
+    )
 
 
 @clean_errors
@@ -48,6 +51,8 @@ def main(argv: list[str]) -> None:
         raise ValueError("give --out=FILE.json, the annotation file to write")
     if FLAGS.fixed < 0 or FLAGS.steps < 1 or not 0 < FLAGS.epsilon < 0.5:
         raise ValueError("--fixed must be >= 0, --steps >= 1 and --epsilon in (0, 0.5)")
+    if FLAGS.batch_size < 2 or FLAGS.batch_size % 2:
+        raise ValueError(f"--batch_size must be an even number >= 2, got {FLAGS.batch_size}")
     config = config_lib.complete(FLAGS.config)
     config.data.corrupt_sigma_tn = "unused"  # what this program writes: none to check yet
     config_lib.check_config(config)
@@ -62,7 +67,11 @@ def main(argv: list[str]) -> None:
         how: dict = {"fixed": FLAGS.fixed}
     else:
         recipe = dataclasses.replace(
-            annotate.Recipe(), steps=FLAGS.steps, epsilon=FLAGS.epsilon, seed=FLAGS.seed
+            annotate.Recipe(),
+            steps=FLAGS.steps,
+            epsilon=FLAGS.epsilon,
+            seed=FLAGS.seed,
+            batch_size=FLAGS.batch_size,
         )
         log(
             f"training the noise classifier on {len(split.train)} clean and "

@@ -3,6 +3,7 @@ traceback."""
 
 import functools
 import os
+import re
 import sys
 from typing import Any, Callable
 
@@ -39,6 +40,29 @@ def user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+# What to lower when the device runs out of memory, by program (its module's name).
+OUT_OF_MEMORY_HINTS = {
+    "train_main": "lower --config.train.batch_size (or set --config.model.remat=True, or a "
+    "smaller model.preset)",
+    "sample_main": "lower --batch_size (the run's sample.batch_size is the default)",
+    "diagnose_main": "lower --batch_size (default 256) or --max_images",
+    "eval_main": "lower --fid_samples, or use a smaller --dinov2_weights model",
+    "annotate_main": "lower --batch_size (the classifier's, default 256)",
+    "sweep_main": "lower the runs' batch sizes (--set=--config.train.batch_size=...) or --jobs",
+}
+
+
+def out_of_memory_line(program: str, text: str) -> str:
+    """The one line for a device out of memory: how much was asked and what to lower."""
+    asked = re.search(r"allocating (\d+) bytes", text)
+    size = f" asking for {int(asked.group(1)) / 2**30:.1f} GiB" if asked else ""
+    hint = OUT_OF_MEMORY_HINTS.get(program, "lower the batch size")
+    return (
+        f"error: the device ran out of memory{size}: {hint}, and run the same command again (the "
+        "work dir keeps what was saved before)"
+    )
+
+
 # The file-system packages etils.epath asks for when a path is on a bucket (gs://, s3://).
 BUCKET_PACKAGES = ("gcsfs", "s3fs")
 
@@ -59,12 +83,8 @@ def clean_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]
             text = " ".join(str(err).split())
             if "RESOURCE_EXHAUSTED" not in text and "Out of memory" not in text:
                 raise
-            print(
-                f"error: the device ran out of memory ({text[:300]}): lower train.batch_size "
-                "(or sample.batch_size / the network's size) and run the same command again; "
-                "the work dir keeps what was saved before",
-                file=sys.stderr,
-            )
+            program = main.__module__.rsplit(".", 1)[-1]
+            print(out_of_memory_line(program, text), file=sys.stderr)
             sys.exit(2)
         except ImportError as err:  # a bucket path without its file system's package
             package = next((p for p in BUCKET_PACKAGES if p in str(err)), None)

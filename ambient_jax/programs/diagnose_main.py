@@ -23,6 +23,7 @@ flags.DEFINE_integer(
     "max_images", 500, "training / held-out images per level (a random subset when there are more)"
 )
 flags.DEFINE_integer("seed", 0, "seed of the noise draws and of the image subsets")
+flags.DEFINE_integer("batch_size", 256, "images denoised at once (lower it if memory runs out)")
 FLAGS = flags.FLAGS
 
 
@@ -34,8 +35,12 @@ def main(argv: list[str]) -> None:
         raise ValueError(f"--levels must be >= 2, got {FLAGS.levels}")
     if FLAGS.max_images < 1:
         raise ValueError(f"--max_images must be >= 1, got {FLAGS.max_images}")
+    if FLAGS.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
     results = [
-        diagnose.diagnose_run(w, FLAGS.levels, FLAGS.max_images, FLAGS.seed, log=log)
+        diagnose.diagnose_run(
+            w, FLAGS.levels, FLAGS.max_images, FLAGS.seed, log=log, batch_size=FLAGS.batch_size
+        )
         for w in FLAGS.workdir
     ]
     for workdir in FLAGS.workdir:

@@ -22,6 +22,9 @@ flags.DEFINE_integer("num_samples", None, "how many images (default: the run's s
 flags.DEFINE_integer("seed", None, "sampling seed (default: the run's sample.seed)")
 flags.DEFINE_string("out", None, "output .npz (default: <workdir>/samples.npz)")
 flags.DEFINE_integer(
+    "batch_size", None, "images sampled at once (default: the run's sample.batch_size)"
+)
+flags.DEFINE_integer(
     "class", None, "a class-conditional run: draw this class (default: each sample's uniformly)"
 )
 FLAGS = flags.FLAGS
@@ -41,6 +44,8 @@ def main(argv: list[str]) -> None:
         )
     if FLAGS.num_samples is not None and FLAGS.num_samples < 1:
         raise ValueError(f"--num_samples must be >= 1, got {FLAGS.num_samples}")
+    if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
     config, model, params = checkpoint.load_ema_params(FLAGS.workdir)
     num = FLAGS.num_samples or config.sample.num_samples
     seed = config.sample.seed if FLAGS.seed is None else FLAGS.seed
@@ -51,7 +56,7 @@ def main(argv: list[str]) -> None:
     fixed = FLAGS["class"].value
     generate.check_class(config, fixed)
     images = generate.generate(
-        config, model, params, num, seed, progress=progress, class_label=fixed
+        config, model, params, num, seed, FLAGS.batch_size, progress=progress, class_label=fixed
     )
     labels = {}
     if generate.label_dim(config):  # each sample's class, beside it
