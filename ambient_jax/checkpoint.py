@@ -9,6 +9,7 @@ predecessor to fall back to), plus every step divisible by `keep_every` when set
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import threading
 
@@ -42,6 +43,34 @@ def make_manager(workdir: str, keep_every: int = 0, create: bool = True) -> ocp.
 
 def save(manager: ocp.CheckpointManager, step: int, state: PyTree) -> None:
     manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+
+
+def save_error(manager: ocp.CheckpointManager) -> str | None:
+    """The cause, in one line, of an asynchronous save that failed (a full disk, a lost bucket),
+    else None. orbax reports it only when asked (or at the next save)."""
+    try:
+        with _orbax_errors_unlogged():
+            manager.check_for_errors()
+    except Exception as err:  # whatever the file system raised in orbax's threads
+        text = " ".join(str(err).split()) or type(err).__name__
+        return text if len(text) < 300 else text[:300] + " ..."
+    return None
+
+
+def space_needed(workdir: str, state: PyTree) -> str | None:
+    """Where the file system tells its free space (a local work dir): a line saying that the
+    checkpoint of `state` (its arrays' bytes, about what orbax writes) does not fit, else None."""
+    if files.is_remote(workdir):
+        return None
+    need = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree_util.tree_leaves(state))
+    folder = os.path.join(files.absolute(workdir), "checkpoints")
+    free = shutil.disk_usage(folder if os.path.isdir(folder) else workdir).free
+    if free >= 1.1 * need:
+        return None
+    return (
+        f"{free / 2**20:.1f} MiB free on the disk of {workdir}, and a checkpoint needs about "
+        f"{need / 2**20:.1f} MiB"
+    )
 
 
 def restore_latest(

@@ -993,3 +993,52 @@ def test_noisy_copies_belong_to_the_image():
     assert not np.allclose(
         moved, losses.noisy_training_copies(a.loss, data_a.images, data_a.train_indices)
     )
+
+
+def test_a_failed_save_stops_the_run_at_once_in_one_line_and_a_full_disk_is_refused_early(
+    tmp_path,
+):
+    """Before: a full disk during the (asynchronous) save printed ~640 lines, and training ran 20
+    more steps and drew a sample grid before it stopped. Now the run stops at the first step
+    after the save is known to have failed, with one line naming the cause and the last good
+    checkpoint, and the re-run resumes from it; a disk that says it lacks the room is refused
+    before the save, with the figures."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    driver = os.path.join(os.path.dirname(__file__), "train_driver.py")
+    changes = json.dumps({"train.num_steps": 8, "train.sample_every": 8})
+    wd = str(tmp_path / "run")
+    run = lambda *flags: subprocess.run(
+        [sys.executable, driver, wd, changes, "--devices=1", *flags],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    failed = run("--fail-save-at=4")
+    assert failed.returncode != 0
+    last = failed.stderr.strip().splitlines()[-1]
+    said = re.search(
+        r"the checkpoint of step 4 could not be written \(\[Errno 28\] No space left on device\); "
+        r"training stopped at step (\d+)\. The last good checkpoint \(step 2\) is kept\.",
+        last,
+    )
+    assert said and int(said.group(1)) <= 6, failed.stderr[-3000:]
+    assert "Event loop is closed" not in failed.stderr
+    logged = [json.loads(line)["step"] for line in open(os.path.join(wd, "metrics.jsonl"))]
+    assert max(logged) <= int(said.group(1)) and not os.path.exists(
+        os.path.join(wd, "samples", "grid_0000008.png")
+    )
+    resumed = run()
+    assert resumed.returncode == 0 and "resumed from step 2" in resumed.stdout, resumed.stderr[
+        -2000:
+    ]
+
+    wd = str(tmp_path / "full")
+    refused = run("--disk-free=1000")
+    assert refused.returncode != 0
+    assert re.search(
+        r"not saving the checkpoint of step 2: 0\.0 MiB free on the disk of .*, and a checkpoint "
+        r"needs about [\d.]+ MiB\. No checkpoint was written before",
+        refused.stderr.strip().splitlines()[-1],
+    ), refused.stderr[-2000:]

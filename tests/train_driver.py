@@ -5,7 +5,10 @@ distribute it.
                                  [--devices N] [--process I --processes P --port PORT]
 
 --kill-after-save-at sends SIGKILL to this process right after the (asynchronous) save of
-that step has started, the worst moment for a checkpoint to be interrupted.
+that step has started, the worst moment for a checkpoint to be interrupted. --fail-save-at makes
+the save of that step fail in the background as a full disk does (nothing of it is left, and
+orbax reports "No space left on device" when asked); --disk-free makes the disk report that many
+free bytes.
 """
 
 import argparse
@@ -18,6 +21,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("workdir")
 parser.add_argument("changes")
 parser.add_argument("--kill-after-save-at", type=int, default=0)
+parser.add_argument("--fail-save-at", type=int, default=0)
+parser.add_argument("--disk-free", type=int, default=-1, help="bytes the disk says it has free")
 parser.add_argument("--devices", type=int, default=8)
 parser.add_argument("--process", type=int, default=-1)
 parser.add_argument("--processes", type=int, default=1)
@@ -55,6 +60,30 @@ if args.kill_after_save_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
     checkpoint.save = save_then_die
+
+if args.fail_save_at:
+    import shutil
+
+    real_save = checkpoint.save
+
+    def save_then_fail(manager, step, state):
+        real_save(manager, step, state)
+        if step == args.fail_save_at:
+            manager.wait_until_finished()
+            shutil.rmtree(os.path.join(args.workdir, "checkpoints", str(step)))
+            manager.reload()
+
+            def full_disk():
+                raise OSError(28, "No space left on device")
+
+            manager.check_for_errors = full_disk
+
+    checkpoint.save = save_then_fail
+if args.disk_free >= 0:
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    checkpoint.shutil.disk_usage = lambda path: usage(10**12, 10**12, args.disk_free)
 
 state = train.train(config, args.workdir, log=lambda m: print(m, flush=True))
 if args.dump and jax.process_index() == 0:

@@ -93,7 +93,9 @@ class Run:
         self.metrics_path = summaries.metrics_path(workdir)
         self.events = summaries.Summaries(workdir) if lead else None
         self.sample_fn = generate.make_sample_fn(config, model, mesh)
-        self.last_saved = manager.latest_step()
+        self.last_saved = manager.latest_step()  # the last checkpoint known to be written
+        self.unconfirmed: int | None = None  # a save under way, its success not yet known
+        self.save_failed = False
         self.t_start = time.perf_counter()
 
     def write_log(self, step: int, window: LogWindow) -> None:
@@ -169,13 +171,55 @@ class Run:
                 f"{self.last_saved}) "
                 "is kept. Lower optim.lr or set optim.grad_clip, then re-run to resume from it."
             )
+        self.finish_saves(step)  # orbax would wait for the previous save before this one anyway
+        short = checkpoint.space_needed(self.workdir, state)
+        if short:
+            raise run_dir.TrainingError(
+                f"not saving the checkpoint of step {step}: {short}. {self._kept()} Free some "
+                "space (or use a work dir on another disk) and re-run the same command."
+            )
         checkpoint.save(self.manager, step, state)
-        self.last_saved = step
+        self.unconfirmed = step
+
+    def finish_saves(self, step: int) -> None:
+        """Wait for the save under way; TrainingError (one line) if it failed."""
+        if self.unconfirmed is None:
+            return
+        try:
+            self.manager.wait_until_finished()
+            waited = None
+        except Exception as err:  # orbax re-raises its thread's error here or when asked
+            waited = " ".join(str(err).split()) or type(err).__name__
+        self.confirm_saves(step, waited)
+        self.last_saved, self.unconfirmed = self.unconfirmed, None
+
+    def confirm_saves(self, step: int, cause: str | None = None) -> None:
+        """Stop the run (one TrainingError) as soon as the save under way is known to have
+        failed: no more training that the user believes saved."""
+        if self.unconfirmed is None:
+            return
+        cause = checkpoint.save_error(self.manager) or cause
+        if cause:
+            failed, self.unconfirmed, self.save_failed = self.unconfirmed, None, True
+            raise run_dir.TrainingError(
+                f"the checkpoint of step {failed} could not be written ({cause[:300]}); training "
+                f"stopped at step {step}. {self._kept()} Fix the cause (free space?) and re-run "
+                "the same command to resume."
+            )
+
+    def _kept(self) -> str:
+        if self.last_saved is None:
+            return "No checkpoint was written before, so the re-run starts from step 0."
+        return f"The last good checkpoint (step {self.last_saved}) is kept."
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        if self.events:
-            self.events.close()
+        try:  # a failed save was said once, by confirm_saves; orbax would raise it again here
+            if not self.save_failed:
+                self.finish_saves(self.unconfirmed or 0)  # confirmed before the run reports done
+                self.manager.wait_until_finished()
+        finally:
+            if self.events:
+                self.events.close()
 
 
 def train(
@@ -276,6 +320,7 @@ def train(
                     jax.block_until_ready(metrics)
                 window.add(metrics, count)
                 step += count
+                run.confirm_saves(step)
                 if due(step, t.log_every, t.num_steps):
                     run.write_log(step, window)
                 if due(step, t.sample_every, t.num_steps):
