@@ -7,12 +7,13 @@
 
 Each mutant (benchmarks/mutants.toml) is one small textual change to one line of the core (a
 coefficient, a weight, a reduction, a key, a threshold) and the test selection that must notice
-it. The harness copies the
-tracked files of the repository into a scratch folder once, then for each mutant: applies the
-change there, runs the tests that name it first (the `file::test` entries of its selection and
-the test that caught it last time, recorded in benchmarks/results/mutation_catchers.json), and
-its whole selection (`pytest -x`) only if those pass; restores the file, and prints CAUGHT with
-the first failing test or SURVIVED. The project itself is never modified. Opt-in: not part of
+it. The harness copies the tracked files of the repository into a scratch folder once, then for
+each mutant: applies the change there, runs the tests that name it first (the `file::test`
+entries of its selection and the test that caught it last time, recorded in
+benchmarks/results/mutation_catchers.json), and its whole selection (`pytest -x`) only if those
+pass; restores the file, and prints CAUGHT with the first failing test or SURVIVED. The test that
+each mutant still applies to one line (LINE_PIN) is deselected: it fails on any edit of a pinned
+line, so only behaviour tests count. The project itself is never modified. Opt-in: not part of
 launch/test.sh. `--report` writes the verdicts as a table whose header is counted from its rows.
 """
 
@@ -65,9 +66,24 @@ def scratch_copy():
     return scratch
 
 
+# The test that each mutant still applies to one line: it fails on any edit to a pinned line,
+# whatever the edit does, so it is no verdict on whether the behaviour tests notice a mutant.
+LINE_PIN = (
+    "tests/test_mutation_pins.py::"
+    "test_every_mutant_of_the_harness_still_applies_to_one_place_and_names_real_tests"
+)
+
+
+def pytest_argv(tests):
+    """The pytest command for a mutant's tests: stop at the first failure, the line pin left out."""
+    tests = [t for t in tests if t != LINE_PIN]
+    return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+            "--deselect", LINE_PIN, *tests]  # fmt: skip
+
+
 def run_tests(scratch, tests, timeout):
     env = dict(os.environ, PYTHONPATH=scratch, JAX_PLATFORMS="cpu")
-    argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    argv = pytest_argv(tests)
     try:
         result = subprocess.run(
             argv, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout

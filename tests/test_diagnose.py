@@ -220,3 +220,29 @@ def test_globality_is_zero_for_local_denoisers_and_follows_its_definition_for_a_
         empirical_denoiser(jnp.asarray(images[:6])), images[:6], [1e-3], key
     )
     assert copying[0] > 0.9
+
+
+def test_the_run_diagnosis_compares_training_images_with_held_out_ones(tmp_path, monkeypatch):
+    """diagnose_run on a run whose denoiser is the exact memorizer of its training images: on
+    them its error is about 0 at low noise, on the held-out images (never trained on) it is not,
+    so the gap is positive there, and the memorizer's distance to D*_S is 0 everywhere. Fed the
+    training images as its held-out ones, the diagnosis would show no gap."""
+    import jax.numpy as jnp
+
+    from ambient_jax import config as config_lib
+    from ambient_jax.data.subset import load_split, record_subset
+
+    config = config_lib.complete(config_lib.base_config())
+    config.data.n_train, config.loss.objective = 16, "ddpm"
+    split = load_split(config.data)
+    config_lib.save_config(str(tmp_path), config)
+    record_subset(str(tmp_path), config.data, split.train_indices,
+                  len(split.train) + len(split.heldout))  # fmt: skip
+    monkeypatch.setattr(diagnose.checkpoint, "load_ema_params", lambda wd: (config, None, None))
+    exact = diagnose.memorizing_denoiser(jnp.asarray(split.train))
+    monkeypatch.setattr(diagnose, "network_denoiser", lambda *_: exact)
+    result = diagnose.diagnose_run(str(tmp_path), num_levels=4, max_images=16, log=lambda _: None)
+    low = 0  # sigma 0.002
+    assert result["num_train"] == 16 and result["num_heldout"] == 16
+    assert result["err_train"][low] < 1e-4 < 0.01 < result["err_heldout"][low]
+    assert result["gap"][low] > 0.01 and max(result["dist_memorizing"]) < 1e-6

@@ -356,3 +356,46 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     files.save_npz(str(tmp_path / "out.npz"), a=np.zeros(3))
     assert not stale.exists() and live.exists() and other.exists()
     np.testing.assert_array_equal(files.load_npz(str(tmp_path / "out.npz"))["a"], np.zeros(3))
+
+
+def test_each_row_of_the_evaluation_reads_the_set_its_definition_names(tmp_path):
+    """Distinguishable sets through evaluate_run: samples that are exact copies of the training
+    digits, noisy copies of them, and held-out digits. Each row moves as its definition says: the
+    sample rows with the samples, the held-out rows (real digits never trained on) not at all, the
+    robust rows where the raw ones miss the noisy copies, the distance to held-out images with the
+    held-out samples only."""
+    from ambient_jax import config as config_lib
+    from ambient_jax.data import to_uint8
+    from ambient_jax.data.subset import load_split, record_subset
+    from ambient_jax.eval import evaluate
+
+    config = config_lib.complete(config_lib.base_config())
+    config.data.n_train, config.eval.carlini_k = 50, 10
+    split = load_split(config.data)
+    config_lib.save_config(str(tmp_path), config)
+    record_subset(str(tmp_path), config.data, split.train_indices,
+                  len(split.train) + len(split.heldout))  # fmt: skip
+    copies = np.concatenate([split.train] * 2)
+    noisy = np.clip(copies + 0.25 * np.random.RandomState(0).randn(*copies.shape), -1, 1)
+    reals = split.heldout[np.random.RandomState(1).permutation(len(split.heldout))[:100]]
+    rows = {}
+    for name, samples in (("copies", copies), ("noisy", noisy), ("reals", reals)):
+        np.savez(tmp_path / "samples.npz", samples=to_uint8(samples))
+        rows[name] = evaluate.evaluate_run(str(tmp_path), log=lambda _: None)
+    s95 = lambda m, key: m[key]["S>0.95"]
+    copied, speckled, real = rows["copies"], rows["noisy"], rows["reals"]
+    for m in (copied, speckled, real):  # held-out rows: reals against the training set, always
+        assert m["heldout_extraction_rate"] == 0.0 and m["heldout_robust_extraction_rate"] == 0.0
+        assert (
+            s95(m, "heldout_pixel_similarity") <= 2
+            and s95(m, "heldout_robust_pixel_similarity") <= 2
+        )
+    assert copied["extraction_rate"] == copied["robust_extraction_rate"] == 100.0
+    assert s95(copied, "pixel_similarity") == s95(copied, "robust_pixel_similarity") == 100.0
+    assert copied["median_l2_to_train"] < 0.1 < copied["median_l2_to_heldout"]
+    # speckle hides the copies from the raw rows only
+    assert speckled["extraction_rate"] <= 10 and speckled["robust_extraction_rate"] >= 90
+    assert s95(speckled, "pixel_similarity") <= 40 <= 90 <= s95(speckled, "robust_pixel_similarity")
+    # held-out digits as samples: nothing copied, at distance 0 from the held-out images
+    assert real["extraction_rate"] == real["robust_extraction_rate"] == 0.0
+    assert real["median_l2_to_heldout"] == 0.0 < real["median_l2_to_train"]

@@ -317,3 +317,19 @@ def test_every_mutant_of_the_harness_still_applies_to_one_place_and_names_real_t
     for name, path, *tests in rows:
         assert os.path.isfile(os.path.join(root, path)) and tests, name
         assert all(os.path.isfile(os.path.join(root, t.split("::")[0])) for t in tests), name
+
+
+def test_the_harness_counts_only_behaviour_tests():
+    """The line-pin test above fails on any edit to a pinned line: the harness deselects it, so a
+    mutant caught by it alone counts as surviving."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    import mutation
+
+    argv = mutation.pytest_argv(["tests/test_mutation_pins.py", mutation.LINE_PIN])
+    assert argv[argv.index("--deselect") + 1] == mutation.LINE_PIN
+    assert argv.count(mutation.LINE_PIN) == 1 and argv[-1] == "tests/test_mutation_pins.py"
+    name = mutation.LINE_PIN.split("::")[1]
+    assert name in open(__file__).read()  # the pin still has that name

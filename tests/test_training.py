@@ -1042,3 +1042,19 @@ def test_a_failed_save_stops_the_run_at_once_in_one_line_and_a_full_disk_is_refu
         r"needs about [\d.]+ MiB\. No checkpoint was written before",
         refused.stderr.strip().splitlines()[-1],
     ), refused.stderr[-2000:]
+
+
+def test_the_checkpoint_fallback_restores_the_newest_readable_step(tmp_path):
+    """Steps 1, 2 and 3 kept, step 3 unreadable: the restore takes step 2 (the newest readable),
+    not step 1."""
+    from ambient_jax import checkpoint
+
+    manager = checkpoint.make_manager(str(tmp_path), keep_every=1)
+    for step in (1, 2, 3):
+        checkpoint.save(manager, step, {"x": jnp.full((4,), float(step))})
+    manager.wait_until_finished()
+    _corrupt_checkpoint(str(tmp_path), 3)
+    manager = checkpoint.make_manager(str(tmp_path), keep_every=1, create=False)
+    said = []
+    restored = checkpoint.restore_latest(manager, {"x": jnp.zeros((4,))}, log=said.append)
+    assert float(restored["x"][0]) == 2.0 and any("3" in line for line in said)
