@@ -63,8 +63,9 @@ def out_of_memory_line(program: str, text: str) -> str:
     )
 
 
-# The file-system packages etils.epath asks for when a path is on a bucket (gs://, s3://).
-BUCKET_PACKAGES = ("gcsfs", "s3fs")
+# The file-system packages etils.epath asks for when a path is on a bucket (gs://, s3://), and
+# the extra of this package that installs each.
+BUCKET_PACKAGES = {"gcsfs": "gcs", "s3fs": "s3"}
 
 
 def clean_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
@@ -91,8 +92,9 @@ def clean_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]
             if package is None:
                 raise
             print(
-                f"error: {err}: a work dir or file on a bucket needs `pip install {package}` "
-                "(the package is not a dependency); or use a local path",
+                f"error: {err}: a work dir or file on a bucket needs {package}: pip install "
+                f"'ambient-jax[{BUCKET_PACKAGES[package]}]' (or pip install {package}); or use a "
+                "local path",
                 file=sys.stderr,
             )
             sys.exit(2)
