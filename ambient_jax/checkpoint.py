@@ -50,7 +50,9 @@ def save_error(manager: ocp.CheckpointManager) -> str | None:
     else None. orbax reports it only when asked (or at the next save)."""
     try:
         with _orbax_errors_unlogged():
-            manager.check_for_errors()
+            manager.check_for_errors()  # the write threads
+            if not manager.is_saving_in_progress():  # the finalize thread: raises its error
+                manager.wait_until_finished()
     except Exception as err:  # whatever the file system raised in orbax's threads
         text = " ".join(str(err).split()) or type(err).__name__
         return text if len(text) < 300 else text[:300] + " ..."
@@ -131,6 +133,15 @@ def restore_latest(
         "start this one over, "
         "re-run with --restart."
     )
+
+
+class OrbaxSaveErrorsUnlogged(logging.Filter):
+    """Drops the error records (tracebacks) orbax's save threads log: the trainer reports a
+    failed save itself, in one line (Run.confirm_saves). Installed on the absl logger while a
+    run trains."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
 
 
 @contextlib.contextmanager

@@ -88,9 +88,11 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     try:
         tmp.write_bytes(data)
         tmp.replace(target)  # overwrites, as os.replace does
-    except BaseException:
+    except BaseException as err:
         if tmp.exists():  # a failed write (a full disk) leaves nothing half-written behind
             tmp.unlink()
+        if isinstance(err, OSError) and err.errno is not None and not err.filename:
+            raise OSError(err.errno, f"{err.strerror} (writing {path})") from err  # name it
         raise
 
 

@@ -162,7 +162,8 @@ def model_overrides(found: dict) -> dict:
     """config.model for the snapshot's network: a U-Net preset with every field set from it."""
     nk = found["network_kwargs"]
     overrides = {name: _plain(nk[name]) for name in SAME_FIELDS}
-    overrides["label_dim"] = int(nk["label_dim"])
+    if nk["label_dim"]:  # (unset = 0, unconditional)
+        overrides["label_dim"] = int(nk["label_dim"])
     if nk["embedding_type"] == "fourier":
         freqs = found["tensors"]["map_noise.freqs"]
         overrides["fourier_freqs"] = tuple(float(f) for f in np.asarray(freqs, np.float32))

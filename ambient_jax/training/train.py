@@ -7,6 +7,7 @@ held or streamed) and run_dir (resume, restart, restore).
 """
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -96,6 +97,9 @@ class Run:
         self.last_saved = manager.latest_step()  # the last checkpoint known to be written
         self.unconfirmed: int | None = None  # a save under way, its success not yet known
         self.save_failed = False
+        self.step = 0
+        self.quiet_orbax = checkpoint.OrbaxSaveErrorsUnlogged()
+        logging.getLogger("absl").addFilter(self.quiet_orbax)
         self.t_start = time.perf_counter()
 
     def write_log(self, step: int, window: LogWindow) -> None:
@@ -196,6 +200,7 @@ class Run:
     def confirm_saves(self, step: int, cause: str | None = None) -> None:
         """Stop the run (one TrainingError) as soon as the save under way is known to have
         failed: no more training that the user believes saved."""
+        self.step = max(step, self.step)  # where training is (close reports it)
         if self.unconfirmed is None:
             return
         cause = checkpoint.save_error(self.manager) or cause
@@ -215,11 +220,16 @@ class Run:
     def close(self) -> None:
         try:  # a failed save was said once, by confirm_saves; orbax would raise it again here
             if not self.save_failed:
-                self.finish_saves(self.unconfirmed or 0)  # confirmed before the run reports done
+                self.finish_saves(self.step)  # confirmed before the run is done
                 self.manager.wait_until_finished()
         finally:
+            logging.getLogger("absl").removeFilter(self.quiet_orbax)
             if self.events:
-                self.events.close()
+                try:
+                    self.events.close()
+                except OSError:  # the same full disk: the failed save's line says it
+                    if not self.save_failed:
+                        raise
 
 
 def train(
