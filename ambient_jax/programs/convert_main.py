@@ -2,7 +2,7 @@
 
     ambient-convert inception [--source=default_1.pt] [--out=PATH]
     ambient-convert dinov2 --source=dinov2_vits14_pretrain.pth --heads=6 [--out=PATH]
-    ambient-convert edm --source=network-snapshot-XXXXXX.pkl --workdir=DIR [--config=FILE.py]
+    ambient-convert edm --source=network-snapshot-200000.pkl --workdir=DIR [--config=FILE.py]
     ambient-convert edm --source=STATE_DICT.pt --args=STATE_DICT.pt.json --workdir=DIR
     ambient-convert export --workdir=DIR --out=FILE.pt
 

@@ -98,13 +98,9 @@ def run_all(runs: list[tuple[str, list[list[str]]]], log: Log = print, jobs: int
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
     def run_one(workdir, steps):
-        held = workdir_lock.live_holder(workdir)
-        if held:  # e.g. an ambient-train left running by a sweep killed with -9
-            log(
-                f"skip {workdir}: pid {held.get('pid')} on {held.get('host')} still holds it "
-                f"(since {held.get('started')}; a program left running by an earlier sweep?): "
-                f"wait for it or stop it (kill {held.get('pid')}), then re-run the sweep"
-            )
+        skip = workdir_lock.held_by_leftover(workdir)
+        if skip:
+            log(skip)
             return None
         out = None
         if jobs > 1:

@@ -67,13 +67,9 @@ def run_variant(
         "diagnose": ["ambient-diagnose", f"--workdir={workdir}"],
     }
     timing = os.path.join(workdir, "eval", "time.json")
-    held = workdir_lock.live_holder(workdir)
-    if held:  # e.g. an ambient-train left running by a sweep killed with -9
-        log(
-            f"skip {workdir}: pid {held.get('pid')} on {held.get('host')} still holds it (since "
-            f"{held.get('started')}; left running by an earlier sweep?): wait for it or stop it "
-            f"(kill {held.get('pid')}), then re-run"
-        )
+    skip = workdir_lock.held_by_leftover(workdir)
+    if skip:
+        log(skip)
         return
     for stage in stages:
         # train's output appears as it runs: a cut run resumes from its checkpoint instead

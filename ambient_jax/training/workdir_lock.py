@@ -67,6 +67,20 @@ def live_holder(workdir: str) -> dict | None:
     return None
 
 
+def held_by_leftover(workdir: str) -> str | None:
+    """For a runner about to start a run (ambient-sweep): the line that skips a work dir another
+    process still holds (e.g. an ambient-train left running by a sweep killed with -9), else
+    None."""
+    held = live_holder(workdir)
+    if not held:
+        return None
+    return (
+        f"skip {workdir}: pid {held.get('pid')} on {held.get('host')} still holds it (since "
+        f"{held.get('started')}; a program left running by an earlier sweep?): wait for it or "
+        f"stop it (kill {held.get('pid')}), then re-run the sweep"
+    )
+
+
 def acquire(workdir: str, log: Log = print) -> str:
     """Take <workdir>/LOCK (the work dir is created if needed); returns its path."""
     files.makedirs(workdir)
