@@ -194,8 +194,7 @@ class Run:
             waited = None
         except Exception as err:  # orbax re-raises its thread's error here or when asked
             waited = " ".join(str(err).split()) or type(err).__name__
-        self.confirm_saves(step, waited)
-        self.last_saved, self.unconfirmed = self.unconfirmed, None
+        self.confirm_saves(step, waited)  # finished: confirmed there, or the error raised
 
     def confirm_saves(self, step: int, cause: str | None = None) -> None:
         """Stop the run (one TrainingError) as soon as the save under way is known to have
@@ -203,6 +202,7 @@ class Run:
         self.step = max(step, self.step)  # where training is (close reports it)
         if self.unconfirmed is None:
             return
+        done = not self.manager.is_saving_in_progress()  # asked first: a failure after it waits
         cause = checkpoint.save_error(self.manager) or cause
         if cause:
             failed, self.unconfirmed, self.save_failed = self.unconfirmed, None, True
@@ -211,6 +211,8 @@ class Run:
                 f"stopped at step {step}. {self._kept()} Fix the cause (free space?) and re-run "
                 "the same command to resume."
             )
+        if done:  # written: no more asking at every step
+            self.last_saved, self.unconfirmed = self.unconfirmed, None
 
     def _kept(self) -> str:
         if self.last_saved is None:
