@@ -98,7 +98,8 @@ def _cell(values, fmt):
     return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}" if len(v) > 1 else f"{v[0]:{fmt}}"
 
 
-def rows_text(runs):
+def rows_table(runs):
+    """Mean ± std of every measure, a line per (n, row)."""
     out = [
         "| n | row | seeds | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
         "|---|---|---|" + "---|" * len(COLUMNS),
@@ -108,14 +109,28 @@ def rows_text(runs):
             ms = list(runs[n][row].values())
             cells = [_cell([get(m) for m in ms], fmt) for _, get, fmt in COLUMNS]
             out.append(f"| {n} | {row} | {len(ms)} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def reference_levels(runs, n):
+    """(any run's metrics at size n, the held-out digits' own levels as a phrase): the level of a
+    model that does not copy, the same in every run of that size."""
+    m = next(iter(next(iter(runs[n].values())).values()))
+    return m, (
+        f"extraction {m['heldout_extraction_rate']:.1f}%, robust S>0.95 "
+        f"{m['heldout_robust_pixel_similarity']['S>0.95']:.1f}%, new-class digits "
+        f"{m['heldout_confident_by_class'][new_class(m)]:.1f}%"
+    )
+
+
+def rows_text(runs):
+    out = [rows_table(runs)]
     for n in sorted(runs):
-        m = next(iter(next(iter(runs[n].values())).values()))
+        m, levels = reference_levels(runs, n)
         out.append(
             f"\nn = {n}: the held-out digits of class {new_class(m)} (never trained on, "
             f"{m['num_heldout_for_fd']} of them the FD reference), the level of a model that does "
-            f"not copy: extraction {m['heldout_extraction_rate']:.1f}%, robust S>0.95 "
-            f"{m['heldout_robust_pixel_similarity']['S>0.95']:.1f}%, new-class digits "
-            f"{m['heldout_confident_by_class'][new_class(m)]:.1f}%."
+            f"not copy: {levels}."
         )
     return "\n".join(out) + "\n"
 
@@ -126,16 +141,8 @@ README_ROWS = ("ddpm", "ambient", "noisy")  # the README's short table; the doc 
 def readme_text(runs):
     """The rows table for the README: its main rows only, one reference line for all sizes."""
     short = {n: {r: by_row[r] for r in README_ROWS if r in by_row} for n, by_row in runs.items()}
-    table = rows_text(short).split("\n\n")[0]
-    levels = []
-    for n in sorted(runs):
-        m = next(iter(next(iter(runs[n].values())).values()))
-        levels.append(
-            f"n = {n}: extraction {m['heldout_extraction_rate']:.1f}%, robust S>0.95 "
-            f"{m['heldout_robust_pixel_similarity']['S>0.95']:.1f}%, new-class digits "
-            f"{m['heldout_confident_by_class'][new_class(m)]:.1f}%"
-        )
-    return f"{table}\n\nThe held-out digits' own levels: {'; '.join(levels)}.\n"
+    levels = [f"n = {n}: {reference_levels(runs, n)[1]}" for n in sorted(runs)]
+    return f"{rows_table(short)}\n\nThe held-out digits' own levels: {'; '.join(levels)}.\n"
 
 
 def target_text(runs):
