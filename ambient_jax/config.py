@@ -13,7 +13,7 @@ import ml_collections
 from ambient_jax import files, nets, parallel
 from ambient_jax.checks import need, need_counts, need_each
 from ambient_jax.data import augment, corrupt
-from ambient_jax.diffusion import losses, sampling
+from ambient_jax.diffusion import losses, precond, sampling
 from ambient_jax.training import finetune
 from ambient_jax.types import Config
 
@@ -109,6 +109,10 @@ def base_config() -> Config:
     c.model.split_low_preset = (
         ""  # the low-noise network's preset (e.g. local_cnn); "" = model.preset
     )
+    # The network's preconditioning (ambient_jax.diffusion.precond): edm, the project's; vp, ve or
+    # iddpm with their constants (EDM's defaults) for networks trained with those (converted
+    # snapshots). edm's sigma_data is loss.sigma_data.
+    c.model.precond = ml_collections.ConfigDict(precond.config_defaults())
     c.model.remat = (
         False  # U-Net presets: recompute block activations in the backward pass (large batches)
     )

@@ -3,13 +3,12 @@ NVlabs/edm), the reference of tests/test_interop.py and benchmarks/interop_speed
 parameter and buffer names, shapes and forward math, so that their state dicts are the ones EDM's
 snapshots hold, and their outputs are the reference the converted networks are compared with.
 
-`snapshot(path, ema)` pickles a network the way EDM's training loop does
-(`{"ema": net, "augment_pipe": ..., "dataset_kwargs": ...}`), each module reduced the way EDM's
-`torch_utils.persistence` reduces it: a call of `torch_utils.persistence.
-_reconstruct_persistent_obj` with the class's source code, name and state.
+Each module pickles the way EDM's `torch_utils.persistence` reduces it: a call of
+`torch_utils.persistence._reconstruct_persistent_obj` with the class's source code, name and
+state. The preconditioning classes that wrap these networks, and the snapshot writer, are in
+edm_precond.py.
 """
 
-import pickle
 import sys
 import types
 
@@ -122,44 +121,59 @@ class GroupNorm(Persistent):
 
 
 class UNetBlock(Persistent):
-    """EDM's UNetBlock as SongUNet builds it: one head, skip_scale sqrt(1/2), eps 1e-6,
-    resample_proj, no adaptive scale."""
+    """EDM's UNetBlock: SongUNet builds it with one head, skip_scale sqrt(1/2), eps 1e-6,
+    resample_proj and no adaptive scale; DhariwalUNet with 64 channels per head, skip_scale 1,
+    eps 1e-5, adaptive scale (the embedding gives a scale and a shift) and a weightless skip for
+    an up/down block of unchanged width."""
 
     def __init__(self, in_channels, out_channels, emb_channels, up=False, down=False,
-                 attention=False, resample_filter=(1, 1)):  # fmt: skip
+                 attention=False, num_heads=None, channels_per_head=64, skip_scale=1.0, eps=1e-5,
+                 resample_filter=(1, 1), resample_proj=False, adaptive_scale=True):  # fmt: skip
         super().__init__(
             in_channels=in_channels, out_channels=out_channels, emb_channels=emb_channels, up=up,
-            down=down, attention=attention,
+            down=down, attention=attention, num_heads=num_heads, skip_scale=skip_scale, eps=eps,
+            resample_proj=resample_proj, adaptive_scale=adaptive_scale,
         )  # fmt: skip
-        self.in_channels, self.out_channels, self.num_heads = (
-            in_channels,
-            out_channels,
-            int(attention),
-        )
-        self.skip_scale = np.sqrt(0.5)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.num_heads = 0
+        if attention:
+            self.num_heads = (
+                num_heads if num_heads is not None else out_channels // channels_per_head
+            )
+        self.skip_scale, self.adaptive_scale = skip_scale, adaptive_scale
         res = dict(up=up, down=down, resample_filter=resample_filter)
-        self.norm0 = GroupNorm(in_channels)
+        self.norm0 = GroupNorm(in_channels, eps=eps)
         self.conv0 = Conv2d(in_channels, out_channels, 3, **res)
-        self.affine = Linear(emb_channels, out_channels)
-        self.norm1 = GroupNorm(out_channels)
+        self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1))
+        self.norm1 = GroupNorm(out_channels, eps=eps)
         self.conv1 = Conv2d(out_channels, out_channels, 3)
         self.skip = None
         if out_channels != in_channels or up or down:
-            self.skip = Conv2d(in_channels, out_channels, 1, **res)
-        if attention:
-            self.norm2 = GroupNorm(out_channels)
+            kernel = 1 if resample_proj or out_channels != in_channels else 0
+            self.skip = Conv2d(in_channels, out_channels, kernel, **res)
+        if self.num_heads:
+            self.norm2 = GroupNorm(out_channels, eps=eps)
             self.qkv = Conv2d(out_channels, out_channels * 3, 1)
             self.proj = Conv2d(out_channels, out_channels, 1)
 
     def forward(self, x, emb):
         orig = x
         x = self.conv0(silu(self.norm0(x)))
-        x = silu(self.norm1(x + self.affine(emb).unsqueeze(2).unsqueeze(3)))
+        params = self.affine(emb).unsqueeze(2).unsqueeze(3)
+        if self.adaptive_scale:
+            scale, shift = params.chunk(chunks=2, dim=1)
+            x = silu(torch.addcmul(shift, self.norm1(x), scale + 1))
+        else:
+            x = silu(self.norm1(x + params))
         x = self.conv1(x)
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
         if self.num_heads:
-            # channel c*3 + j of qkv is channel c of q (j=0), k (1) or v (2)
-            q, k, v = self.qkv(self.norm2(x)).reshape(x.shape[0], x.shape[1], 3, -1).unbind(2)
+            # per head h, channel c*3 + j of its qkv is channel c of q (j=0), k (1) or v (2)
+            q, k, v = (
+                self.qkv(self.norm2(x))
+                .reshape(x.shape[0] * self.num_heads, x.shape[1] // self.num_heads, 3, -1)
+                .unbind(2)
+            )
             w = torch.einsum("ncq,nck->nqk", q, k / np.sqrt(k.shape[1])).softmax(dim=2)
             a = torch.einsum("nqk,nck->ncq", w, v)
             x = (self.proj(a.reshape(*x.shape)) + x) * self.skip_scale
@@ -167,7 +181,7 @@ class UNetBlock(Persistent):
 
 
 class PositionalEmbedding(Persistent):
-    def __init__(self, num_channels, max_positions=10000, endpoint=True):
+    def __init__(self, num_channels, max_positions=10000, endpoint=False):
         super().__init__(num_channels=num_channels, endpoint=endpoint)
         self.num_channels, self.max_positions, self.endpoint = num_channels, max_positions, endpoint
 
@@ -201,10 +215,12 @@ class SongUNet(Persistent):
         super().__init__(**kwargs)
         emb_channels = model_channels * channel_mult_emb
         noise_channels = model_channels * channel_mult_noise
-        block = dict(emb_channels=emb_channels, resample_filter=resample_filter)
+        block = dict(emb_channels=emb_channels, resample_filter=resample_filter, num_heads=1,
+                     skip_scale=np.sqrt(0.5), eps=1e-6, resample_proj=True,
+                     adaptive_scale=False)  # fmt: skip
         self.label_dropout = label_dropout
         self.map_noise = (
-            PositionalEmbedding(noise_channels)
+            PositionalEmbedding(noise_channels, endpoint=True)
             if embedding_type == "positional"
             else FourierEmbedding(noise_channels)
         )
@@ -276,43 +292,65 @@ class SongUNet(Persistent):
         return aux
 
 
-class EDMPrecond(Persistent):
-    def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, sigma_min=0,
-                 sigma_max=float("inf"), sigma_data=0.5, model_type="SongUNet",
-                 **model_kwargs):  # fmt: skip
-        super().__init__(img_resolution=img_resolution, img_channels=img_channels,
-                         label_dim=label_dim, use_fp16=use_fp16, sigma_min=sigma_min,
-                         sigma_max=sigma_max, sigma_data=sigma_data, model_type=model_type,
-                         **model_kwargs)  # fmt: skip
-        self.img_resolution, self.img_channels, self.label_dim = (
-            img_resolution,
-            img_channels,
-            label_dim,
-        )
-        self.sigma_min, self.sigma_max, self.sigma_data = sigma_min, sigma_max, sigma_data
-        self.model = SongUNet(
-            img_resolution=img_resolution, in_channels=img_channels, out_channels=img_channels,
-            label_dim=label_dim, **model_kwargs,
-        )  # fmt: skip
+class DhariwalUNet(Persistent):
+    """EDM's DhariwalUNet (ADM)."""
 
-    def forward(self, x, sigma, class_labels=None):
-        sigma = sigma.reshape(-1, 1, 1, 1)
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sd**2 + sigma**2).sqrt()
-        c_noise = sigma.log() / 4
-        labels = None
-        if self.label_dim:
-            labels = torch.zeros([1, self.label_dim]) if class_labels is None else class_labels
-        return c_skip * x + c_out * self.model(c_in * x, c_noise.flatten(), class_labels=labels)
+    def __init__(self, img_resolution, in_channels, out_channels, label_dim=0, augment_dim=0,
+                 model_channels=192, channel_mult=(1, 2, 3, 4), channel_mult_emb=4, num_blocks=3,
+                 attn_resolutions=(32, 16, 8), dropout=0.10, label_dropout=0):  # fmt: skip
+        kwargs = dict(locals())
+        del kwargs["self"], kwargs["__class__"]
+        super().__init__(**kwargs)
+        emb_channels = model_channels * channel_mult_emb
+        block = dict(emb_channels=emb_channels, channels_per_head=64)
+        self.map_noise = PositionalEmbedding(model_channels)
+        self.map_augment = Linear(augment_dim, model_channels, bias=False) if augment_dim else None
+        self.map_layer0 = Linear(model_channels, emb_channels)
+        self.map_layer1 = Linear(emb_channels, emb_channels)
+        self.map_label = Linear(label_dim, emb_channels, bias=False) if label_dim else None
+        self.enc = torch.nn.ModuleDict()
+        cout = in_channels
+        for level, mult in enumerate(channel_mult):
+            res = img_resolution >> level
+            if level == 0:
+                cin, cout = cout, model_channels * mult
+                self.enc[f"{res}x{res}_conv"] = Conv2d(cin, cout, 3)
+            else:
+                self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block)
+            for idx in range(num_blocks):
+                cin, cout = cout, model_channels * mult
+                attn = res in attn_resolutions
+                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block)
+        skips = [b.out_channels for b in self.enc.values()]
+        self.dec = torch.nn.ModuleDict()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            res = img_resolution >> level
+            if level == len(channel_mult) - 1:
+                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
+                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
+            else:
+                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
+            for idx in range(num_blocks + 1):
+                cin, cout = cout + skips.pop(), model_channels * mult
+                attn = res in attn_resolutions
+                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block)
+        self.out_norm = GroupNorm(cout, eps=1e-5)
+        self.out_conv = Conv2d(cout, out_channels, 3)
 
-
-def snapshot(path, ema, augment_p=0.0):
-    """Write `ema` as EDM's training loop writes network-snapshot-*.pkl."""
-    data = dict(ema=ema.eval().requires_grad_(False), augment_pipe=None,
-                dataset_kwargs=dict(class_name="training.dataset.ImageFolderDataset",
-                                    path="datasets/cifar10-32x32.zip", use_labels=False,
-                                    resolution=ema.img_resolution))  # fmt: skip
-    with open(path, "wb") as f:
-        pickle.dump(data, f)
+    def forward(self, x, noise_labels, class_labels=None, augment_labels=None):
+        emb = self.map_noise(noise_labels)
+        if self.map_augment is not None and augment_labels is not None:
+            emb = emb + self.map_augment(augment_labels)
+        emb = self.map_layer1(silu(self.map_layer0(emb)))
+        if self.map_label is not None:
+            emb = emb + self.map_label(class_labels)
+        emb = silu(emb)
+        skips = []
+        for block in self.enc.values():
+            x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
+            skips.append(x)
+        for block in self.dec.values():
+            if x.shape[1] != block.in_channels:
+                x = torch.cat([x, skips.pop()], dim=1)
+            x = block(x, emb)
+        return self.out_conv(silu(self.out_norm(x)))

@@ -99,6 +99,8 @@ def test_paper_configs_equal_their_recorded_dicts():
             "keep_optimizer": False,
             "train_above": 0.0,
         }, key
+        # Added since: the preconditioning, EDM's (the others are for converted networks).
+        assert now["model"].pop("precond")["kind"] == "edm", key
         assert now == expected, key
 
 
@@ -192,3 +194,24 @@ def test_mnist_unet_is_mnist_with_the_unet_and_its_own_learning_rate(objective):
         1e-3,
         20,
     )
+
+
+def test_the_preconditioning_is_checked_and_a_split_network_needs_edms():
+    from ambient_jax.config import base_config, check_config
+
+    def refused(says, **fields):
+        c = base_config()
+        for name, value in fields.items():
+            c.model.precond[name.split("__")[1]] = value
+        with pytest.raises(ValueError, match=says):
+            check_config(c)
+
+    refused(r"model.precond.kind: must be one of \('edm', 'vp', 've', 'iddpm'\)", precond__kind="x")
+    refused("model.precond.beta_d: must be > 0, got -1", precond__beta_d=-1.0)
+    c = base_config()
+    c.model.precond.kind, c.model.split_sigma = "vp", 1.0
+    with pytest.raises(ValueError, match="model.split_sigma: .* needs model.precond.kind='edm'"):
+        check_config(c)
+    c.model.precond.kind = "iddpm"
+    c.model.split_sigma = 0.0
+    check_config(c)  # one network under iDDPM's coefficients: a valid run

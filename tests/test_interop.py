@@ -16,61 +16,83 @@ import pytest
 import torch  # a test dependency (CPU build)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-import edm_layout  # noqa: E402
+import edm_precond  # noqa: E402
 
-from ambient_jax.interop import edm, torch_files  # noqa: E402
+from ambient_jax.interop import edm, edm_export, torch_files  # noqa: E402
 
-SMALL = dict(model_channels=16, channel_mult=(1, 2, 2), num_blocks=1, attn_resolutions=(8,),
-             dropout=0.0)  # fmt: skip
+SMALL = dict(model_type="SongUNet", model_channels=16, channel_mult=(1, 2, 2), num_blocks=1,
+             attn_resolutions=(8,), dropout=0.0)  # fmt: skip
 NCSNPP = dict(embedding_type="fourier", channel_mult_noise=2, encoder_type="residual",
               resample_filter=(1, 3, 3, 1))  # fmt: skip
-KINDS = {
-    "ddpmpp": dict(SMALL),
-    "ncsnpp": dict(SMALL, **NCSNPP),
-    "ddpmpp_augment": dict(SMALL, augment_dim=9),
-    "ncsnpp_augment": dict(SMALL, augment_dim=9, **NCSNPP),
-    "ddpmpp_sigma_data": dict(SMALL, sigma_data=0.6),  # EDMPrecond's constant, not 0.5
-    "ncsnpp_conditional": dict(SMALL, label_dim=10, augment_dim=9, **NCSNPP),  # CIFAR-10 cond
+# ADM at 64 channels: two heads of 64 at 8x8, so the per-head interleaving of qkv is exercised
+ADM = dict(model_type="DhariwalUNet", model_channels=64, channel_mult=(1, 2), num_blocks=1,
+           attn_resolutions=(8,), dropout=0.0)  # fmt: skip
+KINDS = {  # name: (EDM's precond class, its arguments)
+    "ddpmpp": ("EDMPrecond", dict(SMALL)),
+    "ncsnpp": ("EDMPrecond", dict(SMALL, **NCSNPP)),
+    "ddpmpp_augment": ("EDMPrecond", dict(SMALL, augment_dim=9)),
+    "ncsnpp_augment": ("EDMPrecond", dict(SMALL, augment_dim=9, **NCSNPP)),
+    "ddpmpp_sigma_data": ("EDMPrecond", dict(SMALL, sigma_data=0.6)),  # not 0.5
+    "ncsnpp_conditional": ("EDMPrecond", dict(SMALL, label_dim=10, augment_dim=9, **NCSNPP)),
+    "adm": ("EDMPrecond", dict(ADM)),
+    "adm_conditional": ("EDMPrecond", dict(ADM, label_dim=10)),  # EDM's ImageNet-64 kind
+    # EDM's baselines: CIFAR-10 VP (DDPM++) and VE (NCSN++), ImageNet-64 iDDPM (ADM)
+    "ddpmpp_vp": ("VPPrecond", dict(SMALL)),
+    "ddpmpp_vp_conditional": ("VPPrecond", dict(SMALL, label_dim=10, beta_d=18.0)),
+    "ncsnpp_ve": ("VEPrecond", dict(SMALL, **NCSNPP)),
+    "ncsnpp_ve_conditional": ("VEPrecond", dict(SMALL, label_dim=10, sigma_max=50.0, **NCSNPP)),
+    "adm_iddpm": ("iDDPMPrecond", dict(ADM)),
+    "adm_iddpm_conditional": ("iDDPMPrecond", dict(ADM, label_dim=10, augment_dim=9)),
 }
 
 
 def torch_net(kind, seed=0, **changes):
     torch.manual_seed(seed)
-    return edm_layout.EDMPrecond(16, 1, **dict(KINDS[kind], **changes)).eval()
+    class_name, kwargs = KINDS[kind]
+    return getattr(edm_precond, class_name)(16, 1, **dict(kwargs, **changes)).eval()
 
 
 def write_snapshot(tmp_path, net, name="network-snapshot-000100.pkl"):
     path = str(tmp_path / name)
-    edm_layout.snapshot(path, net)
+    edm_precond.snapshot(path, net)
     return path
 
 
 def converted(path):
-    """(our network, its parameters, sigma_data) for a snapshot file."""
+    """(our network, its parameters, its preconditioning) for a snapshot file."""
+    from ambient_jax.diffusion import precond
     from ambient_jax.nets import build_model
 
     found = edm.describe(path, torch_files.read(path))
     model = edm.model_overrides(found)
+    preconditioning = precond.Precond(
+        found["precond_kind"], found["sigma_data"], **found["precond_args"]
+    )
     augment = {"augment_dim": found["network_kwargs"]["augment_dim"]}  # (label_dim: overrides)
-    network = build_model(model["preset"], found["channels"], **augment, **model["overrides"])
-    return network, edm.flax_params(found, path), found["sigma_data"]
+    out = precond.output_channels(preconditioning, found["channels"])
+    network = build_model(model["preset"], out, **augment, **model["overrides"])
+    return network, edm.network_params(found, path), preconditioning
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_a_converted_snapshot_denoises_as_the_torch_network_that_wrote_it(tmp_path, kind):
     """D(x, sigma) at sigma 0.002, 0.5 and 80, and EDM's sampler (a Heun step 80 -> 0.5, then
-    the Euler step to 0) from the same noise: the PyTorch network in EDM's layout against the
-    converted one, to about 1e-5."""
+    the Euler step to 0, on levels rounded as the network's round_sigma does) from the same
+    noise: the PyTorch network in EDM's layout against the converted one, to about 1e-5."""
+    import functools
+
     import jax.numpy as jnp
 
     from ambient_jax.diffusion import precond, sampling, schedules
 
     net = torch_net(kind)
-    network, params, sigma_data = converted(write_snapshot(tmp_path, net))
+    network, params, preconditioning = converted(write_snapshot(tmp_path, net))
+    assert preconditioning.kind == {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve",
+                                    "iDDPMPrecond": "iddpm"}[KINDS[kind][0]]  # fmt: skip
     labels = None  # a class-conditional network: one-hot classes 2, 7, 9 on both sides
     if net.label_dim:
         labels = np.eye(net.label_dim, dtype=np.float32)[[2, 7, 9]]
-    denoise = precond.network_denoiser(network, params, sigma_data, labels)
+    denoise = precond.network_denoiser(network, params, preconditioning, labels)
     torch_labels = None if labels is None else torch.tensor(labels)
     x = np.random.RandomState(1).randn(3, 1, 16, 16).astype(np.float32)
     to_ours = lambda a: jnp.asarray(a.transpose(0, 2, 3, 1))
@@ -82,6 +104,7 @@ def test_a_converted_snapshot_denoises_as_the_torch_network_that_wrote_it(tmp_pa
         np.testing.assert_allclose(got, want, atol=1e-5 * max(1, np.abs(want).max()), rtol=0)
 
     t = [float(v) for v in schedules.edm_sigma_grid(2, 0.5, 80.0, 7.0)]  # 80, 0.5, 0
+    t = [float(net.round_sigma(torch.tensor(v))) for v in t[:2]] + [0.0]
     with torch.no_grad():  # EDM's edm_sampler, deterministic, two steps
         d = lambda xi, si: (xi - net(xi, torch.full((3,), si), torch_labels)) / si
         x0 = torch.tensor(x) * t[0]
@@ -89,11 +112,89 @@ def test_a_converted_snapshot_denoises_as_the_torch_network_that_wrote_it(tmp_pa
         x1 = x0 + (t[1] - t[0]) * d0
         x1 = x0 + (t[1] - t[0]) * (0.5 * d0 + 0.5 * d(x1, t[1]))
         want = (x1 + (t[2] - t[1]) * d(x1, t[1])).numpy()
-    got = sampling.edm_sampler(denoise, to_ours(x), num_steps=2, sigma_min=0.5, sigma_max=80.0)
+    rounding = None
+    if preconditioning.kind == "iddpm":
+        rounding = functools.partial(precond.round_sigma, preconditioning)
+    got = sampling.edm_sampler(
+        denoise, to_ours(x), num_steps=2, sigma_min=0.5, sigma_max=80.0, round_sigma=rounding
+    )
     scale = max(1, np.abs(want).max())  # random weights: outputs of tens
     np.testing.assert_allclose(
         np.asarray(got).transpose(0, 3, 1, 2), want, atol=2e-5 * scale, rtol=0
     )
+
+
+def edm_sampler_torch(net, latents, num_steps, labels=None, rho=7.0):
+    """EDM's generate.py edm_sampler, deterministic: the grid clipped to the network's range and
+    rounded by its round_sigma, Heun steps, Euler into 0."""
+    sigma_min, sigma_max = max(0.002, net.sigma_min), min(80.0, net.sigma_max)
+    i = torch.arange(num_steps, dtype=torch.float64)
+    low, high = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    t = (high + i / (num_steps - 1) * (low - high)) ** rho
+    t = torch.cat([net.round_sigma(t.float()), torch.zeros(1)])
+    n = latents.shape[0]
+    x = latents * t[0]
+    with torch.no_grad():
+        for k in range(num_steps):
+            d = (x - net(x, t[k].repeat(n), labels)) / t[k]
+            x_next = x + (t[k + 1] - t[k]) * d
+            if k < num_steps - 1:
+                d2 = (x_next - net(x_next, t[k + 1].repeat(n), labels)) / t[k + 1]
+                x_next = x + (t[k + 1] - t[k]) * (0.5 * d + 0.5 * d2)
+            x = x_next
+    return x.numpy()
+
+
+@pytest.mark.parametrize(
+    "kind", ["adm", "adm_iddpm_conditional", "ddpmpp_vp_conditional", "ncsnpp_ve"]
+)
+def test_each_precond_and_network_goes_to_a_work_dir_samples_as_edm_and_comes_back(tmp_path, kind):
+    """edm.convert writes the precond and its constants into the config; the work dir's network
+    samples as EDM's sampler does with the torch network (the grid clipped to the precond's
+    levels, iDDPM's rounded to its table), and edm.export writes it back as a state dict that
+    EDM's class of the same name loads strictly, with the same outputs."""
+    import jax
+    import jax.numpy as jnp
+
+    from ambient_jax import checkpoint
+    from ambient_jax.configs import mnist
+    from ambient_jax.diffusion import precond, sampling
+
+    net = torch_net(kind)
+    wd = str(tmp_path / "run")
+    edm.convert(write_snapshot(tmp_path, net), wd, mnist.get_config(), log=lambda *_: None)
+    config, network, params = checkpoint.load_ema_params(wd)
+    class_name, kwargs = KINDS[kind]
+    preconditioning = precond.from_config(config)
+    assert edm_export.precond_class(config) == class_name
+    for name in ("beta_d", "sigma_max"):  # the constants the kinds change from EDM's defaults
+        if name in kwargs:
+            assert getattr(preconditioning, name) == kwargs[name]
+
+    labels = None
+    if net.label_dim:
+        labels = np.eye(net.label_dim, dtype=np.float32)[[4, 0]]
+    latents = np.random.RandomState(3).randn(2, 1, 16, 16).astype(np.float32)
+    torch_labels = None if labels is None else torch.tensor(labels)
+    want = edm_sampler_torch(net, torch.tensor(latents), 3, torch_labels)
+    denoise = precond.network_denoiser(network, params, preconditioning, labels)
+    levels = sampling.grid_for("edm_heun", preconditioning)
+    got = sampling.edm_sampler(
+        denoise, jnp.asarray(latents.transpose(0, 2, 3, 1)), num_steps=3, **levels
+    )
+    got = np.asarray(got).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(got, want, atol=2e-5 * max(1, np.abs(want).max()), rtol=0)
+
+    out = str(tmp_path / "exported.pt")
+    edm_export.export(wd, out, log=lambda *_: None)
+    args = json.load(open(out + ".json"))
+    assert args["class_name"] == class_name
+    back = getattr(edm_precond, class_name)(**args["init_kwargs"]).eval()
+    back.load_state_dict(torch.load(out), strict=True)
+    x, sigma = torch.randn(2, 1, 16, 16), torch.tensor([0.3, 7.0])
+    with torch.no_grad():
+        assert torch.equal(back(x, sigma, torch_labels), net(x, sigma, torch_labels))
+    del jax
 
 
 def test_every_tensor_of_the_snapshot_is_used_exactly_once(tmp_path):
@@ -125,6 +226,44 @@ def test_every_tensor_of_the_snapshot_is_used_exactly_once(tmp_path):
     tensors["enc.8x8_down.conv0.resample_filter"] = torch.ones(1, 1, 2, 2).numpy() / 4
     with pytest.raises(edm.SnapshotError, match="resample_filter is not resample_filter="):
         edm.flax_params(dict(found, tensors=tensors), path)
+
+
+def test_every_tensor_of_an_adm_iddpm_snapshot_is_used_exactly_once(tmp_path):
+    """ADM under iDDPM: each network tensor fills one parameter of ours, the resampling buffers
+    of the up/down blocks are checked and the precond's level table u is checked against the one
+    its constants give; a left-over, missing or different tensor is refused by name."""
+    import jax
+
+    net = torch_net("adm_iddpm_conditional")
+    path = write_snapshot(tmp_path, net)
+    found = edm.describe(path, torch_files.read(path))
+    params = edm.network_params(found, path)
+    leaves = jax.tree_util.tree_leaves(params)
+    filters = [n for n in found["tensors"] if n.endswith("resample_filter")]
+    assert len(filters) == 4  # enc.8x8_down and dec.16x16_up: conv0 and skip
+    assert len(leaves) + len(filters) == len(net.model.state_dict()) == len(found["tensors"])
+    assert set(net.state_dict()) - {"model." + n for n in found["tensors"]} == {"u"}
+    ours = np.sort(np.concatenate([np.ravel(leaf) for leaf in leaves]))
+    theirs = np.sort(np.concatenate([p.detach().numpy().ravel() for p in net.parameters()]))
+    np.testing.assert_array_equal(ours, theirs)  # every value once (all random: no ties)
+
+    def refused(tensors, says):
+        with pytest.raises(edm.SnapshotError, match=says):
+            edm.network_params(dict(found, tensors=tensors), path)
+
+    refused(dict(found["tensors"], **{"enc.extra.weight": np.zeros(3)}),
+            "its tensor enc.extra.weight .* has no place")  # fmt: skip
+    tensors = dict(found["tensors"])
+    del tensors["dec.8x8_block1.qkv.weight"]
+    refused(tensors, "tensor dec.8x8_block1.qkv.weight is missing")
+    tensors = dict(found["tensors"], **{"enc.8x8_down.skip.resample_filter": np.ones((1, 1, 3, 3))})
+    refused(tensors, "enc.8x8_down.skip.resample_filter is not the box filter")
+    tensors = dict(found["tensors"], **{"out_conv.weight": np.zeros((1, 64, 3, 3))})
+    refused(tensors, r"out_conv.weight has shape \(1, 64, 3, 3\), .* takes \(2, 64, 3, 3\)")
+
+    net.u[5] *= 1.01  # the level table its constants do not give
+    with pytest.raises(edm.SnapshotError, match="level table u is not the one M=1000"):
+        edm.describe(path, torch_files.read(write_snapshot(tmp_path, net, "u.pkl")))
 
 
 class _RunsACommand:
@@ -182,8 +321,13 @@ def test_a_torch_save_state_dict_reads_as_its_arrays(tmp_path):
         (lambda n: setattr(n.model, "_init_kwargs", dict(n.model._init_kwargs,
                                                          decoder_type="skip")),
          "decoder_type='skip'"),
-        (lambda n: setattr(n, "class_name_in_file", "VPPrecond"),
-         "its preconditioning is VPPrecond; this project converts EDMPrecond"),
+        (lambda n: setattr(n.model, "class_name_in_file", "UNet2DModel"),
+         "its network is UNet2DModel; this project converts SongUNet (DDPM++, NCSN++) and "
+         "DhariwalUNet (ADM)"),
+        (lambda n: setattr(n.model, "_init_kwargs", dict(n.model._init_kwargs, out_channels=2)),
+         "its network gives 2 channels for 1-channel images; EDMPrecond takes 1"),
+        (lambda n: setattr(n, "class_name_in_file", "PFGMPrecond"),
+         "its preconditioning is PFGMPrecond; this project converts EDMPrecond, VPPrecond"),
     ],
 )  # fmt: skip
 def test_what_a_snapshot_needs_that_this_project_lacks_is_named(tmp_path, change, says):
@@ -239,7 +383,7 @@ def test_ambient_convert_edm_then_sample_and_eval_take_the_work_dir(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     args = json.load(open(out + ".json"))
     assert args["class_name"] == "EDMPrecond" and args["init_kwargs"]["augment_dim"] == 9
-    back = edm_layout.EDMPrecond(**args["init_kwargs"]).eval()
+    back = edm_precond.EDMPrecond(**args["init_kwargs"]).eval()
     back.load_state_dict(torch.load(out), strict=True)
     x, sigma = torch.randn(2, 1, 16, 16), torch.tensor([0.3, 7.0])
     with torch.no_grad():
@@ -285,8 +429,8 @@ def test_a_state_dict_without_its_arguments_and_a_network_without_edms_layout_ar
 
     split = build_model("tiny", 1, split_sigma=1.0)
     with pytest.raises(edm.SnapshotError, match="only a single U-Net .* has EDM's layout"):
-        edm.edm_arguments(base_config(), split)
-    kwargs = edm.edm_arguments(base_config(), build_model("ncsnpp_cifar10", 3))
+        edm_export.edm_arguments(base_config(), split)
+    kwargs = edm_export.edm_arguments(base_config(), build_model("ncsnpp_cifar10", 3))
     assert kwargs["embedding_type"] == "fourier" and len(kwargs["fourier_freqs"]) == 128
 
 

@@ -14,8 +14,7 @@ import numpy as np
 from ambient_jax import config as config_lib
 from ambient_jax import parallel
 from ambient_jax.data import to_uint8
-from ambient_jax.diffusion import sampling
-from ambient_jax.diffusion.precond import network_denoiser
+from ambient_jax.diffusion import precond, sampling
 from ambient_jax.types import Config, PyTree
 
 
@@ -29,10 +28,12 @@ def make_sample_fn(
     replicated: every device draws its share of the batch.
     """
     sampler = sampling.SAMPLERS[config.sample.sampler]
+    preconditioning = precond.from_config(config)
+    levels = sampling.grid_for(config.sample.sampler, preconditioning)
 
     def sample(params, latents, class_labels=None):
-        denoise = network_denoiser(model, params, config.loss.sigma_data, class_labels)
-        return sampler(denoise, latents, num_steps=config.sample.num_steps)
+        denoise = precond.network_denoiser(model, params, preconditioning, class_labels)
+        return sampler(denoise, latents, num_steps=config.sample.num_steps, **levels)
 
     if mesh is None:
         return jax.jit(sample)

@@ -14,13 +14,14 @@ All are jit-compatible: the step loop is a lax.fori_loop over a precomputed grid
 """
 
 import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from ambient_jax.checks import need, need_counts
-from ambient_jax.diffusion import schedules
-from ambient_jax.diffusion.precond import Denoiser, vp_denoiser
+from ambient_jax.diffusion import precond, schedules
+from ambient_jax.diffusion.precond import Denoiser, Precond, vp_denoiser
 from ambient_jax.types import Config
 
 
@@ -38,14 +39,19 @@ def edm_sampler(
     s_min: float = 0.0,
     s_max: float = float("inf"),
     s_noise: float = 1.0,
+    round_sigma: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """EDM sampler; `latents` are N(0, I) and are scaled by sigma_max here. Returns x at sigma = 0.
 
-    `key` is needed only with s_churn > 0 (stochastic sampling).
+    `key` is needed only with s_churn > 0 (stochastic sampling). `round_sigma`: the levels a
+    network takes (iDDPM's table, precond.round_sigma); the grid and each raised level are
+    rounded to them, as EDM's sampler does.
     """
     if s_churn > 0 and key is None:
         raise ValueError("stochastic sampling (s_churn > 0) needs a key")
     sigmas = schedules.edm_sigma_grid(num_steps, sigma_min, sigma_max, rho).astype(latents.dtype)
+    if round_sigma is not None:
+        sigmas = sigmas.at[:-1].set(round_sigma(sigmas[:-1]))
     batch = latents.shape[0]
     gamma_max = min(s_churn / num_steps, 2**0.5 - 1)
 
@@ -58,8 +64,13 @@ def edm_sampler(
             gamma = jnp.where((sigma_cur >= s_min) & (sigma_cur <= s_max), gamma_max, 0.0)
             sigma_hat = sigma_cur * (1 + gamma)
             z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-            # sqrt(sigma_hat^2 - sigma_cur^2), written so that rounding cannot make it negative.
-            x = x + sigma_cur * jnp.sqrt(gamma * (2 + gamma)) * s_noise * z
+            if round_sigma is None:
+                # sqrt(sigma_hat^2 - sigma_cur^2), written so that rounding cannot make it < 0
+                x = x + sigma_cur * jnp.sqrt(gamma * (2 + gamma)) * s_noise * z
+            else:
+                sigma_hat = round_sigma(sigma_hat)
+                raised = jnp.sqrt(jnp.maximum(sigma_hat**2 - sigma_cur**2, 0.0))
+                x = x + raised * s_noise * z
         else:
             sigma_hat = sigma_cur
         d_cur = velocity(x, sigma_hat)
@@ -110,6 +121,19 @@ def ddim_vp_sampler(
 
 
 SAMPLERS = {"edm_heun": edm_sampler, "edm_euler": edm_euler_sampler, "ddim_vp": ddim_vp_sampler}
+
+
+def grid_for(sampler: str, preconditioning: Precond) -> dict[str, Any]:
+    """The EDM samplers' level range clipped to what the network was trained on, and iDDPM's
+    rounding (EDM's generate.py: max(0.002, net.sigma_min), min(80, net.sigma_max),
+    net.round_sigma); {} for the EDM preconditioning and for the DDIM sampler."""
+    if preconditioning.kind == "edm" or sampler == "ddim_vp":
+        return {}
+    low, high = precond.supported_levels(preconditioning)
+    grid: dict[str, Any] = dict(sigma_min=max(0.002, low), sigma_max=min(80.0, high))
+    if preconditioning.kind == "iddpm":
+        grid["round_sigma"] = functools.partial(precond.round_sigma, preconditioning)
+    return grid
 
 
 def check_config(sample: Config) -> None:

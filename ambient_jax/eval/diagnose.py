@@ -50,7 +50,7 @@ import numpy as np
 from ambient_jax import checkpoint, files, plots
 from ambient_jax import config as config_lib
 from ambient_jax.data import load_split
-from ambient_jax.diffusion import losses
+from ambient_jax.diffusion import losses, precond
 from ambient_jax.diffusion.precond import Denoiser, network_denoiser
 from ambient_jax.eval import report
 
@@ -350,7 +350,7 @@ def diagnose_run(
         ]
     else:
         queries = train_images
-    denoise = network_denoiser(model, params, config.loss.sigma_data)
+    denoise = network_denoiser(model, params, precond.from_config(config))
     sigmas = sigma_grid(num_levels)  # the EDM sampler's range, 0.002 to 80
     key = jax.random.key(seed)
     log(

@@ -11,6 +11,8 @@ EDM preconditioning (ambient_jax.diffusion.precond) turns it into a denoiser. Pr
   ddpmpp_cifar10  EDM's DDPM++ for CIFAR-10 32x32 (about 55.7M parameters)
   ncsnpp_cifar10  EDM's NCSN++ for CIFAR-10 32x32 (about 56.4M parameters)
   ncsnpp_ffhq64   the paper's FFHQ-64 NCSN++ (channel_mult [1,2,2,2], dropout 0.05, about 62.8M)
+  adm_imagenet64  EDM's ADM (DhariwalUNet) for ImageNet 64x64: 192 channels, mults 1,2,3,4,
+                  3 blocks, attention at 32/16/8 (about 296M parameters with 1000 classes)
   mlp_small       residual MLP denoiser for low-resolution CPU experiments
   local_cnn       small 3x3-conv denoiser with a 9x9 receptive field (the low-noise side of a split
   model)
@@ -26,6 +28,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from ambient_jax.checks import need, need_each
+from ambient_jax.diffusion.precond import PRECONDS
+from ambient_jax.nets.dhariwal import DhariwalUNet
 from ambient_jax.nets.local_cnn import LocalCNN
 from ambient_jax.nets.mlp import ResidualMLP
 from ambient_jax.nets.unet import SongUNet
@@ -86,6 +90,7 @@ PRESETS = {
     "ddpmpp_cifar10": (SongUNet, dict(_DDPMPP, dropout=0.13)),
     "ncsnpp_cifar10": (SongUNet, dict(_NCSNPP, dropout=0.13)),
     "ncsnpp_ffhq64": (SongUNet, dict(_NCSNPP, channel_mult=(1, 2, 2, 2), dropout=0.05)),
+    "adm_imagenet64": (DhariwalUNet, {}),
     "mlp_small": (ResidualMLP, dict(width=1024, num_blocks=2, emb_channels=256, dropout=0.0)),
     "local_cnn": (LocalCNN, dict(channels=16, num_layers=2, emb_channels=64, dropout=0.0)),
 }
@@ -269,6 +274,22 @@ def check_config(model: Config, augment_p: float) -> None:
         )
         if isinstance(value, int) and not isinstance(value, bool):
             need(value >= 1, f"model.overrides.{name}", f"must be >= 1, got {value}")
+    kind = model.precond.kind
+    need(kind in PRECONDS, "model.precond.kind", f"must be one of {PRECONDS}")
+    need(
+        kind == "edm" or not model.split_sigma,
+        "model.split_sigma",
+        f"splits at EDM's c_noise = ln(sigma) / 4: it needs model.precond.kind='edm', not {kind!r}",
+    )
+    need_each(
+        "model.precond",
+        model.precond,
+        tuple(
+            (name, lambda v: v > 0, "must be > 0")
+            for name in ("beta_d", "beta_min", "epsilon_t", "M", "sigma_min", "sigma_max", "C_1")
+        )
+        + (("C_2", lambda v: v >= 0, "must be >= 0"),),
+    )
     dropout = model.overrides.get("dropout")
     need(
         dropout is None or 0 <= dropout < 1,

@@ -29,9 +29,12 @@ def xavier_init(scale: float = 1.0) -> Callable[..., jax.Array]:
     return lambda key, shape, dtype=jnp.float32: base(key, shape, dtype) * scale
 
 
-def group_norm(channels: int, dtype: Any = None) -> nn.GroupNorm:
-    """EDM's GroupNorm: min(32, C // 4) groups, eps 1e-6 (statistics in float32 for any dtype)."""
-    return nn.GroupNorm(num_groups=min(32, channels // 4), epsilon=1e-6, dtype=dtype)
+def group_norm(
+    channels: int, dtype: Any = None, epsilon: float = 1e-6, name: str | None = None
+) -> nn.GroupNorm:
+    """EDM's GroupNorm: min(32, C // 4) groups, eps 1e-6 as SongUNet sets it (EDM's default, 1e-5,
+    in DhariwalUNet); statistics in float32 for any dtype."""
+    return nn.GroupNorm(num_groups=min(32, channels // 4), epsilon=epsilon, dtype=dtype, name=name)
 
 
 def _fir(resample_filter):

@@ -72,9 +72,9 @@ def main(argv: list[str]) -> None:
     else:
         if not FLAGS.workdir or not FLAGS.out:
             raise ValueError("ambient-convert export needs --workdir=DIR and --out=FILE.pt")
-        from ambient_jax.interop import edm
+        from ambient_jax.interop import edm_export
 
-        edm.export(FLAGS.workdir, FLAGS.out, log)
+        edm_export.export(FLAGS.workdir, FLAGS.out, log)
 
 
 def run() -> None:

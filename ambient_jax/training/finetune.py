@@ -46,6 +46,11 @@ def check_config(finetune: Config, model: Config, data: Config) -> None:
             "splits the network itself at that level: set model.split_sigma=0",
         )
         need(
+            model.precond.kind == "edm",
+            "finetune.train_above",
+            "splits at EDM's c_noise = ln(sigma) / 4: it needs model.precond.kind='edm'",
+        )
+        need(
             not data.corrupt_count,
             "finetune.train_above",
             "is not available with data of mixed quality (data.corrupt_count > 0)",

@@ -23,8 +23,7 @@ import numpy as np
 
 from ambient_jax import files, plots, summaries
 from ambient_jax.data.images import to_unit_range
-from ambient_jax.diffusion import generate
-from ambient_jax.diffusion.precond import network_denoiser
+from ambient_jax.diffusion import generate, precond
 from ambient_jax.eval import memorization
 from ambient_jax.types import PyTree
 
@@ -32,10 +31,10 @@ TRACK_IMAGES = 128  # training and held-out images in the gap estimate
 TRACK_FILE = "tracking.png"
 
 
-def _gap_fn(model, sigma_data):
+def _gap_fn(model, preconditioning):
     @jax.jit
     def errors(params, x0, noise, sigmas):
-        denoise = network_denoiser(model, params, sigma_data)
+        denoise = precond.network_denoiser(model, params, preconditioning)
 
         def at(sigma):
             s = jnp.full((x0.shape[0],), sigma)
@@ -69,7 +68,7 @@ class Tracker:
             for i, (k, v) in enumerate(self.images.items())
         }
         self.sigmas = jnp.asarray(config.train.track_sigmas, jnp.float32)
-        self.errors = _gap_fn(model, config.loss.sigma_data)
+        self.errors = _gap_fn(model, precond.from_config(config))
         self.robust_px = memorization.robust_sigma(config.data.resolution)
         # The training set's two views are the same at every event: computed once here.
         self.train_views = self._views(self.train_all)

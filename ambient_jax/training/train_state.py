@@ -20,7 +20,7 @@ import optax
 from ambient_jax import config as config_lib
 from ambient_jax import nets
 from ambient_jax.data import augment
-from ambient_jax.diffusion import losses
+from ambient_jax.diffusion import losses, precond
 from ambient_jax.types import Config
 
 # fold_in purposes of the root key (losses.KEY_NOISE_TN keys the noisy copies)
@@ -46,7 +46,7 @@ def network(config: Config, channels: int) -> nn.Module:
         split = float(config.finetune.train_above)
     return nets.build_network(
         config.model,
-        channels,
+        precond.output_channels(precond.from_config(config), channels),
         augment_dim=augment.label_width(config.data),
         split_boundary=losses.branch_start(config.loss) if split < 0 else split,
         train_low=not config.finetune.train_above,

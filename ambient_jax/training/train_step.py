@@ -19,8 +19,7 @@ import optax
 
 from ambient_jax import config as config_lib
 from ambient_jax.data import augment
-from ambient_jax.diffusion import losses, objective
-from ambient_jax.diffusion.precond import edm_denoiser
+from ambient_jax.diffusion import losses, objective, precond
 from ambient_jax.training import finetune, train_state
 from ambient_jax.types import Config
 
@@ -211,6 +210,7 @@ def make_step_body(
     batch_size = config.train.batch_size
     rows_per_shard = batch_size // num_shards
     row_loss = make_row_loss(config.loss, config.finetune.train_above)
+    preconditioning = precond.from_config(config)
     step_root = step_root_key(config)
     ema_config = train_state.ema_settings(config)
     # finetune.train_above: the trained network below it (the split's `low` half) never moves
@@ -235,7 +235,7 @@ def make_step_body(
             raw = lambda x, c: model.apply(
                 params, x, c, train=True, rngs={"dropout": k_dropout}, **conditioning
             )
-            denoise = edm_denoiser(raw, config.loss.sigma_data)
+            denoise = precond.denoiser(raw, preconditioning)
             per_row, aux = row_loss(denoise, x0, x_tn, keys, *per_image)
             return jnp.mean(per_row), (per_row, aux)
 
