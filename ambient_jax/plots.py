@@ -4,8 +4,6 @@ import io
 from typing import Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
 from PIL import Image
 
 from ambient_jax import files
@@ -18,7 +16,10 @@ def _figure_bytes(fig):
 
 
 def _subplots(*grid, figsize):
-    """A figure of its own (matplotlib's object API: no pyplot state, no backend to choose)."""
+    """A figure of its own (matplotlib's object API: no pyplot state, no backend to choose).
+    matplotlib is imported here, when a figure is drawn, not by every program at start."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(*grid)
 
@@ -27,6 +28,8 @@ def save_diagnosis(results: list[dict], path: str) -> None:
     """The per-noise-level diagnosis (ambient_jax.eval.diagnose): a curve per run (one colour per
     run in every panel) in five panels, each run's sigma_tn marked by a dotted line of its
     colour."""
+
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = _subplots(1, 5, figsize=(25, 4.2))
     panels = (

@@ -9,17 +9,33 @@ here is for local disks), and so does a machine without tensorboardX.
 
 import json
 import os
+import sys
 
 import numpy as np
 
 from ambient_jax import files
 
-try:  # a dependency, but a bare accelerator image may lack it: metrics.jsonl is written anyway
-    from tensorboardX import SummaryWriter
-except ImportError:
-    SummaryWriter = None
-
 EVENTS_DIR = "tensorboard"
+
+
+def _summary_writer():
+    """tensorboardX's SummaryWriter, or None where it is not installed (a dependency, but a bare
+    accelerator image may lack it: metrics.jsonl is written anyway). Imported when a run makes
+    its writer, not with this module: tensorboardX imports torch where torch is installed, 1.3 s
+    that every program would pay at start. torch is kept out of that import too: tensorboardX
+    only uses it for torch tensors, which this project never logs, and loading it costs the
+    trainer 1.3 s and its memory."""
+    absent = "torch" not in sys.modules
+    if absent:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # (import torch -> ImportError)
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    finally:
+        if absent:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class Summaries:
@@ -30,9 +46,11 @@ class Summaries:
         self.writer = None
         if files.is_remote(workdir):
             return
-        if SummaryWriter is None:
+        writer = _summary_writer()
+        if writer is None:
             return
-        self.writer = SummaryWriter(os.path.join(workdir, EVENTS_DIR), flush_secs=30)
+        self.events_dir = os.path.join(workdir, EVENTS_DIR)
+        self.writer = writer(self.events_dir, flush_secs=30)
 
     def scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
         if self.writer is None:
@@ -47,7 +65,13 @@ class Summaries:
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as err:  # (tensorboardX's error names no file)
+                raise OSError(
+                    err.errno,
+                    f"{err.strerror or err}: writing the TensorBoard events in {self.events_dir}",
+                ) from err
 
 
 def metrics_path(workdir: str) -> str:

@@ -96,7 +96,8 @@ def generate(
     classes = label_dim(config)
     mesh = mesh or parallel.make_mesh(config.parallel)
     sample_fn = sample_fn or make_sample_fn(config, model, mesh)
-    batch_size = batch_size or config.sample.batch_size
+    # no batch larger than the request: 8 samples are not drawn in a batch of 500
+    batch_size = min(batch_size or config.sample.batch_size, num_samples)
     batch_size = parallel.round_up_to_devices(batch_size, mesh)
     if jax.process_count() == 1:
         params = jax.device_put(params, parallel.replicated(mesh))

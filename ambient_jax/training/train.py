@@ -39,14 +39,16 @@ def next_event(step: int, config: Config) -> int:
     return min([(step // every + 1) * every for every in intervals] + [t.num_steps])
 
 
+@jax.jit
+def _finite(tree: PyTree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
 def all_finite(tree: PyTree) -> bool:
-    return bool(
-        jax.device_get(
-            jax.tree_util.tree_reduce(
-                lambda a, b: a & b, jax.tree_util.tree_map(lambda x: jnp.all(jnp.isfinite(x)), tree)
-            )
-        )
-    )
+    """Whether every value of the tree is finite: one compiled reduction (not a dispatch and a
+    compile per leaf)."""
+    return bool(jax.device_get(_finite(tree)))
 
 
 def due(step: int, every: int, total: int) -> bool:
