@@ -46,6 +46,10 @@ KINDS = {  # name: (EDM's precond class, its arguments)
 }
 
 
+# the kinds whose converted work dir samples against EDM's sampler (a 3-step run)
+SAMPLED = ["adm", "adm_iddpm_conditional", "ddpmpp_vp_conditional", "ncsnpp_ve"]
+
+
 def torch_net(kind, seed=0, **changes):
     torch.manual_seed(seed)
     class_name, kwargs = KINDS[kind]
@@ -78,7 +82,8 @@ def converted(path):
 def test_a_converted_snapshot_denoises_as_the_torch_network_that_wrote_it(tmp_path, kind):
     """D(x, sigma) at sigma 0.002, 0.5 and 80, and EDM's sampler (a Heun step 80 -> 0.5, then
     the Euler step to 0, on levels rounded as the network's round_sigma does) from the same
-    noise: the PyTorch network in EDM's layout against the converted one, to about 1e-5."""
+    noise: the PyTorch network in EDM's layout against the converted one, to about 1e-5 (the
+    SAMPLED kinds' sampler: the work-dir test's 3 steps)."""
     import functools
 
     import jax.numpy as jnp
@@ -103,6 +108,8 @@ def test_a_converted_snapshot_denoises_as_the_torch_network_that_wrote_it(tmp_pa
         got = np.asarray(denoise(to_ours(x), jnp.asarray(s))).transpose(0, 3, 1, 2)
         np.testing.assert_allclose(got, want, atol=1e-5 * max(1, np.abs(want).max()), rtol=0)
 
+    if kind in SAMPLED:  # their sampler is compared with EDM's in the work-dir test below
+        return
     t = [float(v) for v in schedules.edm_sigma_grid(2, 0.5, 80.0, 7.0)]  # 80, 0.5, 0
     t = [float(net.round_sigma(torch.tensor(v))) for v in t[:2]] + [0.0]
     with torch.no_grad():  # EDM's edm_sampler, deterministic, two steps
@@ -145,9 +152,7 @@ def edm_sampler_torch(net, latents, num_steps, labels=None, rho=7.0):
     return x.numpy()
 
 
-@pytest.mark.parametrize(
-    "kind", ["adm", "adm_iddpm_conditional", "ddpmpp_vp_conditional", "ncsnpp_ve"]
-)
+@pytest.mark.parametrize("kind", SAMPLED)
 def test_each_precond_and_network_goes_to_a_work_dir_samples_as_edm_and_comes_back(tmp_path, kind):
     """edm.convert writes the precond and its constants into the config; the work dir's network
     samples as EDM's sampler does with the torch network (the grid clipped to the precond's
@@ -349,6 +354,7 @@ def test_ambient_convert_edm_then_sample_and_eval_take_the_work_dir(tmp_path):
     from test_training import cli
 
     from ambient_jax import checkpoint
+    from ambient_jax.configs import mnist
 
     net = torch_net("ncsnpp_augment", sigma_data=0.6)  # EDMPrecond's constant goes to the config
     path = write_snapshot(tmp_path, net)
@@ -364,8 +370,8 @@ def test_ambient_convert_edm_then_sample_and_eval_take_the_work_dir(tmp_path):
     freqs = net.model.map_noise.freqs.numpy()
     np.testing.assert_array_equal(np.float32(config.model.overrides.fourier_freqs), freqs)
 
-    again = cli("convert", "edm", f"--source={path}", f"--workdir={wd}")
-    assert again.returncode == 2 and "already holds a checkpoint" in again.stderr
+    with pytest.raises(edm.SnapshotError, match="already holds a checkpoint: give a new"):
+        edm.convert(path, wd, mnist.get_config(), log=lambda *_: None)
 
     sampled = cli("sample", f"--workdir={wd}", "--num_samples=8")
     assert sampled.returncode == 0, sampled.stderr[-3000:]
@@ -388,9 +394,8 @@ def test_ambient_convert_edm_then_sample_and_eval_take_the_work_dir(tmp_path):
     x, sigma = torch.randn(2, 1, 16, 16), torch.tensor([0.3, 7.0])
     with torch.no_grad():
         assert torch.equal(back(x, sigma), net(x, sigma))
-    again_wd = str(tmp_path / "again")
-    done = cli("convert", "edm", f"--source={out}", f"--workdir={again_wd}")
-    assert done.returncode == 0, done.stderr[-3000:]
+    again_wd = str(tmp_path / "again")  # (reads out.json beside it)
+    edm.convert(out, again_wd, mnist.get_config(), log=lambda *_: None)
     import jax
 
     _, _, params_again = checkpoint.load_ema_params(again_wd)
@@ -406,11 +411,11 @@ def test_ambient_convert_edm_then_sample_and_eval_take_the_work_dir(tmp_path):
     started = json.load(open(os.path.join(tuned, "init.json")))
     assert started["init_from"] == os.path.abspath(wd) and started["step"] == 0
 
-    wrong = cli("convert", "edm", f"--source={path}", f"--workdir={tmp_path / 'x'}",
-                "--config.data.resolution=32")  # fmt: skip
-    assert wrong.returncode == 2 and "it makes 16x16x1 images, the config's data are 32x32x1" in (
-        wrong.stderr
-    )
+    bigger = mnist.get_config()
+    bigger.data.resolution = 32
+    with pytest.raises(edm.SnapshotError, match="it makes 16x16x1 images, the config's data are"):
+        edm.convert(path, str(tmp_path / "x"), bigger, log=lambda *_: None)
+    assert not os.path.exists(tmp_path / "x")
 
 
 def test_a_truncated_snapshot_is_named_in_one_line(tmp_path):
