@@ -123,19 +123,18 @@ def measure(name, batch, steps):
 
 def table(record):
     """The markdown table of a run's rows."""
-    first = record["rows"][0]
     lines = [
         "| network | parameters | snapshot | read | map | max abs(D - D_torch) "
-        f"| sample {first['batch']} x {first['steps']} steps: ours | torch | torch time / ours |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| sampled (images x Heun steps) | ours | torch | torch time / ours |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
         lines.append(
             f"| {r['network']} {r.get('resolution', 32)}x{r.get('resolution', 32)} "
             f"| {r['parameters'] / 1e6:.1f}M | {r['snapshot_mb']:.0f} MB "
             f"| {r['read_s']:.2f} s | {r['map_s']:.2f} s | {r['max_abs_diff_D']:.1e} "
-            f"| {r['sample_s_ours']:.0f} s | {r['sample_s_torch']:.0f} s "
-            f"| {r['ours_over_torch_speed']:.2f}x |"
+            f"| {r['batch']} x {r['steps']} | {r['sample_s_ours']:.0f} s "
+            f"| {r['sample_s_torch']:.0f} s | {r['ours_over_torch_speed']:.2f}x |"
         )
     device = f"({record['device']}, torch on {record['torch_threads']} threads)"
     return "\n".join(lines) + f"\n\n{device}\n"

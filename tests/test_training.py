@@ -3,6 +3,7 @@ errors."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -967,6 +968,34 @@ def test_training_tracking_and_evaluation_go_to_tensorboard_event_files(tmp_path
         t.startswith("eval/pixel_similarity/S") for t in events
     )
     assert events["samples"][0][1][:8] == b"\x89PNG\r\n\x1a\n"  # the sample grid, as a PNG image
+
+
+def test_an_events_write_that_fails_names_its_folder_and_the_writer_loads_without_torch(tmp_path):
+    """tensorboardX's own error says only "No space left on device"; the summaries name the
+    folder. Making the writer does not load torch (1.3 s and its memory in every trainer)."""
+    code = (
+        "import sys; from ambient_jax import summaries; "
+        f"s = summaries.Summaries({str(tmp_path)!r}); s.scalars(1, {{'loss': 1.0}}, 'train'); "
+        "s.close(); print(s.writer is not None, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["True", "False"], done.stderr[-2000:]
+    from ambient_jax import summaries
+
+    events = summaries.Summaries(str(tmp_path / "run"))
+
+    class Full:
+        def close(self):
+            raise OSError(28, "No space left on device")
+
+    events.writer = Full()
+    folder = re.escape(os.path.join(str(tmp_path / "run"), "tensorboard"))
+    with pytest.raises(
+        OSError, match="No space left on device: writing the TensorBoard events in "
+    ):
+        events.close()
+    with pytest.raises(OSError, match=folder):
+        events.close()
 
 
 def test_damaged_run_files_and_bad_sample_requests_are_named(tmp_path):
