@@ -164,6 +164,7 @@ def test_each_precond_and_network_goes_to_a_work_dir_samples_as_edm_and_comes_ba
     from ambient_jax import checkpoint
     from ambient_jax.configs import mnist
     from ambient_jax.diffusion import precond, sampling
+    from ambient_jax.eval import diagnose
 
     net = torch_net(kind)
     wd = str(tmp_path / "run")
@@ -200,6 +201,9 @@ def test_each_precond_and_network_goes_to_a_work_dir_samples_as_edm_and_comes_ba
     with torch.no_grad():
         assert torch.equal(back(x, sigma, torch_labels), net(x, sigma, torch_labels))
     del jax
+    if not net.label_dim:  # the per-level diagnosis takes the work dir, through its precond
+        result = diagnose.diagnose_run(wd, num_levels=2, max_images=4, log=lambda *_: None)
+        assert np.all(np.isfinite(result["err_heldout"])) and len(result["err_heldout"]) == 2
 
 
 def test_every_tensor_of_the_snapshot_is_used_exactly_once(tmp_path):
