@@ -187,6 +187,17 @@ def _ignore_reads_finishing_after_their_loop():
         thread_hook,
         unraisable_hook,
     )
+    # the same abandoned reads, when one fails after orbax stopped waiting for it: asyncio logs
+    # "Task exception was never retrieved" with the read's traceback
+    logging.getLogger("asyncio").addFilter(_AbandonedReadsUnlogged())
+
+
+class _AbandonedReadsUnlogged(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" records (installed after a failed
+    restore, whose other reads orbax no longer awaits)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in str(record.msg)
 
 
 def _set_aside(manager, steps, folder, log):
