@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ambient_jax.interop.unet_map import refuse, resample_buffer
+from ambient_jax.interop.unet_map import refuse, refuse_leftovers, resample_buffer
 from ambient_jax.types import PyTree
 
 # The modules whose EDM Conv2d resamples, and so holds a resample_filter buffer
@@ -88,13 +88,7 @@ def flax_params(tensors: dict[str, Any], shapes: PyTree, path: str = "snapshot")
         if got.shape != box.shape or not np.allclose(got, box, rtol=0, atol=1e-7):
             raise refuse(path, f"{name} is not the box filter [1, 1] of EDM's DhariwalUNet")
         used.add(name)
-    left = [name for name in tensors if name not in used]
-    if left:
-        raise refuse(
-            path,
-            f"its tensor {left[0]} (and {len(left) - 1} more) has no place in "
-            "the network its arguments describe",
-        )
+    refuse_leftovers(path, tensors, used)
     return {"params": params}
 
 

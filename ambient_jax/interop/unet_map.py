@@ -37,6 +37,17 @@ def refuse(path: str, what: str) -> SnapshotError:
     return SnapshotError(f"{path}: {what}")
 
 
+def refuse_leftovers(path: str, tensors: dict, used: set[str]) -> None:
+    """SnapshotError naming the first tensor of the file that no parameter took."""
+    left = [name for name in tensors if name not in used]
+    if left:
+        raise refuse(
+            path,
+            f"its tensor {left[0]} (and {len(left) - 1} more) has no place in "
+            "the network its arguments describe",
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Link:
     """One layer of EDM's SongUNet and its place in ours: `kind` conv (kernel, filter buffer when
@@ -188,13 +199,7 @@ def flax_params(found: dict, path: str = "snapshot") -> PyTree:
                 "kernel": take(link.edm + ".proj.weight")[:, :, 0, 0].T,
                 "bias": take(link.edm + ".proj.bias"),
             }
-    left = [name for name in tensors if name not in used]
-    if left:
-        raise refuse(
-            path,
-            f"its tensor {left[0]} (and {len(left) - 1} more) has no place in "
-            "the network its arguments describe",
-        )
+    refuse_leftovers(path, tensors, used)
     return {"params": params}
 
 

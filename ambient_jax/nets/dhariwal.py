@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambient_jax.nets.unet import Conv, group_norm, xavier_init
+from ambient_jax.nets.unet import Conv, check_image_size, group_norm, xavier_init
 
 EPSILON = 1e-5  # EDM's UNetBlock default; SongUNet passes 1e-6
 
@@ -126,11 +126,7 @@ class DhariwalUNet(nn.Module):
     ) -> jax.Array:
         dtype = jnp.dtype(self.compute_dtype)
         resolution = x.shape[1]
-        if x.shape[1] != x.shape[2] or resolution % (2 ** (len(self.channel_mult) - 1)):
-            raise ValueError(
-                "DhariwalUNet needs square images whose side divides by 2^(levels-1); got "
-                f"{x.shape[1:3]} with channel_mult {tuple(self.channel_mult)}"
-            )
+        check_image_size("DhariwalUNet", x, self.channel_mult)
         mc = self.model_channels
         dense = lambda n, name, bias=True: nn.Dense(
             n, use_bias=bias, kernel_init=xavier_init(), bias_init=nn.initializers.zeros, name=name

@@ -37,6 +37,16 @@ def group_norm(
     return nn.GroupNorm(num_groups=min(32, channels // 4), epsilon=epsilon, dtype=dtype, name=name)
 
 
+def check_image_size(network: str, x: jax.Array, channel_mult: Sequence[int]) -> None:
+    """ValueError unless the images [B, H, W, C] are square with a side that halves at every
+    level of the U-Net."""
+    if x.shape[1] != x.shape[2] or x.shape[1] % (2 ** (len(channel_mult) - 1)):
+        raise ValueError(
+            f"{network} needs square images whose side divides by 2^(levels-1); got "
+            f"{x.shape[1:3]} with channel_mult {tuple(channel_mult)}"
+        )
+
+
 def _fir(resample_filter):
     f = np.asarray(resample_filter, np.float32)
     f = np.outer(f, f)
@@ -332,12 +342,7 @@ class SongUNet(nn.Module):
         class_labels [B, label_dim] (one-hot) for a class-conditional network; None = zeros."""
         dtype = jnp.dtype(self.compute_dtype)
         resolution = x.shape[1]
-        if x.shape[1] != x.shape[2] or resolution % (2 ** (len(self.channel_mult) - 1)):
-            raise ValueError(
-                "SongUNet needs square images whose side divides by 2^(levels-1); got "
-                f"{x.shape[1:3]} "
-                f"with channel_mult {tuple(self.channel_mult)}"
-            )
+        check_image_size("SongUNet", x, self.channel_mult)
         noise_channels = self.model_channels * self.channel_mult_noise
         emb_channels = self.model_channels * self.channel_mult_emb
         if self.embedding_type == "positional":
