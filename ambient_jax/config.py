@@ -79,11 +79,16 @@ def base_config() -> Config:
     # number (one for all) or the file written by ambient-annotate; "unused" keeps them out of
     # the held-out set without training on them (the clean-only control). 0 = none.
     c.data.corrupt_count = 0
-    c.data.corrupt_kind = "noise"  # noise | blur
+    c.data.corrupt_kind = "noise"  # noise | blur | classes (other digits, unchanged)
+    c.data.corrupt_classes = ()  # kind classes: the digits the other images are (e.g. 5-9)
     c.data.corrupt_level = 0.5
     c.data.corrupt_seed = 0
     c.data.corrupt_keep_heldout = 1000  # source images that stay held out for the evaluation
     c.data.corrupt_sigma_tn = "known"
+    # Ambient Omni's other half: an image trains only at levels up to its sigma_max, where a
+    # denoiser looks at a patch too small to tell it from a target image: "none" (no bound), a
+    # number (one for all) or the file of ambient-annotate --annotate=sigma_max (crops classifier)
+    c.data.corrupt_sigma_max = "none"
     # How a batch is drawn: level_first (the group's: each row's noise level from the log-normal,
     # then an image usable at it, so every level keeps its share) or image_first (an image, then
     # a level above its boundary: the corrupted images' rows all move to high levels).

@@ -243,10 +243,67 @@ MIXED_VARIANTS = {
 }
 VARIANTS.update(MIXED_VARIANTS)
 
+# Ambient Omni's other half (docs/mixed_quality.md, section 5): the target is 100 clean digits of
+# classes 0-4 (data.classes; its other 2,400 stay held out), the other images all 2,500 embedded
+# digits of classes 5-9, unchanged, each trained only at levels up to its sigma_max. The digits
+# U-Net (UNET_CONFIG) at the U-Net study's budget, 1,000 steps of batch 128.
+OMNI = [
+    "--config.data.classes=(0,1,2,3,4)",
+    "--config.data.corrupt_kind=classes",
+    "--config.data.corrupt_classes=(5,6,7,8,9)",
+    "--config.data.corrupt_count=2500",
+    "--config.train.num_steps=1000",
+]
+OMNI_FIXED_SIGMA_MAX = 0.5  # below the band where a sample's identity is decided (1.3-2)
+CROPS = "{root}/annotations/crops.json"  # ambient-annotate --annotate=sigma_max (section 5)
+
+
+def _omni(objective, sigma_tn_spec, sigma_max, *extra):
+    return objective, [
+        *OMNI,
+        f"--config.data.corrupt_sigma_tn={sigma_tn_spec}",
+        f"--config.data.corrupt_sigma_max={sigma_max}",
+        *extra,
+    ]
+
+
+OMNI_VARIANTS = {
+    name: (*setting, what)
+    for name, setting, what in (
+        (
+            "omni_clean_only",
+            _omni("ddpm", "unused", "none"),
+            "U-Net, ddpm on the 100 clean digits of 0-4 alone (the 5-9 digits untrained)",
+        ),
+        (
+            "omni_as_target",
+            _omni("ddpm", "clean", "none"),
+            "U-Net, ddpm on the 100 digits and the 2,500 of 5-9 as if in distribution",
+        ),
+        (
+            "omni_fixed",
+            _omni("ddpm", "clean", OMNI_FIXED_SIGMA_MAX),
+            f"U-Net, ddpm; the 5-9 digits only below a fixed sigma_max {OMNI_FIXED_SIGMA_MAX:g}",
+        ),
+        (
+            "omni_crops",
+            _omni("ddpm", "clean", CROPS),
+            "U-Net, ddpm; the 5-9 digits below their crops-classifier sigma_max",
+        ),
+        (
+            "omni_crops_ambient",
+            _omni("ambient", "clean", CROPS, "--config.loss.sigma_tn=2"),
+            "U-Net, the 5-9 digits below their crops-classifier sigma_max, the 100 digits' high "
+            "levels on their fixed noisy copies (rescaled weight, sigma_tn 2): the full recipe",
+        ),
+    )
+}
+VARIANTS.update(OMNI_VARIANTS)
+
 
 def config_of(name: str) -> str:
     """The config file variant `name` trains from."""
-    if name in UNET_VARIANTS:
+    if name in UNET_VARIANTS or name in OMNI_VARIANTS:
         return UNET_CONFIG
     if name in UNET32_VARIANTS:
         return UNET32_CONFIG

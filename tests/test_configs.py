@@ -90,6 +90,11 @@ def test_paper_configs_equal_their_recorded_dicts():
             "corrupt_sampling",
         ):
             now["data"].pop(field)
+        # Added since: other classes' digits and window tops (Omni's low-noise half), off.
+        assert (
+            now["data"].pop("corrupt_classes") == []
+            and now["data"].pop("corrupt_sigma_max") == "none"
+        ), key
         assert now["loss"].pop("switch_ratio") == 1.0 and now["loss"].pop("switch_offset") == 0.0
         # Added since: class selection (every class) and starting from a trained run (off).
         assert now["data"].pop("classes") == [], key

@@ -2,10 +2,13 @@
 width, the noise has the given std and is the image's own, the corrupted images are chosen
 outside the training subset and leave the held-out images the evaluation needs."""
 
+import json
+
 import numpy as np
 import pytest
 
-from ambient_jax.data import DataError, corrupt
+from ambient_jax.data import DataError, corrupt, load_split
+from ambient_jax.training import training_data
 
 
 def test_blur_of_a_point_is_the_normalised_gaussian_of_that_width():
@@ -45,8 +48,9 @@ def test_corrupted_images_lie_outside_the_subset_and_leave_the_held_out_set():
     )
     with pytest.raises(DataError, match="data.corrupt_count = 3901 leaves fewer than 1000"):
         corrupt.choose_corrupted(5000, train, 3901, keep_heldout=1000, seed=1)
-    with pytest.raises(DataError, match="corrupt_kind must be one of"):
-        corrupt.corrupt(np.zeros((1, 4, 4, 1)), [0], "jpeg", 1.0, 0)
+    for kind in ("jpeg", "classes"):  # other digits are taken as they are, never corrupted
+        with pytest.raises(DataError, match="corrupt_kind must be 'noise' or 'blur' to corrupt"):
+            corrupt.corrupt(np.zeros((1, 4, 4, 1)), [0], kind, 1.0, 0)
 
 
 def mixed_data(**fields):
@@ -127,6 +131,30 @@ def test_each_annotation_gives_the_corrupted_images_their_sigma_tn(tmp_path):
         ({"loss.sigma_switch": 2.0}, "set loss.sigma_switch=0"),
         ({"loss.branch_rule": "lecture"}, "belongs to loss.branch_rule=paper"),
         ({"data.streaming": True}, "corrupt_count: .* needs the training images on device"),
+        ({"data.corrupt_sigma_max": "-1"}, "data.corrupt_sigma_max: must be > 0 and finite"),
+        ({"data.corrupt_sigma_max": "inf"}, "data.corrupt_sigma_max: must be > 0 and finite"),
+        ({"data.corrupt_sigma_max": "low"}, "data.corrupt_sigma_max: must be 'none', a number"),
+        (
+            {"data.corrupt_kind": "classes", "data.corrupt_sigma_tn": "clean"},
+            "data.corrupt_classes: must name the other digits",
+        ),
+        (
+            {
+                "data.corrupt_kind": "classes",
+                "data.corrupt_sigma_tn": "clean",
+                "data.corrupt_classes": (5, 6),
+            },
+            r"data.classes: must name the target's digits, none of data.corrupt_classes \(5, 6\)",
+        ),
+        (
+            {
+                "data.corrupt_kind": "classes",
+                "data.corrupt_sigma_tn": "clean",
+                "data.corrupt_classes": (5, 6),
+                "data.classes": (4, 5),
+            },
+            "data.classes: must name the target's digits, none of",
+        ),
     ],
 )
 def test_mixed_quality_settings_that_cannot_work_are_named(changes, says):
@@ -301,3 +329,72 @@ def test_every_caller_puts_the_branch_where_the_boundary_function_says(settings)
     np.testing.assert_array_equal(on_device, row_boundary)  # to the last bit
     assert np.all(np.where(np.asarray(rows.clean), 0.0, row_boundary) <= row_sigma)
     assert np.sum(~np.asarray(rows.clean)) > 100  # corrupted images are drawn
+
+
+# ------------------------------------------------------------- other classes and window tops
+
+
+def other_classes_data(**fields):
+    recipe = dict(
+        classes=(0, 1, 2, 3, 4), corrupt_kind="classes", corrupt_classes=(5, 6, 7, 8, 9),
+        corrupt_count=300, corrupt_sigma_tn="clean",
+    )  # fmt: skip
+    return mixed_data(**{**recipe, **fields})
+
+
+def test_other_classes_digits_train_unchanged_and_leave_the_targets_held_out_set_whole():
+    from ambient_jax.data.images import to_unit_range
+    from ambient_jax.data.sources import load_mnist
+
+    split = load_split(other_classes_data())
+    digits, labels = load_mnist(16)
+    target, others = digits[labels < 5], digits[labels >= 5]
+    assert split.num_source == len(target) == 2500
+    assert len(split.train) + len(split.heldout) == 2500  # none of the 0-4 digits is lost
+    # indices past the target's own count its other digits; each image as the file holds it
+    assert split.corrupted_indices.min() >= 2500 and len(set(split.corrupted_indices)) == 300
+    np.testing.assert_array_equal(
+        split.corrupted, to_unit_range(others[split.corrupted_indices - 2500])
+    )
+    assert set(labels[labels >= 5][split.corrupted_indices - 2500]) == {5, 6, 7, 8, 9}
+    with pytest.raises(DataError, match="corrupt_count = 2501 but the embedded digits of classes"):
+        load_split(other_classes_data(corrupt_count=2501))
+
+
+def test_window_tops_come_from_none_a_number_or_an_annotation_file(tmp_path):
+    data = other_classes_data()
+    indices = np.array([2500, 2600, 2700])
+    np.testing.assert_array_equal(corrupt.window_tops(data, indices), [np.inf] * 3)
+    data.corrupt_sigma_max = "0.7"
+    np.testing.assert_allclose(corrupt.window_tops(data, indices), [0.7] * 3)
+    path = str(tmp_path / "crops.json")
+    # an image passing whole has no entry: unbounded
+    corrupt.write_annotation(path, data, indices, [0.5, np.inf, 1.3], {}, key="sigma_max")
+    assert json.load(open(path))["sigma_max"] == {"2500": 0.5, "2700": 1.3}
+    data.corrupt_sigma_max = path
+    np.testing.assert_allclose(corrupt.window_tops(data, indices), [0.5, np.inf, 1.3])
+    # a sigma_tn file given as sigma_max, and a bad value: one line naming what is wrong
+    corrupt.write_annotation(path, data, indices, [0.5, 0.6, 1.3], {})
+    with pytest.raises(DataError, match="holds no sigma_max values .it annotates sigma_tn."):
+        corrupt.window_tops(data, indices)
+    json.dump({"sigma_max": {"2500": -1}}, open(path, "w"))
+    with pytest.raises(DataError, match="sigma_max of source index 2500 is -1.0; every sigma_max"):
+        corrupt.window_tops(data, indices)
+
+
+def test_the_holder_keeps_each_images_window_and_refuses_an_empty_one():
+    from configs.mnist import get_config
+
+    c = get_config("ddpm")
+    c.data = other_classes_data(corrupt_sigma_max="0.5")
+    held = training_data.TrainingData(c).held
+    others = held.source_index >= 2500
+    np.testing.assert_array_equal(held.usable_from, 0.0)  # every image clean: from 0
+    np.testing.assert_array_equal(held.usable_to[others], np.float32(0.5))
+    np.testing.assert_array_equal(held.usable_to[~others], np.inf)
+    c.data.corrupt_sigma_max = "none"  # no top anywhere: the holder holds none
+    assert training_data.TrainingData(c).held.usable_to is None
+    # a corrupted image whose top lies below its boundary would train at no level
+    c.data.corrupt_sigma_tn, c.data.corrupt_sigma_max = "1.0", "0.5"
+    with pytest.raises(DataError, match="source image 25.. would train at no level: its sigma_max"):
+        training_data.TrainingData(c)

@@ -473,6 +473,101 @@ def test_per_image_objective_recovers_the_clean_denoiser_of_gaussian_data(sigma0
     assert abs(got_ignoring / c_clean - 1) > 0.2  # the two objectives are told apart
 
 
+def _two_gaussians_denoiser(s_a, s_b, share_a):
+    """The exact denoiser of the mixture share_a N(0, s_a^2 I) + (1 - share_a) N(0, s_b^2 I), and
+    that of N(0, s_a^2 I) alone."""
+
+    def of_a(x, sigma):
+        return x * jnp.reshape(s_a**2 / (s_a**2 + sigma**2), (-1,) + (1,) * (x.ndim - 1))
+
+    def of_mixture(x, sigma):
+        flat, d = x.reshape(x.shape[0], -1), x[0].size
+        log_w = [
+            np.log(share) - 0.5 * d * jnp.log(s**2 + sigma**2)
+            - 0.5 * jnp.sum(flat**2, axis=1) / (s**2 + sigma**2)
+            for share, s in ((share_a, s_a), (1 - share_a, s_b))
+        ]  # fmt: skip
+        w_a = jax.nn.sigmoid(log_w[0] - log_w[1])
+        gain = w_a * s_a**2 / (s_a**2 + sigma**2) + (1 - w_a) * s_b**2 / (s_b**2 + sigma**2)
+        return x * jnp.reshape(gain, (-1,) + (1,) * (x.ndim - 1))
+
+    return of_a, of_mixture
+
+
+@pytest.mark.parametrize("sigma0", [0.5, 2.0])
+def test_a_window_top_gives_the_mixtures_denoiser_below_it_and_the_targets_above(sigma0):
+    """Target data N(0, 0.3^2 I) (half the images) and other data N(0, 1) used only up to
+    sigma_max = 1 (the other half; 8x8 pixels). Among D_lam = lam D_mix + (1 - lam) D_target at
+    sigma0, the windowed objective's loss is least at lam = 1 below sigma_max (sigma0 0.5: every
+    image trains there, the minimiser is the mixture's exact denoiser) and at lam = 0 above it
+    (sigma0 2: only the target's images train there, its own denoiser). Both populations as one
+    data set (no top) give lam = 1 at either level: the test tells the two apart."""
+    s_a, s_b, b, shape, top = 0.3, 1.0, 4096, (8, 8, 1), 1.0
+    rng = np.random.RandomState(2)
+    scale = np.concatenate([np.full(b // 2, s_a), np.full(b // 2, s_b)])
+    x0 = jnp.asarray(scale[:, None, None, None] * rng.randn(b, *shape), jnp.float32)
+    sigma_max = jnp.asarray(np.where(scale == s_a, np.inf, top), jnp.float32)
+    zeros, clean = jnp.zeros(b), jnp.ones(b, bool)
+    keys = jax.random.split(jax.random.key(31), b)
+    of_a, of_mixture = _two_gaussians_denoiser(s_a, s_b, 0.5)
+    objective = objective_lib.make_objective(
+        "ddpm", weighting="edm", p_mean=float(np.log(sigma0)), p_std=1e-3
+    )
+
+    def best_lam(*per_image):
+        """argmin over lam of the summed loss of the rows at sigma0 (a parabola in lam); a row
+        moved to its window's top sees the target's denoiser there, which lam does not touch."""
+
+        def total(lam):
+            def denoise(x, sigma):
+                at = jnp.reshape(jnp.abs(sigma / sigma0 - 1) < 0.01, (-1, 1, 1, 1))
+                mixed = lam * of_mixture(x, sigma) + (1 - lam) * of_a(x, sigma)
+                return jnp.where(at, mixed, of_a(x, sigma))
+
+            return float(jnp.sum(objective(denoise, x0, x0, keys, *per_image)[0]))
+
+        l0, l1, l2 = total(0.0), total(0.5), total(1.0)
+        return -(4 * l1 - 3 * l0 - l2) / (4 * (l2 - 2 * l1 + l0))
+
+    windowed, as_one = best_lam(zeros, clean, sigma_max), best_lam(zeros, clean)
+    assert abs(as_one - 1) < 0.1, as_one  # one data set: the mixture at every level
+    if sigma0 < top:
+        assert abs(windowed - 1) < 0.1, windowed
+    else:
+        assert abs(windowed) < 0.1 and abs(as_one - windowed) > 0.8, (windowed, as_one)
+
+
+def test_rows_outside_their_window_are_redrawn_from_the_log_normal_inside_it(key):
+    """A row of an image with the window [lo, hi] (clean: lo 0; corrupted: lo its boundary; both
+    bounds here) trains at the log-normal conditioned on [lo, hi], quartile by quartile; rows
+    of images without a top keep today's levels, bit for bit."""
+    b = 8192
+    x0 = jax.random.normal(key, (b, *IMAGE))
+    keys = jax.random.split(jax.random.key(40), b)
+    rng = np.random.RandomState(3)
+    kind = rng.randint(0, 3, b)  # 0: clean, no top; 1: clean, top 0.5; 2: corrupted 0.4, top 2
+    levels = jnp.asarray(np.where(kind == 2, 0.4, 0.0), jnp.float32)
+    clean = jnp.asarray(kind != 2)
+    tops = jnp.asarray(np.select([kind == 1, kind == 2], [0.5, 2.0], np.inf), jnp.float32)
+    objective = objective_lib.make_objective("ambient", sigma_tn=1.0, weighting="rescaled")
+    denoise = nonlinear_denoiser(jax.random.key(41), IMAGE)
+    loss, aux = objective(denoise, x0, x0, keys, levels, clean, tops)
+    loss_today, aux_today = objective(denoise, x0, x0, keys, levels, clean)
+    sigma, today = np.asarray(aux["sigma"]), np.asarray(aux_today["sigma"])
+    np.testing.assert_array_equal(sigma[kind == 0], today[kind == 0])
+    np.testing.assert_array_equal(np.asarray(loss)[kind == 0], np.asarray(loss_today)[kind == 0])
+    np.testing.assert_array_equal(aux["is_ambient"], aux_today["is_ambient"])
+    cdf = lambda level: float(jax.scipy.stats.norm.cdf((np.log(level) + 1.2) / 1.2))
+    for k, lo, hi in ((1, 0.0, 0.5), (2, 0.4, 2.0)):
+        rows = sigma[kind == k]
+        assert rows.min() >= lo and rows.max() <= hi * (1 + 1e-6)
+        c_lo, c_hi = (cdf(lo) if lo else 0.0), cdf(hi)
+        for quantile in (0.25, 0.5, 0.75):
+            z = float(jax.scipy.stats.norm.ppf(c_lo + quantile * (c_hi - c_lo)))
+            expected, got = np.exp(-1.2 + 1.2 * z), np.quantile(rows, quantile)
+            assert abs(got / expected - 1) < 0.06, (k, quantile, got, expected)
+
+
 def test_a_weighting_is_one_entry_of_the_table(monkeypatch):
     """losses.WEIGHTING_TABLE is read by the loss, the config check and ambient-train's --help:
     one entry (here twice EDM's weight) is a new weighting everywhere."""

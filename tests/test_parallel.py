@@ -125,8 +125,47 @@ def test_a_batch_drawn_level_first_takes_each_row_from_the_images_usable_at_its_
         at = (sigma >= lo) & (sigma < hi)
         counts = np.bincount(position[at], minlength=n)
         assert counts[k:].sum() == 0 and counts[:k].min() > 0.7 * at.sum() / k, counts
-    for got_field, held_field in zip(got[1:], held[1:]):  # index, sigma_tn, clean, copy noise
+    for got_field, held_field in zip(got[1:5], held[1:5]):  # index, sigma_tn, clean, copy noise
         np.testing.assert_array_equal(got_field, held_field[position])
+
+
+def test_a_batch_drawn_level_first_takes_each_row_from_the_images_whose_window_holds_it():
+    """With window tops (Ambient Omni's out-of-distribution images) each row's image is one of
+    those whose window [usable_from, usable_to] holds the row's level, uniformly over them: here
+    clean images without a top, clean ones with a top (0.5 or 1.5) and corrupted ones with both
+    bounds ([0.6, 2.0])."""
+    n, rows = 16, 16384
+    usable_from = np.array([0.0] * 10 + [0.6] * 6, np.float32)
+    usable_to = np.array([np.inf] * 4 + [0.5] * 3 + [1.5] * 3 + [2.0] * 6, np.float32)
+    held = train_step.HeldData(np.arange(n), np.arange(n), *MIXED[:3], usable_from, usable_to)
+    sigma = np.exp(np.random.RandomState(1).uniform(np.log(0.05), np.log(5.0), rows))
+    got = train_step.gather_batch(jax.random.key(4), 3, held, rows, jnp.asarray(sigma, jnp.float32))
+    position = np.asarray(got.x0)
+    assert np.all((usable_from[position] <= sigma) & (sigma <= usable_to[position]))
+    for lo, hi in ((0.05, 0.5), (0.6, 1.5), (1.5, 2.0), (2.0, 5.0)):
+        at = (sigma > lo) & (sigma < hi)
+        usable = np.flatnonzero((usable_from <= lo) & (hi <= usable_to))
+        counts = np.bincount(position[at], minlength=n)
+        assert counts[np.setdiff1d(np.arange(n), usable)].sum() == 0, (lo, hi, counts)
+        expected = at.sum() / len(usable)
+        assert np.all(np.abs(counts[usable] - expected) < 5 * np.sqrt(expected)), (lo, counts)
+    np.testing.assert_array_equal(got.sigma_max, usable_to[position])
+
+
+def test_window_tops_of_inf_draw_todays_batch_and_train_todays_model(one_device_mixed_run):
+    """Every image's top inf: the batch drawn level first through the [B, N] window mask is the
+    prefix rule's, and the run trains the same model, bit for bit."""
+    tops = np.full(16, np.inf, np.float32)
+    held = train_step.HeldData(np.arange(16), np.arange(16), *MIXED)
+    sigma = jnp.asarray(np.exp(np.random.RandomState(0).uniform(-3, 1.6, 4096)), jnp.float32)
+    prefix = train_step.gather_batch(jax.random.key(3), 7, held, 4096, sigma)
+    masked = train_step.gather_batch(
+        jax.random.key(3), 7, held._replace(usable_to=tops), 4096, sigma
+    )
+    np.testing.assert_array_equal(prefix.x0, masked.x0)
+    logged, params = run_steps("jit", 1, per_image=(*MIXED, tops), changes=LEVEL_FIRST)
+    np.testing.assert_array_equal(logged, one_device_mixed_run[0])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, one_device_mixed_run[1])
 
 
 def test_every_image_clean_at_the_runs_sigma_tn_is_todays_step(one_device_run):

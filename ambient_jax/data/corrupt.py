@@ -8,6 +8,14 @@ evaluation), are either noised (additive Gaussian noise of std `level` in the [-
 scale: their sigma_tn is `level`, known) or blurred (a Gaussian of std `level` pixels: not
 additive noise, so their sigma_tn has to be estimated). The noise of image i is keyed by
 (seed, its source index), so a corrupted image is the same in every run.
+
+Omni's other kind of image is whole but out of distribution: right in its details, wrong as a
+whole. Kind "classes" takes them, unchanged, from the embedded digits of other classes
+(`data.corrupt_classes`, e.g. 5-9 beside a target of 0-4 in `data.classes`): they are not part of
+the target's source, so they leave its held-out set whole, and their source index is the target
+source's size plus their position among those digits (distinct keys for their noisy copies).
+Such an image trains only below its sigma_max (`data.corrupt_sigma_max`), where a denoiser looks
+at a neighbourhood too small to tell it from a target image; any image may have both bounds.
 """
 
 import json
@@ -17,10 +25,11 @@ import numpy as np
 
 from ambient_jax import files
 from ambient_jax.checks import need, need_each
-from ambient_jax.data.images import DataError
+from ambient_jax.data.images import DataError, to_unit_range
+from ambient_jax.data.sources import load_mnist
 from ambient_jax.types import Config
 
-KINDS = ("noise", "blur")
+KINDS = ("noise", "blur", "classes")
 RECORD_NAME = "corrupted.json"
 
 
@@ -60,8 +69,8 @@ def corrupt(
     images: np.ndarray, source_indices: np.ndarray, kind: str, level: float, seed: int
 ) -> np.ndarray:
     """The corrupted versions of `images` (source indices given, for their noise keys)."""
-    if kind not in KINDS:
-        raise DataError(f"data.corrupt_kind must be one of {KINDS}, got {kind!r}")
+    if kind not in KINDS[:2]:
+        raise DataError(f"data.corrupt_kind must be 'noise' or 'blur' to corrupt, got {kind!r}")
     if level <= 0:
         raise DataError(f"data.corrupt_level must be > 0, got {level}")
     if kind == "noise":
@@ -92,6 +101,8 @@ def corrupted_subset(
     count = int(data_config.get("corrupt_count", 0))
     if not count:
         return images[:0], np.zeros(0, np.int64)
+    if data_config.corrupt_kind == "classes":
+        return other_class_images(data_config, count, len(images))
     chosen = choose_corrupted(
         len(images),
         train_indices,
@@ -101,6 +112,24 @@ def corrupted_subset(
     )
     kind, level = data_config.corrupt_kind, float(data_config.corrupt_level)
     return corrupt(images[chosen], chosen, kind, level, int(data_config.corrupt_seed)), chosen
+
+
+def other_class_images(
+    data_config: Config, count: int, num_target: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(`count` digits of data.corrupt_classes chosen by data.corrupt_seed, unchanged, in [-1, 1];
+    their source indices num_target + position among those digits, sorted)."""
+    digits, labels = load_mnist(data_config.resolution)
+    pool = digits[np.isin(labels, tuple(data_config.corrupt_classes))]
+    if count > len(pool):
+        raise DataError(
+            f"data.corrupt_count = {count} but the embedded digits of classes "
+            f"{tuple(data_config.corrupt_classes)} are only {len(pool)}: lower it to at most "
+            f"{len(pool)}"
+        )
+    seed = int(data_config.corrupt_seed)
+    chosen = np.sort(np.random.RandomState(seed).permutation(len(pool))[:count])
+    return to_unit_range(pool[chosen]), num_target + chosen
 
 
 def annotation_values(
@@ -184,28 +213,45 @@ def write_annotation(
     path: str,
     data_config: Config,
     source_indices: np.ndarray,
-    sigma_tn: Sequence[float] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
     how: dict,
+    key: str = "sigma_tn",
 ) -> dict:
-    """The annotation file: a sigma_tn per corrupted source image, with the recipe it was made
-    for and how the values were chosen."""
+    """The annotation file: a value per source image under `key` ("sigma_tn", or "sigma_max"
+    where an unbounded image has no entry), with the recipe it was made for and how the values
+    were chosen."""
     record = {
         "recipe": recipe(data_config),
         "how": how,
-        "sigma_tn": {str(int(i)): round(float(s), 6) for i, s in zip(source_indices, sigma_tn)},
+        key: {
+            str(int(i)): round(float(s), 6)
+            for i, s in zip(source_indices, values)
+            if np.isfinite(s)
+        },
     }
     files.write_json_atomic(path, record)
     return record
 
 
-def read_annotation(path: str) -> dict[int, float]:
+def read_annotation(path: str, key: str = "sigma_tn") -> dict[int, float]:
+    """{source index: value} of an ambient-annotate file's `key` ("sigma_tn" or "sigma_max"),
+    every value checked as a number in the config is: finite and > 0."""
+    field = f"data.corrupt_{key}"
     if not files.exists(path):
         raise DataError(
-            f"data.corrupt_sigma_tn: the annotation file {path} does not exist; write it with "
-            "ambient-annotate or give 'known', 'clean' or a number"
+            f"{field}: the annotation file {path} does not exist; write it with ambient-annotate "
+            + ("or give 'known', 'clean' or a number" if key == "sigma_tn" else "or give a number")
         )
     try:
-        values = {int(i): float(s) for i, s in files.read_json(path)["sigma_tn"].items()}
+        record = files.read_json(path)
+        if key not in record:
+            held = [k for k in ("sigma_tn", "sigma_max") if k in record]
+            raise DataError(
+                f"{field}={path}: the file holds no {key} values"
+                + (f" (it annotates {held[0]})" if held else "")
+                + f"; write one with ambient-annotate --annotate={key}"
+            )
+        values = {int(i): float(s) for i, s in record[key].items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise DataError(
             f"{path} is not an annotation file of ambient-annotate ({error}); write it again"
@@ -214,11 +260,43 @@ def read_annotation(path: str) -> dict[int, float]:
     bad = next(((i, v) for i, v in values.items() if not (np.isfinite(v) and v > 0)), None)
     if bad is not None:
         raise DataError(
-            f"{path}: sigma_tn of source index {bad[0]} is {bad[1]}; every sigma_tn must be a "
-            "finite number > 0 (a clean image has no entry): write the file again with "
-            "ambient-annotate"
+            f"{path}: {key} of source index {bad[0]} is {bad[1]}; every {key} must be a "
+            "finite number > 0 (an image without a bound has no entry): write the file again "
+            "with ambient-annotate"
         )
     return values
+
+
+def window_tops(data_config: Config, source_indices: np.ndarray) -> np.ndarray:
+    """sigma_max [M] of the other images, from data.corrupt_sigma_max: "none" = no upper bound
+    (inf), a number = one for all, else an annotation file (ambient-annotate
+    --annotate=sigma_max) with a value per source index (an index without one: no bound)."""
+    spec = str(data_config.get("corrupt_sigma_max", "none")).strip()
+    n = len(source_indices)
+    if spec == "none":
+        return np.full(n, np.inf, np.float32)
+    fixed = parse_level(spec)
+    if fixed is not None:
+        return np.full(n, fixed, np.float32)
+    by_index = read_annotation(spec, "sigma_max")
+    return np.array([by_index.get(int(i), np.inf) for i in source_indices], np.float32)
+
+
+def check_sigma_max_spec(spec: str) -> str | None:
+    """The error message for a data.corrupt_sigma_max that cannot work, or None."""
+    spec = str(spec).strip()
+    if spec == "none":
+        return None
+    level = parse_level(spec)
+    if level is not None:
+        good = np.isfinite(level) and level > 0
+        return None if good else f"must be > 0 and finite as a fixed sigma_max, got {level}"
+    if not spec.endswith(".json"):
+        return (
+            f"must be 'none', a number > 0 or an annotation file (.json) from ambient-annotate "
+            f"--annotate=sigma_max, got {spec!r}"
+        )
+    return None
 
 
 def recipe(data_config: Config) -> dict:
@@ -233,7 +311,9 @@ def recipe(data_config: Config) -> dict:
             "corrupt_count",
             "corrupt_seed",
             "corrupt_keep_heldout",
+            "corrupt_classes",
         )
+        if name in data_config
     }
 
 
@@ -244,9 +324,10 @@ def record_corrupted(
     sigma_tn: np.ndarray,
     clean: np.ndarray,
     copy_noise: np.ndarray,
+    sigma_max: np.ndarray | None = None,
 ) -> dict:
     """`corrupted.json` in the work dir, beside subset.json: which source images trained as
-    corrupted, with what sigma_tn."""
+    corrupted, with what sigma_tn (and sigma_max: null where unbounded)."""
     record = {
         "recipe": recipe(data_config),
         "sigma_tn_from": str(data_config.corrupt_sigma_tn),
@@ -254,6 +335,11 @@ def record_corrupted(
         "sigma_tn": [round(float(s), 6) for s in sigma_tn],
         "used_as_clean": [bool(c) for c in clean],
         "noise_added_to_make_x_tn": [round(float(s), 6) for s in copy_noise],
+        "sigma_max_from": str(data_config.get("corrupt_sigma_max", "none")),
+        "sigma_max": [
+            round(float(s), 6) if np.isfinite(s) else None
+            for s in (np.full(len(sigma_tn), np.inf) if sigma_max is None else sigma_max)
+        ],
     }
     files.write_json_atomic(f"{workdir}/{RECORD_NAME}", record)
     return record
@@ -274,6 +360,26 @@ def check_config(data: Config, loss: Config) -> None:
         return
     need(data.corrupt_kind in KINDS, "data.corrupt_kind", f"must be one of {KINDS}")
     need(data.corrupt_level > 0, "data.corrupt_level", "must be > 0")
+    says = check_sigma_max_spec(data.corrupt_sigma_max)
+    need(says is None, "data.corrupt_sigma_max", says or "")
+    if data.corrupt_kind == "classes":
+        others, target = tuple(data.corrupt_classes), tuple(data.classes)
+        need(
+            data.source == "mnist",
+            "data.corrupt_kind",
+            "'classes' takes digits of other classes from the embedded mnist source",
+        )
+        need(
+            bool(others) and all(isinstance(c, int) and 0 <= c <= 9 for c in others),
+            "data.corrupt_classes",
+            f"must name the other digits (0-9) for data.corrupt_kind=classes, got {others}",
+        )
+        need(
+            bool(target) and not set(target) & set(others),
+            "data.classes",
+            f"must name the target's digits, none of data.corrupt_classes {others}, for "
+            f"data.corrupt_kind=classes (got {target})",
+        )
     says = check_sigma_tn_spec(data.corrupt_sigma_tn, data.corrupt_kind)
     need(says is None, "data.corrupt_sigma_tn", says or "")
     need(

@@ -28,6 +28,7 @@ class SplitData:
     # (shape [0, ...] when data.corrupt_count is 0)
     corrupted: np.ndarray
     corrupted_indices: np.ndarray
+    num_source: int = 0  # the source's images (other classes' digits are not among them)
 
 
 def choose_subset(num_images: int, n_train: int, seed: int) -> np.ndarray:
@@ -48,13 +49,15 @@ def load_split(data_config: Config) -> SplitData:
     indices = choose_subset(len(images), data_config.n_train, data_config.subset_seed)
     corrupted, corrupted_indices = corrupted_subset(data_config, images, indices)
     heldout = np.ones(len(images), bool)
-    heldout[indices] = heldout[corrupted_indices] = False
+    # other classes' digits (corrupt_kind=classes) lie outside the source: its held-out set stays
+    heldout[indices] = heldout[corrupted_indices[corrupted_indices < len(images)]] = False
     return SplitData(
         train=images[indices],
         heldout=images[heldout],
         train_indices=indices,
         corrupted=corrupted,
         corrupted_indices=corrupted_indices,
+        num_source=len(images),
     )
 
 

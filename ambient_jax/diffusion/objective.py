@@ -64,10 +64,11 @@ def make_objective(
     bounded-variance variants of the module docstring. Settings are checked by
     losses.check_config, the check config.loss gets at config time.
 
-    Per-image sigma_tn (paper rule): objective_fn(..., x_tn, image_sigma_tn [B], image_clean [B])
-    gives each row its image's own level and whether its clean version is at hand; each row's
-    branch boundary is then losses.branch_boundary(image_sigma_tn, 0, switch_ratio,
-    switch_offset). See _per_image_rows.
+    Per-image sigma_tn (paper rule): objective_fn(..., x_tn, image_sigma_tn [B], image_clean [B]
+    [, image_sigma_max [B]]) gives each row its image's own level, whether its clean version is
+    at hand and (optionally) the top of its window; each row's branch boundary is then
+    losses.branch_boundary(image_sigma_tn, 0, switch_ratio, switch_offset). See image_window
+    and _per_image_rows.
 
     level_floor > 0 (paper rule; finetune.train_above): only levels >= level_floor train, each
     row's level drawn from the log-normal conditioned above it (a row that fell below is redrawn
@@ -161,6 +162,7 @@ def _paper_rule(
     example_keys,
     image_sigma_tn=None,
     image_clean=None,
+    image_sigma_max=None,
     *,
     sigma_tn,
     weighting,
@@ -183,8 +185,9 @@ def _paper_rule(
     if image_sigma_tn is not None:
         return _per_image_rows(
             denoise, x0, _needs_copies(x_tn), image_sigma_tn, image_clean, sigma, normal, noise,
-            weighting=weighting, p_mean=p_mean, p_std=p_std, sigma_data=sigma_data,
-            rescale_cap=rescale_cap, switch_ratio=switch_ratio, switch_offset=switch_offset,
+            image_sigma_max, weighting=weighting, p_mean=p_mean, p_std=p_std,
+            sigma_data=sigma_data, rescale_cap=rescale_cap, switch_ratio=switch_ratio,
+            switch_offset=switch_offset,
         )  # fmt: skip
     if sigma_tn == 0.0:
         is_ambient = jnp.zeros(sigma.shape, bool)
@@ -201,8 +204,26 @@ def _paper_rule(
     return loss, {"is_ambient": is_ambient, "sigma": sigma}
 
 
+def image_window(
+    sigma_tn: Any,
+    clean: Any,
+    sigma_max: Any,
+    switch_ratio: float,
+    switch_offset: float,
+    xp: Any = jnp,
+) -> tuple[Any, Any]:
+    """The levels [lo, hi] an image trains at (Daras et al. 2025, Ambient Diffusion Omni), the one
+    definition the data holder (numpy, xp=np), the batch drawn level first and the loss read:
+      * clean: [0, sigma_max] (sigma_max inf: every level);
+      * corrupted: [its branch boundary, sigma_max], with the ambient loss on its noisy copy;
+      * out of distribution (clean, finite sigma_max): [0, sigma_max], plain denoising.
+    The boundary is losses.branch_boundary(sigma_tn, 0, switch_ratio, switch_offset)."""
+    boundary = losses.branch_boundary(sigma_tn, 0.0, switch_ratio, switch_offset)
+    return xp.where(clean, 0.0, boundary), sigma_max
+
+
 def _per_image_rows(
-    denoise, x0, x_tn, image_sigma_tn, image_clean, sigma, normal, noise, *,
+    denoise, x0, x_tn, image_sigma_tn, image_clean, sigma, normal, noise, image_sigma_max=None, *,
     weighting, p_mean, p_std, sigma_data, rescale_cap, switch_ratio, switch_offset,
 ):  # fmt: skip
     """Rows that carry their image's own sigma_tn (Daras et al. 2025, Ambient Diffusion Omni).
@@ -229,6 +250,12 @@ def _per_image_rows(
     and only the lowest-boundary fallback of an empty level is ever redrawn here.
     With every image clean at one sigma_tn (switch_ratio 1, switch_offset 0) this is the paper
     rule's loss exactly, draw for draw.
+
+    image_sigma_max [B] (Omni's out-of-distribution images, any image's window top; inf = none):
+    a row whose image has a finite top trains only inside its window [lo, hi] (image_window), a
+    row drawn outside it redrawn from the log-normal conditioned on the window (_redraw_between,
+    the same draw's). Rows without a top are untouched, so with none the loss is today's to the
+    bit.
     """
     dtype = x0.dtype
     sigma_tn = jnp.asarray(image_sigma_tn, dtype)
@@ -236,7 +263,15 @@ def _per_image_rows(
     boundary = losses.branch_boundary(sigma_tn, 0.0, switch_ratio, switch_offset)
     # a corrupted row at a level it cannot train: redrawn above its boundary
     redrawn = _redraw_above(normal, jnp.maximum(boundary, 1e-6), p_mean, p_std)
-    sigma = jnp.where(clean | (sigma >= boundary), sigma, redrawn)
+    drawn = sigma
+    sigma = jnp.where(clean | (drawn >= boundary), drawn, redrawn)
+    if image_sigma_max is not None:
+        lo, hi = image_window(
+            sigma_tn, clean, jnp.asarray(image_sigma_max, dtype), switch_ratio, switch_offset
+        )
+        inside = (drawn >= lo) & (drawn <= hi)
+        within = jnp.where(inside, drawn, _redraw_between(normal, lo, hi, p_mean, p_std))
+        sigma = jnp.where(jnp.isfinite(hi), within, sigma)
     noisy = sigma_tn > 0
     is_ambient = noisy & (~clean | (sigma >= boundary))
     target = jnp.where(expand_rows(is_ambient, x0), x_tn, x0)
@@ -256,6 +291,19 @@ def _redraw_above(normal, boundary, p_mean, p_std):
     u = jnp.clip(ndtr(normal) / ndtr(z_cut), 0.0, 1.0)
     z = -ndtri(jnp.maximum(u * ndtr(-z_cut), 1e-30))
     return jnp.maximum(jnp.exp(p_mean + p_std * z), boundary * (1 + 1e-5))
+
+
+def _redraw_between(normal, lo, hi, p_mean, p_std):
+    """For a row whose level exp(p_mean + p_std normal) fell outside [lo, hi] (lo may be 0): a
+    level from the log-normal conditioned on [lo, hi]. Given the draw fell outside, its CDF
+    value's position among the outside values, u, is uniform on (0, 1); the level at CDF value
+    C(lo) + u (C(hi) - C(lo)) is then the truncated log-normal, as _redraw_above's is above."""
+    cdf = lambda level: ndtr((jnp.log(jnp.maximum(level, 1e-30)) - p_mean) / p_std)
+    c_lo, c_hi, c = jnp.where(lo > 0, cdf(lo), 0.0), cdf(hi), ndtr(normal)
+    outside = jnp.where(c < c_lo, c, c_lo + (c - c_hi))  # position among the outside values
+    u = jnp.clip(outside / jnp.maximum(c_lo + (1 - c_hi), 1e-30), 0.0, 1.0)
+    z = ndtri(jnp.clip(c_lo + u * (c_hi - c_lo), 1e-30, 1 - 1e-7))
+    return jnp.clip(jnp.exp(p_mean + p_std * z), lo, hi)
 
 
 def _truncated_log_normal(normal, above, boundary, p_mean, p_std):

@@ -268,16 +268,32 @@ def train(
         run_dir.check_init_source(config)  # a trained run to start from that does not fit, too
     training_data.warn_if_few_heldout(config, training, log if lead else lambda _: None)
     if training.corrupted is not None and lead:
-        _, sigma_tn, clean, _ = training.corrupted
-        log(
-            f"data of mixed quality: {len(training.images)} clean and {len(sigma_tn)} corrupted "
-            f"images ({config.data.corrupt_kind} {config.data.corrupt_level:g}), the corrupted "
-            + (
-                "used as if clean"
-                if clean.all()
-                else f"at sigma_tn {np.median(sigma_tn):.3g} (median; "
-                f"{config.data.corrupt_sigma_tn}), batches drawn {config.data.corrupt_sampling}"
+        _, sigma_tn, clean, _, sigma_max = training.corrupted
+        kind = config.data.corrupt_kind
+        what = (
+            f"digits of classes {tuple(config.data.corrupt_classes)}"
+            if kind == "classes"
+            else f"{kind} {config.data.corrupt_level:g}"
+        )
+        bounded = np.isfinite(sigma_max)
+        noun, they = (
+            ("other", "the others") if kind == "classes" else ("corrupted", "the corrupted")
+        )
+        parts = [
+            "used as if clean"
+            if clean.all()
+            else f"at sigma_tn {np.median(sigma_tn):.3g} (median; {config.data.corrupt_sigma_tn})"
+        ]
+        if bounded.any():
+            parts.append(
+                f"{bounded.sum()} only up to sigma_max {np.median(sigma_max[bounded]):.3g} "
+                f"(median; {config.data.corrupt_sigma_max})"
             )
+        if not clean.all() or bounded.any():
+            parts.append(f"batches drawn {config.data.corrupt_sampling}")
+        log(
+            f"data of mixed quality: {len(training.images)} clean and {len(sigma_tn)} {noun} "
+            f"images ({what}), {they} " + ", ".join(parts)
         )
     resuming = not restart and run_dir.has_checkpoint(workdir)
     # A changed config (--allow_config_change) is recorded once a checkpoint exists under it, so a

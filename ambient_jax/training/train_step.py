@@ -104,8 +104,10 @@ def prepare_rows(
 
 class HeldData(NamedTuple):
     """The training data held on device, one entry per image. For data of mixed quality also each
-    image's sigma_tn, clean flag, the noise that makes its x_tn and the level it is usable from
-    (0 when clean, else its branch boundary), sorted by that level (training_data); else None."""
+    image's sigma_tn, clean flag, the noise that makes its x_tn and its window of levels
+    (objective.image_window: usable from 0 when clean, else from its branch boundary; usable to
+    its sigma_max, the field None when no image has one), sorted by the window's bottom
+    (training_data); else None."""
 
     images: Any  # [N, H, W, C]
     source_index: Any  # [N] int32: the image's index in its source (keys its noisy copy)
@@ -113,17 +115,19 @@ class HeldData(NamedTuple):
     clean: Any = None  # [N] bool
     copy_noise: Any = None  # [N] float32
     usable_from: Any = None  # [N] float32, ascending
+    usable_to: Any = None  # [N] float32 (inf: no top), or None when no image has a top
 
 
 class Rows(NamedTuple):
     """A batch's rows as the step takes them: images, source indices and, for data of mixed
-    quality, each row's image's sigma_tn, clean flag and copy noise (else None)."""
+    quality, each row's image's sigma_tn, clean flag, copy noise and window top (else None)."""
 
     x0: Any  # [B, H, W, C]
     index: Any  # [B] int32
     sigma_tn: Any = None
     clean: Any = None
     copy_noise: Any = None
+    sigma_max: Any = None
 
 
 def gather_batch(
@@ -139,14 +143,24 @@ def gather_batch(
     held images are sorted by the level they are usable from (0 for clean ones), so the images
     usable at sigma are the first k(sigma) of them, and row b takes one of its k uniformly, by
     the batch key (the group's sampler: a level from the log-normal, then an image usable there).
-    A level below every image's boundary takes the first image (the loss redraws its level).
+    A level no image is usable at takes the first image (the loss redraws its level).
+    With window tops (held.usable_to) the usable images are no longer a prefix: row b takes the
+    k-th of the images whose window holds its level, k uniform by the same draw, from a [B, N]
+    mask (with every top inf that is the prefix's k-th image: the same batch, bit for bit).
     """
     if row_sigma is None:
         positions = batch_indices(step_root, step, batch_size, held.images.shape[0])
-    else:
+    elif held.usable_to is None:
         usable = jnp.maximum(jnp.searchsorted(held.usable_from, row_sigma, side="right"), 1)
         u = jax.random.uniform(batch_key(step_root, step), (batch_size,))
         positions = jnp.minimum(jnp.floor(u * usable).astype(jnp.int32), usable - 1)
+    else:
+        level = row_sigma[:, None]
+        inside = (held.usable_from[None] <= level) & (level <= held.usable_to[None])
+        usable = jnp.maximum(jnp.sum(inside, axis=1, dtype=jnp.int32), 1)
+        u = jax.random.uniform(batch_key(step_root, step), (batch_size,))
+        k = jnp.minimum(jnp.floor(u * usable).astype(jnp.int32), usable - 1)
+        positions = jnp.argmax(jnp.cumsum(inside, axis=1) > k[:, None], axis=1).astype(jnp.int32)
     take = lambda a: None if a is None else a[positions]
     return Rows(
         x0=held.images[positions],
@@ -154,6 +168,7 @@ def gather_batch(
         sigma_tn=take(held.sigma_tn),
         clean=take(held.clean),
         copy_noise=take(held.copy_noise),
+        sigma_max=take(held.usable_to),
     )
 
 
@@ -228,6 +243,8 @@ def make_step_body(
             batch.copy_noise,
         )  # fmt: skip
         per_image = () if batch.sigma_tn is None else (batch.sigma_tn, batch.clean)
+        if batch.sigma_max is not None:  # window tops (Omni's out-of-distribution images)
+            per_image += (batch.sigma_max,)
         if batch_sharding is not None:
             x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
 

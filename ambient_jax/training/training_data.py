@@ -9,7 +9,7 @@ from ambient_jax import parallel
 from ambient_jax.data import DataError, SplitData, corrupt, load_split, record_subset
 from ambient_jax.data.subset import choose_subset
 from ambient_jax.data.tfds_source import StreamingBatches, open_source
-from ambient_jax.diffusion import losses
+from ambient_jax.diffusion import objective
 from ambient_jax.training import train_step
 from ambient_jax.types import Config, Log
 
@@ -46,9 +46,7 @@ class TrainingData:
                     "data.channels="
                     f"{self.images.shape[-1]} or use a source with {want[-1]}-channel images"
                 )
-            self.num_source_images = (
-                len(split.train) + len(split.heldout) + len(split.corrupted_indices)
-            )
+            self.num_source_images = split.num_source
             if config.train.track_every and len(self.heldout) < 2:
                 raise DataError(
                     f"config field train.track_every: tracking compares the model on training "
@@ -66,24 +64,35 @@ class TrainingData:
 
     def hold_mixed_quality(
         self, config: Config, split: SplitData
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Data of mixed quality: the clean images (at the run's sigma_tn, 0 for ddpm) and the
-        corrupted ones (at their annotated sigma_tn) held together, each with its sigma_tn, clean
-        flag, the noise that makes its x_tn and the level it is usable from (0 when clean, else
-        its branch boundary), sorted by that level (what a batch drawn level first needs); returns
-        what corrupted.json records."""
+        other ones (corrupted at their annotated sigma_tn, or out of distribution below their
+        sigma_max) held together, each with its sigma_tn, clean flag, the noise that makes its
+        x_tn and its window of levels (objective.image_window), sorted by the window's bottom
+        (what a batch drawn level first needs); returns what corrupted.json records."""
         sigma_tn, clean, copy_noise = corrupt.annotation_values(
             config.data, split.corrupted_indices
         )
+        sigma_max = corrupt.window_tops(config.data, split.corrupted_indices)
         n, run_sigma_tn = len(self.images), config_lib.effective_sigma_tn(config)
         all_sigma_tn = np.concatenate([np.full(n, run_sigma_tn), sigma_tn]).astype(np.float32)
         all_clean = np.concatenate([np.ones(n, bool), clean])
+        all_top = np.concatenate([np.full(n, np.inf, np.float32), sigma_max])
         # from the float32 levels the loss reads, so each boundary is the loss's to the last bit
-        boundary = losses.branch_boundary(
-            all_sigma_tn, config.loss.sigma_switch, config.loss.switch_ratio,
-            config.loss.switch_offset,
+        usable_from, usable_to = objective.image_window(
+            all_sigma_tn, all_clean, all_top, config.loss.switch_ratio,
+            config.loss.switch_offset, xp=np,
         )  # fmt: skip
-        usable_from = np.where(all_clean, 0.0, boundary).astype(np.float32)
+        usable_from = usable_from.astype(np.float32)
+        empty = np.flatnonzero(usable_to < usable_from)
+        if len(empty):
+            i = empty[0] - n
+            raise DataError(
+                f"data.corrupt_sigma_max: source image {split.corrupted_indices[i]} would train at "
+                f"no level: its sigma_max {sigma_max[i]:g} lies below the level its sigma_tn "
+                f"{sigma_tn[i]:g} makes it usable from ({usable_from[empty[0]]:g}); "
+                f"{len(empty)} such images: raise their sigma_max or lower their sigma_tn"
+            )
         order = np.argsort(usable_from, kind="stable")
         held = train_step.HeldData(
             images=np.concatenate([self.images, split.corrupted]),
@@ -92,10 +101,12 @@ class TrainingData:
             clean=all_clean,
             copy_noise=np.concatenate([np.full(n, run_sigma_tn), copy_noise]).astype(np.float32),
             usable_from=usable_from,
+            # no top anywhere: none held, so the batch is drawn as before, bit for bit
+            usable_to=usable_to if np.isfinite(usable_to).any() else None,
         )
-        self.held = train_step.HeldData(*(a[order] for a in held))
+        self.held = train_step.HeldData(*(None if a is None else a[order] for a in held))
         self.held = self.held._replace(source_index=self.held.source_index.astype(np.int32))
-        return split.corrupted_indices, sigma_tn, clean, copy_noise
+        return split.corrupted_indices, sigma_tn, clean, copy_noise, sigma_max
 
     def record(self, workdir: str, config: Config) -> None:
         """subset.json (the clean training images) and, with corrupted ones, corrupted.json."""
