@@ -361,3 +361,55 @@ def test_finetune_tables_are_the_seed_means_and_the_target_their_ratios(tmp_path
     assert set(json.loads(raw.read_text())) == {
         "pretrain", "n30_ddpm_seed0", "n30_ddpm_seed1", "n30_noisy_seed0", "n30_noisy_seed1",
     }  # fmt: skip
+
+
+def test_omni_tables_read_leakage_from_the_class_histogram_and_average_the_seeds(
+    tmp_path, monkeypatch
+):
+    """benchmarks/mixed_quality_tables.py on omni_* runs: leakage is the share of samples read
+    as 5-9 (from the class histogram where the run predates the measure), confident 0-4 the sum
+    of those classes' confident shares, each cell the mean ± std of the seeds; the doc's and the
+    README's omni blocks are replaced and nothing else."""
+    import json
+
+    import mixed_quality_tables
+
+    runs = tmp_path / "runs"
+    for seed, (low, high, fd) in enumerate(((90, 10, 30.0), (70, 30, 50.0))):
+        histogram = [low // 5] * 5 + [high // 5] * 5  # 100 samples
+        _fake_run(
+            runs, f"omni_crops_seed{seed}", {"objective": "ddpm"}, robust_s95=2.0,
+            extraction_rate=4.0, fd_pixel=5.0, fd_digits=fd, class_histogram=histogram,
+            confident_by_class=[10.0] * 5 + [2.0] * 5, heldout_extraction_rate=1.0,
+            num_other_heldout=1000, fd_digits_heldout_vs_heldout=3.0,
+            fd_digits_train_vs_heldout=9.0,
+        )  # fmt: skip
+    (runs / "omni_crops_seed0" / "eval" / "diagnose.json").write_text(
+        json.dumps(
+            {"sigma": list(mixed_quality_tables.LEVELS), "gap": [0.01] * 5, "globality": [0.2] * 5}
+        )
+    )
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    doc = "before\n<!-- omni-results -->\nold\n<!-- /omni-results -->\nafter\n"
+    (tmp_path / "docs" / "mixed_quality.md").write_text(doc)
+    (tmp_path / "README.md").write_text("<!-- mixed-readme -->\nold\n<!-- /mixed-readme -->\n")
+    monkeypatch.setattr(mixed_quality_tables, "ROOT", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["mixed_quality_tables.py", f"--root={runs}"])
+    mixed_quality_tables.main()
+    text = (tmp_path / "docs" / "mixed_quality.md").read_text()
+    # leakage 10% and 30%: 20.0 ± 14.1; confident 0-4: 5 x 10 = 50; FD-digits 40.0 ± 14.1
+    assert "| omni_crops | 2 | 5.00 ± 0.00 | 40.0 ± 14.1 | 20.0 ± 14.1 | 50.0 ± 0.0 |" in text
+    assert "| omni_crops | 0.0100 / 0.20 |" in text  # the per-level row of seed 0
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    readme = (tmp_path / "README.md").read_text()
+    # README: FD-pixel, FD-digits, confident 0-4, extraction, leakage
+    assert (
+        "| omni_crops | 2 | 5.00 ± 0.00 | 40.00 ± 14.14 | 50.0 ± 0.0 | 4.0 ± 0.0 | 20.0 ± 14.1 |"
+        in readme
+    )
+    assert "old" not in readme
+    assert set(json.loads((tmp_path / "benchmarks" / "results" / "omni.json").read_text())) == {
+        "omni_crops_seed0",
+        "omni_crops_seed1",
+    }

@@ -82,3 +82,19 @@ def test_the_classifier_reads_digits_and_fd_digits_tells_digits_from_scribbles(h
     )
     assert reals["heldout_confident_digits"] == digits.confident_share(probs[:500])
     assert sum(fake["class_histogram"]) == 500
+    # a target of classes 0-4: real digits of 5-9 are leakage, real ones of 0-4 the target's
+    low, high = images[labels < 5][:200], images[labels >= 5][:200]
+    on_low = digits.digit_metrics(
+        low, a, a[:100], None, lambda _: None, target_classes=(0, 1, 2, 3, 4)
+    )
+    on_high = digits.digit_metrics(
+        high, a, a[:100], None, lambda _: None, target_classes=(0, 1, 2, 3, 4)
+    )
+    assert on_low["leakage"] < 5 and on_high["leakage"] > 90
+    assert on_low["confident_target_digits"] > 85 > 5 > on_high["confident_target_digits"]
+    shares = digits.target_shares(probs[:500], (0, 1, 2, 3, 4))  # by its definition
+    label = probs[:500].argmax(axis=1)
+    assert shares["leakage"] == pytest.approx(100 * np.mean(label >= 5))
+    sure = probs[:500].max(axis=1) >= digits.CONFIDENCE
+    assert shares["confident_target_digits"] == pytest.approx(100 * np.mean(sure & (label < 5)))
+    assert "leakage" not in reals  # only for a run on some classes

@@ -183,16 +183,31 @@ def confident_by_class(probs: np.ndarray) -> list[float]:
     return [float(100 * np.mean(confident & (label == c))) for c in range(probs.shape[1])]
 
 
+def target_shares(probs: np.ndarray, target_classes: tuple[int, ...]) -> dict[str, float]:
+    """For a run whose target is some classes (data.classes): "leakage", the % of rows whose most
+    likely class is another one, and "confident_target_digits", the % read with confidence as
+    one of the target's classes."""
+    label, confident = probs.argmax(axis=1), probs.max(axis=1) >= CONFIDENCE
+    inside = np.isin(label, target_classes)
+    return {
+        "leakage": float(100 * np.mean(~inside)),
+        "confident_target_digits": float(100 * np.mean(inside & confident)),
+    }
+
+
 def digit_metrics(
     samples_u8: np.ndarray,
     heldout_u8: np.ndarray,
     train_u8: np.ndarray,
     other_heldout_u8: np.ndarray | None,
     log: Callable[[str], None] = print,
+    target_classes: tuple[int, ...] = (),
 ) -> dict:
     """FD-digits of the samples against `heldout_u8` and their confident-digit share, with the
     reference rows: the training images against the same held-out set, `other_heldout_u8` (real
-    digits disjoint from `heldout_u8`, or None) against it, and the held-out set's own share."""
+    digits disjoint from `heldout_u8`, or None) against it, and the held-out set's own share.
+    With target_classes (a run on some classes only): the samples' and the held-out digits'
+    leakage and confident share of the target's classes (target_shares)."""
     params, accuracy = load_classifier(samples_u8.shape[1], log)
     f_samples, p_samples = _apply(params, samples_u8)
     f_heldout, p_heldout = _apply(params, heldout_u8)
@@ -207,6 +222,9 @@ def digit_metrics(
         "confident_by_class": confident_by_class(p_samples),
         "heldout_confident_by_class": confident_by_class(p_heldout),
     }
+    if target_classes:
+        out.update(target_shares(p_samples, target_classes))
+        out.update({f"heldout_{k}": v for k, v in target_shares(p_heldout, target_classes).items()})
     if other_heldout_u8 is not None:
         out["fd_digits_heldout_vs_heldout"] = fid.frechet_distance_of(
             _apply(params, other_heldout_u8)[0], f_heldout

@@ -356,6 +356,7 @@ def evaluate_run(
                 to_uint8(split.train),
                 to_uint8(other_heldout) if len(other_heldout) == len(samples) else None,
                 log,
+                tuple(config.data.get("classes", ())),
             )
         )
     out = os.path.join(workdir, EVAL_DIR)
