@@ -20,6 +20,10 @@ import sys
 
 import numpy as np
 
+from ambient_jax import plots
+from ambient_jax.configs.mnist_unet import get_config
+from ambient_jax.data import load_split
+from ambient_jax.eval import locality
 from ambient_jax.programs import variant_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,7 +138,101 @@ def omni_tables(root):
     replace_between(os.path.join(ROOT, "docs", "mixed_quality.md"), "omni-results",
                     "\n".join(out) + "\n")  # fmt: skip
     print("\n".join(out))
+    omni_figures(root, [n for n in OMNI_ORDER if n in rows])
+    omni_annotation_blocks(root)
     write_readme()
+
+
+MAP_LEVELS = (0.2, 0.504, 0.798, 1.27, 2.01, 3.18, 8.0, 80.0)  # points of diagnose.sigma_grid()
+
+
+def omni_annotation_blocks(root):
+    """The map's measurement (G_w per level for the Gaussian of the 100 target digits and for the
+    annotation's trained network, and the map of each) and the annotation's counts and accuracy."""
+    path = os.path.join(root, "annotations", "crops.json")
+    if not os.path.exists(path):
+        return
+    how = json.load(open(path))["how"]
+    sigmas = np.array(how["map"]["levels"])
+    sizes = [int(w) for w in how["map"]["globality"]]
+    c = get_config("ddpm")
+    c.data.classes = TARGET
+    train = load_split(c.data).train
+    gaussian = locality.window_globality(locality.gaussian_denoiser(train), train, sizes, sigmas)
+    trained = {int(w): g for w, g in how["map"]["globality"].items()}
+    tau = how["map"]["tau"]
+    at = [int(np.argmin(abs(sigmas - level))) for level in MAP_LEVELS]
+    head = "| denoiser | crop w | " + " | ".join(f"G_w at {sigmas[i]:.3g}" for i in at)
+    lines = [head + " | sigma_max(w) |", "|---" * (len(at) + 3) + "|"]
+    for label, g in (("Gaussian of the 100 digits", gaussian), ("trained U-Net", trained)):
+        levels = locality.crop_levels(g, sigmas, train.shape[1], tau)
+        for w in sizes:
+            cells = " | ".join(f"{g[w][i]:.2f}" for i in at)
+            lines.append(f"| {label} | {w} | {cells} | {levels[w]:.3g} |")
+    replace_between(os.path.join(ROOT, "docs", "mixed_quality.md"), "omni-map",
+                    "\n".join(lines) + "\n")  # fmt: skip
+    counts = how["crops"]["passing_size_counts"]
+    levels = how["crops"]["size_levels"]
+    text = ["![annotation](mixed/omni_annotation.png)", "",
+            "| largest passing crop | " + " | ".join(
+                "none" if w == "0" else f"{w}x{w}" for w in counts) + " |",
+            "|---" * (len(counts) + 1) + "|",
+            "| sigma_max | " + " | ".join(
+                "0.002" if w == "0" else f"{levels[w] or float('inf'):.3g}" for w in counts) + " |",
+            "| digits of 5-9 | " + " | ".join(str(v) for v in counts.values()) + " |"]  # fmt: skip
+    accuracy = os.path.join(ROOT, "benchmarks", "results", "crops_accuracy.json")
+    if os.path.exists(accuracy):
+        a = json.load(open(accuracy))
+        text += ["", "Accuracy (`benchmarks/crops_accuracy.py`, the same recipe trained again, "
+                 "asked on the 2,500 digits of 5-9 and 1,000 held-out digits of 0-4 that no "
+                 "classifier saw):", "",
+                 "| crop w | ROC AUC | 5-9 passing % | held-out 0-4 passing % |",
+                 "|---|---|---|---|"]  # fmt: skip
+        for w, r in a["per_size"].items():
+            text.append(
+                f"| {w} | {r['auc']:.3f} | {r['passing_other_pct']:.1f} | "
+                f"{r['passing_heldout_target_pct']:.1f} |"
+            )
+        mean = lambda d: sum(int(w) * n for w, n in d.items()) / sum(d.values())
+        target, other = mean(a["passing_size_heldout_target"]), mean(a["passing_size_other"])
+        text += [
+            "",
+            f"Largest passing crop, mean: held-out 0-4 {target:.1f} pixels, 5-9 {other:.1f}. Over "
+            "all (0-4, 5-9) pairs, P(the 0-4 digit passes at the larger size) - P(the reverse) = "
+            f"{a['pairs_target_larger_minus_reverse']:.2f}.",
+        ]
+    replace_between(os.path.join(ROOT, "docs", "mixed_quality.md"), "omni-annotation",
+                    "\n".join(text) + "\n")  # fmt: skip
+
+
+def omni_figures(root, names):
+    """docs/mixed/omni_ROW.png: the first 64 samples of each row's seed 0; and, where the root
+    holds the crops annotation, docs/mixed/omni_annotation.png: how many of the other digits pass
+    at each crop size (the level each size maps to in its label)."""
+    folder = os.path.join(ROOT, "docs", "mixed")
+    os.makedirs(folder, exist_ok=True)
+    for name in names:
+        path = os.path.join(root, f"{name}_seed0", "samples.npz")
+        if os.path.exists(path):
+            samples = np.load(path)["samples"][:64]
+            plots.save_grid(samples, os.path.join(folder, f"{name}.png"), 8)
+    annotation = os.path.join(root, "annotations", "crops.json")
+    if not os.path.exists(annotation):
+        return
+    crops = json.load(open(annotation))["how"]["crops"]
+    counts = crops["passing_size_counts"]
+    top = lambda w: crops["size_levels"][w]  # None: a whole image, unbounded
+    labels = [
+        "fails at the\nsmallest (0.002)" if w == "0" else f"{w}x{w}\n({top(w) or float('inf'):.3g})"
+        for w in counts
+    ]
+    fig, ax = plots._subplots(figsize=(6, 3.2))
+    ax.bar(range(len(counts)), list(counts.values()))
+    ax.set_xticks(range(len(counts)), labels)
+    ax.set_xlabel("largest crop size that passes (its sigma_max)")
+    ax.set_ylabel("digits of 5-9")
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "omni_annotation.png"), dpi=100)
 
 
 def main():
