@@ -77,11 +77,16 @@ def grid_positions(side: int, size: int) -> np.ndarray:
 
 
 def train_size(
-    target: jax.Array, others: jax.Array, size: int, recipe: CropRecipe, log: Log
+    target: np.ndarray | jax.Array,
+    others: np.ndarray | jax.Array,
+    size: int,
+    recipe: CropRecipe,
+    log: Log,
 ) -> tuple[PyTree, float]:
     """The classifier of one crop size, trained on random crops; returns (params, the final
     steps' mean loss)."""
     model = CropClassifier(recipe.width)
+    target, others = jnp.asarray(target), jnp.asarray(others)  # indexed by traced draws
     key = jax.random.fold_in(jax.random.key(recipe.seed), size)
     params = model.init(key, jnp.zeros((1, size, size, target.shape[-1])))
     optimizer = optax.adam(recipe.lr)
