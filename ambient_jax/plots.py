@@ -134,6 +134,19 @@ def save_histogram(
     files.write_bytes_atomic(path, buffer.getvalue())
 
 
+def save_bars(
+    labels: Sequence[str], values: Sequence[float], path: str, xlabel: str, ylabel: str
+) -> None:
+    """A bar per label (e.g. how many images an annotation puts in each bin)."""
+    fig, ax = _subplots(figsize=(6, 3.2))
+    ax.bar(range(len(values)), list(values))
+    ax.set_xticks(range(len(values)), list(labels))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    files.write_bytes_atomic(path, _figure_bytes(fig))
+
+
 def save_pareto(points: dict, path: str, x_label: str, y_label: str) -> None:
     """Figure 1 of the paper: one point per sigma_tn (mean over seeds; x: memorization, y: quality),
     a line per training-set size, ddpm (sigma_tn = 0) marked with a star.

@@ -54,7 +54,7 @@ def replace_between(path, marker, text):
     open(path, "w").write(re.sub(pattern, lambda _: block, doc, flags=re.S))
 
 
-OMNI_ORDER = ("omni_clean_only", "omni_as_target", "omni_fixed", "omni_crops",
+OMNI_ORDER = ("omni_clean_only", "omni_as_target", "omni_fixed", "omni_fixed_0.2", "omni_crops",
               "omni_crops_ambient")  # fmt: skip
 TARGET = (0, 1, 2, 3, 4)
 
@@ -226,13 +226,10 @@ def omni_figures(root, names):
         "fails at the\nsmallest (0.002)" if w == "0" else f"{w}x{w}\n({top(w) or float('inf'):.3g})"
         for w in counts
     ]
-    fig, ax = plots._subplots(figsize=(6, 3.2))
-    ax.bar(range(len(counts)), list(counts.values()))
-    ax.set_xticks(range(len(counts)), labels)
-    ax.set_xlabel("largest crop size that passes (its sigma_max)")
-    ax.set_ylabel("digits of 5-9")
-    fig.tight_layout()
-    fig.savefig(os.path.join(folder, "omni_annotation.png"), dpi=100)
+    plots.save_bars(
+        labels, list(counts.values()), os.path.join(folder, "omni_annotation.png"),
+        "largest crop size that passes (its sigma_max)", "digits of 5-9",
+    )  # fmt: skip
 
 
 def main():

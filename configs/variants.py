@@ -286,6 +286,12 @@ OMNI_VARIANTS = {
             f"U-Net, ddpm; the 5-9 digits only below a fixed sigma_max {OMNI_FIXED_SIGMA_MAX:g}",
         ),
         (
+            "omni_fixed_0.2",
+            _omni("ddpm", "clean", 0.2),
+            "U-Net, ddpm; the 5-9 digits only below a fixed sigma_max 0.2 (where omni_fixed's "
+            "leakage comes from)",
+        ),
+        (
             "omni_crops",
             _omni("ddpm", "clean", CROPS),
             "U-Net, ddpm; the 5-9 digits below their crops-classifier sigma_max",

@@ -5,6 +5,7 @@ benchmarks/gpu_check.sh, runs at tiny sizes on the CPU in CI: .ci/run.)"""
 
 import os
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -121,6 +122,29 @@ def test_variants_run_only_the_stages_asked_for_that_are_missing(tmp_path, monke
     with pytest.raises(ValueError, match="--stages takes some of train,sample,eval,diagnose"):
         variants.run_many(str(tmp_path), ["unet32_ddpm"], [0], stages=("train", "plot"))
     assert len(calls) == 1  # nothing ran for the refused grids
+
+
+def test_a_stage_that_ends_after_a_stop_is_not_recorded_as_done(tmp_path, monkeypatch):
+    """A sweep stopped by SIGTERM while ambient-train runs: the trainer saves and exits 0, but the
+    run is not done, so no time.json is written (a rerun would otherwise skip its training) and no
+    later stage is started or logged."""
+    from ambient_jax.programs import variant_runs as variants
+
+    calls, logged = [], []
+
+    def train_then_stop(argv, **_):
+        calls.append(os.path.basename(argv[0]))
+        variants.children._stopping.set()  # the signal arrives while the stage runs
+        return 0
+
+    monkeypatch.setattr(variants.children, "run", train_then_stop)
+    monkeypatch.setattr(variants.children, "_stopping", threading.Event())
+    variants.run_variant(str(tmp_path), "unet32_ddpm", 0, 500, [], variants.STAGES, logged.append)
+    assert calls == ["ambient-train"]
+    assert not (tmp_path / "unet32_ddpm_seed0" / "eval" / "time.json").exists()
+    assert logged[-1].startswith("stopped during train of ") and not any(
+        line.startswith("$ ambient-sample") for line in logged
+    )
 
 
 def test_ambient_sweep_runs_the_registered_variants_and_prints_their_table(tmp_path):

@@ -21,6 +21,12 @@ _lock = threading.Lock()
 _stopping = threading.Event()
 
 
+def stopping() -> bool:
+    """Whether a stop has been asked: a child that ended since may have stopped early (a clean
+    stop exits 0), so its work is not done."""
+    return _stopping.is_set()
+
+
 def run(argv: Sequence[str], **popen_kwargs: Any) -> int:
     """subprocess.run(argv, ...).returncode, the child known while it runs; once the parent is
     stopping no new child starts (-SIGTERM is returned for it)."""

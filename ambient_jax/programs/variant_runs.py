@@ -85,6 +85,9 @@ def run_variant(
         )
         if returncode:
             raise subprocess.CalledProcessError(returncode, argv)
+        if children.stopping():  # stopped early (ambient-train saves and exits 0): not done
+            log(f"stopped during {stage} of {workdir}; a rerun resumes it there")
+            return
         seconds = json.load(open(timing)) if os.path.exists(timing) else {}
         seconds[f"{stage}_seconds"] = time.perf_counter() - start
         seconds["total_seconds"] = sum(v for k, v in seconds.items() if k != "total_seconds")
