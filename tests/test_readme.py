@@ -36,8 +36,9 @@ def between(text, marker):
 
 
 def mean_std(values, fmt):
+    """A table cell: mean ± std over the seeds, the value alone for one seed."""
     v = np.asarray(values, float)
-    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}"
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}" if len(v) > 1 else f"{v[0]:{fmt}}"
 
 
 def test_readme_is_one_page_with_the_two_commands_first():
