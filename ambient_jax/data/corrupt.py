@@ -197,14 +197,22 @@ def check_sigma_tn_spec(spec: str, kind: str) -> str | None:
         return None
     if spec == "known":
         return f"is 'known', which only an additive noise has (data.corrupt_kind={kind!r})"
+    return _number_or_file(
+        spec, "fixed annotation", "'known', 'clean', 'unused'", "ambient-annotate"
+    )
+
+
+def _number_or_file(spec: str, number: str, words: str, writer: str) -> str | None:
+    """The rule both level specs share past their words: a number must be finite and > 0, anything
+    else must name an annotation file (.json)."""
     level = parse_level(spec)
     if level is not None:
         good = np.isfinite(level) and level > 0
-        return None if good else f"must be > 0 and finite as a fixed annotation, got {level}"
+        return None if good else f"must be > 0 and finite as a {number}, got {level}"
     if not spec.endswith(".json"):
         return (
-            f"must be 'known', 'clean', 'unused', a number > 0 or an annotation file (.json) "
-            f"from ambient-annotate, got {spec!r}"
+            f"must be {words}, a number > 0 or an annotation file (.json) from {writer}, "
+            f"got {spec!r}"
         )
     return None
 
@@ -287,16 +295,9 @@ def check_sigma_max_spec(spec: str) -> str | None:
     spec = str(spec).strip()
     if spec == "none":
         return None
-    level = parse_level(spec)
-    if level is not None:
-        good = np.isfinite(level) and level > 0
-        return None if good else f"must be > 0 and finite as a fixed sigma_max, got {level}"
-    if not spec.endswith(".json"):
-        return (
-            f"must be 'none', a number > 0 or an annotation file (.json) from ambient-annotate "
-            f"--annotate=sigma_max, got {spec!r}"
-        )
-    return None
+    return _number_or_file(
+        spec, "fixed sigma_max", "'none'", "ambient-annotate --annotate=sigma_max"
+    )
 
 
 def recipe(data_config: Config) -> dict:
