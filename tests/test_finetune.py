@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from child_env import child_env
 from test_training import TINY, cli, tiny_config
 
 from ambient_jax import checkpoint, parallel
@@ -191,7 +192,7 @@ def test_resume_after_a_kill_is_bit_exact_while_fine_tuning(source, tmp_path):
         cmd = [sys.executable, os.path.join(HERE, "train_driver.py"), str(workdir), changes]
         return [*cmd, "--devices=1", *extra]
 
-    env = dict(os.environ, XLA_FLAGS="")
+    env = child_env()
     straight = subprocess.run(
         driver(tmp_path / "straight", f"--dump={tmp_path}/straight.npz"),
         env=env, capture_output=True, text=True, timeout=600,

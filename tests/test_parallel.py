@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from child_env import child_env
 from test_training import tiny_config
 
 from ambient_jax import parallel
@@ -208,7 +209,7 @@ def test_restore_a_checkpoint_written_on_8_devices_onto_2(tmp_path):
 
 
 def driver(workdir, changes, *extra, devices=8):
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = child_env()
     return [sys.executable, DRIVER, str(workdir), changes, f"--devices={devices}", *extra], env
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from child_env import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,7 +155,7 @@ def test_out_of_memory_in_each_program_is_one_line_that_says_what_to_lower(tmp_p
         f"sys.argv = ['ambient-{program}'{workdir}]\n"
         "m.run()\n"
     )
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = child_env()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           cwd=str(tmp_path), timeout=300)  # fmt: skip
     lines = done.stderr.strip().splitlines()

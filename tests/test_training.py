@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from child_env import child_env
 
 from ambient_jax import checkpoint
 from ambient_jax.data import load_split
@@ -65,7 +66,7 @@ def tiny_config(**changes):
 def cli(program, *args):
     """Run a console program in a fresh process (fake devices off: the programs use what is
     there)."""
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = child_env()
     code = (
         f"import sys; from ambient_jax.programs.{program}_main import run; sys.argv[0] = "
         f"'ambient-{program}'; run()"
@@ -301,7 +302,7 @@ def test_messages_name_what_is_wrong(tiny_run, tmp_path):
     for program, flag in (("convert", "--heads=6"), ("sweep", "--root=x")):
         line = error_line(cli(program, "bogus", flag))
         assert line.startswith("error: name the") and "log what" not in line, line
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env = child_env()
     code = "from ambient_jax.programs.train_main import run; run()"
     args = [f"--workdir={wd}", *TINY, "--config.train.num_steps=100000"]
     proc = subprocess.Popen(
