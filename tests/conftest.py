@@ -27,6 +27,15 @@ os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
 # threshold, every time; loaded from the cache, a tiny training run takes 3.6 s instead of 6.0 s.
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
+# The tests compile with XLA's "most optimisations off" (LLVM at level 0, its expensive passes off),
+# inherited by the programs they start: most tests compile a tiny network and run it a few steps,
+# where optimising costs more than it saves (tests/test_nets.py: 364 s -> 215 s on a loaded 2-core
+# machine; tests/test_training.py's programs: 540 s -> 390 s). Tests that run big networks on
+# many images (Inception, DINOv2) carry the mark `optimized` and compile as the programs do
+# (tests/test_eval.py: 314 s unoptimised against 203 s). JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the
+# suite as the programs compile.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
 from ambient_jax import xla_cpu  # noqa: E402
 
 xla_cpu.use_cpu_flags()  # as the programs start JAX
@@ -70,6 +79,18 @@ def nonlinear_denoiser(key, shape):
         return jnp.tanh(xf @ w + jnp.log(sigma)[:, None]).reshape(x.shape)
 
     return denoise
+
+
+@pytest.fixture(autouse=True)
+def compile_as_marked(request):
+    """A test marked `optimized` compiles with XLA's optimisations on, as the programs do."""
+    if not request.node.get_closest_marker("optimized"):
+        yield
+        return
+    before = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture

@@ -13,6 +13,9 @@ from scipy import linalg
 from ambient_jax.data.sources import load_mnist
 from ambient_jax.eval import convert, features, fid, inception, memorization
 
+# Inception and DINOv2 on tens of images: XLA's optimisations pay for themselves here
+pytestmark = pytest.mark.optimized
+
 
 @pytest.fixture(scope="module")
 def inception_params(tmp_path_factory):

@@ -30,10 +30,7 @@ parser.add_argument("--port", type=int, default=0)
 parser.add_argument("--dump", default="", help="write the final parameters to this .npz")
 args = parser.parse_args()
 
-# the caller's flags (tests/conftest.py's child_env) and the devices asked for
-os.environ["XLA_FLAGS"] = (
-    f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}"
-).strip()
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
