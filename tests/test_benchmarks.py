@@ -408,6 +408,8 @@ def test_omni_tables_read_leakage_from_the_class_histogram_and_average_the_seeds
             confident_by_class=[10.0] * 5 + [2.0] * 5, heldout_extraction_rate=1.0,
             num_other_heldout=1000, fd_digits_heldout_vs_heldout=3.0,
             fd_digits_train_vs_heldout=9.0,
+            # seed 0 evaluated before the held-out shares were written out, seed 1 after
+            **({"heldout_leakage": 0.6, "heldout_confident_target_digits": 95.0} if seed else {}),
         )  # fmt: skip
     (runs / "omni_crops_seed0" / "eval" / "diagnose.json").write_text(
         json.dumps(
@@ -426,6 +428,7 @@ def test_omni_tables_read_leakage_from_the_class_histogram_and_average_the_seeds
     # leakage 10% and 30%: 20.0 ± 14.1; confident 0-4: 5 x 10 = 50; FD-digits 40.0 ± 14.1
     assert "| omni_crops | 2 | 5.00 ± 0.00 | 40.0 ± 14.1 | 20.0 ± 14.1 | 50.0 ± 0.0 |" in text
     assert "| omni_crops | 0.0100 / 0.20 |" in text  # the per-level row of seed 0
+    assert "leakage 0.6%, confident 0-4 95.0%" in text  # from the run that has them
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     readme = (tmp_path / "README.md").read_text()
     # README: FD-pixel, FD-digits, confident 0-4, extraction, leakage
