@@ -13,9 +13,6 @@ from scipy import linalg
 from ambient_jax.data.sources import load_mnist
 from ambient_jax.eval import convert, features, fid, inception, memorization
 
-# Inception and DINOv2 on tens of images: XLA's optimisations pay for themselves here
-pytestmark = pytest.mark.optimized
-
 
 @pytest.fixture(scope="module")
 def inception_params(tmp_path_factory):
@@ -57,6 +54,7 @@ def legacy_resize(images, size=299):
     return axis(axis(images.astype(np.float64), 1), 2)
 
 
+@pytest.mark.optimized  # Inception (and DINOv2) on tens of images
 def test_fid_of_mnist_subsets_matches_torchscript_features_and_scipy(
     inception_params, torch_inception
 ):
@@ -138,6 +136,7 @@ def test_bad_weight_files_are_named(tmp_path):
     assert not os.path.exists(tmp_path / "out.msgpack")
 
 
+@pytest.mark.optimized  # Inception (and DINOv2) on tens of images
 def test_eval_program_adds_fid_and_embedding_memorization_and_resumes_from_cached_features(
     tmp_path, monkeypatch
 ):

@@ -303,6 +303,18 @@ def test_cpu_flags_join_the_users_xla_flags():
     assert ours in os.environ["XLA_FLAGS"]  # conftest started JAX with them, as the programs do
 
 
+def test_tests_compile_with_most_optimisations_off_unless_marked():
+    """tests/conftest.py: a test compiles with XLA's most optimisations off (a tiny network's
+    compile costs more than they save), as JAX_DISABLE_MOST_OPTIMIZATIONS says."""
+    wanted = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1"
+    assert jax.config.values["jax_disable_most_optimizations"] is wanted
+
+
+@pytest.mark.optimized
+def test_a_test_marked_optimized_compiles_as_the_programs_do():
+    assert jax.config.values["jax_disable_most_optimizations"] is False
+
+
 def test_the_cpu_resampling_trains_the_same_loss_curve(tiny_unet_cpu_run, monkeypatch):
     """Three train steps of the tiny U-Net with the CPU's shifted-view resampling and with the
     convolutions the other backends run."""

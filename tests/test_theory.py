@@ -81,6 +81,7 @@ def planted_data(seed=0, d=20, classes=4, per_class=60, singles=12, flips=12):
     return x, y, np.concatenate([kind, np.ones(singles, int)])
 
 
+@pytest.mark.optimized  # 160 networks trained 300 steps each
 def test_estimator_finds_planted_memorization_and_its_error_shrinks_like_1_over_sqrt_k():
     x, y, kind = planted_data()
     small = lm.estimate(x, y, 4, num_models=32, fraction=0.7, steps=300, hidden=(128,), lr=3e-3)
