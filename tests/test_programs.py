@@ -129,6 +129,40 @@ def test_a_stopped_parent_stops_the_programs_it_runs(tmp_path):
     assert proc.stdout.read() == ""  # no second child started
 
 
+def test_a_stop_signal_that_lands_on_another_thread_still_stops_the_children(tmp_path):
+    """After SIGSTOP and SIGCONT the kernel may hand a sweep's SIGTERM to a worker thread; Python
+    runs the handler in the main thread only, which children.as_completed wakes twice a second
+    (a plain wait slept until the run ended, its child running on). Here a thread signals
+    itself, as the kernel would."""
+    import time
+
+    record = tmp_path / "child_got"
+    child = (
+        "import signal, sys, time; "
+        f"signal.signal(signal.SIGTERM, lambda *_: (open({str(record)!r}, 'w').write('TERM'), "
+        "sys.exit(0))); print('ready', flush=True); time.sleep(120)"
+    )
+    parent = (
+        "import concurrent.futures, signal, sys, threading, time\n"
+        "from ambient_jax.programs import children\n"
+        "children.forward_signals()\n"
+        "pool = concurrent.futures.ThreadPoolExecutor(1)\n"
+        f"run = pool.submit(children.run, [sys.executable, '-c', {child!r}])\n"
+        "def signal_myself():\n"
+        "    time.sleep(3)\n"
+        "    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)\n"
+        "threading.Thread(target=signal_myself).start()\n"
+        "list(children.as_completed([run]))\n"
+    )
+    start = time.time()
+    done = subprocess.run(
+        [sys.executable, "-c", parent], capture_output=True, text=True, cwd=ROOT, timeout=200
+    )
+    assert done.returncode == 128 + 15, done.stderr[-2000:]
+    assert record.read_text() == "TERM" and "stopping 1 running program" in done.stderr
+    assert time.time() - start < 60  # not the child's 120 s
+
+
 @pytest.mark.parametrize(
     "program, says",
     [

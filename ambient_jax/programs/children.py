@@ -4,12 +4,13 @@ what they have (ambient-train a checkpoint at its current step) and exit, waits 
 exits; a re-run of the sweep resumes. Without this the children, in the sweep's process group
 but not signalled by `kill PID`, would run on alone."""
 
+import concurrent.futures
 import os
 import signal
 import subprocess
 import sys
 import threading
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 
 class ChildFailed(RuntimeError):
@@ -64,3 +65,18 @@ def forward_signals() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+
+def as_completed(
+    futures: Iterable[concurrent.futures.Future],
+) -> Iterator[concurrent.futures.Future]:
+    """concurrent.futures.as_completed that wakes the calling (main) thread twice a second.
+    Python runs a signal's handler in the main thread only, when it next runs: a signal the
+    kernel hands to another thread (as it does after SIGSTOP and SIGCONT) would otherwise wait,
+    with the children running on, until a run ends."""
+    pending = set(futures)
+    while pending:
+        done, pending = concurrent.futures.wait(
+            pending, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        yield from done

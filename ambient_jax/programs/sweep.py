@@ -125,7 +125,9 @@ def run_all(runs: list[tuple[str, list[list[str]]]], log: Log = print, jobs: int
                 out.close()
 
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-        failures = [f for f in pool.map(lambda run: run_one(*run), todo) if f]
+        started = [pool.submit(run_one, *run) for run in todo]
+        list(children.as_completed(started))  # (the main thread stays free for a stop signal)
+        failures = [f for f in (future.result() for future in started) if f]
     if failures:
         raise children.ChildFailed(
             "; ".join(failures) + "; fix it and re-run the sweep (evaluated runs are skipped)"

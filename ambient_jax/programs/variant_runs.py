@@ -230,7 +230,7 @@ def run_many(
             for name, seed in runs
         }
         failed = []
-        for future in concurrent.futures.as_completed(futures):
+        for future in children.as_completed(futures):
             if future.exception() is not None:
                 failed.append(futures[future])
                 log(f"FAILED {futures[future]}: {future.exception()}")
