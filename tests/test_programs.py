@@ -31,7 +31,7 @@ def run(target, *args, report_start=False):
             "print('backend started by the import:', xla_bridge.backends_are_initialized(), "
             f"file=sys.stderr); {function}()"
         )
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = child_env()
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
@@ -97,6 +97,16 @@ def test_a_config_override_of_the_wrong_type_is_one_error_line():
     )
 
 
+def signal_recording_child(record):
+    """A child program that writes TERM to `record` on SIGTERM and exits 0; it prints 'ready',
+    then sleeps 120 s."""
+    return (
+        "import signal, sys, time; "
+        f"signal.signal(signal.SIGTERM, lambda *_: (open({str(record)!r}, 'w').write('TERM'), "
+        "sys.exit(0))); print('ready', flush=True); time.sleep(120)"
+    )
+
+
 def test_a_stopped_parent_stops_the_programs_it_runs(tmp_path):
     """programs.children: a sweep killed with SIGTERM passes it on to the program it is running
     (here a child that records the signal), waits for it, and exits 128 + 15; no new child starts
@@ -105,11 +115,7 @@ def test_a_stopped_parent_stops_the_programs_it_runs(tmp_path):
     import time
 
     record = tmp_path / "child_got"
-    child = (
-        "import signal, sys, time; "
-        f"signal.signal(signal.SIGTERM, lambda *_: (open({str(record)!r}, 'w').write('TERM'), "
-        "sys.exit(0))); print('ready', flush=True); time.sleep(120)"
-    )
+    child = signal_recording_child(record)
     parent = (
         "import sys, threading; from ambient_jax.programs import children; "
         "children.forward_signals(); "
@@ -137,11 +143,7 @@ def test_a_stop_signal_that_lands_on_another_thread_still_stops_the_children(tmp
     import time
 
     record = tmp_path / "child_got"
-    child = (
-        "import signal, sys, time; "
-        f"signal.signal(signal.SIGTERM, lambda *_: (open({str(record)!r}, 'w').write('TERM'), "
-        "sys.exit(0))); print('ready', flush=True); time.sleep(120)"
-    )
+    child = signal_recording_child(record)
     parent = (
         "import concurrent.futures, signal, sys, threading, time\n"
         "from ambient_jax.programs import children\n"
