@@ -8,8 +8,8 @@ benchmarks/results/mixed_quality.json (raw metrics and per-noise-level curves), 
 and the per-noise-level rows between the `<!-- mixed-results -->` markers of
 docs/mixed_quality.md, and the short table between the `<!-- mixed-readme -->` markers of
 README.md (rebuilt from both raw files). The omni_* rows (other classes' digits below their
-sigma_max) go to benchmarks/results/omni.json, the `<!-- omni-results -->` block and the README's
-table.
+sigma_max) go to benchmarks/results/omni.json (a record: runs under --root replace their entries,
+the others stay), the `<!-- omni-results -->` block and the README's table.
 """
 
 import argparse
@@ -86,16 +86,26 @@ OMNI_COLUMNS = (
 
 
 def omni_tables(root):
-    """The omni_* rows: mean ± std over seeds, the held-out reference, the per-level diagnosis."""
-    found = [(n, seed, m) for n, seed, m in variant_runs.rows(root) if n in OMNI_ORDER]
-    raw = {}
-    for name, seed, m in found:
+    """The omni_* rows: mean ± std over seeds, the held-out reference, the per-level diagnosis.
+
+    benchmarks/results/omni.json is the record: a run finished under root replaces its entry
+    there, and the entries of runs that are not under root (measured under another root, or in a
+    folder since deleted) stay, so the tables always show every run recorded.
+    """
+    path = os.path.join(ROOT, "benchmarks", "results", "omni.json")
+    raw = json.load(open(path)) if os.path.exists(path) else {}
+    for name, seed, m in variant_runs.rows(root):
+        if name not in OMNI_ORDER:
+            continue
         diagnosis = os.path.join(root, f"{name}_seed{seed}", "eval", "diagnose.json")
         raw[f"{name}_seed{seed}"] = dict(
             m, diagnosis=json.load(open(diagnosis)) if os.path.exists(diagnosis) else None
         )
-    with open(os.path.join(ROOT, "benchmarks", "results", "omni.json"), "w") as f:
+    raw = dict(sorted(raw.items()))
+    with open(path, "w") as f:
         json.dump(raw, f, indent=1)
+    found = [(key.rsplit("_seed", 1)[0], int(key.rsplit("_seed", 1)[1]), m)
+             for key, m in raw.items()]  # fmt: skip
     head = ["| variant | seeds | " + " | ".join(c[0] for c in OMNI_COLUMNS) + " |",
             "|---" * (len(OMNI_COLUMNS) + 2) + "|"]  # fmt: skip
     rows = {}

@@ -418,6 +418,13 @@ def test_omni_tables_read_leakage_from_the_class_histogram_and_average_the_seeds
     )
     (tmp_path / "docs").mkdir()
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    # the record already holds a run of another root (kept) and an older seed 1 (replaced)
+    recorded = json.loads((runs / "omni_crops_seed1" / "eval" / "metrics.json").read_text())
+    recorded.update(train_min=1.0, diagnosis=None)
+    older = dict(recorded, fd_digits=999.0)
+    (tmp_path / "benchmarks" / "results" / "omni.json").write_text(
+        json.dumps({"omni_fixed_seed0": recorded, "omni_crops_seed1": older})
+    )
     doc = "before\n<!-- omni-results -->\nold\n<!-- /omni-results -->\nafter\n"
     (tmp_path / "docs" / "mixed_quality.md").write_text(doc)
     (tmp_path / "README.md").write_text("<!-- mixed-readme -->\nold\n<!-- /mixed-readme -->\n")
@@ -437,7 +444,7 @@ def test_omni_tables_read_leakage_from_the_class_histogram_and_average_the_seeds
         in readme
     )
     assert "old" not in readme
-    assert set(json.loads((tmp_path / "benchmarks" / "results" / "omni.json").read_text())) == {
-        "omni_crops_seed0",
-        "omni_crops_seed1",
-    }
+    assert "| omni_fixed | 1 | 5.00 | 50.0 | 30.0 | 50.0 |" in text  # the recorded run
+    record = json.loads((tmp_path / "benchmarks" / "results" / "omni.json").read_text())
+    assert list(record) == ["omni_crops_seed0", "omni_crops_seed1", "omni_fixed_seed0"]
+    assert record["omni_crops_seed1"]["fd_digits"] == 50.0
