@@ -411,11 +411,12 @@ def test_omni_tables_read_leakage_from_the_class_histogram_and_average_the_seeds
             # seed 0 evaluated before the held-out shares were written out, seed 1 after
             **({"heldout_leakage": 0.6, "heldout_confident_target_digits": 95.0} if seed else {}),
         )  # fmt: skip
-    (runs / "omni_crops_seed0" / "eval" / "diagnose.json").write_text(
-        json.dumps(
-            {"sigma": list(mixed_quality_tables.LEVELS), "gap": [0.01] * 5, "globality": [0.2] * 5}
-        )
-    )
+    for seed, (gap, g) in enumerate(((0.01, 0.2), (0.03, 0.4))):
+        # gap (j + 1) x `gap` at the j-th level; seed 1's grid in the other order
+        d = {"sigma": list(mixed_quality_tables.LEVELS), "gap": [gap * j for j in range(1, 6)],
+             "globality": [g] * 5}  # fmt: skip
+        d = {k: v[::-1] for k, v in d.items()} if seed else d
+        (runs / f"omni_crops_seed{seed}" / "eval" / "diagnose.json").write_text(json.dumps(d))
     (tmp_path / "docs").mkdir()
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     # the record already holds a run of another root (kept) and an older seed 1 (replaced)
@@ -434,7 +435,11 @@ def test_omni_tables_read_leakage_from_the_class_histogram_and_average_the_seeds
     text = (tmp_path / "docs" / "mixed_quality.md").read_text()
     # leakage 10% and 30%: 20.0 ± 14.1; confident 0-4: 5 x 10 = 50; FD-digits 40.0 ± 14.1
     assert "| omni_crops | 2 | 5.00 ± 0.00 | 40.0 ± 14.1 | 20.0 ± 14.1 | 50.0 ± 0.0 |" in text
-    assert "| omni_crops | 0.0100 / 0.20 |" in text  # the per-level row of seed 0
+    # the per-level row: at the first level seed 0's gap 0.01 and seed 1's 0.03, at the last
+    # 0.05 and 0.15 (G 0.2 and 0.4 at every level)
+    row = next(line for line in text.splitlines() if line.startswith("| omni_crops | 2 | 0.0200"))
+    assert row.startswith("| omni_crops | 2 | 0.0200 ± 0.0141 / 0.30 ± 0.14 | 0.0400 ± 0.0283")
+    assert row.endswith("| 0.1000 ± 0.0707 / 0.30 ± 0.14 |")
     assert "leakage 0.6%, confident 0-4 95.0%" in text  # from the run that has them
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     readme = (tmp_path / "README.md").read_text()
