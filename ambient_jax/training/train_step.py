@@ -150,17 +150,21 @@ def gather_batch(
     """
     if row_sigma is None:
         positions = batch_indices(step_root, step, batch_size, held.images.shape[0])
-    elif held.usable_to is None:
-        usable = jnp.maximum(jnp.searchsorted(held.usable_from, row_sigma, side="right"), 1)
-        u = jax.random.uniform(batch_key(step_root, step), (batch_size,))
-        positions = jnp.minimum(jnp.floor(u * usable).astype(jnp.int32), usable - 1)
     else:
-        level = row_sigma[:, None]
-        inside = (held.usable_from[None] <= level) & (level <= held.usable_to[None])
-        usable = jnp.maximum(jnp.sum(inside, axis=1, dtype=jnp.int32), 1)
+        if held.usable_to is None:
+            usable = jnp.searchsorted(held.usable_from, row_sigma, side="right")
+        else:
+            level = row_sigma[:, None]
+            inside = (held.usable_from[None] <= level) & (level <= held.usable_to[None])
+            usable = jnp.sum(inside, axis=1, dtype=jnp.int32)
+        usable = jnp.maximum(usable, 1)
         u = jax.random.uniform(batch_key(step_root, step), (batch_size,))
         k = jnp.minimum(jnp.floor(u * usable).astype(jnp.int32), usable - 1)
-        positions = jnp.argmax(jnp.cumsum(inside, axis=1) > k[:, None], axis=1).astype(jnp.int32)
+        positions = (
+            k  # the usable images are the first `usable`
+            if held.usable_to is None
+            else jnp.argmax(jnp.cumsum(inside, axis=1) > k[:, None], axis=1).astype(jnp.int32)
+        )
     take = lambda a: None if a is None else a[positions]
     return Rows(
         x0=held.images[positions],
