@@ -89,6 +89,10 @@ def base_config() -> Config:
     # denoiser looks at a patch too small to tell it from a target image: "none" (no bound), a
     # number (one for all) or the file of ambient-annotate --annotate=sigma_max (crops classifier)
     c.data.corrupt_sigma_max = "none"
+    # At a level where images with a sigma_max and images without one are both usable, the share
+    # of rows drawn level first that take one with a sigma_max (each group drawn uniformly); -1 =
+    # their share of the usable images (every usable image equally likely, Omni's way).
+    c.data.bounded_share = -1.0
     # How a batch is drawn: level_first (the group's: each row's noise level from the log-normal,
     # then an image usable at it, so every level keeps its share) or image_first (an image, then
     # a level above its boundary: the corrupted images' rows all move to high levels).

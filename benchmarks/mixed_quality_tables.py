@@ -54,8 +54,8 @@ def replace_between(path, marker, text):
     open(path, "w").write(re.sub(pattern, lambda _: block, doc, flags=re.S))
 
 
-OMNI_ORDER = ("omni_clean_only", "omni_as_target", "omni_fixed", "omni_fixed_0.2", "omni_crops",
-              "omni_crops_ambient")  # fmt: skip
+OMNI_ORDER = ("omni_clean_only", "omni_as_target", "omni_fixed", "omni_fixed_0.2",
+              "omni_fixed_share", "omni_crops", "omni_crops_ambient")  # fmt: skip
 TARGET = (0, 1, 2, 3, 4)
 
 

@@ -292,6 +292,12 @@ OMNI_VARIANTS = {
             "leakage comes from)",
         ),
         (
+            "omni_fixed_share",
+            _omni("ddpm", "clean", OMNI_FIXED_SIGMA_MAX, "--config.data.bounded_share=0.5"),
+            f"U-Net, ddpm; the 5-9 digits only below a fixed sigma_max {OMNI_FIXED_SIGMA_MAX:g}, "
+            "and there half the rows (not their 96%): the target oversampled at low levels",
+        ),
+        (
             "omni_crops",
             _omni("ddpm", "clean", CROPS),
             "U-Net, ddpm; the 5-9 digits below their crops-classifier sigma_max",

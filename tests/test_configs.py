@@ -94,6 +94,7 @@ def test_paper_configs_equal_their_recorded_dicts():
         assert (
             now["data"].pop("corrupt_classes") == []
             and now["data"].pop("corrupt_sigma_max") == "none"
+            and now["data"].pop("bounded_share") == -1.0
         ), key
         assert now["loss"].pop("switch_ratio") == 1.0 and now["loss"].pop("switch_offset") == 0.0
         # Added since: class selection (every class) and starting from a trained run (off).

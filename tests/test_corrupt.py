@@ -134,6 +134,16 @@ def test_each_annotation_gives_the_corrupted_images_their_sigma_tn(tmp_path):
         ({"data.corrupt_sigma_max": "-1"}, "data.corrupt_sigma_max: must be > 0 and finite"),
         ({"data.corrupt_sigma_max": "inf"}, "data.corrupt_sigma_max: must be > 0 and finite"),
         ({"data.corrupt_sigma_max": "low"}, "data.corrupt_sigma_max: must be 'none', a number"),
+        ({"data.bounded_share": 1.0}, r"data.bounded_share: must be in \(0, 1\), or -1"),
+        ({"data.bounded_share": 0.5}, "data.bounded_share: .* set data.corrupt_sigma_max"),
+        (
+            {
+                "data.bounded_share": 0.5,
+                "data.corrupt_sigma_max": "0.5",
+                "data.corrupt_sampling": "image_first",
+            },
+            "data.bounded_share: .* needs data.corrupt_sampling=level_first",
+        ),  # fmt: skip
         (
             {"data.corrupt_kind": "classes", "data.corrupt_sigma_tn": "clean"},
             "data.corrupt_classes: must name the other digits",

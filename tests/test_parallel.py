@@ -153,6 +153,50 @@ def test_a_batch_drawn_level_first_takes_each_row_from_the_images_whose_window_h
     np.testing.assert_array_equal(got.sigma_max, usable_to[position])
 
 
+def test_a_bounded_share_gives_the_images_with_a_top_that_share_of_the_levels_both_kinds_hold():
+    """data.bounded_share 0.25: at levels where images with a window top and images without one
+    are both usable, a quarter of the rows take one with a top, uniformly within each kind; at
+    levels only one kind holds, every row is that kind's (here 4 unbounded images, 6 bounded at
+    [0, 0.5] or [0, 1.5], 6 corrupted unbounded ones from 0.6)."""
+    n, rows, share = 16, 32768, 0.25
+    usable_from = np.array([0.0] * 10 + [0.6] * 6, np.float32)
+    usable_to = np.array([np.inf] * 4 + [0.5] * 3 + [1.5] * 3 + [np.inf] * 6, np.float32)
+    held = train_step.HeldData(np.arange(n), np.arange(n), *MIXED[:3], usable_from, usable_to)
+    sigma = np.exp(np.random.RandomState(2).uniform(np.log(0.05), np.log(5.0), rows))
+    got = train_step.gather_batch(
+        jax.random.key(5), 3, held, rows, jnp.asarray(sigma, jnp.float32), share
+    )
+    position = np.asarray(got.x0)
+    for lo, hi, share_there in ((0.05, 0.5, share), (0.6, 1.5, share), (1.5, 5.0, 0.0)):
+        at = (sigma > lo) & (sigma < hi)
+        counts = np.bincount(position[at], minlength=n)
+        usable = (usable_from <= lo) & (hi <= usable_to)
+        assert counts[~usable].sum() == 0, (lo, counts)
+        for bounded, part in ((True, share_there), (False, 1 - share_there)):
+            group = np.flatnonzero(usable & (np.isfinite(usable_to) == bounded))
+            expected = at.sum() * part / max(len(group), 1)
+            assert np.all(np.abs(counts[group] - expected) < 5 * np.sqrt(expected)), (
+                lo, bounded, counts,
+            )  # fmt: skip
+
+
+def test_the_trainer_draws_its_batch_with_the_configs_bounded_share(monkeypatch):
+    """data.bounded_share reaches the batch drawn level first (seen while tracing the step, which
+    stops there, so nothing compiles)."""
+    seen = []
+
+    def gather(*args):
+        seen.append(args[5:])
+        raise LookupError("traced")
+
+    monkeypatch.setattr(train_step, "gather_batch", gather)
+    tops = np.array([np.inf] * 10 + [0.5] * 6, np.float32)
+    changes = {**LEVEL_FIRST, "data.corrupt_sigma_max": "0.5", "data.bounded_share": 0.3}
+    with pytest.raises(LookupError, match="traced"):
+        run_steps("jit", 1, steps=1, per_image=(*MIXED, tops), changes=changes)
+    assert seen == [(0.3,)]
+
+
 def test_window_tops_of_inf_draw_todays_batch_and_train_todays_model(one_device_mixed_run):
     """Every image's top inf: the batch drawn level first through the [B, N] window mask is the
     prefix rule's, and the run trains the same model, bit for bit."""

@@ -363,6 +363,23 @@ def check_config(data: Config, loss: Config) -> None:
     need(data.corrupt_level > 0, "data.corrupt_level", "must be > 0")
     says = check_sigma_max_spec(data.corrupt_sigma_max)
     need(says is None, "data.corrupt_sigma_max", says or "")
+    share = float(data.get("bounded_share", -1.0))
+    need(
+        share == -1.0 or 0.0 < share < 1.0,
+        "data.bounded_share",
+        f"must be in (0, 1), or -1 for the images' own share, got {share:g}",
+    )
+    need(
+        share == -1.0 or data.corrupt_sampling == "level_first",
+        "data.bounded_share",
+        "shares the rows of a level, so it needs data.corrupt_sampling=level_first",
+    )
+    need(
+        share == -1.0 or str(data.corrupt_sigma_max).strip() != "none",
+        "data.bounded_share",
+        "shares a level's rows with the images that have a sigma_max: set "
+        "data.corrupt_sigma_max, or leave data.bounded_share at -1",
+    )
     if data.corrupt_kind == "classes":
         others, target = tuple(data.corrupt_classes), tuple(data.classes)
         need(

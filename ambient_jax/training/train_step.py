@@ -136,6 +136,7 @@ def gather_batch(
     held: HeldData,
     batch_size: int,
     row_sigma: jax.Array | None = None,
+    bounded_share: float = -1.0,
 ) -> Rows:
     """The global batch of `step` from the training data held on device: its rows.
 
@@ -147,6 +148,9 @@ def gather_batch(
     With window tops (held.usable_to) the usable images are no longer a prefix: row b takes the
     k-th of the images whose window holds its level, k uniform by the same draw, from a [B, N]
     mask (with every top inf that is the prefix's k-th image: the same batch, bit for bit).
+    bounded_share in (0, 1) (data.bounded_share): where images with a finite top and images
+    without one are both usable, row b takes an image with a top when its draw u >= 1 - share,
+    uniformly within the group it falls in (u rescaled to the group); -1: uniform over all.
     """
     if row_sigma is None:
         positions = batch_indices(step_root, step, batch_size, held.images.shape[0])
@@ -159,6 +163,15 @@ def gather_batch(
             usable = jnp.sum(inside, axis=1, dtype=jnp.int32)
         usable = jnp.maximum(usable, 1)
         u = jax.random.uniform(batch_key(step_root, step), (batch_size,))
+        if bounded_share != -1.0 and held.usable_to is not None:
+            bounded = jnp.isfinite(held.usable_to)[None]
+            both = jnp.any(inside & bounded, axis=1) & jnp.any(inside & ~bounded, axis=1)
+            free_share = 1.0 - bounded_share
+            to_bounded = u >= free_share
+            inside = inside & jnp.where(both[:, None], to_bounded[:, None] == bounded, True)
+            usable = jnp.maximum(jnp.sum(inside, axis=1, dtype=jnp.int32), 1)
+            within = jnp.where(to_bounded, (u - free_share) / bounded_share, u / free_share)
+            u = jnp.where(both, within, u)
         k = jnp.minimum(jnp.floor(u * usable).astype(jnp.int32), usable - 1)
         positions = (
             k  # the usable images are the first `usable`
