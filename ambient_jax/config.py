@@ -69,9 +69,8 @@ def base_config() -> Config:
     c.data.tfds_data_dir = ""  # default: ~/tensorflow_datasets
     c.data.tfds_split = "train"
     c.data.tfds_image_key = "image"
-    c.data.streaming = (
-        False  # read each batch from the source (grain) instead of holding the subset on device
-    )
+    # read each batch from the source (grain) instead of holding the subset on device
+    c.data.streaming = False
     # Data of mixed quality (ambient_jax.data.corrupt; Daras et al. 2025, Ambient Diffusion Omni):
     # corrupt_count other source images, noised (corrupt_level = the noise's std) or blurred
     # (corrupt_level = the Gaussian's std in pixels), train beside the n_train clean ones, each
@@ -89,9 +88,8 @@ def base_config() -> Config:
     # denoiser looks at a patch too small to tell it from a target image: "none" (no bound), a
     # number (one for all) or the file of ambient-annotate --annotate=sigma_max (crops classifier)
     c.data.corrupt_sigma_max = "none"
-    # At a level where images with a sigma_max and images without one are both usable, the share
-    # of rows drawn level first that take one with a sigma_max (each group drawn uniformly); -1 =
-    # their share of the usable images (every usable image equally likely, Omni's way).
+    # Where images with and without a sigma_max are both usable, the share of a level's rows that
+    # take one with it; -1 = every usable image equally likely (Omni's way)
     c.data.bounded_share = -1.0
     # How a batch is drawn: level_first (the group's: each row's noise level from the log-normal,
     # then an image usable at it, so every level keeps its share) or image_first (an image, then
@@ -115,16 +113,13 @@ def base_config() -> Config:
     # branch's start (for ddpm too), so the high-noise network of an ambient run is trained on the
     # noisy copies alone; 0 = one network.
     c.model.split_sigma = 0.0
-    c.model.split_low_preset = (
-        ""  # the low-noise network's preset (e.g. local_cnn); "" = model.preset
-    )
+    c.model.split_low_preset = ""  # the low-noise network's preset (local_cnn); "" = model.preset
     # The network's preconditioning (ambient_jax.diffusion.precond): edm, the project's; vp, ve or
     # iddpm with their constants (EDM's defaults) for networks trained with those (converted
     # snapshots). edm's sigma_data is loss.sigma_data.
     c.model.precond = ml_collections.ConfigDict(precond.config_defaults())
-    c.model.remat = (
-        False  # U-Net presets: recompute block activations in the backward pass (large batches)
-    )
+    # U-Net presets: recompute block activations in the backward pass (large batches)
+    c.model.remat = False
 
     c.loss = ml_collections.ConfigDict()
     c.loss.objective = "ambient"  # ddpm | ambient
