@@ -122,7 +122,13 @@ def test_variants_run_only_the_stages_asked_for_that_are_missing(tmp_path, monke
         variants.run_many(str(tmp_path), ["unet32_ddpm", "no_such"], [0])
     with pytest.raises(ValueError, match="--stages takes some of train,sample,eval,diagnose"):
         variants.run_many(str(tmp_path), ["unet32_ddpm"], [0], stages=("train", "plot"))
+    # with the eval stage, FID's Inception weights must be there before anything trains
+    monkeypatch.setattr(variants.convert, "CACHE_DIR", str(tmp_path / "empty_cache"))
+    with pytest.raises(ValueError, match="eval stage measures FID, .* run `ambient-convert incep"):
+        variants.run_many(str(tmp_path), ["unet32_ddpm"], [1])
     assert len(calls) == 1  # nothing ran for the refused grids
+    variants.run_many(str(tmp_path), ["unet32_ddpm"], [1], stages=("train",))  # no eval: runs
+    assert len(calls) == 2
 
 
 def test_a_stage_that_ends_after_a_stop_is_not_recorded_as_done(tmp_path, monkeypatch):

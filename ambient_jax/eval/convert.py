@@ -113,14 +113,21 @@ def convert_inception(source: str | None = None, out: str | None = None) -> str:
     return out
 
 
-def load_inception_params(path: str | None = None) -> dict:
-    """The converted Inception parameters; a clear error if they were never converted."""
+def require_inception(path: str | None = None) -> str:
+    """The converted Inception file's path (default: the cache's); a clear error if it was never
+    converted."""
     path = path or os.path.join(CACHE_DIR, INCEPTION_FILE)
     if not files.exists(path):
         raise ConversionError(
             f"no converted Inception weights at {path}: run `ambient-convert inception` once "
             "(needs pip install 'ambient-jax[convert]')"
         )
+    return path
+
+
+def load_inception_params(path: str | None = None) -> dict:
+    """The converted Inception parameters; a clear error if they were never converted."""
+    path = require_inception(path)
     try:
         params = serialization.msgpack_restore(files.read_bytes(path))
     except Exception as err:

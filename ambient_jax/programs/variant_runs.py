@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ambient_jax.configs.variants import BASE, UNET32_CONFIG, UNET_CONFIG, VARIANTS, config_of
+from ambient_jax.eval import convert
 from ambient_jax.programs import children
 from ambient_jax.training import workdir_lock
 from ambient_jax.types import Log
@@ -220,6 +221,11 @@ def run_many(
     if not stages or set(stages) - set(STAGES):
         raise ValueError(f"--stages takes some of {','.join(STAGES)}, got {','.join(stages)}")
     ordered = [s for s in STAGES if s in stages]
+    if "eval" in ordered:  # ambient-eval --fid: refused now, not after the runs have trained
+        try:
+            convert.require_inception()
+        except convert.ConversionError as err:
+            raise ValueError(f"the eval stage measures FID, and there are {err}") from None
     runs = [(name, seed) for seed in seeds for name in names]
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         futures = {
