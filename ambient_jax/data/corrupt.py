@@ -363,7 +363,7 @@ def check_config(data: Config, loss: Config) -> None:
     need(data.corrupt_level > 0, "data.corrupt_level", "must be > 0")
     says = check_sigma_max_spec(data.corrupt_sigma_max)
     need(says is None, "data.corrupt_sigma_max", says or "")
-    share = float(data.get("bounded_share", -1.0))
+    share = data.bounded_share
     need(
         share == -1.0 or 0.0 < share < 1.0,
         "data.bounded_share",

@@ -36,12 +36,7 @@ class Trainer:
         def gather(state, held):
             sigma = train_step.row_sigmas(config, step_root, state.step) if level_first else None
             return train_step.gather_batch(
-                step_root,
-                state.step,
-                held,
-                batch_size,
-                sigma,
-                config.data.get("bounded_share", -1.0),
+                step_root, state.step, held, batch_size, sigma, config.data.bounded_share
             )
 
         self.multi_step = None

@@ -291,7 +291,7 @@ def train(
             )
         if not clean.all() or bounded.any():
             parts.append(f"batches drawn {config.data.corrupt_sampling}")
-        if bounded.any() and config.data.get("bounded_share", -1.0) != -1.0:
+        if bounded.any() and config.data.bounded_share != -1.0:
             parts.append(
                 f"{config.data.bounded_share:g} of a level's rows to those with a sigma_max "
                 "where both kinds are usable"

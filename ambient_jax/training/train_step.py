@@ -155,23 +155,22 @@ def gather_batch(
     if row_sigma is None:
         positions = batch_indices(step_root, step, batch_size, held.images.shape[0])
     else:
+        u = jax.random.uniform(batch_key(step_root, step), (batch_size,))
         if held.usable_to is None:
             usable = jnp.searchsorted(held.usable_from, row_sigma, side="right")
         else:
             level = row_sigma[:, None]
             inside = (held.usable_from[None] <= level) & (level <= held.usable_to[None])
+            if bounded_share != -1.0:  # rows where both kinds are usable keep to u's kind
+                bounded = jnp.isfinite(held.usable_to)[None]
+                both = jnp.any(inside & bounded, axis=1) & jnp.any(inside & ~bounded, axis=1)
+                free_share = 1.0 - bounded_share
+                to_bounded = u >= free_share
+                inside = inside & jnp.where(both[:, None], to_bounded[:, None] == bounded, True)
+                within = jnp.where(to_bounded, (u - free_share) / bounded_share, u / free_share)
+                u = jnp.where(both, within, u)
             usable = jnp.sum(inside, axis=1, dtype=jnp.int32)
         usable = jnp.maximum(usable, 1)
-        u = jax.random.uniform(batch_key(step_root, step), (batch_size,))
-        if bounded_share != -1.0 and held.usable_to is not None:
-            bounded = jnp.isfinite(held.usable_to)[None]
-            both = jnp.any(inside & bounded, axis=1) & jnp.any(inside & ~bounded, axis=1)
-            free_share = 1.0 - bounded_share
-            to_bounded = u >= free_share
-            inside = inside & jnp.where(both[:, None], to_bounded[:, None] == bounded, True)
-            usable = jnp.maximum(jnp.sum(inside, axis=1, dtype=jnp.int32), 1)
-            within = jnp.where(to_bounded, (u - free_share) / bounded_share, u / free_share)
-            u = jnp.where(both, within, u)
         k = jnp.minimum(jnp.floor(u * usable).astype(jnp.int32), usable - 1)
         positions = (
             k  # the usable images are the first `usable`
